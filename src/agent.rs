@@ -1,0 +1,120 @@
+//! Starting and stopping the components, in order.
+//!
+//! [`Agent::start`] publishes an empty [`Snapshot`], starts the samplers (the system sampler
+//! publishes its first sample before returning), then the API server. [`Agent::run_until_shutdown`]
+//! waits for the shutdown channel to close, then stops in reverse order: the API drains its
+//! in-flight requests, and the sampler threads are joined. The whole stop is bounded by
+//! [`STOP_DEADLINE`]: a thread stuck in a blocking call (NVML on a dying GPU) is left to the
+//! process exit rather than holding the shutdown.
+
+use crate::api::{ApiContext, ApiServer, ApiSettings, ApiStartError};
+use crate::config::{Config, ConfigError};
+use crate::shutdown::Shutdown;
+use crate::snapshot::Snapshot;
+use crate::telemetry::{gpu, system};
+use std::fmt;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How long stopping may take in all, well inside the 2 s a service manager is promised.
+pub const STOP_DEADLINE: Duration = Duration::from_millis(1500);
+
+/// Why the agent could not start.
+#[derive(Debug)]
+pub enum AgentError {
+    Config(ConfigError),
+    System(system::SystemSamplerError),
+    Gpu(gpu::GpuSamplerError),
+    Api(ApiStartError),
+}
+
+impl fmt::Display for AgentError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AgentError::Config(e) => e.fmt(f),
+            AgentError::System(e) => e.fmt(f),
+            AgentError::Gpu(e) => e.fmt(f),
+            AgentError::Api(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for AgentError {}
+
+/// The running agent.
+pub struct Agent {
+    snapshot: Arc<Snapshot>,
+    shutdown: Shutdown,
+    api: ApiServer,
+    threads: Vec<(&'static str, JoinHandle<()>)>,
+}
+
+impl Agent {
+    /// Starts every component; on error, the ones already started stop when `shutdown` fires.
+    pub fn start(config: &Config, shutdown: Shutdown) -> Result<Agent, AgentError> {
+        let snapshot = Arc::new(Snapshot::new());
+        let threads = vec![
+            (
+                "system-sampler",
+                system::start(Arc::clone(&snapshot), shutdown.clone())
+                    .map_err(AgentError::System)?,
+            ),
+            (
+                "gpu-sampler",
+                gpu::start(&config.gpu, Arc::clone(&snapshot), shutdown.clone())
+                    .map_err(AgentError::Gpu)?,
+            ),
+        ];
+        if config.central_platform.api_url.is_empty() {
+            snapshot.set_component("platform", "disabled (central_platform.api_url is empty)");
+        }
+
+        let settings = ApiSettings {
+            listen: config.listen_address().map_err(AgentError::Config)?,
+            auth_token: config.agent_api.auth_token.clone(),
+            max_connections: config.agent_api.max_connections,
+            idle_timeout: Duration::from_secs(config.agent_api.idle_timeout_secs),
+        };
+        let context = Arc::new(ApiContext::new(settings, Arc::clone(&snapshot)));
+        let api = ApiServer::start(context).map_err(AgentError::Api)?;
+
+        Ok(Agent {
+            snapshot,
+            shutdown,
+            api,
+            threads,
+        })
+    }
+
+    pub fn snapshot(&self) -> &Arc<Snapshot> {
+        &self.snapshot
+    }
+
+    /// Blocks until shutdown starts, then stops every component within [`STOP_DEADLINE`].
+    pub fn run_until_shutdown(self) {
+        self.shutdown.wait();
+        self.stop();
+    }
+
+    fn stop(self) {
+        let deadline = Instant::now() + STOP_DEADLINE;
+        let left = self.api.drain(STOP_DEADLINE / 2);
+        if left > 0 {
+            log::warn!("{left} API request(s) still running at shutdown; abandoning them");
+        }
+        for (name, thread) in self.threads {
+            while !thread.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if thread.is_finished() {
+                if thread.join().is_err() {
+                    log::error!("{name} thread had panicked");
+                }
+            } else {
+                log::warn!("{name} did not stop in time (blocked in a system call?); leaving it");
+            }
+        }
+        log::info!("stopped");
+    }
+}

@@ -1,0 +1,64 @@
+//! Bearer-token authentication for everything under `/api/`.
+
+use crate::api::error::ApiError;
+
+/// Checks an `Authorization` header value against the configured token in constant time
+/// (the comparison does not stop at the first differing byte, so timing does not leak a prefix).
+pub fn check(header: Option<&[u8]>, token: &str) -> Result<(), ApiError> {
+    let Some(value) = header else {
+        return Err(ApiError::unauthorized(
+            "missing Authorization header; send `Authorization: Bearer <agent_api.auth_token>`",
+        ));
+    };
+    let presented = match value.split_first_chunk::<7>() {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case(b"bearer ") => rest.trim_ascii(),
+        _ => {
+            return Err(ApiError::unauthorized(
+                "Authorization header must use the Bearer scheme",
+            ))
+        }
+    };
+    if constant_time_eq(presented, token.as_bytes()) {
+        Ok(())
+    } else {
+        Err(ApiError::unauthorized("invalid bearer token"))
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = (a.len() ^ b.len()) as u64;
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0xff);
+        diff |= u64::from(x ^ y);
+    }
+    std::hint::black_box(diff) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOKEN: &str = "0123456789abcdef";
+
+    #[test]
+    fn accepts_only_the_exact_token() {
+        assert!(check(Some(b"Bearer 0123456789abcdef"), TOKEN).is_ok());
+        assert!(check(Some(b"bearer 0123456789abcdef"), TOKEN).is_ok());
+        assert!(check(Some(b"Bearer 0123456789abcdeF"), TOKEN).is_err());
+        assert!(check(Some(b"Bearer 0123456789abcde"), TOKEN).is_err());
+        assert!(check(Some(b"Bearer 0123456789abcdef0"), TOKEN).is_err());
+        assert!(check(Some(b"Bearer "), TOKEN).is_err());
+        assert!(check(Some(b"Basic 0123456789abcdef"), TOKEN).is_err());
+        assert!(check(Some(b"0123456789abcdef"), TOKEN).is_err());
+        assert!(check(None, TOKEN).is_err());
+    }
+
+    #[test]
+    fn constant_time_eq_handles_lengths() {
+        assert!(constant_time_eq(b"", b""));
+        assert!(!constant_time_eq(b"a", b""));
+        assert!(!constant_time_eq(b"", b"a"));
+        assert!(!constant_time_eq(b"\xff", b""));
+    }
+}

@@ -1,0 +1,87 @@
+//! `GET /api/v1/metrics`: the node's host and GPU figures, read from the published snapshot.
+//!
+//! The field names of the original agent (`node_id`, `cpu_usage_percent`, `memory_usage_percent`,
+//! and per GPU `id`, `temperature_c`, `memory_total_mb`, `memory_used_mb`, `name`,
+//! `usage_percent`, `busy`) are a contract; everything else is added beside them.
+
+use crate::snapshot::Snapshot;
+use crate::telemetry::gpu::{GpuProcess, GpuSample};
+use crate::telemetry::system::LoadAverage;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+#[derive(Debug, Serialize)]
+pub struct MetricsDocument {
+    pub node_id: Option<String>,
+    pub timestamp: String,
+    pub cpu_usage_percent: Option<f64>,
+    pub memory_usage_percent: Option<f64>,
+    pub memory_total_mb: Option<u64>,
+    pub memory_used_mb: Option<u64>,
+    pub load_average: Option<LoadAverage>,
+    pub driver_version: Option<String>,
+    pub gpus: Vec<GpuView>,
+    /// Why `gpus` is empty when NVML is unavailable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu_error: Option<String>,
+}
+
+/// One GPU as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct GpuView {
+    pub id: u32,
+    pub name: Option<String>,
+    pub uuid: Option<String>,
+    pub temperature_c: Option<u32>,
+    pub memory_total_mb: Option<u64>,
+    pub memory_used_mb: Option<u64>,
+    pub memory_usage_percent: Option<f64>,
+    pub usage_percent: Option<f64>,
+    pub power_watts: Option<f64>,
+    /// True when compute processes run on it.
+    pub busy: bool,
+    pub processes: Option<Vec<GpuProcess>>,
+    pub lost: bool,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub errors: BTreeMap<&'static str, String>,
+}
+
+impl GpuView {
+    fn from_sample(sample: &GpuSample) -> Self {
+        GpuView {
+            id: sample.index,
+            name: sample.name.clone(),
+            uuid: sample.uuid.clone(),
+            temperature_c: sample.temperature_c,
+            memory_total_mb: sample.memory_total_mb,
+            memory_used_mb: sample.memory_used_mb,
+            memory_usage_percent: sample.memory_usage_percent,
+            usage_percent: sample.usage_percent,
+            power_watts: sample.power_watts,
+            busy: sample.has_processes(),
+            processes: sample.processes.clone(),
+            lost: sample.lost,
+            errors: sample.errors.clone(),
+        }
+    }
+}
+
+/// The metrics document as of now.
+pub fn document(snapshot: &Snapshot) -> MetricsDocument {
+    let system = snapshot.system.get();
+    let system = system.as_ref().as_ref();
+    let gpus = snapshot.gpus.get();
+    MetricsDocument {
+        node_id: snapshot.node_id.get().as_ref().clone(),
+        timestamp: crate::timefmt::rfc3339(SystemTime::now()),
+        cpu_usage_percent: system.map(|s| s.cpu_usage_percent),
+        memory_usage_percent: system.map(|s| s.memory_usage_percent),
+        memory_total_mb: system.map(|s| s.memory_total_mb),
+        memory_used_mb: system.map(|s| s.memory_used_mb),
+        load_average: system.and_then(|s| s.load_average),
+        driver_version: gpus.driver_version.clone(),
+        gpus: gpus.gpus.iter().map(GpuView::from_sample).collect(),
+        gpu_error: gpus.error(),
+    }
+}

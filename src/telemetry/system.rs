@@ -1,0 +1,117 @@
+//! The system sampler thread: owns a `sysinfo::System` and publishes host CPU usage, memory and
+//! load average into [`Snapshot::system`] every [`SAMPLE_INTERVAL`].
+//!
+//! It receives nothing and sends nothing but the published sample; it stops when the shutdown
+//! channel closes (checked between samples, so within one interval).
+//!
+//! [`Snapshot::system`]: crate::snapshot::Snapshot::system
+
+use crate::shutdown::Shutdown;
+use crate::snapshot::Snapshot;
+use crate::telemetry::{bytes_to_mb, percent, round1};
+use serde::Serialize;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime};
+
+/// How often host CPU and memory are sampled. CPU usage is the average over this interval.
+pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// One reading of the host.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SystemSample {
+    pub cpu_usage_percent: f64,
+    pub memory_usage_percent: f64,
+    pub memory_total_mb: u64,
+    pub memory_used_mb: u64,
+    pub load_average: Option<LoadAverage>,
+    #[serde(skip)]
+    pub sampled_at: SystemTime,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct LoadAverage {
+    pub one: f64,
+    pub five: f64,
+    pub fifteen: f64,
+}
+
+/// Why the sampler could not start.
+#[derive(Debug)]
+pub enum SystemSamplerError {
+    Sysinfo(String),
+    Spawn(std::io::Error),
+}
+
+impl std::fmt::Display for SystemSamplerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SystemSamplerError::Sysinfo(e) => write!(f, "cannot read host statistics: {e}"),
+            SystemSamplerError::Spawn(e) => {
+                write!(f, "cannot start the system sampler thread: {e}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for SystemSamplerError {}
+
+/// Starts the sampler. The first sample is published before this returns, so the API never
+/// serves a metrics document without host figures.
+pub fn start(
+    snapshot: Arc<Snapshot>,
+    shutdown: Shutdown,
+) -> Result<JoinHandle<()>, SystemSamplerError> {
+    let mut system =
+        sysinfo::System::new().map_err(|e| SystemSamplerError::Sysinfo(e.to_string()))?;
+    system.refresh_cpu_usage();
+    std::thread::sleep(sysinfo::MINIMUM_CPU_UPDATE_INTERVAL);
+    snapshot.system.set(Some(sample(&mut system)));
+    snapshot.set_component("system", "ok");
+    std::thread::Builder::new()
+        .name("system-sampler".into())
+        .spawn(move || {
+            while !shutdown.wait_timeout(SAMPLE_INTERVAL) {
+                snapshot.system.set(Some(sample(&mut system)));
+            }
+            log::debug!("system sampler stopped");
+        })
+        .map_err(SystemSamplerError::Spawn)
+}
+
+fn sample(system: &mut sysinfo::System) -> SystemSample {
+    system.refresh_cpu_usage();
+    system.refresh_memory();
+    let total = system.total_memory();
+    let used = system.used_memory();
+    SystemSample {
+        cpu_usage_percent: round1(f64::from(system.global_cpu_usage())),
+        memory_usage_percent: percent(used, total).unwrap_or(0.0),
+        memory_total_mb: bytes_to_mb(total),
+        memory_used_mb: bytes_to_mb(used),
+        load_average: sysinfo::System::load_average().ok().map(|l| LoadAverage {
+            one: l.one,
+            five: l.five,
+            fifteen: l.fifteen,
+        }),
+        sampled_at: SystemTime::now(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sample_reads_this_host() {
+        let mut system = sysinfo::System::new().unwrap();
+        system.refresh_cpu_usage();
+        std::thread::sleep(sysinfo::MINIMUM_CPU_UPDATE_INTERVAL);
+        let s = sample(&mut system);
+        assert!(s.memory_total_mb > 0);
+        assert!(s.memory_used_mb <= s.memory_total_mb);
+        assert!((0.0..=100.0).contains(&s.memory_usage_percent));
+        assert!((0.0..=100.0).contains(&s.cpu_usage_percent));
+        assert!(s.load_average.is_some(), "Linux has /proc/loadavg");
+    }
+}
