@@ -7,6 +7,7 @@
 
 use crate::telemetry::gpu::GpuReport;
 use crate::telemetry::system::SystemSample;
+use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
@@ -38,6 +39,22 @@ impl<T> Published<T> {
     }
 }
 
+/// A managed container in a few words (heartbeats carry this list).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ContainerSummary {
+    pub id: String,
+    pub claim_id: String,
+    pub state: String,
+    pub gpu_ids: Vec<u32>,
+}
+
+/// Who holds a GPU.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GpuAllocation {
+    pub claim_id: String,
+    pub container_id: String,
+}
+
 /// Everything the API and the heartbeat read.
 pub struct Snapshot {
     /// Host CPU, memory and load; `None` until the first sample.
@@ -46,6 +63,10 @@ pub struct Snapshot {
     pub gpus: Published<GpuReport>,
     /// The id the platform gave this node; `None` until registered.
     pub node_id: Published<Option<String>>,
+    /// The managed containers, as the container runner last saw them.
+    pub containers: Published<Vec<ContainerSummary>>,
+    /// GPU index → the container holding it (until that container is removed).
+    pub gpu_allocations: Published<BTreeMap<u32, GpuAllocation>>,
     components: RwLock<BTreeMap<&'static str, String>>,
 }
 
@@ -61,6 +82,8 @@ impl Snapshot {
             system: Published::new(None),
             gpus: Published::new(GpuReport::starting()),
             node_id: Published::new(None),
+            containers: Published::new(Vec::new()),
+            gpu_allocations: Published::new(BTreeMap::new()),
             components: RwLock::new(BTreeMap::new()),
         }
     }
