@@ -1,0 +1,254 @@
+//! The binary as an operator meets it: flags, `--check-config`, environment overrides, start-up
+//! failures, and how it stops on signals.
+
+mod common;
+
+use common::{agent_binary, test_config, write_config, write_private, Agent, AgentOptions, TOKEN};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(agent_binary());
+    command.args(args);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("PHOENIX_") {
+            command.env_remove(key);
+        }
+    }
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().expect("run the agent binary")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn version_and_help() {
+    let out = run(&["--version"], &[]);
+    assert!(out.status.success());
+    assert_eq!(
+        text(&out.stdout).trim(),
+        format!("utopia-node-agent {}", env!("CARGO_PKG_VERSION"))
+    );
+    let out = run(&["--help"], &[]);
+    assert!(out.status.success());
+    let help = text(&out.stdout);
+    for needle in [
+        "--config",
+        "--check-config",
+        "PHOENIX_AUTH_TOKEN",
+        "SIGTERM",
+    ] {
+        assert!(help.contains(needle), "help lacks {needle}");
+    }
+    let out = run(&["--bogus"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("--bogus"));
+}
+
+#[test]
+fn check_config_accepts_the_shipped_config() {
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/agent-config.yaml");
+    let out = run(&["--check-config", "--config", shipped], &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let printed = text(&out.stdout);
+    assert!(
+        printed.contains("listen_address: 127.0.0.1:9200"),
+        "{printed}"
+    );
+    assert!(printed.contains("auth_token: <redacted>"), "{printed}");
+    assert!(!printed.contains("change-me-dev-token"), "secret printed");
+    assert!(text(&out.stderr).contains("example token"));
+}
+
+#[test]
+fn check_config_redacts_every_secret_including_env_overrides() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.central_platform.bootstrap_token = "bootstrap-secret-1".into();
+    config.frp.token = "frp-secret-in-file".into();
+    let path = write_config(dir.path(), &config);
+    let out = run(
+        &["--check-config", "-c", path.to_str().unwrap()],
+        &[
+            ("PHOENIX_FRP_TOKEN", "frp-secret-from-env"),
+            ("PHOENIX_API_URL", "https://platform.example"),
+            ("PHOENIX_FRP_SERVER", "frps.example"),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let printed = text(&out.stdout) + &text(&out.stderr);
+    for secret in [
+        TOKEN,
+        "bootstrap-secret-1",
+        "frp-secret-in-file",
+        "frp-secret-from-env",
+    ] {
+        assert!(!printed.contains(secret), "{secret} printed: {printed}");
+    }
+    assert!(printed.contains("api_url: https://platform.example"));
+    assert!(printed.contains("server_addr: frps.example"));
+    assert_eq!(printed.matches("<redacted>").count(), 3, "{printed}");
+}
+
+#[test]
+fn check_config_names_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    let cases = [
+        (
+            "agent_api:\n  auth_token: \"0123456789abcdef0\"\n  listen_adress: x\n",
+            "listen_adress",
+            Some("line 3"),
+        ),
+        (
+            "agent_api:\n  auth_token: short\n",
+            "agent_api.auth_token",
+            None,
+        ),
+        (
+            "log_level: loud\nagent_api:\n  auth_token: \"0123456789abcdef0\"\n",
+            "log_level",
+            Some("line 1"),
+        ),
+        (
+            "agent_api:\n  auth_token: \"0123456789abcdef0\"\n  listen_address: \"nowhere\"\n",
+            "agent_api.listen_address",
+            None,
+        ),
+        ("agent_api: [unclosed\n", "line", None),
+        ("identity_file_path: /x\n", "agent_api.auth_token", None),
+    ];
+    for (yaml, needle, line) in cases {
+        write_private(&path, yaml);
+        let out = run(&["--check-config", "-c", path.to_str().unwrap()], &[]);
+        assert_eq!(out.status.code(), Some(1), "{yaml}");
+        let err = text(&out.stderr);
+        assert!(err.contains(needle), "{yaml}: {err}");
+        if let Some(line) = line {
+            assert!(err.contains(line), "{yaml}: {err}");
+        }
+    }
+    let out = run(&["--check-config", "-c", "/nonexistent/agent.yaml"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("/nonexistent/agent.yaml"));
+}
+
+#[test]
+fn config_warnings_for_world_readable_file_and_open_listen_address() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.agent_api.listen_address = "0.0.0.0:9".into();
+    let path = write_config(dir.path(), &config);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = run(&["--check-config", "-c", path.to_str().unwrap()], &[]);
+    assert!(out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("readable by group or others"), "{err}");
+    assert!(err.contains("NOT a loopback address"), "{err}");
+}
+
+#[test]
+fn environment_overrides_the_token_and_log_level() {
+    let new_token = "token-from-the-environment-42";
+    let agent = Agent::start_with(
+        |_| {},
+        AgentOptions {
+            env: vec![
+                ("PHOENIX_AUTH_TOKEN".into(), new_token.into()),
+                ("PHOENIX_LOG_LEVEL".into(), "debug".into()),
+            ],
+            wait_for_gpu: true,
+        },
+    );
+    assert_eq!(
+        agent.get("/api/v1/metrics").status,
+        401,
+        "file token replaced"
+    );
+    let auth = format!("Bearer {new_token}");
+    let response = agent.request("GET", "/api/v1/metrics", &[("Authorization", &auth)], b"");
+    assert_eq!(response.status, 200);
+    let log = agent.log();
+    assert!(log.contains("[DEBUG]"), "debug logging on: {log}");
+    assert!(!log.contains(new_token));
+}
+
+#[test]
+fn sigterm_stops_cleanly_and_fast() {
+    let mut agent = Agent::start(|_| {});
+    assert_eq!(agent.get("/api/v1/metrics").status, 200);
+    let (status, took) = agent.terminate();
+    assert_eq!(status.code(), Some(0), "{}", agent.log());
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    assert!(agent.log().contains("SIGTERM received"));
+    assert!(agent.log().contains("stopped"));
+}
+
+#[test]
+fn sigint_stops_too_and_a_second_signal_forces_exit() {
+    let mut agent = Agent::start(|_| {});
+    agent.signal(libc::SIGINT);
+    let status = agent.wait_exit(Duration::from_secs(2));
+    assert_eq!(status.code(), Some(0), "{}", agent.log());
+
+    // The GPU sampler is stuck in a 1 s NVML call, so the graceful stop waits for it; a second
+    // signal does not wait.
+    let mut agent = Agent::start_with(
+        |c| c.gpu.sample_interval_ms = 100,
+        AgentOptions {
+            env: vec![("FAKE_NVML_SLOW_MS".into(), "1000".into())],
+            wait_for_gpu: false,
+        },
+    );
+    let started = Instant::now();
+    agent.signal(libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(100));
+    agent.signal(libc::SIGTERM);
+    let status = agent.wait_exit(Duration::from_secs(2));
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(status.code(), Some(130), "{}", agent.log());
+    assert!(agent.log().contains("forcing exit"));
+}
+
+#[test]
+fn a_taken_port_fails_start_up_with_a_clear_message() {
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = holder.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.agent_api.listen_address = format!("127.0.0.1:{port}");
+    let path = write_config(dir.path(), &config);
+    let out = run(&["-c", path.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_missing_token_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.agent_api.auth_token.clear();
+    let path = write_config(dir.path(), &config);
+    let out = run(&["-c", path.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("agent_api.auth_token"));
+    // ...and the environment can supply it.
+    let out = run(
+        &["--check-config", "-c", path.to_str().unwrap()],
+        &[("PHOENIX_AUTH_TOKEN", "a-token-from-env-0123")],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
