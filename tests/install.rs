@@ -1,0 +1,106 @@
+//! `scripts/install.sh` into a staging root: files, modes, a fresh token, idempotence, and that
+//! the installed config and service files are valid.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+fn install(root: &Path, init: &str) -> std::process::Output {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/install.sh");
+    Command::new("bash")
+        .arg(script)
+        .arg(common::agent_binary())
+        .env("DESTDIR", root)
+        .env("INIT", init)
+        .output()
+        .expect("run install.sh")
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[test]
+fn install_stages_binary_config_and_systemd_unit() {
+    let root = tempfile::tempdir().unwrap();
+    let out = install(root.path(), "systemd");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let binary = root.path().join("usr/local/bin/utopia-node-agent");
+    assert_eq!(mode(&binary), 0o755);
+    let config = root.path().join("etc/utopia/agent-config.yaml");
+    assert_eq!(mode(&config), 0o600, "the config holds secrets");
+    assert_eq!(mode(&root.path().join("etc/utopia")), 0o700);
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(
+        !text.contains("change-me-dev-token"),
+        "example token replaced"
+    );
+    let token_line = text.lines().find(|l| l.contains("auth_token:")).unwrap();
+    let token = token_line.split('"').nth(1).unwrap();
+    assert_eq!(token.len(), 64);
+    assert!(token.bytes().all(|b| b.is_ascii_hexdigit()));
+
+    // The installed config is valid and starts no warnings about the token or its mode.
+    let check = Command::new(&binary)
+        .args(["--check-config", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(check.status.success());
+    let warnings = String::from_utf8_lossy(&check.stderr);
+    assert!(!warnings.contains("warning"), "{warnings}");
+
+    let unit = root
+        .path()
+        .join("etc/systemd/system/utopia-node-agent.service");
+    let unit_text = std::fs::read_to_string(&unit).unwrap();
+    assert!(unit_text.contains(
+        "ExecStart=/usr/local/bin/utopia-node-agent --config /etc/utopia/agent-config.yaml"
+    ));
+
+    // Re-running keeps the operator's config (and its token).
+    let out = install(root.path(), "systemd");
+    assert!(out.status.success());
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), text);
+}
+
+#[test]
+fn install_stages_the_openrc_service() {
+    let root = tempfile::tempdir().unwrap();
+    let out = install(root.path(), "openrc");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let script = root.path().join("etc/init.d/utopia-node-agent");
+    assert_eq!(mode(&script), 0o755);
+    // openrc-run scripts are POSIX sh: at least the syntax must hold.
+    let syntax = Command::new("sh").arg("-n").arg(&script).status().unwrap();
+    assert!(syntax.success());
+}
+
+#[test]
+fn install_refuses_without_a_binary() {
+    let root = tempfile::tempdir().unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/install.sh");
+    let out = Command::new("bash")
+        .arg(script)
+        .arg("/nonexistent/utopia-node-agent")
+        .env("DESTDIR", root.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cargo build --release"));
+}
