@@ -737,6 +737,14 @@ mod tests {
     }
 
     #[test]
+    fn shipped_config_lists_every_default() {
+        let shipped = Config::parse(include_str!("../conf/agent-config.yaml")).unwrap();
+        let mut expected = Config::default();
+        expected.agent_api.auth_token = EXAMPLE_AUTH_TOKEN.to_string();
+        assert_eq!(shipped, expected);
+    }
+
+    #[test]
     fn docker_settings_are_checked() {
         let mut c = valid();
         c.docker.publish_address = "all".into();

@@ -562,3 +562,49 @@ fn a_bad_ca_file_stops_the_agent_naming_it() {
         "{text}"
     );
 }
+
+#[test]
+fn https_with_a_private_ca_from_ca_file() {
+    let platform = PlatformServer::start_tls();
+    platform.set_register_default(Reply::registered("node-tls"));
+    let agent = Agent::start(|c| {
+        platform_config(c, &platform.https_url());
+        c.central_platform.ca_file = common::platform::tls_fixture("ca.pem")
+            .display()
+            .to_string();
+    });
+    let registrations = platform.wait_for_registrations(1, Duration::from_secs(10));
+    assert_eq!(
+        registrations[0].header("Authorization"),
+        Some(format!("Bearer {BOOTSTRAP_TOKEN}").as_str())
+    );
+    wait_for_status(&agent, Duration::from_secs(5), |s| s == "ok");
+    assert_eq!(agent.get("/api/v1/metrics").json()["node_id"], "node-tls");
+    assert!(
+        agent.log().contains("extra CA certificate"),
+        "{}",
+        agent.log()
+    );
+}
+
+#[test]
+fn https_to_an_untrusted_certificate_is_refused() {
+    let platform = PlatformServer::start_tls();
+    let agent = Agent::start(|c| platform_config(c, &platform.https_url()));
+    // The system roots do not include the test CA: the handshake fails, nothing is sent.
+    let status = wait_for_status(&agent, Duration::from_secs(5), |s| {
+        s.starts_with("registering: ")
+    });
+    assert!(status.contains(&platform.https_url()), "{status}");
+    assert!(
+        status.contains("certificate") && status.contains("ca_file"),
+        "{status}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        platform.requests().is_empty(),
+        "a request went through: {:?}",
+        platform.requests()
+    );
+    assert!(agent.get("/api/v1/metrics").json()["node_id"].is_null());
+}

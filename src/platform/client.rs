@@ -239,7 +239,17 @@ impl PlatformClient {
                         self.timeout.as_secs()
                     )
                 }
-                other => other.to_string(),
+                other => {
+                    let message = other.to_string();
+                    if message.contains("UnknownIssuer") {
+                        format!(
+                            "{message} (the platform's certificate is not signed by a trusted \
+                             CA; for a private CA, set central_platform.ca_file)"
+                        )
+                    } else {
+                        message
+                    }
+                }
             },
         };
         let mut request = self.agent.post(&url).header("Accept", "application/json");

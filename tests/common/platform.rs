@@ -2,12 +2,14 @@
 //! thread, that records every request (method, path, headers, JSON body, arrival time) and
 //! answers from a script: per endpoint, a queue of replies (status, body, delay) and a default
 //! reply once the queue is empty. It also answers `CONNECT` (acting as the proxy), then serves
-//! the request that follows through the tunnel. Stopped on drop.
+//! the request that follows through the tunnel. [`PlatformServer::start_tls`] serves HTTPS with
+//! the certificate in `tests/fixtures/tls` (issued to 127.0.0.1 by the test CA `ca.pem` there).
+//! Stopped on drop.
 #![allow(dead_code)]
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -121,6 +123,15 @@ impl PlatformServer {
 
     /// On a given loopback port (e.g. one an agent has been failing to reach).
     pub fn start_on(port: u16) -> PlatformServer {
+        PlatformServer::start_with(port, None)
+    }
+
+    /// HTTPS on a free port, with the fixture certificate for 127.0.0.1.
+    pub fn start_tls() -> PlatformServer {
+        PlatformServer::start_with(0, Some(tls_config()))
+    }
+
+    fn start_with(port: u16, tls: Option<Arc<rustls::ServerConfig>>) -> PlatformServer {
         let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind the test platform");
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("local addr");
@@ -145,7 +156,21 @@ impl PlatformServer {
                         Ok((stream, _)) => {
                             let state = Arc::clone(&state);
                             let stop = Arc::clone(&stop);
-                            std::thread::spawn(move || serve(stream, &state, &stop));
+                            let tls = tls.clone();
+                            std::thread::spawn(move || {
+                                let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+                                match tls {
+                                    None => serve(stream, &state, &stop),
+                                    Some(config) => {
+                                        let Ok(session) = rustls::ServerConnection::new(config)
+                                        else {
+                                            return;
+                                        };
+                                        let tls_stream = rustls::StreamOwned::new(session, stream);
+                                        serve(tls_stream, &state, &stop);
+                                    }
+                                }
+                            });
                         }
                         Err(_) => std::thread::sleep(Duration::from_millis(5)),
                     }
@@ -163,6 +188,11 @@ impl PlatformServer {
     /// `http://127.0.0.1:PORT`, for `central_platform.api_url`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// `https://127.0.0.1:PORT`, for a server started with [`PlatformServer::start_tls`].
+    pub fn https_url(&self) -> String {
+        format!("https://{}", self.addr)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -261,18 +291,16 @@ impl Drop for PlatformServer {
 
 /// Serves one connection: requests until the client closes, a reply says `Connection: close`,
 /// or the server stops.
-fn serve(stream: TcpStream, state: &Mutex<State>, stop: &AtomicBool) {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
-    let Ok(mut writer) = stream.try_clone() else {
-        return;
-    };
+fn serve<S: Read + Write>(stream: S, state: &Mutex<State>, stop: &AtomicBool) {
     let mut reader = BufReader::new(stream);
     while let Some(request) = read_request(&mut reader) {
         let lock = || state.lock().unwrap_or_else(|p| p.into_inner());
         if request.method == "CONNECT" {
             lock().requests.push(request);
+            let writer = reader.get_mut();
             if writer
                 .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                .and_then(|()| writer.flush())
                 .is_err()
             {
                 return;
@@ -304,6 +332,7 @@ fn serve(stream: TcpStream, state: &Mutex<State>, stop: &AtomicBool) {
             reply.status,
             reply.body.len()
         );
+        let writer = reader.get_mut();
         let _ = writer.write_all(head.as_bytes());
         let _ = writer.write_all(reply.body.as_bytes());
         let _ = writer.flush();
@@ -311,7 +340,32 @@ fn serve(stream: TcpStream, state: &Mutex<State>, stop: &AtomicBool) {
     }
 }
 
-fn read_request(reader: &mut BufReader<TcpStream>) -> Option<RecordedRequest> {
+/// The directory of the TLS fixtures.
+pub fn tls_fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tls")
+        .join(name)
+}
+
+fn tls_config() -> Arc<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(tls_fixture("server.pem"))
+        .expect("read server.pem")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("parse server.pem");
+    let key = PrivateKeyDer::from_pem_file(tls_fixture("server.key")).expect("server.key");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("server certificate");
+    Arc::new(config)
+}
+
+fn read_request<S: Read>(reader: &mut BufReader<S>) -> Option<RecordedRequest> {
     let mut line = String::new();
     reader.read_line(&mut line).ok()?;
     let mut parts = line.split_whitespace();
