@@ -275,7 +275,7 @@ fn server_errors_are_retried_with_backoff_until_201() {
     // Retries wait no longer than the schedule allows (100, 200, 400 ms ceilings, plus slack).
     for (pair, ceiling) in registrations.windows(2).zip([100u64, 200, 400]) {
         let gap = pair[1].at - pair[0].at;
-        assert!(gap <= Duration::from_millis(ceiling + 300), "gap {gap:?}");
+        assert!(gap <= Duration::from_millis(ceiling + 600), "gap {gap:?}");
     }
     let log = agent.log();
     assert!(
@@ -296,7 +296,7 @@ fn a_rejected_token_is_logged_clearly_and_retried_at_the_cap() {
     for pair in registrations.windows(2) {
         let gap = pair[1].at - pair[0].at;
         assert!(
-            gap >= Duration::from_millis(190) && gap <= Duration::from_millis(700),
+            gap >= Duration::from_millis(190) && gap <= Duration::from_millis(1000),
             "gap {gap:?}"
         );
     }
@@ -369,7 +369,7 @@ fn heartbeats_carry_the_metrics_and_containers_at_the_interval() {
     for pair in heartbeats.windows(2) {
         let gap = pair[1].at - pair[0].at;
         assert!(
-            gap >= Duration::from_millis(900) && gap <= Duration::from_millis(1600),
+            gap >= Duration::from_millis(800) && gap <= Duration::from_millis(1400),
             "heartbeat gap {gap:?}"
         );
     }
@@ -438,9 +438,11 @@ fn a_gone_node_registers_again_after_410() {
         c.central_platform.heartbeat_interval_secs = 1;
     });
     platform.wait_for_registrations(2, Duration::from_secs(10));
-    // The second registration is answered before the file is replaced: wait for the file.
+    // The second registration is answered before the file is replaced and the id published.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while std::fs::read_to_string(identity_path(&agent)).unwrap() != "node-back\n" {
+    while std::fs::read_to_string(identity_path(&agent)).unwrap() != "node-back\n"
+        || agent.get("/api/v1/metrics").json()["node_id"] != "node-back"
+    {
         assert!(
             Instant::now() < deadline,
             "identity not replaced; log:\n{}",
@@ -448,7 +450,6 @@ fn a_gone_node_registers_again_after_410() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(agent.get("/api/v1/metrics").json()["node_id"], "node-back");
     assert!(agent.log().contains("HTTP 410"), "{}", agent.log());
 }
 

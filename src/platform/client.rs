@@ -48,10 +48,6 @@ pub enum ClientError {
         path: PathBuf,
         reason: String,
     },
-    Proxy {
-        variable: &'static str,
-        reason: String,
-    },
 }
 
 impl fmt::Display for ClientError {
@@ -68,9 +64,6 @@ impl fmt::Display for ClientError {
                  certificates (-----BEGIN CERTIFICATE-----)",
                 path.display()
             ),
-            ClientError::Proxy { variable, reason } => {
-                write!(f, "the proxy in ${variable} is not usable: {reason}")
-            }
         }
     }
 }
@@ -155,6 +148,8 @@ pub struct ProxyChoice {
 
 /// The connection to the platform.
 pub struct PlatformClient {
+    /// Why the configured proxy cannot be used, if it cannot.
+    unusable_proxy: Option<String>,
     agent: ureq::Agent,
     base_url: String,
     bootstrap_token: String,
@@ -183,21 +178,33 @@ impl PlatformClient {
             );
             roots.extend(extra);
         }
+        // A proxy variable that cannot be used does not stop the agent (its API and containers
+        // matter more than the platform): every platform request fails with the reason instead,
+        // which `/health` and the log show.
+        let mut unusable_proxy = None;
         let proxy = match proxy_for(&base_url, &env) {
-            Some(choice) => {
-                let proxy = ureq::Proxy::new(&choice.url).map_err(|e| ClientError::Proxy {
-                    variable: choice.variable,
-                    reason: e.to_string(),
-                })?;
-                // Host and port only: the proxy URL may carry credentials.
-                log::info!(
-                    "platform requests go through the proxy {}:{} (from ${})",
-                    proxy.host(),
-                    proxy.port(),
-                    choice.variable
-                );
-                Some(proxy)
-            }
+            Some(choice) => match ureq::Proxy::new(&choice.url) {
+                Ok(proxy) => {
+                    // Host and port only: the proxy URL may carry credentials.
+                    log::info!(
+                        "platform requests go through the proxy {}:{} (from ${})",
+                        proxy.host(),
+                        proxy.port(),
+                        choice.variable
+                    );
+                    Some(proxy)
+                }
+                Err(e) => {
+                    let reason = format!(
+                        "the proxy in ${} is not usable ({e}); fix it, or exclude the platform \
+                         with NO_PROXY",
+                        choice.variable
+                    );
+                    log::error!("{reason}");
+                    unusable_proxy = Some(reason);
+                    None
+                }
+            },
             None => None,
         };
         let agent_config = ureq::Agent::config_builder()
@@ -215,6 +222,7 @@ impl PlatformClient {
             )
             .build();
         Ok(PlatformClient {
+            unusable_proxy,
             agent: agent_config.into(),
             base_url,
             bootstrap_token: config.bootstrap_token.clone(),
@@ -230,6 +238,12 @@ impl PlatformClient {
     /// POSTs `body` as JSON; returns the body of a 2xx answer, or why there is none.
     pub fn post_json(&self, path: &str, body: &impl Serialize) -> Result<String, RequestError> {
         let url = self.url(path);
+        if let Some(reason) = &self.unusable_proxy {
+            return Err(RequestError::Transport {
+                url,
+                message: reason.clone(),
+            });
+        }
         let transport = |error: ureq::Error| RequestError::Transport {
             url: url.clone(),
             message: match error {
@@ -551,6 +565,21 @@ mod tests {
     }
 
     #[test]
+    fn an_unusable_proxy_fails_requests_with_the_reason() {
+        let config = PlatformConfig {
+            api_url: "https://p.example".into(),
+            ..PlatformConfig::default()
+        };
+        let client =
+            PlatformClient::new(&config, env(&[("HTTPS_PROXY", "gopher://x:70")])).unwrap();
+        let e = client.post_json("/api/v1/nodes/register", &()).unwrap_err();
+        assert!(
+            matches!(&e, RequestError::Transport { message, .. } if message.contains("$HTTPS_PROXY")),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn url_host_handles_ports_userinfo_and_ipv6() {
         assert_eq!(
             url_host("https://Platform.Example:8443/api").as_deref(),
@@ -581,16 +610,15 @@ mod tests {
 
     #[test]
     fn ca_file_certificates_are_loaded() {
-        // The distribution bundle is PEM: the first certificate of it makes a valid ca_file.
-        let Some(bundle) = SYSTEM_CA_BUNDLES.iter().find(|p| Path::new(p).exists()) else {
-            return;
-        };
-        let text = std::fs::read_to_string(bundle).unwrap();
-        let end = text.find("-----END CERTIFICATE-----").unwrap() + 25;
+        // The test CA of the HTTPS integration test, and it twice with a key between: both load.
+        let ca = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls/ca.pem");
+        assert_eq!(load_ca_file(&ca).unwrap().len(), 1);
+        let pem = std::fs::read_to_string(&ca).unwrap();
+        let key = std::fs::read_to_string(ca.with_file_name("server.key")).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let one = dir.path().join("one.pem");
-        std::fs::write(&one, &text[..end]).unwrap();
-        assert_eq!(load_ca_file(&one).unwrap().len(), 1);
+        let bundle = dir.path().join("bundle.pem");
+        std::fs::write(&bundle, format!("{pem}{key}{pem}")).unwrap();
+        assert_eq!(load_ca_file(&bundle).unwrap().len(), 2);
     }
 
     #[test]

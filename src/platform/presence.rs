@@ -108,13 +108,22 @@ impl Presence {
             log::info!("heartbeats are disabled (central_platform.heartbeat_interval_secs: 0)");
             return;
         }
-        let mut wait = random_offset(interval);
+        // A fixed cadence from a random phase: a slow answer does not push later beats back.
+        let mut next_beat = Instant::now() + random_offset(interval);
         let mut last_failure: Option<String> = None;
         loop {
-            if self.shutdown.wait_timeout(wait) {
+            if self
+                .shutdown
+                .wait_timeout(next_beat.saturating_duration_since(Instant::now()))
+            {
                 return;
             }
-            wait = interval;
+            next_beat += interval;
+            let now = Instant::now();
+            if next_beat < now {
+                // A request took longer than the interval: skip the beats it swallowed.
+                next_beat = now + interval;
+            }
             self.save_pending();
             match self.heartbeat(&node_id) {
                 Ok(()) => {
