@@ -307,6 +307,28 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_write_names_the_file_and_the_step_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocker = dir.path().join("not-a-dir");
+        std::fs::write(&blocker, "x").unwrap();
+        let path = blocker.join("node_id");
+        let e = write_atomic(&path, b"node-1\n").unwrap_err().to_string();
+        assert!(e.contains(&path.display().to_string()), "{e}");
+        assert!(e.contains("creating its directory"), "{e}");
+        // Renaming onto a directory fails after the temp file was written: it is removed.
+        let target = dir.path().join("occupied");
+        std::fs::create_dir(&target).unwrap();
+        std::fs::write(target.join("keep"), "x").unwrap();
+        let e = write_atomic(&target, b"node-1\n").unwrap_err().to_string();
+        assert!(e.contains("renaming"), "{e}");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(!names.iter().any(|n| n.contains(".tmp-")), "{names:?}");
+    }
+
+    #[test]
     fn a_record_of_another_node_is_ignored() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node_id");

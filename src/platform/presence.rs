@@ -106,6 +106,14 @@ impl Presence {
         let interval = self.settings.heartbeat_interval;
         if interval.is_zero() {
             log::info!("heartbeats are disabled (central_platform.heartbeat_interval_secs: 0)");
+            // With no heartbeat to retry it before, a failed identity write is retried here.
+            while self.unsaved.is_some() {
+                let delay = self.backoff.next_delay();
+                if self.shutdown.wait_timeout(delay) {
+                    return;
+                }
+                self.save_pending();
+            }
             return;
         }
         // A fixed cadence from a random phase: a slow answer does not push later beats back.
