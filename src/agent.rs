@@ -5,9 +5,10 @@
 //! starts the samplers (the system sampler publishes its first sample before returning), the
 //! API server, and last the platform thread, which registers and heartbeats in the background.
 //! [`Agent::run_until_shutdown`] waits for the shutdown channel to close, then stops in reverse
-//! order: the API drains its in-flight requests, and the sampler and platform threads are joined. The whole stop is bounded by
-//! [`STOP_DEADLINE`]: a thread stuck in a blocking call (NVML on a dying GPU) is left to the
-//! process exit rather than holding the shutdown.
+//! order: the API drains its in-flight requests, and the sampler and platform threads are
+//! joined. The whole stop is bounded by [`STOP_DEADLINE`]: a thread stuck in a blocking call
+//! (NVML on a dying GPU, a platform request before its timeout) is left to the process exit
+//! rather than holding the shutdown.
 
 use crate::api::{ApiContext, ApiServer, ApiSettings, ApiStartError};
 use crate::config::{Config, ConfigError};

@@ -1,6 +1,7 @@
 //! Retry delays: exponential backoff with full jitter.
 //!
-//! The n-th retry (counting from 0) waits a uniformly random time in `[0, min(cap, initial·2ⁿ)]`.
+//! The n-th retry (counting from 0) waits a uniformly random time in
+//! `[0, min(cap, initial·2ⁿ)]`.
 //! Full jitter is what keeps a fleet from hammering the platform in lockstep: thousands of agents
 //! that lost the platform at the same moment retry at scattered times instead of together.
 

@@ -123,7 +123,11 @@ impl fmt::Display for RequestError {
                          and the token on the platform)"
                     )?;
                 } else if (300..400).contains(status) {
-                    write!(f, " (redirects are not followed: set central_platform.api_url to the final URL)")?;
+                    write!(
+                        f,
+                        " (redirects are not followed: set central_platform.api_url to the \
+                         final URL)"
+                    )?;
                 }
                 if !body.is_empty() {
                     write!(f, ": {body}")?;
@@ -573,10 +577,10 @@ mod tests {
         let client =
             PlatformClient::new(&config, env(&[("HTTPS_PROXY", "gopher://x:70")])).unwrap();
         let e = client.post_json("/api/v1/nodes/register", &()).unwrap_err();
-        assert!(
-            matches!(&e, RequestError::Transport { message, .. } if message.contains("$HTTPS_PROXY")),
-            "{e}"
-        );
+        let RequestError::Transport { message, .. } = &e else {
+            panic!("{e}");
+        };
+        assert!(message.contains("$HTTPS_PROXY"), "{e}");
     }
 
     #[test]

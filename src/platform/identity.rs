@@ -150,7 +150,11 @@ pub fn load_registration_record(
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
         Err(e) => {
-            log::warn!("cannot read {}: {e}; the platform's frp port is unknown until the next registration", path.display());
+            log::warn!(
+                "cannot read {}: {e}; the platform's frp port is unknown until the next \
+                 registration",
+                path.display()
+            );
             return None;
         }
     };
