@@ -522,11 +522,14 @@ fn the_proxy_from_the_environment_is_used() {
 }
 
 #[test]
-fn no_proxy_hosts_are_reached_directly() {
+fn no_proxy_hosts_are_reached_directly_and_no_token_means_no_auth_header() {
     let platform = PlatformServer::start();
     let dead_proxy = format!("http://127.0.0.1:{}", free_port());
     let agent = Agent::start_with(
-        |c| platform_config(c, &platform.url()),
+        |c| {
+            platform_config(c, &platform.url());
+            c.central_platform.bootstrap_token = String::new();
+        },
         AgentOptions {
             env: vec![
                 ("HTTP_PROXY".into(), dead_proxy.clone()),
@@ -536,9 +539,11 @@ fn no_proxy_hosts_are_reached_directly() {
             ..AgentOptions::default()
         },
     );
-    platform.wait_for_registrations(1, Duration::from_secs(10));
+    let registrations = platform.wait_for_registrations(1, Duration::from_secs(10));
     wait_for_status(&agent, Duration::from_secs(5), |s| s == "ok");
     assert!(platform.requests().iter().all(|r| r.method != "CONNECT"));
+    // Without a bootstrap token, no Authorization header at all.
+    assert_eq!(registrations[0].header("Authorization"), None);
 }
 
 #[test]

@@ -126,14 +126,15 @@ impl Presence {
             {
                 return;
             }
+            self.save_pending();
+            let result = self.heartbeat(&node_id);
             next_beat += interval;
             let now = Instant::now();
-            if next_beat < now {
-                // A request took longer than the interval: skip the beats it swallowed.
+            if next_beat <= now {
+                // The request took longer than the interval: skip the beats it swallowed.
                 next_beat = now + interval;
             }
-            self.save_pending();
-            match self.heartbeat(&node_id) {
+            match result {
                 Ok(()) => {
                     if last_failure.take().is_some() {
                         log::info!("heartbeats are accepted again");
