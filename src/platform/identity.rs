@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 /// Longest node id accepted.
@@ -118,7 +118,15 @@ pub fn registration_record_path(identity_path: &Path) -> PathBuf {
 /// Reads the identity file: `Ok(None)` when there is none, an error when there is one that
 /// cannot be used (the agent must not start then).
 pub fn load_node_id(path: &Path) -> Result<Option<NodeId>, IdentityError> {
-    let bytes = match std::fs::read(path) {
+    // A node id is short: reading a little more than the longest one is enough to reject a
+    // file that is something else, without reading all of it.
+    let read = std::fs::File::open(path).and_then(|file| {
+        let mut bytes = Vec::new();
+        file.take(MAX_NODE_ID_LEN as u64 + 3)
+            .read_to_end(&mut bytes)?;
+        Ok(bytes)
+    });
+    let bytes = match read {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => {
@@ -132,6 +140,11 @@ pub fn load_node_id(path: &Path) -> Result<Option<NodeId>, IdentityError> {
         path: path.to_path_buf(),
         reason,
     };
+    if bytes.len() > MAX_NODE_ID_LEN + 2 {
+        return Err(invalid(format!(
+            "it is longer than a node id ({MAX_NODE_ID_LEN} characters at most)"
+        )));
+    }
     let text = String::from_utf8(bytes).map_err(|_| invalid("it is not UTF-8 text".into()))?;
     // One trailing newline is tolerated: people write these files with `echo`.
     let value = text.strip_suffix('\n').unwrap_or(&text);
@@ -293,7 +306,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node_id");
         assert!(load_node_id(&path).unwrap().is_none());
-        for bad in ["", "\n", "has space\n", "a\nb\n"] {
+        let huge = "x".repeat(100_000);
+        for bad in ["", "\n", "has space\n", "a\nb\n", &huge] {
             std::fs::write(&path, bad).unwrap();
             let e = load_node_id(&path).unwrap_err().to_string();
             assert!(e.contains(&path.display().to_string()), "{e}");
