@@ -1,14 +1,18 @@
 //! Starting and stopping the components, in order.
 //!
-//! [`Agent::start`] publishes an empty [`Snapshot`], starts the samplers (the system sampler
-//! publishes its first sample before returning), then the API server. [`Agent::run_until_shutdown`]
-//! waits for the shutdown channel to close, then stops in reverse order: the API drains its
-//! in-flight requests, and the sampler threads are joined. The whole stop is bounded by
-//! [`STOP_DEADLINE`]: a thread stuck in a blocking call (NVML on a dying GPU) is left to the
-//! process exit rather than holding the shutdown.
+//! [`Agent::start`] first reads the node identity and sets up the platform client (a damaged
+//! identity file or `ca_file` stops it before anything runs), publishes an empty [`Snapshot`],
+//! starts the samplers (the system sampler publishes its first sample before returning), the
+//! API server, and last the platform thread, which registers and heartbeats in the background.
+//! [`Agent::run_until_shutdown`] waits for the shutdown channel to close, then stops in reverse
+//! order: the API drains its in-flight requests, and the sampler and platform threads are
+//! joined. The whole stop is bounded by [`STOP_DEADLINE`]: a thread stuck in a blocking call
+//! (NVML on a dying GPU, a platform request before its timeout) is left to the process exit
+//! rather than holding the shutdown.
 
 use crate::api::{ApiContext, ApiServer, ApiSettings, ApiStartError};
 use crate::config::{Config, ConfigError};
+use crate::platform::{self, PlatformStartError};
 use crate::shutdown::Shutdown;
 use crate::snapshot::Snapshot;
 use crate::telemetry::{gpu, system};
@@ -27,6 +31,7 @@ pub enum AgentError {
     System(system::SystemSamplerError),
     Gpu(gpu::GpuSamplerError),
     Api(ApiStartError),
+    Platform(PlatformStartError),
 }
 
 impl fmt::Display for AgentError {
@@ -36,6 +41,7 @@ impl fmt::Display for AgentError {
             AgentError::System(e) => e.fmt(f),
             AgentError::Gpu(e) => e.fmt(f),
             AgentError::Api(e) => e.fmt(f),
+            AgentError::Platform(e) => e.fmt(f),
         }
     }
 }
@@ -53,8 +59,10 @@ pub struct Agent {
 impl Agent {
     /// Starts every component; on error, the ones already started stop when `shutdown` fires.
     pub fn start(config: &Config, shutdown: Shutdown) -> Result<Agent, AgentError> {
+        // First, so that a damaged identity file stops the agent before anything runs.
+        let platform = platform::prepare(config).map_err(AgentError::Platform)?;
         let snapshot = Arc::new(Snapshot::new());
-        let threads = vec![
+        let mut threads = vec![
             (
                 "system-sampler",
                 system::start(Arc::clone(&snapshot), shutdown.clone())
@@ -66,10 +74,6 @@ impl Agent {
                     .map_err(AgentError::Gpu)?,
             ),
         ];
-        if config.central_platform.api_url.is_empty() {
-            snapshot.set_component("platform", "disabled (central_platform.api_url is empty)");
-        }
-
         let settings = ApiSettings {
             listen: config.listen_address().map_err(AgentError::Config)?,
             auth_token: config.agent_api.auth_token.clone(),
@@ -78,6 +82,13 @@ impl Agent {
         };
         let context = Arc::new(ApiContext::new(settings, Arc::clone(&snapshot)));
         let api = ApiServer::start(context).map_err(AgentError::Api)?;
+
+        // Last, so that the API already answers while the node registers.
+        if let Some(thread) = platform::start(platform, Arc::clone(&snapshot), shutdown.clone())
+            .map_err(AgentError::Platform)?
+        {
+            threads.push(("platform", thread));
+        }
 
         Ok(Agent {
             snapshot,

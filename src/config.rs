@@ -81,6 +81,10 @@ pub struct PlatformConfig {
     pub request_timeout_secs: u64,
     /// PEM file of extra CA certificates trusted for the platform (a private CA).
     pub ca_file: String,
+    /// Ceiling of the first registration retry; it doubles per failure up to `backoff_max_ms`.
+    pub backoff_initial_ms: u64,
+    /// Longest wait between registration retries (and the wait after a rejected token).
+    pub backoff_max_ms: u64,
 }
 
 /// The frpc tunnel the platform reaches the agent through.
@@ -171,6 +175,8 @@ impl Default for PlatformConfig {
             heartbeat_interval_secs: 30,
             request_timeout_secs: 10,
             ca_file: String::new(),
+            backoff_initial_ms: 1000,
+            backoff_max_ms: 300_000,
         }
     }
 }
@@ -409,6 +415,40 @@ impl Config {
                     format!("{url:?} has no host"),
                 ));
             }
+            let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+            if authority.contains('@') {
+                // Credentials in the URL would end up in every log line naming it.
+                return Err(invalid(
+                    "central_platform.api_url",
+                    "must not contain credentials (user:password@); use \
+                     central_platform.bootstrap_token",
+                ));
+            }
+            if url.starts_with("http://") && !is_loopback_host(authority) {
+                warnings.push(ConfigWarning(format!(
+                    "central_platform.api_url {url} is plain http:// to a host that is not this \
+                     machine: the bootstrap token and the node's data cross the network in \
+                     clear; use https://"
+                )));
+            }
+        }
+        if platform.heartbeat_interval_secs > 86_400 {
+            return Err(invalid(
+                "central_platform.heartbeat_interval_secs",
+                "must be between 0 (no heartbeats) and 86400",
+            ));
+        }
+        if !(1..=3_600_000).contains(&platform.backoff_initial_ms) {
+            return Err(invalid(
+                "central_platform.backoff_initial_ms",
+                "must be between 1 and 3600000",
+            ));
+        }
+        if !(platform.backoff_initial_ms..=86_400_000).contains(&platform.backoff_max_ms) {
+            return Err(invalid(
+                "central_platform.backoff_max_ms",
+                "must be at least central_platform.backoff_initial_ms and at most 86400000",
+            ));
         }
         if !(1..=300).contains(&platform.request_timeout_secs) {
             return Err(invalid(
@@ -505,6 +545,19 @@ impl Config {
         serde_yaml::to_string(&self.redacted())
             .unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
+}
+
+/// Whether the `host[:port]` of a URL names this machine.
+fn is_loopback_host(authority: &str) -> bool {
+    let host = if let Some(bracketed) = authority.strip_prefix('[') {
+        bracketed.split(']').next().unwrap_or_default()
+    } else {
+        authority.split(':').next().unwrap_or_default()
+    };
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    host == "localhost"
+        || host.ends_with(".localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 fn valid_cdi_kind(kind: &str) -> bool {
@@ -647,6 +700,48 @@ mod tests {
         assert!(c.validate().is_err());
         c.central_platform.api_url = "https://platform.example/base".into();
         assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn plain_http_to_another_host_warns_and_credentials_are_refused() {
+        let mut c = valid();
+        c.central_platform.api_url = "http://platform.example".into();
+        let w = c.validate().unwrap();
+        assert!(w.iter().any(|w| w.0.contains("in clear")), "{w:?}");
+        for local in [
+            "http://127.0.0.1:8080",
+            "http://localhost/x",
+            "http://[::1]:80",
+            "https://p.example",
+        ] {
+            c.central_platform.api_url = local.into();
+            assert_eq!(c.validate().unwrap(), vec![], "{local}");
+        }
+        c.central_platform.api_url = "https://user:secret@p.example".into();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("credentials") && !e.contains("secret"), "{e}");
+    }
+
+    #[test]
+    fn backoff_bounds_are_checked() {
+        let mut c = valid();
+        c.central_platform.backoff_initial_ms = 0;
+        assert!(c.validate().is_err());
+        let mut c = valid();
+        c.central_platform.backoff_initial_ms = 2000;
+        c.central_platform.backoff_max_ms = 1000;
+        assert!(c.validate().is_err());
+        let mut c = valid();
+        c.central_platform.heartbeat_interval_secs = 0;
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn shipped_config_lists_every_default() {
+        let shipped = Config::parse(include_str!("../conf/agent-config.yaml")).unwrap();
+        let mut expected = Config::default();
+        expected.agent_api.auth_token = EXAMPLE_AUTH_TOKEN.to_string();
+        assert_eq!(shipped, expected);
     }
 
     #[test]

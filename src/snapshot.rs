@@ -63,6 +63,9 @@ pub struct Snapshot {
     pub gpus: Published<GpuReport>,
     /// The id the platform gave this node; `None` until registered.
     pub node_id: Published<Option<String>>,
+    /// The frps remote port the platform assigned to the agent API at registration, if any
+    /// (kept in the registration record beside the identity file across restarts).
+    pub assigned_api_remote_port: Published<Option<u16>>,
     /// The managed containers, as the container runner last saw them.
     pub containers: Published<Vec<ContainerSummary>>,
     /// GPU index → the container holding it (until that container is removed).
@@ -82,6 +85,7 @@ impl Snapshot {
             system: Published::new(None),
             gpus: Published::new(GpuReport::starting()),
             node_id: Published::new(None),
+            assigned_api_remote_port: Published::new(None),
             containers: Published::new(Vec::new()),
             gpu_allocations: Published::new(BTreeMap::new()),
             components: RwLock::new(BTreeMap::new()),

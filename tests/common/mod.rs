@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fake_nvml;
+pub mod platform;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -124,7 +125,9 @@ impl Agent {
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log);
         for (key, _) in std::env::vars() {
-            if key.starts_with("PHOENIX_") || key.starts_with("FAKE_NVML_") {
+            // The host's proxy settings would send the agent's platform requests elsewhere.
+            let proxy = key.to_ascii_lowercase().ends_with("_proxy");
+            if key.starts_with("PHOENIX_") || key.starts_with("FAKE_NVML_") || proxy {
                 command.env_remove(key);
             }
         }
@@ -241,6 +244,25 @@ impl Agent {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// Stops the agent (SIGTERM, or SIGKILL when `crash`) and starts it again on the same
+    /// directory, config file and port.
+    pub fn restart(&mut self, crash: bool, options: AgentOptions) {
+        if crash {
+            self.kill();
+        } else if self.child.is_some() {
+            let (status, _) = self.terminate();
+            assert!(
+                status.success(),
+                "agent exited with {status}; log:\n{}",
+                self.log()
+            );
+        }
+        let text = std::fs::read_to_string(&self.config_path).expect("read the config back");
+        let config = Config::parse(&text).expect("config parses");
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
+        *self = Agent::spawn(dir, self.config_path.clone(), &config, options);
     }
 
     /// Kills the agent with SIGKILL (a crash), reaps it, and keeps its directory.

@@ -1,0 +1,365 @@
+//! The node's identity on disk: the id the platform gave this node (`identity_file_path`), and
+//! beside it what else registration answered (`<identity_file_path>.registration.json`).
+//!
+//! Both files are written atomically (a temp file in the same directory, fsync, rename, fsync of
+//! the directory), mode 0600, so a crash at any moment leaves either the old file, no file, or
+//! the complete new one. The identity file is the commit point: the registration record is
+//! written first, so a crash between the two leaves no identity and the next start registers
+//! again, replacing both.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+/// Longest node id accepted.
+pub const MAX_NODE_ID_LEN: usize = 128;
+
+/// A node id as the platform issued it: 1-128 characters of `[A-Za-z0-9_.:-]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeId(String);
+
+impl NodeId {
+    /// Accepts `value` only if it is a well-formed node id.
+    pub fn parse(value: &str) -> Result<NodeId, String> {
+        if value.is_empty() {
+            return Err("it is empty".to_string());
+        }
+        if value.len() > MAX_NODE_ID_LEN {
+            return Err(format!(
+                "it is {} characters long (at most {MAX_NODE_ID_LEN})",
+                value.len()
+            ));
+        }
+        if let Some(bad) = value
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-')))
+        {
+            return Err(format!(
+                "it contains {bad:?} (only A-Z a-z 0-9 _ . : - are allowed)"
+            ));
+        }
+        Ok(NodeId(value.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What registration answered besides the node id, kept so that a start that does not register
+/// still knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistrationRecord {
+    pub node_id: String,
+    /// The frps remote port the platform assigned to the agent API, if it assigned one.
+    pub api_remote_port: Option<u16>,
+    pub registered_at: String,
+}
+
+/// Why the identity could not be read or written. Each variant names the file.
+#[derive(Debug)]
+pub enum IdentityError {
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    Invalid {
+        path: PathBuf,
+        reason: String,
+    },
+    Write {
+        path: PathBuf,
+        step: &'static str,
+        source: std::io::Error,
+    },
+}
+
+impl fmt::Display for IdentityError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IdentityError::Unreadable { path, source } => write!(
+                f,
+                "cannot read the identity file {} (identity_file_path): {source}. It holds this \
+                 node's id on the platform: make it readable by the agent, or, only if this \
+                 server should join the platform as a new node, remove it",
+                path.display()
+            ),
+            IdentityError::Invalid { path, reason } => write!(
+                f,
+                "the identity file {} (identity_file_path) does not hold a valid node id: \
+                 {reason}. The agent will not register a second node silently: restore the \
+                 node id from a backup or from the platform, or, only if this server should \
+                 join the platform as a new node, remove the file",
+                path.display()
+            ),
+            IdentityError::Write { path, step, source } => {
+                write!(f, "cannot write {} ({step}): {source}", path.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for IdentityError {}
+
+/// Where the registration record of the identity file at `identity_path` is kept.
+pub fn registration_record_path(identity_path: &Path) -> PathBuf {
+    let mut name = identity_path.as_os_str().to_os_string();
+    name.push(".registration.json");
+    PathBuf::from(name)
+}
+
+/// Reads the identity file: `Ok(None)` when there is none, an error when there is one that
+/// cannot be used (the agent must not start then).
+pub fn load_node_id(path: &Path) -> Result<Option<NodeId>, IdentityError> {
+    // A node id is short: reading a little more than the longest one is enough to reject a
+    // file that is something else, without reading all of it.
+    let read = std::fs::File::open(path).and_then(|file| {
+        let mut bytes = Vec::new();
+        file.take(MAX_NODE_ID_LEN as u64 + 3)
+            .read_to_end(&mut bytes)?;
+        Ok(bytes)
+    });
+    let bytes = match read {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(IdentityError::Unreadable {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let invalid = |reason: String| IdentityError::Invalid {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if bytes.len() > MAX_NODE_ID_LEN + 2 {
+        return Err(invalid(format!(
+            "it is longer than a node id ({MAX_NODE_ID_LEN} characters at most)"
+        )));
+    }
+    let text = String::from_utf8(bytes).map_err(|_| invalid("it is not UTF-8 text".into()))?;
+    // One trailing newline is tolerated: people write these files with `echo`.
+    let value = text.strip_suffix('\n').unwrap_or(&text);
+    let value = value.strip_suffix('\r').unwrap_or(value);
+    NodeId::parse(value).map(Some).map_err(invalid)
+}
+
+/// Reads the registration record that belongs to `node_id`; anything else (missing, damaged,
+/// or left from another id) is `None`, with a warning for the damaged case.
+pub fn load_registration_record(
+    identity_path: &Path,
+    node_id: &NodeId,
+) -> Option<RegistrationRecord> {
+    let path = registration_record_path(identity_path);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            log::warn!(
+                "cannot read {}: {e}; the platform's frp port is unknown until the next \
+                 registration",
+                path.display()
+            );
+            return None;
+        }
+    };
+    match serde_json::from_str::<RegistrationRecord>(&text) {
+        Ok(record) if record.node_id == node_id.as_str() => Some(record),
+        Ok(_) => {
+            log::warn!("{} belongs to another node id; ignoring it", path.display());
+            None
+        }
+        Err(e) => {
+            log::warn!("{} is damaged ({e}); ignoring it", path.display());
+            None
+        }
+    }
+}
+
+/// Persists a registration: first the record, then the identity file (the commit point).
+pub fn save_registration(
+    identity_path: &Path,
+    record: &RegistrationRecord,
+) -> Result<(), IdentityError> {
+    let mut json = serde_json::to_string_pretty(record).unwrap_or_default();
+    json.push('\n');
+    write_atomic(&registration_record_path(identity_path), json.as_bytes())?;
+    write_atomic(identity_path, format!("{}\n", record.node_id).as_bytes())
+}
+
+/// Replaces `path` with `contents` atomically, mode 0600, creating the parent directory (0700).
+pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), IdentityError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let fail = |step: &'static str| {
+        let path = path.to_path_buf();
+        move |source| IdentityError::Write { path, step, source }
+    };
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| {
+            fail("the path has no file name")(std::io::Error::from(
+                std::io::ErrorKind::InvalidInput,
+            ))
+        })?
+        .to_os_string();
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(fail("creating its directory"))?;
+
+    let mut temp_name = std::ffi::OsString::from(".");
+    temp_name.push(&file_name);
+    temp_name.push(format!(".tmp-{}-{}", std::process::id(), fastrand::u32(..)));
+    let temp_path = dir.join(temp_name);
+    let result = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp_path)
+            .map_err(fail("creating a temp file beside it"))?;
+        file.write_all(contents)
+            .map_err(fail("writing the temp file"))?;
+        file.sync_all().map_err(fail("fsync of the temp file"))?;
+        drop(file);
+        std::fs::rename(&temp_path, path).map_err(fail("renaming the temp file over it"))?;
+        std::fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(fail("fsync of its directory"))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temp_path);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn node_id_syntax() {
+        for good in ["a", "node-abc123", "N_1.2:3-x", &"x".repeat(128)] {
+            assert!(NodeId::parse(good).is_ok(), "{good}");
+        }
+        for bad in ["", " a", "a b", "a/b", "../x", "ü", "a\n", &"x".repeat(129)] {
+            assert!(NodeId::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn write_then_load_round_trips_with_mode_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("deep/er/node_id");
+        let record = RegistrationRecord {
+            node_id: "node-1".into(),
+            api_remote_port: Some(7001),
+            registered_at: "2026-11-29T09:00:00Z".into(),
+        };
+        save_registration(&path, &record).unwrap();
+        let id = load_node_id(&path).unwrap().unwrap();
+        assert_eq!(id.as_str(), "node-1");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "node-1\n");
+        for file in [path.clone(), registration_record_path(&path)] {
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{}", file.display());
+        }
+        let dir_mode = std::fs::metadata(path.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(dir_mode & 0o777, 0o700);
+        assert_eq!(load_registration_record(&path, &id), Some(record));
+        // No temp files are left behind.
+        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+    }
+
+    #[test]
+    fn replacing_keeps_one_complete_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node_id");
+        write_atomic(&path, b"old\n").unwrap();
+        write_atomic(&path, b"new\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "new\n");
+    }
+
+    #[test]
+    fn missing_is_none_and_damaged_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node_id");
+        assert!(load_node_id(&path).unwrap().is_none());
+        let huge = "x".repeat(100_000);
+        for bad in ["", "\n", "has space\n", "a\nb\n", &huge] {
+            std::fs::write(&path, bad).unwrap();
+            let e = load_node_id(&path).unwrap_err().to_string();
+            assert!(e.contains(&path.display().to_string()), "{e}");
+            assert!(e.contains("remove the file"), "{e}");
+        }
+        std::fs::write(&path, "node-7\n").unwrap();
+        assert_eq!(load_node_id(&path).unwrap().unwrap().as_str(), "node-7");
+        // A directory where the file should be cannot be read.
+        let as_dir = dir.path().join("dir");
+        std::fs::create_dir(&as_dir).unwrap();
+        assert!(matches!(
+            load_node_id(&as_dir),
+            Err(IdentityError::Unreadable { .. })
+        ));
+    }
+
+    #[test]
+    fn a_failed_write_names_the_file_and_the_step_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocker = dir.path().join("not-a-dir");
+        std::fs::write(&blocker, "x").unwrap();
+        let path = blocker.join("node_id");
+        let e = write_atomic(&path, b"node-1\n").unwrap_err().to_string();
+        assert!(e.contains(&path.display().to_string()), "{e}");
+        assert!(e.contains("creating its directory"), "{e}");
+        // Renaming onto a directory fails after the temp file was written: it is removed.
+        let target = dir.path().join("occupied");
+        std::fs::create_dir(&target).unwrap();
+        std::fs::write(target.join("keep"), "x").unwrap();
+        let e = write_atomic(&target, b"node-1\n").unwrap_err().to_string();
+        assert!(e.contains("renaming"), "{e}");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(!names.iter().any(|n| n.contains(".tmp-")), "{names:?}");
+    }
+
+    #[test]
+    fn a_record_of_another_node_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node_id");
+        let record = RegistrationRecord {
+            node_id: "node-1".into(),
+            api_remote_port: Some(7001),
+            registered_at: String::new(),
+        };
+        save_registration(&path, &record).unwrap();
+        let other = NodeId::parse("node-2").unwrap();
+        assert_eq!(load_registration_record(&path, &other), None);
+        std::fs::write(registration_record_path(&path), "{").unwrap();
+        let same = NodeId::parse("node-1").unwrap();
+        assert_eq!(load_registration_record(&path, &same), None);
+    }
+}

@@ -1,0 +1,395 @@
+//! The presence thread: keeps this node known to the central platform.
+//!
+//! It owns the [`PlatformClient`] and the node's identity files. Without a node id it registers
+//! (`POST /api/v1/nodes/register`), retrying with exponential backoff and full jitter until the
+//! platform accepts, then writes the identity atomically and publishes `node_id` (and the frp
+//! port the platform assigned) into the [`Snapshot`]. It then sends a heartbeat every
+//! `heartbeat_interval_secs`, the first at a random offset within the interval so that a fleet
+//! started together does not beat together. A heartbeat answered 404 or 410 means the platform
+//! forgot the node: it registers again and replaces the identity file.
+//!
+//! It receives nothing but the shutdown channel and reads the snapshot for the heartbeat body;
+//! it sends only HTTP requests and publishes `node_id`, `assigned_api_remote_port` and
+//! `components.platform` (`registering: <last error>`, `ok`, `heartbeat failing: <error>`).
+//!
+//! Stopping: every wait (backoff, heartbeat tick) is a wait on the shutdown channel, so it ends
+//! at once; a request in flight is bounded by `request_timeout_secs`, and the agent's ordered
+//! stop does not wait for it longer than its own deadline.
+
+use super::backoff::{random_offset, Backoff};
+use super::client::{PlatformClient, RequestError};
+use super::identity::{self, NodeId, RegistrationRecord};
+use super::node_facts::RegistrationRequest;
+use super::{heartbeat_path, REGISTER_PATH};
+use crate::api::metrics::{self, MetricsDocument};
+use crate::shutdown::Shutdown;
+use crate::snapshot::{ContainerSummary, Snapshot};
+use crate::telemetry::gpu::NvmlState;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+/// How long the first registration waits for the GPU sampler's first report, so that the
+/// platform learns the GPUs; NVML may hang, so not longer.
+pub const GPU_REPORT_WAIT: Duration = Duration::from_secs(5);
+
+/// What the thread needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct PresenceSettings {
+    pub identity_path: PathBuf,
+    /// Zero: no heartbeats.
+    pub heartbeat_interval: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_cap: Duration,
+    pub api_listen_address: String,
+}
+
+/// The body of `POST /api/v1/nodes/{node_id}/heartbeat`: the metrics document plus what the
+/// platform needs to follow the node.
+#[derive(Debug, Serialize)]
+pub struct HeartbeatBody {
+    #[serde(flatten)]
+    pub metrics: MetricsDocument,
+    pub agent_version: &'static str,
+    pub uptime_secs: u64,
+    pub containers: Vec<ContainerSummary>,
+    // The frp tunnel's state joins here when the tunnel exists (a `tunnel` object).
+}
+
+/// Starts the thread; `known` is the node id read from the identity file, if any.
+pub fn start(
+    settings: PresenceSettings,
+    client: PlatformClient,
+    known: Option<NodeId>,
+    snapshot: Arc<Snapshot>,
+    shutdown: Shutdown,
+) -> std::io::Result<JoinHandle<()>> {
+    let presence = Presence {
+        backoff: Backoff::new(settings.backoff_initial, settings.backoff_cap),
+        settings,
+        client,
+        snapshot,
+        shutdown,
+        started: Instant::now(),
+        unsaved: None,
+    };
+    std::thread::Builder::new()
+        .name("platform".into())
+        .spawn(move || {
+            presence.run(known);
+            log::debug!("platform thread stopped");
+        })
+}
+
+struct Presence {
+    settings: PresenceSettings,
+    client: PlatformClient,
+    snapshot: Arc<Snapshot>,
+    shutdown: Shutdown,
+    started: Instant,
+    backoff: Backoff,
+    /// A registration whose files could not be written yet; retried before each heartbeat.
+    unsaved: Option<RegistrationRecord>,
+}
+
+impl Presence {
+    fn run(mut self, known: Option<NodeId>) {
+        let mut node_id = match known {
+            Some(id) => id,
+            None => match self.register() {
+                Some(id) => id,
+                None => return,
+            },
+        };
+        let interval = self.settings.heartbeat_interval;
+        if interval.is_zero() {
+            log::info!("heartbeats are disabled (central_platform.heartbeat_interval_secs: 0)");
+            // With no heartbeat to retry it before, a failed identity write is retried here.
+            while self.unsaved.is_some() {
+                let delay = self.backoff.next_delay();
+                if self.shutdown.wait_timeout(delay) {
+                    return;
+                }
+                self.save_pending();
+            }
+            return;
+        }
+        // A fixed cadence from a random phase: a slow answer does not push later beats back.
+        let mut next_beat = Instant::now() + random_offset(interval);
+        let mut last_failure: Option<String> = None;
+        loop {
+            if self
+                .shutdown
+                .wait_timeout(next_beat.saturating_duration_since(Instant::now()))
+            {
+                return;
+            }
+            self.save_pending();
+            let result = self.heartbeat(&node_id);
+            next_beat += interval;
+            let now = Instant::now();
+            if next_beat <= now {
+                // The request took longer than the interval: skip the beats it swallowed.
+                next_beat = now + interval;
+            }
+            match result {
+                Ok(()) => {
+                    if last_failure.take().is_some() {
+                        log::info!("heartbeats are accepted again");
+                    }
+                    self.snapshot.set_component("platform", "ok");
+                }
+                Err(e) if e.is_node_unknown() => {
+                    log::warn!(
+                        "the platform no longer knows node {node_id} ({e}); registering again"
+                    );
+                    last_failure = None;
+                    match self.register() {
+                        Some(id) => node_id = id,
+                        None => return,
+                    }
+                }
+                Err(e) => {
+                    let message = e.to_string();
+                    // Logged when it changes, not every interval: the status shows it meanwhile.
+                    if last_failure.as_deref() != Some(message.as_str()) {
+                        if e.is_auth_rejected() {
+                            log::error!("heartbeat refused: {message}");
+                        } else {
+                            log::warn!(
+                                "heartbeat failed: {message}; sending the next one in {}s",
+                                interval.as_secs()
+                            );
+                        }
+                    }
+                    self.snapshot
+                        .set_component("platform", format!("heartbeat failing: {message}"));
+                    last_failure = Some(message);
+                }
+            }
+        }
+    }
+
+    /// Registers until the platform accepts; `None` when shutdown came first.
+    fn register(&mut self) -> Option<NodeId> {
+        if self.wait_for_gpu_report() {
+            return None;
+        }
+        self.backoff.reset();
+        loop {
+            let request =
+                RegistrationRequest::collect(&self.snapshot, &self.settings.api_listen_address);
+            let result = self
+                .client
+                .post_json(REGISTER_PATH, &request)
+                .and_then(|body| parse_registration(&body, &self.client.url(REGISTER_PATH)));
+            match result {
+                Ok(registration) => {
+                    self.accept(&registration);
+                    return Some(registration.node_id);
+                }
+                Err(e) => {
+                    let delay = if e.is_auth_rejected() {
+                        self.backoff.delay_at_cap()
+                    } else {
+                        self.backoff.next_delay()
+                    };
+                    if e.is_auth_rejected() {
+                        log::error!("registration refused: {e}; retrying in {}", secs(delay));
+                    } else {
+                        log::warn!("registration failed: {e}; retrying in {}", secs(delay));
+                    }
+                    self.snapshot
+                        .set_component("platform", format!("registering: {e}"));
+                    if self.shutdown.wait_timeout(delay) {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Persists and publishes a registration the platform accepted.
+    fn accept(&mut self, registration: &Registration) {
+        let record = RegistrationRecord {
+            node_id: registration.node_id.to_string(),
+            api_remote_port: registration.api_remote_port,
+            registered_at: crate::timefmt::rfc3339(SystemTime::now()),
+        };
+        match identity::save_registration(&self.settings.identity_path, &record) {
+            Ok(()) => {
+                self.unsaved = None;
+                log::info!(
+                    "registered with the platform as node {}; identity saved to {}",
+                    registration.node_id,
+                    self.settings.identity_path.display()
+                );
+            }
+            Err(e) => {
+                log::error!(
+                    "registered as node {} but {e}; using the id meanwhile and retrying the \
+                     write before each heartbeat (a restart before it succeeds registers again)",
+                    registration.node_id
+                );
+                self.unsaved = Some(record);
+            }
+        }
+        self.snapshot
+            .node_id
+            .set(Some(registration.node_id.to_string()));
+        self.snapshot
+            .assigned_api_remote_port
+            .set(registration.api_remote_port);
+        self.snapshot.set_component("platform", "ok");
+    }
+
+    fn save_pending(&mut self) {
+        if let Some(record) = &self.unsaved {
+            match identity::save_registration(&self.settings.identity_path, record) {
+                Ok(()) => {
+                    log::info!(
+                        "identity saved to {}",
+                        self.settings.identity_path.display()
+                    );
+                    self.unsaved = None;
+                }
+                Err(e) => log::error!("{e}"),
+            }
+        }
+    }
+
+    fn heartbeat(&self, node_id: &NodeId) -> Result<(), RequestError> {
+        let body = HeartbeatBody {
+            metrics: metrics::document(&self.snapshot),
+            agent_version: crate::VERSION,
+            uptime_secs: self.started.elapsed().as_secs(),
+            containers: self.snapshot.containers.get().as_ref().clone(),
+        };
+        self.client
+            .post_json(&heartbeat_path(node_id), &body)
+            .map(|_| ())
+    }
+
+    /// Waits (up to [`GPU_REPORT_WAIT`]) for the GPU sampler's first report; true on shutdown.
+    fn wait_for_gpu_report(&self) -> bool {
+        let deadline = Instant::now() + GPU_REPORT_WAIT;
+        while self.snapshot.gpus.get().state == NvmlState::Starting && Instant::now() < deadline {
+            if self.shutdown.wait_timeout(Duration::from_millis(50)) {
+                return true;
+            }
+        }
+        self.shutdown.is_triggered()
+    }
+}
+
+/// A registration the platform accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    pub node_id: NodeId,
+    pub api_remote_port: Option<u16>,
+}
+
+/// Reads `{"node_id": "...", "frp": {"api_remote_port": N}}`; anything else is an error and
+/// nothing of it is kept.
+pub fn parse_registration(body: &str, url: &str) -> Result<Registration, RequestError> {
+    let invalid = |reason: String| RequestError::InvalidResponse {
+        url: url.to_string(),
+        reason,
+    };
+    let value: serde_json::Value =
+        serde_json::from_str(body).map_err(|e| invalid(format!("not JSON ({e})")))?;
+    let node_id = match value.get("node_id") {
+        Some(serde_json::Value::String(id)) => NodeId::parse(id).map_err(|reason| {
+            let shown: String = id.chars().take(64).collect();
+            invalid(format!("node_id {shown:?} rejected: {reason}"))
+        })?,
+        Some(other) => return Err(invalid(format!("node_id is not a string: {other}"))),
+        None => return Err(invalid("no node_id".to_string())),
+    };
+    let api_remote_port = match value.get("frp").and_then(|frp| frp.get("api_remote_port")) {
+        None | Some(serde_json::Value::Null) => None,
+        Some(port) => Some(
+            port.as_u64()
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|p| *p > 0)
+                .ok_or_else(|| invalid(format!("frp.api_remote_port {port} is not a port")))?,
+        ),
+    };
+    Ok(Registration {
+        node_id,
+        api_remote_port,
+    })
+}
+
+/// A delay for a log line: `0.4s`, `12s`.
+fn secs(delay: Duration) -> String {
+    if delay < Duration::from_secs(10) {
+        format!("{:.1}s", delay.as_secs_f64())
+    } else {
+        format!("{}s", delay.as_secs())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const URL: &str = "http://p/api/v1/nodes/register";
+
+    #[test]
+    fn registration_answers_are_checked() {
+        let ok = parse_registration(r#"{"node_id":"node-1"}"#, URL).unwrap();
+        assert_eq!(ok.node_id.as_str(), "node-1");
+        assert_eq!(ok.api_remote_port, None);
+        let with_port =
+            parse_registration(r#"{"node_id":"n","frp":{"api_remote_port":7001}}"#, URL).unwrap();
+        assert_eq!(with_port.api_remote_port, Some(7001));
+        for bad in [
+            "",
+            "[]",
+            "{}",
+            r#"{"node_id":12}"#,
+            r#"{"node_id":""}"#,
+            r#"{"node_id":"../etc/passwd"}"#,
+            r#"{"node_id":"a b"}"#,
+            r#"{"node_id":"n","frp":{"api_remote_port":70000}}"#,
+            r#"{"node_id":"n","frp":{"api_remote_port":0}}"#,
+        ] {
+            let e = parse_registration(bad, URL).unwrap_err();
+            assert!(
+                matches!(e, RequestError::InvalidResponse { .. }),
+                "{bad}: {e}"
+            );
+        }
+        let long = format!(r#"{{"node_id":"{}"}}"#, "x".repeat(129));
+        assert!(parse_registration(&long, URL).is_err());
+    }
+
+    #[test]
+    fn heartbeat_body_is_the_metrics_document_plus_node_state() {
+        let snapshot = Snapshot::new();
+        snapshot.node_id.set(Some("node-1".into()));
+        snapshot.containers.set(vec![ContainerSummary {
+            id: "c1".into(),
+            claim_id: "claim-1".into(),
+            state: "running".into(),
+            gpu_ids: vec![0],
+        }]);
+        let body = HeartbeatBody {
+            metrics: metrics::document(&snapshot),
+            agent_version: crate::VERSION,
+            uptime_secs: 5,
+            containers: snapshot.containers.get().as_ref().clone(),
+        };
+        let json = serde_json::to_value(&body).unwrap();
+        assert_eq!(json["node_id"], "node-1");
+        assert_eq!(json["agent_version"], crate::VERSION);
+        assert_eq!(json["uptime_secs"], 5);
+        assert_eq!(json["containers"][0]["claim_id"], "claim-1");
+        assert_eq!(json["containers"][0]["gpu_ids"][0], 0);
+        assert!(json["gpus"].is_array());
+        assert!(json.get("timestamp").is_some());
+    }
+}
