@@ -1,14 +1,18 @@
 //! Starting and stopping the components, in order.
 //!
 //! [`Agent::start`] publishes an empty [`Snapshot`], starts the samplers (the system sampler
-//! publishes its first sample before returning), then the API server. [`Agent::run_until_shutdown`]
-//! waits for the shutdown channel to close, then stops in reverse order: the API drains its
-//! in-flight requests, and the sampler threads are joined. The whole stop is bounded by
+//! publishes its first sample before returning), then the container runner (which rebuilds the
+//! GPU ledger from the labelled containers before it returns, so no create is decided on an
+//! empty ledger), then the API server. [`Agent::run_until_shutdown`] waits for the shutdown
+//! channel to close, then stops in reverse order: the API drains its in-flight requests, and the
+//! runner, its workers, the docker events watcher and the sampler threads are joined. Containers
+//! are not stopped: the next start adopts them. The whole stop is bounded by
 //! [`STOP_DEADLINE`]: a thread stuck in a blocking call (NVML on a dying GPU) is left to the
 //! process exit rather than holding the shutdown.
 
 use crate::api::{ApiContext, ApiServer, ApiSettings, ApiStartError};
 use crate::config::{Config, ConfigError};
+use crate::docker::runner::{self as docker_runner, RunnerStartError};
 use crate::shutdown::Shutdown;
 use crate::snapshot::Snapshot;
 use crate::telemetry::{gpu, system};
@@ -26,6 +30,7 @@ pub enum AgentError {
     Config(ConfigError),
     System(system::SystemSamplerError),
     Gpu(gpu::GpuSamplerError),
+    Docker(RunnerStartError),
     Api(ApiStartError),
 }
 
@@ -35,6 +40,7 @@ impl fmt::Display for AgentError {
             AgentError::Config(e) => e.fmt(f),
             AgentError::System(e) => e.fmt(f),
             AgentError::Gpu(e) => e.fmt(f),
+            AgentError::Docker(e) => e.fmt(f),
             AgentError::Api(e) => e.fmt(f),
         }
     }
@@ -54,7 +60,7 @@ impl Agent {
     /// Starts every component; on error, the ones already started stop when `shutdown` fires.
     pub fn start(config: &Config, shutdown: Shutdown) -> Result<Agent, AgentError> {
         let snapshot = Arc::new(Snapshot::new());
-        let threads = vec![
+        let mut threads = vec![
             (
                 "system-sampler",
                 system::start(Arc::clone(&snapshot), shutdown.clone())
@@ -70,13 +76,26 @@ impl Agent {
             snapshot.set_component("platform", "disabled (central_platform.api_url is empty)");
         }
 
+        let listen = config.listen_address().map_err(AgentError::Config)?;
+        // Host ports the agent itself uses can never be published for a container.
+        let reserved_ports = vec![listen.port(), config.frp.admin_port];
+        let runner = docker_runner::start(
+            &config.docker,
+            reserved_ports,
+            Arc::clone(&snapshot),
+            shutdown.clone(),
+        )
+        .map_err(AgentError::Docker)?;
+        threads.extend(runner.threads);
+
         let settings = ApiSettings {
-            listen: config.listen_address().map_err(AgentError::Config)?,
+            listen,
             auth_token: config.agent_api.auth_token.clone(),
             max_connections: config.agent_api.max_connections,
             idle_timeout: Duration::from_secs(config.agent_api.idle_timeout_secs),
         };
-        let context = Arc::new(ApiContext::new(settings, Arc::clone(&snapshot)));
+        let context =
+            Arc::new(ApiContext::new(settings, Arc::clone(&snapshot)).with_runner(runner.handle));
         let api = ApiServer::start(context).map_err(AgentError::Api)?;
 
         Ok(Agent {

@@ -9,6 +9,7 @@ pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod docker;
 pub mod shutdown;
 pub mod snapshot;
 pub mod telemetry;

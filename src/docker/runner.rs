@@ -1,0 +1,1458 @@
+//! The `DockerRunner` thread: the one owner of the [`GpuLedger`] and of the table of managed
+//! containers, and the only code that starts docker commands (through its worker pool).
+//!
+//! Protocol (one request at a time, each carrying its own reply `Sender`):
+//! 1. An API handler validates the request into a typed [`Request`], sends it with a fresh
+//!    bounded(1) reply channel through a [`RunnerHandle`], and waits with a timeout.
+//! 2. The runner answers reads (list, inspect) from its table at once. For work that needs
+//!    docker it decides first (a create *reserves* its claim, GPUs and host ports in the ledger;
+//!    a stop marks the container busy), then queues a [`Work`] item for a worker and goes back
+//!    to its inbox: a slow image pull never holds up another request.
+//! 3. A worker runs the docker commands (each with a deadline) and sends a [`Done`] back; the
+//!    runner updates the ledger and the table, publishes them, and replies to the handler.
+//!
+//! - Owns: the ledger, the container table, the worker pool (`docker.workers` threads, a
+//!   bounded queue; when full, requests get 503 `docker_busy`).
+//! - Receives: [`Request`]s from the API, [`Done`]s from its workers, [`ContainerEvent`]s from
+//!   the events watcher (a container changed: inspect it again; removed: forget it).
+//! - Sends: [`Snapshot::containers`], [`Snapshot::gpu_allocations`] and the `docker` health
+//!   component after every change.
+//! - Reconciles: at start, before the API serves anything, the ledger is rebuilt from the
+//!   labelled containers (`docker ps -a` + `docker container inspect`); the same full reconcile
+//!   runs every `docker.reconcile_interval_secs` (every 2 s while docker is unreachable, and
+//!   creates get 503 `docker_unavailable` until one succeeds).
+//! - Stops: on shutdown the runner, the workers (a docker command in flight is killed and
+//!   reaped) and the events watcher end. Containers keep running: the agent's restart adopts
+//!   them.
+
+use crate::config::DockerConfig;
+use crate::docker::command::{run_args, DockerCli, DockerError, RunSettings, LABEL_CLAIM_ID};
+use crate::docker::container::{parse_inspect, ContainerView};
+use crate::docker::events::{self, ContainerEvent};
+use crate::docker::ledger::{short_id, Conflict, GpuLedger};
+use crate::docker::spec::{check_visible_devices, join_ids, CreateSpec, GpuRequest, SpecError};
+use crate::shutdown::Shutdown;
+use crate::snapshot::{ContainerSummary, Snapshot};
+use crate::telemetry::gpu::NvmlState;
+use crossbeam_channel::{after, select, Receiver, Sender, TrySendError};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Most bytes of logs one request returns.
+pub const MAX_LOG_BYTES: usize = 8 * 1024 * 1024;
+/// Queue length of the worker pool.
+const WORK_QUEUE: usize = 64;
+/// Reconcile period while docker is unreachable.
+const UNAVAILABLE_RETRY: Duration = Duration::from_secs(2);
+/// What the `docker ps`/`inspect` output of a reconcile may be at most.
+const INSPECT_CAP: usize = 64 * 1024 * 1024;
+
+/// Why a container request failed; the API maps each to a status code.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ContainerError {
+    /// 400: the request is invalid.
+    Invalid(SpecError),
+    /// 404: no managed container answers to this id.
+    NotFound(String),
+    /// 409: a claim, GPU or host port is taken, or the container is busy.
+    Conflict { code: &'static str, message: String },
+    /// 503: docker cannot be used.
+    DockerUnavailable(String),
+    /// 503: NVML has not reported the GPUs.
+    GpusUnavailable(String),
+    /// 503: too much docker work queued.
+    Busy(String),
+    /// 504: no answer in time (the work may still complete).
+    Timeout(String),
+    /// 400: the image does not exist or may not be pulled.
+    ImageNotFound(String),
+    /// 502: docker refused or failed.
+    Docker(DockerError),
+}
+
+impl fmt::Display for ContainerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ContainerError::Invalid(e) => e.fmt(f),
+            ContainerError::NotFound(m)
+            | ContainerError::DockerUnavailable(m)
+            | ContainerError::GpusUnavailable(m)
+            | ContainerError::Busy(m)
+            | ContainerError::Timeout(m)
+            | ContainerError::ImageNotFound(m) => f.write_str(m),
+            ContainerError::Conflict { message, .. } => f.write_str(message),
+            ContainerError::Docker(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for ContainerError {}
+
+impl From<DockerError> for ContainerError {
+    fn from(e: DockerError) -> Self {
+        match e {
+            DockerError::Spawn { .. } | DockerError::Unreachable { .. } => {
+                ContainerError::DockerUnavailable(e.to_string())
+            }
+            DockerError::Timeout { .. } => ContainerError::Timeout(e.to_string()),
+            DockerError::Cancelled { .. } => ContainerError::DockerUnavailable(e.to_string()),
+            other => ContainerError::Docker(other),
+        }
+    }
+}
+
+fn conflict_error(conflict: &Conflict) -> ContainerError {
+    let code = match conflict {
+        Conflict::ClaimTaken { .. } => "claim_in_use",
+        Conflict::GpuHeld { .. } | Conflict::NotEnoughGpus { .. } => "gpu_in_use",
+        Conflict::PortHeld { .. } | Conflict::PortReserved { .. } => "port_in_use",
+    };
+    ContainerError::Conflict {
+        code,
+        message: conflict.to_string(),
+    }
+}
+
+/// `POST /api/v1/containers/{id}/<action>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Start,
+    Stop,
+    Restart,
+}
+
+impl Action {
+    pub fn parse(word: &str) -> Option<Action> {
+        match word {
+            "start" => Some(Action::Start),
+            "stop" => Some(Action::Stop),
+            "restart" => Some(Action::Restart),
+            _ => None,
+        }
+    }
+
+    fn word(self) -> &'static str {
+        match self {
+            Action::Start => "start",
+            Action::Stop => "stop",
+            Action::Restart => "restart",
+        }
+    }
+}
+
+/// What `DELETE` answers.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Deleted {
+    pub id: String,
+    pub name: String,
+    pub claim_id: String,
+    pub deleted: bool,
+    /// The GPUs the container held, now free.
+    pub gpu_ids: Vec<u32>,
+}
+
+type Reply<T> = Sender<Result<T, ContainerError>>;
+
+/// A request to the runner, with its reply `Sender`.
+pub enum Request {
+    Create {
+        spec: Box<CreateSpec>,
+        reply: Reply<ContainerView>,
+    },
+    List {
+        reply: Reply<Vec<ContainerView>>,
+    },
+    Get {
+        id: String,
+        reply: Reply<ContainerView>,
+    },
+    Act {
+        id: String,
+        action: Action,
+        reply: Reply<ContainerView>,
+    },
+    Delete {
+        id: String,
+        reply: Reply<Deleted>,
+    },
+    Logs {
+        id: String,
+        tail: u32,
+        reply: Reply<String>,
+    },
+}
+
+/// The API's way to the runner: sends a request and waits, with a timeout, for its reply.
+#[derive(Clone)]
+pub struct RunnerHandle {
+    requests: Sender<Request>,
+    /// How long a create may take in all (pull, run, inspect).
+    pub create_timeout: Duration,
+    /// How long a stop, start, restart, delete or logs may take.
+    pub action_timeout: Duration,
+}
+
+impl RunnerHandle {
+    /// Sends the request built by `make` around a fresh reply channel and waits up to
+    /// `timeout` for the answer.
+    pub fn call<T>(
+        &self,
+        timeout: Duration,
+        make: impl FnOnce(Reply<T>) -> Request,
+    ) -> Result<T, ContainerError> {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        self.requests
+            .send_timeout(make(reply), Duration::from_secs(5))
+            .map_err(|_| {
+                ContainerError::DockerUnavailable("the container runner is not running".into())
+            })?;
+        match answer.recv_timeout(timeout) {
+            Ok(result) => result,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                Err(ContainerError::Timeout(format!(
+                    "no answer from docker within {}s; the operation may still complete (check \
+                     GET /api/v1/containers)",
+                    timeout.as_secs()
+                )))
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Err(
+                ContainerError::DockerUnavailable("the container runner stopped".into()),
+            ),
+        }
+    }
+}
+
+/// Docker work a worker thread does.
+enum Work {
+    Create {
+        spec: Box<CreateSpec>,
+        gpus: Vec<u32>,
+        uuids: Vec<String>,
+        reply: Reply<ContainerView>,
+    },
+    Act {
+        id: String,
+        action: Action,
+        reply: Reply<ContainerView>,
+    },
+    Delete {
+        view: Box<ContainerView>,
+        reply: Reply<Deleted>,
+    },
+    Logs {
+        id: String,
+        tail: u32,
+        reply: Reply<String>,
+    },
+    Reconcile {
+        generation: u64,
+    },
+    Refresh {
+        id: String,
+        generation: u64,
+    },
+}
+
+/// A worker's report.
+enum Done {
+    Created {
+        claim_id: String,
+        result: Result<ContainerView, ContainerError>,
+        reply: Reply<ContainerView>,
+    },
+    Acted {
+        id: String,
+        result: Result<ContainerView, ContainerError>,
+        reply: Reply<ContainerView>,
+    },
+    Deleted {
+        view: Box<ContainerView>,
+        result: Result<(), ContainerError>,
+        reply: Reply<Deleted>,
+    },
+    Logs {
+        result: Result<String, ContainerError>,
+        reply: Reply<String>,
+    },
+    Reconciled {
+        generation: u64,
+        result: Result<Vec<ContainerView>, DockerError>,
+    },
+    Refreshed {
+        id: String,
+        generation: u64,
+        result: Result<Option<ContainerView>, DockerError>,
+    },
+}
+
+/// Why the runner could not start.
+#[derive(Debug)]
+pub struct RunnerStartError(pub String);
+
+impl fmt::Display for RunnerStartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cannot start the container runner: {}", self.0)
+    }
+}
+
+impl std::error::Error for RunnerStartError {}
+
+/// The started runner: its handle for the API and its threads for the agent to join.
+pub struct DockerRunner {
+    pub handle: RunnerHandle,
+    pub threads: Vec<(&'static str, JoinHandle<()>)>,
+}
+
+/// What a worker needs to run docker.
+struct WorkerContext {
+    cli: DockerCli,
+    settings: RunSettings,
+    env_dir: PathBuf,
+}
+
+struct Entry {
+    view: ContainerView,
+    /// The runner's change counter when this entry was last written.
+    generation: u64,
+}
+
+enum DockerState {
+    Ok,
+    Unavailable(String),
+}
+
+struct Runner {
+    snapshot: Arc<Snapshot>,
+    ledger: GpuLedger,
+    containers: BTreeMap<String, Entry>,
+    /// Conflicts found when a container was adopted, kept as its warnings.
+    adopt_warnings: BTreeMap<String, Vec<String>>,
+    /// Containers with a stop/start/restart/delete in flight.
+    busy: BTreeSet<String>,
+    /// Recently removed containers and when, so an older reconcile does not bring them back.
+    removed: BTreeMap<String, u64>,
+    generation: u64,
+    docker: DockerState,
+    /// True once a full reconcile has rebuilt the ledger; creates wait for it.
+    ledger_ready: bool,
+    reconcile_in_flight: bool,
+    reconcile_interval: Duration,
+    next_reconcile: Instant,
+    jobs: Sender<Work>,
+    published_health: String,
+}
+
+/// Starts the runner: rebuilds the ledger from docker (bounded by the command deadline; an
+/// unreachable docker is not fatal), then the worker pool, the events watcher and the runner
+/// thread.
+pub fn start(
+    config: &DockerConfig,
+    reserved_ports: Vec<u16>,
+    snapshot: Arc<Snapshot>,
+    shutdown: Shutdown,
+) -> Result<DockerRunner, RunnerStartError> {
+    let command_timeout = Duration::from_secs(config.command_timeout_secs);
+    let stop_timeout = Duration::from_secs(config.stop_timeout_secs);
+    let pull_timeout = Duration::from_secs(config.pull_timeout_secs);
+    let cli = DockerCli::new(
+        config.binary.clone(),
+        command_timeout,
+        pull_timeout,
+        stop_timeout,
+        shutdown.clone(),
+    );
+    let env_dir = private_dir().map_err(RunnerStartError)?;
+    let context = Arc::new(WorkerContext {
+        cli,
+        settings: RunSettings {
+            gpu_mode: config.gpu_mode,
+            runtime: config.runtime.clone(),
+            cdi_kind: config.cdi_kind.clone(),
+            publish_address: config.publish_address.clone(),
+            managed_label: config.managed_label.clone(),
+            pids_limit: config.pids_limit,
+            log_max_size: config.log_max_size.clone(),
+            log_max_file: config.log_max_file,
+            init: config.init,
+            no_new_privileges: config.no_new_privileges,
+        },
+        env_dir,
+    });
+
+    let (jobs, job_queue) = crossbeam_channel::bounded::<Work>(WORK_QUEUE);
+    let (done_tx, done) = crossbeam_channel::unbounded::<Done>();
+    let (requests_tx, requests) = crossbeam_channel::bounded::<Request>(256);
+    let (events_tx, events_rx) = crossbeam_channel::bounded::<ContainerEvent>(1024);
+
+    let mut runner = Runner {
+        snapshot: Arc::clone(&snapshot),
+        ledger: GpuLedger::new(reserved_ports),
+        containers: BTreeMap::new(),
+        adopt_warnings: BTreeMap::new(),
+        busy: BTreeSet::new(),
+        removed: BTreeMap::new(),
+        generation: 0,
+        docker: DockerState::Unavailable("starting".into()),
+        ledger_ready: false,
+        reconcile_in_flight: false,
+        reconcile_interval: Duration::from_secs(config.reconcile_interval_secs),
+        next_reconcile: Instant::now(),
+        jobs,
+        published_health: String::new(),
+    };
+    // The rebuild happens here, before the API exists, so no create is ever decided on an
+    // empty ledger.
+    let rebuild = reconcile(&context);
+    runner.apply_reconcile(0, rebuild);
+
+    let mut threads = Vec::new();
+    for n in 0..config.workers {
+        let context = Arc::clone(&context);
+        let queue = job_queue.clone();
+        let done_tx = done_tx.clone();
+        let shutdown = shutdown.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("docker-worker-{n}"))
+            .spawn(move || worker(&context, &queue, &done_tx, &shutdown))
+            .map_err(|e| RunnerStartError(format!("cannot start a worker thread: {e}")))?;
+        threads.push(("docker-worker", thread));
+    }
+    let watcher = events::start(
+        config.binary.clone(),
+        config.managed_label.clone(),
+        events_tx,
+        shutdown.clone(),
+    )
+    .map_err(|e| RunnerStartError(format!("cannot start the events watcher: {e}")))?;
+    threads.push(("docker-events", watcher));
+    let runner_thread = std::thread::Builder::new()
+        .name("docker-runner".into())
+        .spawn(move || runner.run(&requests, &done, &events_rx, &shutdown))
+        .map_err(|e| RunnerStartError(format!("cannot start the runner thread: {e}")))?;
+    threads.push(("docker-runner", runner_thread));
+
+    let slack = Duration::from_secs(5);
+    Ok(DockerRunner {
+        handle: RunnerHandle {
+            requests: requests_tx,
+            create_timeout: pull_timeout + command_timeout * 4 + slack,
+            action_timeout: command_timeout * 3 + stop_timeout + slack,
+        },
+        threads,
+    })
+}
+
+/// A directory only the agent's user can enter, for env files.
+fn private_dir() -> Result<PathBuf, String> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let dir = std::env::temp_dir().join(format!("utopia-agent-{}", std::process::id()));
+    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => Ok(dir),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            // A left-over of an earlier process with our pid: usable only if it is ours alone.
+            let meta = std::fs::symlink_metadata(&dir).map_err(|e| e.to_string())?;
+            // SAFETY: geteuid has no preconditions.
+            let uid = unsafe { libc::geteuid() };
+            if meta.is_dir() && meta.uid() == uid && meta.mode() & 0o077 == 0 {
+                Ok(dir)
+            } else {
+                Err(format!(
+                    "{} exists and is not a private directory of this user",
+                    dir.display()
+                ))
+            }
+        }
+        Err(e) => Err(format!("cannot create {}: {e}", dir.display())),
+    }
+}
+
+fn worker(
+    context: &WorkerContext,
+    queue: &Receiver<Work>,
+    done: &Sender<Done>,
+    shutdown: &Shutdown,
+) {
+    loop {
+        select! {
+            recv(queue) -> work => match work {
+                Ok(work) => {
+                    if done.send(execute(context, work)).is_err() {
+                        return;
+                    }
+                }
+                Err(_) => return,
+            },
+            recv(shutdown.receiver()) -> _ => return,
+        }
+    }
+}
+
+fn execute(context: &WorkerContext, work: Work) -> Done {
+    match work {
+        Work::Create {
+            spec,
+            gpus,
+            uuids,
+            reply,
+        } => Done::Created {
+            claim_id: spec.claim_id.clone(),
+            result: create(context, &spec, &gpus, &uuids),
+            reply,
+        },
+        Work::Act { id, action, reply } => Done::Acted {
+            result: act(context, &id, action),
+            id,
+            reply,
+        },
+        Work::Delete { view, reply } => Done::Deleted {
+            result: delete(context, &view.id),
+            view,
+            reply,
+        },
+        Work::Logs { id, tail, reply } => Done::Logs {
+            result: logs(context, &id, tail),
+            reply,
+        },
+        Work::Reconcile { generation } => Done::Reconciled {
+            generation,
+            result: reconcile(context),
+        },
+        Work::Refresh { id, generation } => Done::Refreshed {
+            result: inspect_one(context, &id),
+            id,
+            generation,
+        },
+    }
+}
+
+fn args(words: &[&str]) -> Vec<String> {
+    words.iter().map(|w| w.to_string()).collect()
+}
+
+fn create(
+    context: &WorkerContext,
+    spec: &CreateSpec,
+    gpus: &[u32],
+    uuids: &[String],
+) -> Result<ContainerView, ContainerError> {
+    let cli = &context.cli;
+    ensure_image(cli, &spec.image)?;
+    let env_file = if spec.env.is_empty() {
+        None
+    } else {
+        Some(EnvFile::write(&context.env_dir, &spec.claim_id, &spec.env)?)
+    };
+    let argv = run_args(
+        spec,
+        gpus,
+        uuids,
+        &context.settings,
+        env_file.as_ref().map(|f| f.path.as_path()),
+    );
+    log::info!(
+        "creating container {} for claim {} (image {}, GPUs [{}])",
+        spec.container_name(),
+        spec.claim_id,
+        spec.image,
+        join_ids(gpus)
+    );
+    let run = cli.run(&argv, cli.command_timeout, 4096);
+    drop(env_file);
+    let id = match run {
+        Ok(out) => String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        Err(e) => {
+            let name_taken = matches!(&e, DockerError::Failed { stderr, .. }
+                if stderr.contains("is already in use"));
+            if name_taken {
+                // Someone else's container has our name: not ours to remove.
+                return Err(ContainerError::Conflict {
+                    code: "claim_in_use",
+                    message: format!(
+                        "a container named {} already exists (not created by this request): {e}",
+                        spec.container_name()
+                    ),
+                });
+            }
+            remove_leftovers(context, &spec.claim_id);
+            let port_taken = matches!(&e, DockerError::Failed { stderr, .. }
+                if stderr.contains("port is already allocated")
+                    || stderr.contains("address already in use"));
+            if port_taken {
+                return Err(ContainerError::Conflict {
+                    code: "port_in_use",
+                    message: format!("a host port is used outside the agent: {e}"),
+                });
+            }
+            return Err(e.into());
+        }
+    };
+    match inspect_one(context, &id) {
+        Ok(Some(view)) => Ok(view),
+        Ok(None) => Err(ContainerError::Docker(DockerError::BadOutput {
+            command: "docker run".into(),
+            message: format!("container {id} vanished right after it was created"),
+        })),
+        Err(e) => {
+            remove_leftovers(context, &spec.claim_id);
+            Err(e.into())
+        }
+    }
+}
+
+/// Pulls the image unless docker already has it.
+fn ensure_image(cli: &DockerCli, image: &str) -> Result<(), ContainerError> {
+    let inspect = cli.run(
+        &args(&["image", "inspect", "--format", "{{.Id}}", "--", image]),
+        cli.command_timeout,
+        4096,
+    );
+    match inspect {
+        Ok(_) => return Ok(()),
+        Err(DockerError::Failed { ref stderr, .. })
+            if stderr.to_ascii_lowercase().contains("no such image") => {}
+        Err(e) => return Err(e.into()),
+    }
+    log::info!("pulling image {image}");
+    match cli.run(
+        &args(&["pull", "--quiet", "--", image]),
+        cli.pull_timeout,
+        4096,
+    ) {
+        Ok(_) => Ok(()),
+        Err(DockerError::Failed { stderr, .. }) => {
+            let lower = stderr.to_ascii_lowercase();
+            let missing = [
+                "not found",
+                "does not exist",
+                "pull access denied",
+                "manifest unknown",
+            ]
+            .iter()
+            .any(|m| lower.contains(m));
+            if missing {
+                Err(ContainerError::ImageNotFound(format!(
+                    "image {image} cannot be pulled: {stderr}"
+                )))
+            } else {
+                Err(ContainerError::Docker(DockerError::Failed {
+                    command: "docker pull".into(),
+                    code: None,
+                    stderr,
+                }))
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// After a failed create: removes whatever managed container of this claim docker made.
+fn remove_leftovers(context: &WorkerContext, claim_id: &str) {
+    let cli = &context.cli;
+    let claim_filter = format!("label={LABEL_CLAIM_ID}={claim_id}");
+    let managed_filter = format!("label={}", context.settings.managed_label);
+    let listed = cli.run(
+        &args(&[
+            "ps",
+            "-a",
+            "-q",
+            "--no-trunc",
+            "--filter",
+            &managed_filter,
+            "--filter",
+            &claim_filter,
+        ]),
+        cli.command_timeout,
+        64 * 1024,
+    );
+    let Ok(out) = listed else { return };
+    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    for id in ids {
+        log::warn!("removing half-created container {id} of claim {claim_id}");
+        if let Err(e) = cli.run(
+            &args(&["rm", "--force", "--", &id]),
+            cli.command_timeout,
+            4096,
+        ) {
+            log::warn!("cannot remove half-created container {id}: {e}");
+        }
+    }
+}
+
+fn act(context: &WorkerContext, id: &str, action: Action) -> Result<ContainerView, ContainerError> {
+    let cli = &context.cli;
+    let grace = cli.stop_timeout.as_secs().to_string();
+    let (argv, deadline) = match action {
+        Action::Start => (args(&["start", "--", id]), cli.command_timeout),
+        Action::Stop | Action::Restart => (
+            args(&[action.word(), "--time", &grace, "--", id]),
+            cli.command_timeout + cli.stop_timeout,
+        ),
+    };
+    log::info!("{} container {}", action.word(), short_id(id));
+    match cli.run(&argv, deadline, 4096) {
+        Ok(_) => {}
+        Err(e) if e.is_no_such_container() => {
+            return Err(ContainerError::NotFound(format!(
+                "container {id} no longer exists"
+            )))
+        }
+        Err(e) => return Err(e.into()),
+    }
+    match inspect_one(context, id) {
+        Ok(Some(view)) => Ok(view),
+        Ok(None) => Err(ContainerError::NotFound(format!(
+            "container {id} no longer exists"
+        ))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn delete(context: &WorkerContext, id: &str) -> Result<(), ContainerError> {
+    let cli = &context.cli;
+    let grace = cli.stop_timeout.as_secs().to_string();
+    log::info!("deleting container {}", short_id(id));
+    match cli.run(
+        &args(&["stop", "--time", &grace, "--", id]),
+        cli.command_timeout + cli.stop_timeout,
+        4096,
+    ) {
+        Ok(_) => {}
+        Err(e) if e.is_no_such_container() => return Ok(()),
+        Err(e) => return Err(e.into()),
+    }
+    match cli.run(
+        &args(&["rm", "--force", "--", id]),
+        cli.command_timeout,
+        4096,
+    ) {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_no_such_container() => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn logs(context: &WorkerContext, id: &str, tail: u32) -> Result<String, ContainerError> {
+    let cli = &context.cli;
+    let tail = tail.to_string();
+    match cli.run_merged(
+        &args(&["logs", "--tail", &tail, "--", id]),
+        cli.command_timeout,
+        MAX_LOG_BYTES,
+    ) {
+        Ok(out) => {
+            let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+            if out.truncated {
+                text.push_str("\n[... cut: more than 8 MiB of logs; ask for a smaller tail]\n");
+            }
+            Ok(text)
+        }
+        Err(e) if e.is_no_such_container() => Err(ContainerError::NotFound(format!(
+            "container {id} no longer exists"
+        ))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `docker container inspect` of one container; `None` when it does not exist (or is not
+/// managed).
+fn inspect_one(context: &WorkerContext, id: &str) -> Result<Option<ContainerView>, DockerError> {
+    let cli = &context.cli;
+    match cli.run(
+        &args(&["container", "inspect", "--", id]),
+        cli.command_timeout,
+        INSPECT_CAP,
+    ) {
+        Ok(out) => parse_inspect(&out.stdout, &context.settings.managed_label)
+            .map(|views| views.into_iter().next())
+            .map_err(|message| DockerError::BadOutput {
+                command: "docker container inspect".into(),
+                message,
+            }),
+        Err(e) if e.is_no_such_container() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Every managed container, running or not.
+fn reconcile(context: &WorkerContext) -> Result<Vec<ContainerView>, DockerError> {
+    let cli = &context.cli;
+    let filter = format!("label={}", context.settings.managed_label);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let out = cli.run(
+            &args(&["ps", "-a", "-q", "--no-trunc", "--filter", &filter]),
+            cli.command_timeout,
+            INSPECT_CAP,
+        )?;
+        let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut argv = args(&["container", "inspect", "--"]);
+        argv.extend(ids);
+        match cli.run(&argv, cli.command_timeout, INSPECT_CAP) {
+            Ok(out) => {
+                return parse_inspect(&out.stdout, &context.settings.managed_label).map_err(
+                    |message| DockerError::BadOutput {
+                        command: "docker container inspect".into(),
+                        message,
+                    },
+                )
+            }
+            // One was removed between ps and inspect: list again.
+            Err(e) if e.is_no_such_container() && attempt < 3 => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The user's environment, in a file only the agent can read, removed when dropped.
+struct EnvFile {
+    path: PathBuf,
+}
+
+impl EnvFile {
+    fn write(
+        dir: &Path,
+        claim_id: &str,
+        env: &[(String, String)],
+    ) -> Result<EnvFile, ContainerError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let path = dir.join(format!("env-{claim_id}-{nanos}"));
+        let mut text = String::new();
+        for (key, value) in env {
+            // Validated: KEY is a plain name and VALUE has no line break, so each entry is one
+            // line docker's env-file reader takes verbatim.
+            text.push_str(key);
+            text.push('=');
+            text.push_str(value);
+            text.push('\n');
+        }
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut f| f.write_all(text.as_bytes()));
+        match file {
+            Ok(()) => Ok(EnvFile { path }),
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                Err(ContainerError::Docker(DockerError::BadOutput {
+                    command: "docker run".into(),
+                    message: format!("cannot write the env file {}: {e}", path.display()),
+                }))
+            }
+        }
+    }
+}
+
+impl Drop for EnvFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Events that change what `docker container inspect` says.
+fn event_changes_state(action: &str) -> bool {
+    matches!(
+        action,
+        "create"
+            | "start"
+            | "restart"
+            | "die"
+            | "kill"
+            | "oom"
+            | "stop"
+            | "pause"
+            | "unpause"
+            | "rename"
+            | "update"
+    )
+}
+
+impl Runner {
+    fn run(
+        mut self,
+        requests: &Receiver<Request>,
+        done: &Receiver<Done>,
+        events: &Receiver<ContainerEvent>,
+        shutdown: &Shutdown,
+    ) {
+        loop {
+            let wait = self
+                .next_reconcile
+                .saturating_duration_since(Instant::now());
+            select! {
+                recv(requests) -> request => match request {
+                    Ok(request) => self.handle(request),
+                    Err(_) => return,
+                },
+                recv(done) -> report => match report {
+                    Ok(report) => self.finish(report),
+                    Err(_) => return,
+                },
+                recv(events) -> event => match event {
+                    Ok(event) => self.on_event(event),
+                    Err(_) => return,
+                },
+                recv(after(wait)) -> _ => self.start_reconcile(),
+                recv(shutdown.receiver()) -> _ => return,
+            }
+        }
+    }
+
+    fn docker_ready(&self) -> Result<(), ContainerError> {
+        match &self.docker {
+            DockerState::Unavailable(why) => Err(ContainerError::DockerUnavailable(format!(
+                "docker is unavailable: {why}"
+            ))),
+            DockerState::Ok if !self.ledger_ready => Err(ContainerError::DockerUnavailable(
+                "the GPU ledger has not been rebuilt from docker yet".into(),
+            )),
+            DockerState::Ok => Ok(()),
+        }
+    }
+
+    fn submit(&mut self, work: Work) -> Result<(), ContainerError> {
+        match self.jobs.try_send(work) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(ContainerError::Busy(format!(
+                "{WORK_QUEUE} docker operations are already queued; try again shortly"
+            ))),
+            Err(TrySendError::Disconnected(_)) => Err(ContainerError::DockerUnavailable(
+                "the docker workers have stopped".into(),
+            )),
+        }
+    }
+
+    fn handle(&mut self, request: Request) {
+        match request {
+            Request::Create { spec, reply } => {
+                let result = self.begin_create(spec, reply.clone());
+                if let Err(e) = result {
+                    let _ = reply.send(Err(e));
+                }
+            }
+            Request::List { reply } => {
+                let result = self.docker_ready().map(|()| {
+                    let mut views: Vec<ContainerView> = self
+                        .containers
+                        .values()
+                        .map(|e| self.decorate(&e.view))
+                        .collect();
+                    views.sort_by(|a, b| (&a.created_at, &a.name).cmp(&(&b.created_at, &b.name)));
+                    views
+                });
+                let _ = reply.send(result);
+            }
+            Request::Get { id, reply } => {
+                let result = self
+                    .docker_ready()
+                    .and_then(|()| self.resolve(&id))
+                    .map(|key| self.decorate(&self.containers[&key].view));
+                let _ = reply.send(result);
+            }
+            Request::Act { id, action, reply } => {
+                let result = self.begin_busy(&id).and_then(|key| {
+                    self.submit(Work::Act {
+                        id: key.clone(),
+                        action,
+                        reply: reply.clone(),
+                    })
+                    .inspect_err(|_| {
+                        self.busy.remove(&key);
+                    })
+                });
+                if let Err(e) = result {
+                    let _ = reply.send(Err(e));
+                }
+            }
+            Request::Delete { id, reply } => {
+                let result = self.begin_busy(&id).and_then(|key| {
+                    let view = Box::new(self.containers[&key].view.clone());
+                    self.submit(Work::Delete {
+                        view,
+                        reply: reply.clone(),
+                    })
+                    .inspect_err(|_| {
+                        self.busy.remove(&key);
+                    })
+                });
+                if let Err(e) = result {
+                    let _ = reply.send(Err(e));
+                }
+            }
+            Request::Logs { id, tail, reply } => {
+                let result = self
+                    .docker_ready()
+                    .and_then(|()| self.resolve(&id))
+                    .and_then(|key| {
+                        self.submit(Work::Logs {
+                            id: key,
+                            tail,
+                            reply: reply.clone(),
+                        })
+                    });
+                if let Err(e) = result {
+                    let _ = reply.send(Err(e));
+                }
+            }
+        }
+    }
+
+    /// Decides a create: GPUs exist, ledger reservation, then queues the docker work.
+    fn begin_create(
+        &mut self,
+        spec: Box<CreateSpec>,
+        reply: Reply<ContainerView>,
+    ) -> Result<(), ContainerError> {
+        self.docker_ready()?;
+        let report = self.snapshot.gpus.get();
+        let wants_gpus = spec.gpus != GpuRequest::None;
+        if wants_gpus && report.state != NvmlState::Ok {
+            return Err(ContainerError::GpusUnavailable(format!(
+                "GPUs cannot be assigned: {}",
+                report.error().unwrap_or_default()
+            )));
+        }
+        if let GpuRequest::Ids(ids) = &spec.gpus {
+            let known: Vec<u32> = report.gpus.iter().map(|g| g.index).collect();
+            for id in ids {
+                match report.gpus.iter().find(|g| g.index == *id) {
+                    None => {
+                        return Err(ContainerError::Invalid(SpecError {
+                            field: "gpu_ids".into(),
+                            message: format!(
+                                "GPU {id} does not exist on this node (GPUs: {})",
+                                if known.is_empty() {
+                                    "none".to_string()
+                                } else {
+                                    join_ids(&known)
+                                }
+                            ),
+                        }))
+                    }
+                    Some(gpu) if gpu.lost => {
+                        return Err(ContainerError::Conflict {
+                            code: "gpu_lost",
+                            message: format!("GPU {id} is lost (fell off the bus)"),
+                        })
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        let usable: Vec<u32> = report
+            .gpus
+            .iter()
+            .filter(|g| !g.lost)
+            .map(|g| g.index)
+            .collect();
+        let gpus = self
+            .ledger
+            .reserve(&spec.claim_id, &spec.gpus, &spec.ports, &usable)
+            .map_err(|c| conflict_error(&c))?;
+        if let Err(e) = check_visible_devices(&spec, &gpus) {
+            self.ledger.release_pending(&spec.claim_id);
+            return Err(ContainerError::Invalid(e));
+        }
+        let uuids = gpus
+            .iter()
+            .map(|i| {
+                report
+                    .gpus
+                    .iter()
+                    .find(|g| g.index == *i)
+                    .and_then(|g| g.uuid.clone())
+                    .unwrap_or_default()
+            })
+            .collect();
+        let claim_id = spec.claim_id.clone();
+        self.submit(Work::Create {
+            spec,
+            gpus,
+            uuids,
+            reply,
+        })
+        .inspect_err(|_| self.ledger.release_pending(&claim_id))
+    }
+
+    /// Resolves `id` and marks the container busy for a stop/start/restart/delete.
+    fn begin_busy(&mut self, id: &str) -> Result<String, ContainerError> {
+        self.docker_ready()?;
+        let key = self.resolve(id)?;
+        if !self.busy.insert(key.clone()) {
+            return Err(ContainerError::Conflict {
+                code: "operation_in_progress",
+                message: format!(
+                    "another operation on container {} is in progress",
+                    short_id(&key)
+                ),
+            });
+        }
+        Ok(key)
+    }
+
+    /// The full id of the managed container `id` names: its id, a unique id prefix of at least
+    /// 12 characters, its name, or its claim id.
+    fn resolve(&self, id: &str) -> Result<String, ContainerError> {
+        if self.containers.contains_key(id) {
+            return Ok(id.to_string());
+        }
+        let name = id.trim_start_matches('/');
+        if let Some((key, _)) = self
+            .containers
+            .iter()
+            .find(|(_, e)| e.view.name == name || e.view.claim_id == id)
+        {
+            return Ok(key.clone());
+        }
+        if id.len() >= 12 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let matches: Vec<&String> = self
+                .containers
+                .keys()
+                .filter(|k| k.starts_with(id))
+                .collect();
+            match matches.as_slice() {
+                [one] => return Ok((*one).clone()),
+                [] => {}
+                _ => {
+                    return Err(ContainerError::NotFound(format!(
+                        "{id} matches several managed containers; give more of the id"
+                    )))
+                }
+            }
+        }
+        Err(ContainerError::NotFound(format!(
+            "no managed container {id:?} (id, unique id prefix of at least 12, name or claim id)"
+        )))
+    }
+
+    fn finish(&mut self, report: Done) {
+        match report {
+            Done::Created {
+                claim_id,
+                result,
+                reply,
+            } => {
+                let result = match result {
+                    Ok(view) => {
+                        self.ledger.bind(&claim_id, &view.id);
+                        self.upsert(view.clone());
+                        log::info!(
+                            "container {} created for claim {claim_id}",
+                            short_id(&view.id)
+                        );
+                        Ok(self.decorate(&view))
+                    }
+                    Err(e) => {
+                        log::warn!("create for claim {claim_id} failed: {e}");
+                        self.ledger.release_pending(&claim_id);
+                        self.note_error(&e);
+                        Err(e)
+                    }
+                };
+                self.publish();
+                let _ = reply.send(result);
+            }
+            Done::Acted { id, result, reply } => {
+                self.busy.remove(&id);
+                match &result {
+                    Ok(view) => self.upsert(view.clone()),
+                    Err(ContainerError::NotFound(_)) => self.forget(&id),
+                    Err(e) => self.note_error(e),
+                }
+                self.publish();
+                let _ = reply.send(result.map(|v| self.decorate(&v)));
+            }
+            Done::Deleted {
+                view,
+                result,
+                reply,
+            } => {
+                self.busy.remove(&view.id);
+                let result = match result {
+                    Ok(()) => {
+                        self.forget(&view.id);
+                        log::info!(
+                            "container {} of claim {} deleted; GPUs [{}] free",
+                            short_id(&view.id),
+                            view.claim_id,
+                            join_ids(&view.gpu_ids)
+                        );
+                        Ok(Deleted {
+                            id: view.id,
+                            name: view.name,
+                            claim_id: view.claim_id,
+                            deleted: true,
+                            gpu_ids: view.gpu_ids,
+                        })
+                    }
+                    Err(e) => {
+                        self.note_error(&e);
+                        Err(e)
+                    }
+                };
+                self.publish();
+                let _ = reply.send(result);
+            }
+            Done::Logs { result, reply } => {
+                if let Err(e) = &result {
+                    self.note_error(e);
+                }
+                let _ = reply.send(result);
+            }
+            Done::Reconciled { generation, result } => {
+                self.reconcile_in_flight = false;
+                self.apply_reconcile(generation, result);
+            }
+            Done::Refreshed {
+                id,
+                generation,
+                result,
+            } => {
+                let newer = self
+                    .containers
+                    .get(&id)
+                    .is_some_and(|e| e.generation > generation);
+                match result {
+                    Ok(Some(view)) if !newer => self.upsert(view),
+                    Ok(None) if !newer => self.forget(&id),
+                    Ok(_) => {}
+                    Err(e) => self.note_error(&ContainerError::from(e)),
+                }
+                self.publish();
+            }
+        }
+    }
+
+    /// Docker unreachable: remember why (health, 503s) and reconcile soon.
+    fn note_error(&mut self, error: &ContainerError) {
+        if let ContainerError::DockerUnavailable(why) = error {
+            if matches!(self.docker, DockerState::Ok) {
+                log::warn!("docker became unavailable: {why}");
+            }
+            self.docker = DockerState::Unavailable(why.clone());
+            self.ledger_ready = false;
+            self.next_reconcile = Instant::now() + UNAVAILABLE_RETRY;
+            self.publish();
+        }
+    }
+
+    fn on_event(&mut self, event: ContainerEvent) {
+        if event.action == "destroy" {
+            if self.containers.contains_key(&event.id) {
+                log::info!("container {} was removed", short_id(&event.id));
+                self.forget(&event.id);
+                self.publish();
+            }
+        } else if event_changes_state(&event.action) {
+            let work = Work::Refresh {
+                id: event.id,
+                generation: self.generation,
+            };
+            // A full queue drops the refresh; the periodic reconcile repairs the view.
+            let _ = self.submit(work);
+        }
+    }
+
+    fn start_reconcile(&mut self) {
+        let interval = match self.docker {
+            DockerState::Ok => self.reconcile_interval,
+            DockerState::Unavailable(_) => UNAVAILABLE_RETRY.min(self.reconcile_interval),
+        };
+        self.next_reconcile = Instant::now() + interval;
+        if self.reconcile_in_flight {
+            return;
+        }
+        let work = Work::Reconcile {
+            generation: self.generation,
+        };
+        if self.submit(work).is_ok() {
+            self.reconcile_in_flight = true;
+        }
+    }
+
+    /// Makes the table and the ledger match docker's list of managed containers, as of when the
+    /// reconcile started (`generation`): anything the runner learned since is kept.
+    fn apply_reconcile(
+        &mut self,
+        generation: u64,
+        result: Result<Vec<ContainerView>, DockerError>,
+    ) {
+        let views = match result {
+            Ok(views) => views,
+            Err(e) => {
+                if e.is_unavailable() || matches!(e, DockerError::Timeout { .. }) {
+                    self.note_error(&ContainerError::DockerUnavailable(e.to_string()));
+                } else {
+                    log::warn!("reconcile failed: {e}");
+                }
+                self.next_reconcile =
+                    Instant::now() + UNAVAILABLE_RETRY.min(self.reconcile_interval);
+                self.publish();
+                return;
+            }
+        };
+        let seen: BTreeSet<String> = views.iter().map(|v| v.id.clone()).collect();
+        for view in views {
+            let removed_since = self.removed.get(&view.id).is_some_and(|g| *g > generation);
+            let newer = self
+                .containers
+                .get(&view.id)
+                .is_some_and(|e| e.generation > generation);
+            if !removed_since && !newer {
+                self.upsert(view);
+            }
+        }
+        let gone: Vec<String> = self
+            .containers
+            .iter()
+            .filter(|(id, e)| {
+                !seen.contains(*id) && e.generation <= generation && !self.busy.contains(*id)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in gone {
+            log::info!("container {} is gone (seen by reconcile)", short_id(&id));
+            self.forget(&id);
+        }
+        self.removed.retain(|_, g| *g > generation);
+        if !matches!(self.docker, DockerState::Ok) || !self.ledger_ready {
+            log::info!(
+                "docker reachable; ledger rebuilt from {} managed container(s)",
+                self.containers.len()
+            );
+        }
+        self.docker = DockerState::Ok;
+        self.ledger_ready = true;
+        self.next_reconcile = Instant::now() + self.reconcile_interval;
+        self.publish();
+    }
+
+    fn upsert(&mut self, view: ContainerView) {
+        self.generation += 1;
+        if !self.ledger.holds_container(&view.id) {
+            let conflicts =
+                self.ledger
+                    .adopt(&view.claim_id, &view.id, &view.gpu_ids, &view.port_mappings);
+            if !conflicts.is_empty() {
+                let notes: Vec<String> = conflicts
+                    .iter()
+                    .map(|c| format!("conflict with another managed container: {c}"))
+                    .collect();
+                for note in &notes {
+                    log::warn!("container {}: {note}", short_id(&view.id));
+                }
+                self.adopt_warnings.insert(view.id.clone(), notes);
+            }
+        }
+        self.containers.insert(
+            view.id.clone(),
+            Entry {
+                view,
+                generation: self.generation,
+            },
+        );
+    }
+
+    fn forget(&mut self, id: &str) {
+        self.generation += 1;
+        self.containers.remove(id);
+        self.ledger.remove_container(id);
+        self.adopt_warnings.remove(id);
+        self.removed.insert(id.to_string(), self.generation);
+    }
+
+    /// The view with the warnings known now: adopt conflicts, and GPUs whose UUID is no longer
+    /// on this node (reported, never silently dropped: the container keeps its GPUs).
+    fn decorate(&self, view: &ContainerView) -> ContainerView {
+        let mut view = view.clone();
+        if let Some(notes) = self.adopt_warnings.get(&view.id) {
+            view.warnings.extend(notes.iter().cloned());
+        }
+        let report = self.snapshot.gpus.get();
+        if report.state == NvmlState::Ok {
+            for (i, gpu) in view.gpu_ids.clone().iter().enumerate() {
+                let Some(uuid) = view.gpu_uuids.get(i).filter(|u| !u.is_empty()) else {
+                    continue;
+                };
+                let present = report
+                    .gpus
+                    .iter()
+                    .any(|g| g.uuid.as_deref() == Some(uuid.as_str()));
+                let same_index = report
+                    .gpus
+                    .iter()
+                    .any(|g| g.index == *gpu && g.uuid.as_deref() == Some(uuid.as_str()));
+                if !present {
+                    view.warnings.push(format!(
+                        "GPU {gpu} ({uuid}) assigned to this container is no longer present"
+                    ));
+                } else if !same_index {
+                    view.warnings.push(format!(
+                        "GPU {uuid} assigned as index {gpu} now has another index"
+                    ));
+                }
+            }
+        }
+        view
+    }
+
+    fn publish(&mut self) {
+        let views: Vec<ContainerView> = self
+            .containers
+            .values()
+            .map(|e| self.decorate(&e.view))
+            .collect();
+        self.snapshot.containers.set(
+            views
+                .iter()
+                .map(|v| ContainerSummary {
+                    id: v.id.clone(),
+                    claim_id: v.claim_id.clone(),
+                    state: v.state.clone(),
+                    gpu_ids: v.gpu_ids.clone(),
+                })
+                .collect(),
+        );
+        self.snapshot.gpu_allocations.set(self.ledger.allocations());
+        let health = match &self.docker {
+            DockerState::Unavailable(why) => format!("unavailable: {why}"),
+            DockerState::Ok => {
+                let problems: Vec<String> = views
+                    .iter()
+                    .filter(|v| !v.warnings.is_empty())
+                    .map(|v| format!("{}: {}", v.name, v.warnings.join("; ")))
+                    .collect();
+                if problems.is_empty() {
+                    "ok".to_string()
+                } else {
+                    format!("degraded: {}", problems.join(" | "))
+                }
+            }
+        };
+        if health != self.published_health {
+            self.snapshot.set_component("docker", health.clone());
+            self.published_health = health;
+        }
+    }
+}
