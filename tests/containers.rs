@@ -408,6 +408,31 @@ fn injection_corpus_is_refused_and_creates_nothing() {
 }
 
 #[test]
+fn an_image_that_cannot_be_had_is_an_error_and_frees_the_gpu() {
+    if !ready("missing-image") {
+        return;
+    }
+    let scope = Scope::new();
+    let agent = scope.agent(|c| c.docker.pull_timeout_secs = 20);
+    let mut request = body(&scope.claim("img"), &[0], "true");
+    request["image"] = json!(format!("utopia-test-missing-{}:latest", scope.claim("x")));
+    let r = agent.post_json("/api/v1/containers", &request);
+    // Not found in a registry (400), or no registry reachable from this machine (502).
+    assert!(
+        matches!(
+            (r.status, r.error_code().as_str()),
+            (400, "image_not_found") | (502, "image_pull_failed")
+        ),
+        "{}",
+        r.text()
+    );
+    assert!(r.text().contains("utopia-test-missing-"), "{}", r.text());
+    assert!(scope.docker_ids().is_empty());
+    assert!(agent.containers().is_empty());
+    agent.create(&body(&scope.claim("img2"), &[0], "true"));
+}
+
+#[test]
 fn unmanaged_containers_are_invisible_and_untouched() {
     if !ready("unmanaged") {
         return;
@@ -459,8 +484,16 @@ fn unmanaged_containers_are_invisible_and_untouched() {
     drop(cleanup);
 }
 
-fn restart(agent: &mut Agent, options: AgentOptions) -> Agent {
-    agent.kill();
+/// Stops the agent (SIGKILL, or SIGTERM when `graceful`) and starts it again on the same
+/// directory and config.
+fn restart(agent: &mut Agent, graceful: bool, options: AgentOptions) -> Agent {
+    if graceful {
+        let (status, took) = agent.terminate();
+        assert!(status.success(), "{status}");
+        assert!(took < Duration::from_secs(2), "{took:?}");
+    } else {
+        agent.kill();
+    }
     let dir = std::mem::replace(&mut agent.dir, tempfile::tempdir().unwrap());
     let text = std::fs::read_to_string(&agent.config_path).unwrap();
     let config = Config::parse(&text).unwrap();
@@ -530,7 +563,7 @@ fn sigkill_mid_create_then_restart_rebuilds_the_ledger_exactly() {
         )
     });
     std::thread::sleep(Duration::from_millis(150));
-    let agent2 = restart(&mut agent, AgentOptions::default());
+    let agent2 = restart(&mut agent, false, AgentOptions::default());
     let _ = request.join();
 
     // The in-flight create either made its container or did not; either way the rebuilt ledger
@@ -601,9 +634,11 @@ fn a_gpu_gone_after_restart_is_reported_not_dropped() {
         env: vec![("FAKE_NVML_GPU_COUNT".into(), "1".into())],
         ..AgentOptions::default()
     };
-    let agent = restart(&mut agent, options);
+    // A graceful stop leaves the containers running.
+    let agent = restart(&mut agent, true, options);
     let list = agent.containers();
     assert_eq!(list.len(), 1, "the container is still listed");
+    assert_eq!(list[0]["state"], "running");
     assert_eq!(list[0]["id"], held["id"]);
     assert_eq!(list[0]["gpu_ids"], json!([1]));
     let warnings = list[0]["warnings"].to_string();
@@ -615,6 +650,63 @@ fn a_gpu_gone_after_restart_is_reported_not_dropped() {
     let health = agent.request("GET", "/health", &[], b"").json();
     let docker_health = health["components"]["docker"].as_str().unwrap();
     assert!(docker_health.starts_with("degraded"), "{docker_health}");
+}
+
+#[test]
+fn shutdown_during_a_slow_docker_stop_still_ends_within_the_deadline() {
+    if !ready("shutdown") {
+        return;
+    }
+    let scope = Scope::new();
+    let mut agent = scope.agent(|c| c.docker.stop_timeout_secs = 60);
+    // A container that ignores SIGTERM: `docker stop` waits the whole grace period.
+    let created = agent.create(&body(
+        &scope.claim("slow"),
+        &[],
+        "trap '' TERM; while true; do sleep 1; done",
+    ));
+    let id = created["id"].as_str().unwrap().to_string();
+    let addr = agent.addr;
+    let path = format!("/api/v1/containers/{id}");
+    let request = std::thread::spawn(move || {
+        let auth = format!("Bearer {}", common::TOKEN);
+        common::try_request(addr, "DELETE", &path, &[("Authorization", &auth)], b"")
+    });
+    // The agent's docker children now: `docker events` and the `docker stop` in flight.
+    let mut children = Vec::new();
+    wait_until(Duration::from_secs(5), || {
+        children = child_processes(agent.pid());
+        children.len() >= 2
+    });
+    assert!(children.len() >= 2, "{children:?}");
+    let (status, took) = agent.terminate();
+    assert!(status.success(), "{status}; log:\n{}", agent.log());
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    let _ = request.join();
+    // Killed and reaped, not left running as orphans.
+    for (pid, stat) in &children {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "child still exists: {stat}"
+        );
+    }
+}
+
+/// (pid, stat line) of the processes whose parent is `parent`.
+fn child_processes(parent: u32) -> Vec<(u32, String)> {
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // "pid (comm) state ppid ..."
+        let after = stat.rsplit_once(") ").map(|(_, rest)| rest).unwrap_or("");
+        if after.split(' ').nth(1) == Some(parent.to_string().as_str()) {
+            children.push((pid, stat.trim().to_string()));
+        }
+    }
+    children
 }
 
 #[test]

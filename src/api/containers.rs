@@ -36,6 +36,9 @@ impl From<ContainerError> for ApiError {
             ContainerError::ImageNotFound(_) => {
                 ApiError::new(StatusCode::BAD_REQUEST, "image_not_found", message)
             }
+            ContainerError::ImagePull(_) => {
+                ApiError::new(StatusCode::BAD_GATEWAY, "image_pull_failed", message)
+            }
             ContainerError::Docker(_) => {
                 ApiError::new(StatusCode::BAD_GATEWAY, "docker_error", message)
             }

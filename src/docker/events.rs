@@ -82,28 +82,36 @@ pub fn since_arg(time_nano: i64) -> String {
     )
 }
 
-fn now_nano() -> i64 {
+/// Now, in nanoseconds since the epoch (the watcher's first `--since`).
+pub fn now_nano() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
         .unwrap_or(0)
 }
 
-/// Starts the watcher thread.
+/// Starts the watcher thread, reporting events from `since_nano` on (taken before the runner's
+/// start-up rebuild, so a change between the rebuild and the watcher's start is not missed).
 pub fn start(
     binary: PathBuf,
     managed_label: String,
+    since_nano: i64,
     events: Sender<ContainerEvent>,
     shutdown: Shutdown,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("docker-events".into())
-        .spawn(move || watch(&binary, &managed_label, &events, &shutdown))
+        .spawn(move || watch(&binary, &managed_label, since_nano, &events, &shutdown))
 }
 
-fn watch(binary: &PathBuf, label: &str, events: &Sender<ContainerEvent>, shutdown: &Shutdown) {
-    // Events from the moment the watcher starts; the runner's start-up rebuild covers before.
-    let mut since = now_nano();
+fn watch(
+    binary: &PathBuf,
+    label: &str,
+    since_nano: i64,
+    events: &Sender<ContainerEvent>,
+    shutdown: &Shutdown,
+) {
+    let mut since = since_nano;
     let mut backoff = Duration::from_secs(1);
     loop {
         let started = Instant::now();
@@ -245,7 +253,7 @@ mod tests {
         std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
         let (trigger, shutdown) = crate::shutdown::channel();
         let (tx, rx) = crossbeam_channel::bounded(16);
-        let thread = start(fake, "a=b".into(), tx, shutdown).unwrap();
+        let thread = start(fake, "a=b".into(), now_nano(), tx, shutdown).unwrap();
         for _ in 0..2 {
             let event = rx.recv_timeout(Duration::from_secs(5)).unwrap();
             assert_eq!(event.id, "c1");

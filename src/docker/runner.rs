@@ -71,6 +71,8 @@ pub enum ContainerError {
     Timeout(String),
     /// 400: the image does not exist or may not be pulled.
     ImageNotFound(String),
+    /// 502: the image could not be pulled (registry unreachable, ...).
+    ImagePull(String),
     /// 502: docker refused or failed.
     Docker(DockerError),
 }
@@ -84,7 +86,8 @@ impl fmt::Display for ContainerError {
             | ContainerError::GpusUnavailable(m)
             | ContainerError::Busy(m)
             | ContainerError::Timeout(m)
-            | ContainerError::ImageNotFound(m) => f.write_str(m),
+            | ContainerError::ImageNotFound(m)
+            | ContainerError::ImagePull(m) => f.write_str(m),
             ContainerError::Conflict { message, .. } => f.write_str(message),
             ContainerError::Docker(e) => e.fmt(f),
         }
@@ -406,7 +409,8 @@ pub fn start(
         published_health: String::new(),
     };
     // The rebuild happens here, before the API exists, so no create is ever decided on an
-    // empty ledger.
+    // empty ledger; the watcher reports every event since just before it.
+    let events_since = events::now_nano();
     let rebuild = reconcile(&context);
     runner.apply_reconcile(0, rebuild);
 
@@ -425,6 +429,7 @@ pub fn start(
     let watcher = events::start(
         config.binary.clone(),
         config.managed_label.clone(),
+        events_since,
         events_tx,
         shutdown.clone(),
     )
@@ -639,11 +644,9 @@ fn ensure_image(cli: &DockerCli, image: &str) -> Result<(), ContainerError> {
                     "image {image} cannot be pulled: {stderr}"
                 )))
             } else {
-                Err(ContainerError::Docker(DockerError::Failed {
-                    command: "docker pull".into(),
-                    code: None,
-                    stderr,
-                }))
+                Err(ContainerError::ImagePull(format!(
+                    "image {image} could not be pulled: {stderr}"
+                )))
             }
         }
         Err(e) => Err(e.into()),
