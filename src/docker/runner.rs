@@ -970,7 +970,8 @@ impl Runner {
                 let result = self
                     .docker_ready()
                     .and_then(|()| self.resolve(&id))
-                    .map(|key| self.decorate(&self.containers[&key].view));
+                    .and_then(|key| self.view_of(&key))
+                    .map(|view| self.decorate(view));
                 let _ = reply.send(result);
             }
             Request::Act { id, action, reply } => {
@@ -990,7 +991,13 @@ impl Runner {
             }
             Request::Delete { id, reply } => {
                 let result = self.begin_busy(&id).and_then(|key| {
-                    let view = Box::new(self.containers[&key].view.clone());
+                    let view = match self.view_of(&key) {
+                        Ok(view) => Box::new(view.clone()),
+                        Err(e) => {
+                            self.busy.remove(&key);
+                            return Err(e);
+                        }
+                    };
                     self.submit(Work::Delete {
                         view,
                         reply: reply.clone(),
@@ -1112,6 +1119,13 @@ impl Runner {
             });
         }
         Ok(key)
+    }
+
+    fn view_of(&self, key: &str) -> Result<&ContainerView, ContainerError> {
+        self.containers
+            .get(key)
+            .map(|e| &e.view)
+            .ok_or_else(|| ContainerError::NotFound(format!("no managed container {key:?}")))
     }
 
     /// The full id of the managed container `id` names: its id, a unique id prefix of at least
@@ -1457,5 +1471,350 @@ impl Runner {
             self.snapshot.set_component("docker", health.clone());
             self.published_health = health;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::docker::spec::{PortMapping, Protocol};
+    use crate::telemetry::gpu::{GpuReport, GpuSample};
+
+    fn gpu(index: u32) -> GpuSample {
+        GpuSample {
+            index,
+            name: Some("Fake".into()),
+            uuid: Some(format!("GPU-{index}")),
+            temperature_c: None,
+            memory_total_mb: None,
+            memory_used_mb: None,
+            memory_usage_percent: None,
+            usage_percent: None,
+            power_watts: None,
+            processes: None,
+            lost: false,
+            errors: BTreeMap::new(),
+        }
+    }
+
+    fn gpus(count: u32) -> GpuReport {
+        GpuReport {
+            state: NvmlState::Ok,
+            driver_version: None,
+            gpus: (0..count).map(gpu).collect(),
+            sampled_at: None,
+        }
+    }
+
+    fn runner() -> (Runner, Receiver<Work>, Arc<Snapshot>) {
+        let (jobs, queue) = crossbeam_channel::bounded(WORK_QUEUE);
+        let snapshot = Arc::new(Snapshot::new());
+        snapshot.gpus.set(gpus(2));
+        let runner = Runner {
+            snapshot: Arc::clone(&snapshot),
+            ledger: GpuLedger::new(vec![9200]),
+            containers: BTreeMap::new(),
+            adopt_warnings: BTreeMap::new(),
+            busy: BTreeSet::new(),
+            removed: BTreeMap::new(),
+            generation: 0,
+            docker: DockerState::Unavailable("starting".into()),
+            ledger_ready: false,
+            reconcile_in_flight: false,
+            reconcile_interval: Duration::from_secs(30),
+            next_reconcile: Instant::now(),
+            jobs,
+            published_health: String::new(),
+        };
+        (runner, queue, snapshot)
+    }
+
+    fn view(id: &str, claim: &str, gpu_ids: &[u32], state: &str) -> ContainerView {
+        ContainerView {
+            id: id.into(),
+            name: format!("utopia-{claim}"),
+            claim_id: claim.into(),
+            image: "busybox".into(),
+            state: state.into(),
+            status: state.into(),
+            exit_code: None,
+            oom_killed: false,
+            gpu_ids: gpu_ids.to_vec(),
+            gpu_uuids: gpu_ids.iter().map(|g| format!("GPU-{g}")).collect(),
+            port_mappings: vec![],
+            created_at: None,
+            started_at: None,
+            finished_at: None,
+            warnings: vec![],
+        }
+    }
+
+    const A: &str = "aaaaaaaaaaaa1111111111111111111111111111111111111111111111111111";
+    const B: &str = "aaaaaaaaaaaa2222222222222222222222222222222222222222222222222222";
+
+    fn spec(claim: &str, gpus: GpuRequest) -> Box<CreateSpec> {
+        Box::new(CreateSpec {
+            claim_id: claim.into(),
+            image: "busybox".into(),
+            gpus,
+            ports: vec![PortMapping {
+                host_port: 8000,
+                container_port: 80,
+                protocol: Protocol::Tcp,
+            }],
+            env: vec![],
+            command: vec![],
+            memory_mb: None,
+            cpus: None,
+            shm_size_mb: None,
+            requested_visible_devices: None,
+        })
+    }
+
+    fn ask<T>(
+        runner: &mut Runner,
+        make: impl FnOnce(Reply<T>) -> Request,
+    ) -> Option<Result<T, ContainerError>> {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        runner.handle(make(reply));
+        answer.try_recv().ok()
+    }
+
+    #[test]
+    fn rebuild_publishes_containers_allocations_and_health() {
+        let (mut r, _queue, snapshot) = runner();
+        assert!(matches!(
+            ask(&mut r, |reply| Request::List { reply }),
+            Some(Err(ContainerError::DockerUnavailable(_)))
+        ));
+        r.apply_reconcile(
+            0,
+            Ok(vec![
+                view(A, "a", &[1], "running"),
+                view(B, "b", &[], "exited"),
+            ]),
+        );
+        let summaries = snapshot.containers.get();
+        assert_eq!(summaries.len(), 2);
+        assert_eq!(summaries[0].claim_id, "a");
+        assert_eq!(summaries[0].gpu_ids, vec![1]);
+        assert_eq!(summaries[1].state, "exited");
+        let allocations = snapshot.gpu_allocations.get();
+        assert_eq!(allocations.len(), 1);
+        assert_eq!(allocations[&1].container_id, A);
+        assert_eq!(snapshot.components()["docker"], "ok");
+        let list = ask(&mut r, |reply| Request::List { reply })
+            .unwrap()
+            .unwrap();
+        assert_eq!(list.len(), 2);
+    }
+
+    #[test]
+    fn an_older_reconcile_neither_resurrects_nor_drops_newer_changes() {
+        let (mut r, _queue, _snapshot) = runner();
+        r.apply_reconcile(0, Ok(vec![view(A, "a", &[0], "running")]));
+        let started = r.generation;
+        // After the reconcile started: A was deleted, B was created.
+        r.forget(A);
+        r.upsert(view(B, "b", &[1], "running"));
+        // The reconcile's (older) listing still has A and not yet B.
+        r.apply_reconcile(started, Ok(vec![view(A, "a", &[0], "running")]));
+        assert!(!r.containers.contains_key(A), "deleted container came back");
+        assert!(r.containers.contains_key(B), "new container dropped");
+        assert!(r.ledger.allocations().get(&0).is_none());
+        // A later reconcile that no longer sees B removes it and frees its GPU.
+        let now = r.generation;
+        r.apply_reconcile(now, Ok(vec![]));
+        assert!(r.containers.is_empty());
+        assert!(r.ledger.allocations().is_empty());
+    }
+
+    #[test]
+    fn create_reserves_before_docker_runs_and_releases_on_failure() {
+        let (mut r, queue, snapshot) = runner();
+        r.apply_reconcile(0, Ok(vec![]));
+        assert!(
+            ask(&mut r, |reply| Request::Create {
+                spec: spec("a", GpuRequest::Ids(vec![0])),
+                reply
+            })
+            .is_none(),
+            "answered when the worker reports"
+        );
+        let Ok(Work::Create {
+            gpus, uuids, reply, ..
+        }) = queue.try_recv()
+        else {
+            panic!("no create queued");
+        };
+        assert_eq!((gpus, uuids), (vec![0], vec!["GPU-0".to_string()]));
+        // While docker works, the GPU, the claim and the port are taken.
+        let second = ask(&mut r, |reply| Request::Create {
+            spec: spec("b", GpuRequest::Ids(vec![0])),
+            reply,
+        });
+        assert!(matches!(
+            second,
+            Some(Err(ContainerError::Conflict {
+                code: "gpu_in_use",
+                ..
+            }))
+        ));
+        let same_claim = ask(&mut r, |reply| Request::Create {
+            spec: spec("a", GpuRequest::None),
+            reply,
+        });
+        assert!(matches!(
+            same_claim,
+            Some(Err(ContainerError::Conflict {
+                code: "claim_in_use",
+                ..
+            }))
+        ));
+        let port = ask(&mut r, |reply| Request::Create {
+            spec: spec("c", GpuRequest::None),
+            reply,
+        });
+        assert!(matches!(
+            port,
+            Some(Err(ContainerError::Conflict {
+                code: "port_in_use",
+                ..
+            }))
+        ));
+        let unknown = ask(&mut r, |reply| Request::Create {
+            spec: spec("d", GpuRequest::Ids(vec![5])),
+            reply,
+        });
+        assert!(matches!(unknown, Some(Err(ContainerError::Invalid(_)))));
+        assert!(queue.try_recv().is_err(), "refused creates queue nothing");
+
+        // Docker failed: everything is released.
+        r.finish(Done::Created {
+            claim_id: "a".into(),
+            result: Err(ContainerError::Docker(DockerError::BadOutput {
+                command: "docker run".into(),
+                message: "boom".into(),
+            })),
+            reply: reply.clone(),
+        });
+        assert!(r.ledger.holdings().is_empty());
+        // Docker succeeded: the container holds the GPU, published for metrics.
+        ask(&mut r, |reply| Request::Create {
+            spec: spec("b", GpuRequest::Ids(vec![0])),
+            reply,
+        });
+        let Ok(Work::Create { reply, .. }) = queue.try_recv() else {
+            panic!("no create queued");
+        };
+        let (answer_tx, answer) = crossbeam_channel::bounded(1);
+        drop(reply);
+        r.finish(Done::Created {
+            claim_id: "b".into(),
+            result: Ok(view(A, "b", &[0], "running")),
+            reply: answer_tx,
+        });
+        assert_eq!(answer.try_recv().unwrap().unwrap().id, A);
+        assert_eq!(snapshot.gpu_allocations.get()[&0].claim_id, "b");
+    }
+
+    #[test]
+    fn ids_resolve_by_id_prefix_name_and_claim() {
+        let (mut r, _queue, _snapshot) = runner();
+        r.apply_reconcile(
+            0,
+            Ok(vec![
+                view(A, "a", &[], "running"),
+                view(B, "b", &[], "running"),
+            ]),
+        );
+        for key in [A, &A[..13], "utopia-a", "/utopia-a", "a"] {
+            assert_eq!(r.resolve(key), Ok(A.to_string()), "{key}");
+        }
+        assert_eq!(r.resolve(&B[..13]), Ok(B.to_string()));
+        // Both ids start with the same 12 characters; shorter than 12 is never a prefix.
+        assert!(
+            matches!(r.resolve(&A[..12]), Err(ContainerError::NotFound(m)) if m.contains("several"))
+        );
+        assert!(r.resolve(&A[..11]).is_err());
+        assert!(r.resolve("utopia-zzz").is_err());
+    }
+
+    #[test]
+    fn one_operation_at_a_time_per_container() {
+        let (mut r, queue, _snapshot) = runner();
+        r.apply_reconcile(0, Ok(vec![view(A, "a", &[], "running")]));
+        assert!(ask(&mut r, |reply| Request::Act {
+            id: "a".into(),
+            action: Action::Stop,
+            reply
+        })
+        .is_none());
+        let again = ask(&mut r, |reply| Request::Delete {
+            id: A.into(),
+            reply,
+        });
+        assert!(matches!(
+            again,
+            Some(Err(ContainerError::Conflict {
+                code: "operation_in_progress",
+                ..
+            }))
+        ));
+        let Ok(Work::Act { reply, .. }) = queue.try_recv() else {
+            panic!("no stop queued");
+        };
+        r.finish(Done::Acted {
+            id: A.into(),
+            result: Ok(view(A, "a", &[], "exited")),
+            reply,
+        });
+        assert_eq!(r.containers[A].view.state, "exited");
+        assert!(ask(&mut r, |reply| Request::Delete {
+            id: A.into(),
+            reply
+        })
+        .is_none());
+    }
+
+    #[test]
+    fn unreachable_docker_and_missing_gpus_are_reported() {
+        let (mut r, _queue, snapshot) = runner();
+        r.apply_reconcile(
+            0,
+            Err(DockerError::Unreachable {
+                message: "Cannot connect to the Docker daemon".into(),
+            }),
+        );
+        assert!(snapshot.components()["docker"].starts_with("unavailable: "));
+        let create = ask(&mut r, |reply| Request::Create {
+            spec: spec("a", GpuRequest::None),
+            reply,
+        });
+        assert!(matches!(
+            create,
+            Some(Err(ContainerError::DockerUnavailable(_)))
+        ));
+
+        // Back, with a container whose GPU 1 is no longer on the node.
+        snapshot.gpus.set(gpus(1));
+        r.apply_reconcile(0, Ok(vec![view(A, "a", &[1], "running")]));
+        let health = snapshot.components()["docker"].clone();
+        assert!(
+            health.starts_with("degraded: utopia-a: GPU 1 (GPU-1)"),
+            "{health}"
+        );
+        let shown = ask(&mut r, |reply| Request::Get {
+            id: "a".into(),
+            reply,
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(shown.warnings.len(), 1);
+        assert_eq!(
+            snapshot.gpu_allocations.get()[&1].container_id,
+            A,
+            "still held"
+        );
     }
 }
