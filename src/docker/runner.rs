@@ -1621,7 +1621,7 @@ mod tests {
         r.apply_reconcile(started, Ok(vec![view(A, "a", &[0], "running")]));
         assert!(!r.containers.contains_key(A), "deleted container came back");
         assert!(r.containers.contains_key(B), "new container dropped");
-        assert!(r.ledger.allocations().get(&0).is_none());
+        assert!(!r.ledger.allocations().contains_key(&0));
         // A later reconcile that no longer sees B removes it and frees its GPU.
         let now = r.generation;
         r.apply_reconcile(now, Ok(vec![]));
