@@ -315,7 +315,6 @@ pub struct DockerRunner {
 struct WorkerContext {
     cli: DockerCli,
     settings: RunSettings,
-    env_dir: PathBuf,
 }
 
 struct Entry {
@@ -369,7 +368,6 @@ pub fn start(
         stop_timeout,
         shutdown.clone(),
     );
-    let env_dir = private_dir().map_err(RunnerStartError)?;
     let context = Arc::new(WorkerContext {
         cli,
         settings: RunSettings {
@@ -384,7 +382,6 @@ pub fn start(
             init: config.init,
             no_new_privileges: config.no_new_privileges,
         },
-        env_dir,
     });
 
     let (jobs, job_queue) = crossbeam_channel::bounded::<Work>(WORK_QUEUE);
@@ -450,30 +447,6 @@ pub fn start(
         },
         threads,
     })
-}
-
-/// A directory only the agent's user can enter, for env files.
-fn private_dir() -> Result<PathBuf, String> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
-    let dir = std::env::temp_dir().join(format!("utopia-agent-{}", std::process::id()));
-    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
-        Ok(()) => Ok(dir),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            // A left-over of an earlier process with our pid: usable only if it is ours alone.
-            let meta = std::fs::symlink_metadata(&dir).map_err(|e| e.to_string())?;
-            // SAFETY: geteuid has no preconditions.
-            let uid = unsafe { libc::geteuid() };
-            if meta.is_dir() && meta.uid() == uid && meta.mode() & 0o077 == 0 {
-                Ok(dir)
-            } else {
-                Err(format!(
-                    "{} exists and is not a private directory of this user",
-                    dir.display()
-                ))
-            }
-        }
-        Err(e) => Err(format!("cannot create {}: {e}", dir.display())),
-    }
 }
 
 fn worker(
@@ -550,7 +523,7 @@ fn create(
     let env_file = if spec.env.is_empty() {
         None
     } else {
-        Some(EnvFile::write(&context.env_dir, &spec.claim_id, &spec.env)?)
+        Some(EnvFile::write(&spec.claim_id, &spec.env)?)
     };
     let argv = run_args(
         spec,
@@ -821,24 +794,41 @@ fn reconcile(context: &WorkerContext) -> Result<Vec<ContainerView>, DockerError>
     }
 }
 
-/// The user's environment, in a file only the agent can read, removed when dropped.
+/// The user's environment, in a file only the agent's user can read (mode 0600 in a fresh
+/// directory of mode 0700), both removed when dropped.
 struct EnvFile {
+    dir: PathBuf,
     path: PathBuf,
 }
 
 impl EnvFile {
-    fn write(
-        dir: &Path,
-        claim_id: &str,
-        env: &[(String, String)],
-    ) -> Result<EnvFile, ContainerError> {
+    fn write(claim_id: &str, env: &[(String, String)]) -> Result<EnvFile, ContainerError> {
         use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
-        let path = dir.join(format!("env-{claim_id}-{nanos}"));
+        // `create` (not `create_all`) fails when the name exists: nobody else can have
+        // prepared the directory.
+        let dir = std::env::temp_dir().join(format!(
+            "utopia-agent-{}-{claim_id}-{nanos}",
+            std::process::id()
+        ));
+        let failed = |e: std::io::Error, what: &Path| {
+            ContainerError::Docker(DockerError::BadOutput {
+                command: "docker run".into(),
+                message: format!("cannot write the env file in {}: {e}", what.display()),
+            })
+        };
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| failed(e, &dir))?;
+        let file = EnvFile {
+            path: dir.join("env"),
+            dir,
+        };
         let mut text = String::new();
         for (key, value) in env {
             // Validated: KEY is a plain name and VALUE has no line break, so each entry is one
@@ -848,28 +838,21 @@ impl EnvFile {
             text.push_str(value);
             text.push('\n');
         }
-        let file = std::fs::OpenOptions::new()
+        std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(&path)
-            .and_then(|mut f| f.write_all(text.as_bytes()));
-        match file {
-            Ok(()) => Ok(EnvFile { path }),
-            Err(e) => {
-                let _ = std::fs::remove_file(&path);
-                Err(ContainerError::Docker(DockerError::BadOutput {
-                    command: "docker run".into(),
-                    message: format!("cannot write the env file {}: {e}", path.display()),
-                }))
-            }
-        }
+            .open(&file.path)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .map_err(|e| failed(e, &file.dir))?;
+        Ok(file)
     }
 }
 
 impl Drop for EnvFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_dir(&self.dir);
     }
 }
 
@@ -1578,6 +1561,23 @@ mod tests {
         let (reply, answer) = crossbeam_channel::bounded(1);
         runner.handle(make(reply));
         answer.try_recv().ok()
+    }
+
+    #[test]
+    fn env_file_is_private_and_removed() {
+        use std::os::unix::fs::PermissionsExt;
+        let env = vec![("A".to_string(), " spaced = value ".to_string())];
+        let file = EnvFile::write("claim", &env).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&file.dir), 0o700);
+        assert_eq!(mode(&file.path), 0o600);
+        assert_eq!(
+            std::fs::read_to_string(&file.path).unwrap(),
+            "A= spaced = value \n"
+        );
+        let dir = file.dir.clone();
+        drop(file);
+        assert!(!dir.exists());
     }
 
     #[test]
