@@ -9,7 +9,7 @@ use common::{Agent, AgentOptions};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::time::Duration;
-use utopia_node_agent::config::Config;
+use utopia_node_agent::config::{Config, GpuMode};
 
 /// Lines of a container's environment, read through the logs endpoint of a container whose
 /// command prints `env`.
@@ -430,6 +430,96 @@ fn an_image_that_cannot_be_had_is_an_error_and_frees_the_gpu() {
     assert!(scope.docker_ids().is_empty());
     assert!(agent.containers().is_empty());
     agent.create(&body(&scope.claim("img2"), &[0], "true"));
+}
+
+/// A `docker` that creates instead of running: this engine has neither the nvidia runtime nor
+/// CDI, so a container with GPUs cannot start here, but how docker reads the agent's GPU flags
+/// can still be checked on the created container.
+fn create_only_docker(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("docker-create-only");
+    std::fs::write(
+        &path,
+        "#!/bin/sh\n# run --detach ARGS... -> create ARGS...\n\
+         if [ \"$1\" = run ]; then shift 2; exec docker create \"$@\"; fi\nexec docker \"$@\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+#[test]
+fn gpus_and_cdi_modes_as_the_engine_reads_them() {
+    if !ready("gpu-modes") {
+        return;
+    }
+    let scope = Scope::new();
+    let bin = tempfile::tempdir().unwrap();
+    let wrapper = create_only_docker(bin.path());
+    for (mode, expected) in [
+        (
+            GpuMode::Gpus,
+            json!([{"Driver": "", "Count": 0, "DeviceIDs": ["0", "1"],
+                    "Capabilities": [["gpu"]], "Options": {}}]),
+        ),
+        (
+            GpuMode::Cdi,
+            json!([{"Driver": "cdi", "Count": 0,
+                    "DeviceIDs": ["example.com/gpu=0", "example.com/gpu=1"],
+                    "Capabilities": null, "Options": null}]),
+        ),
+    ] {
+        let wrapper = wrapper.clone();
+        let agent = scope.agent(move |c| {
+            c.docker.binary = wrapper;
+            c.docker.gpu_mode = mode;
+            c.docker.cdi_kind = "example.com/gpu".into();
+        });
+        let created = agent.create(&body(&scope.claim(&format!("{mode:?}")), &[0, 1], "true"));
+        assert_eq!(created["state"], "created");
+        let id = created["id"].as_str().unwrap();
+        let requests = docker_ok(&[
+            "inspect",
+            "--format",
+            "{{json .HostConfig.DeviceRequests}}",
+            id,
+        ]);
+        let requests: Value = serde_json::from_str(&requests).unwrap();
+        assert_eq!(requests, expected, "{mode:?}");
+        // No NVIDIA_VISIBLE_DEVICES of the agent's in these modes: the toolkit sets it.
+        let env = docker_ok(&["inspect", "--format", "{{json .Config.Env}}", id]);
+        assert!(!env.contains("NVIDIA_VISIBLE_DEVICES"), "{env}");
+        let r = agent.api("DELETE", &format!("/api/v1/containers/{id}"), b"");
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+}
+
+#[test]
+fn a_create_docker_cannot_start_leaves_nothing_behind() {
+    if !ready("failed-start") {
+        return;
+    }
+    let scope = Scope::new();
+    // `--gpus` on an engine without the nvidia runtime: docker creates the container, then
+    // cannot start it.
+    let agent = scope.agent(|c| c.docker.gpu_mode = GpuMode::Gpus);
+    let r = agent.post_json(
+        "/api/v1/containers",
+        &body(&scope.claim("nostart"), &[0], "true"),
+    );
+    assert_eq!(
+        (r.status, r.error_code()),
+        (502, "docker_error".to_string()),
+        "{}",
+        r.text()
+    );
+    assert!(r.text().contains("docker run"), "{}", r.text());
+    assert!(
+        scope.docker_ids().is_empty(),
+        "the created container was removed"
+    );
+    assert!(agent.containers().is_empty());
+    assert!(agent.gpu_holders().is_empty());
 }
 
 #[test]
