@@ -6,6 +6,7 @@
 //! - [`container`]: the container JSON, read from `docker container inspect`.
 //! - [`runner`]: the [`runner::DockerRunner`] thread that owns the ledger and the container
 //!   table, and its worker pool.
+//! - [`worker`]: what the runner's worker threads do (the docker commands of each operation).
 //! - [`events`]: the `docker events` watcher thread.
 
 pub mod command;
@@ -14,3 +15,4 @@ pub mod events;
 pub mod ledger;
 pub mod runner;
 pub mod spec;
+pub mod worker;
