@@ -494,6 +494,84 @@ fn gpus_and_cdi_modes_as_the_engine_reads_them() {
     }
 }
 
+/// Removes an image tag when dropped.
+struct ImageTag(String);
+
+impl Drop for ImageTag {
+    fn drop(&mut self) {
+        let _ = docker(&["rmi", &self.0]);
+    }
+}
+
+#[test]
+fn a_slow_pull_blocks_neither_reads_nor_deletes_of_other_containers() {
+    if !ready("slow-pull") {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let scope = Scope::new();
+    let bin = tempfile::tempdir().unwrap();
+    // `pull --quiet -- IMAGE` takes 3 s, then "pulls" by tagging the test image.
+    let wrapper = bin.path().join("docker-slow-pull");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = pull ]; then sleep 3; exec docker tag {TEST_IMAGE} \"$4\"; fi\n\
+             exec docker \"$@\"\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let agent = scope.agent(move |c| c.docker.binary = wrapper);
+    let first = agent.create(&body(&scope.claim("fast"), &[0], "sleep 600"));
+    let first_id = first["id"].as_str().unwrap().to_string();
+
+    let image = format!("utopia-test-slow-{}:latest", scope.claim("img"));
+    let _tag = ImageTag(image.clone());
+    let mut slow = body(&scope.claim("slow"), &[1], "sleep 600");
+    slow["image"] = json!(image);
+    let addr = agent.addr;
+    let pulling = std::thread::spawn(move || {
+        let auth = format!("Bearer {}", common::TOKEN);
+        common::try_request(
+            addr,
+            "POST",
+            "/api/v1/containers",
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
+            slow.to_string().as_bytes(),
+        )
+        .unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let started = std::time::Instant::now();
+    assert_eq!(agent.containers().len(), 1);
+    assert_eq!(
+        agent.get(&format!("/api/v1/containers/{first_id}")).status,
+        200
+    );
+    // The pulling create already holds GPU 1.
+    let r = agent.post_json(
+        "/api/v1/containers",
+        &body(&scope.claim("other"), &[1], "true"),
+    );
+    assert_eq!((r.status, r.error_code()), (409, "gpu_in_use".to_string()));
+    let deleted = agent.api("DELETE", &format!("/api/v1/containers/{first_id}"), b"");
+    assert_eq!(deleted.status, 200, "{}", deleted.text());
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(2000),
+        "reads and delete took {took:?}"
+    );
+
+    let created = pulling.join().unwrap();
+    assert_eq!(created.status, 201, "{}", created.text());
+    assert_eq!(created.json()["image"], image.as_str());
+    assert_eq!(created.json()["gpu_ids"], json!([1]));
+}
+
 #[test]
 fn a_create_docker_cannot_start_leaves_nothing_behind() {
     if !ready("failed-start") {
