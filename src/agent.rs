@@ -1,9 +1,9 @@
 //! Starting and stopping the components, in order.
 //!
 //! [`Agent::start`] publishes an empty [`Snapshot`], starts the samplers (the system sampler
-//! publishes its first sample before returning), then the container runner (which rebuilds the
-//! GPU ledger from the labelled containers before it returns, so no create is decided on an
-//! empty ledger), then the API server. [`Agent::run_until_shutdown`] waits for the shutdown
+//! publishes its first sample before returning), then the container runner (whose first work is
+//! to rebuild the GPU ledger from the labelled containers; container requests get 503 until it
+//! is done, so no create is decided on an empty ledger), then the API server. [`Agent::run_until_shutdown`] waits for the shutdown
 //! channel to close, then stops in reverse order: the API drains its in-flight requests, and the
 //! runner, its workers, the docker events watcher and the sampler threads are joined. Containers
 //! are not stopped: the next start adopts them. The whole stop is bounded by

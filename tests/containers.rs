@@ -665,7 +665,9 @@ fn restart(agent: &mut Agent, graceful: bool, options: AgentOptions) -> Agent {
     let dir = std::mem::replace(&mut agent.dir, tempfile::tempdir().unwrap());
     let text = std::fs::read_to_string(&agent.config_path).unwrap();
     let config = Config::parse(&text).unwrap();
-    Agent::spawn(dir, agent.config_path.clone(), &config, options)
+    let agent = Agent::spawn(dir, agent.config_path.clone(), &config, options);
+    agent.wait_for_docker();
+    agent
 }
 
 /// What must survive a restart: per container, id, claim, GPUs, ports, state.
@@ -909,6 +911,46 @@ fn containers_killed_or_removed_behind_the_agents_back_are_seen_through_events()
     assert!(gone, "log:\n{}", agent.log());
     assert!(agent.gpu_holders().is_empty());
     agent.create(&body(&scope.claim("ev2"), &[0], "sleep 600"));
+}
+
+#[test]
+fn a_slow_ledger_rebuild_holds_container_requests_but_not_health() {
+    if !ready("slow-rebuild") {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let scope = Scope::new();
+    let bin = tempfile::tempdir().unwrap();
+    let wrapper = bin.path().join("docker-slow-ps");
+    std::fs::write(
+        &wrapper,
+        "#!/bin/sh\nif [ \"$1\" = ps ]; then sleep 3; fi\nexec docker \"$@\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let label = scope.label.clone();
+    let agent = Agent::start(move |c| {
+        common::docker::configure(c, &label);
+        c.docker.binary = wrapper;
+    });
+    let health = agent.request("GET", "/health", &[], b"").json();
+    assert_eq!(health["components"]["docker"], "starting");
+    assert_eq!(agent.get("/api/v1/metrics").status, 200);
+    let r = agent.post_json(
+        "/api/v1/containers",
+        &body(&scope.claim("early"), &[0], "true"),
+    );
+    assert_eq!(
+        (r.status, r.error_code()),
+        (503, "docker_unavailable".to_string())
+    );
+    assert!(r.text().contains("rebuilding"), "{}", r.text());
+    agent.wait_for_docker();
+    assert_eq!(
+        agent.request("GET", "/health", &[], b"").json()["components"]["docker"],
+        "ok"
+    );
+    assert!(agent.containers().is_empty());
 }
 
 #[test]

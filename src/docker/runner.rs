@@ -18,10 +18,12 @@
 //!   the events watcher (a container changed: inspect it again; removed: forget it).
 //! - Sends: [`Snapshot::containers`], [`Snapshot::gpu_allocations`] and the `docker` health
 //!   component after every change.
-//! - Reconciles: at start, before the API serves anything, the ledger is rebuilt from the
-//!   labelled containers (`docker ps -a` + `docker container inspect`); the same full reconcile
-//!   runs every `docker.reconcile_interval_secs` (every 2 s while docker is unreachable, and
-//!   creates get 503 `docker_unavailable` until one succeeds).
+//! - Reconciles: its first act is to rebuild the ledger from the labelled containers (`docker
+//!   ps -a` + `docker container inspect`); until that succeeds every container request gets 503
+//!   `docker_unavailable`, so no create is decided on an empty ledger (while health and metrics,
+//!   which never wait on docker, are served even when the docker daemon hangs). The same full
+//!   reconcile runs every `docker.reconcile_interval_secs` (every 2 s while docker is
+//!   unreachable).
 //! - Stops: on shutdown the runner, the workers (a docker command in flight is killed and
 //!   reaped) and the events watcher end. Containers keep running: the agent's restart adopts
 //!   them.
@@ -32,7 +34,7 @@ use crate::docker::container::ContainerView;
 use crate::docker::events::{self, ContainerEvent};
 use crate::docker::ledger::{short_id, Conflict, GpuLedger};
 use crate::docker::spec::{check_visible_devices, join_ids, CreateSpec, GpuRequest, SpecError};
-use crate::docker::worker::{reconcile, worker};
+use crate::docker::worker::worker;
 use crate::shutdown::Shutdown;
 use crate::snapshot::{ContainerSummary, Snapshot};
 use crate::telemetry::gpu::NvmlState;
@@ -321,6 +323,8 @@ struct Entry {
 }
 
 enum DockerState {
+    /// The first reconcile has not finished.
+    Starting,
     Ok,
     Unavailable(String),
 }
@@ -346,9 +350,8 @@ struct Runner {
     published_health: String,
 }
 
-/// Starts the runner: rebuilds the ledger from docker (bounded by the command deadline; an
-/// unreachable docker is not fatal), then the worker pool, the events watcher and the runner
-/// thread.
+/// Starts the worker pool, the events watcher and the runner thread, whose first work is the
+/// ledger rebuild (an unreachable docker is not fatal: it is retried).
 pub fn start(
     config: &DockerConfig,
     reserved_ports: Vec<u16>,
@@ -394,7 +397,7 @@ pub fn start(
         busy: BTreeSet::new(),
         removed: BTreeMap::new(),
         generation: 0,
-        docker: DockerState::Unavailable("starting".into()),
+        docker: DockerState::Starting,
         ledger_ready: false,
         reconcile_in_flight: false,
         reconcile_interval: Duration::from_secs(config.reconcile_interval_secs),
@@ -402,11 +405,11 @@ pub fn start(
         jobs,
         published_health: String::new(),
     };
-    // The rebuild happens here, before the API exists, so no create is ever decided on an
-    // empty ledger; the watcher reports every event since just before it.
+    runner.publish();
+    // The rebuild is the first work queued (`next_reconcile` is now); the watcher reports every
+    // event since just before it.
     let events_since = events::now_nano();
-    let rebuild = reconcile(&context);
-    runner.apply_reconcile(0, rebuild);
+    runner.start_reconcile();
 
     let mut threads = Vec::new();
     for n in 0..config.workers {
@@ -497,6 +500,9 @@ impl Runner {
 
     fn docker_ready(&self) -> Result<(), ContainerError> {
         match &self.docker {
+            DockerState::Starting => Err(ContainerError::DockerUnavailable(
+                "the agent is still rebuilding its GPU ledger from docker".into(),
+            )),
             DockerState::Unavailable(why) => Err(ContainerError::DockerUnavailable(format!(
                 "docker is unavailable: {why}"
             ))),
@@ -837,8 +843,8 @@ impl Runner {
     /// Docker unreachable: remember why (health, 503s) and reconcile soon.
     fn note_error(&mut self, error: &ContainerError) {
         if let ContainerError::DockerUnavailable(why) = error {
-            if matches!(self.docker, DockerState::Ok) {
-                log::warn!("docker became unavailable: {why}");
+            if !matches!(self.docker, DockerState::Unavailable(_)) {
+                log::warn!("docker is unavailable (retrying every 2 s): {why}");
             }
             self.docker = DockerState::Unavailable(why.clone());
             self.ledger_ready = false;
@@ -867,7 +873,9 @@ impl Runner {
     fn start_reconcile(&mut self) {
         let interval = match self.docker {
             DockerState::Ok => self.reconcile_interval,
-            DockerState::Unavailable(_) => UNAVAILABLE_RETRY.min(self.reconcile_interval),
+            DockerState::Starting | DockerState::Unavailable(_) => {
+                UNAVAILABLE_RETRY.min(self.reconcile_interval)
+            }
         };
         self.next_reconcile = Instant::now() + interval;
         if self.reconcile_in_flight {
@@ -1026,6 +1034,7 @@ impl Runner {
         );
         self.snapshot.gpu_allocations.set(self.ledger.allocations());
         let health = match &self.docker {
+            DockerState::Starting => "starting".to_string(),
             DockerState::Unavailable(why) => format!("unavailable: {why}"),
             DockerState::Ok => {
                 let problems: Vec<String> = views
@@ -1091,7 +1100,7 @@ mod tests {
             busy: BTreeSet::new(),
             removed: BTreeMap::new(),
             generation: 0,
-            docker: DockerState::Unavailable("starting".into()),
+            docker: DockerState::Starting,
             ledger_ready: false,
             reconcile_in_flight: false,
             reconcile_interval: Duration::from_secs(30),

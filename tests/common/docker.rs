@@ -129,13 +129,15 @@ impl Scope {
 
     pub fn agent_with(&self, edit: impl FnOnce(&mut Config), options: AgentOptions) -> Agent {
         let label = self.label.clone();
-        Agent::start_with(
+        let agent = Agent::start_with(
             move |c| {
                 configure(c, &label);
                 edit(c);
             },
             options,
-        )
+        );
+        agent.wait_for_docker();
+        agent
     }
 }
 
@@ -166,6 +168,23 @@ pub fn body(claim: &str, gpu_ids: &[u32], script: &str) -> Value {
 }
 
 impl Agent {
+    /// Waits until the container runner has finished its first reconcile (its health is no
+    /// longer `starting`): `ok`, or why docker is unavailable.
+    pub fn wait_for_docker(&self) {
+        let settled = wait_until(Duration::from_secs(15), || {
+            let health = self.request("GET", "/health", &[], b"").json();
+            let docker = health["components"]["docker"]
+                .as_str()
+                .unwrap_or("starting");
+            docker != "starting"
+        });
+        assert!(
+            settled,
+            "the docker component stayed `starting`; log:\n{}",
+            self.log()
+        );
+    }
+
     pub fn post_json(&self, path: &str, body: &Value) -> HttpResponse {
         self.api("POST", path, body.to_string().as_bytes())
     }
