@@ -793,6 +793,35 @@ fn sigkill_mid_create_then_restart_rebuilds_the_ledger_exactly() {
 }
 
 #[test]
+fn a_sigkilled_agent_leaves_no_docker_process_behind() {
+    if !ready("orphans") {
+        return;
+    }
+    let scope = Scope::new();
+    let mut agent = scope.agent(|_| {});
+    let mut children = Vec::new();
+    wait_until(Duration::from_secs(5), || {
+        children = child_processes(agent.pid());
+        !children.is_empty()
+    });
+    assert!(
+        children.iter().any(|(_, stat)| stat.contains("(docker)")),
+        "the agent runs `docker events`: {children:?}"
+    );
+    agent.kill();
+    // `docker events` blocks until the next event: only the agent's death can end it.
+    let gone = wait_until(Duration::from_secs(5), || {
+        children
+            .iter()
+            .all(|(pid, _)| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+    });
+    assert!(
+        gone,
+        "docker children outlived a SIGKILLed agent: {children:?}"
+    );
+}
+
+#[test]
 fn a_gpu_gone_after_restart_is_reported_not_dropped() {
     if !ready("gpu-gone") {
         return;

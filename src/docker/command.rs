@@ -284,6 +284,7 @@ impl DockerCli {
         let command = describe(args);
         let mut cmd = Command::new(&self.binary);
         cmd.args(args).stdin(Stdio::null());
+        die_with_agent(&mut cmd);
         let mut stderr_reader = None;
         if merged {
             let (read, write) = pipe().map_err(|e| self.spawn_error(e))?;
@@ -403,6 +404,30 @@ pub fn is_unreachable_message(message: &str) -> bool {
         || message.contains("Is the docker daemon running")
         || message.contains("error during connect")
         || message.contains("permission denied while trying to connect")
+}
+
+/// Makes the child get SIGKILL when the thread that started it dies, so a docker CLI (above all
+/// the endless `docker events`) never outlives an agent that was killed without a chance to
+/// stop it. Linux delivers it when the spawning *thread* exits; every docker child is started
+/// by a thread that waits for it (a worker, the events watcher), so that is when the agent dies.
+pub(crate) fn die_with_agent(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: getpid is async-signal-safe.
+    let agent = unsafe { libc::getpid() };
+    // SAFETY: the hook runs in the forked child before exec and calls only async-signal-safe
+    // functions (prctl, getppid); it allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The agent died between fork and prctl: do not run orphaned.
+            if libc::getppid() != agent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
 }
 
 fn kill_and_reap(child: &mut Child) {

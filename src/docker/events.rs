@@ -11,7 +11,7 @@
 //!   is lost.
 //! - Stops: on shutdown it kills and reaps the child and joins its reader thread.
 
-use crate::docker::command::read_in_thread;
+use crate::docker::command::{die_with_agent, read_in_thread};
 use crate::shutdown::Shutdown;
 use crossbeam_channel::{select, Sender};
 use serde::Deserialize;
@@ -116,7 +116,9 @@ fn watch(
     loop {
         let started = Instant::now();
         let filter = format!("label={label}");
-        let spawned = Command::new(binary)
+        let mut command = Command::new(binary);
+        die_with_agent(&mut command);
+        let spawned = command
             .args([
                 "events",
                 "--format",
