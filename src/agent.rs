@@ -2,16 +2,20 @@
 //!
 //! [`Agent::start`] first reads the node identity and sets up the platform client (a damaged
 //! identity file or `ca_file` stops it before anything runs), publishes an empty [`Snapshot`],
-//! starts the samplers (the system sampler publishes its first sample before returning), the
-//! API server, and last the platform thread, which registers and heartbeats in the background.
-//! [`Agent::run_until_shutdown`] waits for the shutdown channel to close, then stops in reverse
-//! order: the API drains its in-flight requests, and the sampler and platform threads are
-//! joined. The whole stop is bounded by [`STOP_DEADLINE`]: a thread stuck in a blocking call
-//! (NVML on a dying GPU, a platform request before its timeout) is left to the process exit
-//! rather than holding the shutdown.
+//! starts the samplers (the system sampler publishes its first sample before returning), then
+//! the container runner (whose first work is to rebuild the GPU ledger from the labelled
+//! containers; container requests get 503 until it is done, so no create is decided on an empty
+//! ledger), the API server, and last the platform thread, which registers and heartbeats in the
+//! background. [`Agent::run_until_shutdown`] waits for the shutdown channel to close, then stops
+//! in reverse order: the API drains its in-flight requests, and the runner, its workers, the
+//! docker events watcher, the sampler and platform threads are joined. Containers are not
+//! stopped: the next start adopts them. The whole stop is bounded by [`STOP_DEADLINE`]: a thread
+//! stuck in a blocking call (NVML on a dying GPU, a platform request before its timeout) is left
+//! to the process exit rather than holding the shutdown.
 
 use crate::api::{ApiContext, ApiServer, ApiSettings, ApiStartError};
 use crate::config::{Config, ConfigError};
+use crate::docker::runner::{self as docker_runner, RunnerStartError};
 use crate::platform::{self, PlatformStartError};
 use crate::shutdown::Shutdown;
 use crate::snapshot::Snapshot;
@@ -30,6 +34,7 @@ pub enum AgentError {
     Config(ConfigError),
     System(system::SystemSamplerError),
     Gpu(gpu::GpuSamplerError),
+    Docker(RunnerStartError),
     Api(ApiStartError),
     Platform(PlatformStartError),
 }
@@ -40,6 +45,7 @@ impl fmt::Display for AgentError {
             AgentError::Config(e) => e.fmt(f),
             AgentError::System(e) => e.fmt(f),
             AgentError::Gpu(e) => e.fmt(f),
+            AgentError::Docker(e) => e.fmt(f),
             AgentError::Api(e) => e.fmt(f),
             AgentError::Platform(e) => e.fmt(f),
         }
@@ -74,13 +80,26 @@ impl Agent {
                     .map_err(AgentError::Gpu)?,
             ),
         ];
+        let listen = config.listen_address().map_err(AgentError::Config)?;
+        // Host ports the agent itself uses can never be published for a container.
+        let reserved_ports = vec![listen.port(), config.frp.admin_port];
+        let runner = docker_runner::start(
+            &config.docker,
+            reserved_ports,
+            Arc::clone(&snapshot),
+            shutdown.clone(),
+        )
+        .map_err(AgentError::Docker)?;
+        threads.extend(runner.threads);
+
         let settings = ApiSettings {
-            listen: config.listen_address().map_err(AgentError::Config)?,
+            listen,
             auth_token: config.agent_api.auth_token.clone(),
             max_connections: config.agent_api.max_connections,
             idle_timeout: Duration::from_secs(config.agent_api.idle_timeout_secs),
         };
-        let context = Arc::new(ApiContext::new(settings, Arc::clone(&snapshot)));
+        let context =
+            Arc::new(ApiContext::new(settings, Arc::clone(&snapshot)).with_runner(runner.handle));
         let api = ApiServer::start(context).map_err(AgentError::Api)?;
 
         // Last, so that the API already answers while the node registers.

@@ -151,6 +151,29 @@ pub struct DockerConfig {
     pub runtime: String,
     /// CDI device kind used in `cdi` mode.
     pub cdi_kind: String,
+    /// `key=value` label that marks the containers this agent manages; containers without it
+    /// are invisible to the API and never touched.
+    pub managed_label: String,
+    /// Grace period of `docker stop` (SIGTERM, then SIGKILL) on stop, restart and delete.
+    pub stop_timeout_secs: u64,
+    /// Deadline of an image pull; the docker child is killed after it.
+    pub pull_timeout_secs: u64,
+    /// Deadline of every other docker command (besides the stop grace period).
+    pub command_timeout_secs: u64,
+    /// `--pids-limit` of every container; 0 = no limit.
+    pub pids_limit: u64,
+    /// `--log-opt max-size` of the json-file log driver (e.g. `50m`).
+    pub log_max_size: String,
+    /// `--log-opt max-file` of the json-file log driver.
+    pub log_max_file: u32,
+    /// Run an init process (`--init`) as PID 1 that reaps zombies and forwards signals.
+    pub init: bool,
+    /// `--security-opt no-new-privileges`.
+    pub no_new_privileges: bool,
+    /// Period of the full reconcile (`docker ps -a` + `docker container inspect`).
+    pub reconcile_interval_secs: u64,
+    /// Worker threads running slow docker commands (create, stop, delete, logs) at once.
+    pub workers: usize,
 }
 
 impl Default for Config {
@@ -224,6 +247,17 @@ impl Default for DockerConfig {
             publish_address: "127.0.0.1".to_string(),
             runtime: String::new(),
             cdi_kind: "nvidia.com/gpu".to_string(),
+            managed_label: "io.utopia.managed=true".to_string(),
+            stop_timeout_secs: 10,
+            pull_timeout_secs: 1800,
+            command_timeout_secs: 30,
+            pids_limit: 4096,
+            log_max_size: "50m".to_string(),
+            log_max_file: 3,
+            init: true,
+            no_new_privileges: true,
+            reconcile_interval_secs: 30,
+            workers: 4,
         }
     }
 }
@@ -510,7 +544,69 @@ impl Config {
                 format!("{:?} is not a runtime name", self.docker.runtime),
             ));
         }
+        self.validate_docker_limits()?;
         Ok(warnings)
+    }
+
+    fn validate_docker_limits(&self) -> Result<(), ConfigError> {
+        let docker = &self.docker;
+        match docker.managed_label.split_once('=') {
+            Some((key, value)) if valid_label_key(key) && valid_label_value(value) => {}
+            _ => {
+                return Err(invalid(
+                    "docker.managed_label",
+                    format!(
+                        "{:?} is not a label key=value like io.utopia.managed=true",
+                        docker.managed_label
+                    ),
+                ))
+            }
+        }
+        let ranges: [(&'static str, u64, u64, u64); 5] = [
+            (
+                "docker.stop_timeout_secs",
+                docker.stop_timeout_secs,
+                0,
+                3600,
+            ),
+            (
+                "docker.pull_timeout_secs",
+                docker.pull_timeout_secs,
+                1,
+                86_400,
+            ),
+            (
+                "docker.command_timeout_secs",
+                docker.command_timeout_secs,
+                1,
+                3600,
+            ),
+            (
+                "docker.reconcile_interval_secs",
+                docker.reconcile_interval_secs,
+                1,
+                86_400,
+            ),
+            ("docker.workers", docker.workers as u64, 1, 64),
+        ];
+        for (key, value, min, max) in ranges {
+            if !(min..=max).contains(&value) {
+                return Err(invalid(key, format!("must be between {min} and {max}")));
+            }
+        }
+        if !valid_size(&docker.log_max_size) {
+            return Err(invalid(
+                "docker.log_max_size",
+                format!(
+                    "{:?} is not a size like 50m (digits, then k, m or g)",
+                    docker.log_max_size
+                ),
+            ));
+        }
+        if !(1..=100).contains(&docker.log_max_file) {
+            return Err(invalid("docker.log_max_file", "must be between 1 and 100"));
+        }
+        Ok(())
     }
 
     /// The API's listen address, parsed.
@@ -575,6 +671,34 @@ fn valid_cdi_kind(kind: &str) -> bool {
         }
         None => false,
     }
+}
+
+/// A docker label key: reverse-DNS style, no `=`, nothing a shell or docker flag could misread.
+fn valid_label_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 128
+        && key.as_bytes()[0].is_ascii_alphanumeric()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b))
+}
+
+fn valid_label_value(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= 128
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+/// `50m`, `1g`, `512k`, `100` (bytes): what docker's json-file driver accepts for `max-size`.
+fn valid_size(size: &str) -> bool {
+    let digits = size.trim_end_matches(['k', 'm', 'g']);
+    !digits.is_empty()
+        && size.len() - digits.len() <= 1
+        && digits.len() <= 12
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && digits.bytes().any(|b| b != b'0')
 }
 
 #[cfg(unix)]
@@ -756,5 +880,58 @@ mod tests {
         c.docker.gpu_mode = GpuMode::Cdi;
         c.docker.cdi_kind = "gpu".into();
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn docker_container_settings_are_checked() {
+        let check = |edit: fn(&mut DockerConfig)| {
+            let mut c = valid();
+            edit(&mut c.docker);
+            c.validate()
+        };
+        for bad in [
+            (|d: &mut DockerConfig| d.managed_label = "io.utopia.managed".into())
+                as fn(&mut DockerConfig),
+            |d| d.managed_label = "=x".into(),
+            |d| d.managed_label = "-e=x".into(),
+            |d| d.managed_label = "a=b c".into(),
+            |d| d.managed_label = "a=".into(),
+            |d| d.command_timeout_secs = 0,
+            |d| d.pull_timeout_secs = 0,
+            |d| d.reconcile_interval_secs = 0,
+            |d| d.workers = 0,
+            |d| d.workers = 65,
+            |d| d.log_max_size = "big".into(),
+            |d| d.log_max_size = "10mm".into(),
+            |d| d.log_max_size = "0".into(),
+            |d| d.log_max_size = "-1m".into(),
+            |d| d.log_max_file = 0,
+        ] {
+            let mut c = valid();
+            bad(&mut c.docker);
+            let key = match c.validate() {
+                Err(ConfigError::Invalid { key, .. }) => key,
+                other => panic!("{:?} accepted: {other:?}", c.docker),
+            };
+            assert!(key.starts_with("docker."), "{key}");
+        }
+        assert!(check(|d| d.managed_label = "io.utopia.test/run=abc-1.2".into()).is_ok());
+        assert!(check(|d| d.log_max_size = "100".into()).is_ok());
+        assert!(check(|d| d.log_max_size = "1g".into()).is_ok());
+        assert!(check(|d| d.stop_timeout_secs = 0).is_ok());
+        assert!(check(|d| d.pids_limit = 0).is_ok());
+    }
+
+    #[test]
+    fn docker_keys_parse_from_yaml() {
+        let c = Config::parse(
+            "docker:\n  managed_label: a.b=c\n  stop_timeout_secs: 2\n  init: false\n  workers: 2\n",
+        )
+        .unwrap();
+        assert_eq!(c.docker.managed_label, "a.b=c");
+        assert_eq!(c.docker.stop_timeout_secs, 2);
+        assert!(!c.docker.init);
+        assert_eq!(c.docker.workers, 2);
+        assert_eq!(c.docker.pull_timeout_secs, 1800);
     }
 }

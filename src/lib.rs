@@ -9,6 +9,7 @@ pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod docker;
 pub mod platform;
 pub mod shutdown;
 pub mod snapshot;

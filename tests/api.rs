@@ -170,6 +170,8 @@ fn a_flood_of_idle_connections_is_bounded_and_the_api_recovers() {
         c.agent_api.max_connections = 32;
         c.agent_api.idle_timeout_secs = 1;
     });
+    // Let start-up threads (the docker events watcher, workers) settle before counting.
+    std::thread::sleep(Duration::from_millis(500));
     let baseline = thread_count(agent.pid());
     let flood: Vec<TcpStream> = (0..300)
         .filter_map(|_| TcpStream::connect(agent.addr).ok())
@@ -178,8 +180,9 @@ fn a_flood_of_idle_connections_is_bounded_and_the_api_recovers() {
     std::thread::sleep(Duration::from_millis(500));
     let during = thread_count(agent.pid());
     assert!(
-        during <= baseline + 32 + 1,
-        "connection threads are bounded: {baseline} before, {during} during the flood"
+        during <= baseline + 32 + 4,
+        "connection threads are bounded by max_connections (32), not by the 300 connections: \
+         {baseline} before, {during} during the flood"
     );
 
     // While the idle connections are held, the server sheds them one idle timeout at a time

@@ -4,7 +4,7 @@
 //! and per GPU `id`, `temperature_c`, `memory_total_mb`, `memory_used_mb`, `name`,
 //! `usage_percent`, `busy`) are a contract; everything else is added beside them.
 
-use crate::snapshot::Snapshot;
+use crate::snapshot::{GpuAllocation, Snapshot};
 use crate::telemetry::gpu::{GpuProcess, GpuSample};
 use crate::telemetry::system::LoadAverage;
 use serde::Serialize;
@@ -39,8 +39,12 @@ pub struct GpuView {
     pub memory_usage_percent: Option<f64>,
     pub usage_percent: Option<f64>,
     pub power_watts: Option<f64>,
-    /// True when compute processes run on it.
+    /// True when compute processes run on it or a managed container holds it.
     pub busy: bool,
+    /// The claim whose container holds this GPU; `null` when free.
+    pub claim_id: Option<String>,
+    /// The container holding this GPU; `null` when free.
+    pub container_id: Option<String>,
     pub processes: Option<Vec<GpuProcess>>,
     pub lost: bool,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -48,7 +52,7 @@ pub struct GpuView {
 }
 
 impl GpuView {
-    fn from_sample(sample: &GpuSample) -> Self {
+    fn from_sample(sample: &GpuSample, allocation: Option<&GpuAllocation>) -> Self {
         GpuView {
             id: sample.index,
             name: sample.name.clone(),
@@ -59,7 +63,9 @@ impl GpuView {
             memory_usage_percent: sample.memory_usage_percent,
             usage_percent: sample.usage_percent,
             power_watts: sample.power_watts,
-            busy: sample.has_processes(),
+            busy: sample.has_processes() || allocation.is_some(),
+            claim_id: allocation.map(|a| a.claim_id.clone()),
+            container_id: allocation.map(|a| a.container_id.clone()),
             processes: sample.processes.clone(),
             lost: sample.lost,
             errors: sample.errors.clone(),
@@ -72,6 +78,7 @@ pub fn document(snapshot: &Snapshot) -> MetricsDocument {
     let system = snapshot.system.get();
     let system = system.as_ref().as_ref();
     let gpus = snapshot.gpus.get();
+    let allocations = snapshot.gpu_allocations.get();
     MetricsDocument {
         node_id: snapshot.node_id.get().as_ref().clone(),
         timestamp: crate::timefmt::rfc3339(SystemTime::now()),
@@ -81,7 +88,11 @@ pub fn document(snapshot: &Snapshot) -> MetricsDocument {
         memory_used_mb: system.map(|s| s.memory_used_mb),
         load_average: system.and_then(|s| s.load_average),
         driver_version: gpus.driver_version.clone(),
-        gpus: gpus.gpus.iter().map(GpuView::from_sample).collect(),
+        gpus: gpus
+            .gpus
+            .iter()
+            .map(|g| GpuView::from_sample(g, allocations.get(&g.index)))
+            .collect(),
         gpu_error: gpus.error(),
     }
 }

@@ -4,14 +4,16 @@
 //!
 //! A request is handled in this order, all on the connection's thread: drain check (503 while
 //! shutting down), body size check from `Content-Length` (413), bearer token for `/api/` (401),
-//! route (404/405), bounded body read (413), then the endpoint. Endpoints only read the
-//! published [`Snapshot`]; they never call NVML, sysinfo or docker themselves.
+//! route (404/405), bounded body read (413), then the endpoint. Endpoints read the published
+//! [`Snapshot`], or (containers) send a typed request to the container runner and wait for its
+//! reply; they never call NVML, sysinfo or docker themselves.
 //!
 //! Stopping: [`ApiServer::drain`] makes new requests answer 503 and waits for the in-flight ones
 //! to finish. oxhttp has no way to close its listening socket, so the listener thread ends with
 //! the process, which exits right after the drain.
 
 pub mod auth;
+pub mod containers;
 pub mod error;
 pub mod health;
 pub mod metrics;
@@ -19,6 +21,7 @@ pub mod routes;
 
 use crate::api::error::ApiError;
 use crate::api::routes::Endpoint;
+use crate::docker::runner::RunnerHandle;
 use crate::snapshot::Snapshot;
 use oxhttp::model::header::{
     ALLOW, AUTHORIZATION, CACHE_CONTROL, CONNECTION, CONTENT_TYPE, WWW_AUTHENTICATE,
@@ -48,6 +51,8 @@ pub struct ApiContext {
     pub settings: ApiSettings,
     pub snapshot: Arc<Snapshot>,
     pub started: Instant,
+    /// The container runner; `None` answers the container endpoints with 503.
+    pub runner: Option<RunnerHandle>,
     draining: AtomicBool,
     in_flight: AtomicUsize,
 }
@@ -58,9 +63,16 @@ impl ApiContext {
             settings,
             snapshot,
             started: Instant::now(),
+            runner: None,
             draining: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
         }
+    }
+
+    /// Routes the container endpoints to `runner`.
+    pub fn with_runner(mut self, runner: RunnerHandle) -> Self {
+        self.runner = Some(runner);
+        self
     }
 }
 
@@ -146,13 +158,25 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// A successful answer: status and a JSON body.
+/// A successful answer: status and a JSON (or, for logs, plain text) body.
 pub struct Reply {
     pub status: StatusCode,
-    pub body: serde_json::Value,
+    pub body: ReplyBody,
+}
+
+pub enum ReplyBody {
+    Json(serde_json::Value),
+    Text(String),
 }
 
 impl Reply {
+    pub fn text(status: StatusCode, text: String) -> Reply {
+        Reply {
+            status,
+            body: ReplyBody::Text(text),
+        }
+    }
+
     pub fn ok(body: impl Serialize) -> Result<Reply, ApiError> {
         Reply::with_status(StatusCode::OK, body)
     }
@@ -160,7 +184,10 @@ impl Reply {
     pub fn with_status(status: StatusCode, body: impl Serialize) -> Result<Reply, ApiError> {
         let body = serde_json::to_value(body)
             .map_err(|e| ApiError::internal(format!("cannot encode the response: {e}")))?;
-        Ok(Reply { status, body })
+        Ok(Reply {
+            status,
+            body: ReplyBody::Json(body),
+        })
     }
 }
 
@@ -180,7 +207,14 @@ fn handle(context: &ApiContext, request: &mut Request<Body>) -> Response<Body> {
             .unwrap_or_else(|_| Err(ApiError::internal("internal error; see the agent's log")))
     };
     let response = match outcome {
-        Ok(reply) => json_response(reply.status, &reply.body),
+        Ok(Reply {
+            status,
+            body: ReplyBody::Json(body),
+        }) => json_response(status, &body),
+        Ok(Reply {
+            status,
+            body: ReplyBody::Text(text),
+        }) => text_response(status, text),
         Err(error) => error_response(&error),
     };
     log::debug!(
@@ -203,13 +237,19 @@ fn serve(context: &ApiContext, request: &mut Request<Body>) -> Result<Reply, Api
         auth::check(header, &context.settings.auth_token)?;
     }
     let endpoint = routes::route(request.method(), &path)?;
-    let _body = read_body(request.body_mut())?;
+    let body = read_body(request.body_mut())?;
     match endpoint {
         Endpoint::Health => Reply::ok(health::document(
             &context.snapshot,
             context.started.elapsed(),
         )),
         Endpoint::Metrics => Reply::ok(metrics::document(&context.snapshot)),
+        Endpoint::ListContainers => containers::list(context),
+        Endpoint::CreateContainer => containers::create(context, &body),
+        Endpoint::GetContainer(id) => containers::get(context, &id),
+        Endpoint::DeleteContainer(id) => containers::delete(context, &id),
+        Endpoint::ContainerLogs(id) => containers::logs(context, &id, request.uri().query()),
+        Endpoint::ContainerAction(id, action) => containers::act(context, &id, action),
     }
 }
 
@@ -232,6 +272,18 @@ fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Body>
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn text_response(status: StatusCode, text: String) -> Response<Body> {
+    let mut response = Response::new(Body::from(text));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }

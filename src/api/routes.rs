@@ -1,13 +1,21 @@
 //! Method + path → the endpoint that serves it, or 404 / 405 (with `Allow`).
 
 use crate::api::error::ApiError;
+use crate::docker::runner::Action;
 use oxhttp::model::Method;
 
-/// Every endpoint of the API.
+/// Every endpoint of the API. Container ids are the raw `{id}` path segment (checked to be a
+/// plain name; the runner resolves it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
     Health,
     Metrics,
+    ListContainers,
+    CreateContainer,
+    GetContainer(String),
+    DeleteContainer(String),
+    ContainerLogs(String),
+    ContainerAction(String, Action),
 }
 
 /// A path the API knows, before the method is considered.
@@ -15,6 +23,19 @@ pub enum Endpoint {
 enum Resource {
     Health,
     Metrics,
+    Containers,
+    Container(String),
+    Logs(String),
+    Action(String, Action),
+}
+
+/// A container id, name or claim id as it may appear in a path.
+fn valid_id_segment(segment: &str) -> bool {
+    !segment.is_empty()
+        && segment.len() <= 128
+        && segment
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
 impl Resource {
@@ -24,15 +45,28 @@ impl Resource {
             .filter(|p| !p.is_empty())
             .unwrap_or(path);
         match path {
-            "/health" => Some(Resource::Health),
-            "/api/v1/metrics" => Some(Resource::Metrics),
-            _ => None,
+            "/health" => return Some(Resource::Health),
+            "/api/v1/metrics" => return Some(Resource::Metrics),
+            "/api/v1/containers" => return Some(Resource::Containers),
+            _ => {}
         }
+        let rest = path.strip_prefix("/api/v1/containers/")?;
+        let mut parts = rest.split('/');
+        let id = parts.next().filter(|id| valid_id_segment(id))?.to_string();
+        let resource = match parts.next() {
+            None => Resource::Container(id),
+            Some("logs") => Resource::Logs(id),
+            Some(word) => Resource::Action(id, Action::parse(word)?),
+        };
+        parts.next().is_none().then_some(resource)
     }
 
     fn allow(&self) -> &'static str {
         match self {
-            Resource::Health | Resource::Metrics => "GET",
+            Resource::Health | Resource::Metrics | Resource::Logs(_) => "GET",
+            Resource::Containers => "GET, POST",
+            Resource::Container(_) => "GET, DELETE",
+            Resource::Action(..) => "POST",
         }
     }
 
@@ -40,6 +74,14 @@ impl Resource {
         match (self, method) {
             (Resource::Health, &Method::GET) => Some(Endpoint::Health),
             (Resource::Metrics, &Method::GET) => Some(Endpoint::Metrics),
+            (Resource::Containers, &Method::GET) => Some(Endpoint::ListContainers),
+            (Resource::Containers, &Method::POST) => Some(Endpoint::CreateContainer),
+            (Resource::Container(id), &Method::GET) => Some(Endpoint::GetContainer(id)),
+            (Resource::Container(id), &Method::DELETE) => Some(Endpoint::DeleteContainer(id)),
+            (Resource::Logs(id), &Method::GET) => Some(Endpoint::ContainerLogs(id)),
+            (Resource::Action(id, action), &Method::POST) => {
+                Some(Endpoint::ContainerAction(id, action))
+            }
             _ => None,
         }
     }
@@ -91,6 +133,65 @@ mod tests {
         let e = route(&Method::POST, "/api/v1/metrics").unwrap_err();
         assert_eq!(e.status, StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(e.allow.as_deref(), Some("GET"));
+    }
+
+    #[test]
+    fn container_paths() {
+        assert_eq!(
+            route(&Method::GET, "/api/v1/containers"),
+            Ok(Endpoint::ListContainers)
+        );
+        assert_eq!(
+            route(&Method::POST, "/api/v1/containers/"),
+            Ok(Endpoint::CreateContainer)
+        );
+        assert_eq!(
+            route(&Method::GET, "/api/v1/containers/claim-1"),
+            Ok(Endpoint::GetContainer("claim-1".into()))
+        );
+        assert_eq!(
+            route(&Method::DELETE, "/api/v1/containers/abc"),
+            Ok(Endpoint::DeleteContainer("abc".into()))
+        );
+        assert_eq!(
+            route(&Method::GET, "/api/v1/containers/abc/logs"),
+            Ok(Endpoint::ContainerLogs("abc".into()))
+        );
+        for (word, action) in [
+            ("stop", Action::Stop),
+            ("start", Action::Start),
+            ("restart", Action::Restart),
+        ] {
+            assert_eq!(
+                route(&Method::POST, &format!("/api/v1/containers/abc/{word}")),
+                Ok(Endpoint::ContainerAction("abc".into(), action))
+            );
+        }
+    }
+
+    #[test]
+    fn container_paths_404_and_405() {
+        for path in [
+            "/api/v1/containers/abc/kill",
+            "/api/v1/containers/abc/logs/x",
+            "/api/v1/containers//logs",
+            "/api/v1/containers/a%20b",
+            "/api/v1/containers/..%2f",
+            "/api/v1/containers/a b",
+        ] {
+            let e = route(&Method::GET, path).unwrap_err();
+            assert_eq!(e.status, StatusCode::NOT_FOUND, "{path}");
+        }
+        for (method, path, allow) in [
+            (Method::PUT, "/api/v1/containers", "GET, POST"),
+            (Method::POST, "/api/v1/containers/abc", "GET, DELETE"),
+            (Method::GET, "/api/v1/containers/abc/stop", "POST"),
+            (Method::DELETE, "/api/v1/containers/abc/logs", "GET"),
+        ] {
+            let e = route(&method, path).unwrap_err();
+            assert_eq!(e.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+            assert_eq!(e.allow.as_deref(), Some(allow));
+        }
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! free port, talk to it over raw HTTP/1.1, and stop it.
 #![allow(dead_code)]
 
+pub mod docker;
 pub mod fake_nvml;
 pub mod platform;
 

@@ -1,0 +1,236 @@
+//! A managed container as the API shows it, read from `docker container inspect`.
+//!
+//! What the agent asked for (claim, GPUs, ports) is read back from the labels it set, so the
+//! view survives an agent restart; what docker decides (state, exit code, times) from `State`.
+
+use crate::docker::command::{LABEL_CLAIM_ID, LABEL_GPU_IDS, LABEL_GPU_UUIDS, LABEL_PORTS};
+use crate::docker::spec::PortMapping;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The container JSON of the API.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ContainerView {
+    pub id: String,
+    pub name: String,
+    pub claim_id: String,
+    pub image: String,
+    /// created | running | paused | restarting | exited | dead (docker's `State.Status`).
+    pub state: String,
+    /// A human line: `Up since ...`, `Exited (0) at ...`.
+    pub status: String,
+    /// `null` until the container has exited.
+    pub exit_code: Option<i64>,
+    pub oom_killed: bool,
+    pub gpu_ids: Vec<u32>,
+    pub gpu_uuids: Vec<String>,
+    pub port_mappings: Vec<PortMapping>,
+    pub created_at: Option<String>,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    /// Problems the agent found (a GPU no longer present, a conflicting holder).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Inspect {
+    id: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    created: String,
+    #[serde(default)]
+    config: InspectConfig,
+    #[serde(default)]
+    state: InspectState,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+struct InspectConfig {
+    #[serde(default)]
+    image: String,
+    #[serde(default)]
+    labels: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+struct InspectState {
+    #[serde(default)]
+    status: String,
+    #[serde(default, rename = "OOMKilled")]
+    oom_killed: bool,
+    #[serde(default)]
+    exit_code: i64,
+    #[serde(default)]
+    error: String,
+    #[serde(default)]
+    started_at: String,
+    #[serde(default)]
+    finished_at: String,
+}
+
+/// Parses `docker container inspect` output (a JSON array); keeps only containers carrying the
+/// managed label `key=value`, so another owner's container can never enter the agent's view.
+pub fn parse_inspect(json: &[u8], managed_label: &str) -> Result<Vec<ContainerView>, String> {
+    let (key, value) = managed_label.split_once('=').unwrap_or((managed_label, ""));
+    let items: Vec<Inspect> = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+    Ok(items
+        .into_iter()
+        .filter_map(|item| {
+            let labels = item.config.labels.clone().unwrap_or_default();
+            (labels.get(key).map(String::as_str) == Some(value))
+                .then(|| view(item, &labels))
+                .flatten()
+        })
+        .collect())
+}
+
+fn view(item: Inspect, labels: &BTreeMap<String, String>) -> Option<ContainerView> {
+    let claim_id = labels.get(LABEL_CLAIM_ID)?.clone();
+    let list = |key: &str| -> Vec<String> {
+        labels
+            .get(key)
+            .map(|v| {
+                v.split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut warnings = Vec::new();
+    let gpu_ids = list(LABEL_GPU_IDS)
+        .iter()
+        .filter_map(|s| {
+            let parsed = s.parse().ok();
+            if parsed.is_none() {
+                warnings.push(format!("unreadable GPU id {s:?} in label {LABEL_GPU_IDS}"));
+            }
+            parsed
+        })
+        .collect();
+    let port_mappings = list(LABEL_PORTS)
+        .iter()
+        .filter_map(|s| {
+            let parsed = PortMapping::parse_label(s);
+            if parsed.is_none() {
+                warnings.push(format!("unreadable port {s:?} in label {LABEL_PORTS}"));
+            }
+            parsed
+        })
+        .collect();
+    let state = item.state.status.clone();
+    let exited = matches!(state.as_str(), "exited" | "dead" | "restarting");
+    let started_at = timestamp(&item.state.started_at);
+    let finished_at = timestamp(&item.state.finished_at);
+    let status = match state.as_str() {
+        "running" => format!("Up since {}", started_at.as_deref().unwrap_or("?")),
+        "paused" => format!("Up since {} (paused)", started_at.as_deref().unwrap_or("?")),
+        "restarting" => format!("Restarting ({})", item.state.exit_code),
+        "exited" => format!(
+            "Exited ({}) at {}",
+            item.state.exit_code,
+            finished_at.as_deref().unwrap_or("?")
+        ),
+        "created" => "Created".to_string(),
+        "dead" => "Dead".to_string(),
+        other => other.to_string(),
+    };
+    let status = if item.state.error.is_empty() {
+        status
+    } else {
+        format!("{status}: {}", item.state.error)
+    };
+    Some(ContainerView {
+        name: item.name.trim_start_matches('/').to_string(),
+        id: item.id,
+        claim_id,
+        image: item.config.image,
+        state,
+        status,
+        exit_code: exited.then_some(item.state.exit_code),
+        oom_killed: item.state.oom_killed,
+        gpu_ids,
+        gpu_uuids: list(LABEL_GPU_UUIDS),
+        port_mappings,
+        created_at: timestamp(&item.created),
+        started_at,
+        finished_at,
+        warnings,
+    })
+}
+
+/// Docker's RFC 3339 with nanoseconds, cut to seconds; docker's zero time (never) is `None`.
+fn timestamp(text: &str) -> Option<String> {
+    if text.is_empty() || text.starts_with("0001-01-01") {
+        return None;
+    }
+    match (text.get(..19), text.ends_with('Z')) {
+        (Some(seconds), true) => Some(format!("{seconds}Z")),
+        _ => Some(text.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::docker::spec::Protocol;
+
+    const SAMPLE: &str = r#"[{
+      "Id": "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+      "Created": "2026-11-29T09:30:05.123456789Z",
+      "Name": "/utopia-c1",
+      "State": {"Status": "exited", "Running": false, "OOMKilled": true, "ExitCode": 137,
+                "Error": "", "StartedAt": "2026-11-29T09:30:06.5Z",
+                "FinishedAt": "2026-11-29T09:31:00.000000001Z"},
+      "Config": {"Image": "busybox:latest", "Labels": {
+          "m": "yes", "io.utopia.claim_id": "c1", "io.utopia.gpu_ids": "0,1",
+          "io.utopia.gpu_uuids": "GPU-a,GPU-b", "io.utopia.ports": "8888:80/tcp,53:53/udp"}}
+    }, {
+      "Id": "ffff", "Name": "/other", "State": {"Status": "running"},
+      "Config": {"Image": "x", "Labels": {"io.utopia.claim_id": "c2"}}
+    }, {
+      "Id": "eeee", "Name": "/nolabels", "State": {"Status": "running"},
+      "Config": {"Image": "x", "Labels": null}
+    }]"#;
+
+    #[test]
+    fn parses_managed_containers_only() {
+        let views = parse_inspect(SAMPLE.as_bytes(), "m=yes").unwrap();
+        assert_eq!(views.len(), 1, "unlabelled containers are invisible");
+        let v = &views[0];
+        assert_eq!(v.name, "utopia-c1");
+        assert_eq!(v.claim_id, "c1");
+        assert_eq!(v.state, "exited");
+        assert_eq!(v.exit_code, Some(137));
+        assert!(v.oom_killed);
+        assert_eq!(v.gpu_ids, vec![0, 1]);
+        assert_eq!(v.gpu_uuids, vec!["GPU-a", "GPU-b"]);
+        assert_eq!(v.port_mappings[1].protocol, Protocol::Udp);
+        assert_eq!(v.created_at.as_deref(), Some("2026-11-29T09:30:05Z"));
+        assert_eq!(v.started_at.as_deref(), Some("2026-11-29T09:30:06Z"));
+        assert_eq!(v.status, "Exited (137) at 2026-11-29T09:31:00Z");
+        assert!(v.warnings.is_empty());
+        // Same key, other value: not ours.
+        assert!(parse_inspect(SAMPLE.as_bytes(), "m=no").unwrap().is_empty());
+        assert!(parse_inspect(b"not json", "m=yes").is_err());
+    }
+
+    #[test]
+    fn running_container_has_no_exit_code() {
+        let json = r#"[{"Id":"a","Name":"/utopia-x","Created":"0001-01-01T00:00:00Z",
+            "State":{"Status":"running","StartedAt":"2026-11-29T09:30:06Z","ExitCode":0},
+            "Config":{"Image":"i","Labels":{"m":"1","io.utopia.claim_id":"x",
+            "io.utopia.gpu_ids":"","io.utopia.ports":"bad"}}}]"#;
+        let v = &parse_inspect(json.as_bytes(), "m=1").unwrap()[0];
+        assert_eq!(v.exit_code, None);
+        assert_eq!(v.created_at, None);
+        assert!(v.gpu_ids.is_empty());
+        assert_eq!(v.status, "Up since 2026-11-29T09:30:06Z");
+        assert_eq!(v.warnings.len(), 1, "{:?}", v.warnings);
+    }
+}

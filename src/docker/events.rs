@@ -1,0 +1,268 @@
+//! The docker events watcher thread: runs `docker events --format '{{json .}}' --filter
+//! type=container --filter label=<managed label>` and forwards each container event to the
+//! [`DockerRunner`](crate::docker::runner), so a container that dies, is killed or removed
+//! behind the agent's back is seen within moments rather than at the next full reconcile.
+//!
+//! - Owns: the `docker events` child process and the thread reading its output.
+//! - Sends: [`ContainerEvent`]s on the channel it is given (never blocks on it: when the runner
+//!   is behind, an event is dropped and the periodic reconcile repairs the view).
+//! - Restarts: when the child exits (engine restarted, unreachable), it starts again after a
+//!   backoff (1 s doubling to 10 s) with `--since` the last event seen, so nothing in between
+//!   is lost.
+//! - Stops: on shutdown it kills and reaps the child and joins its reader thread.
+
+use crate::docker::command::{die_with_agent, read_in_thread};
+use crate::shutdown::Shutdown;
+use crossbeam_channel::{select, Sender};
+use serde::Deserialize;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// A state change of one managed container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerEvent {
+    pub id: String,
+    /// docker's action: create, start, die, stop, kill, oom, pause, unpause, destroy, ...
+    pub action: String,
+    /// When it happened, in nanoseconds since the epoch.
+    pub time_nano: i64,
+}
+
+#[derive(Deserialize)]
+struct RawEvent {
+    #[serde(rename = "Type", default)]
+    kind: String,
+    #[serde(rename = "Action", default)]
+    action: String,
+    #[serde(rename = "Actor", default)]
+    actor: Option<RawActor>,
+    #[serde(default)]
+    id: String,
+    #[serde(rename = "timeNano", default)]
+    time_nano: i64,
+}
+
+#[derive(Deserialize)]
+struct RawActor {
+    #[serde(rename = "ID", default)]
+    id: String,
+}
+
+/// Parses one line of `docker events --format '{{json .}}'`; `None` for anything that is not a
+/// container event.
+pub fn parse_event(line: &str) -> Option<ContainerEvent> {
+    let raw: RawEvent = serde_json::from_str(line).ok()?;
+    if raw.kind != "container" {
+        return None;
+    }
+    let id = raw
+        .actor
+        .map(|a| a.id)
+        .filter(|id| !id.is_empty())
+        .unwrap_or(raw.id);
+    if id.is_empty() || raw.action.is_empty() {
+        return None;
+    }
+    Some(ContainerEvent {
+        id,
+        action: raw.action,
+        time_nano: raw.time_nano,
+    })
+}
+
+/// `--since` value for a time in nanoseconds since the epoch.
+pub fn since_arg(time_nano: i64) -> String {
+    format!(
+        "{}.{:09}",
+        time_nano.div_euclid(1_000_000_000),
+        time_nano.rem_euclid(1_000_000_000)
+    )
+}
+
+/// Now, in nanoseconds since the epoch (the watcher's first `--since`).
+pub fn now_nano() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// Starts the watcher thread, reporting events from `since_nano` on (taken before the runner's
+/// start-up rebuild, so a change between the rebuild and the watcher's start is not missed).
+pub fn start(
+    binary: PathBuf,
+    managed_label: String,
+    since_nano: i64,
+    events: Sender<ContainerEvent>,
+    shutdown: Shutdown,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("docker-events".into())
+        .spawn(move || watch(&binary, &managed_label, since_nano, &events, &shutdown))
+}
+
+fn watch(
+    binary: &PathBuf,
+    label: &str,
+    since_nano: i64,
+    events: &Sender<ContainerEvent>,
+    shutdown: &Shutdown,
+) {
+    let mut since = since_nano;
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let started = Instant::now();
+        let filter = format!("label={label}");
+        let mut command = Command::new(binary);
+        die_with_agent(&mut command);
+        let spawned = command
+            .args([
+                "events",
+                "--format",
+                "{{json .}}",
+                "--filter",
+                "type=container",
+                "--filter",
+                &filter,
+                "--since",
+                &since_arg(since),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn();
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(e) => {
+                log::warn!("cannot start `docker events`: {e}; retrying");
+                if shutdown.wait_timeout(backoff) {
+                    return;
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+                continue;
+            }
+        };
+        let stderr = child.stderr.take().map(|s| read_in_thread(s, 4096));
+        let (lines_tx, lines) = crossbeam_channel::bounded::<String>(256);
+        let reader = child.stdout.take().and_then(|stdout| {
+            std::thread::Builder::new()
+                .name("docker-events-reader".into())
+                .spawn(move || {
+                    for line in BufReader::new(stdout).lines() {
+                        match line {
+                            Ok(line) => {
+                                if lines_tx.send(line).is_err() {
+                                    return;
+                                }
+                            }
+                            Err(_) => return,
+                        }
+                    }
+                })
+                .ok()
+        });
+
+        let stopping = loop {
+            select! {
+                recv(lines) -> line => match line {
+                    Ok(line) => {
+                        if let Some(event) = parse_event(&line) {
+                            since = since.max(event.time_nano);
+                            log::debug!("docker event: {} {}", event.action, event.id);
+                            if events.try_send(event).is_err() {
+                                log::debug!("runner busy; event dropped (reconcile repairs)");
+                            }
+                        }
+                    }
+                    Err(_) => break false,
+                },
+                recv(shutdown.receiver()) -> _ => break true,
+            }
+        };
+        let _ = child.kill();
+        let status = child.wait();
+        drop(lines);
+        if let Some(reader) = reader {
+            let _ = reader.join();
+        }
+        if stopping {
+            return;
+        }
+        let message = stderr
+            .and_then(|rx| rx.recv_timeout(Duration::from_secs(1)).ok())
+            .map(|(bytes, _)| String::from_utf8_lossy(&bytes).trim().to_string())
+            .unwrap_or_default();
+        if started.elapsed() > Duration::from_secs(30) {
+            backoff = Duration::from_secs(1);
+        }
+        log::warn!(
+            "`docker events` exited ({}){}; restarting in {}s",
+            status
+                .map(|s| s.to_string())
+                .unwrap_or_else(|e| e.to_string()),
+            if message.is_empty() {
+                String::new()
+            } else {
+                format!(": {message}")
+            },
+            backoff.as_secs()
+        );
+        if shutdown.wait_timeout(backoff) {
+            return;
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_container_events() {
+        let line = r#"{"status":"die","id":"abc","from":"busybox","Type":"container","Action":"die","Actor":{"ID":"abc","Attributes":{"exitCode":"137"}},"scope":"local","time":1795944011,"timeNano":1795944011123456789}"#;
+        assert_eq!(
+            parse_event(line),
+            Some(ContainerEvent {
+                id: "abc".into(),
+                action: "die".into(),
+                time_nano: 1_795_944_011_123_456_789
+            })
+        );
+        assert_eq!(
+            parse_event(r#"{"Type":"network","Action":"connect","Actor":{"ID":"n"}}"#),
+            None
+        );
+        assert_eq!(parse_event("not json"), None);
+        assert_eq!(since_arg(1_795_944_011_000_000_001), "1795944011.000000001");
+    }
+
+    #[test]
+    fn restarts_the_child_and_stops_on_shutdown() {
+        // A fake `docker` that prints one event and exits: the watcher forwards it, then
+        // restarts the child (a second copy of the event arrives) until shutdown.
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("docker");
+        std::fs::write(
+            &fake,
+            "#!/bin/sh\necho '{\"Type\":\"container\",\"Action\":\"die\",\"Actor\":{\"ID\":\"c1\"},\"timeNano\":5}'\n",
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (trigger, shutdown) = crate::shutdown::channel();
+        let (tx, rx) = crossbeam_channel::bounded(16);
+        let thread = start(fake, "a=b".into(), now_nano(), tx, shutdown).unwrap();
+        for _ in 0..2 {
+            let event = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+            assert_eq!(event.id, "c1");
+        }
+        trigger.fire();
+        let started = Instant::now();
+        thread.join().unwrap();
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+}

@@ -1,0 +1,435 @@
+//! The GPU ledger: which claim (and, once it exists, which container) holds which GPUs and host
+//! ports. Pure bookkeeping, owned by the [`DockerRunner`] thread alone, so every decision about a
+//! GPU is taken in one place and two requests can never be given the same GPU.
+//!
+//! A create first *reserves* (claim, GPUs, ports) before any docker command runs; the
+//! reservation is *bound* to the container id once docker created it, or *released* when the
+//! create failed. A held GPU stays held, whatever the container's state, until the container is
+//! removed. On start the ledger is rebuilt by *adopting* the labelled containers docker reports.
+//!
+//! [`DockerRunner`]: crate::docker::runner
+
+use crate::docker::spec::{GpuRequest, PortMapping, Protocol};
+use crate::snapshot::GpuAllocation;
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// One claim's hold on GPUs and host ports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holding {
+    pub claim_id: String,
+    /// `None` while the container is being created.
+    pub container_id: Option<String>,
+    pub gpus: Vec<u32>,
+    pub ports: Vec<PortMapping>,
+}
+
+/// Why a reservation was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Conflict {
+    /// The claim already has a container (or one being created).
+    ClaimTaken {
+        claim_id: String,
+        container_id: Option<String>,
+    },
+    GpuHeld {
+        gpu: u32,
+        claim_id: String,
+        container_id: Option<String>,
+    },
+    /// Not enough free GPUs for a `gpu_count` request.
+    NotEnoughGpus { wanted: u32, free: Vec<u32> },
+    PortHeld {
+        port: u16,
+        protocol: Protocol,
+        claim_id: String,
+        container_id: Option<String>,
+    },
+    /// A host port the agent itself uses (its API, frpc's admin port).
+    PortReserved { port: u16 },
+}
+
+fn holder_text(claim_id: &str, container_id: &Option<String>) -> String {
+    match container_id {
+        Some(id) => format!("claim {claim_id} (container {})", short_id(id)),
+        None => format!("claim {claim_id} (container being created)"),
+    }
+}
+
+/// The 12-character id docker shows.
+pub fn short_id(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+impl fmt::Display for Conflict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Conflict::ClaimTaken {
+                claim_id,
+                container_id: Some(id),
+            } => write!(f, "claim {claim_id} already has container {id}"),
+            Conflict::ClaimTaken {
+                claim_id,
+                container_id: None,
+            } => write!(f, "a container for claim {claim_id} is being created"),
+            Conflict::GpuHeld {
+                gpu,
+                claim_id,
+                container_id,
+            } => write!(
+                f,
+                "GPU {gpu} is held by {}",
+                holder_text(claim_id, container_id)
+            ),
+            Conflict::NotEnoughGpus { wanted, free } => write!(
+                f,
+                "{wanted} GPU(s) asked for but only {} free ({})",
+                free.len(),
+                if free.is_empty() {
+                    "none".to_string()
+                } else {
+                    crate::docker::spec::join_ids(free)
+                }
+            ),
+            Conflict::PortHeld {
+                port,
+                protocol,
+                claim_id,
+                container_id,
+            } => write!(
+                f,
+                "host port {port}/{} is held by {}",
+                protocol.as_str(),
+                holder_text(claim_id, container_id)
+            ),
+            Conflict::PortReserved { port } => {
+                write!(f, "host port {port} is used by the agent itself")
+            }
+        }
+    }
+}
+
+/// GPU and port holdings of every managed container and every create in flight.
+#[derive(Debug, Default)]
+pub struct GpuLedger {
+    holdings: Vec<Holding>,
+    /// Host ports the agent itself listens on.
+    reserved_ports: Vec<u16>,
+}
+
+impl GpuLedger {
+    pub fn new(reserved_ports: Vec<u16>) -> Self {
+        GpuLedger {
+            holdings: Vec::new(),
+            reserved_ports,
+        }
+    }
+
+    pub fn holdings(&self) -> &[Holding] {
+        &self.holdings
+    }
+
+    pub fn by_claim(&self, claim_id: &str) -> Option<&Holding> {
+        self.holdings.iter().find(|h| h.claim_id == claim_id)
+    }
+
+    fn gpu_holder(&self, gpu: u32) -> Option<&Holding> {
+        self.holdings.iter().find(|h| h.gpus.contains(&gpu))
+    }
+
+    fn port_holder(&self, port: u16, protocol: Protocol) -> Option<&Holding> {
+        self.holdings.iter().find(|h| {
+            h.ports
+                .iter()
+                .any(|p| p.host_port == port && p.protocol == protocol)
+        })
+    }
+
+    /// Reserves GPUs and host ports for a new container of `claim_id`. `present` are the GPU
+    /// indices that exist and are usable (from NVML), used to pick GPUs for a count request.
+    /// Returns the GPUs assigned.
+    pub fn reserve(
+        &mut self,
+        claim_id: &str,
+        request: &GpuRequest,
+        ports: &[PortMapping],
+        present: &[u32],
+    ) -> Result<Vec<u32>, Conflict> {
+        if let Some(h) = self.by_claim(claim_id) {
+            return Err(Conflict::ClaimTaken {
+                claim_id: claim_id.to_string(),
+                container_id: h.container_id.clone(),
+            });
+        }
+        let gpus = match request {
+            GpuRequest::None => Vec::new(),
+            GpuRequest::Ids(ids) => {
+                for gpu in ids {
+                    if let Some(h) = self.gpu_holder(*gpu) {
+                        return Err(Conflict::GpuHeld {
+                            gpu: *gpu,
+                            claim_id: h.claim_id.clone(),
+                            container_id: h.container_id.clone(),
+                        });
+                    }
+                }
+                ids.clone()
+            }
+            GpuRequest::Count(wanted) => {
+                let free: Vec<u32> = present
+                    .iter()
+                    .copied()
+                    .filter(|g| self.gpu_holder(*g).is_none())
+                    .collect();
+                if free.len() < *wanted as usize {
+                    return Err(Conflict::NotEnoughGpus {
+                        wanted: *wanted,
+                        free,
+                    });
+                }
+                free[..*wanted as usize].to_vec()
+            }
+        };
+        for port in ports {
+            if self.reserved_ports.contains(&port.host_port) {
+                return Err(Conflict::PortReserved {
+                    port: port.host_port,
+                });
+            }
+            if let Some(h) = self.port_holder(port.host_port, port.protocol) {
+                return Err(Conflict::PortHeld {
+                    port: port.host_port,
+                    protocol: port.protocol,
+                    claim_id: h.claim_id.clone(),
+                    container_id: h.container_id.clone(),
+                });
+            }
+        }
+        self.holdings.push(Holding {
+            claim_id: claim_id.to_string(),
+            container_id: None,
+            gpus: gpus.clone(),
+            ports: ports.to_vec(),
+        });
+        Ok(gpus)
+    }
+
+    /// Records the container a reservation's create produced.
+    pub fn bind(&mut self, claim_id: &str, container_id: &str) {
+        if let Some(h) = self
+            .holdings
+            .iter_mut()
+            .find(|h| h.claim_id == claim_id && h.container_id.is_none())
+        {
+            h.container_id = Some(container_id.to_string());
+        }
+    }
+
+    /// Drops a reservation whose create failed (a bound holding is left alone).
+    pub fn release_pending(&mut self, claim_id: &str) {
+        self.holdings
+            .retain(|h| !(h.claim_id == claim_id && h.container_id.is_none()));
+    }
+
+    /// Frees what a removed container held.
+    pub fn remove_container(&mut self, container_id: &str) -> Option<Holding> {
+        let index = self
+            .holdings
+            .iter()
+            .position(|h| h.container_id.as_deref() == Some(container_id))?;
+        Some(self.holdings.remove(index))
+    }
+
+    pub fn holds_container(&self, container_id: &str) -> bool {
+        self.holdings
+            .iter()
+            .any(|h| h.container_id.as_deref() == Some(container_id))
+    }
+
+    /// Records a container found in docker (rebuild, reconcile, events). A pending reservation of
+    /// the same claim is bound to it. What it holds is recorded even when it conflicts with
+    /// another holding (reality wins: both containers exist); the conflicts are returned so they
+    /// can be reported.
+    pub fn adopt(
+        &mut self,
+        claim_id: &str,
+        container_id: &str,
+        gpus: &[u32],
+        ports: &[PortMapping],
+    ) -> Vec<Conflict> {
+        if self.holds_container(container_id) {
+            return Vec::new();
+        }
+        if let Some(h) = self
+            .holdings
+            .iter_mut()
+            .find(|h| h.claim_id == claim_id && h.container_id.is_none())
+        {
+            h.container_id = Some(container_id.to_string());
+            return Vec::new();
+        }
+        let mut conflicts = Vec::new();
+        if let Some(h) = self.by_claim(claim_id) {
+            conflicts.push(Conflict::ClaimTaken {
+                claim_id: claim_id.to_string(),
+                container_id: h.container_id.clone(),
+            });
+        }
+        for gpu in gpus {
+            if let Some(h) = self.gpu_holder(*gpu) {
+                conflicts.push(Conflict::GpuHeld {
+                    gpu: *gpu,
+                    claim_id: h.claim_id.clone(),
+                    container_id: h.container_id.clone(),
+                });
+            }
+        }
+        for port in ports {
+            if let Some(h) = self.port_holder(port.host_port, port.protocol) {
+                conflicts.push(Conflict::PortHeld {
+                    port: port.host_port,
+                    protocol: port.protocol,
+                    claim_id: h.claim_id.clone(),
+                    container_id: h.container_id.clone(),
+                });
+            }
+        }
+        self.holdings.push(Holding {
+            claim_id: claim_id.to_string(),
+            container_id: Some(container_id.to_string()),
+            gpus: gpus.to_vec(),
+            ports: ports.to_vec(),
+        });
+        conflicts
+    }
+
+    /// GPU → holder, for GPUs held by an existing container (the first holder when two conflict).
+    pub fn allocations(&self) -> BTreeMap<u32, GpuAllocation> {
+        let mut map = BTreeMap::new();
+        for h in &self.holdings {
+            let Some(container_id) = &h.container_id else {
+                continue;
+            };
+            for gpu in &h.gpus {
+                map.entry(*gpu).or_insert_with(|| GpuAllocation {
+                    claim_id: h.claim_id.clone(),
+                    container_id: container_id.clone(),
+                });
+            }
+        }
+        map
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn port(p: u16) -> PortMapping {
+        PortMapping {
+            host_port: p,
+            container_port: 80,
+            protocol: Protocol::Tcp,
+        }
+    }
+
+    #[test]
+    fn reserve_bind_release() {
+        let mut l = GpuLedger::new(vec![9200]);
+        assert_eq!(
+            l.reserve("a", &GpuRequest::Ids(vec![1]), &[port(8000)], &[0, 1]),
+            Ok(vec![1])
+        );
+        // Held while being created.
+        assert_eq!(
+            l.reserve("b", &GpuRequest::Ids(vec![1]), &[], &[0, 1]),
+            Err(Conflict::GpuHeld {
+                gpu: 1,
+                claim_id: "a".into(),
+                container_id: None
+            })
+        );
+        assert!(
+            l.allocations().is_empty(),
+            "pending holdings are not published"
+        );
+        l.bind("a", "c1");
+        assert_eq!(l.allocations()[&1].container_id, "c1");
+        let e = l.reserve("a", &GpuRequest::None, &[], &[]).unwrap_err();
+        assert_eq!(e.to_string(), "claim a already has container c1");
+        let e = l
+            .reserve("b", &GpuRequest::None, &[port(8000)], &[])
+            .unwrap_err();
+        assert!(matches!(e, Conflict::PortHeld { port: 8000, .. }), "{e}");
+        // Same number, other protocol: free.
+        let udp = PortMapping {
+            protocol: Protocol::Udp,
+            ..port(8000)
+        };
+        assert!(l.reserve("b", &GpuRequest::None, &[udp], &[]).is_ok());
+        assert_eq!(
+            l.reserve("c", &GpuRequest::None, &[port(9200)], &[]),
+            Err(Conflict::PortReserved { port: 9200 })
+        );
+        assert!(
+            l.by_claim("c").is_none(),
+            "a refused reservation holds nothing"
+        );
+        assert!(l.remove_container("c1").is_some());
+        assert!(l
+            .reserve("d", &GpuRequest::Ids(vec![1]), &[port(8000)], &[0, 1])
+            .is_ok());
+        l.release_pending("d");
+        assert!(l.by_claim("d").is_none());
+    }
+
+    #[test]
+    fn count_picks_the_lowest_free_gpus() {
+        let mut l = GpuLedger::new(vec![]);
+        l.reserve("a", &GpuRequest::Ids(vec![1]), &[], &[0, 1, 2, 3])
+            .unwrap();
+        assert_eq!(
+            l.reserve("b", &GpuRequest::Count(2), &[], &[0, 1, 2, 3]),
+            Ok(vec![0, 2])
+        );
+        assert_eq!(
+            l.reserve("c", &GpuRequest::Count(2), &[], &[0, 1, 2, 3]),
+            Err(Conflict::NotEnoughGpus {
+                wanted: 2,
+                free: vec![3]
+            })
+        );
+    }
+
+    #[test]
+    fn release_pending_keeps_a_bound_holding() {
+        let mut l = GpuLedger::new(vec![]);
+        l.reserve("a", &GpuRequest::Ids(vec![0]), &[], &[0])
+            .unwrap();
+        l.bind("a", "c1");
+        l.release_pending("a");
+        assert!(l.holds_container("c1"));
+    }
+
+    #[test]
+    fn adopt_rebuilds_and_reports_conflicts() {
+        let mut l = GpuLedger::new(vec![]);
+        assert!(l.adopt("a", "c1", &[0, 1], &[port(8000)]).is_empty());
+        assert!(
+            l.adopt("a", "c1", &[0, 1], &[port(8000)]).is_empty(),
+            "idempotent"
+        );
+        let conflicts = l.adopt("b", "c2", &[1], &[port(8000)]);
+        assert_eq!(conflicts.len(), 2, "{conflicts:?}");
+        // Both are recorded; GPU 1 stays with its first holder in the published view.
+        assert_eq!(l.allocations()[&1].container_id, "c1");
+        l.remove_container("c1");
+        assert_eq!(l.allocations()[&1].container_id, "c2");
+        // A pending reservation is bound by adopting its container.
+        l.reserve("p", &GpuRequest::Ids(vec![3]), &[], &[3])
+            .unwrap();
+        assert!(l.adopt("p", "c3", &[3], &[]).is_empty());
+        assert_eq!(l.by_claim("p").unwrap().container_id.as_deref(), Some("c3"));
+        assert_eq!(l.holdings().len(), 2);
+    }
+}

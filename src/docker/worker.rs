@@ -1,0 +1,451 @@
+//! The docker work of the [`DockerRunner`](super::runner)'s worker threads: each takes a
+//! [`Work`] item from the runner's bounded queue, runs the docker commands it needs (each with
+//! its deadline, see [`DockerCli`]) and sends a [`Done`] report back. Workers decide nothing: the
+//! runner has already reserved GPUs and ports, and applies the report to its ledger and table.
+//!
+//! Stops: a worker `select!`s on the queue and the shutdown channel; a docker command in flight
+//! when shutdown starts is killed and reaped by [`DockerCli`].
+
+use super::runner::{Action, ContainerError, Done, Work, WorkerContext};
+use crate::docker::command::{run_args, DockerCli, DockerError, LABEL_CLAIM_ID};
+use crate::docker::container::{parse_inspect, ContainerView};
+use crate::docker::ledger::short_id;
+use crate::docker::spec::{join_ids, CreateSpec};
+use crate::shutdown::Shutdown;
+use crossbeam_channel::{select, Receiver, Sender};
+use std::path::{Path, PathBuf};
+
+/// Most bytes of logs one request returns.
+pub const MAX_LOG_BYTES: usize = 8 * 1024 * 1024;
+/// What the `docker ps`/`inspect` output of a reconcile may be at most.
+const INSPECT_CAP: usize = 64 * 1024 * 1024;
+
+/// The loop of one worker thread.
+pub(super) fn worker(
+    context: &WorkerContext,
+    queue: &Receiver<Work>,
+    done: &Sender<Done>,
+    shutdown: &Shutdown,
+) {
+    loop {
+        select! {
+            recv(queue) -> work => match work {
+                Ok(work) => {
+                    if done.send(execute(context, work)).is_err() {
+                        return;
+                    }
+                }
+                Err(_) => return,
+            },
+            recv(shutdown.receiver()) -> _ => return,
+        }
+    }
+}
+
+fn execute(context: &WorkerContext, work: Work) -> Done {
+    match work {
+        Work::Create {
+            spec,
+            gpus,
+            uuids,
+            reply,
+        } => Done::Created {
+            claim_id: spec.claim_id.clone(),
+            result: create(context, &spec, &gpus, &uuids),
+            reply,
+        },
+        Work::Act { id, action, reply } => Done::Acted {
+            result: act(context, &id, action),
+            id,
+            reply,
+        },
+        Work::Delete { view, reply } => Done::Deleted {
+            result: delete(context, &view.id),
+            view,
+            reply,
+        },
+        Work::Logs { id, tail, reply } => Done::Logs {
+            result: logs(context, &id, tail),
+            reply,
+        },
+        Work::Reconcile { generation } => Done::Reconciled {
+            generation,
+            result: reconcile(context),
+        },
+        Work::Refresh { id, generation } => Done::Refreshed {
+            result: inspect_one(context, &id),
+            id,
+            generation,
+        },
+    }
+}
+
+fn args(words: &[&str]) -> Vec<String> {
+    words.iter().map(|w| w.to_string()).collect()
+}
+
+fn create(
+    context: &WorkerContext,
+    spec: &CreateSpec,
+    gpus: &[u32],
+    uuids: &[String],
+) -> Result<ContainerView, ContainerError> {
+    let cli = &context.cli;
+    ensure_image(cli, &spec.image)?;
+    let env_file = if spec.env.is_empty() {
+        None
+    } else {
+        Some(EnvFile::write(&spec.claim_id, &spec.env)?)
+    };
+    let argv = run_args(
+        spec,
+        gpus,
+        uuids,
+        &context.settings,
+        env_file.as_ref().map(|f| f.path.as_path()),
+    );
+    log::info!(
+        "creating container {} for claim {} (image {}, GPUs [{}])",
+        spec.container_name(),
+        spec.claim_id,
+        spec.image,
+        join_ids(gpus)
+    );
+    let run = cli.run(&argv, cli.command_timeout, 4096);
+    drop(env_file);
+    let id = match run {
+        Ok(out) => String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        Err(e) => {
+            let name_taken = matches!(&e, DockerError::Failed { stderr, .. }
+                if stderr.contains("is already in use"));
+            if name_taken {
+                // Someone else's container has our name: not ours to remove.
+                return Err(ContainerError::Conflict {
+                    code: "claim_in_use",
+                    message: format!(
+                        "a container named {} already exists (not created by this request): {e}",
+                        spec.container_name()
+                    ),
+                });
+            }
+            remove_leftovers(context, &spec.claim_id);
+            let port_taken = matches!(&e, DockerError::Failed { stderr, .. }
+                if stderr.contains("port is already allocated")
+                    || stderr.contains("address already in use"));
+            if port_taken {
+                return Err(ContainerError::Conflict {
+                    code: "port_in_use",
+                    message: format!("a host port is used outside the agent: {e}"),
+                });
+            }
+            return Err(e.into());
+        }
+    };
+    match inspect_one(context, &id) {
+        Ok(Some(view)) => Ok(view),
+        Ok(None) => Err(ContainerError::Docker(DockerError::BadOutput {
+            command: "docker run".into(),
+            message: format!("container {id} vanished right after it was created"),
+        })),
+        Err(e) => {
+            remove_leftovers(context, &spec.claim_id);
+            Err(e.into())
+        }
+    }
+}
+
+/// Pulls the image unless docker already has it.
+fn ensure_image(cli: &DockerCli, image: &str) -> Result<(), ContainerError> {
+    let inspect = cli.run(
+        &args(&["image", "inspect", "--format", "{{.Id}}", "--", image]),
+        cli.command_timeout,
+        4096,
+    );
+    match inspect {
+        Ok(_) => return Ok(()),
+        Err(DockerError::Failed { ref stderr, .. })
+            if stderr.to_ascii_lowercase().contains("no such image") => {}
+        Err(e) => return Err(e.into()),
+    }
+    log::info!("pulling image {image}");
+    match cli.run(
+        &args(&["pull", "--quiet", "--", image]),
+        cli.pull_timeout,
+        4096,
+    ) {
+        Ok(_) => Ok(()),
+        Err(DockerError::Failed { stderr, .. }) => {
+            let lower = stderr.to_ascii_lowercase();
+            let missing = [
+                "not found",
+                "does not exist",
+                "pull access denied",
+                "manifest unknown",
+            ]
+            .iter()
+            .any(|m| lower.contains(m));
+            if missing {
+                Err(ContainerError::ImageNotFound(format!(
+                    "image {image} cannot be pulled: {stderr}"
+                )))
+            } else {
+                Err(ContainerError::ImagePull(format!(
+                    "image {image} could not be pulled: {stderr}"
+                )))
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// After a failed create: removes whatever managed container of this claim docker made.
+fn remove_leftovers(context: &WorkerContext, claim_id: &str) {
+    let cli = &context.cli;
+    let claim_filter = format!("label={LABEL_CLAIM_ID}={claim_id}");
+    let managed_filter = format!("label={}", context.settings.managed_label);
+    let listed = cli.run(
+        &args(&[
+            "ps",
+            "-a",
+            "-q",
+            "--no-trunc",
+            "--filter",
+            &managed_filter,
+            "--filter",
+            &claim_filter,
+        ]),
+        cli.command_timeout,
+        64 * 1024,
+    );
+    let Ok(out) = listed else { return };
+    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    for id in ids {
+        log::warn!("removing half-created container {id} of claim {claim_id}");
+        if let Err(e) = cli.run(
+            &args(&["rm", "--force", "--", &id]),
+            cli.command_timeout,
+            4096,
+        ) {
+            log::warn!("cannot remove half-created container {id}: {e}");
+        }
+    }
+}
+
+fn act(context: &WorkerContext, id: &str, action: Action) -> Result<ContainerView, ContainerError> {
+    let cli = &context.cli;
+    let grace = cli.stop_timeout.as_secs().to_string();
+    let (argv, deadline) = match action {
+        Action::Start => (args(&["start", "--", id]), cli.command_timeout),
+        Action::Stop | Action::Restart => (
+            args(&[action.word(), "--time", &grace, "--", id]),
+            cli.command_timeout + cli.stop_timeout,
+        ),
+    };
+    log::info!("{} container {}", action.word(), short_id(id));
+    match cli.run(&argv, deadline, 4096) {
+        Ok(_) => {}
+        Err(e) if e.is_no_such_container() => {
+            return Err(ContainerError::NotFound(format!(
+                "container {id} no longer exists"
+            )))
+        }
+        Err(e) => return Err(e.into()),
+    }
+    match inspect_one(context, id) {
+        Ok(Some(view)) => Ok(view),
+        Ok(None) => Err(ContainerError::NotFound(format!(
+            "container {id} no longer exists"
+        ))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn delete(context: &WorkerContext, id: &str) -> Result<(), ContainerError> {
+    let cli = &context.cli;
+    let grace = cli.stop_timeout.as_secs().to_string();
+    log::info!("deleting container {}", short_id(id));
+    match cli.run(
+        &args(&["stop", "--time", &grace, "--", id]),
+        cli.command_timeout + cli.stop_timeout,
+        4096,
+    ) {
+        Ok(_) => {}
+        Err(e) if e.is_no_such_container() => return Ok(()),
+        Err(e) => return Err(e.into()),
+    }
+    match cli.run(
+        &args(&["rm", "--force", "--", id]),
+        cli.command_timeout,
+        4096,
+    ) {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_no_such_container() => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn logs(context: &WorkerContext, id: &str, tail: u32) -> Result<String, ContainerError> {
+    let cli = &context.cli;
+    let tail = tail.to_string();
+    match cli.run_merged(
+        &args(&["logs", "--tail", &tail, "--", id]),
+        cli.command_timeout,
+        MAX_LOG_BYTES,
+    ) {
+        Ok(out) => {
+            let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+            if out.truncated {
+                text.push_str("\n[... cut: more than 8 MiB of logs; ask for a smaller tail]\n");
+            }
+            Ok(text)
+        }
+        Err(e) if e.is_no_such_container() => Err(ContainerError::NotFound(format!(
+            "container {id} no longer exists"
+        ))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `docker container inspect` of one container; `None` when it does not exist (or is not
+/// managed).
+fn inspect_one(context: &WorkerContext, id: &str) -> Result<Option<ContainerView>, DockerError> {
+    let cli = &context.cli;
+    match cli.run(
+        &args(&["container", "inspect", "--", id]),
+        cli.command_timeout,
+        INSPECT_CAP,
+    ) {
+        Ok(out) => parse_inspect(&out.stdout, &context.settings.managed_label)
+            .map(|views| views.into_iter().next())
+            .map_err(|message| DockerError::BadOutput {
+                command: "docker container inspect".into(),
+                message,
+            }),
+        Err(e) if e.is_no_such_container() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Every managed container, running or not.
+pub(super) fn reconcile(context: &WorkerContext) -> Result<Vec<ContainerView>, DockerError> {
+    let cli = &context.cli;
+    let filter = format!("label={}", context.settings.managed_label);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let out = cli.run(
+            &args(&["ps", "-a", "-q", "--no-trunc", "--filter", &filter]),
+            cli.command_timeout,
+            INSPECT_CAP,
+        )?;
+        let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut argv = args(&["container", "inspect", "--"]);
+        argv.extend(ids);
+        match cli.run(&argv, cli.command_timeout, INSPECT_CAP) {
+            Ok(out) => {
+                return parse_inspect(&out.stdout, &context.settings.managed_label).map_err(
+                    |message| DockerError::BadOutput {
+                        command: "docker container inspect".into(),
+                        message,
+                    },
+                )
+            }
+            // One was removed between ps and inspect: list again.
+            Err(e) if e.is_no_such_container() && attempt < 3 => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The user's environment, in a file only the agent's user can read (mode 0600 in a fresh
+/// directory of mode 0700), both removed when dropped.
+struct EnvFile {
+    dir: PathBuf,
+    path: PathBuf,
+}
+
+impl EnvFile {
+    fn write(claim_id: &str, env: &[(String, String)]) -> Result<EnvFile, ContainerError> {
+        use std::io::Write;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        // `create` (not `create_all`) fails when the name exists: nobody else can have
+        // prepared the directory.
+        let dir = std::env::temp_dir().join(format!(
+            "utopia-agent-{}-{claim_id}-{nanos}",
+            std::process::id()
+        ));
+        let failed = |e: std::io::Error, what: &Path| {
+            ContainerError::Docker(DockerError::BadOutput {
+                command: "docker run".into(),
+                message: format!("cannot write the env file in {}: {e}", what.display()),
+            })
+        };
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| failed(e, &dir))?;
+        let file = EnvFile {
+            path: dir.join("env"),
+            dir,
+        };
+        let mut text = String::new();
+        for (key, value) in env {
+            // Validated: KEY is a plain name and VALUE has no line break, so each entry is one
+            // line docker's env-file reader takes verbatim.
+            text.push_str(key);
+            text.push('=');
+            text.push_str(value);
+            text.push('\n');
+        }
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&file.path)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .map_err(|e| failed(e, &file.dir))?;
+        Ok(file)
+    }
+}
+
+impl Drop for EnvFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_file_is_private_and_removed() {
+        use std::os::unix::fs::PermissionsExt;
+        let env = vec![("A".to_string(), " spaced = value ".to_string())];
+        let file = EnvFile::write("claim", &env).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&file.dir), 0o700);
+        assert_eq!(mode(&file.path), 0o600);
+        assert_eq!(
+            std::fs::read_to_string(&file.path).unwrap(),
+            "A= spaced = value \n"
+        );
+        let dir = file.dir.clone();
+        drop(file);
+        assert!(!dir.exists());
+    }
+}
