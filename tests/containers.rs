@@ -1024,3 +1024,49 @@ fn docker_unreachable_gives_503_while_health_and_metrics_work() {
     let r = agent.post_json("/api/v1/containers", &json!({"claim_id": "../x"}));
     assert_eq!(r.status, 400);
 }
+
+#[test]
+fn heartbeats_carry_the_managed_containers() {
+    use common::platform::{PlatformServer, Reply};
+    if !ready("heartbeats_carry_the_managed_containers") {
+        return;
+    }
+    let platform = PlatformServer::start();
+    platform.set_register_default(Reply::registered("node-with-containers"));
+    let scope = Scope::new();
+    let url = platform.url();
+    let agent = scope.agent(move |c| {
+        c.central_platform.api_url = url;
+        c.central_platform.heartbeat_interval_secs = 1;
+        c.central_platform.request_timeout_secs = 2;
+    });
+    let claim = scope.claim("beat");
+    let created = agent.create(&body(&claim, &[1], "sleep 600"));
+    let id = created["id"].as_str().unwrap().to_string();
+
+    let mut seen = Value::Null;
+    let found = wait_until(Duration::from_secs(10), || {
+        seen = platform
+            .heartbeats()
+            .last()
+            .map(|beat| beat.json()["containers"].clone())
+            .unwrap_or(Value::Null);
+        seen.as_array()
+            .is_some_and(|list| list.iter().any(|c| c["claim_id"] == claim.as_str()))
+    });
+    assert!(found, "no heartbeat listed the container: {seen}");
+    let entry = seen
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["claim_id"] == claim.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(entry["id"], id.as_str());
+    assert_eq!(entry["state"], "running");
+    assert_eq!(entry["gpu_ids"], json!([1]));
+    // The GPU it holds is busy in the same heartbeat's metrics.
+    let beat = platform.heartbeats().last().unwrap().json();
+    assert_eq!(beat["gpus"][1]["busy"], true);
+    assert_eq!(beat["gpus"][1]["claim_id"], claim.as_str());
+}

@@ -47,6 +47,10 @@ pub fn test_config(dir: &Path) -> Config {
     config.gpu.sample_interval_ms = 200;
     config.gpu.init_retry_secs = 1;
     config.frp.work_dir = dir.join("frp");
+    // Its own managed label: a test agent never sees containers of another agent on this engine.
+    static AGENTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = AGENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    config.docker.managed_label = format!("io.utopia.test.agent={}-{n}", std::process::id());
     config
 }
 
