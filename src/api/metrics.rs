@@ -5,10 +5,9 @@
 //! `usage_percent`, `busy`) are a contract; everything else is added beside them.
 
 use crate::snapshot::{GpuAllocation, Snapshot};
-use crate::telemetry::gpu::{GpuProcess, GpuSample};
+use crate::telemetry::gpu::GpuSample;
 use crate::telemetry::system::LoadAverage;
 use serde::Serialize;
-use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 #[derive(Debug, Serialize)]
@@ -27,48 +26,26 @@ pub struct MetricsDocument {
     pub gpu_error: Option<String>,
 }
 
-/// One GPU as the API shows it.
+/// One GPU as the API shows it: the sampler's figures plus who holds it.
 #[derive(Debug, Serialize)]
 pub struct GpuView {
-    pub id: u32,
-    pub name: Option<String>,
-    pub uuid: Option<String>,
-    pub temperature_c: Option<u32>,
-    pub memory_total_mb: Option<u64>,
-    pub memory_used_mb: Option<u64>,
-    pub memory_usage_percent: Option<f64>,
-    pub usage_percent: Option<f64>,
-    pub power_watts: Option<f64>,
+    #[serde(flatten)]
+    pub sample: GpuSample,
     /// True when compute processes run on it or a managed container holds it.
     pub busy: bool,
     /// The claim whose container holds this GPU; `null` when free.
     pub claim_id: Option<String>,
     /// The container holding this GPU; `null` when free.
     pub container_id: Option<String>,
-    pub processes: Option<Vec<GpuProcess>>,
-    pub lost: bool,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub errors: BTreeMap<&'static str, String>,
 }
 
 impl GpuView {
     fn from_sample(sample: &GpuSample, allocation: Option<&GpuAllocation>) -> Self {
         GpuView {
-            id: sample.index,
-            name: sample.name.clone(),
-            uuid: sample.uuid.clone(),
-            temperature_c: sample.temperature_c,
-            memory_total_mb: sample.memory_total_mb,
-            memory_used_mb: sample.memory_used_mb,
-            memory_usage_percent: sample.memory_usage_percent,
-            usage_percent: sample.usage_percent,
-            power_watts: sample.power_watts,
+            sample: sample.clone(),
             busy: sample.has_processes() || allocation.is_some(),
             claim_id: allocation.map(|a| a.claim_id.clone()),
             container_id: allocation.map(|a| a.container_id.clone()),
-            processes: sample.processes.clone(),
-            lost: sample.lost,
-            errors: sample.errors.clone(),
         }
     }
 }

@@ -100,7 +100,8 @@ impl GpuReport {
 /// One GPU. Every metric is `None` when NVML could not give it; `errors` says why.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct GpuSample {
-    /// NVML index.
+    /// NVML index (`id` in the API, as in the original agent).
+    #[serde(rename = "id")]
     pub index: u32,
     pub name: Option<String>,
     pub uuid: Option<String>,
@@ -114,6 +115,7 @@ pub struct GpuSample {
     /// The GPU fell off the bus or is otherwise inaccessible.
     pub lost: bool,
     /// Metric name → why it is missing.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub errors: BTreeMap<&'static str, String>,
 }
 
