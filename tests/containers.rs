@@ -436,16 +436,12 @@ fn an_image_that_cannot_be_had_is_an_error_and_frees_the_gpu() {
 /// CDI, so a container with GPUs cannot start here, but how docker reads the agent's GPU flags
 /// can still be checked on the created container.
 fn create_only_docker(dir: &std::path::Path) -> std::path::PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let path = dir.join("docker-create-only");
-    std::fs::write(
-        &path,
-        "#!/bin/sh\n# run --detach ARGS... -> create ARGS...\n\
-         if [ \"$1\" = run ]; then shift 2; exec docker create \"$@\"; fi\nexec docker \"$@\"\n",
+    // run --detach ARGS... -> create ARGS...
+    common::docker::docker_wrapper(
+        dir,
+        "docker-create-only",
+        "if [ \"$1\" = run ]; then shift 2; exec docker create \"$@\"; fi\n",
     )
-    .unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path
 }
 
 #[test]
@@ -508,20 +504,14 @@ fn a_slow_pull_blocks_neither_reads_nor_deletes_of_other_containers() {
     if !ready("slow-pull") {
         return;
     }
-    use std::os::unix::fs::PermissionsExt;
     let scope = Scope::new();
     let bin = tempfile::tempdir().unwrap();
     // `pull --quiet -- IMAGE` takes 3 s, then "pulls" by tagging the test image.
-    let wrapper = bin.path().join("docker-slow-pull");
-    std::fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\nif [ \"$1\" = pull ]; then sleep 3; exec docker tag {TEST_IMAGE} \"$4\"; fi\n\
-             exec docker \"$@\"\n"
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let wrapper = common::docker::docker_wrapper(
+        bin.path(),
+        "docker-slow-pull",
+        &format!("if [ \"$1\" = pull ]; then sleep 3; exec docker tag {TEST_IMAGE} \"$4\"; fi\n"),
+    );
     let agent = scope.agent(move |c| c.docker.binary = wrapper);
     let first = agent.create(&body(&scope.claim("fast"), &[0], "sleep 600"));
     let first_id = first["id"].as_str().unwrap().to_string();
@@ -947,16 +937,13 @@ fn a_slow_ledger_rebuild_holds_container_requests_but_not_health() {
     if !ready("slow-rebuild") {
         return;
     }
-    use std::os::unix::fs::PermissionsExt;
     let scope = Scope::new();
     let bin = tempfile::tempdir().unwrap();
-    let wrapper = bin.path().join("docker-slow-ps");
-    std::fs::write(
-        &wrapper,
-        "#!/bin/sh\nif [ \"$1\" = ps ]; then sleep 3; fi\nexec docker \"$@\"\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let wrapper = common::docker::docker_wrapper(
+        bin.path(),
+        "docker-slow-ps",
+        "if [ \"$1\" = ps ]; then sleep 3; fi\n",
+    );
     let label = scope.label.clone();
     let agent = Agent::start(move |c| {
         common::docker::configure(c, &label);

@@ -1064,18 +1064,9 @@ mod tests {
 
     fn gpu(index: u32) -> GpuSample {
         GpuSample {
-            index,
             name: Some("Fake".into()),
             uuid: Some(format!("GPU-{index}")),
-            temperature_c: None,
-            memory_total_mb: None,
-            memory_used_mb: None,
-            memory_usage_percent: None,
-            usage_percent: None,
-            power_watts: None,
-            processes: None,
-            lost: false,
-            errors: BTreeMap::new(),
+            ..GpuSample::empty(index)
         }
     }
 

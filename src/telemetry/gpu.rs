@@ -126,7 +126,8 @@ pub struct GpuProcess {
 }
 
 impl GpuSample {
-    fn empty(index: u32) -> Self {
+    /// A GPU with no figures yet.
+    pub fn empty(index: u32) -> Self {
         GpuSample {
             index,
             name: None,

@@ -244,3 +244,16 @@ pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Writes an executable `docker` stand-in in `dir`: `script` (shell lines that may act on
+/// "$@" first), then the real docker with the same arguments. The agent uses it through
+/// `docker.binary` to slow down or reshape one subcommand.
+pub fn docker_wrapper(dir: &std::path::Path, name: &str, script: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{script}exec docker \"$@\"\n"))
+        .expect("write the docker wrapper");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+        .expect("chmod the docker wrapper");
+    path
+}
