@@ -933,6 +933,41 @@ fn containers_killed_or_removed_behind_the_agents_back_are_seen_through_events()
 }
 
 #[test]
+fn a_container_removed_behind_the_agents_back_stays_gone() {
+    if !ready("stays-gone") {
+        return;
+    }
+    let scope = Scope::new();
+    let bin = tempfile::tempdir().unwrap();
+    // `container inspect` answers a second late: the refreshes the kill/die events ask for
+    // report a view taken before the removal, after the destroy event was handled.
+    let wrapper = common::docker::docker_wrapper(
+        bin.path(),
+        "docker-late-inspect",
+        "if [ \"$1\" = container ] && [ \"$2\" = inspect ]; then\n\
+         out=$(docker \"$@\"); rc=$?; sleep 1; printf '%s\\n' \"$out\"; exit $rc\nfi\n",
+    );
+    let agent = scope.agent(move |c| {
+        c.docker.binary = wrapper;
+        c.docker.reconcile_interval_secs = 3600;
+    });
+    let claim = scope.claim("gone");
+    let created = agent.create(&body(&claim, &[0], "sleep 600"));
+    let id = created["id"].as_str().unwrap().to_string();
+    docker_ok(&["rm", "-f", &id]);
+    let gone = wait_until(Duration::from_secs(10), || {
+        agent.get(&format!("/api/v1/containers/{id}")).status == 404
+    });
+    assert!(gone, "log:\n{}", agent.log());
+    // The late refreshes arrive: the container must not come back.
+    std::thread::sleep(Duration::from_millis(2500));
+    let r = agent.get(&format!("/api/v1/containers/{id}"));
+    assert_eq!(r.status, 404, "a removed container came back: {}", r.text());
+    assert!(agent.gpu_holders().is_empty(), "{:?}", agent.gpu_holders());
+    agent.create(&body(&claim, &[0], "sleep 600"));
+}
+
+#[test]
 fn a_slow_ledger_rebuild_holds_container_requests_but_not_health() {
     if !ready("slow-rebuild") {
         return;

@@ -50,6 +50,9 @@ use std::time::{Duration, Instant};
 const WORK_QUEUE: usize = 64;
 /// Reconcile period while docker is unreachable.
 const UNAVAILABLE_RETRY: Duration = Duration::from_secs(2);
+/// How many removed container ids the runner remembers (far more than a node removes while one
+/// docker command of a stale report can be in flight).
+const REMOVED_MEMORY: usize = 4096;
 
 /// Why a container request failed; the API maps each to a status code.
 #[derive(Debug, Clone, PartialEq)]
@@ -337,7 +340,9 @@ struct Runner {
     adopt_warnings: BTreeMap<String, Vec<String>>,
     /// Containers with a stop/start/restart/delete in flight.
     busy: BTreeSet<String>,
-    /// Recently removed containers and when, so an older reconcile does not bring them back.
+    /// Recently removed containers (id → the generation of the removal). Docker never reuses an
+    /// id, so any later report of one of these (a refresh or reconcile that inspected it just
+    /// before it went) is stale and must not bring it back.
     removed: BTreeMap<String, u64>,
     generation: u64,
     docker: DockerState,
@@ -829,8 +834,9 @@ impl Runner {
                     .containers
                     .get(&id)
                     .is_some_and(|e| e.generation > generation);
+                let removed = self.removed.contains_key(&id);
                 match result {
-                    Ok(Some(view)) if !newer => self.upsert(view),
+                    Ok(Some(view)) if !newer && !removed => self.upsert(view),
                     Ok(None) if !newer => self.forget(&id),
                     Ok(_) => {}
                     Err(e) => self.note_error(&ContainerError::from(e)),
@@ -912,12 +918,12 @@ impl Runner {
         };
         let seen: BTreeSet<String> = views.iter().map(|v| v.id.clone()).collect();
         for view in views {
-            let removed_since = self.removed.get(&view.id).is_some_and(|g| *g > generation);
+            let removed = self.removed.contains_key(&view.id);
             let newer = self
                 .containers
                 .get(&view.id)
                 .is_some_and(|e| e.generation > generation);
-            if !removed_since && !newer {
+            if !removed && !newer {
                 self.upsert(view);
             }
         }
@@ -933,7 +939,6 @@ impl Runner {
             log::info!("container {} is gone (seen by reconcile)", short_id(&id));
             self.forget(&id);
         }
-        self.removed.retain(|_, g| *g > generation);
         if !matches!(self.docker, DockerState::Ok) || !self.ledger_ready {
             log::info!(
                 "docker reachable; ledger rebuilt from {} managed container(s)",
@@ -978,6 +983,16 @@ impl Runner {
         self.ledger.remove_container(id);
         self.adopt_warnings.remove(id);
         self.removed.insert(id.to_string(), self.generation);
+        if self.removed.len() > REMOVED_MEMORY {
+            if let Some(oldest) = self
+                .removed
+                .iter()
+                .min_by_key(|(_, g)| **g)
+                .map(|(id, _)| id.clone())
+            {
+                self.removed.remove(&oldest);
+            }
+        }
     }
 
     /// The view with the warnings known now: adopt conflicts, and GPUs whose UUID is no longer
@@ -1389,5 +1404,47 @@ mod tests {
             A,
             "still held"
         );
+    }
+
+    #[test]
+    fn a_stale_refresh_or_reconcile_never_brings_back_a_removed_container() {
+        let (mut r, queue, snapshot) = runner();
+        r.apply_reconcile(0, Ok(vec![view(A, "a", &[0], "running")]));
+        // `die` event: a refresh is queued; its inspect still sees the container...
+        r.on_event(ContainerEvent {
+            id: A.into(),
+            action: "die".into(),
+            time_nano: 0,
+        });
+        let Ok(Work::Refresh { generation, .. }) = queue.try_recv() else {
+            panic!("no refresh queued");
+        };
+        // ...but `destroy` is handled before the refresh reports, and a reconcile that started
+        // after the removal has run meanwhile.
+        r.on_event(ContainerEvent {
+            id: A.into(),
+            action: "destroy".into(),
+            time_nano: 0,
+        });
+        let now = r.generation;
+        r.apply_reconcile(now, Ok(vec![]));
+        r.finish(Done::Refreshed {
+            id: A.into(),
+            generation,
+            result: Ok(Some(view(A, "a", &[0], "exited"))),
+        });
+        assert!(!r.containers.contains_key(A), "removed container came back");
+        assert!(
+            snapshot.gpu_allocations.get().is_empty(),
+            "GPU 0 held by a ghost"
+        );
+        // A reconcile listing taken before the removal does not bring it back either.
+        r.apply_reconcile(generation, Ok(vec![view(A, "a", &[0], "exited")]));
+        assert!(!r.containers.contains_key(A));
+        let again = ask(&mut r, |reply| Request::Create {
+            spec: spec("a", GpuRequest::Ids(vec![0])),
+            reply,
+        });
+        assert!(again.is_none(), "the claim and GPU are free: {again:?}");
     }
 }
