@@ -518,7 +518,8 @@ fn a_slow_pull_blocks_neither_reads_nor_deletes_of_other_containers() {
 
     let image = format!("utopia-test-slow-{}:latest", scope.claim("img"));
     let _tag = ImageTag(image.clone());
-    let mut slow = body(&scope.claim("slow"), &[1], "sleep 600");
+    let slow_claim = scope.claim("slow");
+    let mut slow = body(&slow_claim, &[1], "sleep 600");
     slow["image"] = json!(image);
     let addr = agent.addr;
     let pulling = std::thread::spawn(move || {
@@ -541,6 +542,15 @@ fn a_slow_pull_blocks_neither_reads_nor_deletes_of_other_containers() {
     assert_eq!(
         agent.get(&format!("/api/v1/containers/{first_id}")).status,
         200
+    );
+    // The pulling create's container does not exist yet, but it is not "not found" either: a
+    // delete now is refused, not answered 404 while the container is about to start.
+    let r = agent.api("DELETE", &format!("/api/v1/containers/{slow_claim}"), b"");
+    assert_eq!(
+        (r.status, r.error_code()),
+        (409, "operation_in_progress".to_string()),
+        "{}",
+        r.text()
     );
     // The pulling create already holds GPU 1.
     let r = agent.post_json(

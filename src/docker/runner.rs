@@ -713,7 +713,8 @@ impl Runner {
     }
 
     /// The full id of the managed container `id` names: its id, a unique id prefix of at least
-    /// 12 characters, its name, or its claim id.
+    /// 12 characters, its name, or its claim id. A claim whose create is in flight is a
+    /// conflict, not "not found".
     fn resolve(&self, id: &str) -> Result<String, ContainerError> {
         if self.containers.contains_key(id) {
             return Ok(id.to_string());
@@ -741,6 +742,21 @@ impl Runner {
                     )))
                 }
             }
+        }
+        // Not a container yet, but its create is in flight: a 404 would tell the caller the
+        // claim has no container when one is about to start and hold its GPUs.
+        if let Some(pending) = self.ledger.holdings().iter().find(|h| {
+            h.container_id.is_none()
+                && (h.claim_id == id || crate::docker::spec::container_name(&h.claim_id) == name)
+        }) {
+            return Err(ContainerError::Conflict {
+                code: "operation_in_progress",
+                message: format!(
+                    "the container of claim {} is being created; try again once the create has \
+                     answered",
+                    pending.claim_id
+                ),
+            });
         }
         Err(ContainerError::NotFound(format!(
             "no managed container {id:?} (id, unique id prefix of at least 12, name or claim id)"
@@ -1446,5 +1462,59 @@ mod tests {
             reply,
         });
         assert!(again.is_none(), "the claim and GPU are free: {again:?}");
+    }
+
+    #[test]
+    fn a_container_being_created_is_409_not_404() {
+        let (mut r, queue, _snapshot) = runner();
+        r.apply_reconcile(0, Ok(vec![]));
+        ask(&mut r, |reply| Request::Create {
+            spec: spec("a", GpuRequest::Ids(vec![0])),
+            reply,
+        });
+        let Ok(Work::Create { .. }) = queue.try_recv() else {
+            panic!("no create queued");
+        };
+        // A delete answered 404 here would let the platform believe the claim is gone while
+        // its container is about to start and hold GPU 0.
+        for id in ["a", "utopia-a"] {
+            let delete = ask(&mut r, |reply| Request::Delete {
+                id: id.into(),
+                reply,
+            });
+            assert!(
+                matches!(&delete, Some(Err(ContainerError::Conflict { code: "operation_in_progress", message }))
+                    if message.contains("being created")),
+                "{id}: {delete:?}"
+            );
+            let stop = ask(&mut r, |reply| Request::Act {
+                id: id.into(),
+                action: Action::Stop,
+                reply,
+            });
+            assert!(
+                matches!(stop, Some(Err(ContainerError::Conflict { .. }))),
+                "{id}"
+            );
+            let get = ask(&mut r, |reply| Request::Get {
+                id: id.into(),
+                reply,
+            });
+            assert!(
+                matches!(get, Some(Err(ContainerError::Conflict { .. }))),
+                "{id}"
+            );
+        }
+        assert!(
+            queue.try_recv().is_err(),
+            "nothing queued for the refused requests"
+        );
+        assert!(matches!(
+            ask(&mut r, |reply| Request::Delete {
+                id: "b".into(),
+                reply
+            }),
+            Some(Err(ContainerError::NotFound(_)))
+        ));
     }
 }
