@@ -978,6 +978,75 @@ fn a_container_removed_behind_the_agents_back_stays_gone() {
 }
 
 #[test]
+fn a_hanging_docker_is_killed_with_what_it_started_and_the_api_recovers() {
+    if !ready("hanging-docker") {
+        return;
+    }
+    let scope = Scope::new();
+    let bin = tempfile::tempdir().unwrap();
+    let hang = bin.path().join("hang");
+    let pids = bin.path().join("pids");
+    std::fs::write(&hang, "").unwrap();
+    // While `hang` exists, every docker command (but `events`, which may block) forks a
+    // `sleep` that never ends and waits for it, as a wrapper in front of a stuck CLI would.
+    let wrapper = common::docker::docker_wrapper(
+        bin.path(),
+        "docker-hanging",
+        &format!(
+            "if [ -e {hang} ] && [ \"$1\" != events ]; then\n\
+             sleep 1000 & echo $! >> {pids}; wait; fi\n",
+            hang = hang.display(),
+            pids = pids.display()
+        ),
+    );
+    let label = scope.label.clone();
+    let agent = Agent::start(move |c| {
+        common::docker::configure(c, &label);
+        c.docker.binary = wrapper;
+        c.docker.command_timeout_secs = 1;
+    });
+    let mut docker_health = String::new();
+    let unavailable = wait_until(Duration::from_secs(10), || {
+        let health = agent.request("GET", "/health", &[], b"").json();
+        docker_health = health["components"]["docker"].as_str().unwrap().to_string();
+        docker_health.starts_with("unavailable")
+    });
+    assert!(unavailable, "{docker_health}; log:\n{}", agent.log());
+    assert!(docker_health.contains("did not finish"), "{docker_health}");
+    let r = agent.get("/api/v1/containers");
+    assert_eq!(
+        (r.status, r.error_code()),
+        (503, "docker_unavailable".to_string())
+    );
+    // Let a few reconciles time out: none leaves its `sleep` behind.
+    std::thread::sleep(Duration::from_millis(2500));
+    let started: Vec<String> = std::fs::read_to_string(&pids)
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    assert!(!started.is_empty(), "the wrapper never hung");
+    std::fs::remove_file(&hang).unwrap();
+    let left = |pids: &[String]| -> Vec<String> {
+        pids.iter()
+            .filter(|pid| {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                stat.contains("(sleep)") && !stat.contains(") Z ")
+            })
+            .cloned()
+            .collect()
+    };
+    // The one in flight may still run for up to the deadline.
+    let reaped = wait_until(Duration::from_secs(3), || left(&started).is_empty());
+    assert!(reaped, "orphaned: {:?}", left(&started));
+    let recovered = wait_until(Duration::from_secs(10), || {
+        agent.get("/api/v1/containers").status == 200
+    });
+    assert!(recovered, "log:\n{}", agent.log());
+    agent.create(&body(&scope.claim("after"), &[0], "sleep 600"));
+}
+
+#[test]
 fn a_slow_ledger_rebuild_holds_container_requests_but_not_health() {
     if !ready("slow-rebuild") {
         return;
