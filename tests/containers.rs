@@ -178,6 +178,44 @@ fn lifecycle_create_list_inspect_logs_stop_start_restart_delete() {
 }
 
 #[test]
+fn logs_longer_than_the_cap_keep_the_newest_lines() {
+    if !ready("long-logs") {
+        return;
+    }
+    let scope = Scope::new();
+    let agent = scope.agent(|_| {});
+    // About 10 MiB in 100000 lines, more than the 8 MiB a logs answer carries.
+    let line = "x".repeat(100);
+    let created = agent.create(&body(
+        &scope.claim("chatty"),
+        &[],
+        &format!("yes {line} | head -n 99999; echo LAST-LINE; sleep 600"),
+    ));
+    let id = created["id"].as_str().unwrap();
+    let mut text = String::new();
+    let done = wait_until(Duration::from_secs(20), || {
+        let r = agent.get(&format!("/api/v1/containers/{id}/logs?tail=100000"));
+        assert_eq!(r.status, 200);
+        text = r.text();
+        text.contains("LAST-LINE")
+    });
+    assert!(
+        done,
+        "the newest line is missing: ...{}",
+        &text[text.len().saturating_sub(300)..]
+    );
+    assert!(text.len() <= 8 * 1024 * 1024 + 200, "{}", text.len());
+    assert!(
+        text.starts_with("[... cut:"),
+        "{}",
+        &text[..200.min(text.len())]
+    );
+    assert!(text.ends_with("\nLAST-LINE\n"));
+    // Whole lines only after the note.
+    assert!(text.lines().skip(1).all(|l| l == line || l == "LAST-LINE"));
+}
+
+#[test]
 fn a_container_without_gpus_sees_void_and_gpu_count_picks_free_gpus() {
     if !ready("void") {
         return;

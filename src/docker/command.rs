@@ -264,7 +264,8 @@ impl DockerCli {
     }
 
     /// Like [`DockerCli::run`], with stderr written into the same pipe as stdout, in order
-    /// (`docker logs` prints the container's stderr on its own stderr).
+    /// (`docker logs` prints the container's stderr on its own stderr), and the *last*
+    /// `stdout_cap` bytes kept (logs print oldest first: the newest lines matter most).
     pub fn run_merged(
         &self,
         args: &[String],
@@ -299,16 +300,16 @@ impl DockerCli {
         drop(cmd);
         let mut child = spawned.map_err(|e| self.spawn_error(e))?;
         let (stdout_rx, stderr_rx) = if let Some(read) = stderr_reader {
-            (read_in_thread(read, stdout_cap), None)
+            (read_in_thread(read, stdout_cap, Keep::Tail), None)
         } else {
             let stdout = child.stdout.take();
             let stderr = child.stderr.take();
             (
                 match stdout {
-                    Some(s) => read_in_thread(s, stdout_cap),
+                    Some(s) => read_in_thread(s, stdout_cap, Keep::Head),
                     None => closed(),
                 },
-                stderr.map(|s| read_in_thread(s, STDERR_CAP)),
+                stderr.map(|s| read_in_thread(s, STDERR_CAP, Keep::Head)),
             )
         };
 
@@ -492,11 +493,21 @@ fn closed() -> crossbeam_channel::Receiver<(Vec<u8>, bool)> {
     rx
 }
 
+/// Which part of a long output is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Keep {
+    /// The first bytes (a JSON document, a message).
+    Head,
+    /// The last bytes (logs, printed oldest first).
+    Tail,
+}
+
 /// Reads `source` to its end on a thread of its own (so neither pipe can fill up and block the
-/// child), keeping the first `cap` bytes.
+/// child), keeping `cap` bytes of it: the first or the last.
 pub(crate) fn read_in_thread(
     mut source: impl Read + Send + 'static,
     cap: usize,
+    keep: Keep,
 ) -> crossbeam_channel::Receiver<(Vec<u8>, bool)> {
     let (tx, rx) = crossbeam_channel::bounded(1);
     let spawned = std::thread::Builder::new()
@@ -508,14 +519,26 @@ pub(crate) fn read_in_thread(
             loop {
                 match source.read(&mut buffer) {
                     Ok(0) => break,
-                    Ok(n) => {
+                    Ok(n) if keep == Keep::Head => {
                         let room = cap.saturating_sub(kept.len());
                         kept.extend_from_slice(&buffer[..n.min(room)]);
                         truncated |= n > room;
                     }
+                    Ok(n) => {
+                        kept.extend_from_slice(&buffer[..n]);
+                        // Drop the oldest bytes in large steps (amortized, not per read).
+                        if kept.len() >= cap.saturating_mul(2).max(cap + buffer.len()) {
+                            kept.drain(..kept.len() - cap);
+                            truncated = true;
+                        }
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(_) => break,
                 }
+            }
+            if kept.len() > cap {
+                kept.drain(..kept.len() - cap);
+                truncated = true;
             }
             let _ = tx.send((kept, truncated));
         });
@@ -779,6 +802,26 @@ mod tests {
             .run(&[], Duration::from_secs(1), 10)
             .unwrap_err()
             .is_unavailable());
+    }
+
+    #[test]
+    fn merged_output_keeps_the_newest_bytes() {
+        // `docker logs --tail N` prints oldest first: when it is cut, the end is what matters.
+        let (cli, _trigger) = shell_cli(5000);
+        let out = cli
+            .run_merged(&sh("printf 0123456789"), cli.command_timeout, 4)
+            .unwrap();
+        assert_eq!((out.stdout.as_slice(), out.truncated), (&b"6789"[..], true));
+        let out = cli
+            .run_merged(&sh("seq 1 100000"), cli.command_timeout, 100)
+            .unwrap();
+        assert!(out.truncated);
+        assert_eq!(out.stdout.len(), 100);
+        assert!(out.stdout.ends_with(b"\n99999\n100000\n"));
+        let out = cli
+            .run_merged(&sh("printf abc"), cli.command_timeout, 100)
+            .unwrap();
+        assert_eq!((out.stdout.as_slice(), out.truncated), (&b"abc"[..], false));
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! - Stops: on shutdown it kills the child's process group, reaps the child and joins its
 //!   reader thread.
 
-use crate::docker::command::{die_with_agent, kill_group, read_in_thread};
+use crate::docker::command::{die_with_agent, kill_group, read_in_thread, Keep};
 use crate::shutdown::Shutdown;
 use crossbeam_channel::{select, Sender};
 use serde::Deserialize;
@@ -146,7 +146,10 @@ fn watch(
                 continue;
             }
         };
-        let stderr = child.stderr.take().map(|s| read_in_thread(s, 4096));
+        let stderr = child
+            .stderr
+            .take()
+            .map(|s| read_in_thread(s, 4096, Keep::Head));
         let (lines_tx, lines) = crossbeam_channel::bounded::<String>(256);
         let reader = child.stdout.take().and_then(|stdout| {
             std::thread::Builder::new()

@@ -295,18 +295,27 @@ fn logs(context: &WorkerContext, id: &str, tail: u32) -> Result<String, Containe
         cli.command_timeout,
         MAX_LOG_BYTES,
     ) {
-        Ok(out) => {
-            let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-            if out.truncated {
-                text.push_str("\n[... cut: more than 8 MiB of logs; ask for a smaller tail]\n");
-            }
-            Ok(text)
-        }
+        Ok(out) => Ok(log_text(out.stdout, out.truncated)),
         Err(e) if e.is_no_such_container() => Err(ContainerError::NotFound(format!(
             "container {id} no longer exists"
         ))),
         Err(e) => Err(e.into()),
     }
+}
+
+/// The logs as text: when more than [`MAX_LOG_BYTES`] came, the newest whole lines were kept,
+/// under a note saying so.
+fn log_text(bytes: Vec<u8>, truncated: bool) -> String {
+    if !truncated {
+        return String::from_utf8_lossy(&bytes).into_owned();
+    }
+    // The cut fell inside a line (or a UTF-8 sequence): start at the next whole line.
+    let start = bytes.iter().position(|b| *b == b'\n').map_or(0, |i| i + 1);
+    format!(
+        "[... cut: earlier lines left out, more than {} MiB of logs; ask for a smaller tail]\n{}",
+        MAX_LOG_BYTES / (1024 * 1024),
+        String::from_utf8_lossy(&bytes[start..])
+    )
 }
 
 /// `docker container inspect` of one container; `None` when it does not exist (or is not
@@ -431,6 +440,15 @@ impl Drop for EnvFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cut_logs_keep_the_newest_whole_lines() {
+        assert_eq!(log_text(b"a\nb\n".to_vec(), false), "a\nb\n");
+        let text = log_text(b"rtial\nline 2\nline 3\n".to_vec(), true);
+        assert!(text.starts_with("[... cut:"), "{text}");
+        assert!(text.ends_with("\nline 2\nline 3\n"), "{text}");
+        assert!(!text.contains("rtial"), "{text}");
+    }
 
     #[test]
     fn env_file_is_private_and_removed() {
