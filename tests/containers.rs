@@ -520,9 +520,27 @@ fn gpus_and_cdi_modes_as_the_engine_reads_them() {
         ]);
         let requests: Value = serde_json::from_str(&requests).unwrap();
         assert_eq!(requests, expected, "{mode:?}");
-        // No NVIDIA_VISIBLE_DEVICES of the agent's in these modes: the toolkit sets it.
+        // `gpus`: docker's nvidia support sets NVIDIA_VISIBLE_DEVICES at start, after the
+        // image's. `cdi`: the devices come from CDI, and the agent sets `void` so that an
+        // image's NVIDIA_VISIBLE_DEVICES=all cannot make a default nvidia runtime add all GPUs.
         let env = docker_ok(&["inspect", "--format", "{{json .Config.Env}}", id]);
-        assert!(!env.contains("NVIDIA_VISIBLE_DEVICES"), "{env}");
+        let visible: Vec<&str> = serde_json::from_str::<Vec<String>>(&env)
+            .unwrap()
+            .iter()
+            .filter(|e| e.starts_with("NVIDIA_VISIBLE_DEVICES="))
+            .map(|e| {
+                if e.ends_with("=void") {
+                    "void"
+                } else {
+                    "other"
+                }
+            })
+            .collect();
+        let expected_visible: Vec<&str> = match mode {
+            GpuMode::Cdi => vec!["void"],
+            _ => vec![],
+        };
+        assert_eq!(visible, expected_visible, "{mode:?}: {env}");
         let r = agent.api("DELETE", &format!("/api/v1/containers/{id}"), b"");
         assert_eq!(r.status, 200, "{}", r.text());
     }

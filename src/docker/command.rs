@@ -80,6 +80,10 @@ pub fn run_args(
                 for gpu in gpus {
                     flag("--device", format!("{}={gpu}", settings.cdi_kind));
                 }
+                // CDI adds the devices. Where nvidia is the default runtime, the image's own
+                // NVIDIA_VISIBLE_DEVICES (`all` in every CUDA image) would make it add every
+                // GPU on top: switch that path off.
+                flag("--env", "NVIDIA_VISIBLE_DEVICES=void".into());
             }
             GpuMode::Env => {
                 if !settings.runtime.is_empty() {
@@ -651,6 +655,9 @@ mod tests {
         );
         assert!(pairs(&args, "--gpus").is_empty());
         assert!(pairs(&args, "--env-file").is_empty());
+        // The devices come from CDI: an image's own NVIDIA_VISIBLE_DEVICES=all (every CUDA
+        // image has it) must not make a default nvidia runtime add every GPU on top.
+        assert_eq!(pairs(&args, "--env"), vec!["NVIDIA_VISIBLE_DEVICES=void"]);
     }
 
     #[test]
