@@ -921,7 +921,12 @@ impl Runner {
         let views = match result {
             Ok(views) => views,
             Err(e) => {
-                if e.is_unavailable() || matches!(e, DockerError::Timeout { .. }) {
+                // Before the first rebuild nothing can be served: say why (health, 503s) rather
+                // than "starting" for ever.
+                if e.is_unavailable()
+                    || matches!(e, DockerError::Timeout { .. })
+                    || !self.ledger_ready
+                {
                     self.note_error(&ContainerError::DockerUnavailable(e.to_string()));
                 } else {
                     log::warn!("reconcile failed: {e}");
@@ -1515,6 +1520,42 @@ mod tests {
                 reply
             }),
             Some(Err(ContainerError::NotFound(_)))
+        ));
+    }
+
+    #[test]
+    fn a_rebuild_that_fails_says_why() {
+        let (mut r, _queue, snapshot) = runner();
+        r.apply_reconcile(
+            0,
+            Err(DockerError::BadOutput {
+                command: "docker container inspect".into(),
+                message: "expected a string at line 1 column 9".into(),
+            }),
+        );
+        let health = snapshot.components()["docker"].clone();
+        assert!(
+            health.starts_with("unavailable: ") && health.contains("column 9"),
+            "{health}"
+        );
+        let list = ask(&mut r, |reply| Request::List { reply });
+        assert!(
+            matches!(&list, Some(Err(ContainerError::DockerUnavailable(m))) if m.contains("column 9")),
+            "{list:?}"
+        );
+        // Once rebuilt, a later failed reconcile keeps serving from the ledger.
+        r.apply_reconcile(0, Ok(vec![]));
+        r.apply_reconcile(
+            0,
+            Err(DockerError::BadOutput {
+                command: "docker container inspect".into(),
+                message: "garbage".into(),
+            }),
+        );
+        assert_eq!(snapshot.components()["docker"], "ok");
+        assert!(matches!(
+            ask(&mut r, |reply| Request::List { reply }),
+            Some(Ok(_))
         ));
     }
 }
