@@ -568,7 +568,11 @@ fn a_slow_pull_blocks_neither_reads_nor_deletes_of_other_containers() {
         "docker-slow-pull",
         &format!("if [ \"$1\" = pull ]; then sleep 3; exec docker tag {TEST_IMAGE} \"$4\"; fi\n"),
     );
-    let agent = scope.agent(move |c| c.docker.binary = wrapper);
+    // One worker: a pull must not take the only thread that deletes.
+    let agent = scope.agent(move |c| {
+        c.docker.binary = wrapper;
+        c.docker.workers = 1;
+    });
     let first = agent.create(&body(&scope.claim("fast"), &[0], "sleep 600"));
     let first_id = first["id"].as_str().unwrap().to_string();
 

@@ -1,5 +1,5 @@
 //! The `DockerRunner` thread: the one owner of the [`GpuLedger`] and of the table of managed
-//! containers, and the only code that starts docker commands (through its worker pool).
+//! containers, and the only code that starts docker commands (through its worker pools).
 //!
 //! Protocol (one request at a time, each carrying its own reply `Sender`):
 //! 1. An API handler validates the request into a typed [`Request`], sends it with a fresh
@@ -11,9 +11,10 @@
 //! 3. A worker runs the docker commands (each with a deadline) and sends a [`Done`] back; the
 //!    runner updates the ledger and the table, publishes them, and replies to the handler.
 //!
-//! - Owns: the ledger, the container table, the worker pool (`docker.workers` threads running
-//!   [`worker`](super::worker), a
-//!   bounded queue; when full, requests get 503 `docker_busy`).
+//! - Owns: the ledger, the container table, and two worker pools of `docker.workers` threads
+//!   each running [`worker`](super::worker): one for creates (image pulls can take many
+//!   minutes), one for everything else, so pulls never hold up a delete or a reconcile. Each has
+//!   a bounded queue; when it is full, requests get 503 `docker_busy`.
 //! - Receives: [`Request`]s from the API, [`Done`]s from its workers, [`ContainerEvent`]s from
 //!   the events watcher (a container changed: inspect it again; removed: forget it).
 //! - Sends: [`Snapshot::containers`], [`Snapshot::gpu_allocations`] and the `docker` health
@@ -46,7 +47,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Queue length of the worker pool.
+/// Queue length of each worker pool.
 const WORK_QUEUE: usize = 64;
 /// Reconcile period while docker is unreachable.
 const UNAVAILABLE_RETRY: Duration = Duration::from_secs(2);
@@ -351,11 +352,15 @@ struct Runner {
     reconcile_in_flight: bool,
     reconcile_interval: Duration,
     next_reconcile: Instant,
+    /// Short docker work (stop, delete, logs, reconcile, refresh).
     jobs: Sender<Work>,
+    /// Creates, with their image pulls: a lane of their own, so that pulls that take all their
+    /// workers never hold up a delete.
+    creates: Sender<Work>,
     published_health: String,
 }
 
-/// Starts the worker pool, the events watcher and the runner thread, whose first work is the
+/// Starts the worker pools, the events watcher and the runner thread, whose first work is the
 /// ledger rebuild (an unreachable docker is not fatal: it is retried).
 pub fn start(
     config: &DockerConfig,
@@ -390,6 +395,7 @@ pub fn start(
     });
 
     let (jobs, job_queue) = crossbeam_channel::bounded::<Work>(WORK_QUEUE);
+    let (creates, create_queue) = crossbeam_channel::bounded::<Work>(WORK_QUEUE);
     let (done_tx, done) = crossbeam_channel::unbounded::<Done>();
     let (requests_tx, requests) = crossbeam_channel::bounded::<Request>(256);
     let (events_tx, events_rx) = crossbeam_channel::bounded::<ContainerEvent>(1024);
@@ -408,6 +414,7 @@ pub fn start(
         reconcile_interval: Duration::from_secs(config.reconcile_interval_secs),
         next_reconcile: Instant::now(),
         jobs,
+        creates,
         published_health: String::new(),
     };
     runner.publish();
@@ -417,16 +424,21 @@ pub fn start(
     runner.start_reconcile();
 
     let mut threads = Vec::new();
-    for n in 0..config.workers {
-        let context = Arc::clone(&context);
-        let queue = job_queue.clone();
-        let done_tx = done_tx.clone();
-        let shutdown = shutdown.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("docker-worker-{n}"))
-            .spawn(move || worker(&context, &queue, &done_tx, &shutdown))
-            .map_err(|e| RunnerStartError(format!("cannot start a worker thread: {e}")))?;
-        threads.push(("docker-worker", thread));
+    for (lane, queue) in [
+        ("docker-worker", &job_queue),
+        ("docker-create", &create_queue),
+    ] {
+        for n in 0..config.workers {
+            let context = Arc::clone(&context);
+            let queue = queue.clone();
+            let done_tx = done_tx.clone();
+            let shutdown = shutdown.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("{lane}-{n}"))
+                .spawn(move || worker(&context, &queue, &done_tx, &shutdown))
+                .map_err(|e| RunnerStartError(format!("cannot start a worker thread: {e}")))?;
+            threads.push((lane, thread));
+        }
     }
     let watcher = events::start(
         config.binary.clone(),
@@ -519,7 +531,11 @@ impl Runner {
     }
 
     fn submit(&mut self, work: Work) -> Result<(), ContainerError> {
-        match self.jobs.try_send(work) {
+        let lane = match work {
+            Work::Create { .. } => &self.creates,
+            _ => &self.jobs,
+        };
+        match lane.try_send(work) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => Err(ContainerError::Busy(format!(
                 "{WORK_QUEUE} docker operations are already queued; try again shortly"
@@ -1132,6 +1148,7 @@ mod tests {
             reconcile_in_flight: false,
             reconcile_interval: Duration::from_secs(30),
             next_reconcile: Instant::now(),
+            creates: jobs.clone(),
             jobs,
             published_health: String::new(),
         };
