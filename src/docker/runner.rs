@@ -676,6 +676,18 @@ impl Runner {
             .filter(|g| !g.lost)
             .map(|g| g.index)
             .collect();
+        if let GpuRequest::Count(wanted) = spec.gpus {
+            // Never satisfiable here, whoever holds what: not a conflict to wait out.
+            if wanted as usize > usable.len() {
+                return Err(ContainerError::Invalid(SpecError {
+                    field: "gpu_count".into(),
+                    message: format!(
+                        "{wanted} GPU(s) asked for; this node has {} usable",
+                        usable.len()
+                    ),
+                }));
+            }
+        }
         let gpus = self
             .ledger
             .reserve(&spec.claim_id, &spec.gpus, &spec.ports, &usable)
@@ -1574,5 +1586,37 @@ mod tests {
             ask(&mut r, |reply| Request::List { reply }),
             Some(Ok(_))
         ));
+    }
+
+    #[test]
+    fn a_gpu_count_larger_than_the_node_is_400_not_409() {
+        let (mut r, queue, _snapshot) = runner();
+        r.apply_reconcile(0, Ok(vec![]));
+        let r3 = ask(&mut r, |reply| Request::Create {
+            spec: spec("a", GpuRequest::Count(3)),
+            reply,
+        });
+        assert!(
+            matches!(&r3, Some(Err(ContainerError::Invalid(e))) if e.field == "gpu_count"),
+            "{r3:?}"
+        );
+        assert!(queue.try_recv().is_err());
+        assert!(r.ledger.holdings().is_empty());
+        // Two exist: more than are free is a conflict (a holder may go away).
+        r.apply_reconcile(0, Ok(vec![view(A, "b", &[1], "running")]));
+        let r2 = ask(&mut r, |reply| Request::Create {
+            spec: spec("a", GpuRequest::Count(2)),
+            reply,
+        });
+        assert!(
+            matches!(
+                r2,
+                Some(Err(ContainerError::Conflict {
+                    code: "gpu_in_use",
+                    ..
+                }))
+            ),
+            "{r2:?}"
+        );
     }
 }
