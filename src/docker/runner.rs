@@ -747,28 +747,27 @@ impl Runner {
         if self.containers.contains_key(id) {
             return Ok(id.to_string());
         }
+        // A name, a claim id and an id prefix can each name a different container (claim
+        // "utopia-x" and the container of claim "x"; a claim id that is also a hex prefix):
+        // refuse to guess which one a stop or delete was meant for.
         let name = id.trim_start_matches('/');
-        if let Some((key, _)) = self
+        let is_prefix = id.len() >= 12 && id.bytes().all(|b| b.is_ascii_hexdigit());
+        let matches: Vec<&String> = self
             .containers
             .iter()
-            .find(|(_, e)| e.view.name == name || e.view.claim_id == id)
-        {
-            return Ok(key.clone());
-        }
-        if id.len() >= 12 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            let matches: Vec<&String> = self
-                .containers
-                .keys()
-                .filter(|k| k.starts_with(id))
-                .collect();
-            match matches.as_slice() {
-                [one] => return Ok((*one).clone()),
-                [] => {}
-                _ => {
-                    return Err(ContainerError::NotFound(format!(
-                        "{id} matches several managed containers; give more of the id"
-                    )))
-                }
+            .filter(|(key, e)| {
+                e.view.name == name || e.view.claim_id == id || (is_prefix && key.starts_with(id))
+            })
+            .map(|(key, _)| key)
+            .collect();
+        match matches.as_slice() {
+            [one] => return Ok((*one).clone()),
+            [] => {}
+            _ => {
+                return Err(ContainerError::NotFound(format!(
+                    "{id} matches several managed containers (by id prefix, name or claim id); \
+                     give the full id"
+                )))
             }
         }
         // Not a container yet, but its create is in flight: a 404 would tell the caller the
@@ -1618,5 +1617,35 @@ mod tests {
             ),
             "{r2:?}"
         );
+    }
+
+    #[test]
+    fn an_id_that_names_two_containers_is_refused_not_guessed() {
+        let (mut r, _queue, _snapshot) = runner();
+        // Claim "utopia-x"'s container, and claim "x"'s, whose name is "utopia-x"; and a claim
+        // id that is also another container's id prefix.
+        r.apply_reconcile(
+            0,
+            Ok(vec![
+                view(A, "utopia-x", &[], "running"),
+                view(B, "x", &[], "running"),
+                view(
+                    "bbbbbbbbbbbb3333333333333333333333333333333333333333333333333333",
+                    "aaaaaaaaaaaa2222",
+                    &[],
+                    "running",
+                ),
+            ]),
+        );
+        for ambiguous in ["utopia-x", "aaaaaaaaaaaa2222"] {
+            assert!(
+                matches!(r.resolve(ambiguous), Err(ContainerError::NotFound(m)) if m.contains("several")),
+                "{ambiguous}: {:?}",
+                r.resolve(ambiguous)
+            );
+        }
+        assert_eq!(r.resolve("x"), Ok(B.to_string()));
+        assert_eq!(r.resolve("utopia-utopia-x"), Ok(A.to_string()));
+        assert_eq!(r.resolve(A), Ok(A.to_string()));
     }
 }
