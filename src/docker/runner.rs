@@ -670,6 +670,42 @@ impl Runner {
                 }
             }
         }
+        // A GPU is held by its UUID as well as by its index: after a GPU fell off the bus and
+        // the node restarted, indices shift, and a container's labels may name by its old index
+        // a GPU that now has another one.
+        let uuid_holder = |index: u32| {
+            let uuid = report
+                .gpus
+                .iter()
+                .find(|g| g.index == index)
+                .and_then(|g| g.uuid.as_deref())
+                .filter(|u| !u.is_empty())?;
+            self.containers
+                .values()
+                .find(|e| e.view.gpu_uuids.iter().any(|u| u == uuid))
+                .map(|e| (uuid.to_string(), &e.view))
+        };
+        if let GpuRequest::Ids(ids) = &spec.gpus {
+            for id in ids {
+                if let Some((uuid, holder)) = uuid_holder(*id) {
+                    return Err(ContainerError::Conflict {
+                        code: "gpu_in_use",
+                        message: format!(
+                            "GPU {id} ({uuid}) is held by claim {} (container {}), which was \
+                             given it as GPU {}",
+                            holder.claim_id,
+                            short_id(&holder.id),
+                            holder
+                                .gpu_uuids
+                                .iter()
+                                .position(|u| *u == uuid)
+                                .and_then(|i| holder.gpu_ids.get(i))
+                                .map_or_else(|| "?".to_string(), u32::to_string)
+                        ),
+                    });
+                }
+            }
+        }
         let usable: Vec<u32> = report
             .gpus
             .iter()
@@ -688,9 +724,14 @@ impl Runner {
                 }));
             }
         }
+        let pickable: Vec<u32> = usable
+            .iter()
+            .copied()
+            .filter(|i| uuid_holder(*i).is_none())
+            .collect();
         let gpus = self
             .ledger
-            .reserve(&spec.claim_id, &spec.gpus, &spec.ports, &usable)
+            .reserve(&spec.claim_id, &spec.gpus, &spec.ports, &pickable)
             .map_err(|c| conflict_error(&c))?;
         if let Err(e) = check_visible_devices(&spec, &gpus) {
             self.ledger.release_pending(&spec.claim_id);
@@ -1647,5 +1688,40 @@ mod tests {
         assert_eq!(r.resolve("x"), Ok(B.to_string()));
         assert_eq!(r.resolve("utopia-utopia-x"), Ok(A.to_string()));
         assert_eq!(r.resolve(A), Ok(A.to_string()));
+    }
+
+    #[test]
+    fn a_gpu_is_held_by_its_uuid_too_when_indices_shifted() {
+        let (mut r, queue, _snapshot) = runner();
+        // Before a restart, this container was given the GPU that is GPU-0 now, then at
+        // index 1 (a GPU in front of it fell off the bus, the indices moved up).
+        let mut shifted = view(A, "old", &[1], "exited");
+        shifted.gpu_uuids = vec!["GPU-0".into()];
+        r.apply_reconcile(0, Ok(vec![shifted]));
+        let by_index = ask(&mut r, |reply| Request::Create {
+            spec: spec("new", GpuRequest::Ids(vec![0])),
+            reply,
+        });
+        assert!(
+            matches!(&by_index, Some(Err(ContainerError::Conflict { code: "gpu_in_use", message }))
+                if message.contains("GPU-0") && message.contains("old")),
+            "{by_index:?}"
+        );
+        let by_count = ask(&mut r, |reply| Request::Create {
+            spec: spec("new", GpuRequest::Count(1)),
+            reply,
+        });
+        assert!(
+            matches!(
+                by_count,
+                Some(Err(ContainerError::Conflict {
+                    code: "gpu_in_use",
+                    ..
+                }))
+            ),
+            "{by_count:?}"
+        );
+        assert!(queue.try_recv().is_err(), "nothing was created");
+        assert!(r.ledger.by_claim("new").is_none());
     }
 }
