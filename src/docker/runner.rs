@@ -35,7 +35,7 @@ use crate::docker::container::ContainerView;
 use crate::docker::events::{self, ContainerEvent};
 use crate::docker::ledger::{short_id, Conflict, GpuLedger};
 use crate::docker::spec::{check_visible_devices, join_ids, CreateSpec, GpuRequest, SpecError};
-use crate::docker::worker::worker;
+use crate::docker::worker::{remove_stale_env_files, worker};
 use crate::shutdown::Shutdown;
 use crate::snapshot::{ContainerSummary, Snapshot};
 use crate::telemetry::gpu::NvmlState;
@@ -422,6 +422,7 @@ pub fn start(
     // event since just before it.
     let events_since = events::now_nano();
     runner.start_reconcile();
+    remove_stale_env_files(&std::env::temp_dir());
 
     let mut threads = Vec::new();
     for (lane, queue) in [
