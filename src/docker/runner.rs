@@ -840,6 +840,16 @@ impl Runner {
                 reply,
             } => {
                 let result = match result {
+                    Ok(view) if self.removed.contains_key(&view.id) => {
+                        self.ledger.release_pending(&claim_id);
+                        Err(ContainerError::Docker(DockerError::BadOutput {
+                            command: "docker run".into(),
+                            message: format!(
+                                "container {} was removed right after it was created",
+                                view.id
+                            ),
+                        }))
+                    }
                     Ok(view) => {
                         self.ledger.bind(&claim_id, &view.id);
                         self.upsert(view.clone());
@@ -946,9 +956,11 @@ impl Runner {
 
     fn on_event(&mut self, event: ContainerEvent) {
         if event.action == "destroy" {
-            if self.containers.contains_key(&event.id) {
+            let known = self.containers.contains_key(&event.id);
+            // Unknown too: a create or stop in flight may still report it.
+            self.forget(&event.id);
+            if known {
                 log::info!("container {} was removed", short_id(&event.id));
-                self.forget(&event.id);
                 self.publish();
             }
         } else if event_changes_state(&event.action) {
@@ -1042,6 +1054,10 @@ impl Runner {
     }
 
     fn upsert(&mut self, view: ContainerView) {
+        // Whoever inspected it did so before it went (docker never reuses an id).
+        if self.removed.contains_key(&view.id) {
+            return;
+        }
         self.generation += 1;
         if !self.ledger.holds_container(&view.id) {
             let conflicts =
@@ -1724,5 +1740,58 @@ mod tests {
         );
         assert!(queue.try_recv().is_err(), "nothing was created");
         assert!(r.ledger.by_claim("new").is_none());
+    }
+
+    #[test]
+    fn a_container_removed_before_its_create_reports_holds_nothing() {
+        let (mut r, queue, snapshot) = runner();
+        r.apply_reconcile(0, Ok(vec![]));
+        ask(&mut r, |reply| Request::Create {
+            spec: spec("a", GpuRequest::Ids(vec![0])),
+            reply,
+        });
+        let Ok(Work::Create { reply, .. }) = queue.try_recv() else {
+            panic!("no create queued");
+        };
+        // `docker rm -f` right after `docker run`: its destroy event arrives before the
+        // worker's report.
+        r.on_event(ContainerEvent {
+            id: A.into(),
+            action: "destroy".into(),
+            time_nano: 0,
+        });
+        r.finish(Done::Created {
+            claim_id: "a".into(),
+            result: Ok(view(A, "a", &[0], "running")),
+            reply,
+        });
+        assert!(
+            !r.containers.contains_key(A),
+            "a removed container is listed"
+        );
+        assert!(r.ledger.holdings().is_empty(), "{:?}", r.ledger.holdings());
+        assert!(snapshot.gpu_allocations.get().is_empty());
+        // Nor does a stop that inspected it just before it went.
+        r.apply_reconcile(r.generation, Ok(vec![view(B, "b", &[1], "running")]));
+        ask(&mut r, |reply| Request::Act {
+            id: "b".into(),
+            action: Action::Stop,
+            reply,
+        });
+        let Ok(Work::Act { reply, .. }) = queue.try_recv() else {
+            panic!("no stop queued");
+        };
+        r.on_event(ContainerEvent {
+            id: B.into(),
+            action: "destroy".into(),
+            time_nano: 0,
+        });
+        r.finish(Done::Acted {
+            id: B.into(),
+            result: Ok(view(B, "b", &[1], "exited")),
+            reply,
+        });
+        assert!(r.containers.is_empty());
+        assert!(r.ledger.holdings().is_empty());
     }
 }
