@@ -172,7 +172,8 @@ pub struct DockerConfig {
     pub no_new_privileges: bool,
     /// Period of the full reconcile (`docker ps -a` + `docker container inspect`).
     pub reconcile_interval_secs: u64,
-    /// Worker threads running slow docker commands (create, stop, delete, logs) at once.
+    /// Creates (with their image pulls) run at once, and as many other docker commands (stop,
+    /// delete, logs, reconcile) besides: two pools of this many threads.
     pub workers: usize,
 }
 

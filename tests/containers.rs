@@ -178,6 +178,44 @@ fn lifecycle_create_list_inspect_logs_stop_start_restart_delete() {
 }
 
 #[test]
+fn logs_longer_than_the_cap_keep_the_newest_lines() {
+    if !ready("long-logs") {
+        return;
+    }
+    let scope = Scope::new();
+    let agent = scope.agent(|_| {});
+    // About 10 MiB in 100000 lines, more than the 8 MiB a logs answer carries.
+    let line = "x".repeat(100);
+    let created = agent.create(&body(
+        &scope.claim("chatty"),
+        &[],
+        &format!("yes {line} | head -n 99999; echo LAST-LINE; sleep 600"),
+    ));
+    let id = created["id"].as_str().unwrap();
+    let mut text = String::new();
+    let done = wait_until(Duration::from_secs(20), || {
+        let r = agent.get(&format!("/api/v1/containers/{id}/logs?tail=100000"));
+        assert_eq!(r.status, 200);
+        text = r.text();
+        text.contains("LAST-LINE")
+    });
+    assert!(
+        done,
+        "the newest line is missing: ...{}",
+        &text[text.len().saturating_sub(300)..]
+    );
+    assert!(text.len() <= 8 * 1024 * 1024 + 200, "{}", text.len());
+    assert!(
+        text.starts_with("[... cut:"),
+        "{}",
+        &text[..200.min(text.len())]
+    );
+    assert!(text.ends_with("\nLAST-LINE\n"));
+    // Whole lines only after the note.
+    assert!(text.lines().skip(1).all(|l| l == line || l == "LAST-LINE"));
+}
+
+#[test]
 fn a_container_without_gpus_sees_void_and_gpu_count_picks_free_gpus() {
     if !ready("void") {
         return;
@@ -482,9 +520,27 @@ fn gpus_and_cdi_modes_as_the_engine_reads_them() {
         ]);
         let requests: Value = serde_json::from_str(&requests).unwrap();
         assert_eq!(requests, expected, "{mode:?}");
-        // No NVIDIA_VISIBLE_DEVICES of the agent's in these modes: the toolkit sets it.
+        // `gpus`: docker's nvidia support sets NVIDIA_VISIBLE_DEVICES at start, after the
+        // image's. `cdi`: the devices come from CDI, and the agent sets `void` so that an
+        // image's NVIDIA_VISIBLE_DEVICES=all cannot make a default nvidia runtime add all GPUs.
         let env = docker_ok(&["inspect", "--format", "{{json .Config.Env}}", id]);
-        assert!(!env.contains("NVIDIA_VISIBLE_DEVICES"), "{env}");
+        let visible: Vec<&str> = serde_json::from_str::<Vec<String>>(&env)
+            .unwrap()
+            .iter()
+            .filter(|e| e.starts_with("NVIDIA_VISIBLE_DEVICES="))
+            .map(|e| {
+                if e.ends_with("=void") {
+                    "void"
+                } else {
+                    "other"
+                }
+            })
+            .collect();
+        let expected_visible: Vec<&str> = match mode {
+            GpuMode::Cdi => vec!["void"],
+            _ => vec![],
+        };
+        assert_eq!(visible, expected_visible, "{mode:?}: {env}");
         let r = agent.api("DELETE", &format!("/api/v1/containers/{id}"), b"");
         assert_eq!(r.status, 200, "{}", r.text());
     }
@@ -512,13 +568,18 @@ fn a_slow_pull_blocks_neither_reads_nor_deletes_of_other_containers() {
         "docker-slow-pull",
         &format!("if [ \"$1\" = pull ]; then sleep 3; exec docker tag {TEST_IMAGE} \"$4\"; fi\n"),
     );
-    let agent = scope.agent(move |c| c.docker.binary = wrapper);
+    // One worker: a pull must not take the only thread that deletes.
+    let agent = scope.agent(move |c| {
+        c.docker.binary = wrapper;
+        c.docker.workers = 1;
+    });
     let first = agent.create(&body(&scope.claim("fast"), &[0], "sleep 600"));
     let first_id = first["id"].as_str().unwrap().to_string();
 
     let image = format!("utopia-test-slow-{}:latest", scope.claim("img"));
     let _tag = ImageTag(image.clone());
-    let mut slow = body(&scope.claim("slow"), &[1], "sleep 600");
+    let slow_claim = scope.claim("slow");
+    let mut slow = body(&slow_claim, &[1], "sleep 600");
     slow["image"] = json!(image);
     let addr = agent.addr;
     let pulling = std::thread::spawn(move || {
@@ -541,6 +602,15 @@ fn a_slow_pull_blocks_neither_reads_nor_deletes_of_other_containers() {
     assert_eq!(
         agent.get(&format!("/api/v1/containers/{first_id}")).status,
         200
+    );
+    // The pulling create's container does not exist yet, but it is not "not found" either: a
+    // delete now is refused, not answered 404 while the container is about to start.
+    let r = agent.api("DELETE", &format!("/api/v1/containers/{slow_claim}"), b"");
+    assert_eq!(
+        (r.status, r.error_code()),
+        (409, "operation_in_progress".to_string()),
+        "{}",
+        r.text()
     );
     // The pulling create already holds GPU 1.
     let r = agent.post_json(
@@ -930,6 +1000,110 @@ fn containers_killed_or_removed_behind_the_agents_back_are_seen_through_events()
     assert!(gone, "log:\n{}", agent.log());
     assert!(agent.gpu_holders().is_empty());
     agent.create(&body(&scope.claim("ev2"), &[0], "sleep 600"));
+}
+
+#[test]
+fn a_container_removed_behind_the_agents_back_stays_gone() {
+    if !ready("stays-gone") {
+        return;
+    }
+    let scope = Scope::new();
+    let bin = tempfile::tempdir().unwrap();
+    // `container inspect` answers a second late: the refreshes the kill/die events ask for
+    // report a view taken before the removal, after the destroy event was handled.
+    let wrapper = common::docker::docker_wrapper(
+        bin.path(),
+        "docker-late-inspect",
+        "if [ \"$1\" = container ] && [ \"$2\" = inspect ]; then\n\
+         out=$(docker \"$@\"); rc=$?; sleep 1; printf '%s\\n' \"$out\"; exit $rc\nfi\n",
+    );
+    let agent = scope.agent(move |c| {
+        c.docker.binary = wrapper;
+        c.docker.reconcile_interval_secs = 3600;
+    });
+    let claim = scope.claim("gone");
+    let created = agent.create(&body(&claim, &[0], "sleep 600"));
+    let id = created["id"].as_str().unwrap().to_string();
+    docker_ok(&["rm", "-f", &id]);
+    let gone = wait_until(Duration::from_secs(10), || {
+        agent.get(&format!("/api/v1/containers/{id}")).status == 404
+    });
+    assert!(gone, "log:\n{}", agent.log());
+    // The late refreshes arrive: the container must not come back.
+    std::thread::sleep(Duration::from_millis(2500));
+    let r = agent.get(&format!("/api/v1/containers/{id}"));
+    assert_eq!(r.status, 404, "a removed container came back: {}", r.text());
+    assert!(agent.gpu_holders().is_empty(), "{:?}", agent.gpu_holders());
+    agent.create(&body(&claim, &[0], "sleep 600"));
+}
+
+#[test]
+fn a_hanging_docker_is_killed_with_what_it_started_and_the_api_recovers() {
+    if !ready("hanging-docker") {
+        return;
+    }
+    let scope = Scope::new();
+    let bin = tempfile::tempdir().unwrap();
+    let hang = bin.path().join("hang");
+    let pids = bin.path().join("pids");
+    std::fs::write(&hang, "").unwrap();
+    // While `hang` exists, every docker command (but `events`, which may block) forks a
+    // `sleep` that never ends and waits for it, as a wrapper in front of a stuck CLI would.
+    let wrapper = common::docker::docker_wrapper(
+        bin.path(),
+        "docker-hanging",
+        &format!(
+            "if [ -e {hang} ] && [ \"$1\" != events ]; then\n\
+             sleep 1000 & echo $! >> {pids}; wait; fi\n",
+            hang = hang.display(),
+            pids = pids.display()
+        ),
+    );
+    let label = scope.label.clone();
+    let agent = Agent::start(move |c| {
+        common::docker::configure(c, &label);
+        c.docker.binary = wrapper;
+        c.docker.command_timeout_secs = 1;
+    });
+    let mut docker_health = String::new();
+    let unavailable = wait_until(Duration::from_secs(10), || {
+        let health = agent.request("GET", "/health", &[], b"").json();
+        docker_health = health["components"]["docker"].as_str().unwrap().to_string();
+        docker_health.starts_with("unavailable")
+    });
+    assert!(unavailable, "{docker_health}; log:\n{}", agent.log());
+    assert!(docker_health.contains("did not finish"), "{docker_health}");
+    let r = agent.get("/api/v1/containers");
+    assert_eq!(
+        (r.status, r.error_code()),
+        (503, "docker_unavailable".to_string())
+    );
+    // Let a few reconciles time out: none leaves its `sleep` behind.
+    std::thread::sleep(Duration::from_millis(2500));
+    let started: Vec<String> = std::fs::read_to_string(&pids)
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    assert!(!started.is_empty(), "the wrapper never hung");
+    std::fs::remove_file(&hang).unwrap();
+    let left = |pids: &[String]| -> Vec<String> {
+        pids.iter()
+            .filter(|pid| {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                stat.contains("(sleep)") && !stat.contains(") Z ")
+            })
+            .cloned()
+            .collect()
+    };
+    // The one in flight may still run for up to the deadline.
+    let reaped = wait_until(Duration::from_secs(3), || left(&started).is_empty());
+    assert!(reaped, "orphaned: {:?}", left(&started));
+    let recovered = wait_until(Duration::from_secs(10), || {
+        agent.get("/api/v1/containers").status == 200
+    });
+    assert!(recovered, "log:\n{}", agent.log());
+    agent.create(&body(&scope.claim("after"), &[0], "sleep 600"));
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! Running the docker CLI: the argv of `docker run` built from a validated [`CreateSpec`], and
-//! [`DockerCli::run`], which runs one docker command with a deadline, kills and reaps the child
-//! when the deadline passes or the agent shuts down, and turns a failure into a [`DockerError`]
-//! that carries docker's own message.
+//! [`DockerCli::run`], which runs one docker command with a deadline, kills the child (with
+//! everything it started: its process group) and reaps it when the deadline passes or the agent
+//! shuts down, and turns a failure into a [`DockerError`] that carries docker's own message.
 //!
 //! Nothing from a request is ever placed where docker could read it as a flag: every request
 //! value in the argv is either the argument of a flag we chose (`--name utopia-<claim>`), a
@@ -80,6 +80,10 @@ pub fn run_args(
                 for gpu in gpus {
                     flag("--device", format!("{}={gpu}", settings.cdi_kind));
                 }
+                // CDI adds the devices. Where nvidia is the default runtime, the image's own
+                // NVIDIA_VISIBLE_DEVICES (`all` in every CUDA image) would make it add every
+                // GPU on top: switch that path off.
+                flag("--env", "NVIDIA_VISIBLE_DEVICES=void".into());
             }
             GpuMode::Env => {
                 if !settings.runtime.is_empty() {
@@ -264,7 +268,8 @@ impl DockerCli {
     }
 
     /// Like [`DockerCli::run`], with stderr written into the same pipe as stdout, in order
-    /// (`docker logs` prints the container's stderr on its own stderr).
+    /// (`docker logs` prints the container's stderr on its own stderr), and the *last*
+    /// `stdout_cap` bytes kept (logs print oldest first: the newest lines matter most).
     pub fn run_merged(
         &self,
         args: &[String],
@@ -299,24 +304,38 @@ impl DockerCli {
         drop(cmd);
         let mut child = spawned.map_err(|e| self.spawn_error(e))?;
         let (stdout_rx, stderr_rx) = if let Some(read) = stderr_reader {
-            (read_in_thread(read, stdout_cap), None)
+            (read_in_thread(read, stdout_cap, Keep::Tail), None)
         } else {
             let stdout = child.stdout.take();
             let stderr = child.stderr.take();
             (
                 match stdout {
-                    Some(s) => read_in_thread(s, stdout_cap),
+                    Some(s) => read_in_thread(s, stdout_cap, Keep::Head),
                     None => closed(),
                 },
-                stderr.map(|s| read_in_thread(s, STDERR_CAP)),
+                stderr.map(|s| read_in_thread(s, STDERR_CAP, Keep::Head)),
             )
         };
 
         let started = Instant::now();
         let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break status,
-                Ok(None) => {}
+            match has_exited(&child) {
+                // Whatever the child left behind in its group goes with it (and lets go of the
+                // pipes, so its output arrives now).
+                Ok(true) => {
+                    kill_group(&child);
+                    match child.wait() {
+                        Ok(status) => break status,
+                        Err(e) => {
+                            return Err(DockerError::Failed {
+                                command,
+                                code: None,
+                                stderr: format!("cannot wait for the child: {e}"),
+                            })
+                        }
+                    }
+                }
+                Ok(false) => {}
                 Err(e) => {
                     kill_and_reap(&mut child);
                     return Err(DockerError::Failed {
@@ -410,8 +429,12 @@ pub fn is_unreachable_message(message: &str) -> bool {
 /// the endless `docker events`) never outlives an agent that was killed without a chance to
 /// stop it. Linux delivers it when the spawning *thread* exits; every docker child is started
 /// by a thread that waits for it (a worker, the events watcher), so that is when the agent dies.
+///
+/// The child also leads a process group of its own, so that [`kill_group`] ends whatever it
+/// started too (a `docker.binary` wrapper script that forks the real CLI, a credential helper).
 pub(crate) fn die_with_agent(command: &mut Command) {
     use std::os::unix::process::CommandExt;
+    command.process_group(0);
     // SAFETY: getpid is async-signal-safe.
     let agent = unsafe { libc::getpid() };
     // SAFETY: the hook runs in the forked child before exec and calls only async-signal-safe
@@ -431,8 +454,41 @@ pub(crate) fn die_with_agent(command: &mut Command) {
 }
 
 fn kill_and_reap(child: &mut Child) {
-    let _ = child.kill();
+    kill_group(child);
     let _ = child.wait();
+}
+
+/// SIGKILL to the process group the child leads (see [`die_with_agent`]). Only while the child
+/// is not reaped yet: until then its pid, the group's id, cannot be given to another process.
+pub(crate) fn kill_group(child: &Child) {
+    let Ok(pid) = i32::try_from(child.id()) else {
+        return;
+    };
+    // SAFETY: kill(2) with a negative pid signals the process group `pid`, which the unreaped
+    // child still owns.
+    unsafe {
+        libc::kill(-pid, libc::SIGKILL);
+    }
+}
+
+/// True once the child has exited, without reaping it (so [`kill_group`] is still safe).
+fn has_exited(child: &Child) -> std::io::Result<bool> {
+    // SAFETY: siginfo_t is plain data; all zeroes is a valid value for waitid to fill in.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid on our own child's pid, writing into `info`; WNOWAIT leaves it unreaped.
+    let rc = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            child.id() as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: waitid filled `info` (si_pid stays 0 while the child runs).
+    Ok(unsafe { info.si_pid() } != 0)
 }
 
 fn closed() -> crossbeam_channel::Receiver<(Vec<u8>, bool)> {
@@ -441,11 +497,21 @@ fn closed() -> crossbeam_channel::Receiver<(Vec<u8>, bool)> {
     rx
 }
 
+/// Which part of a long output is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Keep {
+    /// The first bytes (a JSON document, a message).
+    Head,
+    /// The last bytes (logs, printed oldest first).
+    Tail,
+}
+
 /// Reads `source` to its end on a thread of its own (so neither pipe can fill up and block the
-/// child), keeping the first `cap` bytes.
+/// child), keeping `cap` bytes of it: the first or the last.
 pub(crate) fn read_in_thread(
     mut source: impl Read + Send + 'static,
     cap: usize,
+    keep: Keep,
 ) -> crossbeam_channel::Receiver<(Vec<u8>, bool)> {
     let (tx, rx) = crossbeam_channel::bounded(1);
     let spawned = std::thread::Builder::new()
@@ -457,14 +523,26 @@ pub(crate) fn read_in_thread(
             loop {
                 match source.read(&mut buffer) {
                     Ok(0) => break,
-                    Ok(n) => {
+                    Ok(n) if keep == Keep::Head => {
                         let room = cap.saturating_sub(kept.len());
                         kept.extend_from_slice(&buffer[..n.min(room)]);
                         truncated |= n > room;
                     }
+                    Ok(n) => {
+                        kept.extend_from_slice(&buffer[..n]);
+                        // Drop the oldest bytes in large steps (amortized, not per read).
+                        if kept.len() >= cap.saturating_mul(2).max(cap + buffer.len()) {
+                            kept.drain(..kept.len() - cap);
+                            truncated = true;
+                        }
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(_) => break,
                 }
+            }
+            if kept.len() > cap {
+                kept.drain(..kept.len() - cap);
+                truncated = true;
             }
             let _ = tx.send((kept, truncated));
         });
@@ -577,6 +655,9 @@ mod tests {
         );
         assert!(pairs(&args, "--gpus").is_empty());
         assert!(pairs(&args, "--env-file").is_empty());
+        // The devices come from CDI: an image's own NVIDIA_VISIBLE_DEVICES=all (every CUDA
+        // image has it) must not make a default nvidia runtime add every GPU on top.
+        assert_eq!(pairs(&args, "--env"), vec!["NVIDIA_VISIBLE_DEVICES=void"]);
     }
 
     #[test]
@@ -731,6 +812,26 @@ mod tests {
     }
 
     #[test]
+    fn merged_output_keeps_the_newest_bytes() {
+        // `docker logs --tail N` prints oldest first: when it is cut, the end is what matters.
+        let (cli, _trigger) = shell_cli(5000);
+        let out = cli
+            .run_merged(&sh("printf 0123456789"), cli.command_timeout, 4)
+            .unwrap();
+        assert_eq!((out.stdout.as_slice(), out.truncated), (&b"6789"[..], true));
+        let out = cli
+            .run_merged(&sh("seq 1 100000"), cli.command_timeout, 100)
+            .unwrap();
+        assert!(out.truncated);
+        assert_eq!(out.stdout.len(), 100);
+        assert!(out.stdout.ends_with(b"\n99999\n100000\n"));
+        let out = cli
+            .run_merged(&sh("printf abc"), cli.command_timeout, 100)
+            .unwrap();
+        assert_eq!((out.stdout.as_slice(), out.truncated), (&b"abc"[..], false));
+    }
+
+    #[test]
     fn deadline_kills_and_reaps_the_child() {
         let (cli, _trigger) = shell_cli(300);
         let started = Instant::now();
@@ -752,6 +853,69 @@ mod tests {
         // SAFETY: kill with signal 0 only checks for existence.
         let alive = unsafe { libc::kill(pid, 0) } == 0;
         assert!(!alive, "child {pid} still exists");
+    }
+
+    /// True while `pid` exists and is not a zombie waiting for its (new) parent.
+    fn running(pid: i32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|stat| {
+                let state = stat.rsplit_once(") ").map(|(_, rest)| rest).unwrap_or("");
+                !state.starts_with('Z')
+            })
+            .unwrap_or(false)
+    }
+
+    fn read_pid(path: &Path) -> i32 {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn what_the_child_started_dies_with_it() {
+        // A wrapper script in front of docker forks (`sleep` here) rather than exec'ing: on the
+        // deadline the whole process group goes, not only the shell, and nothing the child
+        // started is left holding its pipes (and a reader thread) or running as an orphan.
+        let (cli, _trigger) = shell_cli(300);
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        let script = format!("sleep 30 & echo $! > {}; wait", pid_file.display());
+        let started = Instant::now();
+        let e = cli
+            .run(&sh(&script), cli.command_timeout, 1024)
+            .unwrap_err();
+        assert!(matches!(e, DockerError::Timeout { .. }), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        let grandchild = read_pid(&pid_file);
+        let gone = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            !running(grandchild)
+        });
+        assert!(
+            gone,
+            "the child's own child {grandchild} outlived the deadline"
+        );
+
+        // A child that exits but leaves something behind holding stdout: its output still
+        // arrives at once, and the leftover is ended.
+        let (cli, _trigger) = shell_cli(5000);
+        let script = format!("sleep 30 & echo $! > {}; echo done", pid_file.display());
+        let started = Instant::now();
+        let out = cli.run(&sh(&script), cli.command_timeout, 1024).unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "done\n");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        let leftover = read_pid(&pid_file);
+        let gone = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            !running(leftover)
+        });
+        assert!(gone, "the child's leftover {leftover} is still running");
     }
 
     #[test]

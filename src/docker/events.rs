@@ -9,9 +9,10 @@
 //! - Restarts: when the child exits (engine restarted, unreachable), it starts again after a
 //!   backoff (1 s doubling to 10 s) with `--since` the last event seen, so nothing in between
 //!   is lost.
-//! - Stops: on shutdown it kills and reaps the child and joins its reader thread.
+//! - Stops: on shutdown it kills the child's process group, reaps the child and joins its
+//!   reader thread.
 
-use crate::docker::command::{die_with_agent, read_in_thread};
+use crate::docker::command::{die_with_agent, kill_group, read_in_thread, Keep};
 use crate::shutdown::Shutdown;
 use crossbeam_channel::{select, Sender};
 use serde::Deserialize;
@@ -145,7 +146,10 @@ fn watch(
                 continue;
             }
         };
-        let stderr = child.stderr.take().map(|s| read_in_thread(s, 4096));
+        let stderr = child
+            .stderr
+            .take()
+            .map(|s| read_in_thread(s, 4096, Keep::Head));
         let (lines_tx, lines) = crossbeam_channel::bounded::<String>(256);
         let reader = child.stdout.take().and_then(|stdout| {
             std::thread::Builder::new()
@@ -182,7 +186,8 @@ fn watch(
                 recv(shutdown.receiver()) -> _ => break true,
             }
         };
-        let _ = child.kill();
+        // The whole group: a wrapper's forked CLI would otherwise keep the reader blocked.
+        kill_group(&child);
         let status = child.wait();
         drop(lines);
         if let Some(reader) = reader {
@@ -264,5 +269,50 @@ mod tests {
         let started = Instant::now();
         thread.join().unwrap();
         assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn shutdown_ends_a_wrapper_that_forked_its_docker() {
+        // A `docker` wrapper whose child (`sleep`, standing for the real CLI) holds the pipes:
+        // killing the shell alone would leave the reader blocked and the thread unjoinable.
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("docker");
+        let pid_file = dir.path().join("pid");
+        std::fs::write(
+            &fake,
+            format!(
+                "#!/bin/sh\nsleep 20 & echo $! > {}\nwait\n",
+                pid_file.display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (trigger, shutdown) = crate::shutdown::channel();
+        let (tx, _rx) = crossbeam_channel::bounded(16);
+        let thread = start(fake, "a=b".into(), now_nano(), tx, shutdown).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !pid_file.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let sleeper: i32 = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        trigger.fire();
+        let started = Instant::now();
+        while !thread.is_finished() && started.elapsed() < Duration::from_secs(3) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(thread.is_finished(), "the watcher did not stop");
+        thread.join().unwrap();
+        let stat = std::fs::read_to_string(format!("/proc/{sleeper}/stat")).unwrap_or_default();
+        let state = stat.rsplit_once(") ").map(|(_, rest)| rest).unwrap_or("");
+        assert!(
+            stat.is_empty() || state.starts_with('Z'),
+            "the wrapper's child outlived the watcher: {stat}"
+        );
     }
 }

@@ -1,5 +1,5 @@
 //! The `DockerRunner` thread: the one owner of the [`GpuLedger`] and of the table of managed
-//! containers, and the only code that starts docker commands (through its worker pool).
+//! containers, and the only code that starts docker commands (through its worker pools).
 //!
 //! Protocol (one request at a time, each carrying its own reply `Sender`):
 //! 1. An API handler validates the request into a typed [`Request`], sends it with a fresh
@@ -11,9 +11,10 @@
 //! 3. A worker runs the docker commands (each with a deadline) and sends a [`Done`] back; the
 //!    runner updates the ledger and the table, publishes them, and replies to the handler.
 //!
-//! - Owns: the ledger, the container table, the worker pool (`docker.workers` threads running
-//!   [`worker`](super::worker), a
-//!   bounded queue; when full, requests get 503 `docker_busy`).
+//! - Owns: the ledger, the container table, and two worker pools of `docker.workers` threads
+//!   each running [`worker`](super::worker): one for creates (image pulls can take many
+//!   minutes), one for everything else, so pulls never hold up a delete or a reconcile. Each has
+//!   a bounded queue; when it is full, requests get 503 `docker_busy`.
 //! - Receives: [`Request`]s from the API, [`Done`]s from its workers, [`ContainerEvent`]s from
 //!   the events watcher (a container changed: inspect it again; removed: forget it).
 //! - Sends: [`Snapshot::containers`], [`Snapshot::gpu_allocations`] and the `docker` health
@@ -34,7 +35,7 @@ use crate::docker::container::ContainerView;
 use crate::docker::events::{self, ContainerEvent};
 use crate::docker::ledger::{short_id, Conflict, GpuLedger};
 use crate::docker::spec::{check_visible_devices, join_ids, CreateSpec, GpuRequest, SpecError};
-use crate::docker::worker::worker;
+use crate::docker::worker::{remove_stale_env_files, worker};
 use crate::shutdown::Shutdown;
 use crate::snapshot::{ContainerSummary, Snapshot};
 use crate::telemetry::gpu::NvmlState;
@@ -46,10 +47,13 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Queue length of the worker pool.
+/// Queue length of each worker pool.
 const WORK_QUEUE: usize = 64;
 /// Reconcile period while docker is unreachable.
 const UNAVAILABLE_RETRY: Duration = Duration::from_secs(2);
+/// How many removed container ids the runner remembers (far more than a node removes while one
+/// docker command of a stale report can be in flight).
+const REMOVED_MEMORY: usize = 4096;
 
 /// Why a container request failed; the API maps each to a status code.
 #[derive(Debug, Clone, PartialEq)]
@@ -337,7 +341,9 @@ struct Runner {
     adopt_warnings: BTreeMap<String, Vec<String>>,
     /// Containers with a stop/start/restart/delete in flight.
     busy: BTreeSet<String>,
-    /// Recently removed containers and when, so an older reconcile does not bring them back.
+    /// Recently removed containers (id → the generation of the removal). Docker never reuses an
+    /// id, so any later report of one of these (a refresh or reconcile that inspected it just
+    /// before it went) is stale and must not bring it back.
     removed: BTreeMap<String, u64>,
     generation: u64,
     docker: DockerState,
@@ -346,11 +352,15 @@ struct Runner {
     reconcile_in_flight: bool,
     reconcile_interval: Duration,
     next_reconcile: Instant,
+    /// Short docker work (stop, delete, logs, reconcile, refresh).
     jobs: Sender<Work>,
+    /// Creates, with their image pulls: a lane of their own, so that pulls that take all their
+    /// workers never hold up a delete.
+    creates: Sender<Work>,
     published_health: String,
 }
 
-/// Starts the worker pool, the events watcher and the runner thread, whose first work is the
+/// Starts the worker pools, the events watcher and the runner thread, whose first work is the
 /// ledger rebuild (an unreachable docker is not fatal: it is retried).
 pub fn start(
     config: &DockerConfig,
@@ -385,6 +395,7 @@ pub fn start(
     });
 
     let (jobs, job_queue) = crossbeam_channel::bounded::<Work>(WORK_QUEUE);
+    let (creates, create_queue) = crossbeam_channel::bounded::<Work>(WORK_QUEUE);
     let (done_tx, done) = crossbeam_channel::unbounded::<Done>();
     let (requests_tx, requests) = crossbeam_channel::bounded::<Request>(256);
     let (events_tx, events_rx) = crossbeam_channel::bounded::<ContainerEvent>(1024);
@@ -403,6 +414,7 @@ pub fn start(
         reconcile_interval: Duration::from_secs(config.reconcile_interval_secs),
         next_reconcile: Instant::now(),
         jobs,
+        creates,
         published_health: String::new(),
     };
     runner.publish();
@@ -410,18 +422,24 @@ pub fn start(
     // event since just before it.
     let events_since = events::now_nano();
     runner.start_reconcile();
+    remove_stale_env_files(&std::env::temp_dir());
 
     let mut threads = Vec::new();
-    for n in 0..config.workers {
-        let context = Arc::clone(&context);
-        let queue = job_queue.clone();
-        let done_tx = done_tx.clone();
-        let shutdown = shutdown.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("docker-worker-{n}"))
-            .spawn(move || worker(&context, &queue, &done_tx, &shutdown))
-            .map_err(|e| RunnerStartError(format!("cannot start a worker thread: {e}")))?;
-        threads.push(("docker-worker", thread));
+    for (lane, queue) in [
+        ("docker-worker", &job_queue),
+        ("docker-create", &create_queue),
+    ] {
+        for n in 0..config.workers {
+            let context = Arc::clone(&context);
+            let queue = queue.clone();
+            let done_tx = done_tx.clone();
+            let shutdown = shutdown.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("{lane}-{n}"))
+                .spawn(move || worker(&context, &queue, &done_tx, &shutdown))
+                .map_err(|e| RunnerStartError(format!("cannot start a worker thread: {e}")))?;
+            threads.push((lane, thread));
+        }
     }
     let watcher = events::start(
         config.binary.clone(),
@@ -514,7 +532,11 @@ impl Runner {
     }
 
     fn submit(&mut self, work: Work) -> Result<(), ContainerError> {
-        match self.jobs.try_send(work) {
+        let lane = match work {
+            Work::Create { .. } => &self.creates,
+            _ => &self.jobs,
+        };
+        match lane.try_send(work) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => Err(ContainerError::Busy(format!(
                 "{WORK_QUEUE} docker operations are already queued; try again shortly"
@@ -649,15 +671,68 @@ impl Runner {
                 }
             }
         }
+        // A GPU is held by its UUID as well as by its index: after a GPU fell off the bus and
+        // the node restarted, indices shift, and a container's labels may name by its old index
+        // a GPU that now has another one.
+        let uuid_holder = |index: u32| {
+            let uuid = report
+                .gpus
+                .iter()
+                .find(|g| g.index == index)
+                .and_then(|g| g.uuid.as_deref())
+                .filter(|u| !u.is_empty())?;
+            self.containers
+                .values()
+                .find(|e| e.view.gpu_uuids.iter().any(|u| u == uuid))
+                .map(|e| (uuid.to_string(), &e.view))
+        };
+        if let GpuRequest::Ids(ids) = &spec.gpus {
+            for id in ids {
+                if let Some((uuid, holder)) = uuid_holder(*id) {
+                    return Err(ContainerError::Conflict {
+                        code: "gpu_in_use",
+                        message: format!(
+                            "GPU {id} ({uuid}) is held by claim {} (container {}), which was \
+                             given it as GPU {}",
+                            holder.claim_id,
+                            short_id(&holder.id),
+                            holder
+                                .gpu_uuids
+                                .iter()
+                                .position(|u| *u == uuid)
+                                .and_then(|i| holder.gpu_ids.get(i))
+                                .map_or_else(|| "?".to_string(), u32::to_string)
+                        ),
+                    });
+                }
+            }
+        }
         let usable: Vec<u32> = report
             .gpus
             .iter()
             .filter(|g| !g.lost)
             .map(|g| g.index)
             .collect();
+        if let GpuRequest::Count(wanted) = spec.gpus {
+            // Never satisfiable here, whoever holds what: not a conflict to wait out.
+            if wanted as usize > usable.len() {
+                return Err(ContainerError::Invalid(SpecError {
+                    field: "gpu_count".into(),
+                    message: format!(
+                        "{wanted} GPU(s) asked for; this node has {} usable",
+                        usable.len()
+                    ),
+                }));
+            }
+        }
+        let pickable: Vec<u32> = usable
+            .iter()
+            .copied()
+            .filter(|i| uuid_holder(*i).is_none())
+            .collect();
         let gpus = self
             .ledger
-            .reserve(&spec.claim_id, &spec.gpus, &spec.ports, &usable)
+            .reserve(&spec.claim_id, &spec.gpus, &spec.ports, &pickable)
             .map_err(|c| conflict_error(&c))?;
         if let Err(e) = check_visible_devices(&spec, &gpus) {
             self.ledger.release_pending(&spec.claim_id);
@@ -708,34 +783,49 @@ impl Runner {
     }
 
     /// The full id of the managed container `id` names: its id, a unique id prefix of at least
-    /// 12 characters, its name, or its claim id.
+    /// 12 characters, its name, or its claim id. A claim whose create is in flight is a
+    /// conflict, not "not found".
     fn resolve(&self, id: &str) -> Result<String, ContainerError> {
         if self.containers.contains_key(id) {
             return Ok(id.to_string());
         }
+        // A name, a claim id and an id prefix can each name a different container (claim
+        // "utopia-x" and the container of claim "x"; a claim id that is also a hex prefix):
+        // refuse to guess which one a stop or delete was meant for.
         let name = id.trim_start_matches('/');
-        if let Some((key, _)) = self
+        let is_prefix = id.len() >= 12 && id.bytes().all(|b| b.is_ascii_hexdigit());
+        let matches: Vec<&String> = self
             .containers
             .iter()
-            .find(|(_, e)| e.view.name == name || e.view.claim_id == id)
-        {
-            return Ok(key.clone());
-        }
-        if id.len() >= 12 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            let matches: Vec<&String> = self
-                .containers
-                .keys()
-                .filter(|k| k.starts_with(id))
-                .collect();
-            match matches.as_slice() {
-                [one] => return Ok((*one).clone()),
-                [] => {}
-                _ => {
-                    return Err(ContainerError::NotFound(format!(
-                        "{id} matches several managed containers; give more of the id"
-                    )))
-                }
+            .filter(|(key, e)| {
+                e.view.name == name || e.view.claim_id == id || (is_prefix && key.starts_with(id))
+            })
+            .map(|(key, _)| key)
+            .collect();
+        match matches.as_slice() {
+            [one] => return Ok((*one).clone()),
+            [] => {}
+            _ => {
+                return Err(ContainerError::NotFound(format!(
+                    "{id} matches several managed containers (by id prefix, name or claim id); \
+                     give the full id"
+                )))
             }
+        }
+        // Not a container yet, but its create is in flight: a 404 would tell the caller the
+        // claim has no container when one is about to start and hold its GPUs.
+        if let Some(pending) = self.ledger.holdings().iter().find(|h| {
+            h.container_id.is_none()
+                && (h.claim_id == id || crate::docker::spec::container_name(&h.claim_id) == name)
+        }) {
+            return Err(ContainerError::Conflict {
+                code: "operation_in_progress",
+                message: format!(
+                    "the container of claim {} is being created; try again once the create has \
+                     answered",
+                    pending.claim_id
+                ),
+            });
         }
         Err(ContainerError::NotFound(format!(
             "no managed container {id:?} (id, unique id prefix of at least 12, name or claim id)"
@@ -750,6 +840,16 @@ impl Runner {
                 reply,
             } => {
                 let result = match result {
+                    Ok(view) if self.removed.contains_key(&view.id) => {
+                        self.ledger.release_pending(&claim_id);
+                        Err(ContainerError::Docker(DockerError::BadOutput {
+                            command: "docker run".into(),
+                            message: format!(
+                                "container {} was removed right after it was created",
+                                view.id
+                            ),
+                        }))
+                    }
                     Ok(view) => {
                         self.ledger.bind(&claim_id, &view.id);
                         self.upsert(view.clone());
@@ -829,8 +929,9 @@ impl Runner {
                     .containers
                     .get(&id)
                     .is_some_and(|e| e.generation > generation);
+                let removed = self.removed.contains_key(&id);
                 match result {
-                    Ok(Some(view)) if !newer => self.upsert(view),
+                    Ok(Some(view)) if !newer && !removed => self.upsert(view),
                     Ok(None) if !newer => self.forget(&id),
                     Ok(_) => {}
                     Err(e) => self.note_error(&ContainerError::from(e)),
@@ -855,9 +956,11 @@ impl Runner {
 
     fn on_event(&mut self, event: ContainerEvent) {
         if event.action == "destroy" {
-            if self.containers.contains_key(&event.id) {
+            let known = self.containers.contains_key(&event.id);
+            // Unknown too: a create or stop in flight may still report it.
+            self.forget(&event.id);
+            if known {
                 log::info!("container {} was removed", short_id(&event.id));
-                self.forget(&event.id);
                 self.publish();
             }
         } else if event_changes_state(&event.action) {
@@ -899,7 +1002,12 @@ impl Runner {
         let views = match result {
             Ok(views) => views,
             Err(e) => {
-                if e.is_unavailable() || matches!(e, DockerError::Timeout { .. }) {
+                // Before the first rebuild nothing can be served: say why (health, 503s) rather
+                // than "starting" for ever.
+                if e.is_unavailable()
+                    || matches!(e, DockerError::Timeout { .. })
+                    || !self.ledger_ready
+                {
                     self.note_error(&ContainerError::DockerUnavailable(e.to_string()));
                 } else {
                     log::warn!("reconcile failed: {e}");
@@ -912,12 +1020,12 @@ impl Runner {
         };
         let seen: BTreeSet<String> = views.iter().map(|v| v.id.clone()).collect();
         for view in views {
-            let removed_since = self.removed.get(&view.id).is_some_and(|g| *g > generation);
+            let removed = self.removed.contains_key(&view.id);
             let newer = self
                 .containers
                 .get(&view.id)
                 .is_some_and(|e| e.generation > generation);
-            if !removed_since && !newer {
+            if !removed && !newer {
                 self.upsert(view);
             }
         }
@@ -933,7 +1041,6 @@ impl Runner {
             log::info!("container {} is gone (seen by reconcile)", short_id(&id));
             self.forget(&id);
         }
-        self.removed.retain(|_, g| *g > generation);
         if !matches!(self.docker, DockerState::Ok) || !self.ledger_ready {
             log::info!(
                 "docker reachable; ledger rebuilt from {} managed container(s)",
@@ -947,6 +1054,10 @@ impl Runner {
     }
 
     fn upsert(&mut self, view: ContainerView) {
+        // Whoever inspected it did so before it went (docker never reuses an id).
+        if self.removed.contains_key(&view.id) {
+            return;
+        }
         self.generation += 1;
         if !self.ledger.holds_container(&view.id) {
             let conflicts =
@@ -978,6 +1089,16 @@ impl Runner {
         self.ledger.remove_container(id);
         self.adopt_warnings.remove(id);
         self.removed.insert(id.to_string(), self.generation);
+        if self.removed.len() > REMOVED_MEMORY {
+            if let Some(oldest) = self
+                .removed
+                .iter()
+                .min_by_key(|(_, g)| **g)
+                .map(|(id, _)| id.clone())
+            {
+                self.removed.remove(&oldest);
+            }
+        }
     }
 
     /// The view with the warnings known now: adopt conflicts, and GPUs whose UUID is no longer
@@ -1096,6 +1217,7 @@ mod tests {
             reconcile_in_flight: false,
             reconcile_interval: Duration::from_secs(30),
             next_reconcile: Instant::now(),
+            creates: jobs.clone(),
             jobs,
             published_health: String::new(),
         };
@@ -1389,5 +1511,287 @@ mod tests {
             A,
             "still held"
         );
+    }
+
+    #[test]
+    fn a_stale_refresh_or_reconcile_never_brings_back_a_removed_container() {
+        let (mut r, queue, snapshot) = runner();
+        r.apply_reconcile(0, Ok(vec![view(A, "a", &[0], "running")]));
+        // `die` event: a refresh is queued; its inspect still sees the container...
+        r.on_event(ContainerEvent {
+            id: A.into(),
+            action: "die".into(),
+            time_nano: 0,
+        });
+        let Ok(Work::Refresh { generation, .. }) = queue.try_recv() else {
+            panic!("no refresh queued");
+        };
+        // ...but `destroy` is handled before the refresh reports, and a reconcile that started
+        // after the removal has run meanwhile.
+        r.on_event(ContainerEvent {
+            id: A.into(),
+            action: "destroy".into(),
+            time_nano: 0,
+        });
+        let now = r.generation;
+        r.apply_reconcile(now, Ok(vec![]));
+        r.finish(Done::Refreshed {
+            id: A.into(),
+            generation,
+            result: Ok(Some(view(A, "a", &[0], "exited"))),
+        });
+        assert!(!r.containers.contains_key(A), "removed container came back");
+        assert!(
+            snapshot.gpu_allocations.get().is_empty(),
+            "GPU 0 held by a ghost"
+        );
+        // A reconcile listing taken before the removal does not bring it back either.
+        r.apply_reconcile(generation, Ok(vec![view(A, "a", &[0], "exited")]));
+        assert!(!r.containers.contains_key(A));
+        let again = ask(&mut r, |reply| Request::Create {
+            spec: spec("a", GpuRequest::Ids(vec![0])),
+            reply,
+        });
+        assert!(again.is_none(), "the claim and GPU are free: {again:?}");
+    }
+
+    #[test]
+    fn a_container_being_created_is_409_not_404() {
+        let (mut r, queue, _snapshot) = runner();
+        r.apply_reconcile(0, Ok(vec![]));
+        ask(&mut r, |reply| Request::Create {
+            spec: spec("a", GpuRequest::Ids(vec![0])),
+            reply,
+        });
+        let Ok(Work::Create { .. }) = queue.try_recv() else {
+            panic!("no create queued");
+        };
+        // A delete answered 404 here would let the platform believe the claim is gone while
+        // its container is about to start and hold GPU 0.
+        for id in ["a", "utopia-a"] {
+            let delete = ask(&mut r, |reply| Request::Delete {
+                id: id.into(),
+                reply,
+            });
+            assert!(
+                matches!(&delete, Some(Err(ContainerError::Conflict { code: "operation_in_progress", message }))
+                    if message.contains("being created")),
+                "{id}: {delete:?}"
+            );
+            let stop = ask(&mut r, |reply| Request::Act {
+                id: id.into(),
+                action: Action::Stop,
+                reply,
+            });
+            assert!(
+                matches!(stop, Some(Err(ContainerError::Conflict { .. }))),
+                "{id}"
+            );
+            let get = ask(&mut r, |reply| Request::Get {
+                id: id.into(),
+                reply,
+            });
+            assert!(
+                matches!(get, Some(Err(ContainerError::Conflict { .. }))),
+                "{id}"
+            );
+        }
+        assert!(
+            queue.try_recv().is_err(),
+            "nothing queued for the refused requests"
+        );
+        assert!(matches!(
+            ask(&mut r, |reply| Request::Delete {
+                id: "b".into(),
+                reply
+            }),
+            Some(Err(ContainerError::NotFound(_)))
+        ));
+    }
+
+    #[test]
+    fn a_rebuild_that_fails_says_why() {
+        let (mut r, _queue, snapshot) = runner();
+        r.apply_reconcile(
+            0,
+            Err(DockerError::BadOutput {
+                command: "docker container inspect".into(),
+                message: "expected a string at line 1 column 9".into(),
+            }),
+        );
+        let health = snapshot.components()["docker"].clone();
+        assert!(
+            health.starts_with("unavailable: ") && health.contains("column 9"),
+            "{health}"
+        );
+        let list = ask(&mut r, |reply| Request::List { reply });
+        assert!(
+            matches!(&list, Some(Err(ContainerError::DockerUnavailable(m))) if m.contains("column 9")),
+            "{list:?}"
+        );
+        // Once rebuilt, a later failed reconcile keeps serving from the ledger.
+        r.apply_reconcile(0, Ok(vec![]));
+        r.apply_reconcile(
+            0,
+            Err(DockerError::BadOutput {
+                command: "docker container inspect".into(),
+                message: "garbage".into(),
+            }),
+        );
+        assert_eq!(snapshot.components()["docker"], "ok");
+        assert!(matches!(
+            ask(&mut r, |reply| Request::List { reply }),
+            Some(Ok(_))
+        ));
+    }
+
+    #[test]
+    fn a_gpu_count_larger_than_the_node_is_400_not_409() {
+        let (mut r, queue, _snapshot) = runner();
+        r.apply_reconcile(0, Ok(vec![]));
+        let r3 = ask(&mut r, |reply| Request::Create {
+            spec: spec("a", GpuRequest::Count(3)),
+            reply,
+        });
+        assert!(
+            matches!(&r3, Some(Err(ContainerError::Invalid(e))) if e.field == "gpu_count"),
+            "{r3:?}"
+        );
+        assert!(queue.try_recv().is_err());
+        assert!(r.ledger.holdings().is_empty());
+        // Two exist: more than are free is a conflict (a holder may go away).
+        r.apply_reconcile(0, Ok(vec![view(A, "b", &[1], "running")]));
+        let r2 = ask(&mut r, |reply| Request::Create {
+            spec: spec("a", GpuRequest::Count(2)),
+            reply,
+        });
+        assert!(
+            matches!(
+                r2,
+                Some(Err(ContainerError::Conflict {
+                    code: "gpu_in_use",
+                    ..
+                }))
+            ),
+            "{r2:?}"
+        );
+    }
+
+    #[test]
+    fn an_id_that_names_two_containers_is_refused_not_guessed() {
+        let (mut r, _queue, _snapshot) = runner();
+        // Claim "utopia-x"'s container, and claim "x"'s, whose name is "utopia-x"; and a claim
+        // id that is also another container's id prefix.
+        r.apply_reconcile(
+            0,
+            Ok(vec![
+                view(A, "utopia-x", &[], "running"),
+                view(B, "x", &[], "running"),
+                view(
+                    "bbbbbbbbbbbb3333333333333333333333333333333333333333333333333333",
+                    "aaaaaaaaaaaa2222",
+                    &[],
+                    "running",
+                ),
+            ]),
+        );
+        for ambiguous in ["utopia-x", "aaaaaaaaaaaa2222"] {
+            assert!(
+                matches!(r.resolve(ambiguous), Err(ContainerError::NotFound(m)) if m.contains("several")),
+                "{ambiguous}: {:?}",
+                r.resolve(ambiguous)
+            );
+        }
+        assert_eq!(r.resolve("x"), Ok(B.to_string()));
+        assert_eq!(r.resolve("utopia-utopia-x"), Ok(A.to_string()));
+        assert_eq!(r.resolve(A), Ok(A.to_string()));
+    }
+
+    #[test]
+    fn a_gpu_is_held_by_its_uuid_too_when_indices_shifted() {
+        let (mut r, queue, _snapshot) = runner();
+        // Before a restart, this container was given the GPU that is GPU-0 now, then at
+        // index 1 (a GPU in front of it fell off the bus, the indices moved up).
+        let mut shifted = view(A, "old", &[1], "exited");
+        shifted.gpu_uuids = vec!["GPU-0".into()];
+        r.apply_reconcile(0, Ok(vec![shifted]));
+        let by_index = ask(&mut r, |reply| Request::Create {
+            spec: spec("new", GpuRequest::Ids(vec![0])),
+            reply,
+        });
+        assert!(
+            matches!(&by_index, Some(Err(ContainerError::Conflict { code: "gpu_in_use", message }))
+                if message.contains("GPU-0") && message.contains("old")),
+            "{by_index:?}"
+        );
+        let by_count = ask(&mut r, |reply| Request::Create {
+            spec: spec("new", GpuRequest::Count(1)),
+            reply,
+        });
+        assert!(
+            matches!(
+                by_count,
+                Some(Err(ContainerError::Conflict {
+                    code: "gpu_in_use",
+                    ..
+                }))
+            ),
+            "{by_count:?}"
+        );
+        assert!(queue.try_recv().is_err(), "nothing was created");
+        assert!(r.ledger.by_claim("new").is_none());
+    }
+
+    #[test]
+    fn a_container_removed_before_its_create_reports_holds_nothing() {
+        let (mut r, queue, snapshot) = runner();
+        r.apply_reconcile(0, Ok(vec![]));
+        ask(&mut r, |reply| Request::Create {
+            spec: spec("a", GpuRequest::Ids(vec![0])),
+            reply,
+        });
+        let Ok(Work::Create { reply, .. }) = queue.try_recv() else {
+            panic!("no create queued");
+        };
+        // `docker rm -f` right after `docker run`: its destroy event arrives before the
+        // worker's report.
+        r.on_event(ContainerEvent {
+            id: A.into(),
+            action: "destroy".into(),
+            time_nano: 0,
+        });
+        r.finish(Done::Created {
+            claim_id: "a".into(),
+            result: Ok(view(A, "a", &[0], "running")),
+            reply,
+        });
+        assert!(
+            !r.containers.contains_key(A),
+            "a removed container is listed"
+        );
+        assert!(r.ledger.holdings().is_empty(), "{:?}", r.ledger.holdings());
+        assert!(snapshot.gpu_allocations.get().is_empty());
+        // Nor does a stop that inspected it just before it went.
+        r.apply_reconcile(r.generation, Ok(vec![view(B, "b", &[1], "running")]));
+        ask(&mut r, |reply| Request::Act {
+            id: "b".into(),
+            action: Action::Stop,
+            reply,
+        });
+        let Ok(Work::Act { reply, .. }) = queue.try_recv() else {
+            panic!("no stop queued");
+        };
+        r.on_event(ContainerEvent {
+            id: B.into(),
+            action: "destroy".into(),
+            time_nano: 0,
+        });
+        r.finish(Done::Acted {
+            id: B.into(),
+            result: Ok(view(B, "b", &[1], "exited")),
+            reply,
+        });
+        assert!(r.containers.is_empty());
+        assert!(r.ledger.holdings().is_empty());
     }
 }

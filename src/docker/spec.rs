@@ -534,7 +534,9 @@ fn valid_domain(domain: &str) -> bool {
         None => (domain, None),
     };
     if let Some(port) = port {
-        if port.is_empty() || port.len() > 5 || !port.bytes().all(|b| b.is_ascii_digit()) {
+        let port_ok =
+            port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok_and(|p| p > 0);
+        if !port_ok {
             return false;
         }
     }
@@ -548,17 +550,22 @@ fn valid_domain(domain: &str) -> bool {
         })
 }
 
-/// `algorithm:hex` with algorithm `[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*` and at
-/// least 32 hex digits.
+/// `algorithm:hex` as the engine accepts it: sha256, sha384 or sha512 with exactly as many
+/// lowercase hex digits (the reference grammar alone lets through digests every pull refuses).
 fn valid_digest(digest: &str) -> bool {
     let Some((algorithm, hex)) = digest.split_once(':') else {
         return false;
     };
-    let algorithm_ok = algorithm.split(['-', '_', '+', '.']).all(|part| {
-        let b = part.as_bytes();
-        !b.is_empty() && b[0].is_ascii_alphabetic() && b.iter().all(u8::is_ascii_alphanumeric)
-    });
-    algorithm_ok && hex.len() >= 32 && hex.bytes().all(|b| b.is_ascii_hexdigit())
+    let length = match algorithm {
+        "sha256" => 64,
+        "sha384" => 96,
+        "sha512" => 128,
+        _ => return false,
+    };
+    hex.len() == length
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 #[cfg(test)]
@@ -749,7 +756,8 @@ mod tests {
             "my-registry:443/x",
             "a__b/c--d/e.f_g",
             "busybox@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
-            "busybox:1@sha256:0123456789abcdef0123456789abcdef",
+            "busybox:1@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            "localhost:65535/x",
         ] {
             assert_eq!(validate_image(good), Ok(()), "{good}");
         }
@@ -772,6 +780,13 @@ mod tests {
             "host.com:port/x",
             "ünicode",
             "a\nb",
+            // What docker's grammar lets through but the engine refuses when pulling: a port
+            // that is not one, a digest of the wrong length or an unknown algorithm.
+            "localhost:99999/x",
+            "localhost:0/x",
+            "busybox@sha256:0123456789abcdef0123456789abcdef",
+            "busybox@sha256:0123456789ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef",
+            "busybox@md5:0123456789abcdef0123456789abcdef",
         ] {
             assert!(validate_image(bad).is_err(), "{bad}");
         }

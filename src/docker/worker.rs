@@ -295,18 +295,27 @@ fn logs(context: &WorkerContext, id: &str, tail: u32) -> Result<String, Containe
         cli.command_timeout,
         MAX_LOG_BYTES,
     ) {
-        Ok(out) => {
-            let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-            if out.truncated {
-                text.push_str("\n[... cut: more than 8 MiB of logs; ask for a smaller tail]\n");
-            }
-            Ok(text)
-        }
+        Ok(out) => Ok(log_text(out.stdout, out.truncated)),
         Err(e) if e.is_no_such_container() => Err(ContainerError::NotFound(format!(
             "container {id} no longer exists"
         ))),
         Err(e) => Err(e.into()),
     }
+}
+
+/// The logs as text: when more than [`MAX_LOG_BYTES`] came, the newest whole lines were kept,
+/// under a note saying so.
+fn log_text(bytes: Vec<u8>, truncated: bool) -> String {
+    if !truncated {
+        return String::from_utf8_lossy(&bytes).into_owned();
+    }
+    // The cut fell inside a line (or a UTF-8 sequence): start at the next whole line.
+    let start = bytes.iter().position(|b| *b == b'\n').map_or(0, |i| i + 1);
+    format!(
+        "[... cut: earlier lines left out, more than {} MiB of logs; ask for a smaller tail]\n{}",
+        MAX_LOG_BYTES / (1024 * 1024),
+        String::from_utf8_lossy(&bytes[start..])
+    )
 }
 
 /// `docker container inspect` of one container; `None` when it does not exist (or is not
@@ -366,6 +375,48 @@ pub(super) fn reconcile(context: &WorkerContext) -> Result<Vec<ContainerView>, D
     }
 }
 
+/// Prefix of the directory each [`EnvFile`] lives in: `utopia-agent-<pid>-<claim>-<nanos>`.
+const ENV_DIR_PREFIX: &str = "utopia-agent-";
+
+/// Removes the env file directories that agents which died mid-create (SIGKILL, power loss)
+/// left in `root`: they hold renters' secrets. Those of live processes (this agent, another
+/// agent on the host) are left alone.
+pub(super) fn remove_stale_env_files(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(ENV_DIR_PREFIX))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let alive = pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists();
+        // Only a real directory of our own user (not a link, not another user's: in a sticky
+        // /tmp nobody else can swap it for a link to somewhere that has an `env` file).
+        use std::os::unix::fs::MetadataExt;
+        // SAFETY: geteuid has no preconditions.
+        let ours = std::fs::symlink_metadata(entry.path())
+            .is_ok_and(|m| m.is_dir() && m.uid() == unsafe { libc::geteuid() });
+        if alive || !ours {
+            continue;
+        }
+        let dir = entry.path();
+        let _ = std::fs::remove_file(dir.join("env"));
+        match std::fs::remove_dir(&dir) {
+            Ok(()) => log::info!("removed a crashed agent's env file {}", dir.display()),
+            Err(e) => log::warn!(
+                "cannot remove a stale env file directory {}: {e}",
+                dir.display()
+            ),
+        }
+    }
+}
+
 /// The user's environment, in a file only the agent's user can read (mode 0600 in a fresh
 /// directory of mode 0700), both removed when dropped.
 struct EnvFile {
@@ -384,7 +435,7 @@ impl EnvFile {
         // `create` (not `create_all`) fails when the name exists: nobody else can have
         // prepared the directory.
         let dir = std::env::temp_dir().join(format!(
-            "utopia-agent-{}-{claim_id}-{nanos}",
+            "{ENV_DIR_PREFIX}{}-{claim_id}-{nanos}",
             std::process::id()
         ));
         let failed = |e: std::io::Error, what: &Path| {
@@ -431,6 +482,37 @@ impl Drop for EnvFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cut_logs_keep_the_newest_whole_lines() {
+        assert_eq!(log_text(b"a\nb\n".to_vec(), false), "a\nb\n");
+        let text = log_text(b"rtial\nline 2\nline 3\n".to_vec(), true);
+        assert!(text.starts_with("[... cut:"), "{text}");
+        assert!(text.ends_with("\nline 2\nline 3\n"), "{text}");
+        assert!(!text.contains("rtial"), "{text}");
+    }
+
+    #[test]
+    fn env_files_of_dead_agents_are_removed() {
+        let root = tempfile::tempdir().unwrap();
+        // A process that has exited: its pid is (for the moment) nobody's.
+        let mut gone = std::process::Command::new("true").spawn().unwrap();
+        let dead = gone.id();
+        gone.wait().unwrap();
+        let make = |name: String| {
+            let dir = root.path().join(name);
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::write(dir.join("env"), "SECRET=1\n").unwrap();
+            dir
+        };
+        let of_dead = make(format!("utopia-agent-{dead}-claim-1-123"));
+        let of_live = make("utopia-agent-1-claim-2-456".to_string());
+        let of_us = make(format!("utopia-agent-{}-claim-3-789", std::process::id()));
+        let other = make("something-else".to_string());
+        remove_stale_env_files(root.path());
+        assert!(!of_dead.exists(), "a crashed agent's secrets stay on disk");
+        assert!(of_live.exists() && of_us.exists() && other.exists());
+    }
 
     #[test]
     fn env_file_is_private_and_removed() {
