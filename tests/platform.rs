@@ -354,6 +354,55 @@ fn malformed_node_ids_are_rejected_and_never_written() {
 }
 
 #[test]
+fn a_platform_echoing_the_token_in_a_success_answer_does_not_leak_it() {
+    // A broken or malicious platform puts the request's token into a 2xx answer: in the node
+    // id (with a space, with nothing else) or in the frp port. The token must not reach the
+    // log, /health, the identity file or the published node id.
+    let platform = PlatformServer::start();
+    platform.queue_register([
+        Reply::json(201, json!({"node_id": format!("Bearer {BOOTSTRAP_TOKEN}")})),
+        Reply::json(201, json!({"node_id": BOOTSTRAP_TOKEN})),
+        Reply::json(
+            201,
+            json!({"node_id": "node-x", "frp": {"api_remote_port": BOOTSTRAP_TOKEN}}),
+        ),
+    ]);
+    platform.set_register_default(Reply::registered("node-clean"));
+    let agent = Agent::start(|c| platform_config(c, &platform.url()));
+    let mut statuses = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = platform_status(&agent);
+        statuses.push(status.clone());
+        if status == "ok" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not registered; log:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(platform.registrations().len(), 4);
+    let log = agent.log();
+    assert!(!log.contains(BOOTSTRAP_TOKEN), "token in the log:\n{log}");
+    assert!(log.contains("<redacted>"), "{log}");
+    assert!(log.contains("is the bootstrap token"), "{log}");
+    for status in statuses {
+        assert!(
+            !status.contains(BOOTSTRAP_TOKEN),
+            "token in /health: {status}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(identity_path(&agent)).unwrap(),
+        "node-clean\n"
+    );
+    assert_eq!(agent.get("/api/v1/metrics").json()["node_id"], "node-clean");
+}
+
+#[test]
 fn heartbeats_carry_the_metrics_and_containers_at_the_interval() {
     let platform = PlatformServer::start();
     platform.set_register_default(Reply::registered("node-hb"));

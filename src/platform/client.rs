@@ -14,7 +14,8 @@
 //!   wherever a `Location` header points.
 //!
 //! The bootstrap token goes into the `Authorization` header and nowhere else: no error, log line
-//! or status built here contains it.
+//! or status built here contains it, even when the platform echoes it in any answer (an error
+//! body, or a success body the caller rejects: see [`PlatformClient::post_json`]).
 
 use crate::config::PlatformConfig;
 use serde::Serialize;
@@ -239,9 +240,40 @@ impl PlatformClient {
         format!("{}{path}", self.base_url)
     }
 
-    /// POSTs `body` as JSON; returns the body of a 2xx answer, or why there is none.
-    pub fn post_json(&self, path: &str, body: &impl Serialize) -> Result<String, RequestError> {
+    /// POSTs `body` as JSON and reads a 2xx answer with `parse`; an answer `parse` rejects is
+    /// an [`RequestError::InvalidResponse`] with its reason, the bootstrap token redacted from it
+    /// (the reason may quote the answer).
+    pub fn post_json<T>(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<T, RequestError> {
         let url = self.url(path);
+        let text = self.post(&url, body)?;
+        parse(&text).map_err(|reason| RequestError::InvalidResponse {
+            url,
+            reason: self.redact(&reason),
+        })
+    }
+
+    /// Whether `value` is the bootstrap token (which no answer may make public).
+    pub fn is_bootstrap_token(&self, value: &str) -> bool {
+        !self.bootstrap_token.is_empty() && value == self.bootstrap_token
+    }
+
+    /// `text` with the bootstrap token replaced.
+    fn redact(&self, text: &str) -> String {
+        if self.bootstrap_token.is_empty() {
+            text.to_string()
+        } else {
+            text.replace(&self.bootstrap_token, "<redacted>")
+        }
+    }
+
+    /// The body of a 2xx answer to a POST of `body` as JSON, or why there is none.
+    fn post(&self, url: &str, body: &impl Serialize) -> Result<String, RequestError> {
+        let url = url.to_string();
         if let Some(reason) = &self.unusable_proxy {
             return Err(RequestError::Transport {
                 url,
@@ -258,7 +290,7 @@ impl PlatformClient {
                     )
                 }
                 other => {
-                    let message = other.to_string();
+                    let message = self.redact(&other.to_string());
                     if message.contains("UnknownIssuer") {
                         format!(
                             "{message} (the platform's certificate is not signed by a trusted \
@@ -282,11 +314,8 @@ impl PlatformClient {
             .limit(MAX_RESPONSE_BYTES)
             .read_to_string();
         if !(200..300).contains(&status) {
-            let mut body = text.unwrap_or_default();
-            if !self.bootstrap_token.is_empty() {
-                // A platform that echoes the request must not put the token into our logs.
-                body = body.replace(&self.bootstrap_token, "<redacted>");
-            }
+            // A platform that echoes the request must not put the token into our logs.
+            let body = self.redact(&text.unwrap_or_default());
             return Err(RequestError::Status {
                 url,
                 status,
@@ -576,7 +605,9 @@ mod tests {
         };
         let client =
             PlatformClient::new(&config, env(&[("HTTPS_PROXY", "gopher://x:70")])).unwrap();
-        let e = client.post_json("/api/v1/nodes/register", &()).unwrap_err();
+        let e = client
+            .post_json("/api/v1/nodes/register", &(), |_| Ok(()))
+            .unwrap_err();
         let RequestError::Transport { message, .. } = &e else {
             panic!("{e}");
         };

@@ -181,10 +181,17 @@ impl Presence {
         loop {
             let request =
                 RegistrationRequest::collect(&self.snapshot, &self.settings.api_listen_address);
-            let result = self
-                .client
-                .post_json(REGISTER_PATH, &request)
-                .and_then(|body| parse_registration(&body, &self.client.url(REGISTER_PATH)));
+            let result = self.client.post_json(REGISTER_PATH, &request, |body| {
+                let registration = parse_registration(body)?;
+                if self
+                    .client
+                    .is_bootstrap_token(registration.node_id.as_str())
+                {
+                    // Published in metrics, logged, written to disk: never the secret.
+                    return Err("node_id rejected: it is the bootstrap token".to_string());
+                }
+                Ok(registration)
+            });
             match result {
                 Ok(registration) => {
                     self.accept(&registration);
@@ -267,9 +274,9 @@ impl Presence {
             uptime_secs: self.started.elapsed().as_secs(),
             containers: self.snapshot.containers.get().as_ref().clone(),
         };
+        // The answer's body is not part of the protocol.
         self.client
-            .post_json(&heartbeat_path(node_id), &body)
-            .map(|_| ())
+            .post_json(&heartbeat_path(node_id), &body, |_| Ok(()))
     }
 
     /// Waits (up to [`GPU_REPORT_WAIT`]) for the GPU sampler's first report; true on shutdown.
@@ -291,22 +298,18 @@ pub struct Registration {
     pub api_remote_port: Option<u16>,
 }
 
-/// Reads `{"node_id": "...", "frp": {"api_remote_port": N}}`; anything else is an error and
-/// nothing of it is kept.
-pub fn parse_registration(body: &str, url: &str) -> Result<Registration, RequestError> {
-    let invalid = |reason: String| RequestError::InvalidResponse {
-        url: url.to_string(),
-        reason,
-    };
+/// Reads `{"node_id": "...", "frp": {"api_remote_port": N}}`; anything else is an error (the
+/// reason, which may quote the answer) and nothing of it is kept.
+pub fn parse_registration(body: &str) -> Result<Registration, String> {
     let value: serde_json::Value =
-        serde_json::from_str(body).map_err(|e| invalid(format!("not JSON ({e})")))?;
+        serde_json::from_str(body).map_err(|e| format!("not JSON ({e})"))?;
     let node_id = match value.get("node_id") {
         Some(serde_json::Value::String(id)) => NodeId::parse(id).map_err(|reason| {
             let shown: String = id.chars().take(64).collect();
-            invalid(format!("node_id {shown:?} rejected: {reason}"))
+            format!("node_id {shown:?} rejected: {reason}")
         })?,
-        Some(other) => return Err(invalid(format!("node_id is not a string: {other}"))),
-        None => return Err(invalid("no node_id".to_string())),
+        Some(other) => return Err(format!("node_id is not a string: {other}")),
+        None => return Err("no node_id".to_string()),
     };
     let api_remote_port = match value.get("frp").and_then(|frp| frp.get("api_remote_port")) {
         None | Some(serde_json::Value::Null) => None,
@@ -314,7 +317,7 @@ pub fn parse_registration(body: &str, url: &str) -> Result<Registration, Request
             port.as_u64()
                 .and_then(|p| u16::try_from(p).ok())
                 .filter(|p| *p > 0)
-                .ok_or_else(|| invalid(format!("frp.api_remote_port {port} is not a port")))?,
+                .ok_or_else(|| format!("frp.api_remote_port {port} is not a port"))?,
         ),
     };
     Ok(Registration {
@@ -336,15 +339,13 @@ fn secs(delay: Duration) -> String {
 mod tests {
     use super::*;
 
-    const URL: &str = "http://p/api/v1/nodes/register";
-
     #[test]
     fn registration_answers_are_checked() {
-        let ok = parse_registration(r#"{"node_id":"node-1"}"#, URL).unwrap();
+        let ok = parse_registration(r#"{"node_id":"node-1"}"#).unwrap();
         assert_eq!(ok.node_id.as_str(), "node-1");
         assert_eq!(ok.api_remote_port, None);
         let with_port =
-            parse_registration(r#"{"node_id":"n","frp":{"api_remote_port":7001}}"#, URL).unwrap();
+            parse_registration(r#"{"node_id":"n","frp":{"api_remote_port":7001}}"#).unwrap();
         assert_eq!(with_port.api_remote_port, Some(7001));
         for bad in [
             "",
@@ -357,14 +358,10 @@ mod tests {
             r#"{"node_id":"n","frp":{"api_remote_port":70000}}"#,
             r#"{"node_id":"n","frp":{"api_remote_port":0}}"#,
         ] {
-            let e = parse_registration(bad, URL).unwrap_err();
-            assert!(
-                matches!(e, RequestError::InvalidResponse { .. }),
-                "{bad}: {e}"
-            );
+            assert!(parse_registration(bad).is_err(), "{bad}");
         }
         let long = format!(r#"{{"node_id":"{}"}}"#, "x".repeat(129));
-        assert!(parse_registration(&long, URL).is_err());
+        assert!(parse_registration(&long).is_err());
     }
 
     #[test]
