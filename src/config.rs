@@ -321,6 +321,16 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("PHOENIX_LOG_LEVEL", "log_level"),
 ];
 
+/// Removes the [`ENV_OVERRIDES`] variables from this process's environment, once the config has
+/// read them: they carry secrets (the bootstrap, frp and API tokens), and every child the agent
+/// runs (the docker CLI, frpc) would otherwise inherit them. Call it while the process has a
+/// single thread (changing the environment races with other threads reading it).
+pub fn remove_env_overrides() {
+    for (name, _) in ENV_OVERRIDES {
+        std::env::remove_var(name);
+    }
+}
+
 impl Config {
     /// Reads, parses, applies the process environment's overrides and validates.
     pub fn load(path: &Path) -> Result<(Config, Vec<ConfigWarning>), ConfigError> {

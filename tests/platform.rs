@@ -403,6 +403,62 @@ fn a_platform_echoing_the_token_in_a_success_answer_does_not_leak_it() {
 }
 
 #[test]
+fn secrets_from_the_environment_are_not_inherited_by_child_processes() {
+    // The docker CLI (and frpc) the agent runs must not receive the tokens it was given
+    // through PHOENIX_* variables. A stand-in docker binary records its environment.
+    let platform = PlatformServer::start();
+    let scratch = tempfile::tempdir().unwrap();
+    let fake_docker = scratch.path().join("docker");
+    let seen = scratch.path().join("env");
+    std::fs::write(
+        &fake_docker,
+        format!("#!/bin/sh\nenv >> '{}'\nexit 1\n", seen.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake_docker, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let agent = Agent::start_with(
+        |c| {
+            platform_config(c, &platform.url());
+            c.central_platform.bootstrap_token = String::new();
+            c.docker.binary = fake_docker.clone();
+        },
+        AgentOptions {
+            env: vec![
+                ("PHOENIX_BOOTSTRAP_TOKEN".into(), BOOTSTRAP_TOKEN.into()),
+                ("PHOENIX_FRP_TOKEN".into(), "frp-secret-0a9b8c7d".into()),
+                ("SOME_OTHER_VARIABLE".into(), "kept".into()),
+            ],
+            ..AgentOptions::default()
+        },
+    );
+    // The variable still configured the agent.
+    let registrations = platform.wait_for_registrations(1, Duration::from_secs(10));
+    assert_eq!(
+        registrations[0].header("Authorization"),
+        Some(format!("Bearer {BOOTSTRAP_TOKEN}").as_str())
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&seen).is_ok_and(|e| e.contains("SOME_OTHER_VARIABLE")) {
+        assert!(
+            Instant::now() < deadline,
+            "docker never ran; log:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let env = std::fs::read_to_string(&seen).unwrap();
+    assert!(
+        !env.contains(BOOTSTRAP_TOKEN),
+        "docker got the token:\n{env}"
+    );
+    assert!(
+        !env.contains("frp-secret-0a9b8c7d"),
+        "docker got the frp token"
+    );
+    assert!(!env.contains("PHOENIX_"), "{env}");
+}
+
+#[test]
 fn heartbeats_carry_the_metrics_and_containers_at_the_interval() {
     let platform = PlatformServer::start();
     platform.set_register_default(Reply::registered("node-hb"));
