@@ -118,28 +118,38 @@ pub fn registration_record_path(identity_path: &Path) -> PathBuf {
 /// Reads the identity file: `Ok(None)` when there is none, an error when there is one that
 /// cannot be used (the agent must not start then).
 pub fn load_node_id(path: &Path) -> Result<Option<NodeId>, IdentityError> {
-    // A node id is short: reading a little more than the longest one is enough to reject a
-    // file that is something else, without reading all of it.
-    let read = std::fs::File::open(path).and_then(|file| {
-        let mut bytes = Vec::new();
-        file.take(MAX_NODE_ID_LEN as u64 + 3)
-            .read_to_end(&mut bytes)?;
-        Ok(bytes)
-    });
-    let bytes = match read {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(IdentityError::Unreadable {
-                path: path.to_path_buf(),
-                source,
-            })
-        }
-    };
+    use std::os::unix::fs::OpenOptionsExt;
     let invalid = |reason: String| IdentityError::Invalid {
         path: path.to_path_buf(),
         reason,
     };
+    let unreadable = |source| IdentityError::Unreadable {
+        path: path.to_path_buf(),
+        source,
+    };
+    // Non-blocking: opening a FIFO would otherwise wait for a writer, forever.
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(unreadable(source)),
+    };
+    let file_type = file.metadata().map_err(unreadable)?.file_type();
+    if file_type.is_dir() {
+        return Err(invalid("it is a directory, not a file".into()));
+    }
+    if !file_type.is_file() {
+        return Err(invalid("it is not a regular file".into()));
+    }
+    // A node id is short: reading a little more than the longest one is enough to reject a
+    // file that is something else, without reading all of it.
+    let mut bytes = Vec::new();
+    file.take(MAX_NODE_ID_LEN as u64 + 3)
+        .read_to_end(&mut bytes)
+        .map_err(unreadable)?;
     if bytes.len() > MAX_NODE_ID_LEN + 2 {
         return Err(invalid(format!(
             "it is longer than a node id ({MAX_NODE_ID_LEN} characters at most)"
@@ -315,13 +325,33 @@ mod tests {
         }
         std::fs::write(&path, "node-7\n").unwrap();
         assert_eq!(load_node_id(&path).unwrap().unwrap().as_str(), "node-7");
-        // A directory where the file should be cannot be read.
+        // A directory where the file should be is not an identity.
         let as_dir = dir.path().join("dir");
         std::fs::create_dir(&as_dir).unwrap();
-        assert!(matches!(
-            load_node_id(&as_dir),
-            Err(IdentityError::Unreadable { .. })
-        ));
+        let e = load_node_id(&as_dir).unwrap_err().to_string();
+        assert!(e.contains("is a directory") && e.contains("dir"), "{e}");
+    }
+
+    #[test]
+    fn a_fifo_in_place_of_the_file_is_refused_at_once() {
+        // Opening a FIFO for reading blocks until a writer comes: the agent hung at start,
+        // before its signal handling could stop it.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node_id");
+        let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo(3) on a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let probe = path.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(load_node_id(&probe).map_err(|e| e.to_string()));
+        });
+        let result = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("load_node_id blocked on a FIFO");
+        let e = result.unwrap_err();
+        assert!(e.contains("not a regular file"), "{e}");
+        assert!(e.contains(&path.display().to_string()), "{e}");
     }
 
     #[test]
