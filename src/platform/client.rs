@@ -155,6 +155,9 @@ pub struct ProxyChoice {
 pub struct PlatformClient {
     /// Why the configured proxy cannot be used, if it cannot.
     unusable_proxy: Option<String>,
+    /// The proxy in use, `host:port (from $VARIABLE)`, named in transport errors: the proxy
+    /// failing is not the platform failing.
+    proxy_in_use: Option<String>,
     agent: ureq::Agent,
     base_url: String,
     bootstrap_token: String,
@@ -187,16 +190,19 @@ impl PlatformClient {
         // matter more than the platform): every platform request fails with the reason instead,
         // which `/health` and the log show.
         let mut unusable_proxy = None;
+        let mut proxy_in_use = None;
         let proxy = match proxy_for(&base_url, &env) {
             Some(choice) => match ureq::Proxy::new(&choice.url) {
                 Ok(proxy) => {
                     // Host and port only: the proxy URL may carry credentials.
-                    log::info!(
-                        "platform requests go through the proxy {}:{} (from ${})",
+                    let named = format!(
+                        "{}:{} (from ${})",
                         proxy.host(),
                         proxy.port(),
                         choice.variable
                     );
+                    log::info!("platform requests go through the proxy {named}");
+                    proxy_in_use = Some(named);
                     Some(proxy)
                 }
                 Err(e) => {
@@ -228,6 +234,7 @@ impl PlatformClient {
             .build();
         Ok(PlatformClient {
             unusable_proxy,
+            proxy_in_use,
             agent: agent_config.into(),
             base_url,
             bootstrap_token: config.bootstrap_token.clone(),
@@ -280,9 +287,8 @@ impl PlatformClient {
                 message: reason.clone(),
             });
         }
-        let transport = |error: ureq::Error| RequestError::Transport {
-            url: url.clone(),
-            message: match error {
+        let transport = |error: ureq::Error| {
+            let mut message = match error {
                 ureq::Error::Timeout(_) => {
                     format!(
                         "no answer within {}s (request_timeout_secs)",
@@ -300,7 +306,17 @@ impl PlatformClient {
                         message
                     }
                 }
-            },
+            };
+            if let Some(proxy) = &self.proxy_in_use {
+                message.push_str(&format!(
+                    " (through the proxy {proxy}: check the proxy, or exclude the platform \
+                     with NO_PROXY)"
+                ));
+            }
+            RequestError::Transport {
+                url: url.clone(),
+                message,
+            }
         };
         let mut request = self.agent.post(&url).header("Accept", "application/json");
         if !self.bootstrap_token.is_empty() {
@@ -612,6 +628,34 @@ mod tests {
             panic!("{e}");
         };
         assert!(message.contains("$HTTPS_PROXY"), "{e}");
+    }
+
+    #[test]
+    fn a_failing_proxy_is_named_in_the_error() {
+        // The platform may be fine: an operator reading "connection refused" must know that
+        // it was the proxy that refused.
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = dead.local_addr().unwrap().port();
+        drop(dead);
+        let config = PlatformConfig {
+            api_url: "https://p.example".into(),
+            request_timeout_secs: 2,
+            ..PlatformConfig::default()
+        };
+        let proxy = format!("http://user:pw@127.0.0.1:{port}");
+        let client = PlatformClient::new(&config, env(&[("https_proxy", &proxy)])).unwrap();
+        let e = client
+            .post_json("/api/v1/nodes/register", &(), |_| Ok(()))
+            .unwrap_err();
+        let RequestError::Transport { message, .. } = &e else {
+            panic!("{e}");
+        };
+        assert!(
+            message.contains(&format!("proxy 127.0.0.1:{port}"))
+                && message.contains("$https_proxy"),
+            "{e}"
+        );
+        assert!(!message.contains("pw"), "proxy credentials in {e}");
     }
 
     #[test]
