@@ -459,6 +459,48 @@ fn secrets_from_the_environment_are_not_inherited_by_child_processes() {
 }
 
 #[test]
+fn an_identity_that_cannot_be_written_is_not_registered_until_it_can() {
+    // Registering a node whose id cannot be kept would register another one at every restart.
+    let platform = PlatformServer::start();
+    platform.set_register_default(Reply::registered("node-kept"));
+    let agent = Agent::start(|c| {
+        platform_config(c, &platform.url());
+        // A file where the identity's directory should be.
+        let blocker = c.identity_file_path.with_file_name("blocked");
+        std::fs::write(&blocker, "a file, not a directory\n").unwrap();
+        c.identity_file_path = blocker.join("node_id");
+    });
+    let status = wait_for_status(&agent, Duration::from_secs(5), |s| {
+        s.starts_with("registering: ")
+    });
+    assert!(
+        status.contains("blocked/node_id") && status.contains("cannot write"),
+        "{status}"
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(
+        platform.registrations().is_empty(),
+        "registered a node whose id cannot be saved"
+    );
+    assert!(agent.get("/api/v1/metrics").json()["node_id"].is_null());
+
+    // Fixed: the agent registers, once, and keeps the id.
+    let blocker = agent.dir.path().join("blocked");
+    std::fs::remove_file(&blocker).unwrap();
+    wait_for_status(&agent, Duration::from_secs(5), |s| s == "ok");
+    assert_eq!(
+        std::fs::read_to_string(blocker.join("node_id")).unwrap(),
+        "node-kept\n"
+    );
+    assert_eq!(platform.registrations().len(), 1);
+    let names: Vec<String> = std::fs::read_dir(&blocker)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 2, "probe files left behind: {names:?}");
+}
+
+#[test]
 fn heartbeats_carry_the_metrics_and_containers_at_the_interval() {
     let platform = PlatformServer::start();
     platform.set_register_default(Reply::registered("node-hb"));

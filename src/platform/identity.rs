@@ -10,6 +10,7 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// Longest node id accepted.
@@ -118,7 +119,6 @@ pub fn registration_record_path(identity_path: &Path) -> PathBuf {
 /// Reads the identity file: `Ok(None)` when there is none, an error when there is one that
 /// cannot be used (the agent must not start then).
 pub fn load_node_id(path: &Path) -> Result<Option<NodeId>, IdentityError> {
-    use std::os::unix::fs::OpenOptionsExt;
     let invalid = |reason: String| IdentityError::Invalid {
         path: path.to_path_buf(),
         reason,
@@ -134,7 +134,16 @@ pub fn load_node_id(path: &Path) -> Result<Option<NodeId>, IdentityError> {
         .open(path)
     {
         Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        // Not a directory: a file where a parent directory should be; nothing is there either
+        // (and nothing can be written until that is fixed: see `check_writable`).
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
+            return Ok(None)
+        }
         Err(source) => return Err(unreadable(source)),
     };
     let file_type = file.metadata().map_err(unreadable)?.file_type();
@@ -205,9 +214,34 @@ pub fn save_registration(
     write_atomic(identity_path, format!("{}\n", record.node_id).as_bytes())
 }
 
-/// Replaces `path` with `contents` atomically, mode 0600, creating the parent directory (0700).
-pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), IdentityError> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+/// Checks that the identity at `identity_path` can be written (its directory exists or can be
+/// created, and a file can be created in it), so that a node is not registered only to lose its
+/// id: every restart would register another one.
+pub fn check_writable(identity_path: &Path) -> Result<(), IdentityError> {
+    let (dir, mut probe_name) = dir_and_temp_prefix(identity_path)?;
+    probe_name.push(format!(
+        ".probe-{}-{}",
+        std::process::id(),
+        fastrand::u32(..)
+    ));
+    let probe = dir.join(probe_name);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&probe)
+        .map_err(|source| IdentityError::Write {
+            path: identity_path.to_path_buf(),
+            step: "creating a file beside it",
+            source,
+        })?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+/// The directory of `path`, created (0700) if missing, and the prefix of the temp files beside
+/// `path` (`.<file name>`).
+fn dir_and_temp_prefix(path: &Path) -> Result<(PathBuf, std::ffi::OsString), IdentityError> {
     let fail = |step: &'static str| {
         let path = path.to_path_buf();
         move |source| IdentityError::Write { path, step, source }
@@ -216,22 +250,26 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), IdentityError> {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| {
-            fail("the path has no file name")(std::io::Error::from(
-                std::io::ErrorKind::InvalidInput,
-            ))
-        })?
-        .to_os_string();
+    let file_name = path.file_name().ok_or_else(|| {
+        fail("the path has no file name")(std::io::Error::from(std::io::ErrorKind::InvalidInput))
+    })?;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(&dir)
         .map_err(fail("creating its directory"))?;
+    let mut prefix = std::ffi::OsString::from(".");
+    prefix.push(file_name);
+    Ok((dir, prefix))
+}
 
-    let mut temp_name = std::ffi::OsString::from(".");
-    temp_name.push(&file_name);
+/// Replaces `path` with `contents` atomically, mode 0600, creating the parent directory (0700).
+pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), IdentityError> {
+    let fail = |step: &'static str| {
+        let path = path.to_path_buf();
+        move |source| IdentityError::Write { path, step, source }
+    };
+    let (dir, mut temp_name) = dir_and_temp_prefix(path)?;
     temp_name.push(format!(".tmp-{}-{}", std::process::id(), fastrand::u32(..)));
     let temp_path = dir.join(temp_name);
     let result = (|| {
@@ -374,6 +412,27 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert!(!names.iter().any(|n| n.contains(".tmp-")), "{names:?}");
+    }
+
+    #[test]
+    fn writability_is_checked_without_leaving_anything() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new/node_id");
+        check_writable(&path).unwrap();
+        assert_eq!(
+            std::fs::read_dir(path.parent().unwrap()).unwrap().count(),
+            0
+        );
+        // A file where the directory should be: nothing to read, nothing can be written.
+        let blocker = dir.path().join("blocker");
+        std::fs::write(&blocker, "x").unwrap();
+        let blocked = blocker.join("node_id");
+        assert!(load_node_id(&blocked).unwrap().is_none());
+        let e = check_writable(&blocked).unwrap_err().to_string();
+        assert!(
+            e.contains("blocker/node_id") && e.contains("cannot write"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! The presence thread: keeps this node known to the central platform.
 //!
 //! It owns the [`PlatformClient`] and the node's identity files. Without a node id it registers
-//! (`POST /api/v1/nodes/register`), retrying with exponential backoff and full jitter until the
-//! platform accepts, then writes the identity atomically and publishes `node_id` (and the frp
-//! port the platform assigned) into the [`Snapshot`]. It then sends a heartbeat every
+//! (`POST /api/v1/nodes/register`), once the identity file can be written, retrying with
+//! exponential backoff and full jitter until the platform accepts, then writes the identity
+//! atomically and publishes `node_id` (and the frp port the platform assigned) into the
+//! [`Snapshot`]. It then sends a heartbeat every
 //! `heartbeat_interval_secs`, the first at a random offset within the interval so that a fleet
 //! started together does not beat together. A heartbeat answered 404 or 410 means the platform
 //! forgot the node: it registers again and replaces the identity file.
@@ -179,6 +180,21 @@ impl Presence {
         }
         self.backoff.reset();
         loop {
+            // A node registered without a place for its id is registered again at every
+            // restart: the file must be writable first.
+            if let Err(e) = identity::check_writable(&self.settings.identity_path) {
+                let delay = self.backoff.next_delay();
+                log::error!(
+                    "not registering: {e}; the node id could not be kept (checking again in {})",
+                    secs(delay)
+                );
+                self.snapshot
+                    .set_component("platform", format!("registering: {e}"));
+                if self.shutdown.wait_timeout(delay) {
+                    return None;
+                }
+                continue;
+            }
             let request =
                 RegistrationRequest::collect(&self.snapshot, &self.settings.api_listen_address);
             let result = self.client.post_json(REGISTER_PATH, &request, |body| {
