@@ -324,7 +324,7 @@ pub fn parse_registration(body: &str) -> Result<Registration, String> {
             let shown: String = id.chars().take(64).collect();
             format!("node_id {shown:?} rejected: {reason}")
         })?,
-        Some(other) => return Err(format!("node_id is not a string: {other}")),
+        Some(other) => return Err(format!("node_id is not a string: {}", quoted(other))),
         None => return Err("no node_id".to_string()),
     };
     let api_remote_port = match value.get("frp").and_then(|frp| frp.get("api_remote_port")) {
@@ -333,13 +333,22 @@ pub fn parse_registration(body: &str) -> Result<Registration, String> {
             port.as_u64()
                 .and_then(|p| u16::try_from(p).ok())
                 .filter(|p| *p > 0)
-                .ok_or_else(|| format!("frp.api_remote_port {port} is not a port"))?,
+                .ok_or_else(|| format!("frp.api_remote_port {} is not a port", quoted(port)))?,
         ),
     };
     Ok(Registration {
         node_id,
         api_remote_port,
     })
+}
+
+/// A value of the answer as JSON, cut to 64 characters: enough to recognise it in a log line.
+fn quoted(value: &serde_json::Value) -> String {
+    let text = value.to_string();
+    match text.char_indices().nth(64) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text,
+    }
 }
 
 /// A delay for a log line: `0.4s`, `12s`.
@@ -354,6 +363,7 @@ fn secs(delay: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn registration_answers_are_checked() {
@@ -378,6 +388,21 @@ mod tests {
         }
         let long = format!(r#"{{"node_id":"{}"}}"#, "x".repeat(129));
         assert!(parse_registration(&long).is_err());
+    }
+
+    #[test]
+    fn rejected_values_are_quoted_short() {
+        // The reason goes into the log and /health at every retry: a platform answering with
+        // a 60 KiB value must not make 60 KiB log lines.
+        let big = "y".repeat(60_000);
+        for body in [
+            json!({ "node_id": { "nested": big } }),
+            json!({ "node_id": "n", "frp": { "api_remote_port": big } }),
+            json!({ "node_id": [big] }),
+        ] {
+            let reason = parse_registration(&body.to_string()).unwrap_err();
+            assert!(reason.len() < 200, "{} bytes: {reason:.300}", reason.len());
+        }
     }
 
     #[test]
