@@ -263,6 +263,25 @@ fn dir_and_temp_prefix(path: &Path) -> Result<(PathBuf, std::ffi::OsString), Ide
     Ok((dir, prefix))
 }
 
+/// Removes the temp and probe files (`<prefix>.tmp-*`, `<prefix>.probe-*`) that an agent killed
+/// mid-write left in `dir`: nothing else writes them, and they would pile up crash after crash.
+fn remove_leftovers(dir: &Path, prefix: &std::ffi::OsStr) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let prefix = prefix.as_encoded_bytes();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.as_encoded_bytes().strip_prefix(prefix) else {
+            continue;
+        };
+        let ours = rest.starts_with(b".tmp-") || rest.starts_with(b".probe-");
+        if ours && entry.file_type().is_ok_and(|t| t.is_file()) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// Replaces `path` with `contents` atomically, mode 0600, creating the parent directory (0700).
 pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), IdentityError> {
     let fail = |step: &'static str| {
@@ -270,6 +289,7 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), IdentityError> {
         move |source| IdentityError::Write { path, step, source }
     };
     let (dir, mut temp_name) = dir_and_temp_prefix(path)?;
+    remove_leftovers(&dir, &temp_name);
     temp_name.push(format!(".tmp-{}-{}", std::process::id(), fastrand::u32(..)));
     let temp_path = dir.join(temp_name);
     let result = (|| {
@@ -412,6 +432,36 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert!(!names.iter().any(|n| n.contains(".tmp-")), "{names:?}");
+    }
+
+    #[test]
+    fn temp_files_left_by_a_crash_are_removed_by_the_next_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node_id");
+        // What a crash between creating and renaming leaves, and files that are not ours.
+        let leftovers = [".node_id.tmp-4242-17", ".node_id.probe-4242-18"];
+        let others = [".other.tmp-1-2", "node_id.tmp-1-2", "keep"];
+        for name in leftovers.iter().chain(&others) {
+            std::fs::write(dir.path().join(name), "x").unwrap();
+        }
+        save_registration(
+            &path,
+            &RegistrationRecord {
+                node_id: "node-1".into(),
+                api_remote_port: None,
+                registered_at: String::new(),
+            },
+        )
+        .unwrap();
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        let mut expected: Vec<String> = others.iter().map(|n| n.to_string()).collect();
+        expected.extend(["node_id".into(), "node_id.registration.json".into()]);
+        expected.sort();
+        assert_eq!(names, expected);
     }
 
     #[test]
