@@ -327,6 +327,7 @@ fn malformed_node_ids_are_rejected_and_never_written() {
     let platform = PlatformServer::start();
     platform.queue_register([
         Reply::json(201, json!({"node_id": "../../etc/passwd"})),
+        Reply::json(201, json!({"node_id": ".."})),
         Reply::json(201, json!({"node_id": ""})),
         Reply::json(201, json!({"node_id": "has space"})),
         Reply::json(201, json!({"node_id": "x".repeat(129)})),
@@ -335,7 +336,7 @@ fn malformed_node_ids_are_rejected_and_never_written() {
     ]);
     platform.set_register_default(Reply::json(201, json!({"node_id": "bad\nid"})));
     let agent = Agent::start(|c| platform_config(c, &platform.url()));
-    platform.wait_for_registrations(7, Duration::from_secs(10));
+    platform.wait_for_registrations(8, Duration::from_secs(10));
     let status = platform_status(&agent);
     assert!(status.contains("invalid answer"), "{status}");
     assert!(

@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 /// Longest node id accepted.
 pub const MAX_NODE_ID_LEN: usize = 128;
 
-/// A node id as the platform issued it: 1-128 characters of `[A-Za-z0-9_.:-]`.
+/// A node id as the platform issued it: 1-128 characters of `[A-Za-z0-9_.:-]`, other than `.`
+/// and `..` (which would be path steps in the heartbeat URL).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeId(String);
 
@@ -26,12 +27,6 @@ impl NodeId {
         if value.is_empty() {
             return Err("it is empty".to_string());
         }
-        if value.len() > MAX_NODE_ID_LEN {
-            return Err(format!(
-                "it is {} characters long (at most {MAX_NODE_ID_LEN})",
-                value.len()
-            ));
-        }
         if let Some(bad) = value
             .chars()
             .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-')))
@@ -39,6 +34,17 @@ impl NodeId {
             return Err(format!(
                 "it contains {bad:?} (only A-Z a-z 0-9 _ . : - are allowed)"
             ));
+        }
+        // ASCII from here on: bytes are characters.
+        if value.len() > MAX_NODE_ID_LEN {
+            return Err(format!(
+                "it is {} characters long (at most {MAX_NODE_ID_LEN})",
+                value.len()
+            ));
+        }
+        if value == "." || value == ".." {
+            // In the heartbeat URL it would be a path step, not a node.
+            return Err(format!("{value:?} is a path step, not a name"));
         }
         Ok(NodeId(value.to_string()))
     }
@@ -327,6 +333,16 @@ mod tests {
         for bad in ["", " a", "a b", "a/b", "../x", "ü", "a\n", &"x".repeat(129)] {
             assert!(NodeId::parse(bad).is_err(), "{bad:?}");
         }
+        // Dot segments: in the heartbeat URL they would name another path
+        // (/api/v1/nodes/../heartbeat is /api/v1/heartbeat).
+        for dots in [".", ".."] {
+            let e = NodeId::parse(dots).unwrap_err();
+            assert!(e.contains("path"), "{dots}: {e}");
+        }
+        assert!(NodeId::parse("...").is_ok());
+        // Too long and not ASCII: the reason is the character, not a length counted in bytes.
+        let e = NodeId::parse(&"ü".repeat(100)).unwrap_err();
+        assert!(e.contains("'ü'"), "{e}");
     }
 
     #[test]
