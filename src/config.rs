@@ -476,6 +476,19 @@ impl Config {
                 )));
             }
         }
+        if !platform
+            .bootstrap_token
+            .bytes()
+            .all(|b| b.is_ascii_graphic())
+        {
+            // It is sent as `Authorization: Bearer <token>`: a line break (pasted with the
+            // token), a space or a non-ASCII character makes every request fail.
+            return Err(invalid(
+                "central_platform.bootstrap_token",
+                "may only contain printable ASCII characters, without spaces or line breaks \
+                 (look for a trailing newline pasted with it)",
+            ));
+        }
         if platform.heartbeat_interval_secs > 86_400 {
             return Err(invalid(
                 "central_platform.heartbeat_interval_secs",
@@ -823,6 +836,30 @@ mod tests {
         assert!(yaml.contains(REDACTED));
         // The redacted view parses back into the same shape.
         assert!(Config::parse(&yaml).is_ok());
+    }
+
+    #[test]
+    fn bootstrap_token_must_fit_in_a_header() {
+        // A token pasted with its line break, or with a space, cannot be sent as a bearer
+        // token: every request failed with "failed to parse header value", forever.
+        for bad in [
+            "secret-token\n",
+            "secret token",
+            "secret\ttoken",
+            "sécret-token",
+        ] {
+            let mut c = valid();
+            c.central_platform.bootstrap_token = bad.into();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(
+                e.contains("central_platform.bootstrap_token"),
+                "{bad:?}: {e}"
+            );
+            assert!(!e.contains("secret"), "the error shows the token: {e}");
+        }
+        let mut c = valid();
+        c.central_platform.bootstrap_token = "abc.DEF_123-~+/=".into();
+        assert!(c.validate().is_ok());
     }
 
     #[test]
