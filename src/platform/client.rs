@@ -659,6 +659,31 @@ mod tests {
     }
 
     #[test]
+    fn a_socks_proxy_from_the_environment_is_used_not_a_panic() {
+        // ureq without its socks feature panicked in the platform thread on a socks5:// proxy:
+        // the thread died, and the node never registered nor said why.
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = dead.local_addr().unwrap().port();
+        drop(dead);
+        let config = PlatformConfig {
+            api_url: "http://127.0.0.1:9".into(),
+            request_timeout_secs: 2,
+            ..PlatformConfig::default()
+        };
+        for scheme in ["socks5", "socks5h", "socks4"] {
+            let proxy = format!("{scheme}://127.0.0.1:{port}");
+            let client = PlatformClient::new(&config, env(&[("ALL_PROXY", &proxy)])).unwrap();
+            let e = client
+                .post_json("/api/v1/nodes/register", &(), |_| Ok(()))
+                .unwrap_err();
+            assert!(
+                e.to_string().contains(&format!("proxy 127.0.0.1:{port}")),
+                "{scheme}: {e}"
+            );
+        }
+    }
+
+    #[test]
     fn url_host_handles_ports_userinfo_and_ipv6() {
         assert_eq!(
             url_host("https://Platform.Example:8443/api").as_deref(),
