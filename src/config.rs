@@ -468,6 +468,16 @@ impl Config {
                      central_platform.bootstrap_token",
                 ));
             }
+            if rest.contains(['?', '#']) {
+                // The API paths are appended to it: they would land in the query or fragment.
+                return Err(invalid(
+                    "central_platform.api_url",
+                    format!(
+                        "{url:?} must not have a query (?) or fragment (#): it is the base the \
+                         API paths (/api/v1/...) are appended to"
+                    ),
+                ));
+            }
             if url.starts_with("http://") && !is_loopback_host(authority) {
                 warnings.push(ConfigWarning(format!(
                     "central_platform.api_url {url} is plain http:// to a host that is not this \
@@ -860,6 +870,22 @@ mod tests {
         let mut c = valid();
         c.central_platform.bootstrap_token = "abc.DEF_123-~+/=".into();
         assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn api_url_has_no_query_or_fragment() {
+        // The API paths are appended to api_url: after a query or fragment they end up in it
+        // ("https://p/#x/api/v1/nodes/register" POSTs to "/").
+        for bad in [
+            "https://p.example/#x",
+            "https://p.example/base?x=1",
+            "https://p.example?",
+        ] {
+            let mut c = valid();
+            c.central_platform.api_url = bad.into();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("central_platform.api_url"), "{bad}: {e}");
+        }
     }
 
     #[test]
