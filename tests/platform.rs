@@ -576,6 +576,35 @@ fn a_forgotten_node_registers_again_and_replaces_the_file() {
 }
 
 #[test]
+fn a_platform_that_forgets_every_new_node_is_not_flooded_with_registrations() {
+    // Heartbeats answered 404 even for the id registration just gave (a platform whose
+    // endpoints disagree, a wrong path prefix): re-registering at once, every interval, would
+    // create a node per interval per agent. It waits about backoff_max_ms instead.
+    let platform = PlatformServer::start();
+    platform.set_heartbeat_default(Reply::status(404));
+    let agent = Agent::start(|c| {
+        platform_config(c, &platform.url());
+        c.central_platform.heartbeat_interval_secs = 1;
+        c.central_platform.backoff_max_ms = 3000;
+    });
+    let registrations = platform.wait_for_registrations(2, Duration::from_secs(10));
+    let heartbeats = platform.heartbeats();
+    let first_404 = heartbeats[0].at;
+    let gap = registrations[1].at - first_404;
+    assert!(
+        gap >= Duration::from_millis(1400),
+        "registered again {gap:?} after a 404 for a brand-new id"
+    );
+    let log = agent.log();
+    assert!(log.contains("registered moments ago"), "{log}");
+    let status = platform_status(&agent);
+    assert!(
+        status.starts_with("heartbeat failing: ") || status == "ok",
+        "{status}"
+    );
+}
+
+#[test]
 fn a_gone_node_registers_again_after_410() {
     let platform = PlatformServer::start();
     platform.queue_register([Reply::registered("node-gone")]);

@@ -7,7 +7,9 @@
 //! [`Snapshot`]. It then sends a heartbeat every
 //! `heartbeat_interval_secs`, the first at a random offset within the interval so that a fleet
 //! started together does not beat together. A heartbeat answered 404 or 410 means the platform
-//! forgot the node: it registers again and replaces the identity file.
+//! forgot the node: it registers again and replaces the identity file, at once, unless the
+//! platform never accepted a heartbeat of that id (its endpoints disagree): then it waits
+//! about `backoff_max_ms` first, so that it does not add a node every interval.
 //!
 //! It receives nothing but the shutdown channel and reads the snapshot for the heartbeat body;
 //! it sends only HTTP requests and publishes `node_id`, `assigned_api_remote_port` and
@@ -97,6 +99,7 @@ struct Presence {
 
 impl Presence {
     fn run(mut self, known: Option<NodeId>) {
+        let from_file = known.is_some();
         let mut node_id = match known {
             Some(id) => id,
             None => match self.register() {
@@ -120,6 +123,9 @@ impl Presence {
         // A fixed cadence from a random phase: a slow answer does not push later beats back.
         let mut next_beat = Instant::now() + random_offset(interval);
         let mut last_failure: Option<String> = None;
+        // Whether the platform has accepted a heartbeat of this id (one read from the file is
+        // taken as known to it). A 404 for an id it never accepted is not a forgotten node.
+        let mut id_accepted = from_file;
         loop {
             if self
                 .shutdown
@@ -140,13 +146,37 @@ impl Presence {
                     if last_failure.take().is_some() {
                         log::info!("heartbeats are accepted again");
                     }
+                    id_accepted = true;
                     self.snapshot.set_component("platform", "ok");
+                }
+                Err(e) if e.is_node_unknown() && !id_accepted => {
+                    // The id registration has just given is unknown to the heartbeat endpoint:
+                    // registering again at once would add a node per interval, per agent, for
+                    // as long as the platform is in that state. Waited like a rejected token.
+                    let delay = self.backoff.delay_at_cap();
+                    log::error!(
+                        "the platform no longer knows node {node_id} ({e}), which it registered \
+                         moments ago: its registration and heartbeat endpoints disagree (is \
+                         central_platform.api_url right?); registering again in {}",
+                        secs(delay)
+                    );
+                    self.snapshot
+                        .set_component("platform", format!("heartbeat failing: {e}"));
+                    if self.shutdown.wait_timeout(delay) {
+                        return;
+                    }
+                    last_failure = None;
+                    match self.register() {
+                        Some(id) => node_id = id,
+                        None => return,
+                    }
                 }
                 Err(e) if e.is_node_unknown() => {
                     log::warn!(
                         "the platform no longer knows node {node_id} ({e}); registering again"
                     );
                     last_failure = None;
+                    id_accepted = false;
                     match self.register() {
                         Some(id) => node_id = id,
                         None => return,
