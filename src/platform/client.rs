@@ -248,8 +248,9 @@ impl PlatformClient {
     }
 
     /// POSTs `body` as JSON and reads a 2xx answer with `parse`; an answer `parse` rejects is
-    /// an [`RequestError::InvalidResponse`] with its reason, the bootstrap token redacted from it
-    /// (the reason may quote the answer).
+    /// an [`RequestError::InvalidResponse`] with its reason. The reason may quote the answer:
+    /// `parse` is given the answer with the bootstrap token already replaced (so that a quote
+    /// cut short cannot keep a part of it), and the reason is redacted again.
     pub fn post_json<T>(
         &self,
         path: &str,
@@ -257,7 +258,7 @@ impl PlatformClient {
         parse: impl FnOnce(&str) -> Result<T, String>,
     ) -> Result<T, RequestError> {
         let url = self.url(path);
-        let text = self.post(&url, body)?;
+        let text = self.redact(&self.post(&url, body)?);
         parse(&text).map_err(|reason| RequestError::InvalidResponse {
             url,
             reason: self.redact(&reason),
