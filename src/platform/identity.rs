@@ -129,42 +129,19 @@ pub fn load_node_id(path: &Path) -> Result<Option<NodeId>, IdentityError> {
         path: path.to_path_buf(),
         reason,
     };
-    let unreadable = |source| IdentityError::Unreadable {
-        path: path.to_path_buf(),
-        source,
-    };
-    // Non-blocking: opening a FIFO would otherwise wait for a writer, forever.
-    let file = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-    {
-        Ok(file) => file,
-        // Not a directory: a file where a parent directory should be; nothing is there either
-        // (and nothing can be written until that is fixed: see `check_writable`).
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
-            ) =>
-        {
-            return Ok(None)
-        }
-        Err(source) => return Err(unreadable(source)),
-    };
-    let file_type = file.metadata().map_err(unreadable)?.file_type();
-    if file_type.is_dir() {
-        return Err(invalid("it is a directory, not a file".into()));
-    }
-    if !file_type.is_file() {
-        return Err(invalid("it is not a regular file".into()));
-    }
     // A node id is short: reading a little more than the longest one is enough to reject a
     // file that is something else, without reading all of it.
-    let mut bytes = Vec::new();
-    file.take(MAX_NODE_ID_LEN as u64 + 3)
-        .read_to_end(&mut bytes)
-        .map_err(unreadable)?;
+    let bytes = match read_regular_file(path, MAX_NODE_ID_LEN as u64 + 3) {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => return Ok(None),
+        Err(FileProblem::NotRegular(what)) => return Err(invalid(what.to_string())),
+        Err(FileProblem::Io(source)) => {
+            return Err(IdentityError::Unreadable {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
     if bytes.len() > MAX_NODE_ID_LEN + 2 {
         return Err(invalid(format!(
             "it is longer than a node id ({MAX_NODE_ID_LEN} characters at most)"
@@ -184,29 +161,68 @@ pub fn load_registration_record(
     node_id: &NodeId,
 ) -> Option<RegistrationRecord> {
     let path = registration_record_path(identity_path);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-        Err(e) => {
-            log::warn!(
-                "cannot read {}: {e}; the platform's frp port is unknown until the next \
-                 registration",
-                path.display()
-            );
-            return None;
-        }
+    let problem = match read_regular_file(&path, MAX_RECORD_BYTES) {
+        Ok(Some(bytes)) => match serde_json::from_slice::<RegistrationRecord>(&bytes) {
+            Ok(record) if record.node_id == node_id.as_str() => return Some(record),
+            Ok(_) => {
+                log::warn!("{} belongs to another node id; ignoring it", path.display());
+                return None;
+            }
+            Err(e) => format!("it is damaged ({e})"),
+        },
+        Ok(None) => return None,
+        Err(FileProblem::NotRegular(what)) => what.to_string(),
+        Err(FileProblem::Io(e)) => format!("cannot read it: {e}"),
     };
-    match serde_json::from_str::<RegistrationRecord>(&text) {
-        Ok(record) if record.node_id == node_id.as_str() => Some(record),
-        Ok(_) => {
-            log::warn!("{} belongs to another node id; ignoring it", path.display());
-            None
+    log::warn!(
+        "ignoring {}: {problem}; the platform's frp port is unknown until the next registration",
+        path.display()
+    );
+    None
+}
+
+/// Largest registration record read (one is about 150 bytes).
+const MAX_RECORD_BYTES: u64 = 64 * 1024;
+
+/// Why [`read_regular_file`] read nothing.
+enum FileProblem {
+    Io(std::io::Error),
+    /// What is there instead of a regular file.
+    NotRegular(&'static str),
+}
+
+/// Up to `limit` bytes of the regular file at `path`; `None` when there is nothing at `path`
+/// (nor can be: a parent is not a directory). The file is opened non-blocking: a FIFO would
+/// otherwise wait for a writer, forever.
+fn read_regular_file(path: &Path, limit: u64) -> Result<Option<Vec<u8>>, FileProblem> {
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
+            return Ok(None)
         }
-        Err(e) => {
-            log::warn!("{} is damaged ({e}); ignoring it", path.display());
-            None
-        }
+        Err(e) => return Err(FileProblem::Io(e)),
+    };
+    let file_type = file.metadata().map_err(FileProblem::Io)?.file_type();
+    if file_type.is_dir() {
+        return Err(FileProblem::NotRegular("it is a directory, not a file"));
     }
+    if !file_type.is_file() {
+        return Err(FileProblem::NotRegular("it is not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    file.take(limit)
+        .read_to_end(&mut bytes)
+        .map_err(FileProblem::Io)?;
+    Ok(Some(bytes))
 }
 
 /// Persists a registration: first the record, then the identity file (the commit point).
@@ -499,6 +515,30 @@ mod tests {
             e.contains("blocker/node_id") && e.contains("cannot write"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_record_that_is_not_a_small_regular_file_is_ignored_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node_id");
+        let id = NodeId::parse("node-1").unwrap();
+        let record = registration_record_path(&path);
+        // Far larger than any record: not read whole into memory, ignored.
+        std::fs::write(&record, " ".repeat(2 * 1024 * 1024)).unwrap();
+        assert_eq!(load_registration_record(&path, &id), None);
+        // A FIFO: reading it would wait for a writer at start, forever.
+        std::fs::remove_file(&record).unwrap();
+        let c_path = std::ffi::CString::new(record.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo(3) on a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(load_registration_record(&path, &id));
+        });
+        let loaded = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("load_registration_record blocked on a FIFO");
+        assert_eq!(loaded, None);
     }
 
     #[test]
