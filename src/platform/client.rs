@@ -363,7 +363,7 @@ fn system_roots() -> (Vec<Certificate<'static>>, String) {
         .map(String::as_str)
         .chain(SYSTEM_CA_BUNDLES.iter().copied());
     for candidate in candidates {
-        let Ok(pem) = std::fs::read(candidate) else {
+        let Ok(pem) = read_pem_file(Path::new(candidate)) else {
             continue;
         };
         let certs = pem_certificates(&pem);
@@ -381,6 +381,29 @@ fn system_roots() -> (Vec<Certificate<'static>>, String) {
     )
 }
 
+/// Largest certificate file read (a distribution's whole bundle is about 200 KiB).
+const MAX_PEM_BYTES: u64 = 8 * 1024 * 1024;
+
+/// The bytes of a PEM file: opened non-blocking (a FIFO would wait for a writer, at start,
+/// forever), a regular file (else `InvalidInput`), at most [`MAX_PEM_BYTES`].
+fn read_pem_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "it is not a regular file",
+        ));
+    }
+    let mut pem = Vec::new();
+    file.take(MAX_PEM_BYTES).read_to_end(&mut pem)?;
+    Ok(pem)
+}
+
 /// Every certificate of a PEM text (other items are skipped).
 fn pem_certificates(pem: &[u8]) -> Vec<Certificate<'static>> {
     ureq::tls::parse_pem(pem)
@@ -393,9 +416,18 @@ fn pem_certificates(pem: &[u8]) -> Vec<Certificate<'static>> {
 
 /// Reads `central_platform.ca_file`: at least one PEM certificate, or an error naming the file.
 pub fn load_ca_file(path: &Path) -> Result<Vec<Certificate<'static>>, ClientError> {
-    let pem = std::fs::read(path).map_err(|source| ClientError::CaFileUnreadable {
-        path: path.to_path_buf(),
-        source,
+    let pem = read_pem_file(path).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::InvalidInput {
+            ClientError::CaFileInvalid {
+                path: path.to_path_buf(),
+                reason: source.to_string(),
+            }
+        } else {
+            ClientError::CaFileUnreadable {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
     })?;
     let mut certs = Vec::new();
     for item in ureq::tls::parse_pem(&pem) {
@@ -711,6 +743,38 @@ mod tests {
         std::fs::write(&not_pem, "hello\n").unwrap();
         let e = load_ca_file(&not_pem).unwrap_err().to_string();
         assert!(e.contains("not.pem") && e.contains("no certificate"), "{e}");
+    }
+
+    #[test]
+    fn a_ca_file_that_is_not_a_regular_file_is_refused_at_once() {
+        // A FIFO would block the start, before the API exists, waiting for a writer.
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("ca.pem");
+        let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo(3) on a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let probe = fifo.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(
+                load_ca_file(&probe)
+                    .map(|c| c.len())
+                    .map_err(|e| e.to_string()),
+            );
+        });
+        let e = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("load_ca_file blocked on a FIFO")
+            .unwrap_err();
+        assert!(
+            e.contains("ca.pem") && e.contains("not a regular file"),
+            "{e}"
+        );
+        let e = load_ca_file(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("ca_file") && e.contains("not a regular file"),
+            "{e}"
+        );
     }
 
     #[test]
