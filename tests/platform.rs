@@ -623,6 +623,41 @@ fn a_platform_that_forgets_every_new_node_is_not_flooded_with_registrations() {
 }
 
 #[test]
+fn a_forgotten_node_is_unregistered_while_registering_again_fails() {
+    // The platform no longer knows the id: until a new one is issued, the node is not
+    // registered, and metrics say so (node_id null) as /health does ("registering: ...").
+    let platform = PlatformServer::start();
+    platform.queue_register([Reply::registered("node-forgotten")]);
+    platform.set_register_default(Reply::status(500));
+    // Accepted once, then forgotten.
+    platform.queue_heartbeat([Reply::json(200, json!({})), Reply::status(404)]);
+    let agent = Agent::start(|c| {
+        platform_config(c, &platform.url());
+        c.central_platform.heartbeat_interval_secs = 1;
+    });
+    platform.wait_for_registrations(3, Duration::from_secs(10));
+    let status = wait_for_status(&agent, Duration::from_secs(5), |s| {
+        s.starts_with("registering: ")
+    });
+    assert!(status.contains("HTTP 500"), "{status}");
+    assert!(
+        agent.get("/api/v1/metrics").json()["node_id"].is_null(),
+        "still publishing the id the platform forgot"
+    );
+    // The file keeps the old id until a new one replaces it.
+    assert_eq!(
+        std::fs::read_to_string(identity_path(&agent)).unwrap(),
+        "node-forgotten\n"
+    );
+    platform.set_register_default(Reply::registered("node-reborn"));
+    wait_for_status(&agent, Duration::from_secs(5), |s| s == "ok");
+    assert_eq!(
+        agent.get("/api/v1/metrics").json()["node_id"],
+        "node-reborn"
+    );
+}
+
+#[test]
 fn a_gone_node_registers_again_after_410() {
     let platform = PlatformServer::start();
     platform.queue_register([Reply::registered("node-gone")]);

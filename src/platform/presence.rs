@@ -4,12 +4,12 @@
 //! (`POST /api/v1/nodes/register`), once the identity file can be written, retrying with
 //! exponential backoff and full jitter until the platform accepts, then writes the identity
 //! atomically and publishes `node_id` (and the frp port the platform assigned) into the
-//! [`Snapshot`]. It then sends a heartbeat every
-//! `heartbeat_interval_secs`, the first at a random offset within the interval so that a fleet
-//! started together does not beat together. A heartbeat answered 404 or 410 means the platform
-//! forgot the node: it registers again and replaces the identity file, at once, unless the
-//! platform never accepted a heartbeat of that id (its endpoints disagree): then it waits
-//! about `backoff_max_ms` first, so that it does not add a node every interval.
+//! [`Snapshot`]. It then sends a heartbeat every `heartbeat_interval_secs`, the first at a
+//! random offset within the interval so that a fleet started together does not beat together.
+//! A heartbeat answered 404 or 410 means the platform forgot the node: it unpublishes the id
+//! and registers again, replacing the identity file, at once, unless the platform never
+//! accepted a heartbeat of that id (its endpoints disagree): then it waits about
+//! `backoff_max_ms` first, so that it does not add a node every interval.
 //!
 //! It receives nothing but the shutdown channel and reads the snapshot for the heartbeat body;
 //! it sends only HTTP requests and publishes `node_id`, `assigned_api_remote_port` and
@@ -166,6 +166,7 @@ impl Presence {
                         return;
                     }
                     last_failure = None;
+                    self.unpublish();
                     match self.register() {
                         Some(id) => node_id = id,
                         None => return,
@@ -177,6 +178,7 @@ impl Presence {
                     );
                     last_failure = None;
                     id_accepted = false;
+                    self.unpublish();
                     match self.register() {
                         Some(id) => node_id = id,
                         None => return,
@@ -296,6 +298,15 @@ impl Presence {
             .assigned_api_remote_port
             .set(registration.api_remote_port);
         self.snapshot.set_component("platform", "ok");
+    }
+
+    /// The platform forgot the node: until it registers again, it is unregistered (`node_id`
+    /// null, as before the first registration); the identity file keeps the old id until a
+    /// new one replaces it.
+    fn unpublish(&self) {
+        self.snapshot.node_id.set(None);
+        self.snapshot.assigned_api_remote_port.set(None);
+        self.snapshot.set_component("platform", "registering");
     }
 
     fn save_pending(&mut self) {
