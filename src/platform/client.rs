@@ -196,7 +196,7 @@ impl PlatformClient {
                 Ok(proxy) => {
                     // Host and port only: the proxy URL may carry credentials.
                     let named = format!(
-                        "{}:{} (from ${})",
+                        "{}:{} from ${}",
                         proxy.host(),
                         proxy.port(),
                         choice.variable
