@@ -844,3 +844,30 @@ fn https_to_an_untrusted_certificate_is_refused() {
     );
     assert!(agent.get("/api/v1/metrics").json()["node_id"].is_null());
 }
+
+#[test]
+fn a_slow_heartbeat_neither_bursts_afterwards_nor_holds_the_shutdown() {
+    // Heartbeats that take longer than the interval: the swallowed beats are skipped, not
+    // sent in a burst once the platform is fast again; SIGTERM during one still exits in time.
+    let platform = PlatformServer::start();
+    platform.queue_heartbeat([
+        Reply::json(200, json!({})).after(Duration::from_millis(1500)),
+        Reply::json(200, json!({})).after(Duration::from_millis(1500)),
+    ]);
+    let mut agent = Agent::start(|c| {
+        platform_config(c, &platform.url());
+        c.central_platform.heartbeat_interval_secs = 1;
+        c.central_platform.request_timeout_secs = 3;
+    });
+    let heartbeats = platform.wait_for_heartbeats(5, Duration::from_secs(15));
+    for pair in heartbeats.windows(2) {
+        let gap = pair[1].at - pair[0].at;
+        assert!(gap >= Duration::from_millis(800), "burst: gap {gap:?}");
+    }
+    platform.set_heartbeat_default(Reply::json(200, json!({})).after(Duration::from_secs(30)));
+    let n = platform.heartbeats().len();
+    platform.wait_for_heartbeats(n + 1, Duration::from_secs(5));
+    let (status, took) = agent.terminate();
+    assert!(status.success(), "{status}");
+    assert!(took < Duration::from_secs(2), "shutdown took {took:?}");
+}
