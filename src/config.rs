@@ -322,6 +322,16 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("PHOENIX_LOG_LEVEL", "log_level"),
 ];
 
+/// Removes the [`ENV_OVERRIDES`] variables from this process's environment, once the config has
+/// read them: they carry secrets (the bootstrap, frp and API tokens), and every child the agent
+/// runs (the docker CLI, frpc) would otherwise inherit them. Call it while the process has a
+/// single thread (changing the environment races with other threads reading it).
+pub fn remove_env_overrides() {
+    for (name, _) in ENV_OVERRIDES {
+        std::env::remove_var(name);
+    }
+}
+
 impl Config {
     /// Reads, parses, applies the process environment's overrides and validates.
     pub fn load(path: &Path) -> Result<(Config, Vec<ConfigWarning>), ConfigError> {
@@ -459,6 +469,16 @@ impl Config {
                      central_platform.bootstrap_token",
                 ));
             }
+            if rest.contains(['?', '#']) {
+                // The API paths are appended to it: they would land in the query or fragment.
+                return Err(invalid(
+                    "central_platform.api_url",
+                    format!(
+                        "{url:?} must not have a query (?) or fragment (#): it is the base the \
+                         API paths (/api/v1/...) are appended to"
+                    ),
+                ));
+            }
             if url.starts_with("http://") && !is_loopback_host(authority) {
                 warnings.push(ConfigWarning(format!(
                     "central_platform.api_url {url} is plain http:// to a host that is not this \
@@ -466,6 +486,19 @@ impl Config {
                      clear; use https://"
                 )));
             }
+        }
+        if !platform
+            .bootstrap_token
+            .bytes()
+            .all(|b| b.is_ascii_graphic())
+        {
+            // It is sent as `Authorization: Bearer <token>`: a line break (pasted with the
+            // token), a space or a non-ASCII character makes every request fail.
+            return Err(invalid(
+                "central_platform.bootstrap_token",
+                "may only contain printable ASCII characters, without spaces or line breaks \
+                 (look for a trailing newline pasted with it)",
+            ));
         }
         if platform.heartbeat_interval_secs > 86_400 {
             return Err(invalid(
@@ -814,6 +847,46 @@ mod tests {
         assert!(yaml.contains(REDACTED));
         // The redacted view parses back into the same shape.
         assert!(Config::parse(&yaml).is_ok());
+    }
+
+    #[test]
+    fn bootstrap_token_must_fit_in_a_header() {
+        // A token pasted with its line break, or with a space, cannot be sent as a bearer
+        // token: every request failed with "failed to parse header value", forever.
+        for bad in [
+            "secret-token\n",
+            "secret token",
+            "secret\ttoken",
+            "sécret-token",
+        ] {
+            let mut c = valid();
+            c.central_platform.bootstrap_token = bad.into();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(
+                e.contains("central_platform.bootstrap_token"),
+                "{bad:?}: {e}"
+            );
+            assert!(!e.contains("secret"), "the error shows the token: {e}");
+        }
+        let mut c = valid();
+        c.central_platform.bootstrap_token = "abc.DEF_123-~+/=".into();
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn api_url_has_no_query_or_fragment() {
+        // The API paths are appended to api_url: after a query or fragment they end up in it
+        // ("https://p/#x/api/v1/nodes/register" POSTs to "/").
+        for bad in [
+            "https://p.example/#x",
+            "https://p.example/base?x=1",
+            "https://p.example?",
+        ] {
+            let mut c = valid();
+            c.central_platform.api_url = bad.into();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("central_platform.api_url"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 use utopia_node_agent::agent::Agent;
 use utopia_node_agent::cli::{self, Command, HELP};
-use utopia_node_agent::config::{Config, LogLevel};
+use utopia_node_agent::config::{self, Config, LogLevel};
 use utopia_node_agent::shutdown::{self, SignalThread};
 
 fn main() -> ExitCode {
@@ -50,6 +50,8 @@ fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Still one thread: the children (docker, frpc) must not inherit the tokens.
+    config::remove_env_overrides();
     init_logging(config.log_level);
     log::info!(
         "utopia-node-agent {} starting with {}",

@@ -327,6 +327,7 @@ fn malformed_node_ids_are_rejected_and_never_written() {
     let platform = PlatformServer::start();
     platform.queue_register([
         Reply::json(201, json!({"node_id": "../../etc/passwd"})),
+        Reply::json(201, json!({"node_id": ".."})),
         Reply::json(201, json!({"node_id": ""})),
         Reply::json(201, json!({"node_id": "has space"})),
         Reply::json(201, json!({"node_id": "x".repeat(129)})),
@@ -335,7 +336,7 @@ fn malformed_node_ids_are_rejected_and_never_written() {
     ]);
     platform.set_register_default(Reply::json(201, json!({"node_id": "bad\nid"})));
     let agent = Agent::start(|c| platform_config(c, &platform.url()));
-    platform.wait_for_registrations(7, Duration::from_secs(10));
+    platform.wait_for_registrations(8, Duration::from_secs(10));
     let status = platform_status(&agent);
     assert!(status.contains("invalid answer"), "{status}");
     assert!(
@@ -351,6 +352,171 @@ fn malformed_node_ids_are_rejected_and_never_written() {
         std::fs::read_to_string(identity_path(&agent)).unwrap(),
         "node-good\n"
     );
+}
+
+#[test]
+fn a_platform_echoing_the_token_in_a_success_answer_does_not_leak_it() {
+    // A broken or malicious platform puts the request's token into a 2xx answer: in the node
+    // id (with a space, with nothing else) or in the frp port. The token must not reach the
+    // log, /health, the identity file or the published node id.
+    let platform = PlatformServer::start();
+    platform.queue_register([
+        Reply::json(201, json!({"node_id": format!("Bearer {BOOTSTRAP_TOKEN}")})),
+        Reply::json(201, json!({"node_id": BOOTSTRAP_TOKEN})),
+        Reply::json(
+            201,
+            json!({"node_id": "node-x", "frp": {"api_remote_port": BOOTSTRAP_TOKEN}}),
+        ),
+        // Where a quote of the answer is cut short, the cut must not leave the token's start.
+        Reply::json(
+            201,
+            json!({"node_id": format!("{} {BOOTSTRAP_TOKEN}", "x".repeat(50))}),
+        ),
+        // The token JSON-escaped: not in the raw text, but it is the token once parsed.
+        Reply {
+            status: 201,
+            body: format!(
+                r#"{{"node_id": "\u{:04x}{}"}}"#,
+                b'b',
+                &BOOTSTRAP_TOKEN[1..]
+            ),
+            delay: Duration::ZERO,
+        },
+    ]);
+    platform.set_register_default(Reply::registered("node-clean"));
+    let agent = Agent::start(|c| platform_config(c, &platform.url()));
+    let mut statuses = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = platform_status(&agent);
+        statuses.push(status.clone());
+        if status == "ok" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not registered; log:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(platform.registrations().len(), 6);
+    let log = agent.log();
+    assert!(
+        !log.contains(&BOOTSTRAP_TOKEN[..10]),
+        "token in the log:\n{log}"
+    );
+    assert!(log.contains("<redacted>"), "{log}");
+    assert!(log.contains("is the bootstrap token"), "{log}");
+    for status in statuses {
+        assert!(
+            !status.contains(&BOOTSTRAP_TOKEN[..10]),
+            "token in /health: {status}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(identity_path(&agent)).unwrap(),
+        "node-clean\n"
+    );
+    assert_eq!(agent.get("/api/v1/metrics").json()["node_id"], "node-clean");
+}
+
+#[test]
+fn secrets_from_the_environment_are_not_inherited_by_child_processes() {
+    // The docker CLI (and frpc) the agent runs must not receive the tokens it was given
+    // through PHOENIX_* variables. A stand-in docker binary records its environment.
+    let platform = PlatformServer::start();
+    let scratch = tempfile::tempdir().unwrap();
+    let fake_docker = scratch.path().join("docker");
+    let seen = scratch.path().join("env");
+    std::fs::write(
+        &fake_docker,
+        format!("#!/bin/sh\nenv >> '{}'\nexit 1\n", seen.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake_docker, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let agent = Agent::start_with(
+        |c| {
+            platform_config(c, &platform.url());
+            c.central_platform.bootstrap_token = String::new();
+            c.docker.binary = fake_docker.clone();
+        },
+        AgentOptions {
+            env: vec![
+                ("PHOENIX_BOOTSTRAP_TOKEN".into(), BOOTSTRAP_TOKEN.into()),
+                ("PHOENIX_FRP_TOKEN".into(), "frp-secret-0a9b8c7d".into()),
+                ("SOME_OTHER_VARIABLE".into(), "kept".into()),
+            ],
+            ..AgentOptions::default()
+        },
+    );
+    // The variable still configured the agent.
+    let registrations = platform.wait_for_registrations(1, Duration::from_secs(10));
+    assert_eq!(
+        registrations[0].header("Authorization"),
+        Some(format!("Bearer {BOOTSTRAP_TOKEN}").as_str())
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&seen).is_ok_and(|e| e.contains("SOME_OTHER_VARIABLE")) {
+        assert!(
+            Instant::now() < deadline,
+            "docker never ran; log:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let env = std::fs::read_to_string(&seen).unwrap();
+    assert!(
+        !env.contains(BOOTSTRAP_TOKEN),
+        "docker got the token:\n{env}"
+    );
+    assert!(
+        !env.contains("frp-secret-0a9b8c7d"),
+        "docker got the frp token"
+    );
+    assert!(!env.contains("PHOENIX_"), "{env}");
+}
+
+#[test]
+fn an_identity_that_cannot_be_written_is_not_registered_until_it_can() {
+    // Registering a node whose id cannot be kept would register another one at every restart.
+    let platform = PlatformServer::start();
+    platform.set_register_default(Reply::registered("node-kept"));
+    let agent = Agent::start(|c| {
+        platform_config(c, &platform.url());
+        // A file where the identity's directory should be.
+        let blocker = c.identity_file_path.with_file_name("blocked");
+        std::fs::write(&blocker, "a file, not a directory\n").unwrap();
+        c.identity_file_path = blocker.join("node_id");
+    });
+    let status = wait_for_status(&agent, Duration::from_secs(5), |s| {
+        s.starts_with("registering: ")
+    });
+    assert!(
+        status.contains("blocked/node_id") && status.contains("cannot write"),
+        "{status}"
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(
+        platform.registrations().is_empty(),
+        "registered a node whose id cannot be saved"
+    );
+    assert!(agent.get("/api/v1/metrics").json()["node_id"].is_null());
+
+    // Fixed: the agent registers, once, and keeps the id.
+    let blocker = agent.dir.path().join("blocked");
+    std::fs::remove_file(&blocker).unwrap();
+    wait_for_status(&agent, Duration::from_secs(5), |s| s == "ok");
+    assert_eq!(
+        std::fs::read_to_string(blocker.join("node_id")).unwrap(),
+        "node-kept\n"
+    );
+    assert_eq!(platform.registrations().len(), 1);
+    let names: Vec<String> = std::fs::read_dir(&blocker)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 2, "probe files left behind: {names:?}");
 }
 
 #[test]
@@ -425,6 +591,70 @@ fn a_forgotten_node_registers_again_and_replaces_the_file() {
     );
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(platform.registrations().len(), 2);
+}
+
+#[test]
+fn a_platform_that_forgets_every_new_node_is_not_flooded_with_registrations() {
+    // Heartbeats answered 404 even for the id registration just gave (a platform whose
+    // endpoints disagree, a wrong path prefix): re-registering at once, every interval, would
+    // create a node per interval per agent. It waits about backoff_max_ms instead.
+    let platform = PlatformServer::start();
+    platform.set_heartbeat_default(Reply::status(404));
+    let agent = Agent::start(|c| {
+        platform_config(c, &platform.url());
+        c.central_platform.heartbeat_interval_secs = 1;
+        c.central_platform.backoff_max_ms = 3000;
+    });
+    let registrations = platform.wait_for_registrations(2, Duration::from_secs(10));
+    let heartbeats = platform.heartbeats();
+    let first_404 = heartbeats[0].at;
+    let gap = registrations[1].at - first_404;
+    assert!(
+        gap >= Duration::from_millis(1400),
+        "registered again {gap:?} after a 404 for a brand-new id"
+    );
+    let log = agent.log();
+    assert!(log.contains("registered moments ago"), "{log}");
+    let status = platform_status(&agent);
+    assert!(
+        status.starts_with("heartbeat failing: ") || status == "ok",
+        "{status}"
+    );
+}
+
+#[test]
+fn a_forgotten_node_is_unregistered_while_registering_again_fails() {
+    // The platform no longer knows the id: until a new one is issued, the node is not
+    // registered, and metrics say so (node_id null) as /health does ("registering: ...").
+    let platform = PlatformServer::start();
+    platform.queue_register([Reply::registered("node-forgotten")]);
+    platform.set_register_default(Reply::status(500));
+    // Accepted once, then forgotten.
+    platform.queue_heartbeat([Reply::json(200, json!({})), Reply::status(404)]);
+    let agent = Agent::start(|c| {
+        platform_config(c, &platform.url());
+        c.central_platform.heartbeat_interval_secs = 1;
+    });
+    platform.wait_for_registrations(3, Duration::from_secs(10));
+    let status = wait_for_status(&agent, Duration::from_secs(5), |s| {
+        s.starts_with("registering: ")
+    });
+    assert!(status.contains("HTTP 500"), "{status}");
+    assert!(
+        agent.get("/api/v1/metrics").json()["node_id"].is_null(),
+        "still publishing the id the platform forgot"
+    );
+    // The file keeps the old id until a new one replaces it.
+    assert_eq!(
+        std::fs::read_to_string(identity_path(&agent)).unwrap(),
+        "node-forgotten\n"
+    );
+    platform.set_register_default(Reply::registered("node-reborn"));
+    wait_for_status(&agent, Duration::from_secs(5), |s| s == "ok");
+    assert_eq!(
+        agent.get("/api/v1/metrics").json()["node_id"],
+        "node-reborn"
+    );
 }
 
 #[test]
@@ -613,4 +843,31 @@ fn https_to_an_untrusted_certificate_is_refused() {
         platform.requests()
     );
     assert!(agent.get("/api/v1/metrics").json()["node_id"].is_null());
+}
+
+#[test]
+fn a_slow_heartbeat_neither_bursts_afterwards_nor_holds_the_shutdown() {
+    // Heartbeats that take longer than the interval: the swallowed beats are skipped, not
+    // sent in a burst once the platform is fast again; SIGTERM during one still exits in time.
+    let platform = PlatformServer::start();
+    platform.queue_heartbeat([
+        Reply::json(200, json!({})).after(Duration::from_millis(1500)),
+        Reply::json(200, json!({})).after(Duration::from_millis(1500)),
+    ]);
+    let mut agent = Agent::start(|c| {
+        platform_config(c, &platform.url());
+        c.central_platform.heartbeat_interval_secs = 1;
+        c.central_platform.request_timeout_secs = 3;
+    });
+    let heartbeats = platform.wait_for_heartbeats(5, Duration::from_secs(15));
+    for pair in heartbeats.windows(2) {
+        let gap = pair[1].at - pair[0].at;
+        assert!(gap >= Duration::from_millis(800), "burst: gap {gap:?}");
+    }
+    platform.set_heartbeat_default(Reply::json(200, json!({})).after(Duration::from_secs(30)));
+    let n = platform.heartbeats().len();
+    platform.wait_for_heartbeats(n + 1, Duration::from_secs(5));
+    let (status, took) = agent.terminate();
+    assert!(status.success(), "{status}");
+    assert!(took < Duration::from_secs(2), "shutdown took {took:?}");
 }

@@ -14,7 +14,8 @@
 //!   wherever a `Location` header points.
 //!
 //! The bootstrap token goes into the `Authorization` header and nowhere else: no error, log line
-//! or status built here contains it.
+//! or status built here contains it, even when the platform echoes it in any answer (an error
+//! body, or a success body the caller rejects: see [`PlatformClient::post_json`]).
 
 use crate::config::PlatformConfig;
 use serde::Serialize;
@@ -154,6 +155,9 @@ pub struct ProxyChoice {
 pub struct PlatformClient {
     /// Why the configured proxy cannot be used, if it cannot.
     unusable_proxy: Option<String>,
+    /// The proxy in use, `host:port (from $VARIABLE)`, named in transport errors: the proxy
+    /// failing is not the platform failing.
+    proxy_in_use: Option<String>,
     agent: ureq::Agent,
     base_url: String,
     bootstrap_token: String,
@@ -186,16 +190,19 @@ impl PlatformClient {
         // matter more than the platform): every platform request fails with the reason instead,
         // which `/health` and the log show.
         let mut unusable_proxy = None;
+        let mut proxy_in_use = None;
         let proxy = match proxy_for(&base_url, &env) {
             Some(choice) => match ureq::Proxy::new(&choice.url) {
                 Ok(proxy) => {
                     // Host and port only: the proxy URL may carry credentials.
-                    log::info!(
-                        "platform requests go through the proxy {}:{} (from ${})",
+                    let named = format!(
+                        "{}:{} from ${}",
                         proxy.host(),
                         proxy.port(),
                         choice.variable
                     );
+                    log::info!("platform requests go through the proxy {named}");
+                    proxy_in_use = Some(named);
                     Some(proxy)
                 }
                 Err(e) => {
@@ -227,6 +234,7 @@ impl PlatformClient {
             .build();
         Ok(PlatformClient {
             unusable_proxy,
+            proxy_in_use,
             agent: agent_config.into(),
             base_url,
             bootstrap_token: config.bootstrap_token.clone(),
@@ -239,18 +247,49 @@ impl PlatformClient {
         format!("{}{path}", self.base_url)
     }
 
-    /// POSTs `body` as JSON; returns the body of a 2xx answer, or why there is none.
-    pub fn post_json(&self, path: &str, body: &impl Serialize) -> Result<String, RequestError> {
+    /// POSTs `body` as JSON and reads a 2xx answer with `parse`; an answer `parse` rejects is
+    /// an [`RequestError::InvalidResponse`] with its reason. The reason may quote the answer:
+    /// `parse` is given the answer with the bootstrap token already replaced (so that a quote
+    /// cut short cannot keep a part of it), and the reason is redacted again.
+    pub fn post_json<T>(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<T, RequestError> {
         let url = self.url(path);
+        let text = self.redact(&self.post(&url, body)?);
+        parse(&text).map_err(|reason| RequestError::InvalidResponse {
+            url,
+            reason: self.redact(&reason),
+        })
+    }
+
+    /// Whether `value` is the bootstrap token (which no answer may make public).
+    pub fn is_bootstrap_token(&self, value: &str) -> bool {
+        !self.bootstrap_token.is_empty() && value == self.bootstrap_token
+    }
+
+    /// `text` with the bootstrap token replaced.
+    fn redact(&self, text: &str) -> String {
+        if self.bootstrap_token.is_empty() {
+            text.to_string()
+        } else {
+            text.replace(&self.bootstrap_token, "<redacted>")
+        }
+    }
+
+    /// The body of a 2xx answer to a POST of `body` as JSON, or why there is none.
+    fn post(&self, url: &str, body: &impl Serialize) -> Result<String, RequestError> {
+        let url = url.to_string();
         if let Some(reason) = &self.unusable_proxy {
             return Err(RequestError::Transport {
                 url,
                 message: reason.clone(),
             });
         }
-        let transport = |error: ureq::Error| RequestError::Transport {
-            url: url.clone(),
-            message: match error {
+        let transport = |error: ureq::Error| {
+            let mut message = match error {
                 ureq::Error::Timeout(_) => {
                     format!(
                         "no answer within {}s (request_timeout_secs)",
@@ -258,7 +297,7 @@ impl PlatformClient {
                     )
                 }
                 other => {
-                    let message = other.to_string();
+                    let message = self.redact(&other.to_string());
                     if message.contains("UnknownIssuer") {
                         format!(
                             "{message} (the platform's certificate is not signed by a trusted \
@@ -268,7 +307,17 @@ impl PlatformClient {
                         message
                     }
                 }
-            },
+            };
+            if let Some(proxy) = &self.proxy_in_use {
+                message.push_str(&format!(
+                    " (through the proxy {proxy}: check the proxy, or exclude the platform \
+                     with NO_PROXY)"
+                ));
+            }
+            RequestError::Transport {
+                url: url.clone(),
+                message,
+            }
         };
         let mut request = self.agent.post(&url).header("Accept", "application/json");
         if !self.bootstrap_token.is_empty() {
@@ -282,11 +331,8 @@ impl PlatformClient {
             .limit(MAX_RESPONSE_BYTES)
             .read_to_string();
         if !(200..300).contains(&status) {
-            let mut body = text.unwrap_or_default();
-            if !self.bootstrap_token.is_empty() {
-                // A platform that echoes the request must not put the token into our logs.
-                body = body.replace(&self.bootstrap_token, "<redacted>");
-            }
+            // A platform that echoes the request must not put the token into our logs.
+            let body = self.redact(&text.unwrap_or_default());
             return Err(RequestError::Status {
                 url,
                 status,
@@ -317,7 +363,7 @@ fn system_roots() -> (Vec<Certificate<'static>>, String) {
         .map(String::as_str)
         .chain(SYSTEM_CA_BUNDLES.iter().copied());
     for candidate in candidates {
-        let Ok(pem) = std::fs::read(candidate) else {
+        let Ok(pem) = read_pem_file(Path::new(candidate)) else {
             continue;
         };
         let certs = pem_certificates(&pem);
@@ -335,6 +381,29 @@ fn system_roots() -> (Vec<Certificate<'static>>, String) {
     )
 }
 
+/// Largest certificate file read (a distribution's whole bundle is about 200 KiB).
+const MAX_PEM_BYTES: u64 = 8 * 1024 * 1024;
+
+/// The bytes of a PEM file: opened non-blocking (a FIFO would wait for a writer, at start,
+/// forever), a regular file (else `InvalidInput`), at most [`MAX_PEM_BYTES`].
+fn read_pem_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "it is not a regular file",
+        ));
+    }
+    let mut pem = Vec::new();
+    file.take(MAX_PEM_BYTES).read_to_end(&mut pem)?;
+    Ok(pem)
+}
+
 /// Every certificate of a PEM text (other items are skipped).
 fn pem_certificates(pem: &[u8]) -> Vec<Certificate<'static>> {
     ureq::tls::parse_pem(pem)
@@ -347,9 +416,18 @@ fn pem_certificates(pem: &[u8]) -> Vec<Certificate<'static>> {
 
 /// Reads `central_platform.ca_file`: at least one PEM certificate, or an error naming the file.
 pub fn load_ca_file(path: &Path) -> Result<Vec<Certificate<'static>>, ClientError> {
-    let pem = std::fs::read(path).map_err(|source| ClientError::CaFileUnreadable {
-        path: path.to_path_buf(),
-        source,
+    let pem = read_pem_file(path).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::InvalidInput {
+            ClientError::CaFileInvalid {
+                path: path.to_path_buf(),
+                reason: source.to_string(),
+            }
+        } else {
+            ClientError::CaFileUnreadable {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
     })?;
     let mut certs = Vec::new();
     for item in ureq::tls::parse_pem(&pem) {
@@ -576,11 +654,66 @@ mod tests {
         };
         let client =
             PlatformClient::new(&config, env(&[("HTTPS_PROXY", "gopher://x:70")])).unwrap();
-        let e = client.post_json("/api/v1/nodes/register", &()).unwrap_err();
+        let e = client
+            .post_json("/api/v1/nodes/register", &(), |_| Ok(()))
+            .unwrap_err();
         let RequestError::Transport { message, .. } = &e else {
             panic!("{e}");
         };
         assert!(message.contains("$HTTPS_PROXY"), "{e}");
+    }
+
+    #[test]
+    fn a_failing_proxy_is_named_in_the_error() {
+        // The platform may be fine: an operator reading "connection refused" must know that
+        // it was the proxy that refused.
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = dead.local_addr().unwrap().port();
+        drop(dead);
+        let config = PlatformConfig {
+            api_url: "https://p.example".into(),
+            request_timeout_secs: 2,
+            ..PlatformConfig::default()
+        };
+        let proxy = format!("http://user:pw@127.0.0.1:{port}");
+        let client = PlatformClient::new(&config, env(&[("https_proxy", &proxy)])).unwrap();
+        let e = client
+            .post_json("/api/v1/nodes/register", &(), |_| Ok(()))
+            .unwrap_err();
+        let RequestError::Transport { message, .. } = &e else {
+            panic!("{e}");
+        };
+        assert!(
+            message.contains(&format!("proxy 127.0.0.1:{port}"))
+                && message.contains("$https_proxy"),
+            "{e}"
+        );
+        assert!(!message.contains("pw"), "proxy credentials in {e}");
+    }
+
+    #[test]
+    fn a_socks_proxy_from_the_environment_is_used_not_a_panic() {
+        // ureq without its socks feature panicked in the platform thread on a socks5:// proxy:
+        // the thread died, and the node never registered nor said why.
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = dead.local_addr().unwrap().port();
+        drop(dead);
+        let config = PlatformConfig {
+            api_url: "http://127.0.0.1:9".into(),
+            request_timeout_secs: 2,
+            ..PlatformConfig::default()
+        };
+        for scheme in ["socks5", "socks5h", "socks4"] {
+            let proxy = format!("{scheme}://127.0.0.1:{port}");
+            let client = PlatformClient::new(&config, env(&[("ALL_PROXY", &proxy)])).unwrap();
+            let e = client
+                .post_json("/api/v1/nodes/register", &(), |_| Ok(()))
+                .unwrap_err();
+            assert!(
+                e.to_string().contains(&format!("proxy 127.0.0.1:{port}")),
+                "{scheme}: {e}"
+            );
+        }
     }
 
     #[test]
@@ -610,6 +743,38 @@ mod tests {
         std::fs::write(&not_pem, "hello\n").unwrap();
         let e = load_ca_file(&not_pem).unwrap_err().to_string();
         assert!(e.contains("not.pem") && e.contains("no certificate"), "{e}");
+    }
+
+    #[test]
+    fn a_ca_file_that_is_not_a_regular_file_is_refused_at_once() {
+        // A FIFO would block the start, before the API exists, waiting for a writer.
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("ca.pem");
+        let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo(3) on a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let probe = fifo.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(
+                load_ca_file(&probe)
+                    .map(|c| c.len())
+                    .map_err(|e| e.to_string()),
+            );
+        });
+        let e = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("load_ca_file blocked on a FIFO")
+            .unwrap_err();
+        assert!(
+            e.contains("ca.pem") && e.contains("not a regular file"),
+            "{e}"
+        );
+        let e = load_ca_file(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("ca_file") && e.contains("not a regular file"),
+            "{e}"
+        );
     }
 
     #[test]

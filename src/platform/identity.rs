@@ -10,12 +10,14 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// Longest node id accepted.
 pub const MAX_NODE_ID_LEN: usize = 128;
 
-/// A node id as the platform issued it: 1-128 characters of `[A-Za-z0-9_.:-]`.
+/// A node id as the platform issued it: 1-128 characters of `[A-Za-z0-9_.:-]`, other than `.`
+/// and `..` (which would be path steps in the heartbeat URL).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeId(String);
 
@@ -25,12 +27,6 @@ impl NodeId {
         if value.is_empty() {
             return Err("it is empty".to_string());
         }
-        if value.len() > MAX_NODE_ID_LEN {
-            return Err(format!(
-                "it is {} characters long (at most {MAX_NODE_ID_LEN})",
-                value.len()
-            ));
-        }
         if let Some(bad) = value
             .chars()
             .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-')))
@@ -38,6 +34,17 @@ impl NodeId {
             return Err(format!(
                 "it contains {bad:?} (only A-Z a-z 0-9 _ . : - are allowed)"
             ));
+        }
+        // ASCII from here on: bytes are characters.
+        if value.len() > MAX_NODE_ID_LEN {
+            return Err(format!(
+                "it is {} characters long (at most {MAX_NODE_ID_LEN})",
+                value.len()
+            ));
+        }
+        if value == "." || value == ".." {
+            // In the heartbeat URL it would be a path step, not a node.
+            return Err(format!("{value:?} is a path step, not a name"));
         }
         Ok(NodeId(value.to_string()))
     }
@@ -118,27 +125,22 @@ pub fn registration_record_path(identity_path: &Path) -> PathBuf {
 /// Reads the identity file: `Ok(None)` when there is none, an error when there is one that
 /// cannot be used (the agent must not start then).
 pub fn load_node_id(path: &Path) -> Result<Option<NodeId>, IdentityError> {
+    let invalid = |reason: String| IdentityError::Invalid {
+        path: path.to_path_buf(),
+        reason,
+    };
     // A node id is short: reading a little more than the longest one is enough to reject a
     // file that is something else, without reading all of it.
-    let read = std::fs::File::open(path).and_then(|file| {
-        let mut bytes = Vec::new();
-        file.take(MAX_NODE_ID_LEN as u64 + 3)
-            .read_to_end(&mut bytes)?;
-        Ok(bytes)
-    });
-    let bytes = match read {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
+    let bytes = match read_regular_file(path, MAX_NODE_ID_LEN as u64 + 3) {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => return Ok(None),
+        Err(FileProblem::NotRegular(what)) => return Err(invalid(what.to_string())),
+        Err(FileProblem::Io(source)) => {
             return Err(IdentityError::Unreadable {
                 path: path.to_path_buf(),
                 source,
             })
         }
-    };
-    let invalid = |reason: String| IdentityError::Invalid {
-        path: path.to_path_buf(),
-        reason,
     };
     if bytes.len() > MAX_NODE_ID_LEN + 2 {
         return Err(invalid(format!(
@@ -159,29 +161,68 @@ pub fn load_registration_record(
     node_id: &NodeId,
 ) -> Option<RegistrationRecord> {
     let path = registration_record_path(identity_path);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-        Err(e) => {
-            log::warn!(
-                "cannot read {}: {e}; the platform's frp port is unknown until the next \
-                 registration",
-                path.display()
-            );
-            return None;
-        }
+    let problem = match read_regular_file(&path, MAX_RECORD_BYTES) {
+        Ok(Some(bytes)) => match serde_json::from_slice::<RegistrationRecord>(&bytes) {
+            Ok(record) if record.node_id == node_id.as_str() => return Some(record),
+            Ok(_) => {
+                log::warn!("{} belongs to another node id; ignoring it", path.display());
+                return None;
+            }
+            Err(e) => format!("it is damaged ({e})"),
+        },
+        Ok(None) => return None,
+        Err(FileProblem::NotRegular(what)) => what.to_string(),
+        Err(FileProblem::Io(e)) => format!("cannot read it: {e}"),
     };
-    match serde_json::from_str::<RegistrationRecord>(&text) {
-        Ok(record) if record.node_id == node_id.as_str() => Some(record),
-        Ok(_) => {
-            log::warn!("{} belongs to another node id; ignoring it", path.display());
-            None
+    log::warn!(
+        "ignoring {}: {problem}; the platform's frp port is unknown until the next registration",
+        path.display()
+    );
+    None
+}
+
+/// Largest registration record read (one is about 150 bytes).
+const MAX_RECORD_BYTES: u64 = 64 * 1024;
+
+/// Why [`read_regular_file`] read nothing.
+enum FileProblem {
+    Io(std::io::Error),
+    /// What is there instead of a regular file.
+    NotRegular(&'static str),
+}
+
+/// Up to `limit` bytes of the regular file at `path`; `None` when there is nothing at `path`
+/// (nor can be: a parent is not a directory). The file is opened non-blocking: a FIFO would
+/// otherwise wait for a writer, forever.
+fn read_regular_file(path: &Path, limit: u64) -> Result<Option<Vec<u8>>, FileProblem> {
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
+            return Ok(None)
         }
-        Err(e) => {
-            log::warn!("{} is damaged ({e}); ignoring it", path.display());
-            None
-        }
+        Err(e) => return Err(FileProblem::Io(e)),
+    };
+    let file_type = file.metadata().map_err(FileProblem::Io)?.file_type();
+    if file_type.is_dir() {
+        return Err(FileProblem::NotRegular("it is a directory, not a file"));
     }
+    if !file_type.is_file() {
+        return Err(FileProblem::NotRegular("it is not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    file.take(limit)
+        .read_to_end(&mut bytes)
+        .map_err(FileProblem::Io)?;
+    Ok(Some(bytes))
 }
 
 /// Persists a registration: first the record, then the identity file (the commit point).
@@ -195,9 +236,34 @@ pub fn save_registration(
     write_atomic(identity_path, format!("{}\n", record.node_id).as_bytes())
 }
 
-/// Replaces `path` with `contents` atomically, mode 0600, creating the parent directory (0700).
-pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), IdentityError> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+/// Checks that the identity at `identity_path` can be written (its directory exists or can be
+/// created, and a file can be created in it), so that a node is not registered only to lose its
+/// id: every restart would register another one.
+pub fn check_writable(identity_path: &Path) -> Result<(), IdentityError> {
+    let (dir, mut probe_name) = dir_and_temp_prefix(identity_path)?;
+    probe_name.push(format!(
+        ".probe-{}-{}",
+        std::process::id(),
+        fastrand::u32(..)
+    ));
+    let probe = dir.join(probe_name);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&probe)
+        .map_err(|source| IdentityError::Write {
+            path: identity_path.to_path_buf(),
+            step: "creating a file beside it",
+            source,
+        })?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+/// The directory of `path`, created (0700) if missing, and the prefix of the temp files beside
+/// `path` (`.<file name>`).
+fn dir_and_temp_prefix(path: &Path) -> Result<(PathBuf, std::ffi::OsString), IdentityError> {
     let fail = |step: &'static str| {
         let path = path.to_path_buf();
         move |source| IdentityError::Write { path, step, source }
@@ -206,22 +272,46 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), IdentityError> {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| {
-            fail("the path has no file name")(std::io::Error::from(
-                std::io::ErrorKind::InvalidInput,
-            ))
-        })?
-        .to_os_string();
+    let file_name = path.file_name().ok_or_else(|| {
+        fail("the path has no file name")(std::io::Error::from(std::io::ErrorKind::InvalidInput))
+    })?;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(&dir)
         .map_err(fail("creating its directory"))?;
+    let mut prefix = std::ffi::OsString::from(".");
+    prefix.push(file_name);
+    Ok((dir, prefix))
+}
 
-    let mut temp_name = std::ffi::OsString::from(".");
-    temp_name.push(&file_name);
+/// Removes the temp and probe files (`<prefix>.tmp-*`, `<prefix>.probe-*`) that an agent killed
+/// mid-write left in `dir`: nothing else writes them, and they would pile up crash after crash.
+fn remove_leftovers(dir: &Path, prefix: &std::ffi::OsStr) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let prefix = prefix.as_encoded_bytes();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.as_encoded_bytes().strip_prefix(prefix) else {
+            continue;
+        };
+        let ours = rest.starts_with(b".tmp-") || rest.starts_with(b".probe-");
+        if ours && entry.file_type().is_ok_and(|t| t.is_file()) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Replaces `path` with `contents` atomically, mode 0600, creating the parent directory (0700).
+pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), IdentityError> {
+    let fail = |step: &'static str| {
+        let path = path.to_path_buf();
+        move |source| IdentityError::Write { path, step, source }
+    };
+    let (dir, mut temp_name) = dir_and_temp_prefix(path)?;
+    remove_leftovers(&dir, &temp_name);
     temp_name.push(format!(".tmp-{}-{}", std::process::id(), fastrand::u32(..)));
     let temp_path = dir.join(temp_name);
     let result = (|| {
@@ -259,6 +349,16 @@ mod tests {
         for bad in ["", " a", "a b", "a/b", "../x", "ü", "a\n", &"x".repeat(129)] {
             assert!(NodeId::parse(bad).is_err(), "{bad:?}");
         }
+        // Dot segments: in the heartbeat URL they would name another path
+        // (/api/v1/nodes/../heartbeat is /api/v1/heartbeat).
+        for dots in [".", ".."] {
+            let e = NodeId::parse(dots).unwrap_err();
+            assert!(e.contains("path"), "{dots}: {e}");
+        }
+        assert!(NodeId::parse("...").is_ok());
+        // Too long and not ASCII: the reason is the character, not a length counted in bytes.
+        let e = NodeId::parse(&"ü".repeat(100)).unwrap_err();
+        assert!(e.contains("'ü'"), "{e}");
     }
 
     #[test]
@@ -315,13 +415,33 @@ mod tests {
         }
         std::fs::write(&path, "node-7\n").unwrap();
         assert_eq!(load_node_id(&path).unwrap().unwrap().as_str(), "node-7");
-        // A directory where the file should be cannot be read.
+        // A directory where the file should be is not an identity.
         let as_dir = dir.path().join("dir");
         std::fs::create_dir(&as_dir).unwrap();
-        assert!(matches!(
-            load_node_id(&as_dir),
-            Err(IdentityError::Unreadable { .. })
-        ));
+        let e = load_node_id(&as_dir).unwrap_err().to_string();
+        assert!(e.contains("is a directory") && e.contains("dir"), "{e}");
+    }
+
+    #[test]
+    fn a_fifo_in_place_of_the_file_is_refused_at_once() {
+        // Opening a FIFO for reading blocks until a writer comes: the agent hung at start,
+        // before its signal handling could stop it.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node_id");
+        let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo(3) on a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let probe = path.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(load_node_id(&probe).map_err(|e| e.to_string()));
+        });
+        let result = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("load_node_id blocked on a FIFO");
+        let e = result.unwrap_err();
+        assert!(e.contains("not a regular file"), "{e}");
+        assert!(e.contains(&path.display().to_string()), "{e}");
     }
 
     #[test]
@@ -344,6 +464,81 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert!(!names.iter().any(|n| n.contains(".tmp-")), "{names:?}");
+    }
+
+    #[test]
+    fn temp_files_left_by_a_crash_are_removed_by_the_next_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node_id");
+        // What a crash between creating and renaming leaves, and files that are not ours.
+        let leftovers = [".node_id.tmp-4242-17", ".node_id.probe-4242-18"];
+        let others = [".other.tmp-1-2", "node_id.tmp-1-2", "keep"];
+        for name in leftovers.iter().chain(&others) {
+            std::fs::write(dir.path().join(name), "x").unwrap();
+        }
+        save_registration(
+            &path,
+            &RegistrationRecord {
+                node_id: "node-1".into(),
+                api_remote_port: None,
+                registered_at: String::new(),
+            },
+        )
+        .unwrap();
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        let mut expected: Vec<String> = others.iter().map(|n| n.to_string()).collect();
+        expected.extend(["node_id".into(), "node_id.registration.json".into()]);
+        expected.sort();
+        assert_eq!(names, expected);
+    }
+
+    #[test]
+    fn writability_is_checked_without_leaving_anything() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new/node_id");
+        check_writable(&path).unwrap();
+        assert_eq!(
+            std::fs::read_dir(path.parent().unwrap()).unwrap().count(),
+            0
+        );
+        // A file where the directory should be: nothing to read, nothing can be written.
+        let blocker = dir.path().join("blocker");
+        std::fs::write(&blocker, "x").unwrap();
+        let blocked = blocker.join("node_id");
+        assert!(load_node_id(&blocked).unwrap().is_none());
+        let e = check_writable(&blocked).unwrap_err().to_string();
+        assert!(
+            e.contains("blocker/node_id") && e.contains("cannot write"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_record_that_is_not_a_small_regular_file_is_ignored_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node_id");
+        let id = NodeId::parse("node-1").unwrap();
+        let record = registration_record_path(&path);
+        // Far larger than any record: not read whole into memory, ignored.
+        std::fs::write(&record, " ".repeat(2 * 1024 * 1024)).unwrap();
+        assert_eq!(load_registration_record(&path, &id), None);
+        // A FIFO: reading it would wait for a writer at start, forever.
+        std::fs::remove_file(&record).unwrap();
+        let c_path = std::ffi::CString::new(record.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo(3) on a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(load_registration_record(&path, &id));
+        });
+        let loaded = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("load_registration_record blocked on a FIFO");
+        assert_eq!(loaded, None);
     }
 
     #[test]

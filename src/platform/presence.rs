@@ -1,12 +1,15 @@
 //! The presence thread: keeps this node known to the central platform.
 //!
 //! It owns the [`PlatformClient`] and the node's identity files. Without a node id it registers
-//! (`POST /api/v1/nodes/register`), retrying with exponential backoff and full jitter until the
-//! platform accepts, then writes the identity atomically and publishes `node_id` (and the frp
-//! port the platform assigned) into the [`Snapshot`]. It then sends a heartbeat every
-//! `heartbeat_interval_secs`, the first at a random offset within the interval so that a fleet
-//! started together does not beat together. A heartbeat answered 404 or 410 means the platform
-//! forgot the node: it registers again and replaces the identity file.
+//! (`POST /api/v1/nodes/register`), once the identity file can be written, retrying with
+//! exponential backoff and full jitter until the platform accepts, then writes the identity
+//! atomically and publishes `node_id` (and the frp port the platform assigned) into the
+//! [`Snapshot`]. It then sends a heartbeat every `heartbeat_interval_secs`, the first at a
+//! random offset within the interval so that a fleet started together does not beat together.
+//! A heartbeat answered 404 or 410 means the platform forgot the node: it unpublishes the id
+//! and registers again, replacing the identity file, at once, unless the platform never
+//! accepted a heartbeat of that id (its endpoints disagree): then it waits about
+//! `backoff_max_ms` first, so that it does not add a node every interval.
 //!
 //! It receives nothing but the shutdown channel and reads the snapshot for the heartbeat body;
 //! it sends only HTTP requests and publishes `node_id`, `assigned_api_remote_port` and
@@ -96,6 +99,7 @@ struct Presence {
 
 impl Presence {
     fn run(mut self, known: Option<NodeId>) {
+        let from_file = known.is_some();
         let mut node_id = match known {
             Some(id) => id,
             None => match self.register() {
@@ -119,6 +123,9 @@ impl Presence {
         // A fixed cadence from a random phase: a slow answer does not push later beats back.
         let mut next_beat = Instant::now() + random_offset(interval);
         let mut last_failure: Option<String> = None;
+        // Whether the platform has accepted a heartbeat of this id (one read from the file is
+        // taken as known to it). A 404 for an id it never accepted is not a forgotten node.
+        let mut id_accepted = from_file;
         loop {
             if self
                 .shutdown
@@ -139,13 +146,39 @@ impl Presence {
                     if last_failure.take().is_some() {
                         log::info!("heartbeats are accepted again");
                     }
+                    id_accepted = true;
                     self.snapshot.set_component("platform", "ok");
+                }
+                Err(e) if e.is_node_unknown() && !id_accepted => {
+                    // The id registration has just given is unknown to the heartbeat endpoint:
+                    // registering again at once would add a node per interval, per agent, for
+                    // as long as the platform is in that state. Waited like a rejected token.
+                    let delay = self.backoff.delay_at_cap();
+                    log::error!(
+                        "the platform no longer knows node {node_id} ({e}), which it registered \
+                         moments ago: its registration and heartbeat endpoints disagree (is \
+                         central_platform.api_url right?); registering again in {}",
+                        secs(delay)
+                    );
+                    self.snapshot
+                        .set_component("platform", format!("heartbeat failing: {e}"));
+                    if self.shutdown.wait_timeout(delay) {
+                        return;
+                    }
+                    last_failure = None;
+                    self.unpublish();
+                    match self.register() {
+                        Some(id) => node_id = id,
+                        None => return,
+                    }
                 }
                 Err(e) if e.is_node_unknown() => {
                     log::warn!(
                         "the platform no longer knows node {node_id} ({e}); registering again"
                     );
                     last_failure = None;
+                    id_accepted = false;
+                    self.unpublish();
                     match self.register() {
                         Some(id) => node_id = id,
                         None => return,
@@ -179,12 +212,34 @@ impl Presence {
         }
         self.backoff.reset();
         loop {
+            // A node registered without a place for its id is registered again at every
+            // restart: the file must be writable first.
+            if let Err(e) = identity::check_writable(&self.settings.identity_path) {
+                let delay = self.backoff.next_delay();
+                log::error!(
+                    "not registering: {e}; the node id could not be kept (checking again in {})",
+                    secs(delay)
+                );
+                self.snapshot
+                    .set_component("platform", format!("registering: {e}"));
+                if self.shutdown.wait_timeout(delay) {
+                    return None;
+                }
+                continue;
+            }
             let request =
                 RegistrationRequest::collect(&self.snapshot, &self.settings.api_listen_address);
-            let result = self
-                .client
-                .post_json(REGISTER_PATH, &request)
-                .and_then(|body| parse_registration(&body, &self.client.url(REGISTER_PATH)));
+            let result = self.client.post_json(REGISTER_PATH, &request, |body| {
+                let registration = parse_registration(body)?;
+                if self
+                    .client
+                    .is_bootstrap_token(registration.node_id.as_str())
+                {
+                    // Published in metrics, logged, written to disk: never the secret.
+                    return Err("node_id rejected: it is the bootstrap token".to_string());
+                }
+                Ok(registration)
+            });
             match result {
                 Ok(registration) => {
                     self.accept(&registration);
@@ -245,6 +300,15 @@ impl Presence {
         self.snapshot.set_component("platform", "ok");
     }
 
+    /// The platform forgot the node: until it registers again, it is unregistered (`node_id`
+    /// null, as before the first registration); the identity file keeps the old id until a
+    /// new one replaces it.
+    fn unpublish(&self) {
+        self.snapshot.node_id.set(None);
+        self.snapshot.assigned_api_remote_port.set(None);
+        self.snapshot.set_component("platform", "registering");
+    }
+
     fn save_pending(&mut self) {
         if let Some(record) = &self.unsaved {
             match identity::save_registration(&self.settings.identity_path, record) {
@@ -267,9 +331,9 @@ impl Presence {
             uptime_secs: self.started.elapsed().as_secs(),
             containers: self.snapshot.containers.get().as_ref().clone(),
         };
+        // The answer's body is not part of the protocol.
         self.client
-            .post_json(&heartbeat_path(node_id), &body)
-            .map(|_| ())
+            .post_json(&heartbeat_path(node_id), &body, |_| Ok(()))
     }
 
     /// Waits (up to [`GPU_REPORT_WAIT`]) for the GPU sampler's first report; true on shutdown.
@@ -291,22 +355,18 @@ pub struct Registration {
     pub api_remote_port: Option<u16>,
 }
 
-/// Reads `{"node_id": "...", "frp": {"api_remote_port": N}}`; anything else is an error and
-/// nothing of it is kept.
-pub fn parse_registration(body: &str, url: &str) -> Result<Registration, RequestError> {
-    let invalid = |reason: String| RequestError::InvalidResponse {
-        url: url.to_string(),
-        reason,
-    };
+/// Reads `{"node_id": "...", "frp": {"api_remote_port": N}}`; anything else is an error (the
+/// reason, which may quote the answer) and nothing of it is kept.
+pub fn parse_registration(body: &str) -> Result<Registration, String> {
     let value: serde_json::Value =
-        serde_json::from_str(body).map_err(|e| invalid(format!("not JSON ({e})")))?;
+        serde_json::from_str(body).map_err(|e| format!("not JSON ({e})"))?;
     let node_id = match value.get("node_id") {
         Some(serde_json::Value::String(id)) => NodeId::parse(id).map_err(|reason| {
             let shown: String = id.chars().take(64).collect();
-            invalid(format!("node_id {shown:?} rejected: {reason}"))
+            format!("node_id {shown:?} rejected: {reason}")
         })?,
-        Some(other) => return Err(invalid(format!("node_id is not a string: {other}"))),
-        None => return Err(invalid("no node_id".to_string())),
+        Some(other) => return Err(format!("node_id is not a string: {}", quoted(other))),
+        None => return Err("no node_id".to_string()),
     };
     let api_remote_port = match value.get("frp").and_then(|frp| frp.get("api_remote_port")) {
         None | Some(serde_json::Value::Null) => None,
@@ -314,13 +374,22 @@ pub fn parse_registration(body: &str, url: &str) -> Result<Registration, Request
             port.as_u64()
                 .and_then(|p| u16::try_from(p).ok())
                 .filter(|p| *p > 0)
-                .ok_or_else(|| invalid(format!("frp.api_remote_port {port} is not a port")))?,
+                .ok_or_else(|| format!("frp.api_remote_port {} is not a port", quoted(port)))?,
         ),
     };
     Ok(Registration {
         node_id,
         api_remote_port,
     })
+}
+
+/// A value of the answer as JSON, cut to 64 characters: enough to recognise it in a log line.
+fn quoted(value: &serde_json::Value) -> String {
+    let text = value.to_string();
+    match text.char_indices().nth(64) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text,
+    }
 }
 
 /// A delay for a log line: `0.4s`, `12s`.
@@ -335,16 +404,15 @@ fn secs(delay: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const URL: &str = "http://p/api/v1/nodes/register";
+    use serde_json::json;
 
     #[test]
     fn registration_answers_are_checked() {
-        let ok = parse_registration(r#"{"node_id":"node-1"}"#, URL).unwrap();
+        let ok = parse_registration(r#"{"node_id":"node-1"}"#).unwrap();
         assert_eq!(ok.node_id.as_str(), "node-1");
         assert_eq!(ok.api_remote_port, None);
         let with_port =
-            parse_registration(r#"{"node_id":"n","frp":{"api_remote_port":7001}}"#, URL).unwrap();
+            parse_registration(r#"{"node_id":"n","frp":{"api_remote_port":7001}}"#).unwrap();
         assert_eq!(with_port.api_remote_port, Some(7001));
         for bad in [
             "",
@@ -357,14 +425,25 @@ mod tests {
             r#"{"node_id":"n","frp":{"api_remote_port":70000}}"#,
             r#"{"node_id":"n","frp":{"api_remote_port":0}}"#,
         ] {
-            let e = parse_registration(bad, URL).unwrap_err();
-            assert!(
-                matches!(e, RequestError::InvalidResponse { .. }),
-                "{bad}: {e}"
-            );
+            assert!(parse_registration(bad).is_err(), "{bad}");
         }
         let long = format!(r#"{{"node_id":"{}"}}"#, "x".repeat(129));
-        assert!(parse_registration(&long, URL).is_err());
+        assert!(parse_registration(&long).is_err());
+    }
+
+    #[test]
+    fn rejected_values_are_quoted_short() {
+        // The reason goes into the log and /health at every retry: a platform answering with
+        // a 60 KiB value must not make 60 KiB log lines.
+        let big = "y".repeat(60_000);
+        for body in [
+            json!({ "node_id": { "nested": big } }),
+            json!({ "node_id": "n", "frp": { "api_remote_port": big } }),
+            json!({ "node_id": [big] }),
+        ] {
+            let reason = parse_registration(&body.to_string()).unwrap_err();
+            assert!(reason.len() < 200, "{} bytes: {reason:.300}", reason.len());
+        }
     }
 
     #[test]
