@@ -78,6 +78,15 @@ fn lifecycle_create_list_inspect_logs_stop_start_restart_delete() {
     assert_eq!(visible_devices(&lines), vec!["NVIDIA_VISIBLE_DEVICES=1"]);
     assert!(lines.contains("GREETING=hello world"), "{lines:?}");
     assert!(lines.contains("EMPTY="), "{lines:?}");
+    // Toolkit features that would hand out host devices are switched off for every container.
+    for feature in [
+        "NVIDIA_GDS",
+        "NVIDIA_MOFED",
+        "NVIDIA_NVSWITCH",
+        "NVIDIA_GDRCOPY",
+    ] {
+        assert!(lines.contains(&format!("{feature}=disabled")), "{lines:?}");
+    }
     assert!(
         lines.contains("to-stderr"),
         "stderr is in the logs: {lines:?}"
@@ -393,6 +402,8 @@ fn injection_corpus_is_refused_and_creates_nothing() {
         with("env_vars", json!(["A=1\nB=2"])),
         with("env_vars", json!(["A=1\r\n--privileged"])),
         with("env_vars", json!(["NVIDIA_VISIBLE_DEVICES=all"])),
+        with("env_vars", json!(["NVIDIA_MOFED=enabled"])),
+        with("env_vars", json!(["NVIDIA_NVSWITCH=enabled"])),
         with("env_vars", json!(["PATH"])),
         with("env_vars", json!(["--privileged=true"])),
         with("claim_id", json!("a/b")),

@@ -45,6 +45,15 @@ pub struct RunSettings {
 }
 
 /// The argv (after the binary) of `docker run` for `spec` with the GPUs the ledger assigned.
+/// NVIDIA container toolkit features that give a container host devices when an image sets
+/// them to `enabled`; every managed container gets them `disabled`.
+pub const DISABLED_TOOLKIT_FEATURES: &[&str] = &[
+    "NVIDIA_GDS",
+    "NVIDIA_MOFED",
+    "NVIDIA_NVSWITCH",
+    "NVIDIA_GDRCOPY",
+];
+
 pub fn run_args(
     spec: &CreateSpec,
     gpus: &[u32],
@@ -95,6 +104,11 @@ pub fn run_args(
                 );
             }
         }
+    }
+    // An image may switch these toolkit features on in its own environment (`=enabled`) to be
+    // given host devices (/dev/infiniband, NVSwitch, nvidia-fs, gdrdrv); `-e` overrides it.
+    for feature in DISABLED_TOOLKIT_FEATURES {
+        flag("--env", format!("{feature}=disabled"));
     }
     if let Some(path) = env_file {
         flag("--env-file", path.to_string_lossy().into_owned());
@@ -612,6 +626,14 @@ mod tests {
             .collect()
     }
 
+    /// The `--env` values that set NVIDIA_VISIBLE_DEVICES.
+    fn visible(args: &[String]) -> Vec<String> {
+        pairs(args, "--env")
+            .into_iter()
+            .filter(|e| e.starts_with("NVIDIA_VISIBLE_DEVICES="))
+            .collect()
+    }
+
     fn uuids() -> Vec<String> {
         vec!["GPU-a".into(), "GPU-b".into()]
     }
@@ -629,6 +651,16 @@ mod tests {
         assert!(pairs(&args, "--device").is_empty());
         assert!(pairs(&args, "--runtime").is_empty());
         assert!(!args.iter().any(|a| a.contains("NVIDIA_VISIBLE_DEVICES")));
+        assert_eq!(
+            pairs(&args, "--env"),
+            vec![
+                "NVIDIA_GDS=disabled",
+                "NVIDIA_MOFED=disabled",
+                "NVIDIA_NVSWITCH=disabled",
+                "NVIDIA_GDRCOPY=disabled",
+            ],
+            "an image cannot switch on toolkit features that hand out host devices"
+        );
         assert_eq!(pairs(&args, "--env-file"), vec!["/run/env"]);
         // The image comes right after `--`, followed by the command, even one that looks like
         // a flag.
@@ -657,19 +689,19 @@ mod tests {
         assert!(pairs(&args, "--env-file").is_empty());
         // The devices come from CDI: an image's own NVIDIA_VISIBLE_DEVICES=all (every CUDA
         // image has it) must not make a default nvidia runtime add every GPU on top.
-        assert_eq!(pairs(&args, "--env"), vec!["NVIDIA_VISIBLE_DEVICES=void"]);
+        assert_eq!(visible(&args), vec!["NVIDIA_VISIBLE_DEVICES=void"]);
     }
 
     #[test]
     fn env_mode_sets_visible_devices_and_runtime() {
         let args = run_args(&spec(), &[0, 1], &uuids(), &settings(GpuMode::Env), None);
-        assert_eq!(pairs(&args, "--env"), vec!["NVIDIA_VISIBLE_DEVICES=0,1"]);
+        assert_eq!(visible(&args), vec!["NVIDIA_VISIBLE_DEVICES=0,1"]);
         assert!(pairs(&args, "--runtime").is_empty());
         let mut s = settings(GpuMode::Env);
         s.runtime = "nvidia".into();
         let args = run_args(&spec(), &[1], &uuids()[..1], &s, None);
         assert_eq!(pairs(&args, "--runtime"), vec!["nvidia"]);
-        assert_eq!(pairs(&args, "--env"), vec!["NVIDIA_VISIBLE_DEVICES=1"]);
+        assert_eq!(visible(&args), vec!["NVIDIA_VISIBLE_DEVICES=1"]);
     }
 
     #[test]
@@ -678,7 +710,7 @@ mod tests {
             let mut s = settings(mode);
             s.runtime = "nvidia".into();
             let args = run_args(&spec(), &[], &[], &s, None);
-            assert_eq!(pairs(&args, "--env"), vec!["NVIDIA_VISIBLE_DEVICES=void"]);
+            assert_eq!(visible(&args), vec!["NVIDIA_VISIBLE_DEVICES=void"]);
             assert!(pairs(&args, "--gpus").is_empty());
             assert!(pairs(&args, "--device").is_empty());
             assert!(pairs(&args, "--runtime").is_empty());

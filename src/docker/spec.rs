@@ -18,6 +18,19 @@ pub const MAX_STRING_BYTES: usize = 32 * 1024;
 /// The variable through which the NVIDIA container runtime picks a container's GPUs.
 pub const VISIBLE_DEVICES: &str = "NVIDIA_VISIBLE_DEVICES";
 
+/// Variables through which the NVIDIA container toolkit hands a container host devices beyond
+/// its GPUs (MIG management, IMEX channels, GPUDirect Storage, InfiniBand, NVSwitch, GDRCopy).
+/// A request may not set them: which devices a renter gets is the agent's decision.
+pub const DEVICE_GRANTING_VARIABLES: &[&str] = &[
+    "NVIDIA_MIG_CONFIG_DEVICES",
+    "NVIDIA_MIG_MONITOR_DEVICES",
+    "NVIDIA_IMEX_CHANNELS",
+    "NVIDIA_GDS",
+    "NVIDIA_MOFED",
+    "NVIDIA_NVSWITCH",
+    "NVIDIA_GDRCOPY",
+];
+
 /// `POST /api/v1/containers` as it arrives.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -293,6 +306,15 @@ pub fn validate(request: CreateRequest) -> Result<CreateSpec, SpecError> {
         // The env file docker reads is line-based: a line break would start a new variable.
         if value.contains(['\0', '\n', '\r']) {
             return Err(err(&field, "the value contains NUL or a line break"));
+        }
+        if DEVICE_GRANTING_VARIABLES.contains(&key) {
+            return Err(err(
+                &field,
+                format!(
+                    "{key} would hand the container host devices beyond its GPUs; the agent \
+                     alone decides which devices a container gets"
+                ),
+            ));
         }
         if key == VISIBLE_DEVICES {
             if requested_visible_devices.is_some() {
@@ -656,6 +678,18 @@ mod tests {
             (
                 "env_vars",
                 with("env_vars", json!(["NVIDIA_VISIBLE_DEVICES=all"])),
+            ),
+            (
+                "env_vars[0]",
+                with("env_vars", json!(["NVIDIA_MOFED=enabled"])),
+            ),
+            (
+                "env_vars[1]",
+                with("env_vars", json!(["A=1", "NVIDIA_IMEX_CHANNELS=all"])),
+            ),
+            (
+                "env_vars[0]",
+                with("env_vars", json!(["NVIDIA_MIG_CONFIG_DEVICES=all"])),
             ),
             ("claim_id", with("claim_id", json!("a/b"))),
             ("claim_id", with("claim_id", json!(".."))),
