@@ -23,7 +23,7 @@ pub const HELP: &str = "\
 utopia-node-agent: the node agent of a Utopia GPU server
 
 Registers the node with the central platform, reports host and GPU metrics, runs containers
-with GPUs through docker, supervises the frpc tunnel, and serves a Bearer-token REST API.
+with GPUs through docker, and serves a Bearer-token REST API.
 
 USAGE:
     utopia-node-agent [OPTIONS]

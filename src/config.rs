@@ -87,7 +87,8 @@ pub struct PlatformConfig {
     pub backoff_max_ms: u64,
 }
 
-/// The frpc tunnel the platform reaches the agent through.
+/// The frpc tunnel the platform is to reach the agent through. This release does not run frpc:
+/// the keys are validated, and `admin_port` is kept free of container ports.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FrpConfig {
@@ -324,7 +325,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
 
 /// Removes the [`ENV_OVERRIDES`] variables from this process's environment, once the config has
 /// read them: they carry secrets (the bootstrap, frp and API tokens), and every child the agent
-/// runs (the docker CLI, frpc) would otherwise inherit them. Call it while the process has a
+/// runs (the docker CLI) would otherwise inherit them. Call it while the process has a
 /// single thread (changing the environment races with other threads reading it).
 pub fn remove_env_overrides() {
     for (name, _) in ENV_OVERRIDES {

@@ -50,7 +50,7 @@ fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // Still one thread: the children (docker, frpc) must not inherit the tokens.
+    // Still one thread: the children (the docker CLI) must not inherit the tokens.
     config::remove_env_overrides();
     init_logging(config.log_level);
     log::info!(
