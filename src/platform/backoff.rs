@@ -7,10 +7,6 @@
 
 use std::time::Duration;
 
-/// Production schedule: the first retry within 1 s, growing to at most 5 min.
-pub const DEFAULT_INITIAL: Duration = Duration::from_secs(1);
-pub const DEFAULT_CAP: Duration = Duration::from_secs(300);
-
 /// One retry schedule; [`Backoff::reset`] after a success.
 #[derive(Debug)]
 pub struct Backoff {
@@ -82,6 +78,11 @@ pub fn random_offset(interval: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The shipped config's schedule (`central_platform.backoff_initial_ms`, `backoff_max_ms`):
+    /// the first retry within 1 s, growing to at most 5 min.
+    const DEFAULT_INITIAL: Duration = Duration::from_secs(1);
+    const DEFAULT_CAP: Duration = Duration::from_secs(300);
 
     #[test]
     fn delays_stay_within_the_doubling_ceiling_and_the_cap() {
