@@ -18,6 +18,7 @@
 //! body, or a success body the caller rejects: see [`PlatformClient::post_json`]).
 
 use crate::config::PlatformConfig;
+use crate::platform::identity::{read_regular_file, FileProblem};
 use serde::Serialize;
 use std::fmt;
 use std::net::IpAddr;
@@ -363,7 +364,7 @@ fn system_roots() -> (Vec<Certificate<'static>>, String) {
         .map(String::as_str)
         .chain(SYSTEM_CA_BUNDLES.iter().copied());
     for candidate in candidates {
-        let Ok(pem) = read_pem_file(Path::new(candidate)) else {
+        let Ok(pem) = read_regular_file(Path::new(candidate), MAX_PEM_BYTES) else {
             continue;
         };
         let certs = pem_certificates(&pem);
@@ -384,26 +385,6 @@ fn system_roots() -> (Vec<Certificate<'static>>, String) {
 /// Largest certificate file read (a distribution's whole bundle is about 200 KiB).
 const MAX_PEM_BYTES: u64 = 8 * 1024 * 1024;
 
-/// The bytes of a PEM file: opened non-blocking (a FIFO would wait for a writer, at start,
-/// forever), a regular file (else `InvalidInput`), at most [`MAX_PEM_BYTES`].
-fn read_pem_file(path: &Path) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)?;
-    if !file.metadata()?.is_file() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "it is not a regular file",
-        ));
-    }
-    let mut pem = Vec::new();
-    file.take(MAX_PEM_BYTES).read_to_end(&mut pem)?;
-    Ok(pem)
-}
-
 /// Every certificate of a PEM text (other items are skipped).
 fn pem_certificates(pem: &[u8]) -> Vec<Certificate<'static>> {
     ureq::tls::parse_pem(pem)
@@ -416,18 +397,15 @@ fn pem_certificates(pem: &[u8]) -> Vec<Certificate<'static>> {
 
 /// Reads `central_platform.ca_file`: at least one PEM certificate, or an error naming the file.
 pub fn load_ca_file(path: &Path) -> Result<Vec<Certificate<'static>>, ClientError> {
-    let pem = read_pem_file(path).map_err(|source| {
-        if source.kind() == std::io::ErrorKind::InvalidInput {
-            ClientError::CaFileInvalid {
-                path: path.to_path_buf(),
-                reason: source.to_string(),
-            }
-        } else {
-            ClientError::CaFileUnreadable {
-                path: path.to_path_buf(),
-                source,
-            }
-        }
+    let pem = read_regular_file(path, MAX_PEM_BYTES).map_err(|problem| match problem {
+        FileProblem::NotRegular(what) => ClientError::CaFileInvalid {
+            path: path.to_path_buf(),
+            reason: what.to_string(),
+        },
+        FileProblem::Io(source) => ClientError::CaFileUnreadable {
+            path: path.to_path_buf(),
+            source,
+        },
     })?;
     let mut certs = Vec::new();
     for item in ureq::tls::parse_pem(&pem) {

@@ -131,7 +131,7 @@ pub fn load_node_id(path: &Path) -> Result<Option<NodeId>, IdentityError> {
     };
     // A node id is short: reading a little more than the longest one is enough to reject a
     // file that is something else, without reading all of it.
-    let bytes = match read_regular_file(path, MAX_NODE_ID_LEN as u64 + 3) {
+    let bytes = match read_if_present(path, MAX_NODE_ID_LEN as u64 + 3) {
         Ok(Some(bytes)) => bytes,
         Ok(None) => return Ok(None),
         Err(FileProblem::NotRegular(what)) => return Err(invalid(what.to_string())),
@@ -161,7 +161,7 @@ pub fn load_registration_record(
     node_id: &NodeId,
 ) -> Option<RegistrationRecord> {
     let path = registration_record_path(identity_path);
-    let problem = match read_regular_file(&path, MAX_RECORD_BYTES) {
+    let problem = match read_if_present(&path, MAX_RECORD_BYTES) {
         Ok(Some(bytes)) => match serde_json::from_slice::<RegistrationRecord>(&bytes) {
             Ok(record) if record.node_id == node_id.as_str() => return Some(record),
             Ok(_) => {
@@ -185,35 +185,26 @@ pub fn load_registration_record(
 const MAX_RECORD_BYTES: u64 = 64 * 1024;
 
 /// Why [`read_regular_file`] read nothing.
-enum FileProblem {
+pub(crate) enum FileProblem {
     Io(std::io::Error),
     /// What is there instead of a regular file.
     NotRegular(&'static str),
 }
 
-/// Up to `limit` bytes of the regular file at `path`; `None` when there is nothing at `path`
-/// (nor can be: a parent is not a directory). The file is opened non-blocking: a FIFO would
-/// otherwise wait for a writer, forever.
-fn read_regular_file(path: &Path, limit: u64) -> Result<Option<Vec<u8>>, FileProblem> {
-    let file = match std::fs::OpenOptions::new()
+/// Up to `limit` bytes of the regular file at `path`. The file is opened non-blocking: a FIFO
+/// would otherwise wait for a writer, forever (at start, before signals are handled). Used for
+/// the identity files here and for the platform's CA files.
+pub(crate) fn read_regular_file(path: &Path, limit: u64) -> Result<Vec<u8>, FileProblem> {
+    let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
         .open(path)
-    {
-        Ok(file) => file,
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
-            ) =>
-        {
-            return Ok(None)
-        }
-        Err(e) => return Err(FileProblem::Io(e)),
-    };
+        .map_err(FileProblem::Io)?;
     let file_type = file.metadata().map_err(FileProblem::Io)?.file_type();
     if file_type.is_dir() {
-        return Err(FileProblem::NotRegular("it is a directory, not a file"));
+        return Err(FileProblem::NotRegular(
+            "it is a directory, not a regular file",
+        ));
     }
     if !file_type.is_file() {
         return Err(FileProblem::NotRegular("it is not a regular file"));
@@ -222,7 +213,23 @@ fn read_regular_file(path: &Path, limit: u64) -> Result<Option<Vec<u8>>, FilePro
     file.take(limit)
         .read_to_end(&mut bytes)
         .map_err(FileProblem::Io)?;
-    Ok(Some(bytes))
+    Ok(bytes)
+}
+
+/// [`read_regular_file`], with `None` when there is nothing at `path` (nor can be: a parent is
+/// not a directory).
+fn read_if_present(path: &Path, limit: u64) -> Result<Option<Vec<u8>>, FileProblem> {
+    match read_regular_file(path, limit) {
+        Err(FileProblem::Io(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
+            Ok(None)
+        }
+        other => other.map(Some),
+    }
 }
 
 /// Persists a registration: first the record, then the identity file (the commit point).
