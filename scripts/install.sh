@@ -46,4 +46,4 @@ elif command -v openrc-run >/dev/null 2>&1 || [ "${INIT:-}" = openrc ]; then
 else
   echo "no systemd or OpenRC found: start /usr/local/bin/utopia-node-agent yourself" >&2
 fi
-echo "edit $config (central_platform.api_url, frp.*), then check it: utopia-node-agent --check-config -c /etc/utopia/agent-config.yaml"
+echo "edit $config (central_platform.api_url, central_platform.bootstrap_token), then check it: utopia-node-agent --check-config -c /etc/utopia/agent-config.yaml"
