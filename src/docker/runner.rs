@@ -1196,7 +1196,6 @@ mod tests {
             state: NvmlState::Ok,
             driver_version: None,
             gpus: (0..count).map(gpu).collect(),
-            sampled_at: None,
         }
     }
 

@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 /// Where NVML stands, as the API and health report it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,7 +44,6 @@ pub struct GpuReport {
     pub state: NvmlState,
     pub driver_version: Option<String>,
     pub gpus: Vec<GpuSample>,
-    pub sampled_at: Option<SystemTime>,
 }
 
 impl GpuReport {
@@ -53,7 +52,6 @@ impl GpuReport {
             state: NvmlState::Starting,
             driver_version: None,
             gpus: Vec::new(),
-            sampled_at: None,
         }
     }
 
@@ -62,7 +60,6 @@ impl GpuReport {
             state: NvmlState::Unavailable(reason),
             driver_version: None,
             gpus: Vec::new(),
-            sampled_at: Some(SystemTime::now()),
         }
     }
 
@@ -289,7 +286,6 @@ impl GpuSampler {
             state: NvmlState::Ok,
             driver_version,
             gpus,
-            sampled_at: Some(SystemTime::now()),
         }
     }
 
@@ -488,7 +484,6 @@ mod tests {
             state: NvmlState::Ok,
             driver_version: None,
             gpus: vec![GpuSample::empty(0), lost],
-            sampled_at: None,
         };
         assert_eq!(report.health(), "degraded: GPU 1 lost");
         assert_eq!(report.error(), None);

@@ -12,7 +12,7 @@ use crate::telemetry::{bytes_to_mb, percent, round1};
 use serde::Serialize;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 /// How often host CPU and memory are sampled. CPU usage is the average over this interval.
 pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
@@ -25,8 +25,6 @@ pub struct SystemSample {
     pub memory_total_mb: u64,
     pub memory_used_mb: u64,
     pub load_average: Option<LoadAverage>,
-    #[serde(skip)]
-    pub sampled_at: SystemTime,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -94,7 +92,6 @@ fn sample(system: &mut sysinfo::System) -> SystemSample {
             five: l.five,
             fifteen: l.fifteen,
         }),
-        sampled_at: SystemTime::now(),
     }
 }
 
