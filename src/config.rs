@@ -535,6 +535,13 @@ impl Config {
         if self.frp.admin_port == 0 {
             return Err(invalid("frp.admin_port", "must be between 1 and 65535"));
         }
+        if !self.frp.server_addr.is_empty() {
+            warnings.push(ConfigWarning(format!(
+                "frp.server_addr is set ({}), but this release does not run frpc: no tunnel is \
+                 started, and the API is reachable only at agent_api.listen_address",
+                self.frp.server_addr
+            )));
+        }
 
         if !(100..=3_600_000).contains(&self.gpu.sample_interval_ms) {
             return Err(invalid(
@@ -815,6 +822,15 @@ mod tests {
         let w = c.validate().unwrap();
         assert_eq!(w.len(), 1);
         assert!(w[0].0.contains("NOT a loopback"));
+    }
+
+    #[test]
+    fn an_frp_server_warns_that_no_tunnel_is_started() {
+        let mut c = valid();
+        c.frp.server_addr = "frps.example".into();
+        let w = c.validate().unwrap();
+        assert_eq!(w.len(), 1);
+        assert!(w[0].0.contains("does not run frpc"), "{}", w[0]);
     }
 
     #[test]
