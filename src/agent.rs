@@ -56,7 +56,6 @@ impl std::error::Error for AgentError {}
 
 /// The running agent.
 pub struct Agent {
-    snapshot: Arc<Snapshot>,
     shutdown: Shutdown,
     api: ApiServer,
     threads: Vec<(&'static str, JoinHandle<()>)>,
@@ -110,15 +109,10 @@ impl Agent {
         }
 
         Ok(Agent {
-            snapshot,
             shutdown,
             api,
             threads,
         })
-    }
-
-    pub fn snapshot(&self) -> &Arc<Snapshot> {
-        &self.snapshot
     }
 
     /// Blocks until shutdown starts, then stops every component within [`STOP_DEADLINE`].
