@@ -1,5 +1,6 @@
 //! The GPU sampler thread: owns the NVML handle and publishes a [`GpuReport`] into
-//! [`Snapshot::gpus`] every `gpu.sample_interval_ms`.
+//! [`Snapshot::gpus`], and its one-line status into `components.gpu`, every
+//! `gpu.sample_interval_ms`.
 //!
 //! It runs alone because NVML calls can block for seconds (a GPU falling off the bus, a driver
 //! reset): nothing else ever waits on it, and the API only reads the last published report.

@@ -1,8 +1,9 @@
 //! The system sampler thread: owns a `sysinfo::System` and publishes host CPU usage, memory and
 //! load average into [`Snapshot::system`] every [`SAMPLE_INTERVAL`].
 //!
-//! It receives nothing and sends nothing but the published sample; it stops when the shutdown
-//! channel closes (checked between samples, so within one interval).
+//! It receives nothing and sends nothing but the published sample (`components.system` is set
+//! once, when the first sample is in); it stops when the shutdown channel closes (checked
+//! between samples, so within one interval).
 //!
 //! [`Snapshot::system`]: crate::snapshot::Snapshot::system
 
