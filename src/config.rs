@@ -834,6 +834,38 @@ mod tests {
     }
 
     #[test]
+    fn every_listed_override_is_applied_and_documented() {
+        // ENV_OVERRIDES drives the scrubbing of secrets from the environment: a variable that
+        // apply_env reads but the list lacks would stay visible to every child process.
+        for (name, key) in ENV_OVERRIDES {
+            let mut c = valid();
+            let before = c.redacted_yaml() + &c.agent_api.auth_token;
+            let value = if *name == "PHOENIX_LOG_LEVEL" {
+                "trace"
+            } else {
+                "https://x.example/v"
+            };
+            c.apply_env(|n| (n == *name).then(|| value.to_string()))
+                .unwrap();
+            let after = c.redacted_yaml() + &c.agent_api.auth_token;
+            assert_ne!(before, after, "{name} changes nothing");
+            let leaf = key.rsplit('.').next().unwrap();
+            assert!(after.contains(leaf), "{name} is listed for {key}");
+            assert!(crate::cli::HELP.contains(name), "--help lacks {name}");
+        }
+        // ...and nothing outside the list is read.
+        let mut c = valid();
+        c.apply_env(|n| {
+            assert!(
+                ENV_OVERRIDES.iter().any(|(name, _)| *name == n),
+                "{n} unlisted"
+            );
+            None
+        })
+        .unwrap();
+    }
+
+    #[test]
     fn env_overrides_apply_and_empty_is_ignored() {
         let mut c = valid();
         let env = |name: &str| match name {
