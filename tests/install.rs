@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
+use common::mode;
 use std::path::Path;
 use std::process::Command;
 
@@ -16,14 +16,6 @@ fn install(root: &Path, init: &str) -> std::process::Output {
         .env("INIT", init)
         .output()
         .expect("run install.sh")
-}
-
-fn mode(path: &Path) -> u32 {
-    std::fs::metadata(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .permissions()
-        .mode()
-        & 0o777
 }
 
 #[test]

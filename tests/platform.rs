@@ -4,10 +4,9 @@
 mod common;
 
 use common::platform::{PlatformServer, Reply};
-use common::{free_port, write_config, Agent, AgentOptions};
+use common::{free_port, mode, write_config, Agent, AgentOptions};
 use serde_json::json;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use utopia_node_agent::config::Config;
@@ -55,14 +54,6 @@ fn wait_for_status(agent: &Agent, timeout: Duration, done: impl Fn(&str) -> bool
 
 fn identity_path(agent: &Agent) -> std::path::PathBuf {
     agent.dir.path().join("node_id")
-}
-
-fn mode(path: &Path) -> u32 {
-    std::fs::metadata(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .permissions()
-        .mode()
-        & 0o777
 }
 
 #[test]
