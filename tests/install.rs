@@ -9,13 +9,18 @@ use std::process::Command;
 
 fn install(root: &Path, init: &str) -> std::process::Output {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/install.sh");
-    Command::new("bash")
+    let mut command = Command::new("bash");
+    command
         .arg(script)
         .arg(common::agent_binary())
-        .env("DESTDIR", root)
-        .env("INIT", init)
-        .output()
-        .expect("run install.sh")
+        .env("DESTDIR", root);
+    // An empty `init` runs the script as an operator who did not set INIT.
+    if init.is_empty() {
+        command.env_remove("INIT");
+    } else {
+        command.env("INIT", init);
+    }
+    command.output().expect("run install.sh")
 }
 
 #[test]
@@ -42,6 +47,21 @@ fn install_stages_binary_config_and_systemd_unit() {
     let token = token_line.split('"').nth(1).unwrap();
     assert_eq!(token.len(), 64);
     assert!(token.bytes().all(|b| b.is_ascii_hexdigit()));
+    // The comment above it no longer calls it the example the agent warns about.
+    assert!(!text.contains("CHANGE IT"), "{text}");
+    assert!(!text.contains("warns while it is this example"), "{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    let at = lines.iter().position(|l| l.contains("auth_token:")).unwrap();
+    assert!(
+        lines[at - 2].contains("# Generated at random by scripts/install.sh on "),
+        "{}",
+        lines[at - 2]
+    );
+    assert!(lines[at - 1].contains("openssl rand -hex 32"));
+    for doc in ["README.md", "LICENSE"] {
+        let path = root.path().join("usr/local/share/doc/utopia-node-agent").join(doc);
+        assert_eq!(mode(&path), 0o644);
+    }
 
     // The installed config is valid and starts no warnings about the token or its mode.
     let check = Command::new(&binary)
@@ -95,4 +115,63 @@ fn install_refuses_without_a_binary() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cargo build --release"));
+}
+
+#[test]
+fn install_into_destdir_without_init_says_which_service_file_it_skipped() {
+    let root = tempfile::tempdir().unwrap();
+    let out = install(root.path(), "");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("skipped the service file"), "{said}");
+    assert!(said.contains("init/utopia-node-agent.service"), "{said}");
+    assert!(said.contains("init/utopia-node-agent.openrc"), "{said}");
+    assert!(said.contains("set INIT=systemd or INIT=openrc"), "{said}");
+    assert!(!root.path().join("etc/systemd").exists());
+    assert!(!root.path().join("etc/init.d").exists());
+    // The rest is staged.
+    assert!(root.path().join("usr/local/bin/utopia-node-agent").exists());
+    assert!(root.path().join("etc/utopia/agent-config.yaml").exists());
+
+    // A staging root that runs systemd is detected without INIT.
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root.path().join("run/systemd/system")).unwrap();
+    let out = install(root.path(), "");
+    assert!(out.status.success());
+    assert!(root
+        .path()
+        .join("etc/systemd/system/utopia-node-agent.service")
+        .exists());
+}
+
+#[test]
+fn install_rejects_an_unknown_init_before_touching_anything() {
+    let root = tempfile::tempdir().unwrap();
+    let out = install(root.path(), "upstart");
+    assert_eq!(out.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("INIT=upstart"), "{said}");
+    assert!(std::fs::read_dir(root.path()).unwrap().next().is_none());
+}
+
+#[test]
+fn install_documents_init_in_its_header_and_the_readme() {
+    let script =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/install.sh"))
+            .unwrap();
+    let header: String = script
+        .lines()
+        .take_while(|l| l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(header.contains("INIT=systemd|openrc"), "{header}");
+    assert!(header.contains("DESTDIR="), "{header}");
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    assert!(readme.contains("INIT=systemd"));
+    assert!(readme.contains("INIT=openrc"));
 }
