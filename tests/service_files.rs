@@ -1,0 +1,129 @@
+//! The service files in `init/`: what they promise the service manager (start limits, file
+//! limits, readiness) holds together, and `systemd-analyze verify` accepts the unit.
+
+mod common;
+
+use std::process::Command;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(format!("{ROOT}/{path}")).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// The value of `key` in `[section]` of a systemd unit (the last one set wins, as in systemd).
+fn unit_value(unit: &str, section: &str, key: &str) -> Option<String> {
+    let mut current = "";
+    let mut value = None;
+    for line in unit.lines().map(str::trim) {
+        if line.starts_with('[') {
+            current = line;
+        } else if current == format!("[{section}]") {
+            if let Some((k, v)) = line.split_once('=') {
+                if k.trim() == key {
+                    value = Some(v.trim().to_string());
+                }
+            }
+        }
+    }
+    value
+}
+
+fn unit_secs(unit: &str, section: &str, key: &str) -> u64 {
+    let text = unit_value(unit, section, key).unwrap_or_else(|| panic!("no {key} in [{section}]"));
+    text.trim_end_matches('s')
+        .parse()
+        .unwrap_or_else(|_| panic!("{key}={text}: expected seconds"))
+}
+
+/// Variables the OpenRC script sets, as `sh` sees them after sourcing it.
+fn openrc_vars(names: &[&str]) -> Vec<String> {
+    let script = format!("{ROOT}/init/utopia-node-agent.openrc");
+    let echo: Vec<String> = names.iter().map(|n| format!("printf '%s\\n' \"${n}\"")).collect();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(". \"$0\" && {}", echo.join(" && ")))
+        .arg(&script)
+        .output()
+        .expect("run sh");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// `name` looked up in PATH, as the shell would.
+fn find_program(name: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|path| path.is_file())
+    })
+}
+
+#[test]
+fn systemd_start_limit_is_reached_by_a_crash_loop() {
+    let unit = read("init/utopia-node-agent.service");
+    assert_eq!(unit_value(&unit, "Service", "Restart").as_deref(), Some("always"));
+    let restart = unit_secs(&unit, "Service", "RestartSec");
+    // Start limits belong in [Unit]; systemd ignores them in [Service] under these names.
+    let interval = unit_secs(&unit, "Unit", "StartLimitIntervalSec");
+    let burst = unit_secs(&unit, "Unit", "StartLimitBurst");
+    assert!(burst >= 2, "a single crash must not disable the service");
+    // A process that dies at once is started again every RestartSec: `burst` starts take
+    // (burst - 1) * RestartSec, which must fit in the interval for the limit to trip.
+    assert!(
+        (burst - 1) * restart < interval,
+        "{burst} starts {restart} s apart never fit in {interval} s: the limit is never reached"
+    );
+}
+
+#[test]
+fn openrc_respawn_is_bounded_and_files_limited_as_the_unit() {
+    let vars = openrc_vars(&["respawn_delay", "respawn_max", "respawn_period", "rc_ulimit"]);
+    let number = |i: usize| -> u64 {
+        vars[i]
+            .parse()
+            .unwrap_or_else(|_| panic!("not a number: {:?}", vars[i]))
+    };
+    let (delay, max, period) = (number(0), number(1), number(2));
+    assert!(max > 0, "respawn_max=0 respawns forever");
+    assert!(
+        max * delay < period,
+        "{max} respawns {delay} s apart never fit in respawn_period={period}"
+    );
+    let unit = read("init/utopia-node-agent.service");
+    let nofile = unit_value(&unit, "Service", "LimitNOFILE").expect("LimitNOFILE");
+    assert_eq!(vars[3], format!("-n {nofile}"));
+}
+
+#[test]
+fn systemd_analyze_verifies_the_installed_unit() {
+    let Some(analyze) = find_program("systemd-analyze") else {
+        assert!(
+            !common::in_ci(),
+            "CI must install systemd-analyze (Debian package systemd)"
+        );
+        eprintln!("skipped: systemd-analyze not installed");
+        return;
+    };
+    // The unit as installed, with its commands pointing at the binary these tests built (verify
+    // checks that ExecStart names an executable).
+    let dir = tempfile::tempdir().unwrap();
+    let unit = read("init/utopia-node-agent.service")
+        .replace("/usr/local/bin/utopia-node-agent", common::agent_binary());
+    let path = dir.path().join("utopia-node-agent.service");
+    std::fs::write(&path, unit).unwrap();
+    let out = Command::new(analyze)
+        .args(["verify", "--man=no"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    // verify exits 0 on some warnings; the unit must produce none that name it.
+    let name = path.file_name().unwrap().to_string_lossy();
+    let complaints: Vec<&str> = said.lines().filter(|l| l.contains(&*name)).collect();
+    assert!(complaints.is_empty(), "{complaints:?}");
+}
