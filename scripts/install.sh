@@ -4,7 +4,8 @@
 #   config   -> /etc/utopia/agent-config.yaml (mode 0600; only if absent, with a fresh random
 #               agent_api.auth_token instead of the example one)
 #   service  -> the systemd unit /etc/systemd/system/utopia-node-agent.service, or the OpenRC
-#               script /etc/init.d/utopia-node-agent, for the init system the host runs
+#               script /etc/init.d/utopia-node-agent with /etc/logrotate.d/utopia-node-agent for
+#               its log file, for the init system the host runs
 #   README, LICENSE -> /usr/local/share/doc/utopia-node-agent/
 # Usage: sudo scripts/install.sh [path/to/utopia-node-agent]   (default target/release/...)
 #
@@ -90,6 +91,8 @@ case "$init" in
   openrc)
     install -d -m 0755 "$root/etc/init.d"
     install -m 0755 init/utopia-node-agent.openrc "$root/etc/init.d/utopia-node-agent"
+    install -d -m 0755 "$root/etc/logrotate.d"
+    install -m 0644 init/utopia-node-agent.logrotate "$root/etc/logrotate.d/utopia-node-agent"
     echo "installed the OpenRC service; then: rc-update add utopia-node-agent default && rc-service utopia-node-agent start"
     ;;
 esac

@@ -1,5 +1,6 @@
-//! `scripts/install.sh` into a staging root: files, modes, a fresh token, idempotence, and that
-//! the installed config and service files are valid.
+//! `scripts/install.sh` and `scripts/uninstall.sh` into a staging root: files, modes, a fresh
+//! token, idempotence, that the installed config and service files are valid, and that an
+//! uninstall removes what the install put there (and, with `--purge`, the config and identity).
 
 mod common;
 
@@ -101,6 +102,158 @@ fn install_stages_the_openrc_service() {
     // openrc-run scripts are POSIX sh: at least the syntax must hold.
     let syntax = Command::new("sh").arg("-n").arg(&script).status().unwrap();
     assert!(syntax.success());
+    // Its log file gets rotated.
+    let logrotate = root.path().join("etc/logrotate.d/utopia-node-agent");
+    assert_eq!(mode(&logrotate), 0o644);
+    let text = std::fs::read_to_string(&logrotate).unwrap();
+    assert!(text.contains("/var/log/utopia-node-agent.log {"), "{text}");
+    let openrc = std::fs::read_to_string(&script).unwrap();
+    assert!(openrc.contains("output_log=\"/var/log/utopia-node-agent.log\""));
+}
+
+#[test]
+fn logrotate_rotates_the_openrc_log_in_place() {
+    let Some(logrotate) = find_program("logrotate") else {
+        assert!(!common::in_ci(), "CI must install logrotate");
+        eprintln!("skipped: logrotate not installed");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("utopia-node-agent.log");
+    std::fs::write(&log, "2026-12-03T08:00:00.000Z INFO  started\n").unwrap();
+    // The shipped snippet, pointed at this log, forced to rotate now.
+    let snippet = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/init/utopia-node-agent.logrotate"
+    ))
+    .unwrap()
+    .replace("/var/log/utopia-node-agent.log", &log.to_string_lossy());
+    let conf = dir.path().join("logrotate.conf");
+    std::fs::write(&conf, snippet).unwrap();
+    let out = Command::new(logrotate)
+        .arg("--force")
+        .arg("--state")
+        .arg(dir.path().join("state"))
+        .arg(&conf)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(!said.contains("error"), "{said}");
+    // copytruncate: the file the service holds open stays, emptied; the lines moved to .1.
+    assert_eq!(std::fs::metadata(&log).unwrap().len(), 0);
+    let rotated = std::fs::read_to_string(dir.path().join("utopia-node-agent.log.1")).unwrap();
+    assert!(rotated.contains("started"));
+}
+
+fn uninstall(root: &Path, args: &[&str]) -> std::process::Output {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/uninstall.sh");
+    Command::new("bash")
+        .arg(script)
+        .args(args)
+        .env("DESTDIR", root)
+        .output()
+        .expect("run uninstall.sh")
+}
+
+/// Every file (not directory) under `root`, relative to it, sorted.
+fn files_under(root: &Path) -> Vec<String> {
+    fn walk(dir: &Path, root: &Path, out: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, root, out);
+            } else {
+                out.push(path.strip_prefix(root).unwrap().display().to_string());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out.sort();
+    out
+}
+
+#[test]
+fn uninstall_removes_the_service_and_keeps_config_and_identity() {
+    for init in ["systemd", "openrc"] {
+        let root = tempfile::tempdir().unwrap();
+        assert!(install(root.path(), init).status.success());
+        // What the running agent adds: its identity and registration record.
+        let node_id = root.path().join("etc/utopia/node_id");
+        std::fs::write(&node_id, "node-1234\n").unwrap();
+        let config = root.path().join("etc/utopia/agent-config.yaml");
+        let config_text = std::fs::read_to_string(&config).unwrap();
+
+        let out = uninstall(root.path(), &[]);
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{init}: {said}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            files_under(root.path()),
+            ["etc/utopia/agent-config.yaml", "etc/utopia/node_id"],
+            "{init}: {said}"
+        );
+        assert_eq!(std::fs::read_to_string(&config).unwrap(), config_text);
+        assert!(root.path().join("var/lib/utopia").is_dir());
+        assert!(said.contains("removed"), "{said}");
+        assert!(said.contains("--purge removes it"), "{said}");
+
+        // Again: nothing left to remove is not an error.
+        assert!(uninstall(root.path(), &[]).status.success());
+        // A reinstall keeps the kept config (same token, same node).
+        assert!(install(root.path(), init).status.success());
+        assert_eq!(std::fs::read_to_string(&config).unwrap(), config_text);
+    }
+}
+
+#[test]
+fn uninstall_purge_leaves_no_file_behind() {
+    for init in ["systemd", "openrc"] {
+        let root = tempfile::tempdir().unwrap();
+        assert!(install(root.path(), init).status.success());
+        std::fs::write(root.path().join("etc/utopia/node_id"), "node-1234\n").unwrap();
+        std::fs::write(root.path().join("var/lib/utopia/state"), "x").unwrap();
+        std::fs::create_dir_all(root.path().join("var/log")).unwrap();
+        for log in ["utopia-node-agent.log", "utopia-node-agent.log.2.gz"] {
+            std::fs::write(root.path().join("var/log").join(log), "line\n").unwrap();
+        }
+        // Another program's log in the same directory stays.
+        std::fs::write(root.path().join("var/log/other.log"), "line\n").unwrap();
+
+        let out = uninstall(root.path(), &["--purge"]);
+        assert!(
+            out.status.success(),
+            "{init}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(files_under(root.path()), ["var/log/other.log"], "{init}");
+        assert!(!root.path().join("etc/utopia").exists());
+        assert!(!root.path().join("var/lib/utopia").exists());
+    }
+}
+
+#[test]
+fn uninstall_rejects_an_unknown_argument_and_removes_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    assert!(install(root.path(), "systemd").status.success());
+    let before = files_under(root.path());
+    let out = uninstall(root.path(), &["--purge-all"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--purge-all"));
+    assert_eq!(files_under(root.path()), before);
+}
+
+/// `name` looked up in PATH, as the shell would.
+fn find_program(name: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|path| path.is_file())
+    })
 }
 
 #[test]
