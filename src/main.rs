@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use utopia_node_agent::agent::Agent;
 use utopia_node_agent::cli::{self, Command, HELP};
 use utopia_node_agent::config::{self, Config, LogLevel};
+use utopia_node_agent::notify::{self, Liveness, Notifier};
 use utopia_node_agent::shutdown::{self, SignalThread};
 
 fn main() -> ExitCode {
@@ -50,8 +51,10 @@ fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // Still one thread: the children (the docker CLI) must not inherit the tokens.
+    // Still one thread: the children (the docker CLI) must not inherit the tokens, nor
+    // systemd's notify socket.
     config::remove_env_overrides();
+    let (notifier, notify_warnings) = Notifier::from_env();
     init_logging(config.log_level);
     log::info!(
         "utopia-node-agent {} starting with {}",
@@ -61,6 +64,10 @@ fn run(path: &std::path::Path) -> ExitCode {
     for warning in &warnings {
         log::warn!("{warning}");
     }
+    for warning in &notify_warnings {
+        log::warn!("{warning}");
+    }
+    notifier.status("starting");
 
     let (trigger, shutdown) = shutdown::channel();
     let signals = match SignalThread::start(trigger.clone()) {
@@ -70,16 +77,38 @@ fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let agent = match Agent::start(&config, shutdown) {
+    let agent = match Agent::start(&config, shutdown.clone()) {
         Ok(agent) => agent,
         Err(error) => {
             log::error!("{error}");
+            notifier.status(&format!("failed to start: {error}"));
             trigger.fire();
             signals.stop();
             return ExitCode::FAILURE;
         }
     };
+    // The API listens now: READY=1, then status and watchdog from the notify thread.
+    let notify_thread = match config.listen_address() {
+        Ok(listen) => {
+            notify::start(notifier, listen, Liveness::new(), shutdown).unwrap_or_else(|e| {
+                log::error!("cannot start the systemd notify thread: {e}");
+                None
+            })
+        }
+        Err(_) => None,
+    };
     agent.run_until_shutdown();
+    if let Some(thread) = notify_thread {
+        // It sends STOPPING=1 as soon as the shutdown starts; a self-check in flight ends
+        // within a second.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        while !thread.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        if thread.is_finished() {
+            let _ = thread.join();
+        }
+    }
     signals.stop();
     ExitCode::SUCCESS
 }

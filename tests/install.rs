@@ -52,7 +52,10 @@ fn install_stages_binary_config_and_systemd_unit() {
     assert!(!text.contains("CHANGE IT"), "{text}");
     assert!(!text.contains("warns while it is this example"), "{text}");
     let lines: Vec<&str> = text.lines().collect();
-    let at = lines.iter().position(|l| l.contains("auth_token:")).unwrap();
+    let at = lines
+        .iter()
+        .position(|l| l.contains("auth_token:"))
+        .unwrap();
     assert!(
         lines[at - 2].contains("# Generated at random by scripts/install.sh on "),
         "{}",
@@ -60,7 +63,10 @@ fn install_stages_binary_config_and_systemd_unit() {
     );
     assert!(lines[at - 1].contains("openssl rand -hex 32"));
     for doc in ["README.md", "LICENSE"] {
-        let path = root.path().join("usr/local/share/doc/utopia-node-agent").join(doc);
+        let path = root
+            .path()
+            .join("usr/local/share/doc/utopia-node-agent")
+            .join(doc);
         assert_eq!(mode(&path), 0o644);
     }
 

@@ -39,14 +39,21 @@ fn unit_secs(unit: &str, section: &str, key: &str) -> u64 {
 /// Variables the OpenRC script sets, as `sh` sees them after sourcing it.
 fn openrc_vars(names: &[&str]) -> Vec<String> {
     let script = format!("{ROOT}/init/utopia-node-agent.openrc");
-    let echo: Vec<String> = names.iter().map(|n| format!("printf '%s\\n' \"${n}\"")).collect();
+    let echo: Vec<String> = names
+        .iter()
+        .map(|n| format!("printf '%s\\n' \"${n}\""))
+        .collect();
     let out = Command::new("sh")
         .arg("-c")
         .arg(format!(". \"$0\" && {}", echo.join(" && ")))
         .arg(&script)
         .output()
         .expect("run sh");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(str::to_string)
@@ -65,7 +72,10 @@ fn find_program(name: &str) -> Option<std::path::PathBuf> {
 #[test]
 fn systemd_start_limit_is_reached_by_a_crash_loop() {
     let unit = read("init/utopia-node-agent.service");
-    assert_eq!(unit_value(&unit, "Service", "Restart").as_deref(), Some("always"));
+    assert_eq!(
+        unit_value(&unit, "Service", "Restart").as_deref(),
+        Some("always")
+    );
     let restart = unit_secs(&unit, "Service", "RestartSec");
     // Start limits belong in [Unit]; systemd ignores them in [Service] under these names.
     let interval = unit_secs(&unit, "Unit", "StartLimitIntervalSec");
@@ -81,7 +91,12 @@ fn systemd_start_limit_is_reached_by_a_crash_loop() {
 
 #[test]
 fn openrc_respawn_is_bounded_and_files_limited_as_the_unit() {
-    let vars = openrc_vars(&["respawn_delay", "respawn_max", "respawn_period", "rc_ulimit"]);
+    let vars = openrc_vars(&[
+        "respawn_delay",
+        "respawn_max",
+        "respawn_period",
+        "rc_ulimit",
+    ]);
     let number = |i: usize| -> u64 {
         vars[i]
             .parse()
@@ -126,4 +141,19 @@ fn systemd_analyze_verifies_the_installed_unit() {
     let name = path.file_name().unwrap().to_string_lossy();
     let complaints: Vec<&str> = said.lines().filter(|l| l.contains(&*name)).collect();
     assert!(complaints.is_empty(), "{complaints:?}");
+}
+
+#[test]
+fn systemd_unit_waits_for_ready_and_watches_the_agent() {
+    let unit = read("init/utopia-node-agent.service");
+    assert_eq!(
+        unit_value(&unit, "Service", "Type").as_deref(),
+        Some("notify")
+    );
+    // Only the agent itself notifies (the default), never a docker child.
+    assert!(unit_value(&unit, "Service", "NotifyAccess").is_none_or(|v| v == "main"));
+    let watchdog = unit_secs(&unit, "Service", "WatchdogSec");
+    // Petted every WatchdogSec/2 after a self-check of up to 1 s; a restart after a hang must
+    // not take minutes either.
+    assert!((4..=120).contains(&watchdog), "WatchdogSec={watchdog}");
 }

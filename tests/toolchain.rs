@@ -23,7 +23,10 @@ fn parse_version(text: &str) -> (u32, u32, u32) {
 /// The host target triple, so that crates only other platforms build do not count.
 fn host_triple() -> String {
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-    let out = Command::new(rustc).arg("-vV").output().expect("run rustc -vV");
+    let out = Command::new(rustc)
+        .arg("-vV")
+        .output()
+        .expect("run rustc -vV");
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .find_map(|l| l.strip_prefix("host: "))
@@ -109,7 +112,10 @@ fn declared_rust_version_is_the_real_minimum() {
         .into_iter()
         .next()
         .expect("some locked crate declares a rust-version");
-    assert_eq!(declared, highest, "the highest locked requirement is {name}'s");
+    assert_eq!(
+        declared, highest,
+        "the highest locked requirement is {name}'s"
+    );
 }
 
 #[test]
