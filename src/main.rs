@@ -4,7 +4,8 @@
 use std::process::ExitCode;
 use utopia_node_agent::agent::Agent;
 use utopia_node_agent::cli::{self, Command, HELP};
-use utopia_node_agent::config::{self, Config, LogLevel};
+use utopia_node_agent::config::{self, Config};
+use utopia_node_agent::logging;
 use utopia_node_agent::notify::{self, Liveness, Notifier};
 use utopia_node_agent::shutdown::{self, SignalThread};
 
@@ -55,7 +56,7 @@ fn run(path: &std::path::Path) -> ExitCode {
     // systemd's notify socket.
     config::remove_env_overrides();
     let (notifier, notify_warnings) = Notifier::from_env();
-    init_logging(config.log_level);
+    logging::init(config.log_level);
     log::info!(
         "utopia-node-agent {} starting with {}",
         utopia_node_agent::VERSION,
@@ -111,19 +112,4 @@ fn run(path: &std::path::Path) -> ExitCode {
     }
     signals.stop();
     ExitCode::SUCCESS
-}
-
-fn init_logging(level: LogLevel) {
-    let config = simplelog::ConfigBuilder::new()
-        // Dependencies' debug output can include request headers (tokens): keep it out.
-        .add_filter_ignore_str("ureq")
-        .add_filter_ignore_str("rustls")
-        .set_time_format_rfc3339()
-        .build();
-    let _ = simplelog::TermLogger::init(
-        level.to_filter(),
-        config,
-        simplelog::TerminalMode::Stderr,
-        simplelog::ColorChoice::Never,
-    );
 }

@@ -1,22 +1,36 @@
-//! RFC 3339 timestamps in UTC, without pulling in a date-time crate for one format.
+//! RFC 3339 timestamps in UTC (metrics, records, log lines), without a date-time crate.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// `2026-11-29T09:20:11Z` for the given instant (seconds precision, UTC).
 pub fn rfc3339(time: SystemTime) -> String {
-    let secs = match time.duration_since(UNIX_EPOCH) {
-        Ok(d) => d.as_secs() as i64,
-        Err(e) => -(e.duration().as_secs() as i64),
+    let (date_time, _) = split(time);
+    format!("{date_time}Z")
+}
+
+/// `2026-11-29T09:20:11.042Z`: milliseconds, always 24 characters (log lines line up).
+pub fn rfc3339_millis(time: SystemTime) -> String {
+    let (date_time, millis) = split(time);
+    format!("{date_time}.{millis:03}Z")
+}
+
+/// `2026-11-29T09:20:11` and the milliseconds of the given instant, rounded down.
+fn split(time: SystemTime) -> (String, u32) {
+    let millis = match time.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_millis() as i64,
+        Err(e) => -(e.duration().as_millis() as i64),
     };
+    let secs = millis.div_euclid(1000);
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+    let date_time = format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
         rem / 3600,
         rem % 3600 / 60,
         rem % 60
-    )
+    );
+    (date_time, millis.rem_euclid(1000) as u32)
 }
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
@@ -45,5 +59,17 @@ mod tests {
         assert_eq!(rfc3339(t), "2026-11-29T09:20:11Z");
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400);
         assert_eq!(rfc3339(leap), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn millis_have_a_fixed_width() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_795_944_011_000);
+        assert_eq!(rfc3339_millis(t), "2026-11-29T09:20:11.000Z");
+        let t = UNIX_EPOCH + Duration::from_nanos(1_795_944_011_042_999_999);
+        assert_eq!(rfc3339_millis(t), "2026-11-29T09:20:11.042Z");
+        assert_eq!(rfc3339(t), "2026-11-29T09:20:11Z");
+        let before = UNIX_EPOCH - Duration::from_millis(1);
+        assert_eq!(rfc3339_millis(before), "1969-12-31T23:59:59.999Z");
+        assert_eq!(rfc3339_millis(SystemTime::now()).len(), 24);
     }
 }

@@ -126,7 +126,7 @@ fn logrotate_rotates_the_openrc_log_in_place() {
     };
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("utopia-node-agent.log");
-    std::fs::write(&log, "2026-12-03T08:00:00.000Z INFO  started\n").unwrap();
+    std::fs::write(&log, "2026-12-03T08:00:00.000Z [INFO] started\n").unwrap();
     // The shipped snippet, pointed at this log, forced to rotate now.
     let snippet = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),

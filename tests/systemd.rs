@@ -1,7 +1,8 @@
-//! systemd's notify protocol against the real binary: the test binds the `NOTIFY_SOCKET`
-//! datagram socket (a path, or an abstract name) as systemd would, starts the agent with it, and
-//! reads `READY=1` (only once the API answers), `STATUS=` lines, `WATCHDOG=1` at half of
-//! `WATCHDOG_USEC`, and `STOPPING=1` at SIGTERM.
+//! The real binary as systemd runs it. Notify: the test binds the `NOTIFY_SOCKET` datagram
+//! socket (a path, or an abstract name) as systemd would, starts the agent with it, and reads
+//! `READY=1` (only once the API answers), `STATUS=` lines, `WATCHDOG=1` at half of
+//! `WATCHDOG_USEC`, and `STOPPING=1` at SIGTERM. Journal: with `JOURNAL_STREAM` naming its
+//! stderr, log lines carry `<N>` priorities and no timestamps; elsewhere a fixed-width stamp.
 
 mod common;
 
@@ -20,6 +21,7 @@ fn spawn(
     let mut config = common::test_config(dir);
     edit(&mut config);
     let path = common::write_config(dir, &config);
+    // Truncated, not replaced, when it exists: a test may have named its inode in JOURNAL_STREAM.
     let log = std::fs::File::create(dir.join("agent.log")).unwrap();
     let mut command = Command::new(common::agent_binary());
     command
@@ -218,5 +220,98 @@ fn the_docker_cli_does_not_inherit_the_notify_socket() {
     let env = std::fs::read_to_string(&record).expect("the agent ran docker");
     for var in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] {
         assert!(!env.contains(var), "docker inherited {var}:\n{env}");
+    }
+}
+
+/// `DEV:INODE` of a file, as systemd writes JOURNAL_STREAM for the service's stderr.
+fn journal_stream_of(path: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).unwrap();
+    format!("{}:{}", meta.dev(), meta.ino())
+}
+
+/// Starts an agent that warns (its docker CLI is missing), lets it log, stops it; its log.
+fn run_and_stop(dir: &Path, env: &[(&str, &str)]) -> String {
+    let (mut child, addr) = spawn(
+        dir,
+        |config| config.docker.binary = "/nonexistent/docker".into(),
+        env,
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while common::try_request(addr, "GET", "/health", &[], b"").is_err() {
+        assert!(Instant::now() < deadline, "no API; log:\n{}", log(dir));
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !log(dir).contains("docker") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    assert!(terminate(&mut child, dir).success(), "{}", log(dir));
+    log(dir)
+}
+
+/// Whether `line` starts with `2026-12-03T08:34:12.926Z ` (24 characters and a space).
+fn starts_with_fixed_stamp(line: &str) -> bool {
+    let b = line.as_bytes();
+    b.len() > 25
+        && b[..24].iter().enumerate().all(|(i, c)| match i {
+            4 | 7 => *c == b'-',
+            10 => *c == b'T',
+            13 | 16 => *c == b':',
+            19 => *c == b'.',
+            23 => *c == b'Z',
+            _ => c.is_ascii_digit(),
+        })
+        && b[24] == b' '
+}
+
+#[test]
+fn under_journald_lines_carry_priorities_and_no_timestamps() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.log");
+    std::fs::write(&path, "").unwrap();
+    let stream = journal_stream_of(&path);
+    let text = run_and_stop(dir.path(), &[("JOURNAL_STREAM", &stream)]);
+    assert!(text.lines().count() >= 3, "{text}");
+    for line in text.lines() {
+        let priority = line.get(..3).unwrap_or_default();
+        assert!(
+            ["<3>", "<4>", "<6>", "<7>"].contains(&priority),
+            "no priority prefix: {line:?}"
+        );
+        assert!(
+            !starts_with_fixed_stamp(&line[3..]),
+            "a timestamp: {line:?}"
+        );
+        assert!(
+            !line.contains("[INFO]") && !line.contains("[WARN]"),
+            "{line:?}"
+        );
+    }
+    assert!(text.contains("<6>utopia-node-agent "), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("<4>") && l.contains("docker")),
+        "the missing docker CLI is a warning: {text}"
+    );
+}
+
+#[test]
+fn elsewhere_lines_start_with_a_fixed_width_timestamp() {
+    // No JOURNAL_STREAM; then one that names another stream (stderr was redirected).
+    for journal in [None, Some("1:1")] {
+        let dir = tempfile::tempdir().unwrap();
+        let env: Vec<(&str, &str)> = journal.map(|j| ("JOURNAL_STREAM", j)).into_iter().collect();
+        let text = run_and_stop(dir.path(), &env);
+        assert!(text.lines().count() >= 3, "{text}");
+        for line in text.lines() {
+            assert!(starts_with_fixed_stamp(line), "{journal:?}: {line:?}");
+            assert!(!line.starts_with('<'), "{line:?}");
+        }
+        assert!(
+            text.lines()
+                .any(|l| l[25..].starts_with("[WARN] ") && l.contains("docker")),
+            "{text}"
+        );
     }
 }
