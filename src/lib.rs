@@ -7,6 +7,8 @@
 
 pub mod agent;
 pub mod api;
+pub mod backoff;
+pub mod child;
 pub mod cli;
 pub mod config;
 pub mod docker;

@@ -30,7 +30,8 @@
 //!   them.
 
 use crate::config::DockerConfig;
-use crate::docker::command::{DockerCli, DockerError, RunSettings};
+use crate::docker::argv::RunSettings;
+use crate::docker::cli::{DockerCli, DockerError};
 use crate::docker::container::ContainerView;
 use crate::docker::events::{self, ContainerEvent};
 use crate::docker::ledger::{short_id, Conflict, GpuLedger};

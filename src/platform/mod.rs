@@ -6,7 +6,6 @@
 //! is up, starts the presence thread (see [`presence`]), which registers when needed and sends
 //! heartbeats, and returns at once: the API and the samplers never wait for the platform.
 
-pub mod backoff;
 pub mod client;
 pub mod identity;
 pub mod node_facts;

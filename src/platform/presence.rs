@@ -19,12 +19,12 @@
 //! at once; a request in flight is bounded by `request_timeout_secs`, and the agent's ordered
 //! stop does not wait for it longer than its own deadline.
 
-use super::backoff::{random_offset, Backoff};
 use super::client::{PlatformClient, RequestError};
 use super::identity::{self, NodeId, RegistrationRecord};
 use super::node_facts::RegistrationRequest;
 use super::{heartbeat_path, REGISTER_PATH};
 use crate::api::metrics::{self, MetricsDocument};
+use crate::backoff::{random_offset, Backoff};
 use crate::shutdown::Shutdown;
 use crate::snapshot::{ContainerSummary, Snapshot};
 use crate::telemetry::gpu::NvmlState;
