@@ -14,7 +14,7 @@ pub mod config;
 pub mod docker;
 pub mod platform;
 pub mod shutdown;
-pub mod snapshot;
+pub mod state;
 pub mod telemetry;
 pub mod timefmt;
 
