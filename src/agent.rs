@@ -1,7 +1,8 @@
 //! Starting and stopping the components, in order.
 //!
 //! [`Agent::start`] first reads the node identity and sets up the platform client (a damaged
-//! identity file or `ca_file` stops it before anything runs), publishes an empty [`Snapshot`],
+//! identity file or `ca_file` stops it before anything runs), makes the empty published state (the
+//! read-only [`Snapshot`](crate::state::Snapshot) and one writer per component),
 //! starts the samplers (the system sampler publishes its first sample before returning), then
 //! the container runner (whose first work is to rebuild the GPU ledger from the labelled
 //! containers; container requests get 503 until it is done, so no create is decided on an empty
@@ -18,7 +19,7 @@ use crate::config::{Config, ConfigError};
 use crate::docker::runner::{self as docker_runner, RunnerStartError};
 use crate::platform::{self, PlatformStartError};
 use crate::shutdown::Shutdown;
-use crate::snapshot::Snapshot;
+use crate::state::{self, Health};
 use crate::telemetry::{gpu, system};
 use std::fmt;
 use std::sync::Arc;
@@ -66,17 +67,15 @@ impl Agent {
     pub fn start(config: &Config, shutdown: Shutdown) -> Result<Agent, AgentError> {
         // First, so that a damaged identity file stops the agent before anything runs.
         let platform = platform::prepare(config).map_err(AgentError::Platform)?;
-        let snapshot = Arc::new(Snapshot::new());
+        let (snapshot, writers) = state::new();
         let mut threads = vec![
             (
                 "system-sampler",
-                system::start(Arc::clone(&snapshot), shutdown.clone())
-                    .map_err(AgentError::System)?,
+                system::start(writers.system, shutdown.clone()).map_err(AgentError::System)?,
             ),
             (
                 "gpu-sampler",
-                gpu::start(&config.gpu, Arc::clone(&snapshot), shutdown.clone())
-                    .map_err(AgentError::Gpu)?,
+                gpu::start(&config.gpu, writers.gpu, shutdown.clone()).map_err(AgentError::Gpu)?,
             ),
         ];
         let listen = config.listen_address().map_err(AgentError::Config)?;
@@ -86,6 +85,7 @@ impl Agent {
             &config.docker,
             reserved_ports,
             Arc::clone(&snapshot),
+            writers.docker,
             shutdown.clone(),
         )
         .map_err(AgentError::Docker)?;
@@ -100,10 +100,12 @@ impl Agent {
         let context =
             Arc::new(ApiContext::new(settings, Arc::clone(&snapshot)).with_runner(runner.handle));
         let api = ApiServer::start(context).map_err(AgentError::Api)?;
+        writers.api.set(Health::Ok);
 
         // Last, so that the API already answers while the node registers.
-        if let Some(thread) = platform::start(platform, Arc::clone(&snapshot), shutdown.clone())
-            .map_err(AgentError::Platform)?
+        if let Some(thread) =
+            platform::start(platform, snapshot, writers.platform, shutdown.clone())
+                .map_err(AgentError::Platform)?
         {
             threads.push(("platform", thread));
         }

@@ -7,6 +7,8 @@
 
 pub mod agent;
 pub mod api;
+pub mod backoff;
+pub mod child;
 pub mod cli;
 pub mod config;
 pub mod docker;
@@ -14,7 +16,7 @@ pub mod logging;
 pub mod notify;
 pub mod platform;
 pub mod shutdown;
-pub mod snapshot;
+pub mod state;
 pub mod telemetry;
 pub mod timefmt;
 

@@ -16,13 +16,12 @@ pub mod auth;
 pub mod containers;
 pub mod error;
 pub mod health;
-pub mod metrics;
 pub mod routes;
 
 use crate::api::error::ApiError;
 use crate::api::routes::Endpoint;
 use crate::docker::runner::RunnerHandle;
-use crate::snapshot::Snapshot;
+use crate::state::Snapshot;
 use oxhttp::model::header::{
     ALLOW, AUTHORIZATION, CACHE_CONTROL, CONNECTION, CONTENT_TYPE, WWW_AUTHENTICATE,
 };
@@ -114,7 +113,6 @@ impl ApiServer {
             listen: settings.listen,
             source,
         })?;
-        context.snapshot.set_component("api", "ok");
         log::info!(
             "API listening on http://{} (max {} connections, idle timeout {}s)",
             settings.listen,
@@ -243,7 +241,7 @@ fn serve(context: &ApiContext, request: &mut Request<Body>) -> Result<Reply, Api
             &context.snapshot,
             context.started.elapsed(),
         )),
-        Endpoint::Metrics => Reply::ok(metrics::document(&context.snapshot)),
+        Endpoint::Metrics => Reply::ok(context.snapshot.metrics()),
         Endpoint::ListContainers => containers::list(context),
         Endpoint::CreateContainer => containers::create(context, &body),
         Endpoint::GetContainer(id) => containers::get(context, &id),

@@ -3,7 +3,7 @@
 //! What the agent asked for (claim, GPUs, ports) is read back from the labels it set, so the
 //! view survives an agent restart; what docker decides (state, exit code, times) from `State`.
 
-use crate::docker::command::{LABEL_CLAIM_ID, LABEL_GPU_IDS, LABEL_GPU_UUIDS, LABEL_PORTS};
+use crate::docker::labels::{LABEL_CLAIM_ID, LABEL_GPU_IDS, LABEL_GPU_UUIDS, LABEL_PORTS};
 use crate::docker::spec::PortMapping;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -6,7 +6,6 @@
 //! is up, starts the presence thread (see [`presence`]), which registers when needed and sends
 //! heartbeats, and returns at once: the API and the samplers never wait for the platform.
 
-pub mod backoff;
 pub mod client;
 pub mod identity;
 pub mod node_facts;
@@ -14,7 +13,7 @@ pub mod presence;
 
 use crate::config::Config;
 use crate::shutdown::Shutdown;
-use crate::snapshot::Snapshot;
+use crate::state::{Health, PlatformWriter, Snapshot};
 use std::fmt;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -92,10 +91,11 @@ pub fn prepare(config: &Config) -> Result<Option<Prepared>, PlatformStartError> 
 pub fn start(
     prepared: Option<Prepared>,
     snapshot: Arc<Snapshot>,
+    writer: PlatformWriter,
     shutdown: Shutdown,
 ) -> Result<Option<JoinHandle<()>>, PlatformStartError> {
     let Some(prepared) = prepared else {
-        snapshot.set_component("platform", "disabled (central_platform.api_url is empty)");
+        writer.set_health(Health::Disabled("central_platform.api_url is empty".into()));
         return Ok(None);
     };
     if let Some(node_id) = &prepared.known {
@@ -103,19 +103,19 @@ pub fn start(
             "node id {node_id} read from {}; not registering",
             prepared.settings.identity_path.display()
         );
-        snapshot.node_id.set(Some(node_id.to_string()));
-        snapshot
-            .assigned_api_remote_port
-            .set(prepared.record.and_then(|r| r.api_remote_port));
-        snapshot.set_component("platform", "ok");
+        writer.registered(
+            node_id.to_string(),
+            prepared.record.and_then(|r| r.api_remote_port),
+        );
     } else {
-        snapshot.set_component("platform", "registering");
+        writer.set_health(Health::Starting(None));
     }
     presence::start(
         prepared.settings,
         prepared.client,
         prepared.known,
         snapshot,
+        writer,
         shutdown,
     )
     .map(Some)
