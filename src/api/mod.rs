@@ -241,6 +241,15 @@ fn serve(context: &ApiContext, request: &mut Request<Body>) -> Result<Reply, Api
             &context.snapshot,
             context.started.elapsed(),
         )),
+        Endpoint::Ready => {
+            let document = health::ready(&context.snapshot);
+            let status = if document.ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            Reply::with_status(status, document)
+        }
         Endpoint::Metrics => Reply::ok(context.snapshot.metrics()),
         Endpoint::ListContainers => containers::list(context),
         Endpoint::CreateContainer => containers::create(context, &body),

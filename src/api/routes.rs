@@ -9,6 +9,7 @@ use oxhttp::model::Method;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
     Health,
+    Ready,
     Metrics,
     ListContainers,
     CreateContainer,
@@ -22,6 +23,7 @@ pub enum Endpoint {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Resource {
     Health,
+    Ready,
     Metrics,
     Containers,
     Container(String),
@@ -46,6 +48,7 @@ impl Resource {
             .unwrap_or(path);
         match path {
             "/health" => return Some(Resource::Health),
+            "/health/ready" => return Some(Resource::Ready),
             "/api/v1/metrics" => return Some(Resource::Metrics),
             "/api/v1/containers" => return Some(Resource::Containers),
             _ => {}
@@ -63,7 +66,7 @@ impl Resource {
 
     fn allow(&self) -> &'static str {
         match self {
-            Resource::Health | Resource::Metrics | Resource::Logs(_) => "GET",
+            Resource::Health | Resource::Ready | Resource::Metrics | Resource::Logs(_) => "GET",
             Resource::Containers => "GET, POST",
             Resource::Container(_) => "GET, DELETE",
             Resource::Action(..) => "POST",
@@ -73,6 +76,7 @@ impl Resource {
     fn endpoint(self, method: &Method) -> Option<Endpoint> {
         match (self, method) {
             (Resource::Health, &Method::GET) => Some(Endpoint::Health),
+            (Resource::Ready, &Method::GET) => Some(Endpoint::Ready),
             (Resource::Metrics, &Method::GET) => Some(Endpoint::Metrics),
             (Resource::Containers, &Method::GET) => Some(Endpoint::ListContainers),
             (Resource::Containers, &Method::POST) => Some(Endpoint::CreateContainer),
@@ -110,6 +114,8 @@ mod tests {
     #[test]
     fn known_paths() {
         assert_eq!(route(&Method::GET, "/health"), Ok(Endpoint::Health));
+        assert_eq!(route(&Method::GET, "/health/ready"), Ok(Endpoint::Ready));
+        assert!(!requires_auth("/health/ready"));
         assert_eq!(
             route(&Method::GET, "/api/v1/metrics"),
             Ok(Endpoint::Metrics)

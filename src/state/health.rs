@@ -1,6 +1,8 @@
 //! Component health: a typed [`Health`] per [`Component`], rendered into `/health`'s
-//! `components` strings in one place ([`Health::render`]).
+//! `components` strings in one place ([`Health::render`]), and what the whole map means: the
+//! overall `status` ([`overall`]) and whether the node can do its work ([`not_ready`]).
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 /// The components that report their health, by their name in `/health`.
@@ -14,6 +16,15 @@ pub enum Component {
 }
 
 impl Component {
+    /// Every component; each one reports a health once the agent runs.
+    pub const ALL: [Component; 5] = [
+        Component::Api,
+        Component::Docker,
+        Component::Gpu,
+        Component::Platform,
+        Component::System,
+    ];
+
     /// The key in `/health`'s `components`.
     pub fn name(self) -> &'static str {
         match self {
@@ -78,9 +89,98 @@ impl Health {
     }
 }
 
+/// `/health`'s overall `status`: `degraded` while any component is unavailable or degraded,
+/// `ok` otherwise (starting and disabled components are not trouble).
+pub fn overall(health: &BTreeMap<Component, Health>) -> &'static str {
+    let trouble = health
+        .values()
+        .any(|h| matches!(h, Health::Unavailable(_) | Health::Degraded(_)));
+    if trouble {
+        "degraded"
+    } else {
+        "ok"
+    }
+}
+
+/// What keeps the node from doing its work, one `component: state` line each; empty when it is
+/// ready. Ready means: the API serves, the host is sampled, docker is reachable (a degraded
+/// docker still runs containers), NVML answers (a lost GPU leaves the others usable; a GPU
+/// sampler switched off expects none), and the node is registered when a platform is configured
+/// (failing heartbeats do not unregister it).
+pub fn not_ready(health: &BTreeMap<Component, Health>) -> Vec<String> {
+    Component::ALL
+        .iter()
+        .filter_map(|&component| match health.get(&component) {
+            None => Some(format!("{component}: not reported yet")),
+            Some(h) if can_work(component, h) => None,
+            Some(h) => Some(format!("{component}: {}", h.render(component))),
+        })
+        .collect()
+}
+
+/// Whether `component` in state `health` lets the node do its work (see [`not_ready`]).
+fn can_work(component: Component, health: &Health) -> bool {
+    use Component::{Docker, Gpu, Platform};
+    match health {
+        Health::Ok => true,
+        Health::Degraded(_) => matches!(component, Docker | Gpu | Platform),
+        Health::Disabled(_) => matches!(component, Gpu | Platform),
+        Health::Starting(_) | Health::Unavailable(_) => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn all_ok() -> BTreeMap<Component, Health> {
+        Component::ALL.iter().map(|&c| (c, Health::Ok)).collect()
+    }
+
+    #[test]
+    fn status_is_degraded_while_a_component_is_unavailable_or_degraded() {
+        let mut health = all_ok();
+        assert_eq!(overall(&health), "ok");
+        health.insert(Component::Gpu, Health::Starting(None));
+        health.insert(Component::Platform, Health::Disabled("no url".into()));
+        assert_eq!(overall(&health), "ok");
+        health.insert(Component::Docker, Health::Unavailable("no socket".into()));
+        assert_eq!(overall(&health), "degraded");
+        health.insert(Component::Docker, Health::Degraded("GPU 3 gone".into()));
+        assert_eq!(overall(&health), "degraded");
+    }
+
+    #[test]
+    fn ready_only_when_every_component_can_work() {
+        let mut health = all_ok();
+        assert!(not_ready(&health).is_empty());
+        health.insert(Component::Platform, Health::Disabled("no url".into()));
+        health.insert(Component::Gpu, Health::Degraded("GPU 1 lost".into()));
+        health.insert(Component::Docker, Health::Degraded("c1: GPU gone".into()));
+        assert!(not_ready(&health).is_empty(), "{:?}", not_ready(&health));
+
+        health.insert(Component::Docker, Health::Unavailable("no socket".into()));
+        health.insert(Component::Gpu, Health::Starting(None));
+        health.insert(
+            Component::Platform,
+            Health::Starting(Some("HTTP 401".into())),
+        );
+        health.remove(&Component::System);
+        assert_eq!(
+            not_ready(&health),
+            [
+                "docker: unavailable: no socket",
+                "gpu: starting",
+                "platform: registering: HTTP 401",
+                "system: not reported yet",
+            ]
+        );
+        // The API and the host sampler have no "good enough" state but ok.
+        let mut health = all_ok();
+        health.insert(Component::Api, Health::Degraded("draining".into()));
+        health.insert(Component::System, Health::Disabled("off".into()));
+        assert_eq!(not_ready(&health).len(), 2);
+    }
 
     #[test]
     fn rendering_keeps_the_documented_strings() {

@@ -168,6 +168,17 @@ impl Snapshot {
             .collect()
     }
 
+    /// `/health`'s overall status: `ok`, or `degraded` (see [`health::overall`]).
+    pub fn overall_status(&self) -> &'static str {
+        health::overall(&self.health.get())
+    }
+
+    /// What keeps the node from working, one line per component; empty when it is ready (see
+    /// [`health::not_ready`]).
+    pub fn not_ready(&self) -> Vec<String> {
+        health::not_ready(&self.health.get())
+    }
+
     /// How each sampler's last run went.
     pub fn samplers(&self) -> BTreeMap<&'static str, SamplerRun> {
         self.samplers
