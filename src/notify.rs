@@ -439,6 +439,8 @@ struct Watch {
     last_status: String,
     /// Names reported stuck at the last tick, so the log says it once per change.
     last_stuck: Vec<String>,
+    /// Whether the last self-check failed.
+    api_failing: bool,
 }
 
 impl Watch {
@@ -448,10 +450,16 @@ impl Watch {
         let status = match probe_health(self.listen, probe_timeout) {
             Ok(view) => {
                 self.api.tick();
+                if std::mem::take(&mut self.api_failing) {
+                    log::info!("self-check: the API answers /health again");
+                }
                 view.summary()
             }
             Err(e) => {
-                log::warn!("self-check: {e}");
+                // Once per failure streak; the stuck report below follows if it lasts.
+                if !std::mem::replace(&mut self.api_failing, true) {
+                    log::warn!("self-check: {e}");
+                }
                 format!("API not answering: {e}")
             }
         };
@@ -518,6 +526,7 @@ pub fn start(
         api,
         last_status: ready,
         last_stuck: Vec::new(),
+        api_failing: false,
     };
     let thread = std::thread::Builder::new()
         .name("systemd-notify".into())
@@ -674,6 +683,35 @@ mod tests {
     }
 
     #[test]
+    fn a_hung_api_stops_the_petting_after_its_deadline() {
+        let (_dir, socket, path) = bound_socket();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let (notifier, _) = Notifier::from_values(Some(&path), Some("1000000"), None, 1);
+        let board = Liveness::new();
+        let api = board.register("api", Duration::from_millis(300));
+        let mut watch = Watch {
+            notifier,
+            listen: health_server(None),
+            liveness: Arc::clone(&board),
+            api,
+            last_status: String::new(),
+            last_stuck: Vec::new(),
+            api_failing: false,
+        };
+        // Within its deadline one unanswered self-check is tolerated.
+        assert!(watch.tick(Duration::from_millis(50)));
+        assert!(recv(&socket).starts_with("STATUS=API not answering: "));
+        assert_eq!(recv(&socket), "WATCHDOG=1");
+        std::thread::sleep(Duration::from_millis(350));
+        assert!(!watch.tick(Duration::from_millis(50)));
+        assert_eq!(recv(&socket), "STATUS=stuck: api");
+        let mut buf = [0u8; 64];
+        assert!(socket.recv(&mut buf).is_err(), "no WATCHDOG=1 while stuck");
+    }
+
+    #[test]
     fn a_stuck_thread_stops_the_petting_and_a_tick_resumes_it() {
         let (_dir, socket, path) = bound_socket();
         socket
@@ -689,6 +727,7 @@ mod tests {
             api,
             last_status: String::new(),
             last_stuck: Vec::new(),
+            api_failing: false,
         };
         assert!(watch.tick(Duration::from_secs(1)));
         assert_eq!(recv(&socket), "STATUS=ok; every component ok");
