@@ -12,6 +12,7 @@ pub mod child;
 pub mod cli;
 pub mod config;
 pub mod docker;
+pub mod names;
 pub mod platform;
 pub mod shutdown;
 pub mod state;
