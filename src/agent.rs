@@ -15,7 +15,7 @@
 //! to the process exit rather than holding the shutdown.
 
 use crate::api::{ApiContext, ApiServer, ApiSettings, ApiStartError};
-use crate::config::{Config, ConfigError};
+use crate::config::Settings;
 use crate::docker::runner::{self as docker_runner, RunnerStartError};
 use crate::platform::{self, PlatformStartError};
 use crate::shutdown::Shutdown;
@@ -32,7 +32,6 @@ pub const STOP_DEADLINE: Duration = Duration::from_millis(1500);
 /// Why the agent could not start.
 #[derive(Debug)]
 pub enum AgentError {
-    Config(ConfigError),
     System(system::SystemSamplerError),
     Gpu(gpu::GpuSamplerError),
     Docker(RunnerStartError),
@@ -43,7 +42,6 @@ pub enum AgentError {
 impl fmt::Display for AgentError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            AgentError::Config(e) => e.fmt(f),
             AgentError::System(e) => e.fmt(f),
             AgentError::Gpu(e) => e.fmt(f),
             AgentError::Docker(e) => e.fmt(f),
@@ -64,9 +62,9 @@ pub struct Agent {
 
 impl Agent {
     /// Starts every component; on error, the ones already started stop when `shutdown` fires.
-    pub fn start(config: &Config, shutdown: Shutdown) -> Result<Agent, AgentError> {
+    pub fn start(settings: &Settings, shutdown: Shutdown) -> Result<Agent, AgentError> {
         // First, so that a damaged identity file stops the agent before anything runs.
-        let platform = platform::prepare(config).map_err(AgentError::Platform)?;
+        let platform = platform::prepare(settings).map_err(AgentError::Platform)?;
         let (snapshot, writers) = state::new();
         let mut threads = vec![
             (
@@ -75,14 +73,14 @@ impl Agent {
             ),
             (
                 "gpu-sampler",
-                gpu::start(&config.gpu, writers.gpu, shutdown.clone()).map_err(AgentError::Gpu)?,
+                gpu::start(&settings.gpu, writers.gpu, shutdown.clone())
+                    .map_err(AgentError::Gpu)?,
             ),
         ];
-        let listen = config.listen_address().map_err(AgentError::Config)?;
         // Host ports the agent itself uses can never be published for a container.
-        let reserved_ports = vec![listen.port(), config.frp.admin_port];
+        let reserved_ports = vec![settings.api.listen.port(), settings.frp.admin_port];
         let runner = docker_runner::start(
-            &config.docker,
+            &settings.docker,
             reserved_ports,
             Arc::clone(&snapshot),
             writers.docker,
@@ -91,14 +89,15 @@ impl Agent {
         .map_err(AgentError::Docker)?;
         threads.extend(runner.threads);
 
-        let settings = ApiSettings {
-            listen,
-            auth_token: config.agent_api.auth_token.clone(),
-            max_connections: config.agent_api.max_connections,
-            idle_timeout: Duration::from_secs(config.agent_api.idle_timeout_secs),
+        let api_settings = ApiSettings {
+            listen: settings.api.listen,
+            auth_token: settings.api.auth_token.clone(),
+            max_connections: settings.api.max_connections,
+            idle_timeout: settings.api.idle_timeout,
         };
-        let context =
-            Arc::new(ApiContext::new(settings, Arc::clone(&snapshot)).with_runner(runner.handle));
+        let context = Arc::new(
+            ApiContext::new(api_settings, Arc::clone(&snapshot)).with_runner(runner.handle),
+        );
         let api = ApiServer::start(context).map_err(AgentError::Api)?;
         writers.api.set(Health::Ok);
 

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod docker;
 pub mod logging;
+pub mod names;
 pub mod notify;
 pub mod platform;
 pub mod shutdown;

@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 use utopia_node_agent::agent::Agent;
-use utopia_node_agent::cli::{self, Command, HELP};
+use utopia_node_agent::cli::{self, Command};
 use utopia_node_agent::config::{self, Config};
 use utopia_node_agent::logging;
 use utopia_node_agent::notify::{self, Liveness, Notifier};
@@ -19,7 +19,7 @@ fn main() -> ExitCode {
     };
     match command {
         Command::Help => {
-            print!("{HELP}");
+            print!("{}", cli::help());
             ExitCode::SUCCESS
         }
         Command::Version => {
@@ -89,15 +89,11 @@ fn run(path: &std::path::Path) -> ExitCode {
         }
     };
     // The API listens now: READY=1, then status and watchdog from the notify thread.
-    let notify_thread = match config.listen_address() {
-        Ok(listen) => {
-            notify::start(notifier, listen, Liveness::new(), shutdown).unwrap_or_else(|e| {
-                log::error!("cannot start the systemd notify thread: {e}");
-                None
-            })
-        }
-        Err(_) => None,
-    };
+    let notify_thread = notify::start(notifier, config.api.listen, Liveness::new(), shutdown)
+        .unwrap_or_else(|e| {
+            log::error!("cannot start the systemd notify thread: {e}");
+            None
+        });
     agent.run_until_shutdown();
     if let Some(thread) = notify_thread {
         // It sends STOPPING=1 as soon as the shutdown starts; a self-check in flight ends

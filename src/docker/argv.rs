@@ -7,26 +7,11 @@
 //! The user's environment goes through an `--env-file` (mode 0600, removed right after) rather
 //! than the argv, where any local user could read it in `/proc`.
 
-use crate::config::GpuMode;
+use crate::config::{GpuMode, RunSettings};
 use crate::docker::labels::{LABEL_CLAIM_ID, LABEL_GPU_IDS, LABEL_GPU_UUIDS, LABEL_PORTS};
 use crate::docker::spec::{join_ids, CreateSpec};
+use std::net::IpAddr;
 use std::path::Path;
-
-/// How containers are created: the `docker.*` settings that shape `docker run`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RunSettings {
-    pub gpu_mode: GpuMode,
-    pub runtime: String,
-    pub cdi_kind: String,
-    pub publish_address: String,
-    /// The managed marker, `key=value`.
-    pub managed_label: String,
-    pub pids_limit: u64,
-    pub log_max_size: String,
-    pub log_max_file: u32,
-    pub init: bool,
-    pub no_new_privileges: bool,
-}
 
 /// NVIDIA container toolkit features that give a container host devices when an image sets
 /// them to `enabled`; every managed container gets them `disabled`.
@@ -51,7 +36,7 @@ pub fn run_args(
         args.push(value);
     };
     flag("--name", spec.container_name());
-    flag("--label", settings.managed_label.clone());
+    flag("--label", settings.managed_label.to_string());
     flag("--label", format!("{LABEL_CLAIM_ID}={}", spec.claim_id));
     flag("--label", format!("{LABEL_GPU_IDS}={}", join_ids(gpus)));
     flag(
@@ -79,8 +64,8 @@ pub fn run_args(
                 flag("--env", "NVIDIA_VISIBLE_DEVICES=void".into());
             }
             GpuMode::Env => {
-                if !settings.runtime.is_empty() {
-                    flag("--runtime", settings.runtime.clone());
+                if let Some(runtime) = &settings.runtime {
+                    flag("--runtime", runtime.clone());
                 }
                 flag(
                     "--env",
@@ -102,7 +87,7 @@ pub fn run_args(
             "--publish",
             format!(
                 "{}:{}:{}/{}",
-                publish_host(&settings.publish_address),
+                publish_host(settings.publish_address),
                 port.host_port,
                 port.container_port,
                 port.protocol.as_str()
@@ -137,26 +122,26 @@ pub fn run_args(
 }
 
 /// An IPv6 publish address needs brackets in `--publish`.
-fn publish_host(address: &str) -> String {
-    if address.contains(':') {
-        format!("[{address}]")
-    } else {
-        address.to_string()
+fn publish_host(address: IpAddr) -> String {
+    match address {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("[{v6}]"),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ManagedLabel;
     use crate::docker::spec::{GpuRequest, PortMapping, Protocol};
 
     fn settings(mode: GpuMode) -> RunSettings {
         RunSettings {
             gpu_mode: mode,
-            runtime: String::new(),
+            runtime: None,
             cdi_kind: "nvidia.com/gpu".into(),
-            publish_address: "127.0.0.1".into(),
-            managed_label: "io.utopia.managed=true".into(),
+            publish_address: IpAddr::from([127, 0, 0, 1]),
+            managed_label: ManagedLabel::parse("io.utopia.managed=true").unwrap(),
             pids_limit: 4096,
             log_max_size: "50m".into(),
             log_max_file: 3,
@@ -263,7 +248,7 @@ mod tests {
         assert_eq!(visible(&args), vec!["NVIDIA_VISIBLE_DEVICES=0,1"]);
         assert!(pairs(&args, "--runtime").is_empty());
         let mut s = settings(GpuMode::Env);
-        s.runtime = "nvidia".into();
+        s.runtime = Some("nvidia".into());
         let args = run_args(&spec(), &[1], &uuids()[..1], &s, None);
         assert_eq!(pairs(&args, "--runtime"), vec!["nvidia"]);
         assert_eq!(visible(&args), vec!["NVIDIA_VISIBLE_DEVICES=1"]);
@@ -273,7 +258,7 @@ mod tests {
     fn no_gpus_means_void_in_every_mode() {
         for mode in [GpuMode::Gpus, GpuMode::Cdi, GpuMode::Env] {
             let mut s = settings(mode);
-            s.runtime = "nvidia".into();
+            s.runtime = Some("nvidia".into());
             let args = run_args(&spec(), &[], &[], &s, None);
             assert_eq!(visible(&args), vec!["NVIDIA_VISIBLE_DEVICES=void"]);
             assert!(pairs(&args, "--gpus").is_empty());
@@ -328,7 +313,7 @@ mod tests {
         s.init = false;
         s.no_new_privileges = false;
         s.pids_limit = 0;
-        s.publish_address = "::1".into();
+        s.publish_address = "::1".parse().unwrap();
         let args = run_args(&spec(), &[0], &uuids()[..1], &s, None);
         assert!(!args.contains(&"--init".to_string()));
         assert!(pairs(&args, "--security-opt").is_empty());

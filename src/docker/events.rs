@@ -14,6 +14,7 @@
 
 use crate::backoff::Backoff;
 use crate::child::{self, Keep, Supervised};
+use crate::config::ManagedLabel;
 use crate::shutdown::Shutdown;
 use crossbeam_channel::{select, Sender};
 use serde::Deserialize;
@@ -99,7 +100,7 @@ pub fn now_nano() -> i64 {
 /// start-up rebuild, so a change between the rebuild and the watcher's start is not missed).
 pub fn start(
     binary: PathBuf,
-    managed_label: String,
+    managed_label: ManagedLabel,
     since_nano: i64,
     events: Sender<ContainerEvent>,
     shutdown: Shutdown,
@@ -111,7 +112,7 @@ pub fn start(
 
 fn watch(
     binary: &PathBuf,
-    label: &str,
+    label: &ManagedLabel,
     since_nano: i64,
     events: &Sender<ContainerEvent>,
     shutdown: &Shutdown,
@@ -244,7 +245,14 @@ mod tests {
         std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
         let (trigger, shutdown) = crate::shutdown::channel();
         let (tx, rx) = crossbeam_channel::bounded(16);
-        let thread = start(fake, "a=b".into(), now_nano(), tx, shutdown).unwrap();
+        let thread = start(
+            fake,
+            ManagedLabel::parse("a=b").unwrap(),
+            now_nano(),
+            tx,
+            shutdown,
+        )
+        .unwrap();
         for _ in 0..2 {
             let event = rx.recv_timeout(Duration::from_secs(5)).unwrap();
             assert_eq!(event.id, "c1");
@@ -274,7 +282,14 @@ mod tests {
         std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
         let (trigger, shutdown) = crate::shutdown::channel();
         let (tx, _rx) = crossbeam_channel::bounded(16);
-        let thread = start(fake, "a=b".into(), now_nano(), tx, shutdown).unwrap();
+        let thread = start(
+            fake,
+            ManagedLabel::parse("a=b").unwrap(),
+            now_nano(),
+            tx,
+            shutdown,
+        )
+        .unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
         while !pid_file.exists() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));

@@ -29,8 +29,7 @@
 //!   reaped) and the events watcher end. Containers keep running: the agent's restart adopts
 //!   them.
 
-use crate::config::DockerConfig;
-use crate::docker::argv::RunSettings;
+use crate::config::{DockerSettings, RunSettings};
 use crate::docker::cli::{DockerCli, DockerError};
 use crate::docker::container::ContainerView;
 use crate::docker::events::{self, ContainerEvent};
@@ -364,15 +363,15 @@ struct Runner {
 /// Starts the worker pools, the events watcher and the runner thread, whose first work is the
 /// ledger rebuild (an unreachable docker is not fatal: it is retried).
 pub fn start(
-    config: &DockerConfig,
+    config: &DockerSettings,
     reserved_ports: Vec<u16>,
     snapshot: Arc<Snapshot>,
     writer: DockerWriter,
     shutdown: Shutdown,
 ) -> Result<DockerRunner, RunnerStartError> {
-    let command_timeout = Duration::from_secs(config.command_timeout_secs);
-    let stop_timeout = Duration::from_secs(config.stop_timeout_secs);
-    let pull_timeout = Duration::from_secs(config.pull_timeout_secs);
+    let command_timeout = config.command_timeout;
+    let stop_timeout = config.stop_timeout;
+    let pull_timeout = config.pull_timeout;
     let cli = DockerCli::new(
         config.binary.clone(),
         command_timeout,
@@ -382,18 +381,7 @@ pub fn start(
     );
     let context = Arc::new(WorkerContext {
         cli,
-        settings: RunSettings {
-            gpu_mode: config.gpu_mode,
-            runtime: config.runtime.clone(),
-            cdi_kind: config.cdi_kind.clone(),
-            publish_address: config.publish_address.clone(),
-            managed_label: config.managed_label.clone(),
-            pids_limit: config.pids_limit,
-            log_max_size: config.log_max_size.clone(),
-            log_max_file: config.log_max_file,
-            init: config.init,
-            no_new_privileges: config.no_new_privileges,
-        },
+        settings: config.run.clone(),
     });
 
     let (jobs, job_queue) = crossbeam_channel::bounded::<Work>(WORK_QUEUE);
@@ -414,7 +402,7 @@ pub fn start(
         docker: DockerState::Starting,
         ledger_ready: false,
         reconcile_in_flight: false,
-        reconcile_interval: Duration::from_secs(config.reconcile_interval_secs),
+        reconcile_interval: config.reconcile_interval,
         next_reconcile: Instant::now(),
         jobs,
         creates,
@@ -446,7 +434,7 @@ pub fn start(
     }
     let watcher = events::start(
         config.binary.clone(),
-        config.managed_label.clone(),
+        config.run.managed_label.clone(),
         events_since,
         events_tx,
         shutdown.clone(),

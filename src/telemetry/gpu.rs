@@ -14,7 +14,7 @@
 //! It receives nothing; it stops when the shutdown channel closes (checked between samples), and
 //! dropping the NVML handle calls `nvmlShutdown`.
 
-use crate::config::GpuConfig;
+use crate::config::GpuSettings;
 use crate::shutdown::Shutdown;
 use crate::state::{GpuProcess, GpuReport, GpuSample, Health, NvmlState, SampleWriter};
 use crate::telemetry::{bytes_to_mb, percent, round1, Driver, Sampler};
@@ -59,12 +59,11 @@ impl std::error::Error for GpuSamplerError {}
 
 /// Starts the sampler thread (`components.gpu` is `starting` until its first report).
 pub fn start(
-    config: &GpuConfig,
+    config: &GpuSettings,
     writer: SampleWriter<GpuReport>,
     shutdown: Shutdown,
 ) -> Result<JoinHandle<()>, GpuSamplerError> {
-    let interval = Duration::from_millis(config.sample_interval_ms);
-    Driver::new(GpuSampler::new(config), writer, interval)
+    Driver::new(GpuSampler::new(config), writer, config.sample_interval)
         .spawn(shutdown)
         .map_err(GpuSamplerError)
 }
@@ -100,11 +99,13 @@ pub struct GpuSampler {
 }
 
 impl GpuSampler {
-    pub fn new(config: &GpuConfig) -> Self {
+    pub fn new(config: &GpuSettings) -> Self {
         GpuSampler {
-            library_path: (!config.nvml_library_path.is_empty())
-                .then(|| OsString::from(&config.nvml_library_path)),
-            retry: Duration::from_secs(config.init_retry_secs),
+            library_path: config
+                .nvml_library_path
+                .as_ref()
+                .map(|p| OsString::from(p.as_os_str())),
+            retry: config.init_retry,
             nvml: None,
             last_init_attempt: None,
             last_init_error: None,
@@ -337,11 +338,11 @@ fn describe(error: &NvmlError) -> String {
 mod tests {
     use super::*;
 
-    fn config(path: &str) -> GpuConfig {
-        GpuConfig {
-            nvml_library_path: path.to_string(),
-            sample_interval_ms: 100,
-            init_retry_secs: 60,
+    fn config(path: &str) -> GpuSettings {
+        GpuSettings {
+            nvml_library_path: Some(path.into()),
+            sample_interval: Duration::from_millis(100),
+            init_retry: Duration::from_secs(60),
         }
     }
 
