@@ -16,7 +16,8 @@
 
 use crate::api::{ApiContext, ApiServer, ApiSettings, ApiStartError};
 use crate::config::Settings;
-use crate::docker::runner::{self as docker_runner, RunnerStartError};
+use crate::docker::protocol::RunnerStartError;
+use crate::docker::runner as docker_runner;
 use crate::platform::{self, PlatformStartError};
 use crate::shutdown::Shutdown;
 use crate::state::{self, Health};
