@@ -204,18 +204,6 @@ impl RunnerHandle {
     }
 }
 
-/// Why the runner could not start.
-#[derive(Debug)]
-pub struct RunnerStartError(pub String);
-
-impl fmt::Display for RunnerStartError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "cannot start the container runner: {}", self.0)
-    }
-}
-
-impl std::error::Error for RunnerStartError {}
-
 /// The started runner: its handle for the API and its threads for the agent to join.
 pub struct DockerRunner {
     pub handle: RunnerHandle,

@@ -23,6 +23,7 @@
 //!   reaped) and the events watcher end. Containers keep running: the agent's restart adopts
 //!   them.
 
+use crate::component::{self, StartError};
 use crate::config::DockerSettings;
 use crate::docker::cli::{DockerCli, DockerError};
 use crate::docker::container::ContainerView;
@@ -31,7 +32,7 @@ use crate::docker::jobs::{Done, Ticket, Work, WorkerContext};
 use crate::docker::ledger::{short_id, GpuLedger};
 use crate::docker::placement::place;
 use crate::docker::protocol::{
-    ContainerError, Deleted, DockerRunner, Reply, Request, RunnerHandle, RunnerStartError,
+    ContainerError, Deleted, DockerRunner, Reply, Request, RunnerHandle,
 };
 use crate::docker::spec::{join_ids, CreateSpec};
 use crate::docker::table::ContainerTable;
@@ -120,7 +121,7 @@ pub fn start(
     snapshot: Arc<Snapshot>,
     writer: DockerWriter,
     shutdown: Shutdown,
-) -> Result<DockerRunner, RunnerStartError> {
+) -> Result<DockerRunner, StartError> {
     let command_timeout = config.command_timeout;
     let stop_timeout = config.stop_timeout;
     let pull_timeout = config.pull_timeout;
@@ -167,10 +168,9 @@ pub fn start(
             let queue = queue.clone();
             let done_tx = done_tx.clone();
             let shutdown = shutdown.clone();
-            let thread = std::thread::Builder::new()
-                .name(format!("{lane}-{n}"))
-                .spawn(move || worker(&context, &queue, &done_tx, &shutdown))
-                .map_err(|e| RunnerStartError(format!("cannot start a worker thread: {e}")))?;
+            let thread = component::spawn(format!("{lane}-{n}"), move || {
+                worker(&context, &queue, &done_tx, &shutdown)
+            })?;
             threads.push((lane, thread));
         }
     }
@@ -180,13 +180,11 @@ pub fn start(
         events_since,
         events_tx,
         shutdown.clone(),
-    )
-    .map_err(|e| RunnerStartError(format!("cannot start the events watcher: {e}")))?;
+    )?;
     threads.push(("docker-events", watcher));
-    let runner_thread = std::thread::Builder::new()
-        .name("docker-runner".into())
-        .spawn(move || runner.run(&requests, &done, &events_rx, &shutdown))
-        .map_err(|e| RunnerStartError(format!("cannot start the runner thread: {e}")))?;
+    let runner_thread = component::spawn("docker-runner", move || {
+        runner.run(&requests, &done, &events_rx, &shutdown)
+    })?;
     threads.push(("docker-runner", runner_thread));
 
     let slack = Duration::from_secs(5);
