@@ -229,3 +229,17 @@ fn keep_alive_connections_serve_several_requests() {
         assert!(buffer[..n].starts_with(b"HTTP/1.1 200"));
     }
 }
+
+#[test]
+fn health_shows_each_samplers_last_run() {
+    let agent = Agent::start(|_| {});
+    let health = agent.request("GET", "/health", &[], b"").json();
+    for sampler in ["system", "gpu"] {
+        let run = &health["samplers"][sampler];
+        assert!(
+            run["samples"].as_u64().unwrap_or(0) >= 1,
+            "{sampler}: {run}"
+        );
+        assert!(run["last_duration_ms"].is_u64(), "{sampler}: {run}");
+    }
+}

@@ -20,7 +20,7 @@ pub mod routes;
 
 use crate::api::error::ApiError;
 use crate::api::routes::Endpoint;
-use crate::docker::runner::RunnerHandle;
+use crate::docker::protocol::RunnerHandle;
 use crate::state::Snapshot;
 use oxhttp::model::header::{
     ALLOW, AUTHORIZATION, CACHE_CONTROL, CONNECTION, CONTENT_TYPE, WWW_AUTHENTICATE,

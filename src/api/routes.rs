@@ -1,7 +1,7 @@
 //! Method + path → the endpoint that serves it, or 404 / 405 (with `Allow`).
 
 use crate::api::error::ApiError;
-use crate::docker::runner::Action;
+use crate::docker::protocol::Action;
 use oxhttp::model::Method;
 
 /// Every endpoint of the API. Container ids are the raw `{id}` path segment (checked to be a

@@ -14,6 +14,7 @@
 
 use crate::backoff::Backoff;
 use crate::child::{self, Keep, Supervised};
+use crate::component::{self, StartError};
 use crate::config::ManagedLabel;
 use crate::shutdown::Shutdown;
 use crossbeam_channel::{select, Sender};
@@ -104,10 +105,10 @@ pub fn start(
     since_nano: i64,
     events: Sender<ContainerEvent>,
     shutdown: Shutdown,
-) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("docker-events".into())
-        .spawn(move || watch(&binary, &managed_label, since_nano, &events, &shutdown))
+) -> Result<JoinHandle<()>, StartError> {
+    component::spawn("docker-events", move || {
+        watch(&binary, &managed_label, since_nano, &events, &shutdown)
+    })
 }
 
 fn watch(
