@@ -35,6 +35,10 @@ pub const STATUS_INTERVAL: Duration = Duration::from_secs(5);
 /// The most a `/health` self-check may take (less when the watchdog interval is shorter).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// The least time the API may go without answering a self-check before it counts as stuck: a
+/// burst that fills every connection slot for a while is load, not a hang worth a restart.
+const API_DEADLINE_MIN: Duration = Duration::from_secs(60);
+
 /// Longest `STATUS=` text sent; systemd shows it in `systemctl status`, one line.
 const STATUS_MAX: usize = 240;
 
@@ -509,8 +513,9 @@ pub fn start(
     }
     let interval = notifier.watchdog().map_or(STATUS_INTERVAL, |w| w / 2);
     let probe_timeout = PROBE_TIMEOUT.min(interval / 2);
-    // The API must answer within two watchdog ticks, or the petting stops.
-    let api = liveness.register("api", interval * 2);
+    // The API must answer a self-check within two ticks (and at least a minute), or the
+    // petting stops.
+    let api = liveness.register("api", (interval * 2).max(API_DEADLINE_MIN));
     let ready = format!("ready; API on http://{listen}");
     if let Some(watchdog) = notifier.watchdog() {
         log::info!(
