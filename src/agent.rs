@@ -1,9 +1,9 @@
 //! Starting and stopping the components, in order.
 //!
 //! [`Agent::start`] first reads the node identity and sets up the platform client (a damaged
-//! identity file or `ca_file` stops it before anything runs), makes the empty published state (the
-//! read-only [`Snapshot`](crate::state::Snapshot) and one writer per component),
-//! starts the samplers (the system sampler publishes its first sample before returning), then
+//! identity file or `ca_file` stops it before anything runs), makes the empty published state
+//! (the read-only `Snapshot` and one writer per component), starts the samplers (the system
+//! sampler publishes its first sample before returning), then
 //! the container runner (whose first work is to rebuild the GPU ledger from the labelled
 //! containers; container requests get 503 until it is done, so no create is decided on an empty
 //! ledger), the API server, and last the platform thread, which registers and heartbeats in the

@@ -21,6 +21,8 @@ pub mod argv;
 pub mod cli;
 pub mod container;
 pub mod events;
+#[cfg(test)]
+mod fixtures;
 pub(crate) mod jobs;
 pub mod labels;
 pub mod ledger;

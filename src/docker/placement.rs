@@ -140,7 +140,7 @@ pub(crate) fn place(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::docker::table::tests::{view, A};
+    use crate::docker::fixtures::{spec, view, A};
     use crate::state::GpuSample;
 
     fn report(count: u32, lost: &[u32]) -> GpuReport {
@@ -157,18 +157,22 @@ mod tests {
         }
     }
 
-    fn spec(claim: &str, gpus: GpuRequest) -> CreateSpec {
-        CreateSpec {
-            claim_id: claim.into(),
-            image: "busybox".into(),
-            gpus,
-            ports: vec![],
-            env: vec![],
-            command: vec![],
-            memory_mb: None,
-            cpus: None,
-            shm_size_mb: None,
-            requested_visible_devices: None,
+    /// Places a create of `claim` asking for `request` on `table` and `ledger`.
+    fn try_place(
+        table: &ContainerTable,
+        ledger: &mut GpuLedger,
+        claim: &str,
+        request: GpuRequest,
+        report: &GpuReport,
+    ) -> Result<Placement, ContainerError> {
+        place(&spec(claim, request), report, table, ledger)
+    }
+
+    fn code(result: Result<Placement, ContainerError>) -> &'static str {
+        match result {
+            Err(ContainerError::Conflict { code, .. }) => code,
+            Err(ContainerError::GpusUnavailable(_)) => "gpus_unavailable",
+            other => panic!("{other:?}"),
         }
     }
 
@@ -178,15 +182,10 @@ mod tests {
         let mut ledger = GpuLedger::new(vec![]);
         // GPU 0 is held by a container; GPU 1 is lost.
         table.upsert(view(A, "old", &[0], "running"), &mut ledger);
-        let placed = place(
-            &spec("new", GpuRequest::Count(1)),
-            &report(3, &[1]),
-            &table,
-            &mut ledger,
-        )
-        .unwrap();
+        let nodes = report(3, &[1]);
+        let placed = try_place(&table, &mut ledger, "new", GpuRequest::Count(1), &nodes);
         assert_eq!(
-            placed,
+            placed.unwrap(),
             Placement {
                 gpus: vec![2],
                 uuids: vec!["GPU-2".into()]
@@ -194,23 +193,8 @@ mod tests {
         );
         assert_eq!(ledger.by_claim("new").unwrap().gpus, vec![2]);
         // Nothing left: a conflict, and nothing more reserved.
-        let e = place(
-            &spec("third", GpuRequest::Count(1)),
-            &report(3, &[1]),
-            &table,
-            &mut ledger,
-        )
-        .unwrap_err();
-        assert!(
-            matches!(
-                e,
-                ContainerError::Conflict {
-                    code: "gpu_in_use",
-                    ..
-                }
-            ),
-            "{e}"
-        );
+        let third = try_place(&table, &mut ledger, "third", GpuRequest::Count(1), &nodes);
+        assert_eq!(code(third), "gpu_in_use");
         assert!(ledger.by_claim("third").is_none());
     }
 
@@ -218,39 +202,14 @@ mod tests {
     fn gpus_are_refused_while_nvml_is_unavailable_or_lost() {
         let table = ContainerTable::default();
         let mut ledger = GpuLedger::new(vec![]);
-        let e = place(
-            &spec("a", GpuRequest::Ids(vec![0])),
-            &GpuReport::unavailable("no driver".into()),
-            &table,
-            &mut ledger,
-        )
-        .unwrap_err();
-        assert!(matches!(e, ContainerError::GpusUnavailable(_)), "{e}");
-        let e = place(
-            &spec("a", GpuRequest::Ids(vec![1])),
-            &report(2, &[1]),
-            &table,
-            &mut ledger,
-        )
-        .unwrap_err();
-        assert!(
-            matches!(
-                e,
-                ContainerError::Conflict {
-                    code: "gpu_lost",
-                    ..
-                }
-            ),
-            "{e}"
-        );
+        let no_nvml = GpuReport::unavailable("no driver".into());
+        let ids = |ids: &[u32]| GpuRequest::Ids(ids.to_vec());
+        let refused = try_place(&table, &mut ledger, "a", ids(&[0]), &no_nvml);
+        assert_eq!(code(refused), "gpus_unavailable");
+        let lost = try_place(&table, &mut ledger, "a", ids(&[1]), &report(2, &[1]));
+        assert_eq!(code(lost), "gpu_lost");
         // Without GPUs, NVML does not matter.
-        assert!(place(
-            &spec("a", GpuRequest::None),
-            &GpuReport::unavailable("no driver".into()),
-            &table,
-            &mut ledger,
-        )
-        .is_ok());
+        assert!(try_place(&table, &mut ledger, "a", GpuRequest::None, &no_nvml).is_ok());
         assert!(ledger.holdings().iter().all(|h| h.gpus.is_empty()));
     }
 }

@@ -658,9 +658,9 @@ impl Runner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::docker::fixtures::{spec, view, A, B};
     use crate::docker::protocol::Action;
-    use crate::docker::spec::{GpuRequest, PortMapping, Protocol};
-    use crate::docker::table::tests::{view, A, B};
+    use crate::docker::spec::GpuRequest;
     use crate::state::{GpuReport, GpuSample, NvmlState, SampleWriter};
 
     /// The runner's view of the published state, with the GPU sampler's writer beside it.
@@ -718,25 +718,6 @@ mod tests {
         (runner, queue, snapshot)
     }
 
-    fn spec(claim: &str, gpus: GpuRequest) -> Box<CreateSpec> {
-        Box::new(CreateSpec {
-            claim_id: claim.into(),
-            image: "busybox".into(),
-            gpus,
-            ports: vec![PortMapping {
-                host_port: 8000,
-                container_port: 80,
-                protocol: Protocol::Tcp,
-            }],
-            env: vec![],
-            command: vec![],
-            memory_mb: None,
-            cpus: None,
-            shm_size_mb: None,
-            requested_visible_devices: None,
-        })
-    }
-
     fn ask<T>(
         runner: &mut Runner,
         make: impl FnOnce(Reply<T>) -> Request,
@@ -789,7 +770,7 @@ mod tests {
         r.apply_reconcile(0, Ok(vec![]));
         assert!(
             ask(&mut r, |reply| Request::Create {
-                spec: spec("a", GpuRequest::Ids(vec![0])),
+                spec: Box::new(spec("a", GpuRequest::Ids(vec![0]))),
                 reply
             })
             .is_none(),
@@ -807,7 +788,7 @@ mod tests {
         assert_eq!((gpus, uuids), (vec![0], vec!["GPU-0".to_string()]));
         // While docker works, the GPU, the claim and the port are taken.
         let second = ask(&mut r, |reply| Request::Create {
-            spec: spec("b", GpuRequest::Ids(vec![0])),
+            spec: Box::new(spec("b", GpuRequest::Ids(vec![0]))),
             reply,
         });
         assert!(matches!(
@@ -818,7 +799,7 @@ mod tests {
             }))
         ));
         let same_claim = ask(&mut r, |reply| Request::Create {
-            spec: spec("a", GpuRequest::None),
+            spec: Box::new(spec("a", GpuRequest::None)),
             reply,
         });
         assert!(matches!(
@@ -829,7 +810,7 @@ mod tests {
             }))
         ));
         let port = ask(&mut r, |reply| Request::Create {
-            spec: spec("c", GpuRequest::None),
+            spec: Box::new(spec("c", GpuRequest::None)),
             reply,
         });
         assert!(matches!(
@@ -840,7 +821,7 @@ mod tests {
             }))
         ));
         let unknown = ask(&mut r, |reply| Request::Create {
-            spec: spec("d", GpuRequest::Ids(vec![5])),
+            spec: Box::new(spec("d", GpuRequest::Ids(vec![5]))),
             reply,
         });
         assert!(matches!(unknown, Some(Err(ContainerError::Invalid(_)))));
@@ -858,7 +839,7 @@ mod tests {
         assert!(r.ledger.holdings().is_empty());
         // Docker succeeded: the container holds the GPU, published for metrics.
         let answer = ask_later(&mut r, |reply| Request::Create {
-            spec: spec("b", GpuRequest::Ids(vec![0])),
+            spec: Box::new(spec("b", GpuRequest::Ids(vec![0]))),
             reply,
         });
         let Ok(Work::Create { ticket, .. }) = queue.try_recv() else {
@@ -921,7 +902,7 @@ mod tests {
         );
         assert!(snapshot.health()["docker"].starts_with("unavailable: "));
         let create = ask(&mut r, |reply| Request::Create {
-            spec: spec("a", GpuRequest::None),
+            spec: Box::new(spec("a", GpuRequest::None)),
             reply,
         });
         assert!(matches!(
@@ -983,7 +964,7 @@ mod tests {
         r.apply_reconcile(generation, Ok(vec![view(A, "a", &[0], "exited")]));
         assert!(!r.table.contains(A));
         let again = ask(&mut r, |reply| Request::Create {
-            spec: spec("a", GpuRequest::Ids(vec![0])),
+            spec: Box::new(spec("a", GpuRequest::Ids(vec![0]))),
             reply,
         });
         assert!(again.is_none(), "the claim and GPU are free: {again:?}");
@@ -994,7 +975,7 @@ mod tests {
         let (mut r, queue, _snapshot) = runner();
         r.apply_reconcile(0, Ok(vec![]));
         ask(&mut r, |reply| Request::Create {
-            spec: spec("a", GpuRequest::Ids(vec![0])),
+            spec: Box::new(spec("a", GpuRequest::Ids(vec![0]))),
             reply,
         });
         let Ok(Work::Create { .. }) = queue.try_recv() else {
@@ -1084,7 +1065,7 @@ mod tests {
         let (mut r, queue, _snapshot) = runner();
         r.apply_reconcile(0, Ok(vec![]));
         let r3 = ask(&mut r, |reply| Request::Create {
-            spec: spec("a", GpuRequest::Count(3)),
+            spec: Box::new(spec("a", GpuRequest::Count(3))),
             reply,
         });
         assert!(
@@ -1096,7 +1077,7 @@ mod tests {
         // Two exist: more than are free is a conflict (a holder may go away).
         r.apply_reconcile(0, Ok(vec![view(A, "b", &[1], "running")]));
         let r2 = ask(&mut r, |reply| Request::Create {
-            spec: spec("a", GpuRequest::Count(2)),
+            spec: Box::new(spec("a", GpuRequest::Count(2))),
             reply,
         });
         assert!(
@@ -1120,7 +1101,7 @@ mod tests {
         shifted.gpu_uuids = vec!["GPU-0".into()];
         r.apply_reconcile(0, Ok(vec![shifted]));
         let by_index = ask(&mut r, |reply| Request::Create {
-            spec: spec("new", GpuRequest::Ids(vec![0])),
+            spec: Box::new(spec("new", GpuRequest::Ids(vec![0]))),
             reply,
         });
         assert!(
@@ -1129,7 +1110,7 @@ mod tests {
             "{by_index:?}"
         );
         let by_count = ask(&mut r, |reply| Request::Create {
-            spec: spec("new", GpuRequest::Count(1)),
+            spec: Box::new(spec("new", GpuRequest::Count(1))),
             reply,
         });
         assert!(
@@ -1151,7 +1132,7 @@ mod tests {
         let (mut r, queue, snapshot) = runner();
         r.apply_reconcile(0, Ok(vec![]));
         ask(&mut r, |reply| Request::Create {
-            spec: spec("a", GpuRequest::Ids(vec![0])),
+            spec: Box::new(spec("a", GpuRequest::Ids(vec![0]))),
             reply,
         });
         let Ok(Work::Create { ticket, .. }) = queue.try_recv() else {

@@ -275,31 +275,9 @@ impl ContainerTable {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-
-    pub(crate) fn view(id: &str, claim: &str, gpu_ids: &[u32], state: &str) -> ContainerView {
-        ContainerView {
-            id: id.into(),
-            name: format!("utopia-{claim}"),
-            claim_id: claim.into(),
-            image: "busybox".into(),
-            state: state.into(),
-            status: state.into(),
-            exit_code: None,
-            oom_killed: false,
-            gpu_ids: gpu_ids.to_vec(),
-            gpu_uuids: gpu_ids.iter().map(|g| format!("GPU-{g}")).collect(),
-            port_mappings: vec![],
-            created_at: None,
-            started_at: None,
-            finished_at: None,
-            warnings: vec![],
-        }
-    }
-
-    pub(crate) const A: &str = "aaaaaaaaaaaa1111111111111111111111111111111111111111111111111111";
-    pub(crate) const B: &str = "aaaaaaaaaaaa2222222222222222222222222222222222222222222222222222";
+    use crate::docker::fixtures::{view, A, B};
 
     fn table(views: Vec<ContainerView>) -> (ContainerTable, GpuLedger) {
         let mut table = ContainerTable::default();
