@@ -1,15 +1,19 @@
 //! Where log lines go and how they look.
 //!
-//! Under systemd (`JOURNAL_STREAM` names the very stream stderr is) each line is `<N>message`,
-//! N the syslog priority (3 error, 4 warning, 6 info, 7 debug and trace), without a timestamp:
-//! journald reads the prefix as the line's priority (so `journalctl -p err` works) and stamps
-//! the time itself. Elsewhere (a terminal, OpenRC's log file, a pipe) each line is
-//! `2026-12-03T08:32:28.493Z [INFO] message`: UTC, milliseconds, the stamp always 24
-//! characters wide. One write per line to stderr; the logger has no thread of its own.
-//! Dependencies whose debug output can hold request headers (tokens) are kept out in both.
+//! simplelog formats and filters each record (`[LEVEL] message`, dependencies whose debug output
+//! can hold request headers (tokens) kept out); this module decides the line's frame and writes
+//! it to stderr in one write, so lines of two threads never interleave. Under systemd
+//! (`JOURNAL_STREAM` names the very stream stderr is) each line is `<N>message`, N the syslog
+//! priority (3 error, 4 warning, 6 info, 7 debug and trace), without a timestamp: journald reads
+//! the prefix as the line's priority (so `journalctl -p err` works) and stamps the time itself.
+//! Elsewhere (a terminal, OpenRC's log file, a pipe) each line is
+//! `2026-12-03T08:32:28.493Z [INFO] message`: UTC, milliseconds, the stamp always 24 characters
+//! wide. The logger has no thread of its own.
 
 use crate::config::LogLevel;
 use crate::timefmt;
+use simplelog::{ConfigBuilder, LevelPadding, SharedLogger, WriteLogger};
+use std::cell::RefCell;
 use std::io::Write;
 use std::time::SystemTime;
 
@@ -18,11 +22,11 @@ const IGNORED_TARGETS: [&str; 2] = ["ureq", "rustls"];
 
 /// Installs the process's logger at `level`, choosing the format from the environment.
 pub fn init(level: LogLevel) {
-    let logger = StderrLogger {
-        level: level.to_filter(),
-        journal: stderr_is_journal(std::env::var("JOURNAL_STREAM").ok().as_deref()),
-    };
-    log::set_max_level(logger.level);
+    let logger = StderrLogger::new(
+        level.to_filter(),
+        stderr_is_journal(std::env::var("JOURNAL_STREAM").ok().as_deref()),
+    );
+    log::set_max_level(level.to_filter());
     // Leaked once: the logger lives as long as the process.
     let _ = log::set_logger(Box::leak(Box::new(logger)));
 }
@@ -73,19 +77,78 @@ pub fn journal_lines(level: log::Level, message: &str) -> String {
     out
 }
 
-/// The terminal and log-file form: `2026-12-03T08:32:28.493Z [INFO] message`.
-pub fn plain_line(time: SystemTime, level: log::Level, message: &str) -> String {
-    format!("{} [{level}] {message}\n", timefmt::rfc3339_millis(time))
+/// The terminal and log-file form: the timestamp before simplelog's `[LEVEL] message` line.
+pub fn plain_line(time: SystemTime, formatted: &str) -> String {
+    format!("{} {formatted}", timefmt::rfc3339_millis(time))
+}
+
+thread_local! {
+    /// What simplelog formatted for the record this thread is logging.
+    static FORMATTED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The writer simplelog formats into: the calling thread's buffer, framed and written by
+/// [`StderrLogger`] once the record is complete.
+struct ThreadBuffer;
+
+impl Write for ThreadBuffer {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        FORMATTED.with(|buffer| buffer.borrow_mut().extend_from_slice(bytes));
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 struct StderrLogger {
-    level: log::LevelFilter,
+    format: Box<WriteLogger<ThreadBuffer>>,
     journal: bool,
+}
+
+impl StderrLogger {
+    fn new(level: log::LevelFilter, journal: bool) -> Self {
+        let mut config = ConfigBuilder::new();
+        config
+            .set_time_level(log::LevelFilter::Off)
+            .set_thread_level(log::LevelFilter::Off)
+            .set_target_level(log::LevelFilter::Off)
+            .set_location_level(log::LevelFilter::Off)
+            .set_level_padding(LevelPadding::Off);
+        // The journal carries the level as the `<N>` prefix instead of `[LEVEL]`.
+        if journal {
+            config.set_max_level(log::LevelFilter::Off);
+        }
+        for target in IGNORED_TARGETS {
+            config.add_filter_ignore_str(target);
+        }
+        StderrLogger {
+            format: WriteLogger::new(level, config.build(), ThreadBuffer),
+            journal,
+        }
+    }
+
+    /// The framed line(s) of `record`, or `None` when the record is filtered out.
+    fn render(&self, record: &log::Record) -> Option<String> {
+        FORMATTED.with(|buffer| buffer.borrow_mut().clear());
+        log::Log::log(&*self.format, record);
+        let formatted = FORMATTED.with(|buffer| std::mem::take(&mut *buffer.borrow_mut()));
+        if formatted.is_empty() {
+            return None;
+        }
+        let formatted = String::from_utf8_lossy(&formatted);
+        Some(if self.journal {
+            journal_lines(record.level(), formatted.trim_end_matches('\n'))
+        } else {
+            plain_line(SystemTime::now(), &formatted)
+        })
+    }
 }
 
 impl log::Log for StderrLogger {
     fn enabled(&self, metadata: &log::Metadata) -> bool {
-        metadata.level() <= self.level
+        self.format.level() >= metadata.level()
             && !IGNORED_TARGETS
                 .iter()
                 .any(|t| metadata.target().starts_with(t))
@@ -95,14 +158,10 @@ impl log::Log for StderrLogger {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let message = record.args().to_string();
-        let text = if self.journal {
-            journal_lines(record.level(), &message)
-        } else {
-            plain_line(SystemTime::now(), record.level(), &message)
-        };
-        // One write per record, so lines of two threads never interleave.
-        let _ = std::io::stderr().lock().write_all(text.as_bytes());
+        if let Some(text) = self.render(record) {
+            // One write per record, so lines of two threads never interleave.
+            let _ = std::io::stderr().lock().write_all(text.as_bytes());
+        }
     }
 
     fn flush(&self) {
@@ -125,13 +184,57 @@ mod tests {
         assert_eq!(journal_lines(log::Level::Trace, "t"), "<7>t\n");
     }
 
+    fn record(level: log::Level, target: &'static str, message: &'static str) -> String {
+        let plain = StderrLogger::new(log::LevelFilter::Info, false);
+        let args = format_args!("{message}");
+        let record = log::Record::builder()
+            .level(level)
+            .target(target)
+            .args(args)
+            .build();
+        plain.render(&record).unwrap_or_default()
+    }
+
     #[test]
     fn plain_lines_start_with_a_fixed_width_timestamp() {
         use std::time::{Duration, UNIX_EPOCH};
         let t = UNIX_EPOCH + Duration::from_millis(1_795_944_011_000);
         assert_eq!(
-            plain_line(t, log::Level::Warn, "docker unreachable"),
+            plain_line(t, "[WARN] docker unreachable\n"),
             "2026-11-29T09:20:11.000Z [WARN] docker unreachable\n"
+        );
+        let line = record(log::Level::Warn, "utopia_node_agent", "docker unreachable");
+        assert_eq!(
+            line.len(),
+            24 + " [WARN] docker unreachable\n".len(),
+            "{line:?}"
+        );
+        assert!(line.ends_with("Z [WARN] docker unreachable\n"), "{line:?}");
+    }
+
+    #[test]
+    fn simplelog_filters_levels_and_token_bearing_targets() {
+        assert_eq!(record(log::Level::Debug, "utopia_node_agent", "x"), "");
+        assert_eq!(
+            record(log::Level::Error, "ureq::unversioned", "Authorization: x"),
+            ""
+        );
+        assert_eq!(record(log::Level::Error, "rustls::client", "x"), "");
+        assert!(record(log::Level::Error, "utopia_node_agent", "x").ends_with("[ERROR] x\n"));
+    }
+
+    #[test]
+    fn the_journal_form_has_no_stamp_and_no_bracketed_level() {
+        let journal = StderrLogger::new(log::LevelFilter::Trace, true);
+        let args = format_args!("first\nsecond");
+        let record = log::Record::builder()
+            .level(log::Level::Error)
+            .target("utopia_node_agent")
+            .args(args)
+            .build();
+        assert_eq!(
+            journal.render(&record).as_deref(),
+            Some("<3>first\n<3>second\n")
         );
     }
 
