@@ -10,6 +10,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod docker;
+pub mod http;
 pub mod platform;
 pub mod shutdown;
 pub mod snapshot;
