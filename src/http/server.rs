@@ -618,6 +618,9 @@ impl EventLoop {
                     if writing {
                         return true;
                     }
+                    if close && self.stop_started {
+                        return false;
+                    }
                     if close {
                         let _ = conn.stream.shutdown(Shutdown::Write);
                         conn.buf = Vec::new();
