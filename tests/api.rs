@@ -468,7 +468,7 @@ fn flood(
                 None => false,
                 Some(s) => {
                     let mut buf = [0u8; 512];
-                    let gone = matches!(std::io::Read::read(s, &mut buf), Ok(_))
+                    let gone = std::io::Read::read(s, &mut buf).is_ok()
                         || matches!(&*abuse, Abuse::Dripping)
                             && s.write(&[*drip.get(*sent).unwrap_or(&b'a')])
                                 .is_err_and(|e| e.kind() != std::io::ErrorKind::WouldBlock);
