@@ -571,3 +571,112 @@ fn a_flood_of_2000_abusive_connections_held_at_once_cannot_starve_health() {
     let agent = Agent::start(|c| c.agent_api.max_connections = 4096);
     health_survives_a_flood(&agent, "max_connections 4096");
 }
+
+/// Open file descriptors of a process.
+fn fd_count(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count() as u64)
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_low_open_file_limit_caps_connections_and_running_out_is_survived_quietly() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::test_config(dir.path());
+    let path = common::write_config(dir.path(), &config);
+    let log_path = dir.path().join("agent.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut command = std::process::Command::new(common::agent_binary());
+    command
+        .arg("--config")
+        .arg(&path)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    // SAFETY: setrlimit is async-signal-safe; it runs in the child before exec.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 64,
+                rlim_max: 256,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let child = Kill(command.spawn().unwrap());
+    let pid = child.0.id();
+    let addr = config.listen_address().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while try_request(addr, "GET", "/health", &[], b"").is_err() {
+        assert!(Instant::now() < deadline, "agent did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    // The soft limit (64) was raised to the hard one (256) and the cap fitted under it.
+    assert!(
+        text.contains("max_connections lowered from 1024 to 128"),
+        "{text}"
+    );
+
+    // 300 idle connections against a cap of 128: shed, never out of descriptors.
+    let flood: Vec<TcpStream> = (0..300)
+        .filter_map(|_| TcpStream::connect(addr).ok())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(fd_count(pid) <= 256);
+    let t = Instant::now();
+    assert_eq!(
+        try_request(addr, "GET", "/health", &[], b"")
+            .unwrap()
+            .status,
+        200
+    );
+    assert!(t.elapsed() < Duration::from_secs(1));
+    drop(flood);
+
+    // Now take the descriptors away under the running agent: accept fails with EMFILE. The
+    // agent sheds idle connections to make room, keeps answering, and logs the error once,
+    // not once per failed accept.
+    std::thread::sleep(Duration::from_millis(300));
+    let open = fd_count(pid);
+    let tight = libc::rlimit {
+        rlim_cur: open + 20,
+        rlim_max: 256,
+    };
+    // SAFETY: prlimit on our own child.
+    assert_eq!(
+        unsafe {
+            libc::prlimit(
+                pid as libc::pid_t,
+                libc::RLIMIT_NOFILE,
+                &tight,
+                std::ptr::null_mut(),
+            )
+        },
+        0
+    );
+    let flood: Vec<TcpStream> = (0..200)
+        .filter_map(|_| TcpStream::connect(addr).ok())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    for _ in 0..5 {
+        let t = Instant::now();
+        let response = try_request(addr, "GET", "/health", &[], b"").unwrap();
+        assert_eq!(response.status, 200);
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    }
+    drop(flood);
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let reports = text.matches("cannot accept an API connection").count();
+    assert!((1..=2).contains(&reports), "{reports} reports:\n{text}");
+}
