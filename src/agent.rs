@@ -1,7 +1,8 @@
 //! Starting and stopping the components, in order.
 //!
 //! [`Agent::start`] first reads the node identity and sets up the platform client (a damaged
-//! identity file or `ca_file` stops it before anything runs), publishes an empty [`Snapshot`],
+//! identity file or `ca_file` stops it before anything runs), makes the empty published state (the
+//! read-only [`Snapshot`](crate::state::Snapshot) and one writer per component),
 //! starts the samplers (the system sampler publishes its first sample before returning), then
 //! the container runner (whose first work is to rebuild the GPU ledger from the labelled
 //! containers; container requests get 503 until it is done, so no create is decided on an empty
@@ -14,11 +15,11 @@
 //! to the process exit rather than holding the shutdown.
 
 use crate::api::{ApiContext, ApiServer, ApiSettings, ApiStartError};
-use crate::config::{Config, ConfigError};
+use crate::config::Settings;
 use crate::docker::runner::{self as docker_runner, RunnerStartError};
 use crate::platform::{self, PlatformStartError};
 use crate::shutdown::Shutdown;
-use crate::snapshot::Snapshot;
+use crate::state::{self, Health};
 use crate::telemetry::{gpu, system};
 use std::fmt;
 use std::sync::Arc;
@@ -31,7 +32,6 @@ pub const STOP_DEADLINE: Duration = Duration::from_millis(1500);
 /// Why the agent could not start.
 #[derive(Debug)]
 pub enum AgentError {
-    Config(ConfigError),
     System(system::SystemSamplerError),
     Gpu(gpu::GpuSamplerError),
     Docker(RunnerStartError),
@@ -42,7 +42,6 @@ pub enum AgentError {
 impl fmt::Display for AgentError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            AgentError::Config(e) => e.fmt(f),
             AgentError::System(e) => e.fmt(f),
             AgentError::Gpu(e) => e.fmt(f),
             AgentError::Docker(e) => e.fmt(f),
@@ -63,47 +62,49 @@ pub struct Agent {
 
 impl Agent {
     /// Starts every component; on error, the ones already started stop when `shutdown` fires.
-    pub fn start(config: &Config, shutdown: Shutdown) -> Result<Agent, AgentError> {
+    pub fn start(settings: &Settings, shutdown: Shutdown) -> Result<Agent, AgentError> {
         // First, so that a damaged identity file stops the agent before anything runs.
-        let platform = platform::prepare(config).map_err(AgentError::Platform)?;
-        let snapshot = Arc::new(Snapshot::new());
+        let platform = platform::prepare(settings).map_err(AgentError::Platform)?;
+        let (snapshot, writers) = state::new();
         let mut threads = vec![
             (
                 "system-sampler",
-                system::start(Arc::clone(&snapshot), shutdown.clone())
-                    .map_err(AgentError::System)?,
+                system::start(writers.system, shutdown.clone()).map_err(AgentError::System)?,
             ),
             (
                 "gpu-sampler",
-                gpu::start(&config.gpu, Arc::clone(&snapshot), shutdown.clone())
+                gpu::start(&settings.gpu, writers.gpu, shutdown.clone())
                     .map_err(AgentError::Gpu)?,
             ),
         ];
-        let listen = config.listen_address().map_err(AgentError::Config)?;
         // Host ports the agent itself uses can never be published for a container.
-        let reserved_ports = vec![listen.port(), config.frp.admin_port];
+        let reserved_ports = vec![settings.api.listen.port(), settings.frp.admin_port];
         let runner = docker_runner::start(
-            &config.docker,
+            &settings.docker,
             reserved_ports,
             Arc::clone(&snapshot),
+            writers.docker,
             shutdown.clone(),
         )
         .map_err(AgentError::Docker)?;
         threads.extend(runner.threads);
 
-        let settings = ApiSettings {
-            listen,
-            auth_token: config.agent_api.auth_token.clone(),
-            max_connections: config.agent_api.max_connections,
-            idle_timeout: Duration::from_secs(config.agent_api.idle_timeout_secs),
+        let api_settings = ApiSettings {
+            listen: settings.api.listen,
+            auth_token: settings.api.auth_token.clone(),
+            max_connections: settings.api.max_connections,
+            idle_timeout: settings.api.idle_timeout,
         };
-        let context =
-            Arc::new(ApiContext::new(settings, Arc::clone(&snapshot)).with_runner(runner.handle));
+        let context = Arc::new(
+            ApiContext::new(api_settings, Arc::clone(&snapshot)).with_runner(runner.handle),
+        );
         let api = ApiServer::start(context).map_err(AgentError::Api)?;
+        writers.api.set(Health::Ok);
 
         // Last, so that the API already answers while the node registers.
-        if let Some(thread) = platform::start(platform, Arc::clone(&snapshot), shutdown.clone())
-            .map_err(AgentError::Platform)?
+        if let Some(thread) =
+            platform::start(platform, snapshot, writers.platform, shutdown.clone())
+                .map_err(AgentError::Platform)?
         {
             threads.push(("platform", thread));
         }

@@ -19,7 +19,15 @@ pub enum Command {
     Help,
 }
 
-pub const HELP: &str = "\
+/// The `--help` text; its `ENVIRONMENT` part comes from the one table of overrides.
+pub fn help() -> String {
+    format!(
+        "{HELP_HEAD}ENVIRONMENT (each overrides its config key; empty values are ignored):\n{}\n{HELP_TAIL}",
+        crate::config::env::help_lines()
+    )
+}
+
+const HELP_HEAD: &str = "\
 utopia-node-agent: the node agent of a Utopia GPU server
 
 Registers the node with the central platform, reports host and GPU metrics, runs containers
@@ -35,14 +43,9 @@ OPTIONS:
     -V, --version        Print the version and exit
     -h, --help           Print this help and exit
 
-ENVIRONMENT (each overrides its config key; empty values are ignored):
-    PHOENIX_API_URL          central_platform.api_url
-    PHOENIX_BOOTSTRAP_TOKEN  central_platform.bootstrap_token
-    PHOENIX_FRP_SERVER       frp.server_addr
-    PHOENIX_FRP_TOKEN        frp.token
-    PHOENIX_AUTH_TOKEN       agent_api.auth_token
-    PHOENIX_LOG_LEVEL        log_level (error, warn, info, debug, trace)
+";
 
+const HELP_TAIL: &str = "\
 SIGNALS:
     SIGTERM, SIGINT  stop gracefully (a second one forces exit)
 ";

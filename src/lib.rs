@@ -7,13 +7,16 @@
 
 pub mod agent;
 pub mod api;
+pub mod backoff;
+pub mod child;
 pub mod cli;
 pub mod config;
 pub mod docker;
 pub mod http;
+pub mod names;
 pub mod platform;
 pub mod shutdown;
-pub mod snapshot;
+pub mod state;
 pub mod telemetry;
 pub mod timefmt;
 

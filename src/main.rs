@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 use utopia_node_agent::agent::Agent;
-use utopia_node_agent::cli::{self, Command, HELP};
+use utopia_node_agent::cli::{self, Command};
 use utopia_node_agent::config::{self, Config, LogLevel};
 use utopia_node_agent::shutdown::{self, SignalThread};
 
@@ -17,7 +17,7 @@ fn main() -> ExitCode {
     };
     match command {
         Command::Help => {
-            print!("{HELP}");
+            print!("{}", cli::help());
             ExitCode::SUCCESS
         }
         Command::Version => {

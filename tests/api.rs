@@ -615,7 +615,7 @@ fn a_low_open_file_limit_caps_connections_and_running_out_is_survived_quietly() 
     }
     let child = Kill(command.spawn().unwrap());
     let pid = child.0.id();
-    let addr = config.listen_address().unwrap();
+    let addr: std::net::SocketAddr = config.agent_api.listen_address.parse().unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
     while try_request(addr, "GET", "/health", &[], b"").is_err() {
         assert!(Instant::now() < deadline, "agent did not start");

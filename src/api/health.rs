@@ -1,7 +1,7 @@
 //! `GET /health`: liveness and each component's status, without authentication and without
 //! secrets.
 
-use crate::snapshot::Snapshot;
+use crate::state::{SamplerRun, Snapshot};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -12,6 +12,8 @@ pub struct HealthDocument {
     pub version: &'static str,
     pub uptime_secs: u64,
     pub components: BTreeMap<&'static str, String>,
+    /// How long each sampler's last reading took (a slow NVML shows here first).
+    pub samplers: BTreeMap<&'static str, SamplerRun>,
 }
 
 pub fn document(snapshot: &Snapshot, uptime: Duration) -> HealthDocument {
@@ -19,6 +21,7 @@ pub fn document(snapshot: &Snapshot, uptime: Duration) -> HealthDocument {
         status: "ok",
         version: crate::VERSION,
         uptime_secs: uptime.as_secs(),
-        components: snapshot.components(),
+        components: snapshot.health(),
+        samplers: snapshot.samplers(),
     }
 }

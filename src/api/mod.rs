@@ -18,14 +18,13 @@ pub mod auth;
 pub mod containers;
 pub mod error;
 pub mod health;
-pub mod metrics;
 pub mod routes;
 
 use crate::api::error::ApiError;
 use crate::api::routes::Endpoint;
 use crate::docker::runner::RunnerHandle;
 use crate::http::{BodyLength, HttpError, Lane, Request, RequestHead, Response, StatusCode};
-use crate::snapshot::Snapshot;
+use crate::state::Snapshot;
 use serde::Serialize;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -110,7 +109,6 @@ impl ApiServer {
                 listen: settings.listen,
                 source,
             })?;
-        context.snapshot.set_component("api", "ok");
         log::info!(
             "API listening on http://{} (max {} connections, idle timeout {}s)",
             server.local_addr(),
@@ -263,7 +261,7 @@ fn serve(context: &ApiContext, request: &Request) -> Result<Reply, ApiError> {
             &context.snapshot,
             context.started.elapsed(),
         )),
-        Endpoint::Metrics => Reply::ok(metrics::document(&context.snapshot)),
+        Endpoint::Metrics => Reply::ok(context.snapshot.metrics()),
         Endpoint::ListContainers => containers::list(context),
         Endpoint::CreateContainer => containers::create(context, body),
         Endpoint::GetContainer(id) => containers::get(context, &id),

@@ -32,11 +32,7 @@ enum Resource {
 
 /// A container id, name or claim id as it may appear in a path.
 fn valid_id_segment(segment: &str) -> bool {
-    !segment.is_empty()
-        && segment.len() <= 128
-        && segment
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+    crate::names::is_name(segment, 128)
 }
 
 impl Resource {

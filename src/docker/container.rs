@@ -3,7 +3,8 @@
 //! What the agent asked for (claim, GPUs, ports) is read back from the labels it set, so the
 //! view survives an agent restart; what docker decides (state, exit code, times) from `State`.
 
-use crate::docker::command::{LABEL_CLAIM_ID, LABEL_GPU_IDS, LABEL_GPU_UUIDS, LABEL_PORTS};
+use crate::config::ManagedLabel;
+use crate::docker::labels::{LABEL_CLAIM_ID, LABEL_GPU_IDS, LABEL_GPU_UUIDS, LABEL_PORTS};
 use crate::docker::spec::PortMapping;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -75,14 +76,17 @@ struct InspectState {
 
 /// Parses `docker container inspect` output (a JSON array); keeps only containers carrying the
 /// managed label `key=value`, so another owner's container can never enter the agent's view.
-pub fn parse_inspect(json: &[u8], managed_label: &str) -> Result<Vec<ContainerView>, String> {
-    let (key, value) = managed_label.split_once('=').unwrap_or((managed_label, ""));
+pub fn parse_inspect(
+    json: &[u8],
+    managed_label: &ManagedLabel,
+) -> Result<Vec<ContainerView>, String> {
     let items: Vec<Inspect> = serde_json::from_slice(json).map_err(|e| e.to_string())?;
     Ok(items
         .into_iter()
         .filter_map(|item| {
             let labels = item.config.labels.clone().unwrap_or_default();
-            (labels.get(key).map(String::as_str) == Some(value))
+            managed_label
+                .is_on(&labels)
                 .then(|| view(item, &labels))
                 .flatten()
         })
@@ -180,6 +184,10 @@ mod tests {
     use super::*;
     use crate::docker::spec::Protocol;
 
+    fn label(text: &str) -> ManagedLabel {
+        ManagedLabel::parse(text).unwrap()
+    }
+
     const SAMPLE: &str = r#"[{
       "Id": "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
       "Created": "2026-11-29T09:30:05.123456789Z",
@@ -200,7 +208,7 @@ mod tests {
 
     #[test]
     fn parses_managed_containers_only() {
-        let views = parse_inspect(SAMPLE.as_bytes(), "m=yes").unwrap();
+        let views = parse_inspect(SAMPLE.as_bytes(), &label("m=yes")).unwrap();
         assert_eq!(views.len(), 1, "unlabelled containers are invisible");
         let v = &views[0];
         assert_eq!(v.name, "utopia-c1");
@@ -216,8 +224,10 @@ mod tests {
         assert_eq!(v.status, "Exited (137) at 2026-11-29T09:31:00Z");
         assert!(v.warnings.is_empty());
         // Same key, other value: not ours.
-        assert!(parse_inspect(SAMPLE.as_bytes(), "m=no").unwrap().is_empty());
-        assert!(parse_inspect(b"not json", "m=yes").is_err());
+        assert!(parse_inspect(SAMPLE.as_bytes(), &label("m=no"))
+            .unwrap()
+            .is_empty());
+        assert!(parse_inspect(b"not json", &label("m=yes")).is_err());
     }
 
     #[test]
@@ -226,7 +236,7 @@ mod tests {
             "State":{"Status":"running","StartedAt":"2026-11-29T09:30:06Z","ExitCode":0},
             "Config":{"Image":"i","Labels":{"m":"1","io.utopia.claim_id":"x",
             "io.utopia.gpu_ids":"","io.utopia.ports":"bad"}}}]"#;
-        let v = &parse_inspect(json.as_bytes(), "m=1").unwrap()[0];
+        let v = &parse_inspect(json.as_bytes(), &label("m=1")).unwrap()[0];
         assert_eq!(v.exit_code, None);
         assert_eq!(v.created_at, None);
         assert!(v.gpu_ids.is_empty());

@@ -10,17 +10,22 @@
 //!   backoff (1 s doubling to 10 s) with `--since` the last event seen, so nothing in between
 //!   is lost.
 //! - Stops: on shutdown it kills the child's process group, reaps the child and joins its
-//!   reader thread.
+//!   reader thread (the child is a [`Supervised`] one: see [`crate::child`]).
 
-use crate::docker::command::{die_with_agent, kill_group, read_in_thread, Keep};
+use crate::backoff::Backoff;
+use crate::child::{self, Keep, Supervised};
+use crate::config::ManagedLabel;
 use crate::shutdown::Shutdown;
 use crossbeam_channel::{select, Sender};
 use serde::Deserialize;
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// First restart delay of `docker events`; it doubles per quick exit up to [`RESTART_CAP`].
+const RESTART_INITIAL: Duration = Duration::from_secs(1);
+const RESTART_CAP: Duration = Duration::from_secs(10);
 
 /// A state change of one managed container.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,7 +100,7 @@ pub fn now_nano() -> i64 {
 /// start-up rebuild, so a change between the rebuild and the watcher's start is not missed).
 pub fn start(
     binary: PathBuf,
-    managed_label: String,
+    managed_label: ManagedLabel,
     since_nano: i64,
     events: Sender<ContainerEvent>,
     shutdown: Shutdown,
@@ -107,19 +112,18 @@ pub fn start(
 
 fn watch(
     binary: &PathBuf,
-    label: &str,
+    label: &ManagedLabel,
     since_nano: i64,
     events: &Sender<ContainerEvent>,
     shutdown: &Shutdown,
 ) {
     let mut since = since_nano;
-    let mut backoff = Duration::from_secs(1);
+    let mut backoff = Backoff::exact(RESTART_INITIAL, RESTART_CAP);
     loop {
         let started = Instant::now();
         let filter = format!("label={label}");
         let mut command = Command::new(binary);
-        die_with_agent(&mut command);
-        let spawned = command
+        command
             .args([
                 "events",
                 "--format",
@@ -133,41 +137,24 @@ fn watch(
             ])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn();
-        let mut child = match spawned {
+            .stderr(Stdio::piped());
+        let mut child = match Supervised::spawn(command) {
             Ok(child) => child,
             Err(e) => {
                 log::warn!("cannot start `docker events`: {e}; retrying");
-                if shutdown.wait_timeout(backoff) {
+                if shutdown.wait_timeout(backoff.next_delay()) {
                     return;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
                 continue;
             }
         };
         let stderr = child
-            .stderr
-            .take()
-            .map(|s| read_in_thread(s, 4096, Keep::Head));
+            .take_stderr()
+            .map(|s| child::capture(s, 4096, Keep::Head));
         let (lines_tx, lines) = crossbeam_channel::bounded::<String>(256);
-        let reader = child.stdout.take().and_then(|stdout| {
-            std::thread::Builder::new()
-                .name("docker-events-reader".into())
-                .spawn(move || {
-                    for line in BufReader::new(stdout).lines() {
-                        match line {
-                            Ok(line) => {
-                                if lines_tx.send(line).is_err() {
-                                    return;
-                                }
-                            }
-                            Err(_) => return,
-                        }
-                    }
-                })
-                .ok()
-        });
+        let reader = child
+            .take_stdout()
+            .and_then(|stdout| child::stream_lines(stdout, "docker-events-reader", lines_tx).ok());
 
         let stopping = loop {
             select! {
@@ -187,8 +174,7 @@ fn watch(
             }
         };
         // The whole group: a wrapper's forked CLI would otherwise keep the reader blocked.
-        kill_group(&child);
-        let status = child.wait();
+        let status = child.kill();
         drop(lines);
         if let Some(reader) = reader {
             let _ = reader.join();
@@ -197,12 +183,12 @@ fn watch(
             return;
         }
         let message = stderr
-            .and_then(|rx| rx.recv_timeout(Duration::from_secs(1)).ok())
-            .map(|(bytes, _)| String::from_utf8_lossy(&bytes).trim().to_string())
+            .map(|rx| child::collect(&rx, Duration::from_secs(1)).text())
             .unwrap_or_default();
         if started.elapsed() > Duration::from_secs(30) {
-            backoff = Duration::from_secs(1);
+            backoff.reset();
         }
+        let delay = backoff.next_delay();
         log::warn!(
             "`docker events` exited ({}){}; restarting in {}s",
             status
@@ -213,12 +199,11 @@ fn watch(
             } else {
                 format!(": {message}")
             },
-            backoff.as_secs()
+            delay.as_secs()
         );
-        if shutdown.wait_timeout(backoff) {
+        if shutdown.wait_timeout(delay) {
             return;
         }
-        backoff = (backoff * 2).min(Duration::from_secs(10));
     }
 }
 
@@ -260,7 +245,14 @@ mod tests {
         std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
         let (trigger, shutdown) = crate::shutdown::channel();
         let (tx, rx) = crossbeam_channel::bounded(16);
-        let thread = start(fake, "a=b".into(), now_nano(), tx, shutdown).unwrap();
+        let thread = start(
+            fake,
+            ManagedLabel::parse("a=b").unwrap(),
+            now_nano(),
+            tx,
+            shutdown,
+        )
+        .unwrap();
         for _ in 0..2 {
             let event = rx.recv_timeout(Duration::from_secs(5)).unwrap();
             assert_eq!(event.id, "c1");
@@ -290,7 +282,14 @@ mod tests {
         std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
         let (trigger, shutdown) = crate::shutdown::channel();
         let (tx, _rx) = crossbeam_channel::bounded(16);
-        let thread = start(fake, "a=b".into(), now_nano(), tx, shutdown).unwrap();
+        let thread = start(
+            fake,
+            ManagedLabel::parse("a=b").unwrap(),
+            now_nano(),
+            tx,
+            shutdown,
+        )
+        .unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
         while !pid_file.exists() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));

@@ -10,7 +10,7 @@
 //! [`DockerRunner`]: crate::docker::runner
 
 use crate::docker::spec::{GpuRequest, PortMapping, Protocol};
-use crate::snapshot::GpuAllocation;
+use crate::state::GpuAllocation;
 use std::collections::BTreeMap;
 use std::fmt;
 

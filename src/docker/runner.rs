@@ -17,8 +17,8 @@
 //!   a bounded queue; when it is full, requests get 503 `docker_busy`.
 //! - Receives: [`Request`]s from the API, [`Done`]s from its workers, [`ContainerEvent`]s from
 //!   the events watcher (a container changed: inspect it again; removed: forget it).
-//! - Sends: [`Snapshot::containers`], [`Snapshot::gpu_allocations`] and the `docker` health
-//!   component after every change.
+//! - Sends: the container summaries, the GPU allocations and the `docker` health (through its
+//!   [`DockerWriter`]) after every change.
 //! - Reconciles: its first act is to rebuild the ledger from the labelled containers (`docker
 //!   ps -a` + `docker container inspect`); until that succeeds every container request gets 503
 //!   `docker_unavailable`, so no create is decided on an empty ledger (while health and metrics,
@@ -29,16 +29,15 @@
 //!   reaped) and the events watcher end. Containers keep running: the agent's restart adopts
 //!   them.
 
-use crate::config::DockerConfig;
-use crate::docker::command::{DockerCli, DockerError, RunSettings};
+use crate::config::{DockerSettings, RunSettings};
+use crate::docker::cli::{DockerCli, DockerError};
 use crate::docker::container::ContainerView;
 use crate::docker::events::{self, ContainerEvent};
 use crate::docker::ledger::{short_id, Conflict, GpuLedger};
 use crate::docker::spec::{check_visible_devices, join_ids, CreateSpec, GpuRequest, SpecError};
 use crate::docker::worker::{remove_stale_env_files, worker};
 use crate::shutdown::Shutdown;
-use crate::snapshot::{ContainerSummary, Snapshot};
-use crate::telemetry::gpu::NvmlState;
+use crate::state::{ContainerSummary, DockerWriter, Health, NvmlState, Snapshot};
 use crossbeam_channel::{after, select, Receiver, Sender, TrySendError};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -335,6 +334,7 @@ enum DockerState {
 
 struct Runner {
     snapshot: Arc<Snapshot>,
+    writer: DockerWriter,
     ledger: GpuLedger,
     containers: BTreeMap<String, Entry>,
     /// Conflicts found when a container was adopted, kept as its warnings.
@@ -357,20 +357,21 @@ struct Runner {
     /// Creates, with their image pulls: a lane of their own, so that pulls that take all their
     /// workers never hold up a delete.
     creates: Sender<Work>,
-    published_health: String,
+    published_health: Option<Health>,
 }
 
 /// Starts the worker pools, the events watcher and the runner thread, whose first work is the
 /// ledger rebuild (an unreachable docker is not fatal: it is retried).
 pub fn start(
-    config: &DockerConfig,
+    config: &DockerSettings,
     reserved_ports: Vec<u16>,
     snapshot: Arc<Snapshot>,
+    writer: DockerWriter,
     shutdown: Shutdown,
 ) -> Result<DockerRunner, RunnerStartError> {
-    let command_timeout = Duration::from_secs(config.command_timeout_secs);
-    let stop_timeout = Duration::from_secs(config.stop_timeout_secs);
-    let pull_timeout = Duration::from_secs(config.pull_timeout_secs);
+    let command_timeout = config.command_timeout;
+    let stop_timeout = config.stop_timeout;
+    let pull_timeout = config.pull_timeout;
     let cli = DockerCli::new(
         config.binary.clone(),
         command_timeout,
@@ -380,18 +381,7 @@ pub fn start(
     );
     let context = Arc::new(WorkerContext {
         cli,
-        settings: RunSettings {
-            gpu_mode: config.gpu_mode,
-            runtime: config.runtime.clone(),
-            cdi_kind: config.cdi_kind.clone(),
-            publish_address: config.publish_address.clone(),
-            managed_label: config.managed_label.clone(),
-            pids_limit: config.pids_limit,
-            log_max_size: config.log_max_size.clone(),
-            log_max_file: config.log_max_file,
-            init: config.init,
-            no_new_privileges: config.no_new_privileges,
-        },
+        settings: config.run.clone(),
     });
 
     let (jobs, job_queue) = crossbeam_channel::bounded::<Work>(WORK_QUEUE);
@@ -402,6 +392,7 @@ pub fn start(
 
     let mut runner = Runner {
         snapshot: Arc::clone(&snapshot),
+        writer,
         ledger: GpuLedger::new(reserved_ports),
         containers: BTreeMap::new(),
         adopt_warnings: BTreeMap::new(),
@@ -411,11 +402,11 @@ pub fn start(
         docker: DockerState::Starting,
         ledger_ready: false,
         reconcile_in_flight: false,
-        reconcile_interval: Duration::from_secs(config.reconcile_interval_secs),
+        reconcile_interval: config.reconcile_interval,
         next_reconcile: Instant::now(),
         jobs,
         creates,
-        published_health: String::new(),
+        published_health: None,
     };
     runner.publish();
     // The rebuild is the first work queued (`next_reconcile` is now); the watcher reports every
@@ -443,7 +434,7 @@ pub fn start(
     }
     let watcher = events::start(
         config.binary.clone(),
-        config.managed_label.clone(),
+        config.run.managed_label.clone(),
         events_since,
         events_tx,
         shutdown.clone(),
@@ -636,7 +627,7 @@ impl Runner {
         reply: Reply<ContainerView>,
     ) -> Result<(), ContainerError> {
         self.docker_ready()?;
-        let report = self.snapshot.gpus.get();
+        let report = self.snapshot.gpus();
         let wants_gpus = spec.gpus != GpuRequest::None;
         if wants_gpus && report.state != NvmlState::Ok {
             return Err(ContainerError::GpusUnavailable(format!(
@@ -1108,7 +1099,7 @@ impl Runner {
         if let Some(notes) = self.adopt_warnings.get(&view.id) {
             view.warnings.extend(notes.iter().cloned());
         }
-        let report = self.snapshot.gpus.get();
+        let report = self.snapshot.gpus();
         if report.state == NvmlState::Ok {
             for (i, gpu) in view.gpu_ids.clone().iter().enumerate() {
                 let Some(uuid) = view.gpu_uuids.get(i).filter(|u| !u.is_empty()) else {
@@ -1142,7 +1133,7 @@ impl Runner {
             .values()
             .map(|e| self.decorate(&e.view))
             .collect();
-        self.snapshot.containers.set(
+        self.writer.publish(
             views
                 .iter()
                 .map(|v| ContainerSummary {
@@ -1152,11 +1143,11 @@ impl Runner {
                     gpu_ids: v.gpu_ids.clone(),
                 })
                 .collect(),
+            self.ledger.allocations(),
         );
-        self.snapshot.gpu_allocations.set(self.ledger.allocations());
         let health = match &self.docker {
-            DockerState::Starting => "starting".to_string(),
-            DockerState::Unavailable(why) => format!("unavailable: {why}"),
+            DockerState::Starting => Health::Starting(None),
+            DockerState::Unavailable(why) => Health::Unavailable(why.clone()),
             DockerState::Ok => {
                 let problems: Vec<String> = views
                     .iter()
@@ -1164,15 +1155,15 @@ impl Runner {
                     .map(|v| format!("{}: {}", v.name, v.warnings.join("; ")))
                     .collect();
                 if problems.is_empty() {
-                    "ok".to_string()
+                    Health::Ok
                 } else {
-                    format!("degraded: {}", problems.join(" | "))
+                    Health::Degraded(problems.join(" | "))
                 }
             }
         };
-        if health != self.published_health {
-            self.snapshot.set_component("docker", health.clone());
-            self.published_health = health;
+        if self.published_health.as_ref() != Some(&health) {
+            self.writer.set_health(health.clone());
+            self.published_health = Some(health);
         }
     }
 }
@@ -1181,7 +1172,27 @@ impl Runner {
 mod tests {
     use super::*;
     use crate::docker::spec::{PortMapping, Protocol};
-    use crate::telemetry::gpu::{GpuReport, GpuSample};
+    use crate::state::{GpuReport, GpuSample, SampleWriter};
+
+    /// The runner's view of the published state, with the GPU sampler's writer beside it.
+    struct Published {
+        snapshot: Arc<Snapshot>,
+        gpu: SampleWriter<GpuReport>,
+    }
+
+    impl Published {
+        fn set_gpus(&self, report: GpuReport) {
+            let health = report.health();
+            self.gpu.publish(report, health, Duration::ZERO);
+        }
+    }
+
+    impl std::ops::Deref for Published {
+        type Target = Snapshot;
+        fn deref(&self) -> &Snapshot {
+            &self.snapshot
+        }
+    }
 
     fn gpu(index: u32) -> GpuSample {
         GpuSample {
@@ -1199,12 +1210,17 @@ mod tests {
         }
     }
 
-    fn runner() -> (Runner, Receiver<Work>, Arc<Snapshot>) {
+    fn runner() -> (Runner, Receiver<Work>, Published) {
         let (jobs, queue) = crossbeam_channel::bounded(WORK_QUEUE);
-        let snapshot = Arc::new(Snapshot::new());
-        snapshot.gpus.set(gpus(2));
+        let (snapshot, writers) = crate::state::new();
+        let snapshot = Published {
+            snapshot,
+            gpu: writers.gpu,
+        };
+        snapshot.set_gpus(gpus(2));
         let runner = Runner {
-            snapshot: Arc::clone(&snapshot),
+            snapshot: Arc::clone(&snapshot.snapshot),
+            writer: writers.docker,
             ledger: GpuLedger::new(vec![9200]),
             containers: BTreeMap::new(),
             adopt_warnings: BTreeMap::new(),
@@ -1218,7 +1234,7 @@ mod tests {
             next_reconcile: Instant::now(),
             creates: jobs.clone(),
             jobs,
-            published_health: String::new(),
+            published_health: None,
         };
         (runner, queue, snapshot)
     }
@@ -1288,15 +1304,15 @@ mod tests {
                 view(B, "b", &[], "exited"),
             ]),
         );
-        let summaries = snapshot.containers.get();
+        let summaries = snapshot.containers();
         assert_eq!(summaries.len(), 2);
         assert_eq!(summaries[0].claim_id, "a");
         assert_eq!(summaries[0].gpu_ids, vec![1]);
         assert_eq!(summaries[1].state, "exited");
-        let allocations = snapshot.gpu_allocations.get();
+        let allocations = snapshot.gpu_allocations();
         assert_eq!(allocations.len(), 1);
         assert_eq!(allocations[&1].container_id, A);
-        assert_eq!(snapshot.components()["docker"], "ok");
+        assert_eq!(snapshot.health()["docker"], "ok");
         let list = ask(&mut r, |reply| Request::List { reply })
             .unwrap()
             .unwrap();
@@ -1409,7 +1425,7 @@ mod tests {
             reply: answer_tx,
         });
         assert_eq!(answer.try_recv().unwrap().unwrap().id, A);
-        assert_eq!(snapshot.gpu_allocations.get()[&0].claim_id, "b");
+        assert_eq!(snapshot.gpu_allocations()[&0].claim_id, "b");
     }
 
     #[test]
@@ -1480,7 +1496,7 @@ mod tests {
                 message: "Cannot connect to the Docker daemon".into(),
             }),
         );
-        assert!(snapshot.components()["docker"].starts_with("unavailable: "));
+        assert!(snapshot.health()["docker"].starts_with("unavailable: "));
         let create = ask(&mut r, |reply| Request::Create {
             spec: spec("a", GpuRequest::None),
             reply,
@@ -1491,9 +1507,9 @@ mod tests {
         ));
 
         // Back, with a container whose GPU 1 is no longer on the node.
-        snapshot.gpus.set(gpus(1));
+        snapshot.set_gpus(gpus(1));
         r.apply_reconcile(0, Ok(vec![view(A, "a", &[1], "running")]));
-        let health = snapshot.components()["docker"].clone();
+        let health = snapshot.health()["docker"].clone();
         assert!(
             health.starts_with("degraded: utopia-a: GPU 1 (GPU-1)"),
             "{health}"
@@ -1505,11 +1521,7 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(shown.warnings.len(), 1);
-        assert_eq!(
-            snapshot.gpu_allocations.get()[&1].container_id,
-            A,
-            "still held"
-        );
+        assert_eq!(snapshot.gpu_allocations()[&1].container_id, A, "still held");
     }
 
     #[test]
@@ -1541,7 +1553,7 @@ mod tests {
         });
         assert!(!r.containers.contains_key(A), "removed container came back");
         assert!(
-            snapshot.gpu_allocations.get().is_empty(),
+            snapshot.gpu_allocations().is_empty(),
             "GPU 0 held by a ghost"
         );
         // A reconcile listing taken before the removal does not bring it back either.
@@ -1618,7 +1630,7 @@ mod tests {
                 message: "expected a string at line 1 column 9".into(),
             }),
         );
-        let health = snapshot.components()["docker"].clone();
+        let health = snapshot.health()["docker"].clone();
         assert!(
             health.starts_with("unavailable: ") && health.contains("column 9"),
             "{health}"
@@ -1637,7 +1649,7 @@ mod tests {
                 message: "garbage".into(),
             }),
         );
-        assert_eq!(snapshot.components()["docker"], "ok");
+        assert_eq!(snapshot.health()["docker"], "ok");
         assert!(matches!(
             ask(&mut r, |reply| Request::List { reply }),
             Some(Ok(_))
@@ -1769,7 +1781,7 @@ mod tests {
             "a removed container is listed"
         );
         assert!(r.ledger.holdings().is_empty(), "{:?}", r.ledger.holdings());
-        assert!(snapshot.gpu_allocations.get().is_empty());
+        assert!(snapshot.gpu_allocations().is_empty());
         // Nor does a stop that inspected it just before it went.
         r.apply_reconcile(r.generation, Ok(vec![view(B, "b", &[1], "running")]));
         ask(&mut r, |reply| Request::Act {

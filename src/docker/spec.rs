@@ -4,6 +4,7 @@
 //! that reaches docker's argv is checked here (the image cannot start with `-`, the claim id is a
 //! plain name, env and command strings carry no NUL).
 
+use crate::names::is_name;
 use serde::Deserialize;
 use std::collections::BTreeSet;
 use std::fmt;
@@ -444,14 +445,7 @@ pub fn join_ids(ids: &[u32]) -> String {
 /// `^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`, and no `..` (claim ids end up in names and labels;
 /// nothing that looks like a path walks anywhere).
 pub fn valid_claim_id(claim: &str) -> bool {
-    let bytes = claim.as_bytes();
-    !bytes.is_empty()
-        && bytes.len() <= 64
-        && bytes[0].is_ascii_alphanumeric()
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(b))
-        && !claim.contains("..")
+    is_name(claim, 64) && claim.as_bytes()[0].is_ascii_alphanumeric() && !claim.contains("..")
 }
 
 fn valid_env_key(key: &str) -> bool {
@@ -488,12 +482,8 @@ pub fn validate_image(image: &str) -> Result<(), String> {
         None => (rest, None),
     };
     if let Some(tag) = tag {
-        let tag_ok = !tag.is_empty()
-            && tag.len() <= 128
-            && (tag.as_bytes()[0].is_ascii_alphanumeric() || tag.as_bytes()[0] == b'_')
-            && tag
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        let tag_ok = is_name(tag, 128)
+            && (tag.as_bytes()[0].is_ascii_alphanumeric() || tag.as_bytes()[0] == b'_');
         if !tag_ok {
             return bad("malformed tag");
         }

@@ -7,8 +7,10 @@
 //! when shutdown starts is killed and reaped by [`DockerCli`].
 
 use super::runner::{Action, ContainerError, Done, Work, WorkerContext};
-use crate::docker::command::{run_args, DockerCli, DockerError, LABEL_CLAIM_ID};
+use crate::docker::argv::run_args;
+use crate::docker::cli::{DockerCli, DockerError};
 use crate::docker::container::{parse_inspect, ContainerView};
+use crate::docker::labels::LABEL_CLAIM_ID;
 use crate::docker::ledger::short_id;
 use crate::docker::spec::{join_ids, CreateSpec};
 use crate::shutdown::Shutdown;

@@ -17,7 +17,7 @@
 //! or status built here contains it, even when the platform echoes it in any answer (an error
 //! body, or a success body the caller rejects: see [`PlatformClient::post_json`]).
 
-use crate::config::PlatformConfig;
+use crate::config::{url_host, PlatformSettings};
 use crate::platform::identity::{read_regular_file, FileProblem};
 use serde::Serialize;
 use std::fmt;
@@ -166,24 +166,26 @@ pub struct PlatformClient {
 }
 
 impl PlatformClient {
-    /// Builds the client for `config`, reading the proxy variables through `env`.
+    /// Builds the client for the platform at `base_url` (validated, without a trailing `/`),
+    /// reading the proxy variables through `env`.
     pub fn new(
-        config: &PlatformConfig,
+        base_url: &str,
+        config: &PlatformSettings,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<PlatformClient, ClientError> {
-        let timeout = Duration::from_secs(config.request_timeout_secs);
-        let base_url = config.api_url.trim_end_matches('/').to_string();
+        let timeout = config.request_timeout;
+        let base_url = base_url.to_string();
         let (mut roots, source) = system_roots();
         log::debug!(
             "platform TLS roots: {} certificates from {source}",
             roots.len()
         );
-        if !config.ca_file.is_empty() {
-            let extra = load_ca_file(Path::new(&config.ca_file))?;
+        if let Some(ca_file) = &config.ca_file {
+            let extra = load_ca_file(ca_file)?;
             log::info!(
                 "trusting {} extra CA certificate(s) from {} for the platform",
                 extra.len(),
-                config.ca_file
+                ca_file.display()
             );
             roots.extend(extra);
         }
@@ -459,20 +461,6 @@ pub fn proxy_for(url: &str, env: &impl Fn(&str) -> Option<String>) -> Option<Pro
     })
 }
 
-/// The host of an `http(s)://` URL, lower-cased, without brackets or a trailing dot.
-pub fn url_host(url: &str) -> Option<String> {
-    let rest = url.split_once("://")?.1;
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let host = if let Some(bracketed) = host_port.strip_prefix('[') {
-        bracketed.split_once(']')?.0
-    } else {
-        host_port.split(':').next()?
-    };
-    let host = host.trim_end_matches('.').to_ascii_lowercase();
-    (!host.is_empty()).then_some(host)
-}
-
 /// Whether `host` is excluded from proxying by a `NO_PROXY` list, with curl's rules: `*` matches
 /// everything; `example.com` and `.example.com` match that domain and its subdomains; an IP
 /// matches itself; `10.0.0.0/8` matches the range. A `:port` on an entry is ignored.
@@ -541,6 +529,16 @@ fn in_cidr(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn settings(api_url: &str, request_timeout_secs: u64) -> PlatformSettings {
+        crate::config::PlatformConfig {
+            api_url: api_url.into(),
+            request_timeout_secs,
+            ..Default::default()
+        }
+        .validate(&mut Vec::new())
+        .unwrap()
+    }
 
     fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let vars: Vec<(String, String)> = vars
@@ -626,12 +624,13 @@ mod tests {
 
     #[test]
     fn an_unusable_proxy_fails_requests_with_the_reason() {
-        let config = PlatformConfig {
-            api_url: "https://p.example".into(),
-            ..PlatformConfig::default()
-        };
-        let client =
-            PlatformClient::new(&config, env(&[("HTTPS_PROXY", "gopher://x:70")])).unwrap();
+        let config = settings("https://p.example", 10);
+        let client = PlatformClient::new(
+            config.api_url.as_deref().unwrap(),
+            &config,
+            env(&[("HTTPS_PROXY", "gopher://x:70")]),
+        )
+        .unwrap();
         let e = client
             .post_json("/api/v1/nodes/register", &(), |_| Ok(()))
             .unwrap_err();
@@ -648,13 +647,14 @@ mod tests {
         let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = dead.local_addr().unwrap().port();
         drop(dead);
-        let config = PlatformConfig {
-            api_url: "https://p.example".into(),
-            request_timeout_secs: 2,
-            ..PlatformConfig::default()
-        };
+        let config = settings("https://p.example", 2);
         let proxy = format!("http://user:pw@127.0.0.1:{port}");
-        let client = PlatformClient::new(&config, env(&[("https_proxy", &proxy)])).unwrap();
+        let client = PlatformClient::new(
+            config.api_url.as_deref().unwrap(),
+            &config,
+            env(&[("https_proxy", &proxy)]),
+        )
+        .unwrap();
         let e = client
             .post_json("/api/v1/nodes/register", &(), |_| Ok(()))
             .unwrap_err();
@@ -676,14 +676,15 @@ mod tests {
         let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = dead.local_addr().unwrap().port();
         drop(dead);
-        let config = PlatformConfig {
-            api_url: "http://127.0.0.1:9".into(),
-            request_timeout_secs: 2,
-            ..PlatformConfig::default()
-        };
+        let config = settings("http://127.0.0.1:9", 2);
         for scheme in ["socks5", "socks5h", "socks4"] {
             let proxy = format!("{scheme}://127.0.0.1:{port}");
-            let client = PlatformClient::new(&config, env(&[("ALL_PROXY", &proxy)])).unwrap();
+            let client = PlatformClient::new(
+                config.api_url.as_deref().unwrap(),
+                &config,
+                env(&[("ALL_PROXY", &proxy)]),
+            )
+            .unwrap();
             let e = client
                 .post_json("/api/v1/nodes/register", &(), |_| Ok(()))
                 .unwrap_err();
@@ -692,20 +693,6 @@ mod tests {
                 "{scheme}: {e}"
             );
         }
-    }
-
-    #[test]
-    fn url_host_handles_ports_userinfo_and_ipv6() {
-        assert_eq!(
-            url_host("https://Platform.Example:8443/api").as_deref(),
-            Some("platform.example")
-        );
-        assert_eq!(url_host("http://[::1]:8080/").as_deref(), Some("::1"));
-        assert_eq!(
-            url_host("http://u:p@h.example/").as_deref(),
-            Some("h.example")
-        );
-        assert_eq!(url_host("http://10.0.0.1").as_deref(), Some("10.0.0.1"));
     }
 
     #[test]

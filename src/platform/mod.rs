@@ -6,19 +6,17 @@
 //! is up, starts the presence thread (see [`presence`]), which registers when needed and sends
 //! heartbeats, and returns at once: the API and the samplers never wait for the platform.
 
-pub mod backoff;
 pub mod client;
 pub mod identity;
 pub mod node_facts;
 pub mod presence;
 
-use crate::config::Config;
+use crate::config::Settings;
 use crate::shutdown::Shutdown;
-use crate::snapshot::Snapshot;
+use crate::state::{Health, PlatformWriter, Snapshot};
 use std::fmt;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 /// The platform's registration endpoint, below `central_platform.api_url`.
 pub const REGISTER_PATH: &str = "/api/v1/nodes/register";
@@ -60,24 +58,24 @@ pub struct Prepared {
 
 /// Reads the identity file and builds the client, before anything else starts; `None` when
 /// `central_platform.api_url` is empty (standalone).
-pub fn prepare(config: &Config) -> Result<Option<Prepared>, PlatformStartError> {
-    let platform = &config.central_platform;
-    if platform.api_url.is_empty() {
+pub fn prepare(settings: &Settings) -> Result<Option<Prepared>, PlatformStartError> {
+    let platform = &settings.platform;
+    let Some(api_url) = &platform.api_url else {
         return Ok(None);
-    }
-    let known =
-        identity::load_node_id(&config.identity_file_path).map_err(PlatformStartError::Identity)?;
-    let client = client::PlatformClient::new(platform, |name| std::env::var(name).ok())
+    };
+    let identity_path = &settings.identity_file_path;
+    let known = identity::load_node_id(identity_path).map_err(PlatformStartError::Identity)?;
+    let client = client::PlatformClient::new(api_url, platform, |name| std::env::var(name).ok())
         .map_err(PlatformStartError::Client)?;
     let record = known
         .as_ref()
-        .and_then(|id| identity::load_registration_record(&config.identity_file_path, id));
+        .and_then(|id| identity::load_registration_record(identity_path, id));
     let settings = presence::PresenceSettings {
-        identity_path: config.identity_file_path.clone(),
-        heartbeat_interval: Duration::from_secs(platform.heartbeat_interval_secs),
-        backoff_initial: Duration::from_millis(platform.backoff_initial_ms),
-        backoff_cap: Duration::from_millis(platform.backoff_max_ms),
-        api_listen_address: config.agent_api.listen_address.clone(),
+        identity_path: identity_path.clone(),
+        heartbeat_interval: platform.heartbeat_interval,
+        backoff_initial: platform.backoff_initial,
+        backoff_cap: platform.backoff_cap,
+        api_listen_address: settings.api.listen.to_string(),
     };
     Ok(Some(Prepared {
         settings,
@@ -92,10 +90,11 @@ pub fn prepare(config: &Config) -> Result<Option<Prepared>, PlatformStartError> 
 pub fn start(
     prepared: Option<Prepared>,
     snapshot: Arc<Snapshot>,
+    writer: PlatformWriter,
     shutdown: Shutdown,
 ) -> Result<Option<JoinHandle<()>>, PlatformStartError> {
     let Some(prepared) = prepared else {
-        snapshot.set_component("platform", "disabled (central_platform.api_url is empty)");
+        writer.set_health(Health::Disabled("central_platform.api_url is empty".into()));
         return Ok(None);
     };
     if let Some(node_id) = &prepared.known {
@@ -103,19 +102,19 @@ pub fn start(
             "node id {node_id} read from {}; not registering",
             prepared.settings.identity_path.display()
         );
-        snapshot.node_id.set(Some(node_id.to_string()));
-        snapshot
-            .assigned_api_remote_port
-            .set(prepared.record.and_then(|r| r.api_remote_port));
-        snapshot.set_component("platform", "ok");
+        writer.registered(
+            node_id.to_string(),
+            prepared.record.and_then(|r| r.api_remote_port),
+        );
     } else {
-        snapshot.set_component("platform", "registering");
+        writer.set_health(Health::Starting(None));
     }
     presence::start(
         prepared.settings,
         prepared.client,
         prepared.known,
         snapshot,
+        writer,
         shutdown,
     )
     .map(Some)

@@ -1,6 +1,6 @@
 //! What the agent tells the platform about this server when it registers.
 
-use crate::snapshot::Snapshot;
+use crate::state::Snapshot;
 use crate::telemetry::bytes_to_mb;
 use serde::Serialize;
 use std::path::Path;
@@ -37,8 +37,8 @@ impl RegistrationRequest {
     /// Collects the facts now: host facts from the OS, GPUs and memory from the snapshot.
     pub fn collect(snapshot: &Snapshot, api_listen_address: &str) -> RegistrationRequest {
         let (cpu_model, cpu_cores, memory_from_os) = cpu_and_memory();
-        let system = snapshot.system.get();
-        let gpus = snapshot.gpus.get();
+        let system = snapshot.system();
+        let gpus = snapshot.gpus();
         RegistrationRequest {
             hostname: sysinfo::System::host_name().ok(),
             machine_id: read_machine_id(Path::new(MACHINE_ID_PATH)),
@@ -114,7 +114,7 @@ mod tests {
 
     #[test]
     fn facts_of_this_host() {
-        let snapshot = Snapshot::new();
+        let (snapshot, _writers) = crate::state::new();
         let facts = RegistrationRequest::collect(&snapshot, "127.0.0.1:9200");
         assert!(facts.cpu_cores > 0);
         assert!(facts.memory_total_mb.unwrap_or(0) > 0);

@@ -3,8 +3,8 @@
 //! It owns the [`PlatformClient`] and the node's identity files. Without a node id it registers
 //! (`POST /api/v1/nodes/register`), once the identity file can be written, retrying with
 //! exponential backoff and full jitter until the platform accepts, then writes the identity
-//! atomically and publishes `node_id` (and the frp port the platform assigned) into the
-//! [`Snapshot`]. It then sends a heartbeat every `heartbeat_interval_secs`, the first at a
+//! atomically and publishes `node_id` (and the frp port the platform assigned) through its
+//! [`PlatformWriter`]. It then sends a heartbeat every `heartbeat_interval_secs`, the first at a
 //! random offset within the interval so that a fleet started together does not beat together.
 //! A heartbeat answered 404 or 410 means the platform forgot the node: it unpublishes the id
 //! and registers again, replacing the identity file, at once, unless the platform never
@@ -12,23 +12,21 @@
 //! `backoff_max_ms` first, so that it does not add a node every interval.
 //!
 //! It receives nothing but the shutdown channel and reads the snapshot for the heartbeat body;
-//! it sends only HTTP requests and publishes `node_id`, `assigned_api_remote_port` and
-//! `components.platform` (`registering: <last error>`, `ok`, `heartbeat failing: <error>`).
+//! it sends only HTTP requests and publishes `node_id`, `assigned_api_remote_port` and the
+//! platform's [`Health`] (rendered `registering: <last error>`, `ok`, `heartbeat failing:
+//! <error>`).
 //!
 //! Stopping: every wait (backoff, heartbeat tick) is a wait on the shutdown channel, so it ends
 //! at once; a request in flight is bounded by `request_timeout_secs`, and the agent's ordered
 //! stop does not wait for it longer than its own deadline.
 
-use super::backoff::{random_offset, Backoff};
 use super::client::{PlatformClient, RequestError};
 use super::identity::{self, NodeId, RegistrationRecord};
 use super::node_facts::RegistrationRequest;
 use super::{heartbeat_path, REGISTER_PATH};
-use crate::api::metrics::{self, MetricsDocument};
+use crate::backoff::{random_offset, Backoff};
 use crate::shutdown::Shutdown;
-use crate::snapshot::{ContainerSummary, Snapshot};
-use crate::telemetry::gpu::NvmlState;
-use serde::Serialize;
+use crate::state::{Health, NvmlState, PlatformWriter, Snapshot};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -49,24 +47,13 @@ pub struct PresenceSettings {
     pub api_listen_address: String,
 }
 
-/// The body of `POST /api/v1/nodes/{node_id}/heartbeat`: the metrics document plus what the
-/// platform needs to follow the node.
-#[derive(Debug, Serialize)]
-pub struct HeartbeatBody {
-    #[serde(flatten)]
-    pub metrics: MetricsDocument,
-    pub agent_version: &'static str,
-    pub uptime_secs: u64,
-    pub containers: Vec<ContainerSummary>,
-    // The frp tunnel's state joins here when the tunnel exists (a `tunnel` object).
-}
-
 /// Starts the thread; `known` is the node id read from the identity file, if any.
 pub fn start(
     settings: PresenceSettings,
     client: PlatformClient,
     known: Option<NodeId>,
     snapshot: Arc<Snapshot>,
+    writer: PlatformWriter,
     shutdown: Shutdown,
 ) -> std::io::Result<JoinHandle<()>> {
     let presence = Presence {
@@ -74,6 +61,7 @@ pub fn start(
         settings,
         client,
         snapshot,
+        writer,
         shutdown,
         started: Instant::now(),
         unsaved: None,
@@ -90,6 +78,7 @@ struct Presence {
     settings: PresenceSettings,
     client: PlatformClient,
     snapshot: Arc<Snapshot>,
+    writer: PlatformWriter,
     shutdown: Shutdown,
     started: Instant,
     backoff: Backoff,
@@ -147,7 +136,7 @@ impl Presence {
                         log::info!("heartbeats are accepted again");
                     }
                     id_accepted = true;
-                    self.snapshot.set_component("platform", "ok");
+                    self.writer.set_health(Health::Ok);
                 }
                 Err(e) if e.is_node_unknown() && !id_accepted => {
                     // The id registration has just given is unknown to the heartbeat endpoint:
@@ -160,8 +149,7 @@ impl Presence {
                          central_platform.api_url right?); registering again in {}",
                         secs(delay)
                     );
-                    self.snapshot
-                        .set_component("platform", format!("heartbeat failing: {e}"));
+                    self.writer.set_health(Health::Degraded(e.to_string()));
                     if self.shutdown.wait_timeout(delay) {
                         return;
                     }
@@ -197,8 +185,7 @@ impl Presence {
                             );
                         }
                     }
-                    self.snapshot
-                        .set_component("platform", format!("heartbeat failing: {message}"));
+                    self.writer.set_health(Health::Degraded(message.clone()));
                     last_failure = Some(message);
                 }
             }
@@ -220,8 +207,8 @@ impl Presence {
                     "not registering: {e}; the node id could not be kept (checking again in {})",
                     secs(delay)
                 );
-                self.snapshot
-                    .set_component("platform", format!("registering: {e}"));
+                self.writer
+                    .set_health(Health::Starting(Some(e.to_string())));
                 if self.shutdown.wait_timeout(delay) {
                     return None;
                 }
@@ -256,8 +243,8 @@ impl Presence {
                     } else {
                         log::warn!("registration failed: {e}; retrying in {}", secs(delay));
                     }
-                    self.snapshot
-                        .set_component("platform", format!("registering: {e}"));
+                    self.writer
+                        .set_health(Health::Starting(Some(e.to_string())));
                     if self.shutdown.wait_timeout(delay) {
                         return None;
                     }
@@ -291,22 +278,17 @@ impl Presence {
                 self.unsaved = Some(record);
             }
         }
-        self.snapshot
-            .node_id
-            .set(Some(registration.node_id.to_string()));
-        self.snapshot
-            .assigned_api_remote_port
-            .set(registration.api_remote_port);
-        self.snapshot.set_component("platform", "ok");
+        self.writer.registered(
+            registration.node_id.to_string(),
+            registration.api_remote_port,
+        );
     }
 
     /// The platform forgot the node: until it registers again, it is unregistered (`node_id`
     /// null, as before the first registration); the identity file keeps the old id until a
     /// new one replaces it.
     fn unpublish(&self) {
-        self.snapshot.node_id.set(None);
-        self.snapshot.assigned_api_remote_port.set(None);
-        self.snapshot.set_component("platform", "registering");
+        self.writer.unregistered();
     }
 
     fn save_pending(&mut self) {
@@ -325,12 +307,7 @@ impl Presence {
     }
 
     fn heartbeat(&self, node_id: &NodeId) -> Result<(), RequestError> {
-        let body = HeartbeatBody {
-            metrics: metrics::document(&self.snapshot),
-            agent_version: crate::VERSION,
-            uptime_secs: self.started.elapsed().as_secs(),
-            containers: self.snapshot.containers.get().as_ref().clone(),
-        };
+        let body = self.snapshot.heartbeat(self.started.elapsed());
         // The answer's body is not part of the protocol.
         self.client
             .post_json(&heartbeat_path(node_id), &body, |_| Ok(()))
@@ -339,7 +316,7 @@ impl Presence {
     /// Waits (up to [`GPU_REPORT_WAIT`]) for the GPU sampler's first report; true on shutdown.
     fn wait_for_gpu_report(&self) -> bool {
         let deadline = Instant::now() + GPU_REPORT_WAIT;
-        while self.snapshot.gpus.get().state == NvmlState::Starting && Instant::now() < deadline {
+        while self.snapshot.gpus().state == NvmlState::Starting && Instant::now() < deadline {
             if self.shutdown.wait_timeout(Duration::from_millis(50)) {
                 return true;
             }
@@ -444,31 +421,5 @@ mod tests {
             let reason = parse_registration(&body.to_string()).unwrap_err();
             assert!(reason.len() < 200, "{} bytes: {reason:.300}", reason.len());
         }
-    }
-
-    #[test]
-    fn heartbeat_body_is_the_metrics_document_plus_node_state() {
-        let snapshot = Snapshot::new();
-        snapshot.node_id.set(Some("node-1".into()));
-        snapshot.containers.set(vec![ContainerSummary {
-            id: "c1".into(),
-            claim_id: "claim-1".into(),
-            state: "running".into(),
-            gpu_ids: vec![0],
-        }]);
-        let body = HeartbeatBody {
-            metrics: metrics::document(&snapshot),
-            agent_version: crate::VERSION,
-            uptime_secs: 5,
-            containers: snapshot.containers.get().as_ref().clone(),
-        };
-        let json = serde_json::to_value(&body).unwrap();
-        assert_eq!(json["node_id"], "node-1");
-        assert_eq!(json["agent_version"], crate::VERSION);
-        assert_eq!(json["uptime_secs"], 5);
-        assert_eq!(json["containers"][0]["claim_id"], "claim-1");
-        assert_eq!(json["containers"][0]["gpu_ids"][0], 0);
-        assert!(json["gpus"].is_array());
-        assert!(json.get("timestamp").is_some());
     }
 }

@@ -1,6 +1,6 @@
-//! The GPU sampler thread: owns the NVML handle and publishes a [`GpuReport`] into
-//! [`Snapshot::gpus`], and its one-line status into `components.gpu`, every
-//! `gpu.sample_interval_ms`.
+//! The GPU sampler thread: owns the NVML handle and publishes a [`GpuReport`], and its health
+//! (`components.gpu`), through its [`SampleWriter`] every `gpu.sample_interval_ms` (run by the
+//! sampler [`Driver`]).
 //!
 //! It runs alone because NVML calls can block for seconds (a GPU falling off the bus, a driver
 //! reset): nothing else ever waits on it, and the API only reads the last published report.
@@ -14,151 +14,34 @@
 //! It receives nothing; it stops when the shutdown channel closes (checked between samples), and
 //! dropping the NVML handle calls `nvmlShutdown`.
 
-use crate::config::GpuConfig;
+use crate::config::GpuSettings;
 use crate::shutdown::Shutdown;
-use crate::snapshot::Snapshot;
-use crate::telemetry::{bytes_to_mb, percent, round1};
+use crate::state::{GpuProcess, GpuReport, GpuSample, Health, NvmlState, SampleWriter};
+use crate::telemetry::{bytes_to_mb, percent, round1, Driver, Sampler};
 use nvml_wrapper::enum_wrappers::device::TemperatureSensor;
 use nvml_wrapper::enums::device::UsedGpuMemory;
 use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::{Device, Nvml};
-use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::ffi::OsString;
-use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Where NVML stands, as the API and health report it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NvmlState {
-    /// The sampler has not finished its first attempt yet.
-    Starting,
-    Ok,
-    /// NVML cannot be used; the text says why.
-    Unavailable(String),
-}
-
-/// The GPUs as NVML last reported them.
-#[derive(Debug, Clone, PartialEq)]
-pub struct GpuReport {
-    pub state: NvmlState,
-    pub driver_version: Option<String>,
-    pub gpus: Vec<GpuSample>,
-}
-
-impl GpuReport {
-    pub fn starting() -> Self {
-        GpuReport {
-            state: NvmlState::Starting,
-            driver_version: None,
-            gpus: Vec::new(),
-        }
-    }
-
-    fn unavailable(reason: String) -> Self {
-        GpuReport {
-            state: NvmlState::Unavailable(reason),
-            driver_version: None,
-            gpus: Vec::new(),
-        }
-    }
-
-    /// The reason GPUs are missing from the report, if they are.
-    pub fn error(&self) -> Option<String> {
-        match &self.state {
-            NvmlState::Ok => None,
-            NvmlState::Starting => Some("GPU sampler is starting".to_string()),
-            NvmlState::Unavailable(reason) => Some(reason.clone()),
-        }
-    }
-
-    /// The one-line status shown in `/health`.
-    pub fn health(&self) -> String {
-        match &self.state {
-            NvmlState::Starting => "starting".to_string(),
-            NvmlState::Unavailable(reason) => format!("unavailable: {reason}"),
-            NvmlState::Ok => {
-                let lost: Vec<String> = self
-                    .gpus
-                    .iter()
-                    .filter(|g| g.lost)
-                    .map(|g| g.index.to_string())
-                    .collect();
-                if lost.is_empty() {
-                    "ok".to_string()
-                } else {
-                    format!("degraded: GPU {} lost", lost.join(", "))
-                }
+/// Keeps the value, or records in `sample` why it is missing.
+fn take<T>(
+    sample: &mut GpuSample,
+    metric: &'static str,
+    result: Result<T, NvmlError>,
+) -> Option<T> {
+    match result {
+        Ok(value) => Some(value),
+        Err(error) => {
+            if matches!(error, NvmlError::GpuLost) {
+                sample.lost = true;
             }
+            sample.errors.insert(metric, describe(&error));
+            None
         }
-    }
-}
-
-/// One GPU. Every metric is `None` when NVML could not give it; `errors` says why.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct GpuSample {
-    /// NVML index (`id` in the API, as in the original agent).
-    #[serde(rename = "id")]
-    pub index: u32,
-    pub name: Option<String>,
-    pub uuid: Option<String>,
-    pub temperature_c: Option<u32>,
-    pub memory_total_mb: Option<u64>,
-    pub memory_used_mb: Option<u64>,
-    pub memory_usage_percent: Option<f64>,
-    pub usage_percent: Option<f64>,
-    pub power_watts: Option<f64>,
-    pub processes: Option<Vec<GpuProcess>>,
-    /// The GPU fell off the bus or is otherwise inaccessible.
-    pub lost: bool,
-    /// Metric name → why it is missing.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub errors: BTreeMap<&'static str, String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct GpuProcess {
-    pub pid: u32,
-    pub used_memory_mb: Option<u64>,
-}
-
-impl GpuSample {
-    /// A GPU with no figures yet.
-    pub fn empty(index: u32) -> Self {
-        GpuSample {
-            index,
-            name: None,
-            uuid: None,
-            temperature_c: None,
-            memory_total_mb: None,
-            memory_used_mb: None,
-            memory_usage_percent: None,
-            usage_percent: None,
-            power_watts: None,
-            processes: None,
-            lost: false,
-            errors: BTreeMap::new(),
-        }
-    }
-
-    /// Keeps the value, or records why it is missing.
-    fn take<T>(&mut self, metric: &'static str, result: Result<T, NvmlError>) -> Option<T> {
-        match result {
-            Ok(value) => Some(value),
-            Err(error) => {
-                if matches!(error, NvmlError::GpuLost) {
-                    self.lost = true;
-                }
-                self.errors.insert(metric, describe(&error));
-                None
-            }
-        }
-    }
-
-    /// True when compute processes run on it.
-    pub fn has_processes(&self) -> bool {
-        self.processes.as_ref().is_some_and(|p| !p.is_empty())
     }
 }
 
@@ -174,30 +57,32 @@ impl std::fmt::Display for GpuSamplerError {
 
 impl std::error::Error for GpuSamplerError {}
 
-/// Starts the sampler thread.
+/// Starts the sampler thread (`components.gpu` is `starting` until its first report).
 pub fn start(
-    config: &GpuConfig,
-    snapshot: Arc<Snapshot>,
+    config: &GpuSettings,
+    writer: SampleWriter<GpuReport>,
     shutdown: Shutdown,
 ) -> Result<JoinHandle<()>, GpuSamplerError> {
-    let mut sampler = GpuSampler::new(config);
-    let interval = Duration::from_millis(config.sample_interval_ms);
-    snapshot.set_component("gpu", "starting");
-    std::thread::Builder::new()
-        .name("gpu-sampler".into())
-        .spawn(move || {
-            loop {
-                let report = sampler.sample();
-                snapshot.set_component("gpu", report.health());
-                snapshot.gpus.set(report);
-                if shutdown.wait_timeout(sampler.next_wait(interval)) {
-                    break;
-                }
-            }
-            drop(sampler);
-            log::debug!("GPU sampler stopped");
-        })
+    Driver::new(GpuSampler::new(config), writer, config.sample_interval)
+        .spawn(shutdown)
         .map_err(GpuSamplerError)
+}
+
+impl Sampler for GpuSampler {
+    type Sample = GpuReport;
+    const THREAD: &'static str = "gpu-sampler";
+
+    fn sample(&mut self) -> GpuReport {
+        GpuSampler::sample(self)
+    }
+
+    fn health(report: &GpuReport) -> Health {
+        report.health()
+    }
+
+    fn next_wait(&self, interval: Duration) -> Duration {
+        GpuSampler::next_wait(self, interval)
+    }
 }
 
 /// Owns the NVML handle and what it learned about each GPU.
@@ -214,11 +99,13 @@ pub struct GpuSampler {
 }
 
 impl GpuSampler {
-    pub fn new(config: &GpuConfig) -> Self {
+    pub fn new(config: &GpuSettings) -> Self {
         GpuSampler {
-            library_path: (!config.nvml_library_path.is_empty())
-                .then(|| OsString::from(&config.nvml_library_path)),
-            retry: Duration::from_secs(config.init_retry_secs),
+            library_path: config
+                .nvml_library_path
+                .as_ref()
+                .map(|p| OsString::from(p.as_os_str())),
+            retry: config.init_retry,
             nvml: None,
             last_init_attempt: None,
             last_init_error: None,
@@ -351,35 +238,38 @@ fn sample_device(
     let device = match nvml.device_by_index(index) {
         Ok(device) => device,
         Err(error) => {
-            sample.take::<()>("device", Err(error));
+            take::<()>(&mut sample, "device", Err(error));
             return sample;
         }
     };
     if sample.name.is_none() {
-        sample.name = sample.take("name", device.name());
+        sample.name = take(&mut sample, "name", device.name());
     }
     if sample.uuid.is_none() {
-        sample.uuid = sample.take("uuid", device.uuid());
+        sample.uuid = take(&mut sample, "uuid", device.uuid());
     }
-    sample.temperature_c = sample.take("temperature_c", device.temperature(TemperatureSensor::Gpu));
+    sample.temperature_c = take(
+        &mut sample,
+        "temperature_c",
+        device.temperature(TemperatureSensor::Gpu),
+    );
     if sample.lost {
         // Every further call would wait on a dead GPU and fail the same way.
         return sample;
     }
-    if let Some((total, used)) = sample.take("memory", memory_info(&device, memory_v1_only)) {
+    if let Some((total, used)) = take(&mut sample, "memory", memory_info(&device, memory_v1_only)) {
         sample.memory_total_mb = Some(bytes_to_mb(total));
         sample.memory_used_mb = Some(bytes_to_mb(used));
         sample.memory_usage_percent = percent(used, total);
     }
-    if let Some(rates) = sample.take("usage_percent", device.utilization_rates()) {
+    if let Some(rates) = take(&mut sample, "usage_percent", device.utilization_rates()) {
         sample.usage_percent = Some(f64::from(rates.gpu));
     }
-    if let Some(milliwatts) = sample.take("power_watts", device.power_usage()) {
+    if let Some(milliwatts) = take(&mut sample, "power_watts", device.power_usage()) {
         sample.power_watts = Some(round1(f64::from(milliwatts) / 1000.0));
     }
-    sample.processes = sample
-        .take("processes", device.running_compute_processes())
-        .map(|list| {
+    sample.processes =
+        take(&mut sample, "processes", device.running_compute_processes()).map(|list| {
             list.into_iter()
                 .map(|p| GpuProcess {
                     pid: p.pid,
@@ -448,11 +338,11 @@ fn describe(error: &NvmlError) -> String {
 mod tests {
     use super::*;
 
-    fn config(path: &str) -> GpuConfig {
-        GpuConfig {
-            nvml_library_path: path.to_string(),
-            sample_interval_ms: 100,
-            init_retry_secs: 60,
+    fn config(path: &str) -> GpuSettings {
+        GpuSettings {
+            nvml_library_path: Some(path.into()),
+            sample_interval: Duration::from_millis(100),
+            init_retry: Duration::from_secs(60),
         }
     }
 
@@ -466,7 +356,10 @@ mod tests {
             "{reason}"
         );
         assert!(report.gpus.is_empty());
-        assert!(report.health().starts_with("unavailable: "));
+        assert!(report
+            .health()
+            .render(crate::state::Component::Gpu)
+            .starts_with("unavailable: "));
         let first_attempt = sampler.last_init_attempt;
         let again = sampler.sample();
         assert_eq!(again.error(), Some(reason));
@@ -478,23 +371,10 @@ mod tests {
     }
 
     #[test]
-    fn health_names_lost_gpus() {
-        let mut lost = GpuSample::empty(1);
-        lost.lost = true;
-        let report = GpuReport {
-            state: NvmlState::Ok,
-            driver_version: None,
-            gpus: vec![GpuSample::empty(0), lost],
-        };
-        assert_eq!(report.health(), "degraded: GPU 1 lost");
-        assert_eq!(report.error(), None);
-    }
-
-    #[test]
     fn take_records_why_a_metric_is_missing() {
         let mut s = GpuSample::empty(0);
         assert_eq!(
-            s.take::<u32>("power_watts", Err(NvmlError::NotSupported)),
+            take::<u32>(&mut s, "power_watts", Err(NvmlError::NotSupported)),
             None
         );
         assert!(!s.lost);
@@ -502,7 +382,7 @@ mod tests {
             s.errors["power_watts"],
             "not supported by this GPU or driver"
         );
-        assert_eq!(s.take::<u32>("memory", Err(NvmlError::GpuLost)), None);
+        assert_eq!(take::<u32>(&mut s, "memory", Err(NvmlError::GpuLost)), None);
         assert!(s.lost);
     }
 }

@@ -1,9 +1,92 @@
-//! Samplers: each runs in its own thread and publishes what it reads into the [`Snapshot`].
+//! Samplers: each reads one part of the machine behind the [`Sampler`] trait, and one
+//! [`Driver`] runs each on its own thread, publishing every sample with its health and how long
+//! it took through the sampler's [`SampleWriter`].
 //!
-//! [`Snapshot`]: crate::snapshot::Snapshot
+//! - [`system`]: host CPU, memory and load (sysinfo).
+//! - [`gpu`]: the GPUs (NVML), alone on its thread because NVML calls can block.
 
 pub mod gpu;
 pub mod system;
+
+use crate::shutdown::Shutdown;
+use crate::state::{Health, SampleWriter};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Something that reads one part of the machine.
+pub trait Sampler: Send + 'static {
+    /// What one reading gives.
+    type Sample: Send + 'static;
+    /// The name of the driver's thread.
+    const THREAD: &'static str;
+    /// Takes one reading (may block: it runs on the sampler's own thread).
+    fn sample(&mut self) -> Self::Sample;
+    /// The health a reading shows.
+    fn health(sample: &Self::Sample) -> Health;
+    /// How long to wait before the next reading.
+    fn next_wait(&self, interval: Duration) -> Duration {
+        interval
+    }
+}
+
+/// Runs one sampler: samples, publishes, waits for the interval or shutdown.
+pub struct Driver<S: Sampler> {
+    sampler: S,
+    writer: SampleWriter<S::Sample>,
+    interval: Duration,
+    /// A sample was just published by [`Driver::sample_now`]: the thread waits first.
+    fresh: bool,
+}
+
+impl<S: Sampler> Driver<S> {
+    /// A driver whose component is `starting` until its first sample.
+    pub fn new(sampler: S, writer: SampleWriter<S::Sample>, interval: Duration) -> Self {
+        writer.set_health(Health::Starting(None));
+        Driver {
+            sampler,
+            writer,
+            interval,
+            fresh: false,
+        }
+    }
+
+    /// Takes and publishes one sample on the calling thread.
+    pub fn sample_now(&mut self) {
+        let started = Instant::now();
+        let sample = self.sampler.sample();
+        let took = started.elapsed();
+        let health = S::health(&sample);
+        if took > self.interval {
+            log::debug!(
+                "{} took {}ms, longer than its interval",
+                S::THREAD,
+                took.as_millis()
+            );
+        }
+        self.writer.publish(sample, health, took);
+        self.fresh = true;
+    }
+
+    /// Starts the sampler's thread; it stops when shutdown starts (checked between samples).
+    pub fn spawn(mut self, shutdown: Shutdown) -> std::io::Result<JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name(S::THREAD.into())
+            .spawn(move || {
+                loop {
+                    if !self.fresh {
+                        self.sample_now();
+                    }
+                    self.fresh = false;
+                    if shutdown.wait_timeout(self.sampler.next_wait(self.interval)) {
+                        break;
+                    }
+                }
+                // Dropped here, on its own thread (NVML's shutdown may block too).
+                drop(self);
+                log::debug!("{} stopped", S::THREAD);
+            })
+    }
+}
 
 /// Bytes to whole MiB, the unit every `_mb` field uses.
 pub fn bytes_to_mb(bytes: u64) -> u64 {
@@ -23,6 +106,7 @@ pub fn round1(value: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::{self, Component};
 
     #[test]
     fn units() {
@@ -30,5 +114,45 @@ mod tests {
         assert_eq!(percent(1, 3), Some(33.3));
         assert_eq!(percent(1, 0), None);
         assert_eq!(round1(25.46), 25.5);
+    }
+
+    /// Counts its samples; unhealthy from the third on.
+    struct Counter(u32);
+
+    impl Sampler for Counter {
+        type Sample = crate::state::GpuReport;
+        const THREAD: &'static str = "test-sampler";
+        fn sample(&mut self) -> Self::Sample {
+            self.0 += 1;
+            std::thread::sleep(Duration::from_millis(5));
+            crate::state::GpuReport::unavailable(format!("sample {}", self.0))
+        }
+        fn health(sample: &Self::Sample) -> Health {
+            Health::Unavailable(sample.error().unwrap_or_default())
+        }
+    }
+
+    #[test]
+    fn the_driver_records_duration_and_health_and_stops() {
+        let (snapshot, writers) = state::new();
+        assert_eq!(writers.gpu.component(), Component::Gpu);
+        let mut driver = Driver::new(Counter(0), writers.gpu, Duration::from_millis(20));
+        assert_eq!(snapshot.health()["gpu"], "starting");
+        driver.sample_now();
+        assert_eq!(snapshot.health()["gpu"], "unavailable: sample 1");
+        let (trigger, shutdown) = crate::shutdown::channel();
+        let thread = driver.spawn(shutdown).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while snapshot.samplers()["gpu"].samples < 3 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let run = snapshot.samplers()["gpu"];
+        assert!(run.samples >= 3, "{run:?}");
+        assert!(run.last_duration_ms >= 5, "{run:?}");
+        trigger.fire();
+        thread.join().unwrap();
+        let after = snapshot.samplers()["gpu"].samples;
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(snapshot.samplers()["gpu"].samples, after, "stopped");
     }
 }

@@ -1,39 +1,19 @@
 //! The system sampler thread: owns a `sysinfo::System` and publishes host CPU usage, memory and
-//! load average into [`Snapshot::system`] every [`SAMPLE_INTERVAL`].
+//! load average through its [`SampleWriter`] every [`SAMPLE_INTERVAL`] (run by the sampler
+//! [`Driver`]).
 //!
-//! It receives nothing and sends nothing but the published sample (`components.system` is set
-//! once, when the first sample is in); it stops when the shutdown channel closes (checked
-//! between samples, so within one interval).
-//!
-//! [`Snapshot::system`]: crate::snapshot::Snapshot::system
+//! It receives nothing and sends nothing but the published sample (`components.system` is `ok`
+//! from the first sample on); it stops when the shutdown channel closes (checked between
+//! samples, so within one interval).
 
 use crate::shutdown::Shutdown;
-use crate::snapshot::Snapshot;
-use crate::telemetry::{bytes_to_mb, percent, round1};
-use serde::Serialize;
-use std::sync::Arc;
+use crate::state::{Health, LoadAverage, SampleWriter, SystemSample};
+use crate::telemetry::{bytes_to_mb, percent, round1, Driver, Sampler};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 /// How often host CPU and memory are sampled. CPU usage is the average over this interval.
 pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
-
-/// One reading of the host.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct SystemSample {
-    pub cpu_usage_percent: f64,
-    pub memory_usage_percent: f64,
-    pub memory_total_mb: u64,
-    pub memory_used_mb: u64,
-    pub load_average: Option<LoadAverage>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct LoadAverage {
-    pub one: f64,
-    pub five: f64,
-    pub fifteen: f64,
-}
 
 /// Why the sampler could not start.
 #[derive(Debug)]
@@ -55,27 +35,38 @@ impl std::fmt::Display for SystemSamplerError {
 
 impl std::error::Error for SystemSamplerError {}
 
+/// Reads the host through its own `sysinfo::System`.
+struct SystemSampler {
+    system: sysinfo::System,
+}
+
+impl Sampler for SystemSampler {
+    type Sample = SystemSample;
+    const THREAD: &'static str = "system-sampler";
+
+    fn sample(&mut self) -> SystemSample {
+        sample(&mut self.system)
+    }
+
+    /// Reading the host cannot fail once sysinfo is set up.
+    fn health(_: &SystemSample) -> Health {
+        Health::Ok
+    }
+}
+
 /// Starts the sampler. The first sample is published before this returns, so the API never
 /// serves a metrics document without host figures.
 pub fn start(
-    snapshot: Arc<Snapshot>,
+    writer: SampleWriter<SystemSample>,
     shutdown: Shutdown,
 ) -> Result<JoinHandle<()>, SystemSamplerError> {
     let mut system =
         sysinfo::System::new().map_err(|e| SystemSamplerError::Sysinfo(e.to_string()))?;
     system.refresh_cpu_usage();
     std::thread::sleep(sysinfo::MINIMUM_CPU_UPDATE_INTERVAL);
-    snapshot.system.set(Some(sample(&mut system)));
-    snapshot.set_component("system", "ok");
-    std::thread::Builder::new()
-        .name("system-sampler".into())
-        .spawn(move || {
-            while !shutdown.wait_timeout(SAMPLE_INTERVAL) {
-                snapshot.system.set(Some(sample(&mut system)));
-            }
-            log::debug!("system sampler stopped");
-        })
-        .map_err(SystemSamplerError::Spawn)
+    let mut driver = Driver::new(SystemSampler { system }, writer, SAMPLE_INTERVAL);
+    driver.sample_now();
+    driver.spawn(shutdown).map_err(SystemSamplerError::Spawn)
 }
 
 fn sample(system: &mut sysinfo::System) -> SystemSample {

@@ -1,9 +1,11 @@
-//! Retry delays: exponential backoff with full jitter.
+//! Retry delays: the one exponential backoff every component uses.
 //!
-//! The n-th retry (counting from 0) waits a uniformly random time in
-//! `[0, min(cap, initial·2ⁿ)]`.
-//! Full jitter is what keeps a fleet from hammering the platform in lockstep: thousands of agents
-//! that lost the platform at the same moment retry at scattered times instead of together.
+//! The n-th retry (counting from 0) may wait up to `min(cap, initial·2ⁿ)`. With full jitter
+//! ([`Backoff::new`], for the platform) it waits a uniformly random time in `[0, that]`: full
+//! jitter is what keeps a fleet from hammering the platform in lockstep, thousands of agents that
+//! lost the platform at the same moment retry at scattered times instead of together. Without
+//! jitter ([`Backoff::exact`], for local children such as `docker events`, where no crowd is to
+//! be spread) it waits exactly that ceiling.
 
 use std::time::Duration;
 
@@ -13,7 +15,8 @@ pub struct Backoff {
     initial: Duration,
     cap: Duration,
     attempt: u32,
-    rng: fastrand::Rng,
+    /// `None`: no jitter, every delay is the ceiling.
+    rng: Option<fastrand::Rng>,
 }
 
 impl Backoff {
@@ -28,7 +31,17 @@ impl Backoff {
             initial,
             cap: cap.max(initial),
             attempt: 0,
-            rng,
+            rng: Some(rng),
+        }
+    }
+
+    /// A schedule without jitter: `initial`, doubling up to `cap`.
+    pub fn exact(initial: Duration, cap: Duration) -> Backoff {
+        Backoff {
+            initial,
+            cap: cap.max(initial),
+            attempt: 0,
+            rng: None,
         }
     }
 
@@ -58,10 +71,14 @@ impl Backoff {
     }
 
     /// A uniformly random duration in `[low, high]`, to the millisecond.
+    /// Without jitter, `high`.
     fn uniform(&mut self, low: Duration, high: Duration) -> Duration {
+        let Some(rng) = &mut self.rng else {
+            return high.max(low);
+        };
         let low_ms = low.as_millis() as u64;
         let high_ms = (high.as_millis() as u64).max(low_ms);
-        Duration::from_millis(self.rng.u64(low_ms..=high_ms))
+        Duration::from_millis(rng.u64(low_ms..=high_ms))
     }
 }
 
@@ -162,6 +179,16 @@ mod tests {
             per_ms.values().all(|n| *n <= 10),
             "a crowd retried in the same millisecond"
         );
+    }
+
+    #[test]
+    fn an_exact_schedule_doubles_to_the_cap() {
+        let mut backoff = Backoff::exact(Duration::from_secs(1), Duration::from_secs(10));
+        let delays: Vec<u64> = (0..6).map(|_| backoff.next_delay().as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 10, 10]);
+        assert_eq!(backoff.delay_at_cap(), Duration::from_secs(10));
+        backoff.reset();
+        assert_eq!(backoff.next_delay(), Duration::from_secs(1));
     }
 
     #[test]

@@ -1,0 +1,191 @@
+//! The environment variables that override config keys: one table, [`ENV_OVERRIDES`], drives
+//! the overriding ([`Config::apply_env`]), the scrubbing of the variables from the process
+//! environment once read ([`remove_env_overrides`]: they carry secrets every child would
+//! inherit), the redaction of the secrets they set, and the `ENVIRONMENT` part of `--help`.
+
+use super::file::{Config, LogLevel};
+use super::{invalid, ConfigError};
+
+/// What an override sets.
+#[derive(Clone, Copy)]
+pub(super) enum Target {
+    /// A text key.
+    Text(fn(&mut Config) -> &mut String),
+    /// A text key that holds a secret: redacted wherever the config is shown.
+    Secret(fn(&mut Config) -> &mut String),
+    /// `log_level`, parsed.
+    LogLevel,
+}
+
+/// One environment variable and the key it overrides.
+pub struct EnvOverride {
+    pub name: &'static str,
+    /// The config key, as `--help` and errors name it.
+    pub key: &'static str,
+    /// What `--help` adds after the key.
+    pub note: &'static str,
+    pub(super) target: Target,
+}
+
+/// Environment variables that override config keys (empty values are ignored).
+pub const ENV_OVERRIDES: &[EnvOverride] = &[
+    EnvOverride {
+        name: "PHOENIX_API_URL",
+        key: "central_platform.api_url",
+        note: "",
+        target: Target::Text(|c| &mut c.central_platform.api_url),
+    },
+    EnvOverride {
+        name: "PHOENIX_BOOTSTRAP_TOKEN",
+        key: "central_platform.bootstrap_token",
+        note: "",
+        target: Target::Secret(|c| &mut c.central_platform.bootstrap_token),
+    },
+    EnvOverride {
+        name: "PHOENIX_FRP_SERVER",
+        key: "frp.server_addr",
+        note: "",
+        target: Target::Text(|c| &mut c.frp.server_addr),
+    },
+    EnvOverride {
+        name: "PHOENIX_FRP_TOKEN",
+        key: "frp.token",
+        note: "",
+        target: Target::Secret(|c| &mut c.frp.token),
+    },
+    EnvOverride {
+        name: "PHOENIX_AUTH_TOKEN",
+        key: "agent_api.auth_token",
+        note: "",
+        target: Target::Secret(|c| &mut c.agent_api.auth_token),
+    },
+    EnvOverride {
+        name: "PHOENIX_LOG_LEVEL",
+        key: "log_level",
+        note: " (error, warn, info, debug, trace)",
+        target: Target::LogLevel,
+    },
+];
+
+/// Removes the [`ENV_OVERRIDES`] variables from this process's environment, once the config has
+/// read them: they carry secrets (the bootstrap, frp and API tokens), and every child the agent
+/// runs (the docker CLI) would otherwise inherit them. Call it while the process has a
+/// single thread (changing the environment races with other threads reading it).
+pub fn remove_env_overrides() {
+    for o in ENV_OVERRIDES {
+        std::env::remove_var(o.name);
+    }
+}
+
+/// The `ENVIRONMENT` lines of `--help`, one per override.
+pub fn help_lines() -> String {
+    ENV_OVERRIDES
+        .iter()
+        .map(|o| format!("    {:<24} {}{}\n", o.name, o.key, o.note))
+        .collect()
+}
+
+impl Config {
+    /// Applies the `PHOENIX_*` overrides read through `lookup`.
+    pub fn apply_env(
+        &mut self,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
+        for o in ENV_OVERRIDES {
+            let Some(value) = lookup(o.name).filter(|v| !v.is_empty()) else {
+                continue;
+            };
+            match o.target {
+                Target::Text(field) | Target::Secret(field) => *field(self) = value,
+                Target::LogLevel => {
+                    self.log_level = LogLevel::parse(&value).ok_or_else(|| {
+                        invalid(
+                            o.key,
+                            format!(
+                                "{}={value:?} is not one of error, warn, info, debug, trace",
+                                o.name
+                            ),
+                        )
+                    })?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every secret the overrides can set, replaced (when set) by `redacted`.
+    pub(super) fn hide_secrets(&mut self, redacted: &str) {
+        for o in ENV_OVERRIDES {
+            if let Target::Secret(field) = o.target {
+                let secret = field(self);
+                if !secret.is_empty() {
+                    *secret = redacted.to_string();
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::{valid, TOKEN};
+
+    #[test]
+    fn every_listed_override_is_applied_and_documented() {
+        // ENV_OVERRIDES drives the scrubbing of secrets from the environment: a variable that
+        // apply_env reads but the list lacks would stay visible to every child process.
+        for EnvOverride { name, key, .. } in ENV_OVERRIDES {
+            let mut c = valid();
+            let before = c.redacted_yaml() + &c.agent_api.auth_token;
+            let value = if *name == "PHOENIX_LOG_LEVEL" {
+                "trace"
+            } else {
+                "https://x.example/v"
+            };
+            c.apply_env(|n| (n == *name).then(|| value.to_string()))
+                .unwrap();
+            let after = c.redacted_yaml() + &c.agent_api.auth_token;
+            assert_ne!(before, after, "{name} changes nothing");
+            let leaf = key.rsplit('.').next().unwrap();
+            assert!(after.contains(leaf), "{name} is listed for {key}");
+            assert!(crate::cli::help().contains(name), "--help lacks {name}");
+        }
+        // ...and nothing outside the list is read.
+        let mut c = valid();
+        c.apply_env(|n| {
+            assert!(ENV_OVERRIDES.iter().any(|o| o.name == n), "{n} unlisted");
+            None
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn env_overrides_apply_and_empty_is_ignored() {
+        let mut c = valid();
+        let env = |name: &str| match name {
+            "PHOENIX_API_URL" => Some("https://p.example".to_string()),
+            "PHOENIX_FRP_TOKEN" => Some("frp-secret".to_string()),
+            "PHOENIX_AUTH_TOKEN" => Some(String::new()),
+            "PHOENIX_LOG_LEVEL" => Some("DEBUG".to_string()),
+            _ => None,
+        };
+        c.apply_env(env).unwrap();
+        assert_eq!(c.central_platform.api_url, "https://p.example");
+        assert_eq!(c.frp.token, "frp-secret");
+        assert_eq!(c.agent_api.auth_token, TOKEN);
+        assert_eq!(c.log_level, LogLevel::Debug);
+        let bad = |name: &str| (name == "PHOENIX_LOG_LEVEL").then(|| "loud".to_string());
+        assert!(valid().apply_env(bad).is_err());
+    }
+
+    #[test]
+    fn help_lists_every_override_in_columns() {
+        let help = help_lines();
+        assert!(help.contains("    PHOENIX_API_URL          central_platform.api_url\n"));
+        assert!(help.contains(
+            "    PHOENIX_LOG_LEVEL        log_level (error, warn, info, debug, trace)\n"
+        ));
+        assert_eq!(help.lines().count(), ENV_OVERRIDES.len());
+    }
+}

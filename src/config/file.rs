@@ -1,0 +1,250 @@
+//! The configuration file's model: every key, its type and its default (what an empty file
+//! means). Unknown keys and wrong types are parse errors; values are checked by
+//! [`validate`](super::validate) into typed [`Settings`](super::Settings).
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the node id given by the platform is persisted.
+    pub identity_file_path: PathBuf,
+    pub log_level: LogLevel,
+    pub central_platform: PlatformConfig,
+    pub frp: FrpConfig,
+    pub agent_api: ApiConfig,
+    pub gpu: GpuConfig,
+    pub docker: DockerConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn to_filter(self) -> log::LevelFilter {
+        match self {
+            LogLevel::Error => log::LevelFilter::Error,
+            LogLevel::Warn => log::LevelFilter::Warn,
+            LogLevel::Info => log::LevelFilter::Info,
+            LogLevel::Debug => log::LevelFilter::Debug,
+            LogLevel::Trace => log::LevelFilter::Trace,
+        }
+    }
+
+    pub(crate) fn parse(value: &str) -> Option<Self> {
+        match value.to_ascii_lowercase().as_str() {
+            "error" => Some(LogLevel::Error),
+            "warn" | "warning" => Some(LogLevel::Warn),
+            "info" => Some(LogLevel::Info),
+            "debug" => Some(LogLevel::Debug),
+            "trace" => Some(LogLevel::Trace),
+            _ => None,
+        }
+    }
+}
+
+/// The central platform the agent registers with and sends heartbeats to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PlatformConfig {
+    /// Base URL of the platform API; empty runs the agent standalone (no registration).
+    pub api_url: String,
+    /// Sent as `Authorization: Bearer` on registration and heartbeats when not empty.
+    pub bootstrap_token: String,
+    /// Seconds between heartbeats; 0 disables them.
+    pub heartbeat_interval_secs: u64,
+    /// Connect and overall timeout of each platform request.
+    pub request_timeout_secs: u64,
+    /// PEM file of extra CA certificates trusted for the platform (a private CA).
+    pub ca_file: String,
+    /// Ceiling of the first registration retry; it doubles per failure up to `backoff_max_ms`.
+    pub backoff_initial_ms: u64,
+    /// Longest wait between registration retries (and the wait after a rejected token).
+    pub backoff_max_ms: u64,
+}
+
+/// The frpc tunnel the platform is to reach the agent through. This release does not run frpc:
+/// the keys are validated, and `admin_port` is kept free of container ports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FrpConfig {
+    /// frps host; empty disables the tunnel.
+    pub server_addr: String,
+    pub server_port: u16,
+    pub token: String,
+    pub frpc_path: PathBuf,
+    /// Where the agent writes frpc's config (mode 0600) and keeps its state.
+    pub work_dir: PathBuf,
+    /// Loopback port of frpc's admin API.
+    pub admin_port: u16,
+    /// Remote port on frps for the agent API; 0 = the one the platform assigns at registration.
+    pub api_remote_port: u16,
+}
+
+/// The agent's own REST API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    pub listen_address: String,
+    pub auth_token: String,
+    /// Connections served at once; more wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// A connection that sends nothing for this long is closed.
+    pub idle_timeout_secs: u64,
+}
+
+/// GPU sampling through NVML.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GpuConfig {
+    /// Path of `libnvidia-ml.so.1`; empty = the system's library.
+    pub nvml_library_path: String,
+    pub sample_interval_ms: u64,
+    /// How often NVML init is tried again after it failed (driver loaded late).
+    pub init_retry_secs: u64,
+}
+
+/// How GPUs are handed to containers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GpuMode {
+    /// `--gpus "device=0,1"` (nvidia-container-toolkit's docker integration).
+    Gpus,
+    /// `--device nvidia.com/gpu=0` per GPU (Container Device Interface).
+    Cdi,
+    /// `-e NVIDIA_VISIBLE_DEVICES=0,1` (with `--runtime` when `docker.runtime` is set).
+    Env,
+}
+
+/// Containers through the docker CLI.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DockerConfig {
+    pub binary: PathBuf,
+    pub gpu_mode: GpuMode,
+    /// Host address container ports are published on.
+    pub publish_address: String,
+    /// `--runtime` for containers with GPUs; empty = docker's default runtime.
+    pub runtime: String,
+    /// CDI device kind used in `cdi` mode.
+    pub cdi_kind: String,
+    /// `key=value` label that marks the containers this agent manages; containers without it
+    /// are invisible to the API and never touched.
+    pub managed_label: String,
+    /// Grace period of `docker stop` (SIGTERM, then SIGKILL) on stop, restart and delete.
+    pub stop_timeout_secs: u64,
+    /// Deadline of an image pull; the docker child is killed after it.
+    pub pull_timeout_secs: u64,
+    /// Deadline of every other docker command (besides the stop grace period).
+    pub command_timeout_secs: u64,
+    /// `--pids-limit` of every container; 0 = no limit.
+    pub pids_limit: u64,
+    /// `--log-opt max-size` of the json-file log driver (e.g. `50m`).
+    pub log_max_size: String,
+    /// `--log-opt max-file` of the json-file log driver.
+    pub log_max_file: u32,
+    /// Run an init process (`--init`) as PID 1 that reaps zombies and forwards signals.
+    pub init: bool,
+    /// `--security-opt no-new-privileges`.
+    pub no_new_privileges: bool,
+    /// Period of the full reconcile (`docker ps -a` + `docker container inspect`).
+    pub reconcile_interval_secs: u64,
+    /// Creates (with their image pulls) run at once, and as many other docker commands (stop,
+    /// delete, logs, reconcile) besides: two pools of this many threads.
+    pub workers: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            identity_file_path: PathBuf::from("/etc/utopia/node_id"),
+            log_level: LogLevel::Info,
+            central_platform: PlatformConfig::default(),
+            frp: FrpConfig::default(),
+            agent_api: ApiConfig::default(),
+            gpu: GpuConfig::default(),
+            docker: DockerConfig::default(),
+        }
+    }
+}
+
+impl Default for PlatformConfig {
+    fn default() -> Self {
+        PlatformConfig {
+            api_url: String::new(),
+            bootstrap_token: String::new(),
+            heartbeat_interval_secs: 30,
+            request_timeout_secs: 10,
+            ca_file: String::new(),
+            backoff_initial_ms: 1000,
+            backoff_max_ms: 300_000,
+        }
+    }
+}
+
+impl Default for FrpConfig {
+    fn default() -> Self {
+        FrpConfig {
+            server_addr: String::new(),
+            server_port: 7000,
+            token: String::new(),
+            frpc_path: PathBuf::from("/usr/local/bin/frpc"),
+            work_dir: PathBuf::from("/var/lib/utopia/frp"),
+            admin_port: 7400,
+            api_remote_port: 0,
+        }
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen_address: "127.0.0.1:9200".to_string(),
+            auth_token: String::new(),
+            max_connections: 1024,
+            idle_timeout_secs: 15,
+        }
+    }
+}
+
+impl Default for GpuConfig {
+    fn default() -> Self {
+        GpuConfig {
+            nvml_library_path: String::new(),
+            sample_interval_ms: 2000,
+            init_retry_secs: 30,
+        }
+    }
+}
+
+impl Default for DockerConfig {
+    fn default() -> Self {
+        DockerConfig {
+            binary: PathBuf::from("docker"),
+            gpu_mode: GpuMode::Gpus,
+            publish_address: "127.0.0.1".to_string(),
+            runtime: String::new(),
+            cdi_kind: "nvidia.com/gpu".to_string(),
+            managed_label: "io.utopia.managed=true".to_string(),
+            stop_timeout_secs: 10,
+            pull_timeout_secs: 1800,
+            command_timeout_secs: 30,
+            pids_limit: 4096,
+            log_max_size: "50m".to_string(),
+            log_max_file: 3,
+            init: true,
+            no_new_privileges: true,
+            reconcile_interval_secs: 30,
+            workers: 4,
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! Typed settings: what [`Config::validate`](super::Config::validate) makes of the file, in the
+//! types the components use (socket addresses, durations, a parsed label), so that no consumer
+//! converts or checks a value again.
+
+use super::file::{Config, GpuMode, LogLevel};
+use crate::names::{is_name, is_name_byte};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Where the node id given by the platform is persisted.
+    pub identity_file_path: PathBuf,
+    pub log_level: LogLevel,
+    pub platform: PlatformSettings,
+    pub frp: FrpSettings,
+    pub api: ApiSettings,
+    pub gpu: GpuSettings,
+    pub docker: DockerSettings,
+    /// The file model the settings came from (after the environment's overrides).
+    pub(super) file: Config,
+}
+
+impl Settings {
+    /// The configuration with every secret replaced, as YAML: safe to print or log.
+    pub fn redacted_yaml(&self) -> String {
+        self.file.redacted_yaml()
+    }
+}
+
+/// The central platform (`central_platform.*`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlatformSettings {
+    /// Base URL without a trailing `/`; `None` runs the agent standalone.
+    pub api_url: Option<String>,
+    /// Sent as `Authorization: Bearer` when not empty.
+    pub bootstrap_token: String,
+    /// Zero: no heartbeats.
+    pub heartbeat_interval: Duration,
+    pub request_timeout: Duration,
+    /// Extra CA certificates trusted for the platform.
+    pub ca_file: Option<PathBuf>,
+    pub backoff_initial: Duration,
+    pub backoff_cap: Duration,
+}
+
+/// The frpc tunnel (`frp.*`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FrpSettings {
+    /// frps `host`; `None` disables the tunnel.
+    pub server_addr: Option<String>,
+    pub server_port: u16,
+    pub token: String,
+    pub frpc_path: PathBuf,
+    pub work_dir: PathBuf,
+    /// Loopback port of frpc's admin API.
+    pub admin_port: u16,
+    /// Remote port on frps for the agent API; `None`: the one the platform assigns.
+    pub api_remote_port: Option<u16>,
+}
+
+/// The agent's REST API (`agent_api.*`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiSettings {
+    pub listen: SocketAddr,
+    pub auth_token: String,
+    pub max_connections: usize,
+    pub idle_timeout: Duration,
+}
+
+/// GPU sampling (`gpu.*`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GpuSettings {
+    /// `None`: the system's `libnvidia-ml.so.1`.
+    pub nvml_library_path: Option<PathBuf>,
+    pub sample_interval: Duration,
+    /// How often NVML init is tried again after it failed.
+    pub init_retry: Duration,
+}
+
+/// Containers through the docker CLI (`docker.*`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DockerSettings {
+    pub binary: PathBuf,
+    /// Deadline of every short docker command.
+    pub command_timeout: Duration,
+    /// Deadline of an image pull.
+    pub pull_timeout: Duration,
+    /// `docker stop -t` grace period.
+    pub stop_timeout: Duration,
+    /// Period of the full reconcile.
+    pub reconcile_interval: Duration,
+    /// Threads of each worker pool.
+    pub workers: usize,
+    /// How containers are created.
+    pub run: RunSettings,
+}
+
+/// The `docker.*` settings that shape `docker run`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunSettings {
+    pub gpu_mode: GpuMode,
+    /// `--runtime` for containers with GPUs; `None`: docker's default.
+    pub runtime: Option<String>,
+    pub cdi_kind: String,
+    pub publish_address: IpAddr,
+    pub managed_label: ManagedLabel,
+    /// `--pids-limit`; 0 = no limit.
+    pub pids_limit: u64,
+    pub log_max_size: String,
+    pub log_max_file: u32,
+    pub init: bool,
+    pub no_new_privileges: bool,
+}
+
+/// The `key=value` label that marks the containers this agent manages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagedLabel {
+    key: String,
+    value: String,
+}
+
+impl ManagedLabel {
+    /// Parses `key=value`: a reverse-DNS style key, a plain value, nothing a shell or docker
+    /// flag could misread.
+    pub fn parse(text: &str) -> Option<ManagedLabel> {
+        let (key, value) = text.split_once('=')?;
+        let key_ok = !key.is_empty()
+            && key.len() <= 128
+            && key.as_bytes()[0].is_ascii_alphanumeric()
+            && key.bytes().all(|b| b == b'/' || is_name_byte(b));
+        (key_ok && is_name(value, 128)).then(|| ManagedLabel {
+            key: key.to_string(),
+            value: value.to_string(),
+        })
+    }
+
+    /// True when `labels` carry this label (same key, same value).
+    pub fn is_on(&self, labels: &BTreeMap<String, String>) -> bool {
+        labels.get(&self.key) == Some(&self.value)
+    }
+}
+
+impl fmt::Display for ManagedLabel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}", self.key, self.value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn managed_label_round_trips() {
+        let label = ManagedLabel::parse("io.utopia.test/run=abc-1.2").unwrap();
+        assert_eq!(label.to_string(), "io.utopia.test/run=abc-1.2");
+        let mut labels = BTreeMap::new();
+        labels.insert("io.utopia.test/run".to_string(), "abc-1.2".to_string());
+        assert!(label.is_on(&labels));
+        labels.insert("io.utopia.test/run".to_string(), "other".to_string());
+        assert!(!label.is_on(&labels));
+        for bad in ["nolabel", "=x", "-e=x", "a=b c", "a=", "a b=c"] {
+            assert_eq!(ManagedLabel::parse(bad), None, "{bad}");
+        }
+    }
+}

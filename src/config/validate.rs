@@ -1,0 +1,644 @@
+//! Validation, one section at a time: each section of the file model is checked and turned into
+//! its typed settings, or into a [`ConfigError`] naming the key. Problems that do not stop the
+//! agent become [`ConfigWarning`]s.
+
+use super::file::{ApiConfig, Config, DockerConfig, FrpConfig, GpuConfig, GpuMode, PlatformConfig};
+use super::settings::{
+    ApiSettings, DockerSettings, FrpSettings, GpuSettings, ManagedLabel, PlatformSettings,
+    RunSettings, Settings,
+};
+use super::{invalid, ConfigError, ConfigWarning, EXAMPLE_AUTH_TOKEN, MIN_AUTH_TOKEN_LEN};
+use crate::names::{is_name, is_name_byte};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A validated configuration and what the operator should be told about it.
+#[derive(Debug)]
+pub struct Validated {
+    pub settings: Settings,
+    pub warnings: Vec<ConfigWarning>,
+}
+
+impl Config {
+    /// Checks every value and turns the file into typed [`Settings`].
+    pub fn validate(&self) -> Result<Validated, ConfigError> {
+        let mut warnings = Vec::new();
+        let api = self.agent_api.validate(&mut warnings)?;
+        let platform = self.central_platform.validate(&mut warnings)?;
+        if self.identity_file_path.as_os_str().is_empty() {
+            return Err(invalid("identity_file_path", "must not be empty"));
+        }
+        let frp = self.frp.validate(&mut warnings)?;
+        let gpu = self.gpu.validate()?;
+        let docker = self.docker.validate()?;
+        Ok(Validated {
+            settings: Settings {
+                identity_file_path: self.identity_file_path.clone(),
+                log_level: self.log_level,
+                platform,
+                frp,
+                api,
+                gpu,
+                docker,
+                file: self.clone(),
+            },
+            warnings,
+        })
+    }
+}
+
+impl ApiConfig {
+    pub fn validate(&self, warnings: &mut Vec<ConfigWarning>) -> Result<ApiSettings, ConfigError> {
+        if self.auth_token.is_empty() {
+            return Err(invalid(
+                "agent_api.auth_token",
+                "is required (or set PHOENIX_AUTH_TOKEN); generate one with `openssl rand -hex 32`",
+            ));
+        }
+        if self.auth_token.chars().count() < MIN_AUTH_TOKEN_LEN {
+            return Err(invalid(
+                "agent_api.auth_token",
+                format!("must be at least {MIN_AUTH_TOKEN_LEN} characters long"),
+            ));
+        }
+        if !self.auth_token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(invalid(
+                "agent_api.auth_token",
+                "may only contain printable ASCII characters without spaces",
+            ));
+        }
+        if self.auth_token == EXAMPLE_AUTH_TOKEN {
+            warnings.push(ConfigWarning(
+                "agent_api.auth_token is the example token of the shipped config: anyone who has \
+                 read the README can use this API; set your own (`openssl rand -hex 32`)"
+                    .to_string(),
+            ));
+        }
+        let listen: SocketAddr = self.listen_address.parse().map_err(|_| {
+            invalid(
+                "agent_api.listen_address",
+                format!(
+                    "{:?} is not an IP:port address (e.g. 127.0.0.1:9200)",
+                    self.listen_address
+                ),
+            )
+        })?;
+        if !listen.ip().is_loopback() {
+            warnings.push(ConfigWarning(format!(
+                "agent_api.listen_address {listen} is NOT a loopback address: the API (which can \
+                 start containers) is reachable from the network, not only through the tunnel; \
+                 use 127.0.0.1 unless you know why"
+            )));
+        }
+        if !(1..=10_000).contains(&self.max_connections) {
+            return Err(invalid(
+                "agent_api.max_connections",
+                "must be between 1 and 10000",
+            ));
+        }
+        if !(1..=3600).contains(&self.idle_timeout_secs) {
+            return Err(invalid(
+                "agent_api.idle_timeout_secs",
+                "must be between 1 and 3600",
+            ));
+        }
+        Ok(ApiSettings {
+            listen,
+            auth_token: self.auth_token.clone(),
+            max_connections: self.max_connections,
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs),
+        })
+    }
+}
+
+impl PlatformConfig {
+    pub fn validate(
+        &self,
+        warnings: &mut Vec<ConfigWarning>,
+    ) -> Result<PlatformSettings, ConfigError> {
+        if !self.api_url.is_empty() {
+            check_api_url(&self.api_url, warnings)?;
+        }
+        if !self.bootstrap_token.bytes().all(|b| b.is_ascii_graphic()) {
+            // It is sent as `Authorization: Bearer <token>`: a line break (pasted with the
+            // token), a space or a non-ASCII character makes every request fail.
+            return Err(invalid(
+                "central_platform.bootstrap_token",
+                "may only contain printable ASCII characters, without spaces or line breaks \
+                 (look for a trailing newline pasted with it)",
+            ));
+        }
+        if self.heartbeat_interval_secs > 86_400 {
+            return Err(invalid(
+                "central_platform.heartbeat_interval_secs",
+                "must be between 0 (no heartbeats) and 86400",
+            ));
+        }
+        if !(1..=3_600_000).contains(&self.backoff_initial_ms) {
+            return Err(invalid(
+                "central_platform.backoff_initial_ms",
+                "must be between 1 and 3600000",
+            ));
+        }
+        if !(self.backoff_initial_ms..=86_400_000).contains(&self.backoff_max_ms) {
+            return Err(invalid(
+                "central_platform.backoff_max_ms",
+                "must be at least central_platform.backoff_initial_ms and at most 86400000",
+            ));
+        }
+        if !(1..=300).contains(&self.request_timeout_secs) {
+            return Err(invalid(
+                "central_platform.request_timeout_secs",
+                "must be between 1 and 300",
+            ));
+        }
+        Ok(PlatformSettings {
+            api_url: (!self.api_url.is_empty())
+                .then(|| self.api_url.trim_end_matches('/').to_string()),
+            bootstrap_token: self.bootstrap_token.clone(),
+            heartbeat_interval: Duration::from_secs(self.heartbeat_interval_secs),
+            request_timeout: Duration::from_secs(self.request_timeout_secs),
+            ca_file: (!self.ca_file.is_empty()).then(|| PathBuf::from(&self.ca_file)),
+            backoff_initial: Duration::from_millis(self.backoff_initial_ms),
+            backoff_cap: Duration::from_millis(self.backoff_max_ms),
+        })
+    }
+}
+
+/// `central_platform.api_url`: http(s), a host, no credentials, no query or fragment.
+fn check_api_url(url: &str, warnings: &mut Vec<ConfigWarning>) -> Result<(), ConfigError> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| {
+            invalid(
+                "central_platform.api_url",
+                format!("{url:?} must start with http:// or https://"),
+            )
+        })?;
+    if rest.is_empty() || rest.starts_with('/') || rest.contains(char::is_whitespace) {
+        return Err(invalid(
+            "central_platform.api_url",
+            format!("{url:?} has no host"),
+        ));
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.contains('@') {
+        // Credentials in the URL would end up in every log line naming it.
+        return Err(invalid(
+            "central_platform.api_url",
+            "must not contain credentials (user:password@); use \
+             central_platform.bootstrap_token",
+        ));
+    }
+    if rest.contains(['?', '#']) {
+        // The API paths are appended to it: they would land in the query or fragment.
+        return Err(invalid(
+            "central_platform.api_url",
+            format!(
+                "{url:?} must not have a query (?) or fragment (#): it is the base the \
+                 API paths (/api/v1/...) are appended to"
+            ),
+        ));
+    }
+    if url.starts_with("http://") && !url_host(url).is_some_and(|host| is_loopback_host(&host)) {
+        warnings.push(ConfigWarning(format!(
+            "central_platform.api_url {url} is plain http:// to a host that is not this \
+             machine: the bootstrap token and the node's data cross the network in \
+             clear; use https://"
+        )));
+    }
+    Ok(())
+}
+
+/// The host of an `http(s)://` URL, lower-cased, without brackets or a trailing dot.
+pub fn url_host(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if let Some(bracketed) = host_port.strip_prefix('[') {
+        bracketed.split_once(']')?.0
+    } else {
+        host_port.split(':').next()?
+    };
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    (!host.is_empty()).then_some(host)
+}
+
+/// Whether a host (as [`url_host`] gives it) names this machine.
+fn is_loopback_host(host: &str) -> bool {
+    host == "localhost"
+        || host.ends_with(".localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+impl FrpConfig {
+    pub fn validate(&self, warnings: &mut Vec<ConfigWarning>) -> Result<FrpSettings, ConfigError> {
+        if !self.server_addr.is_empty() && self.server_port == 0 {
+            return Err(invalid("frp.server_port", "must be between 1 and 65535"));
+        }
+        if self.admin_port == 0 {
+            return Err(invalid("frp.admin_port", "must be between 1 and 65535"));
+        }
+        if !self.server_addr.is_empty() {
+            warnings.push(ConfigWarning(format!(
+                "frp.server_addr is set ({}), but this release does not run frpc: no tunnel is \
+                 started, and the API is reachable only at agent_api.listen_address",
+                self.server_addr
+            )));
+        }
+        Ok(FrpSettings {
+            server_addr: (!self.server_addr.is_empty()).then(|| self.server_addr.clone()),
+            server_port: self.server_port,
+            token: self.token.clone(),
+            frpc_path: self.frpc_path.clone(),
+            work_dir: self.work_dir.clone(),
+            admin_port: self.admin_port,
+            api_remote_port: (self.api_remote_port != 0).then_some(self.api_remote_port),
+        })
+    }
+}
+
+impl GpuConfig {
+    pub fn validate(&self) -> Result<GpuSettings, ConfigError> {
+        if !(100..=3_600_000).contains(&self.sample_interval_ms) {
+            return Err(invalid(
+                "gpu.sample_interval_ms",
+                "must be between 100 and 3600000",
+            ));
+        }
+        if !(1..=86_400).contains(&self.init_retry_secs) {
+            return Err(invalid(
+                "gpu.init_retry_secs",
+                "must be between 1 and 86400",
+            ));
+        }
+        Ok(GpuSettings {
+            nvml_library_path: (!self.nvml_library_path.is_empty())
+                .then(|| PathBuf::from(&self.nvml_library_path)),
+            sample_interval: Duration::from_millis(self.sample_interval_ms),
+            init_retry: Duration::from_secs(self.init_retry_secs),
+        })
+    }
+}
+
+impl DockerConfig {
+    pub fn validate(&self) -> Result<DockerSettings, ConfigError> {
+        if self.binary.as_os_str().is_empty() {
+            return Err(invalid("docker.binary", "must not be empty"));
+        }
+        let publish_address = self.publish_address.parse::<IpAddr>().map_err(|_| {
+            invalid(
+                "docker.publish_address",
+                format!("{:?} is not an IP address", self.publish_address),
+            )
+        })?;
+        if self.gpu_mode == GpuMode::Cdi && !valid_cdi_kind(&self.cdi_kind) {
+            return Err(invalid(
+                "docker.cdi_kind",
+                format!("{:?} is not a CDI kind like nvidia.com/gpu", self.cdi_kind),
+            ));
+        }
+        if !self.runtime.bytes().all(is_name_byte) || self.runtime.starts_with('-') {
+            return Err(invalid(
+                "docker.runtime",
+                format!("{:?} is not a runtime name", self.runtime),
+            ));
+        }
+        let managed_label = ManagedLabel::parse(&self.managed_label).ok_or_else(|| {
+            invalid(
+                "docker.managed_label",
+                format!(
+                    "{:?} is not a label key=value like io.utopia.managed=true",
+                    self.managed_label
+                ),
+            )
+        })?;
+        let ranges: [(&'static str, u64, u64, u64); 5] = [
+            ("docker.stop_timeout_secs", self.stop_timeout_secs, 0, 3600),
+            (
+                "docker.pull_timeout_secs",
+                self.pull_timeout_secs,
+                1,
+                86_400,
+            ),
+            (
+                "docker.command_timeout_secs",
+                self.command_timeout_secs,
+                1,
+                3600,
+            ),
+            (
+                "docker.reconcile_interval_secs",
+                self.reconcile_interval_secs,
+                1,
+                86_400,
+            ),
+            ("docker.workers", self.workers as u64, 1, 64),
+        ];
+        for (key, value, min, max) in ranges {
+            if !(min..=max).contains(&value) {
+                return Err(invalid(key, format!("must be between {min} and {max}")));
+            }
+        }
+        if !valid_size(&self.log_max_size) {
+            return Err(invalid(
+                "docker.log_max_size",
+                format!(
+                    "{:?} is not a size like 50m (digits, then k, m or g)",
+                    self.log_max_size
+                ),
+            ));
+        }
+        if !(1..=100).contains(&self.log_max_file) {
+            return Err(invalid("docker.log_max_file", "must be between 1 and 100"));
+        }
+        Ok(DockerSettings {
+            binary: self.binary.clone(),
+            command_timeout: Duration::from_secs(self.command_timeout_secs),
+            pull_timeout: Duration::from_secs(self.pull_timeout_secs),
+            stop_timeout: Duration::from_secs(self.stop_timeout_secs),
+            reconcile_interval: Duration::from_secs(self.reconcile_interval_secs),
+            workers: self.workers,
+            run: RunSettings {
+                gpu_mode: self.gpu_mode,
+                runtime: (!self.runtime.is_empty()).then(|| self.runtime.clone()),
+                cdi_kind: self.cdi_kind.clone(),
+                publish_address,
+                managed_label,
+                pids_limit: self.pids_limit,
+                log_max_size: self.log_max_size.clone(),
+                log_max_file: self.log_max_file,
+                init: self.init,
+                no_new_privileges: self.no_new_privileges,
+            },
+        })
+    }
+}
+
+/// `vendor/class`, both plain names, the vendor not starting with `-`.
+fn valid_cdi_kind(kind: &str) -> bool {
+    match kind.split_once('/') {
+        Some((vendor, class)) => {
+            is_name(vendor, usize::MAX) && is_name(class, usize::MAX) && !vendor.starts_with('-')
+        }
+        None => false,
+    }
+}
+
+/// `50m`, `1g`, `512k`, `100` (bytes): what docker's json-file driver accepts for `max-size`.
+fn valid_size(size: &str) -> bool {
+    let digits = size.trim_end_matches(['k', 'm', 'g']);
+    !digits.is_empty()
+        && size.len() - digits.len() <= 1
+        && digits.len() <= 12
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && digits.bytes().any(|b| b != b'0')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::{valid, TOKEN};
+    use crate::config::DockerConfig;
+
+    fn warnings_of(c: &Config) -> Result<Vec<ConfigWarning>, ConfigError> {
+        c.validate().map(|v| v.warnings)
+    }
+
+    #[test]
+    fn defaults_need_only_a_token() {
+        assert!(matches!(
+            warnings_of(&Config::default()),
+            Err(ConfigError::Invalid {
+                key: "agent_api.auth_token",
+                ..
+            })
+        ));
+        assert_eq!(warnings_of(&valid()).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn short_token_and_bad_address_are_rejected() {
+        let mut c = valid();
+        c.agent_api.auth_token = "short".into();
+        assert!(warnings_of(&c).unwrap_err().to_string().contains("16"));
+        let mut c = valid();
+        c.agent_api.listen_address = "localhost".into();
+        let e = warnings_of(&c).unwrap_err().to_string();
+        assert!(e.contains("agent_api.listen_address"), "{e}");
+    }
+
+    #[test]
+    fn non_loopback_listen_warns() {
+        let mut c = valid();
+        c.agent_api.listen_address = "0.0.0.0:9200".into();
+        let w = warnings_of(&c).unwrap();
+        assert_eq!(w.len(), 1);
+        assert!(w[0].0.contains("NOT a loopback"));
+    }
+
+    #[test]
+    fn an_frp_server_warns_that_no_tunnel_is_started() {
+        let mut c = valid();
+        c.frp.server_addr = "frps.example".into();
+        let w = warnings_of(&c).unwrap();
+        assert_eq!(w.len(), 1);
+        assert!(w[0].0.contains("does not run frpc"), "{}", w[0]);
+    }
+
+    #[test]
+    fn bootstrap_token_must_fit_in_a_header() {
+        // A token pasted with its line break, or with a space, cannot be sent as a bearer
+        // token: every request failed with "failed to parse header value", forever.
+        for bad in [
+            "secret-token\n",
+            "secret token",
+            "secret\ttoken",
+            "sécret-token",
+        ] {
+            let mut c = valid();
+            c.central_platform.bootstrap_token = bad.into();
+            let e = warnings_of(&c).unwrap_err().to_string();
+            assert!(
+                e.contains("central_platform.bootstrap_token"),
+                "{bad:?}: {e}"
+            );
+            assert!(!e.contains("secret"), "the error shows the token: {e}");
+        }
+        let mut c = valid();
+        c.central_platform.bootstrap_token = "abc.DEF_123-~+/=".into();
+        assert!(warnings_of(&c).is_ok());
+    }
+
+    #[test]
+    fn api_url_has_no_query_or_fragment() {
+        // The API paths are appended to api_url: after a query or fragment they end up in it
+        // ("https://p/#x/api/v1/nodes/register" POSTs to "/").
+        for bad in [
+            "https://p.example/#x",
+            "https://p.example/base?x=1",
+            "https://p.example?",
+        ] {
+            let mut c = valid();
+            c.central_platform.api_url = bad.into();
+            let e = warnings_of(&c).unwrap_err().to_string();
+            assert!(e.contains("central_platform.api_url"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn api_url_must_be_http() {
+        let mut c = valid();
+        c.central_platform.api_url = "ftp://x".into();
+        assert!(warnings_of(&c).is_err());
+        c.central_platform.api_url = "http://".into();
+        assert!(warnings_of(&c).is_err());
+        c.central_platform.api_url = "https://platform.example/base".into();
+        assert!(warnings_of(&c).is_ok());
+    }
+
+    #[test]
+    fn plain_http_to_another_host_warns_and_credentials_are_refused() {
+        let mut c = valid();
+        c.central_platform.api_url = "http://platform.example".into();
+        let w = warnings_of(&c).unwrap();
+        assert!(w.iter().any(|w| w.0.contains("in clear")), "{w:?}");
+        for local in [
+            "http://127.0.0.1:8080",
+            "http://localhost/x",
+            "http://[::1]:80",
+            "https://p.example",
+        ] {
+            c.central_platform.api_url = local.into();
+            assert_eq!(warnings_of(&c).unwrap(), vec![], "{local}");
+        }
+        c.central_platform.api_url = "https://user:secret@p.example".into();
+        let e = warnings_of(&c).unwrap_err().to_string();
+        assert!(e.contains("credentials") && !e.contains("secret"), "{e}");
+    }
+
+    #[test]
+    fn backoff_bounds_are_checked() {
+        let mut c = valid();
+        c.central_platform.backoff_initial_ms = 0;
+        assert!(warnings_of(&c).is_err());
+        let mut c = valid();
+        c.central_platform.backoff_initial_ms = 2000;
+        c.central_platform.backoff_max_ms = 1000;
+        assert!(warnings_of(&c).is_err());
+        let mut c = valid();
+        c.central_platform.heartbeat_interval_secs = 0;
+        assert!(warnings_of(&c).is_ok());
+    }
+
+    #[test]
+    fn docker_settings_are_checked() {
+        let mut c = valid();
+        c.docker.publish_address = "all".into();
+        assert!(warnings_of(&c).is_err());
+        let mut c = valid();
+        c.docker.runtime = "--privileged".into();
+        assert!(warnings_of(&c).is_err());
+        let mut c = valid();
+        c.docker.gpu_mode = GpuMode::Cdi;
+        c.docker.cdi_kind = "gpu".into();
+        assert!(warnings_of(&c).is_err());
+    }
+
+    #[test]
+    fn docker_container_settings_are_checked() {
+        let check = |edit: fn(&mut DockerConfig)| {
+            let mut c = valid();
+            edit(&mut c.docker);
+            warnings_of(&c)
+        };
+        for bad in [
+            (|d: &mut DockerConfig| d.managed_label = "io.utopia.managed".into())
+                as fn(&mut DockerConfig),
+            |d| d.managed_label = "=x".into(),
+            |d| d.managed_label = "-e=x".into(),
+            |d| d.managed_label = "a=b c".into(),
+            |d| d.managed_label = "a=".into(),
+            |d| d.command_timeout_secs = 0,
+            |d| d.pull_timeout_secs = 0,
+            |d| d.reconcile_interval_secs = 0,
+            |d| d.workers = 0,
+            |d| d.workers = 65,
+            |d| d.log_max_size = "big".into(),
+            |d| d.log_max_size = "10mm".into(),
+            |d| d.log_max_size = "0".into(),
+            |d| d.log_max_size = "-1m".into(),
+            |d| d.log_max_file = 0,
+        ] {
+            let mut c = valid();
+            bad(&mut c.docker);
+            let key = match warnings_of(&c) {
+                Err(ConfigError::Invalid { key, .. }) => key,
+                other => panic!("{:?} accepted: {other:?}", c.docker),
+            };
+            assert!(key.starts_with("docker."), "{key}");
+        }
+        assert!(check(|d| d.managed_label = "io.utopia.test/run=abc-1.2".into()).is_ok());
+        assert!(check(|d| d.log_max_size = "100".into()).is_ok());
+        assert!(check(|d| d.log_max_size = "1g".into()).is_ok());
+        assert!(check(|d| d.stop_timeout_secs = 0).is_ok());
+        assert!(check(|d| d.pids_limit = 0).is_ok());
+    }
+
+    #[test]
+    fn url_host_handles_ports_userinfo_and_ipv6() {
+        assert_eq!(
+            url_host("https://Platform.Example:8443/api").as_deref(),
+            Some("platform.example")
+        );
+        assert_eq!(url_host("http://[::1]:8080/").as_deref(), Some("::1"));
+        assert_eq!(
+            url_host("http://u:p@h.example/").as_deref(),
+            Some("h.example")
+        );
+        assert_eq!(url_host("http://10.0.0.1").as_deref(), Some("10.0.0.1"));
+    }
+
+    #[test]
+    fn validation_gives_typed_settings() {
+        let mut c = valid();
+        c.central_platform.api_url = "https://p.example/base/".into();
+        c.central_platform.backoff_initial_ms = 250;
+        c.frp.api_remote_port = 7001;
+        c.gpu.nvml_library_path = "/opt/libnvidia-ml.so.1".into();
+        c.docker.runtime = "nvidia".into();
+        c.docker.publish_address = "::1".into();
+        let s = c.validate().unwrap().settings;
+        assert_eq!(s.api.listen, "127.0.0.1:9200".parse().unwrap());
+        assert_eq!(s.api.idle_timeout, Duration::from_secs(15));
+        assert_eq!(
+            s.platform.api_url.as_deref(),
+            Some("https://p.example/base")
+        );
+        assert_eq!(s.platform.backoff_initial, Duration::from_millis(250));
+        assert_eq!(s.platform.ca_file, None);
+        assert_eq!(s.frp.server_addr, None);
+        assert_eq!(s.frp.api_remote_port, Some(7001));
+        assert_eq!(
+            s.gpu.nvml_library_path,
+            Some(PathBuf::from("/opt/libnvidia-ml.so.1"))
+        );
+        assert_eq!(s.gpu.sample_interval, Duration::from_secs(2));
+        assert_eq!(s.docker.pull_timeout, Duration::from_secs(1800));
+        assert_eq!(s.docker.run.runtime.as_deref(), Some("nvidia"));
+        assert_eq!(
+            s.docker.run.publish_address,
+            "::1".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            s.docker.run.managed_label.to_string(),
+            "io.utopia.managed=true"
+        );
+        assert!(!s.redacted_yaml().contains(TOKEN));
+        let standalone = valid().validate().unwrap().settings;
+        assert_eq!(standalone.platform.api_url, None);
+        assert_eq!(standalone.docker.run.runtime, None);
+    }
+}

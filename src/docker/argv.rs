@@ -1,0 +1,323 @@
+//! The argv of `docker run`, built from a validated [`CreateSpec`] and the GPUs the ledger
+//! assigned.
+//!
+//! Nothing from a request is ever placed where docker could read it as a flag: every request
+//! value in the argv is either the argument of a flag we chose (`--name utopia-<claim>`), a
+//! checked number, or comes after the `--` that ends docker's options (the image and command).
+//! The user's environment goes through an `--env-file` (mode 0600, removed right after) rather
+//! than the argv, where any local user could read it in `/proc`.
+
+use crate::config::{GpuMode, RunSettings};
+use crate::docker::labels::{LABEL_CLAIM_ID, LABEL_GPU_IDS, LABEL_GPU_UUIDS, LABEL_PORTS};
+use crate::docker::spec::{join_ids, CreateSpec};
+use std::net::IpAddr;
+use std::path::Path;
+
+/// NVIDIA container toolkit features that give a container host devices when an image sets
+/// them to `enabled`; every managed container gets them `disabled`.
+pub const DISABLED_TOOLKIT_FEATURES: &[&str] = &[
+    "NVIDIA_GDS",
+    "NVIDIA_MOFED",
+    "NVIDIA_NVSWITCH",
+    "NVIDIA_GDRCOPY",
+];
+
+/// The argv (after the binary) of `docker run` for `spec` with the GPUs the ledger assigned.
+pub fn run_args(
+    spec: &CreateSpec,
+    gpus: &[u32],
+    gpu_uuids: &[String],
+    settings: &RunSettings,
+    env_file: Option<&Path>,
+) -> Vec<String> {
+    let mut args: Vec<String> = vec!["run".into(), "--detach".into()];
+    let mut flag = |name: &str, value: String| {
+        args.push(name.to_string());
+        args.push(value);
+    };
+    flag("--name", spec.container_name());
+    flag("--label", settings.managed_label.to_string());
+    flag("--label", format!("{LABEL_CLAIM_ID}={}", spec.claim_id));
+    flag("--label", format!("{LABEL_GPU_IDS}={}", join_ids(gpus)));
+    flag(
+        "--label",
+        format!("{LABEL_GPU_UUIDS}={}", gpu_uuids.join(",")),
+    );
+    let ports: Vec<String> = spec.ports.iter().map(|p| p.label()).collect();
+    flag("--label", format!("{LABEL_PORTS}={}", ports.join(",")));
+
+    if gpus.is_empty() {
+        // Where nvidia is the default runtime, a container without this sees every GPU.
+        flag("--env", "NVIDIA_VISIBLE_DEVICES=void".into());
+    } else {
+        match settings.gpu_mode {
+            // docker parses the value as CSV: without the inner quotes `device=0,1` would be
+            // read as two fields and rejected.
+            GpuMode::Gpus => flag("--gpus", format!("\"device={}\"", join_ids(gpus))),
+            GpuMode::Cdi => {
+                for gpu in gpus {
+                    flag("--device", format!("{}={gpu}", settings.cdi_kind));
+                }
+                // CDI adds the devices. Where nvidia is the default runtime, the image's own
+                // NVIDIA_VISIBLE_DEVICES (`all` in every CUDA image) would make it add every
+                // GPU on top: switch that path off.
+                flag("--env", "NVIDIA_VISIBLE_DEVICES=void".into());
+            }
+            GpuMode::Env => {
+                if let Some(runtime) = &settings.runtime {
+                    flag("--runtime", runtime.clone());
+                }
+                flag(
+                    "--env",
+                    format!("NVIDIA_VISIBLE_DEVICES={}", join_ids(gpus)),
+                );
+            }
+        }
+    }
+    // An image may switch these toolkit features on in its own environment (`=enabled`) to be
+    // given host devices (/dev/infiniband, NVSwitch, nvidia-fs, gdrdrv); `-e` overrides it.
+    for feature in DISABLED_TOOLKIT_FEATURES {
+        flag("--env", format!("{feature}=disabled"));
+    }
+    if let Some(path) = env_file {
+        flag("--env-file", path.to_string_lossy().into_owned());
+    }
+    for port in &spec.ports {
+        flag(
+            "--publish",
+            format!(
+                "{}:{}:{}/{}",
+                publish_host(settings.publish_address),
+                port.host_port,
+                port.container_port,
+                port.protocol.as_str()
+            ),
+        );
+    }
+    if let Some(mb) = spec.memory_mb {
+        flag("--memory", format!("{mb}m"));
+    }
+    if let Some(cpus) = spec.cpus {
+        flag("--cpus", format!("{cpus}"));
+    }
+    if let Some(mb) = spec.shm_size_mb {
+        flag("--shm-size", format!("{mb}m"));
+    }
+    if settings.no_new_privileges {
+        flag("--security-opt", "no-new-privileges".into());
+    }
+    if settings.pids_limit > 0 {
+        flag("--pids-limit", settings.pids_limit.to_string());
+    }
+    flag("--log-driver", "json-file".into());
+    flag("--log-opt", format!("max-size={}", settings.log_max_size));
+    flag("--log-opt", format!("max-file={}", settings.log_max_file));
+    if settings.init {
+        args.push("--init".into());
+    }
+    args.push("--".into());
+    args.push(spec.image.clone());
+    args.extend(spec.command.iter().cloned());
+    args
+}
+
+/// An IPv6 publish address needs brackets in `--publish`.
+fn publish_host(address: IpAddr) -> String {
+    match address {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("[{v6}]"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ManagedLabel;
+    use crate::docker::spec::{GpuRequest, PortMapping, Protocol};
+
+    fn settings(mode: GpuMode) -> RunSettings {
+        RunSettings {
+            gpu_mode: mode,
+            runtime: None,
+            cdi_kind: "nvidia.com/gpu".into(),
+            publish_address: IpAddr::from([127, 0, 0, 1]),
+            managed_label: ManagedLabel::parse("io.utopia.managed=true").unwrap(),
+            pids_limit: 4096,
+            log_max_size: "50m".into(),
+            log_max_file: 3,
+            init: true,
+            no_new_privileges: true,
+        }
+    }
+
+    fn spec() -> CreateSpec {
+        CreateSpec {
+            claim_id: "claim-1".into(),
+            image: "nvidia/cuda:12".into(),
+            gpus: GpuRequest::Ids(vec![0, 1]),
+            ports: vec![PortMapping {
+                host_port: 8888,
+                container_port: 80,
+                protocol: Protocol::Tcp,
+            }],
+            env: vec![("SECRET".into(), "hunter2".into())],
+            command: vec!["--privileged".into(), "sleep".into()],
+            memory_mb: Some(2048),
+            cpus: Some(1.5),
+            shm_size_mb: Some(4096),
+            requested_visible_devices: None,
+        }
+    }
+
+    fn pairs(args: &[String], flag: &str) -> Vec<String> {
+        args.windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].clone())
+            .collect()
+    }
+
+    /// The `--env` values that set NVIDIA_VISIBLE_DEVICES.
+    fn visible(args: &[String]) -> Vec<String> {
+        pairs(args, "--env")
+            .into_iter()
+            .filter(|e| e.starts_with("NVIDIA_VISIBLE_DEVICES="))
+            .collect()
+    }
+
+    fn uuids() -> Vec<String> {
+        vec!["GPU-a".into(), "GPU-b".into()]
+    }
+
+    #[test]
+    fn gpus_mode_quotes_the_device_list() {
+        let args = run_args(
+            &spec(),
+            &[0, 1],
+            &uuids(),
+            &settings(GpuMode::Gpus),
+            Some(Path::new("/run/env")),
+        );
+        assert_eq!(pairs(&args, "--gpus"), vec!["\"device=0,1\""]);
+        assert!(pairs(&args, "--device").is_empty());
+        assert!(pairs(&args, "--runtime").is_empty());
+        assert!(!args.iter().any(|a| a.contains("NVIDIA_VISIBLE_DEVICES")));
+        assert_eq!(
+            pairs(&args, "--env"),
+            vec![
+                "NVIDIA_GDS=disabled",
+                "NVIDIA_MOFED=disabled",
+                "NVIDIA_NVSWITCH=disabled",
+                "NVIDIA_GDRCOPY=disabled",
+            ],
+            "an image cannot switch on toolkit features that hand out host devices"
+        );
+        assert_eq!(pairs(&args, "--env-file"), vec!["/run/env"]);
+        // The image comes right after `--`, followed by the command, even one that looks like
+        // a flag.
+        let dash = args.iter().position(|a| a == "--").unwrap();
+        assert_eq!(
+            &args[dash + 1..],
+            &["nvidia/cuda:12", "--privileged", "sleep"]
+        );
+        assert_eq!(args[..2], ["run", "--detach"]);
+        assert!(
+            !args.iter().any(|a| a.contains("hunter2")),
+            "env stays off the argv"
+        );
+    }
+
+    #[test]
+    fn cdi_mode_names_one_device_per_gpu() {
+        let mut s = settings(GpuMode::Cdi);
+        s.cdi_kind = "example.com/gpu".into();
+        let args = run_args(&spec(), &[0, 1], &uuids(), &s, None);
+        assert_eq!(
+            pairs(&args, "--device"),
+            vec!["example.com/gpu=0", "example.com/gpu=1"]
+        );
+        assert!(pairs(&args, "--gpus").is_empty());
+        assert!(pairs(&args, "--env-file").is_empty());
+        // The devices come from CDI: an image's own NVIDIA_VISIBLE_DEVICES=all (every CUDA
+        // image has it) must not make a default nvidia runtime add every GPU on top.
+        assert_eq!(visible(&args), vec!["NVIDIA_VISIBLE_DEVICES=void"]);
+    }
+
+    #[test]
+    fn env_mode_sets_visible_devices_and_runtime() {
+        let args = run_args(&spec(), &[0, 1], &uuids(), &settings(GpuMode::Env), None);
+        assert_eq!(visible(&args), vec!["NVIDIA_VISIBLE_DEVICES=0,1"]);
+        assert!(pairs(&args, "--runtime").is_empty());
+        let mut s = settings(GpuMode::Env);
+        s.runtime = Some("nvidia".into());
+        let args = run_args(&spec(), &[1], &uuids()[..1], &s, None);
+        assert_eq!(pairs(&args, "--runtime"), vec!["nvidia"]);
+        assert_eq!(visible(&args), vec!["NVIDIA_VISIBLE_DEVICES=1"]);
+    }
+
+    #[test]
+    fn no_gpus_means_void_in_every_mode() {
+        for mode in [GpuMode::Gpus, GpuMode::Cdi, GpuMode::Env] {
+            let mut s = settings(mode);
+            s.runtime = Some("nvidia".into());
+            let args = run_args(&spec(), &[], &[], &s, None);
+            assert_eq!(visible(&args), vec!["NVIDIA_VISIBLE_DEVICES=void"]);
+            assert!(pairs(&args, "--gpus").is_empty());
+            assert!(pairs(&args, "--device").is_empty());
+            assert!(pairs(&args, "--runtime").is_empty());
+        }
+    }
+
+    #[test]
+    fn labels_limits_and_safe_defaults() {
+        let args = run_args(&spec(), &[0, 1], &uuids(), &settings(GpuMode::Gpus), None);
+        assert_eq!(pairs(&args, "--name"), vec!["utopia-claim-1"]);
+        assert_eq!(
+            pairs(&args, "--label"),
+            vec![
+                "io.utopia.managed=true",
+                "io.utopia.claim_id=claim-1",
+                "io.utopia.gpu_ids=0,1",
+                "io.utopia.gpu_uuids=GPU-a,GPU-b",
+                "io.utopia.ports=8888:80/tcp",
+            ]
+        );
+        assert_eq!(pairs(&args, "--publish"), vec!["127.0.0.1:8888:80/tcp"]);
+        assert_eq!(pairs(&args, "--memory"), vec!["2048m"]);
+        assert_eq!(pairs(&args, "--cpus"), vec!["1.5"]);
+        assert_eq!(pairs(&args, "--shm-size"), vec!["4096m"]);
+        assert_eq!(pairs(&args, "--security-opt"), vec!["no-new-privileges"]);
+        assert_eq!(pairs(&args, "--pids-limit"), vec!["4096"]);
+        assert_eq!(pairs(&args, "--log-driver"), vec!["json-file"]);
+        assert_eq!(
+            pairs(&args, "--log-opt"),
+            vec!["max-size=50m", "max-file=3"]
+        );
+        assert!(args.contains(&"--init".to_string()));
+        for forbidden in [
+            "--privileged",
+            "--network",
+            "--pid",
+            "--ipc",
+            "--cap-add",
+            "--volume",
+            "-v",
+        ] {
+            let dash = args.iter().position(|a| a == "--").unwrap();
+            assert!(
+                !args[..dash].contains(&forbidden.to_string()),
+                "{forbidden}"
+            );
+        }
+
+        let mut s = settings(GpuMode::Gpus);
+        s.init = false;
+        s.no_new_privileges = false;
+        s.pids_limit = 0;
+        s.publish_address = "::1".parse().unwrap();
+        let args = run_args(&spec(), &[0], &uuids()[..1], &s, None);
+        assert!(!args.contains(&"--init".to_string()));
+        assert!(pairs(&args, "--security-opt").is_empty());
+        assert!(pairs(&args, "--pids-limit").is_empty());
+        assert_eq!(pairs(&args, "--publish"), vec!["[::1]:8888:80/tcp"]);
+    }
+}

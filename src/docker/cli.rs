@@ -1,0 +1,349 @@
+//! The docker CLI as the agent runs it: [`DockerCli::run`] runs one docker command as a
+//! supervised child (see [`crate::child`]: deadline, shutdown, process group killed and reaped)
+//! and turns a failure into a [`DockerError`] that carries docker's own message, classified
+//! (engine unreachable, no such container) in one place.
+
+use crate::child::{self, Keep, RunError, RunLimits};
+use crate::shutdown::Shutdown;
+use std::fmt;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+/// Why a docker command failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DockerError {
+    /// The docker binary could not be started.
+    Spawn { binary: PathBuf, message: String },
+    /// The CLI could not reach the engine.
+    Unreachable { message: String },
+    /// The command ran past its deadline and was killed.
+    Timeout { command: String, after: Duration },
+    /// The agent is shutting down; the command was killed.
+    Cancelled { command: String },
+    /// The command exited non-zero; `stderr` is docker's message.
+    Failed {
+        command: String,
+        code: Option<i32>,
+        stderr: String,
+    },
+    /// The command succeeded but printed something the agent cannot read.
+    BadOutput { command: String, message: String },
+}
+
+impl DockerError {
+    /// True when docker itself is not usable (binary missing, engine unreachable).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            DockerError::Spawn { .. } | DockerError::Unreachable { .. }
+        )
+    }
+
+    pub fn is_no_such_container(&self) -> bool {
+        matches!(self, DockerError::Failed { stderr, .. }
+            if stderr.contains("No such container") || stderr.contains("no such container"))
+    }
+}
+
+impl fmt::Display for DockerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DockerError::Spawn { binary, message } => write!(
+                f,
+                "cannot run {} (docker.binary): {message}",
+                binary.display()
+            ),
+            DockerError::Unreachable { message } => {
+                write!(f, "docker engine unreachable: {message}")
+            }
+            DockerError::Timeout { command, after } => write!(
+                f,
+                "`{command}` did not finish within {}s and was killed",
+                after.as_secs()
+            ),
+            DockerError::Cancelled { command } => {
+                write!(f, "`{command}` was stopped: the agent is shutting down")
+            }
+            DockerError::Failed {
+                command,
+                code,
+                stderr,
+            } => match code {
+                Some(code) => write!(f, "`{command}` failed (exit {code}): {stderr}"),
+                None => write!(f, "`{command}` was killed by a signal: {stderr}"),
+            },
+            DockerError::BadOutput { command, message } => {
+                write!(f, "cannot read the output of `{command}`: {message}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for DockerError {}
+
+/// What a successful docker command printed.
+#[derive(Debug)]
+pub struct Output {
+    pub stdout: Vec<u8>,
+    /// True when stdout was longer than the cap and cut.
+    pub truncated: bool,
+}
+
+/// The docker CLI as the agent runs it: binary, deadlines, and the shutdown that cancels.
+#[derive(Clone)]
+pub struct DockerCli {
+    pub binary: PathBuf,
+    /// Deadline of every short command.
+    pub command_timeout: Duration,
+    /// Deadline of an image pull.
+    pub pull_timeout: Duration,
+    /// `docker stop -t` grace period.
+    pub stop_timeout: Duration,
+    shutdown: Shutdown,
+}
+
+impl DockerCli {
+    pub fn new(
+        binary: PathBuf,
+        command_timeout: Duration,
+        pull_timeout: Duration,
+        stop_timeout: Duration,
+        shutdown: Shutdown,
+    ) -> Self {
+        DockerCli {
+            binary,
+            command_timeout,
+            pull_timeout,
+            stop_timeout,
+            shutdown,
+        }
+    }
+
+    /// Runs `docker <args>` and returns its stdout (at most `stdout_cap` bytes kept).
+    pub fn run(
+        &self,
+        args: &[String],
+        deadline: Duration,
+        stdout_cap: usize,
+    ) -> Result<Output, DockerError> {
+        self.execute(args, deadline, stdout_cap, false)
+    }
+
+    /// Like [`DockerCli::run`], with stderr written into the same pipe as stdout, in order
+    /// (`docker logs` prints the container's stderr on its own stderr), and the *last*
+    /// `stdout_cap` bytes kept (logs print oldest first: the newest lines matter most).
+    pub fn run_merged(
+        &self,
+        args: &[String],
+        deadline: Duration,
+        stdout_cap: usize,
+    ) -> Result<Output, DockerError> {
+        self.execute(args, deadline, stdout_cap, true)
+    }
+
+    fn execute(
+        &self,
+        args: &[String],
+        deadline: Duration,
+        stdout_cap: usize,
+        merged: bool,
+    ) -> Result<Output, DockerError> {
+        let command = describe(args);
+        let mut cmd = Command::new(&self.binary);
+        cmd.args(args);
+        let limits = RunLimits {
+            deadline,
+            stdout_cap,
+            keep: if merged { Keep::Tail } else { Keep::Head },
+            merge_stderr: merged,
+        };
+        let finished = match child::run(cmd, limits, &self.shutdown) {
+            Ok(finished) => finished,
+            Err(RunError::Spawn(e)) => {
+                return Err(DockerError::Spawn {
+                    binary: self.binary.clone(),
+                    message: e.to_string(),
+                })
+            }
+            Err(RunError::Wait(e)) => {
+                return Err(DockerError::Failed {
+                    command,
+                    code: None,
+                    stderr: format!("cannot wait for the child: {e}"),
+                })
+            }
+            Err(RunError::Timeout) => {
+                return Err(DockerError::Timeout {
+                    command,
+                    after: deadline,
+                })
+            }
+            Err(RunError::Cancelled) => return Err(DockerError::Cancelled { command }),
+        };
+        if finished.status.success() {
+            return Ok(Output {
+                stdout: finished.stdout.bytes,
+                truncated: finished.stdout.truncated,
+            });
+        }
+        let message = if merged {
+            finished.stdout.text()
+        } else {
+            finished.stderr.text()
+        };
+        if is_unreachable_message(&message) {
+            return Err(DockerError::Unreachable { message });
+        }
+        Err(DockerError::Failed {
+            command,
+            code: finished.status.code(),
+            stderr: message,
+        })
+    }
+}
+
+/// `docker run`, `docker container inspect`: the subcommand words, never request values.
+fn describe(args: &[String]) -> String {
+    let words: Vec<&str> = args
+        .iter()
+        .take_while(|a| !a.starts_with('-'))
+        .take(2)
+        .map(String::as_str)
+        .collect();
+    format!("docker {}", words.join(" "))
+}
+
+pub fn is_unreachable_message(message: &str) -> bool {
+    message.contains("Cannot connect to the Docker daemon")
+        || message.contains("Is the docker daemon running")
+        || message.contains("error during connect")
+        || message.contains("permission denied while trying to connect")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    fn shell_cli(timeout_ms: u64) -> (DockerCli, crate::shutdown::ShutdownTrigger) {
+        let (trigger, shutdown) = crate::shutdown::channel();
+        let cli = DockerCli::new(
+            PathBuf::from("/bin/sh"),
+            Duration::from_millis(timeout_ms),
+            Duration::from_millis(timeout_ms),
+            Duration::from_secs(1),
+            shutdown,
+        );
+        (cli, trigger)
+    }
+
+    fn sh(script: &str) -> Vec<String> {
+        vec!["-c".into(), script.into()]
+    }
+
+    #[test]
+    fn output_failure_and_unreachable() {
+        let (cli, _trigger) = shell_cli(5000);
+        let out = cli
+            .run(
+                &sh("printf hello; echo noise >&2"),
+                cli.command_timeout,
+                1024,
+            )
+            .unwrap();
+        assert_eq!(out.stdout, b"hello");
+        let out = cli
+            .run(&sh("printf 0123456789"), cli.command_timeout, 4)
+            .unwrap();
+        assert_eq!((out.stdout.as_slice(), out.truncated), (&b"0123"[..], true));
+        let e = cli
+            .run(
+                &sh("echo 'Error: No such container: x' >&2; exit 1"),
+                cli.command_timeout,
+                1024,
+            )
+            .unwrap_err();
+        assert!(e.is_no_such_container(), "{e}");
+        assert!(
+            matches!(&e, DockerError::Failed { code: Some(1), stderr, .. }
+            if stderr == "Error: No such container: x")
+        );
+        let e = cli
+            .run(
+                &sh("echo 'Cannot connect to the Docker daemon at unix:///x.sock. Is the docker daemon running?' >&2; exit 1"),
+                cli.command_timeout,
+                1024,
+            )
+            .unwrap_err();
+        assert!(e.is_unavailable(), "{e}");
+        let merged = cli
+            .run_merged(
+                &sh("echo out; echo err >&2; echo out2"),
+                cli.command_timeout,
+                1024,
+            )
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&merged.stdout), "out\nerr\nout2\n");
+        let missing = DockerCli::new(
+            PathBuf::from("/nonexistent/docker"),
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+            crate::shutdown::channel().1,
+        );
+        assert!(missing
+            .run(&[], Duration::from_secs(1), 10)
+            .unwrap_err()
+            .is_unavailable());
+    }
+
+    #[test]
+    fn merged_output_keeps_the_newest_bytes() {
+        // `docker logs --tail N` prints oldest first: when it is cut, the end is what matters.
+        let (cli, _trigger) = shell_cli(5000);
+        let out = cli
+            .run_merged(&sh("printf 0123456789"), cli.command_timeout, 4)
+            .unwrap();
+        assert_eq!((out.stdout.as_slice(), out.truncated), (&b"6789"[..], true));
+        let out = cli
+            .run_merged(&sh("seq 1 100000"), cli.command_timeout, 100)
+            .unwrap();
+        assert!(out.truncated);
+        assert_eq!(out.stdout.len(), 100);
+        assert!(out.stdout.ends_with(b"\n99999\n100000\n"));
+        let out = cli
+            .run_merged(&sh("printf abc"), cli.command_timeout, 100)
+            .unwrap();
+        assert_eq!((out.stdout.as_slice(), out.truncated), (&b"abc"[..], false));
+    }
+
+    #[test]
+    fn deadline_and_shutdown_become_docker_errors() {
+        // The supervision itself is tested in `child`; here, that it reads as docker's error.
+        let (cli, trigger) = shell_cli(300);
+        let started = Instant::now();
+        let e = cli
+            .run(&sh("exec sleep 30"), cli.command_timeout, 1024)
+            .unwrap_err();
+        assert!(matches!(e, DockerError::Timeout { .. }), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        trigger.fire();
+        let e = cli
+            .run(&sh("exec sleep 30"), Duration::from_secs(30), 1024)
+            .unwrap_err();
+        assert!(matches!(e, DockerError::Cancelled { .. }), "{e}");
+    }
+
+    #[test]
+    fn describe_names_only_the_subcommand() {
+        assert_eq!(
+            describe(&["run".into(), "--detach".into(), "x".into()]),
+            "docker run"
+        );
+        assert_eq!(
+            describe(&["container".into(), "inspect".into(), "abc".into()]),
+            "docker container inspect"
+        );
+    }
+}

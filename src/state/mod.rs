@@ -1,0 +1,339 @@
+//! Published state: what the components publish and the API and the heartbeat read.
+//!
+//! A leaf module: it holds data and imports no other component. [`new`] makes the read-only
+//! [`Snapshot`] every reader shares and the [`Writers`], one typed writer per component, handed
+//! out at start-up: only the system sampler can publish a host sample, only the container
+//! runner the container list, only the platform thread the node id. Each piece has exactly one
+//! writer and any number of readers; a reader takes an `Arc` of the current value and never
+//! waits for a writer, so the request path never calls NVML, sysinfo or docker for something
+//! published here.
+//!
+//! - [`samples`]: the sample and summary types.
+//! - [`health`]: the typed health of each component, rendered for `/health` in one place.
+//! - [`document`]: the metrics document and the heartbeat body, built from the snapshot.
+//!
+//! A new component (the frp tunnel, GPU health checks) adds its slot to [`Snapshot`], a reader
+//! method, a writer in [`Writers`] and, when it reports health, a [`Component`].
+
+pub mod document;
+pub mod health;
+pub mod samples;
+
+pub use document::{HeartbeatBody, MetricsDocument};
+pub use health::{Component, Health};
+pub use samples::{
+    ContainerSummary, GpuAllocation, GpuProcess, GpuReport, GpuSample, LoadAverage, NvmlState,
+    SystemSample,
+};
+
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// A value replaced whole by its owner and read as a cheap `Arc` by everyone else.
+struct Published<T> {
+    value: RwLock<Arc<T>>,
+}
+
+impl<T> Published<T> {
+    fn new(value: T) -> Self {
+        Published {
+            value: RwLock::new(Arc::new(value)),
+        }
+    }
+
+    fn get(&self) -> Arc<T> {
+        match self.value.read() {
+            Ok(guard) => Arc::clone(&guard),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    fn set(&self, value: T) {
+        let value = Arc::new(value);
+        match self.value.write() {
+            Ok(mut guard) => *guard = value,
+            Err(poisoned) => *poisoned.into_inner() = value,
+        }
+    }
+
+    fn update(&self, change: impl FnOnce(&mut T))
+    where
+        T: Clone,
+    {
+        let mut guard = match self.value.write() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        change(Arc::make_mut(&mut guard));
+    }
+}
+
+/// How a sampler's last run went, as its driver recorded it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SamplerRun {
+    /// How long the last sample took.
+    pub last_duration_ms: u64,
+    /// How many samples were taken.
+    pub samples: u64,
+}
+
+/// Everything the API and the heartbeat read. Read-only: see [`Writers`] for who writes.
+pub struct Snapshot {
+    system: Published<Option<SystemSample>>,
+    gpus: Published<GpuReport>,
+    node_id: Published<Option<String>>,
+    assigned_api_remote_port: Published<Option<u16>>,
+    containers: Published<Vec<ContainerSummary>>,
+    gpu_allocations: Published<BTreeMap<u32, GpuAllocation>>,
+    health: Published<BTreeMap<Component, Health>>,
+    samplers: Published<BTreeMap<Component, SamplerRun>>,
+}
+
+/// A fresh, empty snapshot and the writers of its pieces.
+pub fn new() -> (Arc<Snapshot>, Writers) {
+    let snapshot = Arc::new(Snapshot {
+        system: Published::new(None),
+        gpus: Published::new(GpuReport::starting()),
+        node_id: Published::new(None),
+        assigned_api_remote_port: Published::new(None),
+        containers: Published::new(Vec::new()),
+        gpu_allocations: Published::new(BTreeMap::new()),
+        health: Published::new(BTreeMap::new()),
+        samplers: Published::new(BTreeMap::new()),
+    });
+    let health = |component| HealthWriter {
+        snapshot: Arc::clone(&snapshot),
+        component,
+    };
+    let writers = Writers {
+        system: SampleWriter {
+            health: health(Component::System),
+            store: |s, sample| s.system.set(Some(sample)),
+        },
+        gpu: SampleWriter {
+            health: health(Component::Gpu),
+            store: |s, report| s.gpus.set(report),
+        },
+        docker: DockerWriter {
+            health: health(Component::Docker),
+        },
+        platform: PlatformWriter {
+            health: health(Component::Platform),
+        },
+        api: health(Component::Api),
+    };
+    (snapshot, writers)
+}
+
+impl Snapshot {
+    /// Host CPU, memory and load; `None` until the first sample.
+    pub fn system(&self) -> Arc<Option<SystemSample>> {
+        self.system.get()
+    }
+
+    /// GPUs as NVML last reported them, or why NVML is unavailable.
+    pub fn gpus(&self) -> Arc<GpuReport> {
+        self.gpus.get()
+    }
+
+    /// The id the platform gave this node; `None` until registered.
+    pub fn node_id(&self) -> Option<String> {
+        self.node_id.get().as_ref().clone()
+    }
+
+    /// The frps remote port the platform assigned to the agent API at registration, if any
+    /// (kept in the registration record beside the identity file across restarts).
+    pub fn assigned_api_remote_port(&self) -> Option<u16> {
+        *self.assigned_api_remote_port.get()
+    }
+
+    /// The managed containers, as the container runner last saw them.
+    pub fn containers(&self) -> Arc<Vec<ContainerSummary>> {
+        self.containers.get()
+    }
+
+    /// GPU index → the container holding it (until that container is removed).
+    pub fn gpu_allocations(&self) -> Arc<BTreeMap<u32, GpuAllocation>> {
+        self.gpu_allocations.get()
+    }
+
+    /// Each component's health, rendered (`/health`'s `components`).
+    pub fn health(&self) -> BTreeMap<&'static str, String> {
+        self.health
+            .get()
+            .iter()
+            .map(|(component, health)| (component.name(), health.render(*component)))
+            .collect()
+    }
+
+    /// How each sampler's last run went.
+    pub fn samplers(&self) -> BTreeMap<&'static str, SamplerRun> {
+        self.samplers
+            .get()
+            .iter()
+            .map(|(component, run)| (component.name(), *run))
+            .collect()
+    }
+}
+
+/// One writer per component, handed out once at start-up.
+pub struct Writers {
+    pub system: SampleWriter<SystemSample>,
+    pub gpu: SampleWriter<GpuReport>,
+    pub docker: DockerWriter,
+    pub platform: PlatformWriter,
+    pub api: HealthWriter,
+}
+
+/// Sets one component's health.
+pub struct HealthWriter {
+    snapshot: Arc<Snapshot>,
+    component: Component,
+}
+
+impl HealthWriter {
+    pub fn set(&self, health: Health) {
+        let component = self.component;
+        self.snapshot.health.update(|map| {
+            map.insert(component, health);
+        });
+    }
+
+    pub fn component(&self) -> Component {
+        self.component
+    }
+}
+
+/// A sampler's writer: its sample, its health and how long sampling took.
+pub struct SampleWriter<T> {
+    health: HealthWriter,
+    store: fn(&Snapshot, T),
+}
+
+impl<T> SampleWriter<T> {
+    /// Publishes a sample taken in `took`, and the sampled thing's health.
+    pub fn publish(&self, sample: T, health: Health, took: Duration) {
+        (self.store)(&self.health.snapshot, sample);
+        let component = self.health.component;
+        self.health.snapshot.samplers.update(|map| {
+            let run = map.entry(component).or_insert(SamplerRun {
+                last_duration_ms: 0,
+                samples: 0,
+            });
+            run.last_duration_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
+            run.samples += 1;
+        });
+        self.health.set(health);
+    }
+
+    /// The health alone (before the first sample).
+    pub fn set_health(&self, health: Health) {
+        self.health.set(health);
+    }
+
+    pub fn component(&self) -> Component {
+        self.health.component
+    }
+}
+
+/// The container runner's writer: the container list, the GPU allocations, docker's health.
+pub struct DockerWriter {
+    health: HealthWriter,
+}
+
+impl DockerWriter {
+    pub fn publish(
+        &self,
+        containers: Vec<ContainerSummary>,
+        allocations: BTreeMap<u32, GpuAllocation>,
+    ) {
+        self.health.snapshot.containers.set(containers);
+        self.health.snapshot.gpu_allocations.set(allocations);
+    }
+
+    pub fn set_health(&self, health: Health) {
+        self.health.set(health);
+    }
+}
+
+/// The platform thread's writer: the node's registration and the platform's health.
+pub struct PlatformWriter {
+    health: HealthWriter,
+}
+
+impl PlatformWriter {
+    /// The node is registered as `node_id` (and the platform assigned the API's frps port).
+    pub fn registered(&self, node_id: String, api_remote_port: Option<u16>) {
+        let snapshot = &self.health.snapshot;
+        snapshot.node_id.set(Some(node_id));
+        snapshot.assigned_api_remote_port.set(api_remote_port);
+        self.health.set(Health::Ok);
+    }
+
+    /// The platform forgot the node: unregistered until it registers again.
+    pub fn unregistered(&self) {
+        let snapshot = &self.health.snapshot;
+        snapshot.node_id.set(None);
+        snapshot.assigned_api_remote_port.set(None);
+        self.health.set(Health::Starting(None));
+    }
+
+    pub fn set_health(&self, health: Health) {
+        self.health.set(health);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readers_keep_the_value_they_took() {
+        let p = Published::new(1);
+        let before = p.get();
+        p.set(2);
+        assert_eq!(*before, 1);
+        assert_eq!(*p.get(), 2);
+    }
+
+    #[test]
+    fn component_status_is_replaced() {
+        let (s, writers) = new();
+        writers.gpu.set_health(Health::Starting(None));
+        writers.gpu.set_health(Health::Ok);
+        assert_eq!(s.health().get("gpu").map(String::as_str), Some("ok"));
+    }
+
+    #[test]
+    fn writers_publish_what_readers_see() {
+        let (s, writers) = new();
+        assert!(s.health().is_empty());
+        writers.platform.registered("node-1".into(), Some(7001));
+        assert_eq!(s.node_id().as_deref(), Some("node-1"));
+        assert_eq!(s.assigned_api_remote_port(), Some(7001));
+        assert_eq!(s.health()["platform"], "ok");
+        writers.platform.unregistered();
+        assert_eq!(s.node_id(), None);
+        assert_eq!(s.assigned_api_remote_port(), None);
+        assert_eq!(s.health()["platform"], "registering");
+        writers.gpu.publish(
+            GpuReport::unavailable("no driver".into()),
+            Health::Unavailable("no driver".into()),
+            Duration::from_millis(7),
+        );
+        assert_eq!(s.gpus().error().as_deref(), Some("no driver"));
+        assert_eq!(s.health()["gpu"], "unavailable: no driver");
+        assert_eq!(
+            s.samplers()["gpu"],
+            SamplerRun {
+                last_duration_ms: 7,
+                samples: 1
+            }
+        );
+        writers.api.set(Health::Ok);
+        let names: Vec<&str> = s.health().into_keys().collect();
+        assert_eq!(names, ["api", "gpu", "platform"]);
+    }
+}
