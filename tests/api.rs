@@ -459,6 +459,11 @@ fn flood(
             (abuse, connect(abuse), 0)
         })
         .collect();
+    let held = conns.iter().filter(|(_, s, _)| s.is_some()).count();
+    assert!(
+        held >= COUNT * 95 / 100,
+        "only {held} of {COUNT} flood connections opened"
+    );
     let drip = b"GET /api/v1/metrics HTTP/1.1\r\nHost: x\r\nX-Drip: ";
     let started = Instant::now();
     while started.elapsed() < duration && !stop.load(Ordering::SeqCst) {
@@ -496,7 +501,12 @@ fn flood(
 fn health_survives_a_flood(agent: &Agent, label: &str) {
     use std::sync::atomic::{AtomicBool, Ordering};
     // The test process holds the 2,000 connections: it needs the file descriptors too.
-    let _ = utopia_node_agent::http::limits::raise_nofile_limit();
+    let limit = utopia_node_agent::http::limits::raise_nofile_limit().unwrap_or(0);
+    assert!(
+        limit >= 2500,
+        "this test holds 2,000 connections: it needs an open-file hard limit of at least 2500 \
+         (ulimit -Hn), not {limit}"
+    );
     let pid = agent.pid();
     let rss_before = rss_kib(pid);
     let threads_before = thread_count(pid);

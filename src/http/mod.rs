@@ -2,10 +2,10 @@
 //! thread or large buffer per connection, so no number of idle, half-sent or byte-dripping
 //! connections can starve a real request.
 //!
-//! **The I/O thread** ([`server`]) owns the listening socket and every connection. It waits on a
+//! **The I/O thread** (`server.rs`) owns the listening socket and every connection. It waits on a
 //! readiness poller (`polling`, epoll on Linux), accepts, reads request heads without blocking
 //! into a per-connection buffer bounded by [`ServerConfig::max_head_bytes`], parses them
-//! ([`parse`], with `httparse`), and enforces, per connection:
+//! (`parse.rs`, with `httparse`), and enforces, per connection:
 //! - an idle connection (no request begun) is closed quietly after `idle_timeout`;
 //! - a request head must be complete within `head_timeout` of its first byte (a total deadline,
 //!   not one per read: dripping a byte now and then does not extend it) and a body within
@@ -20,7 +20,7 @@
 //! `chunked`, at most [`ServerConfig::max_body_bytes`]), and sends the [`Request`] over a
 //! bounded crossbeam channel to the handler pool of the lane the service chose ([`Lane`]).
 //!
-//! **Handler threads** ([`pool`]) run [`Service::serve`], encode the [`Response`] and send the
+//! **Handler threads** (`pool.rs`) run [`Service::serve`], encode the [`Response`] and send the
 //! bytes back to the I/O thread through a channel, then wake the poller. The I/O thread writes
 //! them without blocking; a connection reads its next (pipelined) request only after its answer
 //! is written, so answers go out in order and a connection holds at most one request.
