@@ -547,6 +547,12 @@ fn health_survives_a_flood(agent: &Agent, label: &str) {
             latencies.len()
         );
         assert!(opened >= 2000);
+        if label.contains("idle_timeout_secs 2") {
+            assert!(
+                closed >= 1900,
+                "{label}: deadlines cut only {closed} connections"
+            );
+        }
         assert!(
             threads_max <= threads_before + 2,
             "{label}: no thread per connection: {threads_before} -> {threads_max}"
@@ -689,4 +695,15 @@ fn a_low_open_file_limit_caps_connections_and_running_out_is_survived_quietly() 
     let text = std::fs::read_to_string(&log_path).unwrap();
     let reports = text.matches("cannot accept an API connection").count();
     assert!((1..=2).contains(&reports), "{reports} reports:\n{text}");
+}
+
+#[test]
+fn a_flood_whose_heads_never_finish_is_cut_at_the_head_deadline() {
+    // Short deadlines: half-sent and dripping heads get 408 after 2 s however slowly they drip,
+    // idle connections are closed, and the flood has to keep reconnecting.
+    let agent = Agent::start(|c| {
+        c.agent_api.max_connections = 4096;
+        c.agent_api.idle_timeout_secs = 2;
+    });
+    health_survives_a_flood(&agent, "max_connections 4096, idle_timeout_secs 2");
 }
