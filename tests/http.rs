@@ -22,6 +22,9 @@ struct Echo {
 
 impl Service for Echo {
     fn admit(&self, head: &RequestHead) -> Result<Lane, Response> {
+        if head.path == "/admit-panic" {
+            panic!("an admission bug");
+        }
         if head.path == "/deny" {
             return Err(Response::new(StatusCode::UNAUTHORIZED, b"denied".to_vec()));
         }
@@ -476,13 +479,72 @@ fn head_answers_carry_the_length_and_no_body() {
 }
 
 #[test]
-fn a_panicking_handler_costs_one_request() {
+fn a_panicking_handler_or_admission_costs_one_request() {
     let server = TestServer::start(|_| {});
     let mut client = server.connect();
     client.send(get("/panic").as_bytes());
     assert_eq!(client.answer().status, 500);
     client.send(get("/fine").as_bytes());
     assert_eq!(client.answer().status, 200);
+    // A panic in admission runs on the I/O thread: it must not take the server with it.
+    let mut client = server.connect();
+    client.send(get("/admit-panic").as_bytes());
+    assert_eq!(client.answer().status, 500);
+    let mut client = server.connect();
+    client.send(get("/fine").as_bytes());
+    assert_eq!(client.answer().status, 200);
+}
+
+#[test]
+fn random_bytes_in_random_pieces_never_break_the_server() {
+    let server = TestServer::start(|c| {
+        c.idle_timeout = Duration::from_millis(300);
+        c.head_timeout = Duration::from_millis(300);
+    });
+    let mut rng = fastrand::Rng::with_seed(9);
+    let mut left_open = Vec::new();
+    let pieces: [&[u8]; 12] = [
+        b"GET / HTTP/1.1\r\n",
+        b"POST /x HTTP/1.1\r\n",
+        b"Host: t\r\n",
+        b"Content-Length: 5\r\n",
+        b"Transfer-Encoding: chunked\r\n",
+        b"Expect: 100-continue\r\n",
+        b"\r\n",
+        b"5\r\nhello\r\n",
+        b"0\r\n\r\n",
+        b"\n",
+        b"\x00\xff",
+        b"Connection: close\r\n",
+    ];
+    for _ in 0..150 {
+        let mut stream = TcpStream::connect(server.addr).unwrap();
+        let mut bytes = Vec::new();
+        for _ in 0..rng.usize(1..12) {
+            if rng.bool() {
+                bytes.extend_from_slice(pieces[rng.usize(..pieces.len())]);
+            } else {
+                bytes.extend((0..rng.usize(1..20)).map(|_| rng.u8(..)));
+            }
+        }
+        let mut at = 0;
+        while at < bytes.len() {
+            let end = (at + rng.usize(1..=bytes.len() - at)).min(bytes.len());
+            if stream.write_all(&bytes[at..end]).is_err() {
+                break;
+            }
+            at = end;
+        }
+        // Half of them hang up at once, half leave the connection to the deadlines.
+        if rng.bool() {
+            drop(stream);
+        } else {
+            left_open.push(stream);
+        }
+    }
+    let mut client = server.connect();
+    client.send(get("/alive").as_bytes());
+    assert_eq!(client.answer().text(), "GET /alive 0:");
 }
 
 #[test]

@@ -688,7 +688,7 @@ impl EventLoop {
                                 reserved,
                                 ..
                             } = *body;
-                            self.body_reserved -= reserved;
+                            self.body_reserved = self.body_reserved.saturating_sub(reserved);
                             let bytes = match reading {
                                 BodyReading::Exact(n) => conn.buf.drain(..n).collect(),
                                 BodyReading::Chunked(decoder) => decoder.into_body(),
@@ -712,11 +712,29 @@ impl EventLoop {
         } = parsed;
         let has_body = head.body_length != BodyLength::Empty;
         let head_only = head.method == Method::HEAD;
-        let lane = match self.service.admit(&head) {
-            Ok(lane) => lane,
-            Err(response) => {
+        // The service's code runs on the one thread every connection depends on: a bug in it
+        // must cost this request, not the API.
+        let admitted =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.service.admit(&head)));
+        let lane = match admitted {
+            Ok(Ok(lane)) => lane,
+            Ok(Err(response)) => {
                 // The body was not read: the connection cannot carry another request.
                 self.respond(conn, &response, head_only, keep_alive && !has_body);
+                return;
+            }
+            Err(_) => {
+                log::error!(
+                    "the API's admission check panicked on {} {}",
+                    head.method,
+                    head.path
+                );
+                let response = self.service.reject(&HttpError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error; see the agent's log",
+                ));
+                self.respond(conn, &response, head_only, false);
                 return;
             }
         };
@@ -796,7 +814,7 @@ impl EventLoop {
     /// Answers from the I/O thread (refusals); the connection closes unless `keep_alive`.
     fn respond(&mut self, conn: &mut Conn, response: &Response, head_only: bool, keep_alive: bool) {
         if let Phase::Body(body) = &conn.phase {
-            self.body_reserved -= body.reserved;
+            self.body_reserved = self.body_reserved.saturating_sub(body.reserved);
         }
         let keep = keep_alive && !response.close && !self.stop_started;
         conn.out
@@ -941,7 +959,7 @@ impl EventLoop {
             self.deadlines.remove(&(old, slot));
         }
         if let Phase::Body(body) = &conn.phase {
-            self.body_reserved -= body.reserved;
+            self.body_reserved = self.body_reserved.saturating_sub(body.reserved);
         }
         self.live -= 1;
         self.free.push(slot);
