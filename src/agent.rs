@@ -1,9 +1,9 @@
 //! Starting and stopping the components, in order.
 //!
 //! [`Agent::start`] first reads the node identity and sets up the platform client (a damaged
-//! identity file or `ca_file` stops it before anything runs), makes the empty published state (the
-//! read-only [`Snapshot`](crate::state::Snapshot) and one writer per component),
-//! starts the samplers (the system sampler publishes its first sample before returning), then
+//! identity file or `ca_file` stops it before anything runs), makes the empty published state
+//! (the read-only `Snapshot` and one writer per component), starts the samplers (the system
+//! sampler publishes its first sample before returning), then
 //! the container runner (whose first work is to rebuild the GPU ledger from the labelled
 //! containers; container requests get 503 until it is done, so no create is decided on an empty
 //! ledger), the API server, and last the platform thread, which registers and heartbeats in the
@@ -14,44 +14,20 @@
 //! stuck in a blocking call (NVML on a dying GPU, a platform request before its timeout) is left
 //! to the process exit rather than holding the shutdown.
 
-use crate::api::{ApiContext, ApiServer, ApiSettings, ApiStartError};
+use crate::api::{ApiContext, ApiServer, ApiSettings};
+use crate::component::StartError;
 use crate::config::Settings;
-use crate::docker::runner::{self as docker_runner, RunnerStartError};
-use crate::platform::{self, PlatformStartError};
+use crate::docker::runner as docker_runner;
+use crate::platform;
 use crate::shutdown::Shutdown;
 use crate::state::{self, Health};
 use crate::telemetry::{gpu, system};
-use std::fmt;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// How long stopping may take in all, well inside the 2 s a service manager is promised.
 pub const STOP_DEADLINE: Duration = Duration::from_millis(1500);
-
-/// Why the agent could not start.
-#[derive(Debug)]
-pub enum AgentError {
-    System(system::SystemSamplerError),
-    Gpu(gpu::GpuSamplerError),
-    Docker(RunnerStartError),
-    Api(ApiStartError),
-    Platform(PlatformStartError),
-}
-
-impl fmt::Display for AgentError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            AgentError::System(e) => e.fmt(f),
-            AgentError::Gpu(e) => e.fmt(f),
-            AgentError::Docker(e) => e.fmt(f),
-            AgentError::Api(e) => e.fmt(f),
-            AgentError::Platform(e) => e.fmt(f),
-        }
-    }
-}
-
-impl std::error::Error for AgentError {}
 
 /// The running agent.
 pub struct Agent {
@@ -62,19 +38,18 @@ pub struct Agent {
 
 impl Agent {
     /// Starts every component; on error, the ones already started stop when `shutdown` fires.
-    pub fn start(settings: &Settings, shutdown: Shutdown) -> Result<Agent, AgentError> {
+    pub fn start(settings: &Settings, shutdown: Shutdown) -> Result<Agent, StartError> {
         // First, so that a damaged identity file stops the agent before anything runs.
-        let platform = platform::prepare(settings).map_err(AgentError::Platform)?;
+        let platform = platform::prepare(settings)?;
         let (snapshot, writers) = state::new();
         let mut threads = vec![
             (
                 "system-sampler",
-                system::start(writers.system, shutdown.clone()).map_err(AgentError::System)?,
+                system::start(writers.system, shutdown.clone())?,
             ),
             (
                 "gpu-sampler",
-                gpu::start(&settings.gpu, writers.gpu, shutdown.clone())
-                    .map_err(AgentError::Gpu)?,
+                gpu::start(&settings.gpu, writers.gpu, shutdown.clone())?,
             ),
         ];
         // Host ports the agent itself uses can never be published for a container.
@@ -85,8 +60,7 @@ impl Agent {
             Arc::clone(&snapshot),
             writers.docker,
             shutdown.clone(),
-        )
-        .map_err(AgentError::Docker)?;
+        )?;
         threads.extend(runner.threads);
 
         let api_settings = ApiSettings {
@@ -98,13 +72,12 @@ impl Agent {
         let context = Arc::new(
             ApiContext::new(api_settings, Arc::clone(&snapshot)).with_runner(runner.handle),
         );
-        let api = ApiServer::start(context).map_err(AgentError::Api)?;
+        let api = ApiServer::start(context).map_err(StartError::new)?;
         writers.api.set(Health::Ok);
 
         // Last, so that the API already answers while the node registers.
         if let Some(thread) =
-            platform::start(platform, snapshot, writers.platform, shutdown.clone())
-                .map_err(AgentError::Platform)?
+            platform::start(platform, snapshot, writers.platform, shutdown.clone())?
         {
             threads.push(("platform", thread));
         }

@@ -68,6 +68,7 @@ impl Supervised {
     }
 
     /// The child's pid (also its process group id).
+    #[allow(dead_code, reason = "for long-running children (the frpc supervisor)")]
     pub fn id(&self) -> u32 {
         self.child.id()
     }
@@ -83,6 +84,7 @@ impl Supervised {
     }
 
     /// True once the child has exited (reaped or not).
+    #[allow(dead_code, reason = "for long-running children (the frpc supervisor)")]
     pub fn has_exited(&self) -> std::io::Result<bool> {
         if self.status.is_some() {
             return Ok(true);
@@ -138,6 +140,7 @@ impl Supervised {
     }
 
     /// Asks the group to stop (SIGTERM), waits up to `grace`, then kills it (SIGKILL); reaps.
+    #[allow(dead_code, reason = "for long-running children (the frpc supervisor)")]
     pub fn terminate(&mut self, grace: Duration) -> std::io::Result<ExitStatus> {
         self.signal_group(libc::SIGTERM);
         match self.wait_for(grace, None)? {

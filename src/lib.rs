@@ -2,23 +2,24 @@
 //!
 //! A synchronous, thread-per-component daemon (see README "Architecture"): `main` loads the
 //! [`config`], [`agent::Agent::start`] starts each component on its own thread, and the
-//! [`shutdown`] channel stops them. The modules are public so the integration tests and the
-//! binary share them.
+//! [`shutdown`] channel stops them. Only what the binary and the integration tests use is
+//! public; everything else is `pub(crate)`, so the dead-code lint sees what nothing calls.
 
 pub mod agent;
-pub mod api;
-pub mod backoff;
-pub mod child;
+pub(crate) mod api;
+pub(crate) mod backoff;
+pub(crate) mod child;
 pub mod cli;
+pub(crate) mod component;
 pub mod config;
-pub mod docker;
+pub(crate) mod docker;
 pub mod http;
-pub mod names;
-pub mod platform;
+pub(crate) mod names;
+pub(crate) mod platform;
 pub mod shutdown;
-pub mod state;
-pub mod telemetry;
-pub mod timefmt;
+pub(crate) mod state;
+pub(crate) mod telemetry;
+pub(crate) mod timefmt;
 
 /// The agent's version, as reported by `--version`, `/health` and to the platform.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

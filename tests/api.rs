@@ -707,3 +707,17 @@ fn a_flood_whose_heads_never_finish_is_cut_at_the_head_deadline() {
     });
     health_survives_a_flood(&agent, "max_connections 4096, idle_timeout_secs 2");
 }
+
+#[test]
+fn health_shows_each_samplers_last_run() {
+    let agent = Agent::start(|_| {});
+    let health = agent.request("GET", "/health", &[], b"").json();
+    for sampler in ["system", "gpu"] {
+        let run = &health["samplers"][sampler];
+        assert!(
+            run["samples"].as_u64().unwrap_or(0) >= 1,
+            "{sampler}: {run}"
+        );
+        assert!(run["last_duration_ms"].is_u64(), "{sampler}: {run}");
+    }
+}

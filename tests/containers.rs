@@ -1251,3 +1251,39 @@ fn heartbeats_carry_the_managed_containers() {
     assert_eq!(beat["gpus"][1]["busy"], true);
     assert_eq!(beat["gpus"][1]["claim_id"], claim.as_str());
 }
+
+#[test]
+fn an_id_naming_two_containers_is_409_ambiguous_id_naming_both() {
+    if !ready("ambiguous") {
+        return;
+    }
+    let scope = Scope::new();
+    let agent = scope.agent(|_| {});
+    // Claim X's container is named `utopia-X`, which is also the claim id of the other one.
+    let claim = scope.claim("x");
+    let other_claim = format!("utopia-{claim}");
+    let first = agent.create(&body(&claim, &[], "sleep 600"));
+    let second = agent.create(&body(&other_claim, &[], "sleep 600"));
+    for method in ["GET", "DELETE"] {
+        let r = agent.api(method, &format!("/api/v1/containers/{other_claim}"), b"");
+        assert_eq!(
+            (r.status, r.error_code()),
+            (409, "ambiguous_id".to_string()),
+            "{method}: {}",
+            r.text()
+        );
+        for created in [&first, &second] {
+            let id = created["id"].as_str().unwrap();
+            let name = created["name"].as_str().unwrap();
+            assert!(
+                r.text().contains(&id[..12]) && r.text().contains(name),
+                "{method}: {} does not name {name}",
+                r.text()
+            );
+        }
+    }
+    // Nothing was deleted on a guess; the full id still works.
+    assert_eq!(agent.containers().len(), 2);
+    let id = first["id"].as_str().unwrap();
+    assert_eq!(agent.get(&format!("/api/v1/containers/{id}")).status, 200);
+}

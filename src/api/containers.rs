@@ -1,10 +1,10 @@
 //! `/api/v1/containers`: parses and validates each request into a typed [`Request`] for the
-//! [`DockerRunner`](crate::docker::runner), sends it with its own reply channel through the
+//! [`DockerRunner`](crate::docker::protocol::DockerRunner), sends it with its own reply channel through the
 //! [`RunnerHandle`], waits (with a timeout) and maps the outcome to a status code.
 
 use crate::api::error::ApiError;
 use crate::api::{ApiContext, Reply};
-use crate::docker::runner::{Action, ContainerError, Request, RunnerHandle};
+use crate::docker::protocol::{Action, ContainerError, Request, RunnerHandle};
 use crate::docker::spec;
 use crate::http::StatusCode;
 use std::time::Duration;

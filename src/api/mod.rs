@@ -22,7 +22,7 @@ pub mod routes;
 
 use crate::api::error::ApiError;
 use crate::api::routes::Endpoint;
-use crate::docker::runner::RunnerHandle;
+use crate::docker::protocol::RunnerHandle;
 use crate::http::{BodyLength, HttpError, Lane, Request, RequestHead, Response, StatusCode};
 use crate::state::Snapshot;
 use serde::Serialize;
@@ -116,11 +116,6 @@ impl ApiServer {
             settings.idle_timeout.as_secs()
         );
         Ok(ApiServer { server })
-    }
-
-    /// The address the API listens on.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.server.local_addr()
     }
 
     /// Stops accepting, lets in-flight requests finish for up to `timeout` and joins the

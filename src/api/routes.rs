@@ -2,7 +2,7 @@
 //! wherever GET is.
 
 use crate::api::error::ApiError;
-use crate::docker::runner::Action;
+use crate::docker::protocol::Action;
 use crate::http::Method;
 
 /// Every endpoint of the API. Container ids are the raw `{id}` path segment (checked to be a

@@ -1,7 +1,7 @@
 //! The agent's configuration, typed at the boundary.
 //!
-//! - [`file`]: the YAML model and its defaults (what the operator writes).
-//! - [`env`]: the one table of `PHOENIX_*` environment overrides, which drives overriding,
+//! - [`file`](mod@file): the YAML model and its defaults (what the operator writes).
+//! - [`env`](mod@env): the one table of `PHOENIX_*` environment overrides, which drives overriding,
 //!   scrubbing the variables from the environment, redaction and `--help`.
 //! - [`validate`]: each section checked and turned into its typed settings.
 //! - [`settings`]: the typed [`Settings`] the components take (socket addresses, durations, a

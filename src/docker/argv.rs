@@ -8,7 +8,7 @@
 //! than the argv, where any local user could read it in `/proc`.
 
 use crate::config::{GpuMode, RunSettings};
-use crate::docker::labels::{LABEL_CLAIM_ID, LABEL_GPU_IDS, LABEL_GPU_UUIDS, LABEL_PORTS};
+use crate::docker::labels::{self, ContainerLabels};
 use crate::docker::spec::{join_ids, CreateSpec};
 use std::net::IpAddr;
 use std::path::Path;
@@ -37,14 +37,15 @@ pub fn run_args(
     };
     flag("--name", spec.container_name());
     flag("--label", settings.managed_label.to_string());
-    flag("--label", format!("{LABEL_CLAIM_ID}={}", spec.claim_id));
-    flag("--label", format!("{LABEL_GPU_IDS}={}", join_ids(gpus)));
-    flag(
-        "--label",
-        format!("{LABEL_GPU_UUIDS}={}", gpu_uuids.join(",")),
-    );
-    let ports: Vec<String> = spec.ports.iter().map(|p| p.label()).collect();
-    flag("--label", format!("{LABEL_PORTS}={}", ports.join(",")));
+    let labels = ContainerLabels {
+        claim_id: spec.claim_id.clone(),
+        gpu_ids: gpus.to_vec(),
+        gpu_uuids: gpu_uuids.to_vec(),
+        ports: spec.ports.clone(),
+    };
+    for label in labels::encode(&labels) {
+        flag("--label", label);
+    }
 
     if gpus.is_empty() {
         // Where nvidia is the default runtime, a container without this sees every GPU.

@@ -40,9 +40,47 @@ impl DockerError {
         )
     }
 
+    /// Docker's message of a failed command (empty for other errors).
+    pub fn stderr(&self) -> &str {
+        match self {
+            DockerError::Failed { stderr, .. } => stderr,
+            _ => "",
+        }
+    }
+
     pub fn is_no_such_container(&self) -> bool {
-        matches!(self, DockerError::Failed { stderr, .. }
-            if stderr.contains("No such container") || stderr.contains("no such container"))
+        let stderr = self.stderr();
+        stderr.contains("No such container") || stderr.contains("no such container")
+    }
+
+    /// `docker image inspect`: the image is not there (yet).
+    pub fn is_no_such_image(&self) -> bool {
+        self.stderr().to_ascii_lowercase().contains("no such image")
+    }
+
+    /// `docker pull`: the image does not exist or may not be pulled (as opposed to a registry
+    /// that could not be reached).
+    pub fn is_image_refused(&self) -> bool {
+        let lower = self.stderr().to_ascii_lowercase();
+        [
+            "not found",
+            "does not exist",
+            "pull access denied",
+            "manifest unknown",
+        ]
+        .iter()
+        .any(|m| lower.contains(m))
+    }
+
+    /// `docker run`: a container with that name exists.
+    pub fn is_name_taken(&self) -> bool {
+        self.stderr().contains("is already in use")
+    }
+
+    /// `docker run`: a host port is taken by something outside docker's view.
+    pub fn is_port_taken(&self) -> bool {
+        let stderr = self.stderr();
+        stderr.contains("port is already allocated") || stderr.contains("address already in use")
     }
 }
 

@@ -4,7 +4,7 @@
 //! view survives an agent restart; what docker decides (state, exit code, times) from `State`.
 
 use crate::config::ManagedLabel;
-use crate::docker::labels::{LABEL_CLAIM_ID, LABEL_GPU_IDS, LABEL_GPU_UUIDS, LABEL_PORTS};
+use crate::docker::labels;
 use crate::docker::spec::PortMapping;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -94,39 +94,7 @@ pub fn parse_inspect(
 }
 
 fn view(item: Inspect, labels: &BTreeMap<String, String>) -> Option<ContainerView> {
-    let claim_id = labels.get(LABEL_CLAIM_ID)?.clone();
-    let list = |key: &str| -> Vec<String> {
-        labels
-            .get(key)
-            .map(|v| {
-                v.split(',')
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_string)
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let mut warnings = Vec::new();
-    let gpu_ids = list(LABEL_GPU_IDS)
-        .iter()
-        .filter_map(|s| {
-            let parsed = s.parse().ok();
-            if parsed.is_none() {
-                warnings.push(format!("unreadable GPU id {s:?} in label {LABEL_GPU_IDS}"));
-            }
-            parsed
-        })
-        .collect();
-    let port_mappings = list(LABEL_PORTS)
-        .iter()
-        .filter_map(|s| {
-            let parsed = PortMapping::parse_label(s);
-            if parsed.is_none() {
-                warnings.push(format!("unreadable port {s:?} in label {LABEL_PORTS}"));
-            }
-            parsed
-        })
-        .collect();
+    let (decoded, warnings) = labels::decode(labels)?;
     let state = item.state.status.clone();
     let exited = matches!(state.as_str(), "exited" | "dead" | "restarting");
     let started_at = timestamp(&item.state.started_at);
@@ -152,15 +120,15 @@ fn view(item: Inspect, labels: &BTreeMap<String, String>) -> Option<ContainerVie
     Some(ContainerView {
         name: item.name.trim_start_matches('/').to_string(),
         id: item.id,
-        claim_id,
+        claim_id: decoded.claim_id,
         image: item.config.image,
         state,
         status,
         exit_code: exited.then_some(item.state.exit_code),
         oom_killed: item.state.oom_killed,
-        gpu_ids,
-        gpu_uuids: list(LABEL_GPU_UUIDS),
-        port_mappings,
+        gpu_ids: decoded.gpu_ids,
+        gpu_uuids: decoded.gpu_uuids,
+        port_mappings: decoded.ports,
         created_at: timestamp(&item.created),
         started_at,
         finished_at,

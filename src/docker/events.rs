@@ -14,6 +14,7 @@
 
 use crate::backoff::Backoff;
 use crate::child::{self, Keep, Supervised};
+use crate::component::{self, StartError};
 use crate::config::ManagedLabel;
 use crate::shutdown::Shutdown;
 use crossbeam_channel::{select, Sender};
@@ -104,10 +105,10 @@ pub fn start(
     since_nano: i64,
     events: Sender<ContainerEvent>,
     shutdown: Shutdown,
-) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("docker-events".into())
-        .spawn(move || watch(&binary, &managed_label, since_nano, &events, &shutdown))
+) -> Result<JoinHandle<()>, StartError> {
+    component::spawn("docker-events", move || {
+        watch(&binary, &managed_label, since_nano, &events, &shutdown)
+    })
 }
 
 fn watch(
@@ -230,29 +231,35 @@ mod tests {
         assert_eq!(since_arg(1_795_944_011_000_000_001), "1795944011.000000001");
     }
 
+    /// Starts the watcher on a fake `docker` in `dir` that runs `script`.
+    fn watch_fake(
+        dir: &std::path::Path,
+        script: &str,
+    ) -> (
+        crate::shutdown::ShutdownTrigger,
+        crossbeam_channel::Receiver<ContainerEvent>,
+        JoinHandle<()>,
+    ) {
+        use std::os::unix::fs::PermissionsExt;
+        let fake = dir.join("docker");
+        std::fs::write(&fake, format!("#!/bin/sh\n{script}\n")).unwrap();
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (trigger, shutdown) = crate::shutdown::channel();
+        let (tx, rx) = crossbeam_channel::bounded(16);
+        let label = ManagedLabel::parse("a=b").unwrap();
+        let thread = start(fake, label, now_nano(), tx, shutdown).unwrap();
+        (trigger, rx, thread)
+    }
+
     #[test]
     fn restarts_the_child_and_stops_on_shutdown() {
         // A fake `docker` that prints one event and exits: the watcher forwards it, then
         // restarts the child (a second copy of the event arrives) until shutdown.
         let dir = tempfile::tempdir().unwrap();
-        let fake = dir.path().join("docker");
-        std::fs::write(
-            &fake,
-            "#!/bin/sh\necho '{\"Type\":\"container\",\"Action\":\"die\",\"Actor\":{\"ID\":\"c1\"},\"timeNano\":5}'\n",
-        )
-        .unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let (trigger, shutdown) = crate::shutdown::channel();
-        let (tx, rx) = crossbeam_channel::bounded(16);
-        let thread = start(
-            fake,
-            ManagedLabel::parse("a=b").unwrap(),
-            now_nano(),
-            tx,
-            shutdown,
-        )
-        .unwrap();
+        let (trigger, rx, thread) = watch_fake(
+            dir.path(),
+            "echo '{\"Type\":\"container\",\"Action\":\"die\",\"Actor\":{\"ID\":\"c1\"},\"timeNano\":5}'",
+        );
         for _ in 0..2 {
             let event = rx.recv_timeout(Duration::from_secs(5)).unwrap();
             assert_eq!(event.id, "c1");
@@ -268,28 +275,11 @@ mod tests {
         // A `docker` wrapper whose child (`sleep`, standing for the real CLI) holds the pipes:
         // killing the shell alone would leave the reader blocked and the thread unjoinable.
         let dir = tempfile::tempdir().unwrap();
-        let fake = dir.path().join("docker");
         let pid_file = dir.path().join("pid");
-        std::fs::write(
-            &fake,
-            format!(
-                "#!/bin/sh\nsleep 20 & echo $! > {}\nwait\n",
-                pid_file.display()
-            ),
-        )
-        .unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let (trigger, shutdown) = crate::shutdown::channel();
-        let (tx, _rx) = crossbeam_channel::bounded(16);
-        let thread = start(
-            fake,
-            ManagedLabel::parse("a=b").unwrap(),
-            now_nano(),
-            tx,
-            shutdown,
-        )
-        .unwrap();
+        let (trigger, _rx, thread) = watch_fake(
+            dir.path(),
+            &format!("sleep 20 & echo $! > {}\nwait", pid_file.display()),
+        );
         let deadline = Instant::now() + Duration::from_secs(5);
         while !pid_file.exists() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));

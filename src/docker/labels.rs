@@ -1,7 +1,139 @@
 //! The labels the agent sets on every container it creates (besides the managed marker), from
-//! which the container table is rebuilt after a restart.
+//! which the container table is rebuilt after a restart: written by [`encode`] into `docker
+//! run`'s argv, read back by [`decode`] from `docker container inspect`. One place, so that
+//! what is written is always what is read.
+
+use crate::docker::spec::{join_ids, PortMapping, Protocol};
+use std::collections::BTreeMap;
 
 pub const LABEL_CLAIM_ID: &str = "io.utopia.claim_id";
 pub const LABEL_GPU_IDS: &str = "io.utopia.gpu_ids";
 pub const LABEL_GPU_UUIDS: &str = "io.utopia.gpu_uuids";
 pub const LABEL_PORTS: &str = "io.utopia.ports";
+
+/// What the agent asked for when it created a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerLabels {
+    pub claim_id: String,
+    pub gpu_ids: Vec<u32>,
+    pub gpu_uuids: Vec<String>,
+    pub ports: Vec<PortMapping>,
+}
+
+/// The `key=value` labels (`--label` values) that record `labels`.
+pub fn encode(labels: &ContainerLabels) -> Vec<String> {
+    let ports: Vec<String> = labels.ports.iter().map(encode_port).collect();
+    vec![
+        format!("{LABEL_CLAIM_ID}={}", labels.claim_id),
+        format!("{LABEL_GPU_IDS}={}", join_ids(&labels.gpu_ids)),
+        format!("{LABEL_GPU_UUIDS}={}", labels.gpu_uuids.join(",")),
+        format!("{LABEL_PORTS}={}", ports.join(",")),
+    ]
+}
+
+/// Reads the labels back; `None` without a claim id. Entries that cannot be read are left out,
+/// each with a warning for the container's view.
+pub fn decode(labels: &BTreeMap<String, String>) -> Option<(ContainerLabels, Vec<String>)> {
+    let claim_id = labels.get(LABEL_CLAIM_ID)?.clone();
+    let list = |key: &str| -> Vec<String> {
+        labels
+            .get(key)
+            .map(|v| {
+                v.split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut warnings = Vec::new();
+    let gpu_ids = list(LABEL_GPU_IDS)
+        .iter()
+        .filter_map(|s| {
+            let parsed = s.parse().ok();
+            if parsed.is_none() {
+                warnings.push(format!("unreadable GPU id {s:?} in label {LABEL_GPU_IDS}"));
+            }
+            parsed
+        })
+        .collect();
+    let ports = list(LABEL_PORTS)
+        .iter()
+        .filter_map(|s| {
+            let parsed = decode_port(s);
+            if parsed.is_none() {
+                warnings.push(format!("unreadable port {s:?} in label {LABEL_PORTS}"));
+            }
+            parsed
+        })
+        .collect();
+    let decoded = ContainerLabels {
+        claim_id,
+        gpu_ids,
+        gpu_uuids: list(LABEL_GPU_UUIDS),
+        ports,
+    };
+    Some((decoded, warnings))
+}
+
+/// `8080:80/tcp`.
+pub fn encode_port(port: &PortMapping) -> String {
+    format!(
+        "{}:{}/{}",
+        port.host_port,
+        port.container_port,
+        port.protocol.as_str()
+    )
+}
+
+/// Parses [`encode_port`]'s form back.
+pub fn decode_port(text: &str) -> Option<PortMapping> {
+    let (ports, protocol) = text.split_once('/')?;
+    let (host, container) = ports.split_once(':')?;
+    Some(PortMapping {
+        host_port: host.parse().ok().filter(|p| *p > 0)?,
+        container_port: container.parse().ok().filter(|p| *p > 0)?,
+        protocol: Protocol::parse(protocol)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_labels_round_trip() {
+        let m = PortMapping {
+            host_port: 8080,
+            container_port: 80,
+            protocol: Protocol::Udp,
+        };
+        assert_eq!(encode_port(&m), "8080:80/udp");
+        assert_eq!(decode_port(&encode_port(&m)), Some(m));
+        assert_eq!(decode_port("0:80/tcp"), None);
+        assert_eq!(decode_port("1:80/sctp"), None);
+    }
+
+    #[test]
+    fn what_is_encoded_is_decoded() {
+        let labels = ContainerLabels {
+            claim_id: "claim-1".into(),
+            gpu_ids: vec![0, 3],
+            gpu_uuids: vec!["GPU-a".into(), "GPU-b".into()],
+            ports: vec![PortMapping {
+                host_port: 8888,
+                container_port: 80,
+                protocol: Protocol::Tcp,
+            }],
+        };
+        let map: BTreeMap<String, String> = encode(&labels)
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv.split_once('=').unwrap();
+                (k.to_string(), v.to_string())
+            })
+            .collect();
+        assert_eq!(decode(&map), Some((labels, vec![])));
+        assert_eq!(decode(&BTreeMap::new()), None, "no claim id: not ours");
+    }
+}

@@ -137,11 +137,18 @@ impl GpuLedger {
         self.holdings.iter().find(|h| h.gpus.contains(&gpu))
     }
 
-    fn port_holder(&self, port: u16, protocol: Protocol) -> Option<&Holding> {
-        self.holdings.iter().find(|h| {
+    /// The conflict with whoever holds `port` on the host, if anyone does.
+    fn port_conflict(&self, port: &PortMapping) -> Option<Conflict> {
+        let holder = self.holdings.iter().find(|h| {
             h.ports
                 .iter()
-                .any(|p| p.host_port == port && p.protocol == protocol)
+                .any(|p| p.host_port == port.host_port && p.protocol == port.protocol)
+        })?;
+        Some(Conflict::PortHeld {
+            port: port.host_port,
+            protocol: port.protocol,
+            claim_id: holder.claim_id.clone(),
+            container_id: holder.container_id.clone(),
         })
     }
 
@@ -196,13 +203,8 @@ impl GpuLedger {
                     port: port.host_port,
                 });
             }
-            if let Some(h) = self.port_holder(port.host_port, port.protocol) {
-                return Err(Conflict::PortHeld {
-                    port: port.host_port,
-                    protocol: port.protocol,
-                    claim_id: h.claim_id.clone(),
-                    container_id: h.container_id.clone(),
-                });
+            if let Some(conflict) = self.port_conflict(port) {
+                return Err(conflict);
             }
         }
         self.holdings.push(Holding {
@@ -285,14 +287,7 @@ impl GpuLedger {
             }
         }
         for port in ports {
-            if let Some(h) = self.port_holder(port.host_port, port.protocol) {
-                conflicts.push(Conflict::PortHeld {
-                    port: port.host_port,
-                    protocol: port.protocol,
-                    claim_id: h.claim_id.clone(),
-                    container_id: h.container_id.clone(),
-                });
-            }
+            conflicts.extend(self.port_conflict(port));
         }
         self.holdings.push(Holding {
             claim_id: claim_id.to_string(),

@@ -1,21 +1,34 @@
 //! Containers through the docker CLI.
 //!
+//! The runner's contract and its parts:
+//! - [`protocol`]: what the API uses of the runner: [`protocol::Request`],
+//!   [`protocol::RunnerHandle`], [`protocol::ContainerError`].
+//! - [`runner`]: the [`protocol::DockerRunner`] thread: start, select loop, dispatch, publishing.
+//! - [`jobs`]: the plain-data work the runner queues for its workers and their reports.
+//! - [`worker`]: what the worker threads do (the docker commands of each operation).
+//! - [`table`]: the container table and its stale-report rules; [`ledger`]: the
+//!   [`ledger::GpuLedger`], which claim holds which GPUs and host ports; [`placement`]: which
+//!   GPUs a create gets.
+//! - [`events`]: the `docker events` watcher thread.
+//!
+//! The docker CLI itself:
 //! - [`spec`]: the create request's schema and validation → a typed [`spec::CreateSpec`].
-//! - [`ledger`]: the [`ledger::GpuLedger`], which claim holds which GPUs and host ports.
-//! - [`argv`]: `docker run`'s argv; [`labels`]: the labels it sets.
+//! - [`argv`]: `docker run`'s argv; [`labels`]: the labels it sets, encoded and decoded.
 //! - [`cli`]: running one docker command with a deadline, and classifying its failures.
 //! - [`container`]: the container JSON, read from `docker container inspect`.
-//! - [`runner`]: the [`runner::DockerRunner`] thread that owns the ledger and the container
-//!   table, and its worker pool.
-//! - [`worker`]: what the runner's worker threads do (the docker commands of each operation).
-//! - [`events`]: the `docker events` watcher thread.
 
 pub mod argv;
 pub mod cli;
 pub mod container;
 pub mod events;
+#[cfg(test)]
+mod fixtures;
+pub(crate) mod jobs;
 pub mod labels;
 pub mod ledger;
+pub(crate) mod placement;
+pub mod protocol;
 pub mod runner;
 pub mod spec;
+pub(crate) mod table;
 pub mod worker;

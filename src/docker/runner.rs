@@ -1,329 +1,53 @@
-//! The `DockerRunner` thread: the one owner of the [`GpuLedger`] and of the table of managed
-//! containers, and the only code that starts docker commands (through its worker pools).
+//! The `DockerRunner` thread: the one owner of the [`GpuLedger`] and of the
+//! [`ContainerTable`], and the only code that starts docker commands (through its worker pools).
+//! The protocol with the API is in [`protocol`](super::protocol), the one with the workers in
+//! [`jobs`](super::jobs); GPUs are chosen by [`placement`](super::placement).
 //!
-//! Protocol (one request at a time, each carrying its own reply `Sender`):
-//! 1. An API handler validates the request into a typed [`Request`], sends it with a fresh
-//!    bounded(1) reply channel through a [`RunnerHandle`], and waits with a timeout.
-//! 2. The runner answers reads (list, inspect) from its table at once. For work that needs
-//!    docker it decides first (a create *reserves* its claim, GPUs and host ports in the ledger;
-//!    a stop marks the container busy), then queues a [`Work`] item for a worker and goes back
-//!    to its inbox: a slow image pull never holds up another request.
-//! 3. A worker runs the docker commands (each with a deadline) and sends a [`Done`] back; the
-//!    runner updates the ledger and the table, publishes them, and replies to the handler.
-//!
-//! - Owns: the ledger, the container table, and two worker pools of `docker.workers` threads
-//!   each running [`worker`](super::worker): one for creates (image pulls can take many
-//!   minutes), one for everything else, so pulls never hold up a delete or a reconcile. Each has
-//!   a bounded queue; when it is full, requests get 503 `docker_busy`.
-//! - Receives: [`Request`]s from the API, [`Done`]s from its workers, [`ContainerEvent`]s from
-//!   the events watcher (a container changed: inspect it again; removed: forget it).
-//! - Sends: the container summaries, the GPU allocations and the `docker` health (through its
-//!   [`DockerWriter`]) after every change.
+//! - Owns: the ledger, the container table, the API's pending replies, and two worker pools of
+//!   `docker.workers` threads each running [`worker`](super::worker): one for creates (image
+//!   pulls can take many minutes), one for everything else, so pulls never hold up a delete or
+//!   a reconcile. Each has a bounded queue; when it is full, requests get 503 `docker_busy`.
+//! - Receives: [`Request`]s from the API, [`Done`] reports from its workers, and
+//!   [`ContainerEvent`]s from the events watcher (a container changed: inspect it again;
+//!   removed: forget it).
+//! - Sends: [`Work`] to its workers; the container summaries, the GPU allocations and the
+//!   `docker` health (through its [`DockerWriter`]) after every change; each pending reply once
+//!   its work is done.
 //! - Reconciles: its first act is to rebuild the ledger from the labelled containers (`docker
 //!   ps -a` + `docker container inspect`); until that succeeds every container request gets 503
 //!   `docker_unavailable`, so no create is decided on an empty ledger (while health and metrics,
 //!   which never wait on docker, are served even when the docker daemon hangs). The same full
-//!   reconcile runs every `docker.reconcile_interval_secs` (every 2 s while docker is
-//!   unreachable).
+//!   reconcile runs every `docker.reconcile_interval_secs` (every 2 s, or that interval if it is
+//!   shorter, while docker is unreachable).
 //! - Stops: on shutdown the runner, the workers (a docker command in flight is killed and
 //!   reaped) and the events watcher end. Containers keep running: the agent's restart adopts
 //!   them.
 
-use crate::config::{DockerSettings, RunSettings};
+use crate::component::{self, StartError};
+use crate::config::DockerSettings;
 use crate::docker::cli::{DockerCli, DockerError};
 use crate::docker::container::ContainerView;
 use crate::docker::events::{self, ContainerEvent};
-use crate::docker::ledger::{short_id, Conflict, GpuLedger};
-use crate::docker::spec::{check_visible_devices, join_ids, CreateSpec, GpuRequest, SpecError};
+use crate::docker::jobs::{Done, Ticket, Work, WorkerContext};
+use crate::docker::ledger::{short_id, GpuLedger};
+use crate::docker::placement::place;
+use crate::docker::protocol::{
+    ContainerError, Deleted, DockerRunner, Reply, Request, RunnerHandle,
+};
+use crate::docker::spec::{join_ids, CreateSpec};
+use crate::docker::table::ContainerTable;
 use crate::docker::worker::{remove_stale_env_files, worker};
 use crate::shutdown::Shutdown;
-use crate::state::{ContainerSummary, DockerWriter, Health, NvmlState, Snapshot};
+use crate::state::{ContainerSummary, DockerWriter, Health, Snapshot};
 use crossbeam_channel::{after, select, Receiver, Sender, TrySendError};
-use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Queue length of each worker pool.
 const WORK_QUEUE: usize = 64;
-/// Reconcile period while docker is unreachable.
+/// Reconcile period while docker is unreachable (or the reconcile interval, if shorter).
 const UNAVAILABLE_RETRY: Duration = Duration::from_secs(2);
-/// How many removed container ids the runner remembers (far more than a node removes while one
-/// docker command of a stale report can be in flight).
-const REMOVED_MEMORY: usize = 4096;
-
-/// Why a container request failed; the API maps each to a status code.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ContainerError {
-    /// 400: the request is invalid.
-    Invalid(SpecError),
-    /// 404: no managed container answers to this id.
-    NotFound(String),
-    /// 409: a claim, GPU or host port is taken, or the container is busy.
-    Conflict { code: &'static str, message: String },
-    /// 503: docker cannot be used.
-    DockerUnavailable(String),
-    /// 503: NVML has not reported the GPUs.
-    GpusUnavailable(String),
-    /// 503: too much docker work queued.
-    Busy(String),
-    /// 504: no answer in time (the work may still complete).
-    Timeout(String),
-    /// 400: the image does not exist or may not be pulled.
-    ImageNotFound(String),
-    /// 502: the image could not be pulled (registry unreachable, ...).
-    ImagePull(String),
-    /// 502: docker refused or failed.
-    Docker(DockerError),
-}
-
-impl fmt::Display for ContainerError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ContainerError::Invalid(e) => e.fmt(f),
-            ContainerError::NotFound(m)
-            | ContainerError::DockerUnavailable(m)
-            | ContainerError::GpusUnavailable(m)
-            | ContainerError::Busy(m)
-            | ContainerError::Timeout(m)
-            | ContainerError::ImageNotFound(m)
-            | ContainerError::ImagePull(m) => f.write_str(m),
-            ContainerError::Conflict { message, .. } => f.write_str(message),
-            ContainerError::Docker(e) => e.fmt(f),
-        }
-    }
-}
-
-impl std::error::Error for ContainerError {}
-
-impl From<DockerError> for ContainerError {
-    fn from(e: DockerError) -> Self {
-        match e {
-            DockerError::Spawn { .. } | DockerError::Unreachable { .. } => {
-                ContainerError::DockerUnavailable(e.to_string())
-            }
-            DockerError::Timeout { .. } => ContainerError::Timeout(e.to_string()),
-            DockerError::Cancelled { .. } => ContainerError::DockerUnavailable(e.to_string()),
-            other => ContainerError::Docker(other),
-        }
-    }
-}
-
-fn conflict_error(conflict: &Conflict) -> ContainerError {
-    let code = match conflict {
-        Conflict::ClaimTaken { .. } => "claim_in_use",
-        Conflict::GpuHeld { .. } | Conflict::NotEnoughGpus { .. } => "gpu_in_use",
-        Conflict::PortHeld { .. } | Conflict::PortReserved { .. } => "port_in_use",
-    };
-    ContainerError::Conflict {
-        code,
-        message: conflict.to_string(),
-    }
-}
-
-/// `POST /api/v1/containers/{id}/<action>`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    Start,
-    Stop,
-    Restart,
-}
-
-impl Action {
-    pub fn parse(word: &str) -> Option<Action> {
-        match word {
-            "start" => Some(Action::Start),
-            "stop" => Some(Action::Stop),
-            "restart" => Some(Action::Restart),
-            _ => None,
-        }
-    }
-
-    pub(super) fn word(self) -> &'static str {
-        match self {
-            Action::Start => "start",
-            Action::Stop => "stop",
-            Action::Restart => "restart",
-        }
-    }
-}
-
-/// What `DELETE` answers.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Deleted {
-    pub id: String,
-    pub name: String,
-    pub claim_id: String,
-    pub deleted: bool,
-    /// The GPUs the container held, now free.
-    pub gpu_ids: Vec<u32>,
-}
-
-pub(super) type Reply<T> = Sender<Result<T, ContainerError>>;
-
-/// A request to the runner, with its reply `Sender`.
-pub enum Request {
-    Create {
-        spec: Box<CreateSpec>,
-        reply: Reply<ContainerView>,
-    },
-    List {
-        reply: Reply<Vec<ContainerView>>,
-    },
-    Get {
-        id: String,
-        reply: Reply<ContainerView>,
-    },
-    Act {
-        id: String,
-        action: Action,
-        reply: Reply<ContainerView>,
-    },
-    Delete {
-        id: String,
-        reply: Reply<Deleted>,
-    },
-    Logs {
-        id: String,
-        tail: u32,
-        reply: Reply<String>,
-    },
-}
-
-/// The API's way to the runner: sends a request and waits, with a timeout, for its reply.
-#[derive(Clone)]
-pub struct RunnerHandle {
-    requests: Sender<Request>,
-    /// How long a create may take in all (pull, run, inspect).
-    pub create_timeout: Duration,
-    /// How long a stop, start, restart, delete or logs may take.
-    pub action_timeout: Duration,
-}
-
-impl RunnerHandle {
-    /// Sends the request built by `make` around a fresh reply channel and waits up to
-    /// `timeout` for the answer.
-    pub fn call<T>(
-        &self,
-        timeout: Duration,
-        make: impl FnOnce(Reply<T>) -> Request,
-    ) -> Result<T, ContainerError> {
-        let (reply, answer) = crossbeam_channel::bounded(1);
-        self.requests
-            .send_timeout(make(reply), Duration::from_secs(5))
-            .map_err(|_| {
-                ContainerError::DockerUnavailable("the container runner is not running".into())
-            })?;
-        match answer.recv_timeout(timeout) {
-            Ok(result) => result,
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                Err(ContainerError::Timeout(format!(
-                    "no answer from docker within {}s; the operation may still complete (check \
-                     GET /api/v1/containers)",
-                    timeout.as_secs()
-                )))
-            }
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Err(
-                ContainerError::DockerUnavailable("the container runner stopped".into()),
-            ),
-        }
-    }
-}
-
-/// Docker work a worker thread does.
-pub(super) enum Work {
-    Create {
-        spec: Box<CreateSpec>,
-        gpus: Vec<u32>,
-        uuids: Vec<String>,
-        reply: Reply<ContainerView>,
-    },
-    Act {
-        id: String,
-        action: Action,
-        reply: Reply<ContainerView>,
-    },
-    Delete {
-        view: Box<ContainerView>,
-        reply: Reply<Deleted>,
-    },
-    Logs {
-        id: String,
-        tail: u32,
-        reply: Reply<String>,
-    },
-    Reconcile {
-        generation: u64,
-    },
-    Refresh {
-        id: String,
-        generation: u64,
-    },
-}
-
-/// A worker's report.
-pub(super) enum Done {
-    Created {
-        claim_id: String,
-        result: Result<ContainerView, ContainerError>,
-        reply: Reply<ContainerView>,
-    },
-    Acted {
-        id: String,
-        result: Result<ContainerView, ContainerError>,
-        reply: Reply<ContainerView>,
-    },
-    Deleted {
-        view: Box<ContainerView>,
-        result: Result<(), ContainerError>,
-        reply: Reply<Deleted>,
-    },
-    Logs {
-        result: Result<String, ContainerError>,
-        reply: Reply<String>,
-    },
-    Reconciled {
-        generation: u64,
-        result: Result<Vec<ContainerView>, DockerError>,
-    },
-    Refreshed {
-        id: String,
-        generation: u64,
-        result: Result<Option<ContainerView>, DockerError>,
-    },
-}
-
-/// Why the runner could not start.
-#[derive(Debug)]
-pub struct RunnerStartError(pub String);
-
-impl fmt::Display for RunnerStartError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "cannot start the container runner: {}", self.0)
-    }
-}
-
-impl std::error::Error for RunnerStartError {}
-
-/// The started runner: its handle for the API and its threads for the agent to join.
-pub struct DockerRunner {
-    pub handle: RunnerHandle,
-    pub threads: Vec<(&'static str, JoinHandle<()>)>,
-}
-
-/// What a worker needs to run docker.
-pub(super) struct WorkerContext {
-    pub(super) cli: DockerCli,
-    pub(super) settings: RunSettings,
-}
-
-struct Entry {
-    view: ContainerView,
-    /// The runner's change counter when this entry was last written.
-    generation: u64,
-}
 
 enum DockerState {
     /// The first reconcile has not finished.
@@ -332,20 +56,18 @@ enum DockerState {
     Unavailable(String),
 }
 
+/// An API caller waiting for the outcome of queued work.
+enum Pending {
+    View(Reply<ContainerView>),
+    Deleted(Reply<Deleted>),
+    Logs(Reply<String>),
+}
+
 struct Runner {
     snapshot: Arc<Snapshot>,
     writer: DockerWriter,
     ledger: GpuLedger,
-    containers: BTreeMap<String, Entry>,
-    /// Conflicts found when a container was adopted, kept as its warnings.
-    adopt_warnings: BTreeMap<String, Vec<String>>,
-    /// Containers with a stop/start/restart/delete in flight.
-    busy: BTreeSet<String>,
-    /// Recently removed containers (id → the generation of the removal). Docker never reuses an
-    /// id, so any later report of one of these (a refresh or reconcile that inspected it just
-    /// before it went) is stale and must not bring it back.
-    removed: BTreeMap<String, u64>,
-    generation: u64,
+    table: ContainerTable,
     docker: DockerState,
     /// True once a full reconcile has rebuilt the ledger; creates wait for it.
     ledger_ready: bool,
@@ -357,7 +79,38 @@ struct Runner {
     /// Creates, with their image pulls: a lane of their own, so that pulls that take all their
     /// workers never hold up a delete.
     creates: Sender<Work>,
+    /// The replies of queued work, by ticket.
+    pending: BTreeMap<Ticket, Pending>,
+    next_ticket: Ticket,
     published_health: Option<Health>,
+}
+
+impl Runner {
+    fn new(
+        snapshot: Arc<Snapshot>,
+        writer: DockerWriter,
+        reserved_ports: Vec<u16>,
+        reconcile_interval: Duration,
+        jobs: Sender<Work>,
+        creates: Sender<Work>,
+    ) -> Runner {
+        Runner {
+            snapshot,
+            writer,
+            ledger: GpuLedger::new(reserved_ports),
+            table: ContainerTable::default(),
+            docker: DockerState::Starting,
+            ledger_ready: false,
+            reconcile_in_flight: false,
+            reconcile_interval,
+            next_reconcile: Instant::now(),
+            jobs,
+            creates,
+            pending: BTreeMap::new(),
+            next_ticket: 0,
+            published_health: None,
+        }
+    }
 }
 
 /// Starts the worker pools, the events watcher and the runner thread, whose first work is the
@@ -368,7 +121,7 @@ pub fn start(
     snapshot: Arc<Snapshot>,
     writer: DockerWriter,
     shutdown: Shutdown,
-) -> Result<DockerRunner, RunnerStartError> {
+) -> Result<DockerRunner, StartError> {
     let command_timeout = config.command_timeout;
     let stop_timeout = config.stop_timeout;
     let pull_timeout = config.pull_timeout;
@@ -390,24 +143,14 @@ pub fn start(
     let (requests_tx, requests) = crossbeam_channel::bounded::<Request>(256);
     let (events_tx, events_rx) = crossbeam_channel::bounded::<ContainerEvent>(1024);
 
-    let mut runner = Runner {
-        snapshot: Arc::clone(&snapshot),
+    let mut runner = Runner::new(
+        snapshot,
         writer,
-        ledger: GpuLedger::new(reserved_ports),
-        containers: BTreeMap::new(),
-        adopt_warnings: BTreeMap::new(),
-        busy: BTreeSet::new(),
-        removed: BTreeMap::new(),
-        generation: 0,
-        docker: DockerState::Starting,
-        ledger_ready: false,
-        reconcile_in_flight: false,
-        reconcile_interval: config.reconcile_interval,
-        next_reconcile: Instant::now(),
+        reserved_ports,
+        config.reconcile_interval,
         jobs,
         creates,
-        published_health: None,
-    };
+    );
     runner.publish();
     // The rebuild is the first work queued (`next_reconcile` is now); the watcher reports every
     // event since just before it.
@@ -425,10 +168,9 @@ pub fn start(
             let queue = queue.clone();
             let done_tx = done_tx.clone();
             let shutdown = shutdown.clone();
-            let thread = std::thread::Builder::new()
-                .name(format!("{lane}-{n}"))
-                .spawn(move || worker(&context, &queue, &done_tx, &shutdown))
-                .map_err(|e| RunnerStartError(format!("cannot start a worker thread: {e}")))?;
+            let thread = component::spawn(format!("{lane}-{n}"), move || {
+                worker(&context, &queue, &done_tx, &shutdown)
+            })?;
             threads.push((lane, thread));
         }
     }
@@ -438,13 +180,11 @@ pub fn start(
         events_since,
         events_tx,
         shutdown.clone(),
-    )
-    .map_err(|e| RunnerStartError(format!("cannot start the events watcher: {e}")))?;
+    )?;
     threads.push(("docker-events", watcher));
-    let runner_thread = std::thread::Builder::new()
-        .name("docker-runner".into())
-        .spawn(move || runner.run(&requests, &done, &events_rx, &shutdown))
-        .map_err(|e| RunnerStartError(format!("cannot start the runner thread: {e}")))?;
+    let runner_thread = component::spawn("docker-runner", move || {
+        runner.run(&requests, &done, &events_rx, &shutdown)
+    })?;
     threads.push(("docker-runner", runner_thread));
 
     let slack = Duration::from_secs(5);
@@ -522,10 +262,12 @@ impl Runner {
         }
     }
 
+    /// Queues `work` on its lane.
     fn submit(&mut self, work: Work) -> Result<(), ContainerError> {
-        let lane = match work {
-            Work::Create { .. } => &self.creates,
-            _ => &self.jobs,
+        let lane = if work.is_create() {
+            &self.creates
+        } else {
+            &self.jobs
         };
         match lane.try_send(work) {
             Ok(()) => Ok(()),
@@ -538,21 +280,30 @@ impl Runner {
         }
     }
 
+    /// Queues the work `make` builds around a fresh ticket, keeping `reply` until it is done.
+    fn submit_with_reply(
+        &mut self,
+        reply: Pending,
+        make: impl FnOnce(Ticket) -> Work,
+    ) -> Result<(), ContainerError> {
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        self.submit(make(ticket))?;
+        self.pending.insert(ticket, reply);
+        Ok(())
+    }
+
     fn handle(&mut self, request: Request) {
         match request {
             Request::Create { spec, reply } => {
-                let result = self.begin_create(spec, reply.clone());
-                if let Err(e) = result {
+                if let Err(e) = self.begin_create(spec, reply.clone()) {
                     let _ = reply.send(Err(e));
                 }
             }
             Request::List { reply } => {
                 let result = self.docker_ready().map(|()| {
-                    let mut views: Vec<ContainerView> = self
-                        .containers
-                        .values()
-                        .map(|e| self.decorate(&e.view))
-                        .collect();
+                    let mut views: Vec<ContainerView> =
+                        self.table.views().map(|v| self.decorate(v)).collect();
                     views.sort_by(|a, b| (&a.created_at, &a.name).cmp(&(&b.created_at, &b.name)));
                     views
                 });
@@ -561,21 +312,18 @@ impl Runner {
             Request::Get { id, reply } => {
                 let result = self
                     .docker_ready()
-                    .and_then(|()| self.resolve(&id))
-                    .and_then(|key| self.view_of(&key))
-                    .map(|view| self.decorate(view));
+                    .and_then(|()| self.table.resolve(&id, &self.ledger))
+                    .and_then(|key| self.table.view(&key).map(|view| self.decorate(view)));
                 let _ = reply.send(result);
             }
             Request::Act { id, action, reply } => {
                 let result = self.begin_busy(&id).and_then(|key| {
-                    self.submit(Work::Act {
+                    self.submit_with_reply(Pending::View(reply.clone()), |ticket| Work::Act {
+                        ticket,
                         id: key.clone(),
                         action,
-                        reply: reply.clone(),
                     })
-                    .inspect_err(|_| {
-                        self.busy.remove(&key);
-                    })
+                    .inspect_err(|_| self.table.end_busy(&key))
                 });
                 if let Err(e) = result {
                     let _ = reply.send(Err(e));
@@ -583,20 +331,18 @@ impl Runner {
             }
             Request::Delete { id, reply } => {
                 let result = self.begin_busy(&id).and_then(|key| {
-                    let view = match self.view_of(&key) {
+                    let view = match self.table.view(&key) {
                         Ok(view) => Box::new(view.clone()),
                         Err(e) => {
-                            self.busy.remove(&key);
+                            self.table.end_busy(&key);
                             return Err(e);
                         }
                     };
-                    self.submit(Work::Delete {
+                    self.submit_with_reply(Pending::Deleted(reply.clone()), |ticket| Work::Delete {
+                        ticket,
                         view,
-                        reply: reply.clone(),
                     })
-                    .inspect_err(|_| {
-                        self.busy.remove(&key);
-                    })
+                    .inspect_err(|_| self.table.end_busy(&key))
                 });
                 if let Err(e) = result {
                     let _ = reply.send(Err(e));
@@ -605,12 +351,12 @@ impl Runner {
             Request::Logs { id, tail, reply } => {
                 let result = self
                     .docker_ready()
-                    .and_then(|()| self.resolve(&id))
+                    .and_then(|()| self.table.resolve(&id, &self.ledger))
                     .and_then(|key| {
-                        self.submit(Work::Logs {
+                        self.submit_with_reply(Pending::Logs(reply.clone()), |ticket| Work::Logs {
+                            ticket,
                             id: key,
                             tail,
-                            reply: reply.clone(),
                         })
                     });
                 if let Err(e) = result {
@@ -620,7 +366,8 @@ impl Runner {
         }
     }
 
-    /// Decides a create: GPUs exist, ledger reservation, then queues the docker work.
+    /// Decides a create (GPUs exist and are free, everything it needs reserved in the ledger),
+    /// then queues the docker work.
     fn begin_create(
         &mut self,
         spec: Box<CreateSpec>,
@@ -628,124 +375,13 @@ impl Runner {
     ) -> Result<(), ContainerError> {
         self.docker_ready()?;
         let report = self.snapshot.gpus();
-        let wants_gpus = spec.gpus != GpuRequest::None;
-        if wants_gpus && report.state != NvmlState::Ok {
-            return Err(ContainerError::GpusUnavailable(format!(
-                "GPUs cannot be assigned: {}",
-                report.error().unwrap_or_default()
-            )));
-        }
-        if let GpuRequest::Ids(ids) = &spec.gpus {
-            let known: Vec<u32> = report.gpus.iter().map(|g| g.index).collect();
-            for id in ids {
-                match report.gpus.iter().find(|g| g.index == *id) {
-                    None => {
-                        return Err(ContainerError::Invalid(SpecError {
-                            field: "gpu_ids".into(),
-                            message: format!(
-                                "GPU {id} does not exist on this node (GPUs: {})",
-                                if known.is_empty() {
-                                    "none".to_string()
-                                } else {
-                                    join_ids(&known)
-                                }
-                            ),
-                        }))
-                    }
-                    Some(gpu) if gpu.lost => {
-                        return Err(ContainerError::Conflict {
-                            code: "gpu_lost",
-                            message: format!("GPU {id} is lost (fell off the bus)"),
-                        })
-                    }
-                    Some(_) => {}
-                }
-            }
-        }
-        // A GPU is held by its UUID as well as by its index: after a GPU fell off the bus and
-        // the node restarted, indices shift, and a container's labels may name by its old index
-        // a GPU that now has another one.
-        let uuid_holder = |index: u32| {
-            let uuid = report
-                .gpus
-                .iter()
-                .find(|g| g.index == index)
-                .and_then(|g| g.uuid.as_deref())
-                .filter(|u| !u.is_empty())?;
-            self.containers
-                .values()
-                .find(|e| e.view.gpu_uuids.iter().any(|u| u == uuid))
-                .map(|e| (uuid.to_string(), &e.view))
-        };
-        if let GpuRequest::Ids(ids) = &spec.gpus {
-            for id in ids {
-                if let Some((uuid, holder)) = uuid_holder(*id) {
-                    return Err(ContainerError::Conflict {
-                        code: "gpu_in_use",
-                        message: format!(
-                            "GPU {id} ({uuid}) is held by claim {} (container {}), which was \
-                             given it as GPU {}",
-                            holder.claim_id,
-                            short_id(&holder.id),
-                            holder
-                                .gpu_uuids
-                                .iter()
-                                .position(|u| *u == uuid)
-                                .and_then(|i| holder.gpu_ids.get(i))
-                                .map_or_else(|| "?".to_string(), u32::to_string)
-                        ),
-                    });
-                }
-            }
-        }
-        let usable: Vec<u32> = report
-            .gpus
-            .iter()
-            .filter(|g| !g.lost)
-            .map(|g| g.index)
-            .collect();
-        if let GpuRequest::Count(wanted) = spec.gpus {
-            // Never satisfiable here, whoever holds what: not a conflict to wait out.
-            if wanted as usize > usable.len() {
-                return Err(ContainerError::Invalid(SpecError {
-                    field: "gpu_count".into(),
-                    message: format!(
-                        "{wanted} GPU(s) asked for; this node has {} usable",
-                        usable.len()
-                    ),
-                }));
-            }
-        }
-        let pickable: Vec<u32> = usable
-            .iter()
-            .copied()
-            .filter(|i| uuid_holder(*i).is_none())
-            .collect();
-        let gpus = self
-            .ledger
-            .reserve(&spec.claim_id, &spec.gpus, &spec.ports, &pickable)
-            .map_err(|c| conflict_error(&c))?;
-        if let Err(e) = check_visible_devices(&spec, &gpus) {
-            self.ledger.release_pending(&spec.claim_id);
-            return Err(ContainerError::Invalid(e));
-        }
-        let uuids = gpus
-            .iter()
-            .map(|i| {
-                report
-                    .gpus
-                    .iter()
-                    .find(|g| g.index == *i)
-                    .and_then(|g| g.uuid.clone())
-                    .unwrap_or_default()
-            })
-            .collect();
+        let placement = place(&spec, &report, &self.table, &mut self.ledger)?;
         let claim_id = spec.claim_id.clone();
-        self.submit(Work::Create {
+        self.submit_with_reply(Pending::View(reply), |ticket| Work::Create {
+            ticket,
             spec,
-            gpus,
-            uuids,
-            reply,
+            gpus: placement.gpus,
+            uuids: placement.uuids,
         })
         .inspect_err(|_| self.ledger.release_pending(&claim_id))
     }
@@ -753,8 +389,8 @@ impl Runner {
     /// Resolves `id` and marks the container busy for a stop/start/restart/delete.
     fn begin_busy(&mut self, id: &str) -> Result<String, ContainerError> {
         self.docker_ready()?;
-        let key = self.resolve(id)?;
-        if !self.busy.insert(key.clone()) {
+        let key = self.table.resolve(id, &self.ledger)?;
+        if !self.table.begin_busy(&key) {
             return Err(ContainerError::Conflict {
                 code: "operation_in_progress",
                 message: format!(
@@ -766,72 +402,21 @@ impl Runner {
         Ok(key)
     }
 
-    fn view_of(&self, key: &str) -> Result<&ContainerView, ContainerError> {
-        self.containers
-            .get(key)
-            .map(|e| &e.view)
-            .ok_or_else(|| ContainerError::NotFound(format!("no managed container {key:?}")))
-    }
-
-    /// The full id of the managed container `id` names: its id, a unique id prefix of at least
-    /// 12 characters, its name, or its claim id. A claim whose create is in flight is a
-    /// conflict, not "not found".
-    fn resolve(&self, id: &str) -> Result<String, ContainerError> {
-        if self.containers.contains_key(id) {
-            return Ok(id.to_string());
+    fn answer_view(&mut self, ticket: Ticket, result: Result<ContainerView, ContainerError>) {
+        if let Some(Pending::View(reply)) = self.pending.remove(&ticket) {
+            let _ = reply.send(result);
         }
-        // A name, a claim id and an id prefix can each name a different container (claim
-        // "utopia-x" and the container of claim "x"; a claim id that is also a hex prefix):
-        // refuse to guess which one a stop or delete was meant for.
-        let name = id.trim_start_matches('/');
-        let is_prefix = id.len() >= 12 && id.bytes().all(|b| b.is_ascii_hexdigit());
-        let matches: Vec<&String> = self
-            .containers
-            .iter()
-            .filter(|(key, e)| {
-                e.view.name == name || e.view.claim_id == id || (is_prefix && key.starts_with(id))
-            })
-            .map(|(key, _)| key)
-            .collect();
-        match matches.as_slice() {
-            [one] => return Ok((*one).clone()),
-            [] => {}
-            _ => {
-                return Err(ContainerError::NotFound(format!(
-                    "{id} matches several managed containers (by id prefix, name or claim id); \
-                     give the full id"
-                )))
-            }
-        }
-        // Not a container yet, but its create is in flight: a 404 would tell the caller the
-        // claim has no container when one is about to start and hold its GPUs.
-        if let Some(pending) = self.ledger.holdings().iter().find(|h| {
-            h.container_id.is_none()
-                && (h.claim_id == id || crate::docker::spec::container_name(&h.claim_id) == name)
-        }) {
-            return Err(ContainerError::Conflict {
-                code: "operation_in_progress",
-                message: format!(
-                    "the container of claim {} is being created; try again once the create has \
-                     answered",
-                    pending.claim_id
-                ),
-            });
-        }
-        Err(ContainerError::NotFound(format!(
-            "no managed container {id:?} (id, unique id prefix of at least 12, name or claim id)"
-        )))
     }
 
     fn finish(&mut self, report: Done) {
         match report {
             Done::Created {
+                ticket,
                 claim_id,
                 result,
-                reply,
             } => {
                 let result = match result {
-                    Ok(view) if self.removed.contains_key(&view.id) => {
+                    Ok(view) if self.table.is_removed(&view.id) => {
                         self.ledger.release_pending(&claim_id);
                         Err(ContainerError::Docker(DockerError::BadOutput {
                             command: "docker run".into(),
@@ -843,7 +428,7 @@ impl Runner {
                     }
                     Ok(view) => {
                         self.ledger.bind(&claim_id, &view.id);
-                        self.upsert(view.clone());
+                        self.table.upsert(view.clone(), &mut self.ledger);
                         log::info!(
                             "container {} created for claim {claim_id}",
                             short_id(&view.id)
@@ -858,27 +443,28 @@ impl Runner {
                     }
                 };
                 self.publish();
-                let _ = reply.send(result);
+                self.answer_view(ticket, result);
             }
-            Done::Acted { id, result, reply } => {
-                self.busy.remove(&id);
+            Done::Acted { ticket, id, result } => {
+                self.table.end_busy(&id);
                 match &result {
-                    Ok(view) => self.upsert(view.clone()),
-                    Err(ContainerError::NotFound(_)) => self.forget(&id),
+                    Ok(view) => self.table.upsert(view.clone(), &mut self.ledger),
+                    Err(ContainerError::NotFound(_)) => self.table.forget(&id, &mut self.ledger),
                     Err(e) => self.note_error(e),
                 }
                 self.publish();
-                let _ = reply.send(result.map(|v| self.decorate(&v)));
+                let result = result.map(|v| self.decorate(&v));
+                self.answer_view(ticket, result);
             }
             Done::Deleted {
+                ticket,
                 view,
                 result,
-                reply,
             } => {
-                self.busy.remove(&view.id);
+                self.table.end_busy(&view.id);
                 let result = match result {
                     Ok(()) => {
-                        self.forget(&view.id);
+                        self.table.forget(&view.id, &mut self.ledger);
                         log::info!(
                             "container {} of claim {} deleted; GPUs [{}] free",
                             short_id(&view.id),
@@ -899,13 +485,17 @@ impl Runner {
                     }
                 };
                 self.publish();
-                let _ = reply.send(result);
+                if let Some(Pending::Deleted(reply)) = self.pending.remove(&ticket) {
+                    let _ = reply.send(result);
+                }
             }
-            Done::Logs { result, reply } => {
+            Done::Logs { ticket, result } => {
                 if let Err(e) = &result {
                     self.note_error(e);
                 }
-                let _ = reply.send(result);
+                if let Some(Pending::Logs(reply)) = self.pending.remove(&ticket) {
+                    let _ = reply.send(result);
+                }
             }
             Done::Reconciled { generation, result } => {
                 self.reconcile_in_flight = false;
@@ -916,15 +506,11 @@ impl Runner {
                 generation,
                 result,
             } => {
-                let newer = self
-                    .containers
-                    .get(&id)
-                    .is_some_and(|e| e.generation > generation);
-                let removed = self.removed.contains_key(&id);
                 match result {
-                    Ok(Some(view)) if !newer && !removed => self.upsert(view),
-                    Ok(None) if !newer => self.forget(&id),
-                    Ok(_) => {}
+                    Ok(inspected) => {
+                        self.table
+                            .refresh(&id, generation, inspected, &mut self.ledger)
+                    }
                     Err(e) => self.note_error(&ContainerError::from(e)),
                 }
                 self.publish();
@@ -932,24 +518,33 @@ impl Runner {
         }
     }
 
+    /// How soon a reconcile is retried while docker is unreachable.
+    fn unavailable_retry(&self) -> Duration {
+        UNAVAILABLE_RETRY.min(self.reconcile_interval)
+    }
+
     /// Docker unreachable: remember why (health, 503s) and reconcile soon.
     fn note_error(&mut self, error: &ContainerError) {
         if let ContainerError::DockerUnavailable(why) = error {
+            let retry = self.unavailable_retry();
             if !matches!(self.docker, DockerState::Unavailable(_)) {
-                log::warn!("docker is unavailable (retrying every 2 s): {why}");
+                log::warn!(
+                    "docker is unavailable (retrying every {} s): {why}",
+                    retry.as_secs()
+                );
             }
             self.docker = DockerState::Unavailable(why.clone());
             self.ledger_ready = false;
-            self.next_reconcile = Instant::now() + UNAVAILABLE_RETRY;
+            self.next_reconcile = Instant::now() + retry;
             self.publish();
         }
     }
 
     fn on_event(&mut self, event: ContainerEvent) {
         if event.action == "destroy" {
-            let known = self.containers.contains_key(&event.id);
+            let known = self.table.contains(&event.id);
             // Unknown too: a create or stop in flight may still report it.
-            self.forget(&event.id);
+            self.table.forget(&event.id, &mut self.ledger);
             if known {
                 log::info!("container {} was removed", short_id(&event.id));
                 self.publish();
@@ -957,7 +552,7 @@ impl Runner {
         } else if event_changes_state(&event.action) {
             let work = Work::Refresh {
                 id: event.id,
-                generation: self.generation,
+                generation: self.table.generation(),
             };
             // A full queue drops the refresh; the periodic reconcile repairs the view.
             let _ = self.submit(work);
@@ -967,16 +562,14 @@ impl Runner {
     fn start_reconcile(&mut self) {
         let interval = match self.docker {
             DockerState::Ok => self.reconcile_interval,
-            DockerState::Starting | DockerState::Unavailable(_) => {
-                UNAVAILABLE_RETRY.min(self.reconcile_interval)
-            }
+            DockerState::Starting | DockerState::Unavailable(_) => self.unavailable_retry(),
         };
         self.next_reconcile = Instant::now() + interval;
         if self.reconcile_in_flight {
             return;
         }
         let work = Work::Reconcile {
-            generation: self.generation,
+            generation: self.table.generation(),
         };
         if self.submit(work).is_ok() {
             self.reconcile_in_flight = true;
@@ -1003,39 +596,16 @@ impl Runner {
                 } else {
                     log::warn!("reconcile failed: {e}");
                 }
-                self.next_reconcile =
-                    Instant::now() + UNAVAILABLE_RETRY.min(self.reconcile_interval);
+                self.next_reconcile = Instant::now() + self.unavailable_retry();
                 self.publish();
                 return;
             }
         };
-        let seen: BTreeSet<String> = views.iter().map(|v| v.id.clone()).collect();
-        for view in views {
-            let removed = self.removed.contains_key(&view.id);
-            let newer = self
-                .containers
-                .get(&view.id)
-                .is_some_and(|e| e.generation > generation);
-            if !removed && !newer {
-                self.upsert(view);
-            }
-        }
-        let gone: Vec<String> = self
-            .containers
-            .iter()
-            .filter(|(id, e)| {
-                !seen.contains(*id) && e.generation <= generation && !self.busy.contains(*id)
-            })
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in gone {
-            log::info!("container {} is gone (seen by reconcile)", short_id(&id));
-            self.forget(&id);
-        }
+        self.table.reconcile(generation, views, &mut self.ledger);
         if !matches!(self.docker, DockerState::Ok) || !self.ledger_ready {
             log::info!(
                 "docker reachable; ledger rebuilt from {} managed container(s)",
-                self.containers.len()
+                self.table.len()
             );
         }
         self.docker = DockerState::Ok;
@@ -1044,95 +614,12 @@ impl Runner {
         self.publish();
     }
 
-    fn upsert(&mut self, view: ContainerView) {
-        // Whoever inspected it did so before it went (docker never reuses an id).
-        if self.removed.contains_key(&view.id) {
-            return;
-        }
-        self.generation += 1;
-        if !self.ledger.holds_container(&view.id) {
-            let conflicts =
-                self.ledger
-                    .adopt(&view.claim_id, &view.id, &view.gpu_ids, &view.port_mappings);
-            if !conflicts.is_empty() {
-                let notes: Vec<String> = conflicts
-                    .iter()
-                    .map(|c| format!("conflict with another managed container: {c}"))
-                    .collect();
-                for note in &notes {
-                    log::warn!("container {}: {note}", short_id(&view.id));
-                }
-                self.adopt_warnings.insert(view.id.clone(), notes);
-            }
-        }
-        self.containers.insert(
-            view.id.clone(),
-            Entry {
-                view,
-                generation: self.generation,
-            },
-        );
-    }
-
-    fn forget(&mut self, id: &str) {
-        self.generation += 1;
-        self.containers.remove(id);
-        self.ledger.remove_container(id);
-        self.adopt_warnings.remove(id);
-        self.removed.insert(id.to_string(), self.generation);
-        if self.removed.len() > REMOVED_MEMORY {
-            if let Some(oldest) = self
-                .removed
-                .iter()
-                .min_by_key(|(_, g)| **g)
-                .map(|(id, _)| id.clone())
-            {
-                self.removed.remove(&oldest);
-            }
-        }
-    }
-
-    /// The view with the warnings known now: adopt conflicts, and GPUs whose UUID is no longer
-    /// on this node (reported, never silently dropped: the container keeps its GPUs).
     fn decorate(&self, view: &ContainerView) -> ContainerView {
-        let mut view = view.clone();
-        if let Some(notes) = self.adopt_warnings.get(&view.id) {
-            view.warnings.extend(notes.iter().cloned());
-        }
-        let report = self.snapshot.gpus();
-        if report.state == NvmlState::Ok {
-            for (i, gpu) in view.gpu_ids.clone().iter().enumerate() {
-                let Some(uuid) = view.gpu_uuids.get(i).filter(|u| !u.is_empty()) else {
-                    continue;
-                };
-                let present = report
-                    .gpus
-                    .iter()
-                    .any(|g| g.uuid.as_deref() == Some(uuid.as_str()));
-                let same_index = report
-                    .gpus
-                    .iter()
-                    .any(|g| g.index == *gpu && g.uuid.as_deref() == Some(uuid.as_str()));
-                if !present {
-                    view.warnings.push(format!(
-                        "GPU {gpu} ({uuid}) assigned to this container is no longer present"
-                    ));
-                } else if !same_index {
-                    view.warnings.push(format!(
-                        "GPU {uuid} assigned as index {gpu} now has another index"
-                    ));
-                }
-            }
-        }
-        view
+        self.table.decorate(view, &self.snapshot.gpus())
     }
 
     fn publish(&mut self) {
-        let views: Vec<ContainerView> = self
-            .containers
-            .values()
-            .map(|e| self.decorate(&e.view))
-            .collect();
+        let views: Vec<ContainerView> = self.table.views().map(|v| self.decorate(v)).collect();
         self.writer.publish(
             views
                 .iter()
@@ -1171,8 +658,10 @@ impl Runner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::docker::spec::{PortMapping, Protocol};
-    use crate::state::{GpuReport, GpuSample, SampleWriter};
+    use crate::docker::fixtures::{spec, view, A, B};
+    use crate::docker::protocol::Action;
+    use crate::docker::spec::GpuRequest;
+    use crate::state::{GpuReport, GpuSample, NvmlState, SampleWriter};
 
     /// The runner's view of the published state, with the GPU sampler's writer beside it.
     struct Published {
@@ -1218,76 +707,32 @@ mod tests {
             gpu: writers.gpu,
         };
         snapshot.set_gpus(gpus(2));
-        let runner = Runner {
-            snapshot: Arc::clone(&snapshot.snapshot),
-            writer: writers.docker,
-            ledger: GpuLedger::new(vec![9200]),
-            containers: BTreeMap::new(),
-            adopt_warnings: BTreeMap::new(),
-            busy: BTreeSet::new(),
-            removed: BTreeMap::new(),
-            generation: 0,
-            docker: DockerState::Starting,
-            ledger_ready: false,
-            reconcile_in_flight: false,
-            reconcile_interval: Duration::from_secs(30),
-            next_reconcile: Instant::now(),
-            creates: jobs.clone(),
+        let runner = Runner::new(
+            Arc::clone(&snapshot.snapshot),
+            writers.docker,
+            vec![9200],
+            Duration::from_secs(30),
+            jobs.clone(),
             jobs,
-            published_health: None,
-        };
+        );
         (runner, queue, snapshot)
-    }
-
-    fn view(id: &str, claim: &str, gpu_ids: &[u32], state: &str) -> ContainerView {
-        ContainerView {
-            id: id.into(),
-            name: format!("utopia-{claim}"),
-            claim_id: claim.into(),
-            image: "busybox".into(),
-            state: state.into(),
-            status: state.into(),
-            exit_code: None,
-            oom_killed: false,
-            gpu_ids: gpu_ids.to_vec(),
-            gpu_uuids: gpu_ids.iter().map(|g| format!("GPU-{g}")).collect(),
-            port_mappings: vec![],
-            created_at: None,
-            started_at: None,
-            finished_at: None,
-            warnings: vec![],
-        }
-    }
-
-    const A: &str = "aaaaaaaaaaaa1111111111111111111111111111111111111111111111111111";
-    const B: &str = "aaaaaaaaaaaa2222222222222222222222222222222222222222222222222222";
-
-    fn spec(claim: &str, gpus: GpuRequest) -> Box<CreateSpec> {
-        Box::new(CreateSpec {
-            claim_id: claim.into(),
-            image: "busybox".into(),
-            gpus,
-            ports: vec![PortMapping {
-                host_port: 8000,
-                container_port: 80,
-                protocol: Protocol::Tcp,
-            }],
-            env: vec![],
-            command: vec![],
-            memory_mb: None,
-            cpus: None,
-            shm_size_mb: None,
-            requested_visible_devices: None,
-        })
     }
 
     fn ask<T>(
         runner: &mut Runner,
         make: impl FnOnce(Reply<T>) -> Request,
     ) -> Option<Result<T, ContainerError>> {
+        ask_later(runner, make).try_recv().ok()
+    }
+
+    /// Sends a request; its answer arrives on the receiver once the work is done.
+    fn ask_later<T>(
+        runner: &mut Runner,
+        make: impl FnOnce(Reply<T>) -> Request,
+    ) -> Receiver<Result<T, ContainerError>> {
         let (reply, answer) = crossbeam_channel::bounded(1);
         runner.handle(make(reply));
-        answer.try_recv().ok()
+        answer
     }
 
     #[test]
@@ -1320,39 +765,22 @@ mod tests {
     }
 
     #[test]
-    fn an_older_reconcile_neither_resurrects_nor_drops_newer_changes() {
-        let (mut r, _queue, _snapshot) = runner();
-        r.apply_reconcile(0, Ok(vec![view(A, "a", &[0], "running")]));
-        let started = r.generation;
-        // After the reconcile started: A was deleted, B was created.
-        r.forget(A);
-        r.upsert(view(B, "b", &[1], "running"));
-        // The reconcile's (older) listing still has A and not yet B.
-        r.apply_reconcile(started, Ok(vec![view(A, "a", &[0], "running")]));
-        assert!(!r.containers.contains_key(A), "deleted container came back");
-        assert!(r.containers.contains_key(B), "new container dropped");
-        assert!(!r.ledger.allocations().contains_key(&0));
-        // A later reconcile that no longer sees B removes it and frees its GPU.
-        let now = r.generation;
-        r.apply_reconcile(now, Ok(vec![]));
-        assert!(r.containers.is_empty());
-        assert!(r.ledger.allocations().is_empty());
-    }
-
-    #[test]
     fn create_reserves_before_docker_runs_and_releases_on_failure() {
         let (mut r, queue, snapshot) = runner();
         r.apply_reconcile(0, Ok(vec![]));
         assert!(
             ask(&mut r, |reply| Request::Create {
-                spec: spec("a", GpuRequest::Ids(vec![0])),
+                spec: Box::new(spec("a", GpuRequest::Ids(vec![0]))),
                 reply
             })
             .is_none(),
             "answered when the worker reports"
         );
         let Ok(Work::Create {
-            gpus, uuids, reply, ..
+            ticket,
+            gpus,
+            uuids,
+            ..
         }) = queue.try_recv()
         else {
             panic!("no create queued");
@@ -1360,7 +788,7 @@ mod tests {
         assert_eq!((gpus, uuids), (vec![0], vec!["GPU-0".to_string()]));
         // While docker works, the GPU, the claim and the port are taken.
         let second = ask(&mut r, |reply| Request::Create {
-            spec: spec("b", GpuRequest::Ids(vec![0])),
+            spec: Box::new(spec("b", GpuRequest::Ids(vec![0]))),
             reply,
         });
         assert!(matches!(
@@ -1371,7 +799,7 @@ mod tests {
             }))
         ));
         let same_claim = ask(&mut r, |reply| Request::Create {
-            spec: spec("a", GpuRequest::None),
+            spec: Box::new(spec("a", GpuRequest::None)),
             reply,
         });
         assert!(matches!(
@@ -1382,7 +810,7 @@ mod tests {
             }))
         ));
         let port = ask(&mut r, |reply| Request::Create {
-            spec: spec("c", GpuRequest::None),
+            spec: Box::new(spec("c", GpuRequest::None)),
             reply,
         });
         assert!(matches!(
@@ -1393,7 +821,7 @@ mod tests {
             }))
         ));
         let unknown = ask(&mut r, |reply| Request::Create {
-            spec: spec("d", GpuRequest::Ids(vec![5])),
+            spec: Box::new(spec("d", GpuRequest::Ids(vec![5]))),
             reply,
         });
         assert!(matches!(unknown, Some(Err(ContainerError::Invalid(_)))));
@@ -1401,53 +829,29 @@ mod tests {
 
         // Docker failed: everything is released.
         r.finish(Done::Created {
+            ticket,
             claim_id: "a".into(),
             result: Err(ContainerError::Docker(DockerError::BadOutput {
                 command: "docker run".into(),
                 message: "boom".into(),
             })),
-            reply: reply.clone(),
         });
         assert!(r.ledger.holdings().is_empty());
         // Docker succeeded: the container holds the GPU, published for metrics.
-        ask(&mut r, |reply| Request::Create {
-            spec: spec("b", GpuRequest::Ids(vec![0])),
+        let answer = ask_later(&mut r, |reply| Request::Create {
+            spec: Box::new(spec("b", GpuRequest::Ids(vec![0]))),
             reply,
         });
-        let Ok(Work::Create { reply, .. }) = queue.try_recv() else {
+        let Ok(Work::Create { ticket, .. }) = queue.try_recv() else {
             panic!("no create queued");
         };
-        let (answer_tx, answer) = crossbeam_channel::bounded(1);
-        drop(reply);
         r.finish(Done::Created {
+            ticket,
             claim_id: "b".into(),
             result: Ok(view(A, "b", &[0], "running")),
-            reply: answer_tx,
         });
         assert_eq!(answer.try_recv().unwrap().unwrap().id, A);
         assert_eq!(snapshot.gpu_allocations()[&0].claim_id, "b");
-    }
-
-    #[test]
-    fn ids_resolve_by_id_prefix_name_and_claim() {
-        let (mut r, _queue, _snapshot) = runner();
-        r.apply_reconcile(
-            0,
-            Ok(vec![
-                view(A, "a", &[], "running"),
-                view(B, "b", &[], "running"),
-            ]),
-        );
-        for key in [A, &A[..13], "utopia-a", "/utopia-a", "a"] {
-            assert_eq!(r.resolve(key), Ok(A.to_string()), "{key}");
-        }
-        assert_eq!(r.resolve(&B[..13]), Ok(B.to_string()));
-        // Both ids start with the same 12 characters; shorter than 12 is never a prefix.
-        assert!(
-            matches!(r.resolve(&A[..12]), Err(ContainerError::NotFound(m)) if m.contains("several"))
-        );
-        assert!(r.resolve(&A[..11]).is_err());
-        assert!(r.resolve("utopia-zzz").is_err());
     }
 
     #[test]
@@ -1471,15 +875,15 @@ mod tests {
                 ..
             }))
         ));
-        let Ok(Work::Act { reply, .. }) = queue.try_recv() else {
+        let Ok(Work::Act { ticket, .. }) = queue.try_recv() else {
             panic!("no stop queued");
         };
         r.finish(Done::Acted {
+            ticket,
             id: A.into(),
             result: Ok(view(A, "a", &[], "exited")),
-            reply,
         });
-        assert_eq!(r.containers[A].view.state, "exited");
+        assert_eq!(r.table.view(A).unwrap().state, "exited");
         assert!(ask(&mut r, |reply| Request::Delete {
             id: A.into(),
             reply
@@ -1498,7 +902,7 @@ mod tests {
         );
         assert!(snapshot.health()["docker"].starts_with("unavailable: "));
         let create = ask(&mut r, |reply| Request::Create {
-            spec: spec("a", GpuRequest::None),
+            spec: Box::new(spec("a", GpuRequest::None)),
             reply,
         });
         assert!(matches!(
@@ -1544,23 +948,23 @@ mod tests {
             action: "destroy".into(),
             time_nano: 0,
         });
-        let now = r.generation;
+        let now = r.table.generation();
         r.apply_reconcile(now, Ok(vec![]));
         r.finish(Done::Refreshed {
             id: A.into(),
             generation,
             result: Ok(Some(view(A, "a", &[0], "exited"))),
         });
-        assert!(!r.containers.contains_key(A), "removed container came back");
+        assert!(!r.table.contains(A), "removed container came back");
         assert!(
             snapshot.gpu_allocations().is_empty(),
             "GPU 0 held by a ghost"
         );
         // A reconcile listing taken before the removal does not bring it back either.
         r.apply_reconcile(generation, Ok(vec![view(A, "a", &[0], "exited")]));
-        assert!(!r.containers.contains_key(A));
+        assert!(!r.table.contains(A));
         let again = ask(&mut r, |reply| Request::Create {
-            spec: spec("a", GpuRequest::Ids(vec![0])),
+            spec: Box::new(spec("a", GpuRequest::Ids(vec![0]))),
             reply,
         });
         assert!(again.is_none(), "the claim and GPU are free: {again:?}");
@@ -1571,7 +975,7 @@ mod tests {
         let (mut r, queue, _snapshot) = runner();
         r.apply_reconcile(0, Ok(vec![]));
         ask(&mut r, |reply| Request::Create {
-            spec: spec("a", GpuRequest::Ids(vec![0])),
+            spec: Box::new(spec("a", GpuRequest::Ids(vec![0]))),
             reply,
         });
         let Ok(Work::Create { .. }) = queue.try_recv() else {
@@ -1661,7 +1065,7 @@ mod tests {
         let (mut r, queue, _snapshot) = runner();
         r.apply_reconcile(0, Ok(vec![]));
         let r3 = ask(&mut r, |reply| Request::Create {
-            spec: spec("a", GpuRequest::Count(3)),
+            spec: Box::new(spec("a", GpuRequest::Count(3))),
             reply,
         });
         assert!(
@@ -1673,7 +1077,7 @@ mod tests {
         // Two exist: more than are free is a conflict (a holder may go away).
         r.apply_reconcile(0, Ok(vec![view(A, "b", &[1], "running")]));
         let r2 = ask(&mut r, |reply| Request::Create {
-            spec: spec("a", GpuRequest::Count(2)),
+            spec: Box::new(spec("a", GpuRequest::Count(2))),
             reply,
         });
         assert!(
@@ -1689,36 +1093,6 @@ mod tests {
     }
 
     #[test]
-    fn an_id_that_names_two_containers_is_refused_not_guessed() {
-        let (mut r, _queue, _snapshot) = runner();
-        // Claim "utopia-x"'s container, and claim "x"'s, whose name is "utopia-x"; and a claim
-        // id that is also another container's id prefix.
-        r.apply_reconcile(
-            0,
-            Ok(vec![
-                view(A, "utopia-x", &[], "running"),
-                view(B, "x", &[], "running"),
-                view(
-                    "bbbbbbbbbbbb3333333333333333333333333333333333333333333333333333",
-                    "aaaaaaaaaaaa2222",
-                    &[],
-                    "running",
-                ),
-            ]),
-        );
-        for ambiguous in ["utopia-x", "aaaaaaaaaaaa2222"] {
-            assert!(
-                matches!(r.resolve(ambiguous), Err(ContainerError::NotFound(m)) if m.contains("several")),
-                "{ambiguous}: {:?}",
-                r.resolve(ambiguous)
-            );
-        }
-        assert_eq!(r.resolve("x"), Ok(B.to_string()));
-        assert_eq!(r.resolve("utopia-utopia-x"), Ok(A.to_string()));
-        assert_eq!(r.resolve(A), Ok(A.to_string()));
-    }
-
-    #[test]
     fn a_gpu_is_held_by_its_uuid_too_when_indices_shifted() {
         let (mut r, queue, _snapshot) = runner();
         // Before a restart, this container was given the GPU that is GPU-0 now, then at
@@ -1727,7 +1101,7 @@ mod tests {
         shifted.gpu_uuids = vec!["GPU-0".into()];
         r.apply_reconcile(0, Ok(vec![shifted]));
         let by_index = ask(&mut r, |reply| Request::Create {
-            spec: spec("new", GpuRequest::Ids(vec![0])),
+            spec: Box::new(spec("new", GpuRequest::Ids(vec![0]))),
             reply,
         });
         assert!(
@@ -1736,7 +1110,7 @@ mod tests {
             "{by_index:?}"
         );
         let by_count = ask(&mut r, |reply| Request::Create {
-            spec: spec("new", GpuRequest::Count(1)),
+            spec: Box::new(spec("new", GpuRequest::Count(1))),
             reply,
         });
         assert!(
@@ -1758,10 +1132,10 @@ mod tests {
         let (mut r, queue, snapshot) = runner();
         r.apply_reconcile(0, Ok(vec![]));
         ask(&mut r, |reply| Request::Create {
-            spec: spec("a", GpuRequest::Ids(vec![0])),
+            spec: Box::new(spec("a", GpuRequest::Ids(vec![0]))),
             reply,
         });
-        let Ok(Work::Create { reply, .. }) = queue.try_recv() else {
+        let Ok(Work::Create { ticket, .. }) = queue.try_recv() else {
             panic!("no create queued");
         };
         // `docker rm -f` right after `docker run`: its destroy event arrives before the
@@ -1772,24 +1146,24 @@ mod tests {
             time_nano: 0,
         });
         r.finish(Done::Created {
+            ticket,
             claim_id: "a".into(),
             result: Ok(view(A, "a", &[0], "running")),
-            reply,
         });
-        assert!(
-            !r.containers.contains_key(A),
-            "a removed container is listed"
-        );
+        assert!(!r.table.contains(A), "a removed container is listed");
         assert!(r.ledger.holdings().is_empty(), "{:?}", r.ledger.holdings());
         assert!(snapshot.gpu_allocations().is_empty());
         // Nor does a stop that inspected it just before it went.
-        r.apply_reconcile(r.generation, Ok(vec![view(B, "b", &[1], "running")]));
+        r.apply_reconcile(
+            r.table.generation(),
+            Ok(vec![view(B, "b", &[1], "running")]),
+        );
         ask(&mut r, |reply| Request::Act {
             id: "b".into(),
             action: Action::Stop,
             reply,
         });
-        let Ok(Work::Act { reply, .. }) = queue.try_recv() else {
+        let Ok(Work::Act { ticket, .. }) = queue.try_recv() else {
             panic!("no stop queued");
         };
         r.on_event(ContainerEvent {
@@ -1798,11 +1172,11 @@ mod tests {
             time_nano: 0,
         });
         r.finish(Done::Acted {
+            ticket,
             id: B.into(),
             result: Ok(view(B, "b", &[1], "exited")),
-            reply,
         });
-        assert!(r.containers.is_empty());
+        assert_eq!(r.table.len(), 0);
         assert!(r.ledger.holdings().is_empty());
     }
 }

@@ -97,29 +97,6 @@ pub struct PortMapping {
     pub protocol: Protocol,
 }
 
-impl PortMapping {
-    /// `8888:8888/tcp`, the form kept in the container's ports label.
-    pub fn label(&self) -> String {
-        format!(
-            "{}:{}/{}",
-            self.host_port,
-            self.container_port,
-            self.protocol.as_str()
-        )
-    }
-
-    /// Parses [`PortMapping::label`]'s form back.
-    pub fn parse_label(text: &str) -> Option<PortMapping> {
-        let (ports, protocol) = text.split_once('/')?;
-        let (host, container) = ports.split_once(':')?;
-        Some(PortMapping {
-            host_port: host.parse().ok().filter(|p| *p > 0)?,
-            container_port: container.parse().ok().filter(|p| *p > 0)?,
-            protocol: Protocol::parse(protocol)?,
-        })
-    }
-}
-
 /// Which GPUs a create asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GpuRequest {
@@ -814,18 +791,5 @@ mod tests {
         ] {
             assert!(validate_image(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn port_labels_round_trip() {
-        let m = PortMapping {
-            host_port: 8080,
-            container_port: 80,
-            protocol: Protocol::Udp,
-        };
-        assert_eq!(m.label(), "8080:80/udp");
-        assert_eq!(PortMapping::parse_label(&m.label()), Some(m));
-        assert_eq!(PortMapping::parse_label("0:80/tcp"), None);
-        assert_eq!(PortMapping::parse_label("1:80/sctp"), None);
     }
 }

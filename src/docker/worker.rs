@@ -1,17 +1,19 @@
 //! The docker work of the [`DockerRunner`](super::runner)'s worker threads: each takes a
 //! [`Work`] item from the runner's bounded queue, runs the docker commands it needs (each with
-//! its deadline, see [`DockerCli`]) and sends a [`Done`] report back. Workers decide nothing: the
-//! runner has already reserved GPUs and ports, and applies the report to its ledger and table.
+//! its deadline, see [`DockerCli`]) and sends a [`Done`] report back (see [`jobs`](super::jobs)).
+//! Workers decide nothing and answer nobody: the runner has already reserved GPUs and ports,
+//! applies the report to its ledger and table, and answers the API.
 //!
 //! Stops: a worker `select!`s on the queue and the shutdown channel; a docker command in flight
 //! when shutdown starts is killed and reaped by [`DockerCli`].
 
-use super::runner::{Action, ContainerError, Done, Work, WorkerContext};
 use crate::docker::argv::run_args;
 use crate::docker::cli::{DockerCli, DockerError};
 use crate::docker::container::{parse_inspect, ContainerView};
+use crate::docker::jobs::{Done, Work, WorkerContext};
 use crate::docker::labels::LABEL_CLAIM_ID;
 use crate::docker::ledger::short_id;
+use crate::docker::protocol::{Action, ContainerError};
 use crate::docker::spec::{join_ids, CreateSpec};
 use crate::shutdown::Shutdown;
 use crossbeam_channel::{select, Receiver, Sender};
@@ -47,28 +49,28 @@ pub(super) fn worker(
 fn execute(context: &WorkerContext, work: Work) -> Done {
     match work {
         Work::Create {
+            ticket,
             spec,
             gpus,
             uuids,
-            reply,
         } => Done::Created {
+            ticket,
             claim_id: spec.claim_id.clone(),
             result: create(context, &spec, &gpus, &uuids),
-            reply,
         },
-        Work::Act { id, action, reply } => Done::Acted {
+        Work::Act { ticket, id, action } => Done::Acted {
+            ticket,
             result: act(context, &id, action),
             id,
-            reply,
         },
-        Work::Delete { view, reply } => Done::Deleted {
+        Work::Delete { ticket, view } => Done::Deleted {
+            ticket,
             result: delete(context, &view.id),
             view,
-            reply,
         },
-        Work::Logs { id, tail, reply } => Done::Logs {
+        Work::Logs { ticket, id, tail } => Done::Logs {
+            ticket,
             result: logs(context, &id, tail),
-            reply,
         },
         Work::Reconcile { generation } => Done::Reconciled {
             generation,
@@ -118,9 +120,7 @@ fn create(
     let id = match run {
         Ok(out) => String::from_utf8_lossy(&out.stdout).trim().to_string(),
         Err(e) => {
-            let name_taken = matches!(&e, DockerError::Failed { stderr, .. }
-                if stderr.contains("is already in use"));
-            if name_taken {
+            if e.is_name_taken() {
                 // Someone else's container has our name: not ours to remove.
                 return Err(ContainerError::Conflict {
                     code: "claim_in_use",
@@ -131,10 +131,7 @@ fn create(
                 });
             }
             remove_leftovers(context, &spec.claim_id);
-            let port_taken = matches!(&e, DockerError::Failed { stderr, .. }
-                if stderr.contains("port is already allocated")
-                    || stderr.contains("address already in use"));
-            if port_taken {
+            if e.is_port_taken() {
                 return Err(ContainerError::Conflict {
                     code: "port_in_use",
                     message: format!("a host port is used outside the agent: {e}"),
@@ -165,8 +162,7 @@ fn ensure_image(cli: &DockerCli, image: &str) -> Result<(), ContainerError> {
     );
     match inspect {
         Ok(_) => return Ok(()),
-        Err(DockerError::Failed { ref stderr, .. })
-            if stderr.to_ascii_lowercase().contains("no such image") => {}
+        Err(e) if e.is_no_such_image() => {}
         Err(e) => return Err(e.into()),
     }
     log::info!("pulling image {image}");
@@ -176,17 +172,9 @@ fn ensure_image(cli: &DockerCli, image: &str) -> Result<(), ContainerError> {
         4096,
     ) {
         Ok(_) => Ok(()),
-        Err(DockerError::Failed { stderr, .. }) => {
-            let lower = stderr.to_ascii_lowercase();
-            let missing = [
-                "not found",
-                "does not exist",
-                "pull access denied",
-                "manifest unknown",
-            ]
-            .iter()
-            .any(|m| lower.contains(m));
-            if missing {
+        Err(e @ DockerError::Failed { .. }) => {
+            let stderr = e.stderr();
+            if e.is_image_refused() {
                 Err(ContainerError::ImageNotFound(format!(
                     "image {image} cannot be pulled: {stderr}"
                 )))

@@ -94,11 +94,6 @@ impl StatusCode {
     pub const GATEWAY_TIMEOUT: StatusCode = StatusCode(504);
     pub const HTTP_VERSION_NOT_SUPPORTED: StatusCode = StatusCode(505);
 
-    /// A status from its number; `None` outside 100..=999.
-    pub fn from_u16(code: u16) -> Option<StatusCode> {
-        (100..=999).contains(&code).then_some(StatusCode(code))
-    }
-
     pub fn as_u16(self) -> u16 {
         self.0
     }
@@ -194,18 +189,6 @@ impl Headers {
                 .any(|item| item.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
         })
     }
-
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
-        self.0.iter().map(|(n, v)| (n.as_str(), v.as_slice()))
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
 }
 
 /// How a request's body is delimited on the wire.
@@ -267,13 +250,6 @@ impl Response {
     pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Response {
         self.headers.push((name, value.into()));
         self
-    }
-
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
     }
 
     /// The bytes on the wire: status line, fields, and the body unless `head_only` (a HEAD

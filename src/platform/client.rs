@@ -530,14 +530,26 @@ fn in_cidr(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
 mod tests {
     use super::*;
 
-    fn settings(api_url: &str, request_timeout_secs: u64) -> PlatformSettings {
-        crate::config::PlatformConfig {
+    /// The error a registration request to `api_url` ends in, with `vars` as the environment
+    /// (the proxy variables) and a 2 s timeout.
+    fn register_error(api_url: &str, vars: &[(&str, &str)]) -> RequestError {
+        let settings = crate::config::PlatformConfig {
             api_url: api_url.into(),
-            request_timeout_secs,
+            request_timeout_secs: 2,
             ..Default::default()
         }
         .validate(&mut Vec::new())
-        .unwrap()
+        .unwrap();
+        let client = PlatformClient::new(api_url, &settings, env(vars)).unwrap();
+        client
+            .post_json("/api/v1/nodes/register", &(), |_| Ok(()))
+            .unwrap_err()
+    }
+
+    /// A local port nothing listens on.
+    fn dead_port() -> u16 {
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        dead.local_addr().unwrap().port()
     }
 
     fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
@@ -624,16 +636,7 @@ mod tests {
 
     #[test]
     fn an_unusable_proxy_fails_requests_with_the_reason() {
-        let config = settings("https://p.example", 10);
-        let client = PlatformClient::new(
-            config.api_url.as_deref().unwrap(),
-            &config,
-            env(&[("HTTPS_PROXY", "gopher://x:70")]),
-        )
-        .unwrap();
-        let e = client
-            .post_json("/api/v1/nodes/register", &(), |_| Ok(()))
-            .unwrap_err();
+        let e = register_error("https://p.example", &[("HTTPS_PROXY", "gopher://x:70")]);
         let RequestError::Transport { message, .. } = &e else {
             panic!("{e}");
         };
@@ -644,20 +647,9 @@ mod tests {
     fn a_failing_proxy_is_named_in_the_error() {
         // The platform may be fine: an operator reading "connection refused" must know that
         // it was the proxy that refused.
-        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = dead.local_addr().unwrap().port();
-        drop(dead);
-        let config = settings("https://p.example", 2);
+        let port = dead_port();
         let proxy = format!("http://user:pw@127.0.0.1:{port}");
-        let client = PlatformClient::new(
-            config.api_url.as_deref().unwrap(),
-            &config,
-            env(&[("https_proxy", &proxy)]),
-        )
-        .unwrap();
-        let e = client
-            .post_json("/api/v1/nodes/register", &(), |_| Ok(()))
-            .unwrap_err();
+        let e = register_error("https://p.example", &[("https_proxy", &proxy)]);
         let RequestError::Transport { message, .. } = &e else {
             panic!("{e}");
         };
@@ -673,21 +665,10 @@ mod tests {
     fn a_socks_proxy_from_the_environment_is_used_not_a_panic() {
         // ureq without its socks feature panicked in the platform thread on a socks5:// proxy:
         // the thread died, and the node never registered nor said why.
-        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = dead.local_addr().unwrap().port();
-        drop(dead);
-        let config = settings("http://127.0.0.1:9", 2);
+        let port = dead_port();
         for scheme in ["socks5", "socks5h", "socks4"] {
             let proxy = format!("{scheme}://127.0.0.1:{port}");
-            let client = PlatformClient::new(
-                config.api_url.as_deref().unwrap(),
-                &config,
-                env(&[("ALL_PROXY", &proxy)]),
-            )
-            .unwrap();
-            let e = client
-                .post_json("/api/v1/nodes/register", &(), |_| Ok(()))
-                .unwrap_err();
+            let e = register_error("http://127.0.0.1:9", &[("ALL_PROXY", &proxy)]);
             assert!(
                 e.to_string().contains(&format!("proxy 127.0.0.1:{port}")),
                 "{scheme}: {e}"

@@ -11,10 +11,10 @@ pub mod identity;
 pub mod node_facts;
 pub mod presence;
 
+use crate::component::StartError;
 use crate::config::Settings;
 use crate::shutdown::Shutdown;
 use crate::state::{Health, PlatformWriter, Snapshot};
-use std::fmt;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -26,28 +26,6 @@ pub fn heartbeat_path(node_id: &identity::NodeId) -> String {
     format!("/api/v1/nodes/{node_id}/heartbeat")
 }
 
-/// Why the platform component could not start (the agent does not start either).
-#[derive(Debug)]
-pub enum PlatformStartError {
-    Identity(identity::IdentityError),
-    Client(client::ClientError),
-    Spawn(std::io::Error),
-}
-
-impl fmt::Display for PlatformStartError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            PlatformStartError::Identity(e) => e.fmt(f),
-            PlatformStartError::Client(e) => e.fmt(f),
-            PlatformStartError::Spawn(e) => {
-                write!(f, "cannot start the platform thread: {e}")
-            }
-        }
-    }
-}
-
-impl std::error::Error for PlatformStartError {}
-
 /// The platform component, checked and ready to start.
 pub struct Prepared {
     settings: presence::PresenceSettings,
@@ -58,15 +36,15 @@ pub struct Prepared {
 
 /// Reads the identity file and builds the client, before anything else starts; `None` when
 /// `central_platform.api_url` is empty (standalone).
-pub fn prepare(settings: &Settings) -> Result<Option<Prepared>, PlatformStartError> {
+pub fn prepare(settings: &Settings) -> Result<Option<Prepared>, StartError> {
     let platform = &settings.platform;
     let Some(api_url) = &platform.api_url else {
         return Ok(None);
     };
     let identity_path = &settings.identity_file_path;
-    let known = identity::load_node_id(identity_path).map_err(PlatformStartError::Identity)?;
+    let known = identity::load_node_id(identity_path).map_err(StartError::new)?;
     let client = client::PlatformClient::new(api_url, platform, |name| std::env::var(name).ok())
-        .map_err(PlatformStartError::Client)?;
+        .map_err(StartError::new)?;
     let record = known
         .as_ref()
         .and_then(|id| identity::load_registration_record(identity_path, id));
@@ -92,7 +70,7 @@ pub fn start(
     snapshot: Arc<Snapshot>,
     writer: PlatformWriter,
     shutdown: Shutdown,
-) -> Result<Option<JoinHandle<()>>, PlatformStartError> {
+) -> Result<Option<JoinHandle<()>>, StartError> {
     let Some(prepared) = prepared else {
         writer.set_health(Health::Disabled("central_platform.api_url is empty".into()));
         return Ok(None);
@@ -118,5 +96,4 @@ pub fn start(
         shutdown,
     )
     .map(Some)
-    .map_err(PlatformStartError::Spawn)
 }

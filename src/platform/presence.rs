@@ -25,6 +25,7 @@ use super::identity::{self, NodeId, RegistrationRecord};
 use super::node_facts::RegistrationRequest;
 use super::{heartbeat_path, REGISTER_PATH};
 use crate::backoff::{random_offset, Backoff};
+use crate::component::{self, StartError};
 use crate::shutdown::Shutdown;
 use crate::state::{Health, NvmlState, PlatformWriter, Snapshot};
 use std::path::PathBuf;
@@ -55,7 +56,7 @@ pub fn start(
     snapshot: Arc<Snapshot>,
     writer: PlatformWriter,
     shutdown: Shutdown,
-) -> std::io::Result<JoinHandle<()>> {
+) -> Result<JoinHandle<()>, StartError> {
     let presence = Presence {
         backoff: Backoff::new(settings.backoff_initial, settings.backoff_cap),
         settings,
@@ -66,12 +67,10 @@ pub fn start(
         started: Instant::now(),
         unsaved: None,
     };
-    std::thread::Builder::new()
-        .name("platform".into())
-        .spawn(move || {
-            presence.run(known);
-            log::debug!("platform thread stopped");
-        })
+    component::spawn("platform", move || {
+        presence.run(known);
+        log::debug!("platform thread stopped");
+    })
 }
 
 struct Presence {

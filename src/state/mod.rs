@@ -19,7 +19,6 @@ pub mod document;
 pub mod health;
 pub mod samples;
 
-pub use document::{HeartbeatBody, MetricsDocument};
 pub use health::{Component, Health};
 pub use samples::{
     ContainerSummary, GpuAllocation, GpuProcess, GpuReport, GpuSample, LoadAverage, NvmlState,
@@ -145,6 +144,7 @@ impl Snapshot {
 
     /// The frps remote port the platform assigned to the agent API at registration, if any
     /// (kept in the registration record beside the identity file across restarts).
+    #[allow(dead_code, reason = "read by the frp tunnel")]
     pub fn assigned_api_remote_port(&self) -> Option<u16> {
         *self.assigned_api_remote_port.get()
     }
@@ -200,10 +200,6 @@ impl HealthWriter {
             map.insert(component, health);
         });
     }
-
-    pub fn component(&self) -> Component {
-        self.component
-    }
 }
 
 /// A sampler's writer: its sample, its health and how long sampling took.
@@ -231,10 +227,6 @@ impl<T> SampleWriter<T> {
     /// The health alone (before the first sample).
     pub fn set_health(&self, health: Health) {
         self.health.set(health);
-    }
-
-    pub fn component(&self) -> Component {
-        self.health.component
     }
 }
 

@@ -14,6 +14,7 @@
 //! It receives nothing; it stops when the shutdown channel closes (checked between samples), and
 //! dropping the NVML handle calls `nvmlShutdown`.
 
+use crate::component::StartError;
 use crate::config::GpuSettings;
 use crate::shutdown::Shutdown;
 use crate::state::{GpuProcess, GpuReport, GpuSample, Health, NvmlState, SampleWriter};
@@ -45,27 +46,13 @@ fn take<T>(
     }
 }
 
-/// Why the sampler thread could not start.
-#[derive(Debug)]
-pub struct GpuSamplerError(pub std::io::Error);
-
-impl std::fmt::Display for GpuSamplerError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "cannot start the GPU sampler thread: {}", self.0)
-    }
-}
-
-impl std::error::Error for GpuSamplerError {}
-
 /// Starts the sampler thread (`components.gpu` is `starting` until its first report).
 pub fn start(
     config: &GpuSettings,
     writer: SampleWriter<GpuReport>,
     shutdown: Shutdown,
-) -> Result<JoinHandle<()>, GpuSamplerError> {
-    Driver::new(GpuSampler::new(config), writer, config.sample_interval)
-        .spawn(shutdown)
-        .map_err(GpuSamplerError)
+) -> Result<JoinHandle<()>, StartError> {
+    Driver::new(GpuSampler::new(config), writer, config.sample_interval).spawn(shutdown)
 }
 
 impl Sampler for GpuSampler {

@@ -8,6 +8,7 @@
 pub mod gpu;
 pub mod system;
 
+use crate::component::{self, StartError};
 use crate::shutdown::Shutdown;
 use crate::state::{Health, SampleWriter};
 use std::thread::JoinHandle;
@@ -68,23 +69,21 @@ impl<S: Sampler> Driver<S> {
     }
 
     /// Starts the sampler's thread; it stops when shutdown starts (checked between samples).
-    pub fn spawn(mut self, shutdown: Shutdown) -> std::io::Result<JoinHandle<()>> {
-        std::thread::Builder::new()
-            .name(S::THREAD.into())
-            .spawn(move || {
-                loop {
-                    if !self.fresh {
-                        self.sample_now();
-                    }
-                    self.fresh = false;
-                    if shutdown.wait_timeout(self.sampler.next_wait(self.interval)) {
-                        break;
-                    }
+    pub fn spawn(mut self, shutdown: Shutdown) -> Result<JoinHandle<()>, StartError> {
+        component::spawn(S::THREAD, move || {
+            loop {
+                if !self.fresh {
+                    self.sample_now();
                 }
-                // Dropped here, on its own thread (NVML's shutdown may block too).
-                drop(self);
-                log::debug!("{} stopped", S::THREAD);
-            })
+                self.fresh = false;
+                if shutdown.wait_timeout(self.sampler.next_wait(self.interval)) {
+                    break;
+                }
+            }
+            // Dropped here, on its own thread (NVML's shutdown may block too).
+            drop(self);
+            log::debug!("{} stopped", S::THREAD);
+        })
     }
 }
 
@@ -106,7 +105,7 @@ pub fn round1(value: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{self, Component};
+    use crate::state;
 
     #[test]
     fn units() {
@@ -135,7 +134,6 @@ mod tests {
     #[test]
     fn the_driver_records_duration_and_health_and_stops() {
         let (snapshot, writers) = state::new();
-        assert_eq!(writers.gpu.component(), Component::Gpu);
         let mut driver = Driver::new(Counter(0), writers.gpu, Duration::from_millis(20));
         assert_eq!(snapshot.health()["gpu"], "starting");
         driver.sample_now();

@@ -6,6 +6,7 @@
 //! from the first sample on); it stops when the shutdown channel closes (checked between
 //! samples, so within one interval).
 
+use crate::component::StartError;
 use crate::shutdown::Shutdown;
 use crate::state::{Health, LoadAverage, SampleWriter, SystemSample};
 use crate::telemetry::{bytes_to_mb, percent, round1, Driver, Sampler};
@@ -14,26 +15,6 @@ use std::time::Duration;
 
 /// How often host CPU and memory are sampled. CPU usage is the average over this interval.
 pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Why the sampler could not start.
-#[derive(Debug)]
-pub enum SystemSamplerError {
-    Sysinfo(String),
-    Spawn(std::io::Error),
-}
-
-impl std::fmt::Display for SystemSamplerError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SystemSamplerError::Sysinfo(e) => write!(f, "cannot read host statistics: {e}"),
-            SystemSamplerError::Spawn(e) => {
-                write!(f, "cannot start the system sampler thread: {e}")
-            }
-        }
-    }
-}
-
-impl std::error::Error for SystemSamplerError {}
 
 /// Reads the host through its own `sysinfo::System`.
 struct SystemSampler {
@@ -59,14 +40,14 @@ impl Sampler for SystemSampler {
 pub fn start(
     writer: SampleWriter<SystemSample>,
     shutdown: Shutdown,
-) -> Result<JoinHandle<()>, SystemSamplerError> {
-    let mut system =
-        sysinfo::System::new().map_err(|e| SystemSamplerError::Sysinfo(e.to_string()))?;
+) -> Result<JoinHandle<()>, StartError> {
+    let mut system = sysinfo::System::new()
+        .map_err(|e| StartError::new(format!("cannot read host statistics: {e}")))?;
     system.refresh_cpu_usage();
     std::thread::sleep(sysinfo::MINIMUM_CPU_UPDATE_INTERVAL);
     let mut driver = Driver::new(SystemSampler { system }, writer, SAMPLE_INTERVAL);
     driver.sample_now();
-    driver.spawn(shutdown).map_err(SystemSamplerError::Spawn)
+    driver.spawn(shutdown)
 }
 
 fn sample(system: &mut sysinfo::System) -> SystemSample {

@@ -1,0 +1,86 @@
+//! The runner↔worker protocol: the docker work the [`DockerRunner`](super::runner) queues for
+//! its worker threads and the reports they send back. Plain data: the API's reply senders stay
+//! with the runner (a [`Ticket`] names the pending reply a report answers), so a worker never
+//! talks to a caller and this file imports neither the runner nor the worker.
+
+use crate::config::RunSettings;
+use crate::docker::cli::{DockerCli, DockerError};
+use crate::docker::container::ContainerView;
+use crate::docker::protocol::{Action, ContainerError};
+use crate::docker::spec::CreateSpec;
+
+/// Names the pending reply a [`Done`] answers.
+pub(crate) type Ticket = u64;
+
+/// Docker work a worker thread does.
+pub(crate) enum Work {
+    Create {
+        ticket: Ticket,
+        spec: Box<CreateSpec>,
+        gpus: Vec<u32>,
+        uuids: Vec<String>,
+    },
+    Act {
+        ticket: Ticket,
+        id: String,
+        action: Action,
+    },
+    Delete {
+        ticket: Ticket,
+        view: Box<ContainerView>,
+    },
+    Logs {
+        ticket: Ticket,
+        id: String,
+        tail: u32,
+    },
+    /// List and inspect every managed container, as of the runner's `generation`.
+    Reconcile { generation: u64 },
+    /// Inspect one container again (an event said it changed).
+    Refresh { id: String, generation: u64 },
+}
+
+impl Work {
+    /// Creates (with their image pulls) have a lane of their own.
+    pub(crate) fn is_create(&self) -> bool {
+        matches!(self, Work::Create { .. })
+    }
+}
+
+/// A worker's report.
+pub(crate) enum Done {
+    Created {
+        ticket: Ticket,
+        claim_id: String,
+        result: Result<ContainerView, ContainerError>,
+    },
+    Acted {
+        ticket: Ticket,
+        id: String,
+        result: Result<ContainerView, ContainerError>,
+    },
+    Deleted {
+        ticket: Ticket,
+        view: Box<ContainerView>,
+        result: Result<(), ContainerError>,
+    },
+    Logs {
+        ticket: Ticket,
+        result: Result<String, ContainerError>,
+    },
+    Reconciled {
+        generation: u64,
+        result: Result<Vec<ContainerView>, DockerError>,
+    },
+    Refreshed {
+        id: String,
+        generation: u64,
+        result: Result<Option<ContainerView>, DockerError>,
+    },
+}
+
+/// What a worker needs to run docker.
+pub(crate) struct WorkerContext {
+    pub(crate) cli: DockerCli,
+    pub(crate) settings: RunSettings,
+}
