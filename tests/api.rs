@@ -721,3 +721,37 @@ fn health_shows_each_samplers_last_run() {
         assert!(run["last_duration_ms"].is_u64(), "{sampler}: {run}");
     }
 }
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let agent = Agent::start(|_| {});
+    let auth = format!("Authorization: Bearer {TOKEN}\r\n");
+    // Answers made on the I/O thread (404, 401) and on handler threads (200) interleave.
+    let pipeline = format!(
+        "GET /health HTTP/1.1\r\nHost: x\r\n\r\n\
+         GET /api/v1/nothing HTTP/1.1\r\nHost: x\r\n{auth}\r\n\
+         GET /api/v1/metrics HTTP/1.1\r\nHost: x\r\n{auth}\r\n\
+         GET /api/v1/metrics HTTP/1.1\r\nHost: x\r\n\r\n\
+         HEAD /health HTTP/1.1\r\nHost: x\r\n\r\n\
+         GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    let raw = raw_exchange(&agent, pipeline.as_bytes());
+    let text = String::from_utf8_lossy(&raw);
+    let statuses: Vec<&str> = text
+        .match_indices("HTTP/1.1 ")
+        .map(|(at, _)| &text[at + 9..at + 12])
+        .collect();
+    assert_eq!(
+        statuses,
+        ["200", "404", "200", "401", "200", "200"],
+        "{text}"
+    );
+    let health = text.find("\"uptime_secs\"").unwrap();
+    let metrics = text.find("\"gpus\"").unwrap();
+    assert!(health < metrics, "{text}");
+    assert_eq!(
+        text.matches("\"uptime_secs\"").count(),
+        2,
+        "HEAD sent no body: {text}"
+    );
+}
