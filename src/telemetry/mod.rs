@@ -2,6 +2,10 @@
 //! [`Driver`] runs each on its own thread, publishing every sample with its health and how long
 //! it took through the sampler's [`SampleWriter`].
 //!
+//! A sampler thread owns its sampler (and what it holds: a `sysinfo::System`, the NVML handle),
+//! receives nothing, sends nothing but what it publishes, and stops when the shutdown channel
+//! closes (checked between samples; a sample in progress finishes first).
+//!
 //! - [`system`]: host CPU, memory and load (sysinfo).
 //! - [`gpu`]: the GPUs (NVML), alone on its thread because NVML calls can block.
 
