@@ -184,12 +184,11 @@ fn a_flood_of_idle_connections_is_bounded_and_the_api_recovers() {
     let during = thread_count(agent.pid());
     assert!(
         during <= baseline + 32 + 4,
-        "connection threads are bounded by max_connections (32), not by the 300 connections: \
-         {baseline} before, {during} during the flood"
+        "threads are not made per connection: {baseline} before, {during} during the flood"
     );
 
-    // While the idle connections are held, the server sheds them one idle timeout at a time
-    // (32 per second here) and a real request queued behind them is still answered.
+    // At the cap (32) the idle connections are shed to make room: a real request is answered
+    // at once (the old bound of 30 s is kept as the assertion; the flood tests below ask 1 s).
     let started = Instant::now();
     let response = try_request(agent.addr, "GET", "/health", &[], b"").unwrap();
     assert_eq!(response.status, 200);
