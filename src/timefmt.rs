@@ -33,6 +33,29 @@ fn split(time: SystemTime) -> (String, u32) {
     (date_time, millis.rem_euclid(1000) as u32)
 }
 
+/// `Sun, 06 Nov 1994 08:49:37 GMT` (HTTP's IMF-fixdate, RFC 9110 5.6.7) for the given instant.
+pub fn http_date(time: SystemTime) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let secs = time
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{}, {day:02} {} {year:04} {:02}:{:02}:{:02} GMT",
+        DAYS[days.rem_euclid(7) as usize],
+        MONTHS[(month - 1) as usize],
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
 fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
@@ -71,5 +94,14 @@ mod tests {
         let before = UNIX_EPOCH - Duration::from_millis(1);
         assert_eq!(rfc3339_millis(before), "1969-12-31T23:59:59.999Z");
         assert_eq!(rfc3339_millis(SystemTime::now()).len(), 24);
+    }
+
+    #[test]
+    fn http_dates() {
+        assert_eq!(http_date(UNIX_EPOCH), "Thu, 01 Jan 1970 00:00:00 GMT");
+        let t = UNIX_EPOCH + Duration::from_secs(784_111_777);
+        assert_eq!(http_date(t), "Sun, 06 Nov 1994 08:49:37 GMT");
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_944_011);
+        assert_eq!(http_date(t), "Sun, 29 Nov 2026 09:20:11 GMT");
     }
 }

@@ -97,6 +97,15 @@ fn lifecycle_create_list_inspect_logs_stop_start_restart_delete() {
         Some("text/plain; charset=utf-8")
     );
     assert_eq!(tail.text().lines().count(), 1, "{}", tail.text());
+    // Query values are percent-decoded: %31 is 1.
+    let encoded = agent.get(&format!("/api/v1/containers/{id}/logs?tail=%31"));
+    assert_eq!(encoded.status, 200, "{}", encoded.text());
+    assert_eq!(encoded.text(), tail.text());
+    // HEAD works wherever GET does.
+    let head = agent.api("HEAD", &format!("/api/v1/containers/{id}"), b"");
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+    assert!(head.header("content-length").is_some_and(|l| l != "0"));
     assert_eq!(
         agent
             .get(&format!("/api/v1/containers/{id}/logs?tail=x"))

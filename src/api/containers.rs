@@ -6,7 +6,7 @@ use crate::api::error::ApiError;
 use crate::api::{ApiContext, Reply};
 use crate::docker::protocol::{Action, ContainerError, Request, RunnerHandle};
 use crate::docker::spec;
-use oxhttp::model::StatusCode;
+use crate::http::StatusCode;
 use std::time::Duration;
 
 /// Lines of logs when `tail` is not given, and the most a request may ask for.
@@ -60,7 +60,8 @@ pub fn create(context: &ApiContext, body: &[u8]) -> Result<Reply, ApiError> {
         spec: Box::new(spec),
         reply,
     })?;
-    Reply::with_status(StatusCode::CREATED, view)
+    let location = format!("/api/v1/containers/{}", view.id);
+    Ok(Reply::with_status(StatusCode::CREATED, view)?.with_header("Location", location))
 }
 
 /// `GET /api/v1/containers`.
@@ -111,13 +112,15 @@ pub fn logs(context: &ApiContext, id: &str, query: Option<&str>) -> Result<Reply
 
 fn parse_tail(query: Option<&str>) -> Result<u32, ApiError> {
     let mut tail = DEFAULT_LOG_TAIL;
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        match key {
+    let pairs = crate::http::query::parse_query(query.unwrap_or(""))
+        .map_err(|e| ApiError::bad_request(format!("bad query string: {e}")))?;
+    for (key, value) in pairs {
+        match key.as_str() {
             "tail" => {
-                tail = value
-                    .parse::<u32>()
-                    .ok()
+                // Digits only: `u32::from_str` would also take `+5`.
+                tail = Some(&value)
+                    .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|v| v.parse::<u32>().ok())
                     .filter(|n| *n <= MAX_LOG_TAIL)
                     .ok_or_else(|| {
                         ApiError::bad_request(format!(
@@ -144,6 +147,8 @@ mod tests {
         assert_eq!(parse_tail(None), Ok(DEFAULT_LOG_TAIL));
         assert_eq!(parse_tail(Some("tail=5")), Ok(5));
         assert_eq!(parse_tail(Some("tail=0")), Ok(0));
+        assert_eq!(parse_tail(Some("tail=%31")), Ok(1));
+        assert_eq!(parse_tail(Some("t%61il=%32%30")), Ok(20));
         for bad in [
             "tail=-1",
             "tail=x",
@@ -151,6 +156,9 @@ mod tests {
             "tail=100001",
             "since=1",
             "tail=1&x=2",
+            "tail=%",
+            "tail=%2",
+            "tail=%2B1",
         ] {
             let e = parse_tail(Some(bad)).unwrap_err();
             assert_eq!(e.status, StatusCode::BAD_REQUEST, "{bad}");

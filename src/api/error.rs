@@ -1,7 +1,7 @@
 //! The API's one error type: every failure a handler can return, mapped to a status code and the
 //! JSON body `{"error": {"code": "...", "message": "..."}}`.
 
-use oxhttp::model::StatusCode;
+use crate::http::StatusCode;
 use serde_json::json;
 
 /// A failed request: status, a stable machine-readable `code`, and a message for a person.

@@ -1,16 +1,18 @@
-//! The HTTP API server: oxhttp's listener thread plus one thread per connection, bounded by
-//! `agent_api.max_connections`, each connection closed after `agent_api.idle_timeout_secs` of
-//! silence (so a flood of idle connections is shed and the API recovers when they go).
+//! The HTTP API: authentication, routes and JSON answers, served by the connection layer in
+//! [`crate::http`] (one I/O thread, a fixed pool of handler threads; see there for connection
+//! limits, deadlines and what a flood of connections can and cannot do).
 //!
-//! A request is handled in this order, all on the connection's thread: drain check (503 while
-//! shutting down), body size check from `Content-Length` (413), bearer token for `/api/` (401),
-//! route (404/405), bounded body read (413), then the endpoint. Endpoints read the published
-//! [`Snapshot`], or (containers) send a typed request to the container runner and wait for its
-//! reply; they never call NVML, sysinfo or docker themselves.
+//! A request is decided in two steps. On the I/O thread, from the head alone and before any
+//! body byte is read ([`ApiService::admit`]): a duplicate `Authorization` header (400), the
+//! bearer token for `/api/` (401), the declared body size (413), the route (404/405). Only then
+//! does the connection layer send `100 Continue` and read the body. On a handler thread
+//! ([`ApiService::serve`]): the endpoint. Endpoints read the published [`Snapshot`], or
+//! (containers) send a typed request to the container runner and wait for its reply; they never
+//! call NVML, sysinfo or docker themselves. Health and metrics are served by the quick lane, the
+//! container endpoints by the slow one, so a slow docker never delays `/health`.
 //!
-//! Stopping: [`ApiServer::drain`] makes new requests answer 503 and waits for the in-flight ones
-//! to finish. oxhttp has no way to close its listening socket, so the listener thread ends with
-//! the process, which exits right after the drain.
+//! Stopping: [`ApiServer::drain`] closes the listening socket, lets requests at handlers finish
+//! within the given time (new ones on open connections are not read), and joins the threads.
 
 pub mod auth;
 pub mod containers;
@@ -21,15 +23,10 @@ pub mod routes;
 use crate::api::error::ApiError;
 use crate::api::routes::Endpoint;
 use crate::docker::protocol::RunnerHandle;
+use crate::http::{BodyLength, HttpError, Lane, Request, RequestHead, Response, StatusCode};
 use crate::state::Snapshot;
-use oxhttp::model::header::{
-    ALLOW, AUTHORIZATION, CACHE_CONTROL, CONNECTION, CONTENT_TYPE, WWW_AUTHENTICATE,
-};
-use oxhttp::model::{Body, HeaderValue, Request, Response, StatusCode};
 use serde::Serialize;
-use std::io::Read;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -52,8 +49,6 @@ pub struct ApiContext {
     pub started: Instant,
     /// The container runner; `None` answers the container endpoints with 503.
     pub runner: Option<RunnerHandle>,
-    draining: AtomicBool,
-    in_flight: AtomicUsize,
 }
 
 impl ApiContext {
@@ -63,8 +58,6 @@ impl ApiContext {
             snapshot,
             started: Instant::now(),
             runner: None,
-            draining: AtomicBool::new(false),
-            in_flight: AtomicUsize::new(0),
         }
     }
 
@@ -96,70 +89,48 @@ impl std::error::Error for ApiStartError {}
 
 /// The running server.
 pub struct ApiServer {
-    context: Arc<ApiContext>,
-    // Kept so the listener's handle lives as long as the server; see the module doc on stopping.
-    _listener: oxhttp::ListeningServer,
+    server: crate::http::Server,
 }
 
 impl ApiServer {
     pub fn start(context: Arc<ApiContext>) -> Result<ApiServer, ApiStartError> {
         let settings = context.settings.clone();
-        let handler_context = Arc::clone(&context);
-        let server = oxhttp::Server::new(move |request| handle(&handler_context, request))
-            .bind(settings.listen)
-            .with_global_timeout(settings.idle_timeout)
-            .with_max_concurrent_connections(settings.max_connections);
-        let listener = server.spawn().map_err(|source| ApiStartError {
-            listen: settings.listen,
-            source,
-        })?;
-        log::info!(
-            "API listening on http://{} (max {} connections, idle timeout {}s)",
+        let mut config = crate::http::ServerConfig::new(
             settings.listen,
             settings.max_connections,
+            settings.idle_timeout,
+        );
+        config.max_body_bytes = MAX_BODY_BYTES;
+        let service = Arc::new(ApiService {
+            context: Arc::clone(&context),
+        });
+        let server =
+            crate::http::Server::start(config, service).map_err(|source| ApiStartError {
+                listen: settings.listen,
+                source,
+            })?;
+        log::info!(
+            "API listening on http://{} (max {} connections, idle timeout {}s)",
+            server.local_addr(),
+            server.max_connections(),
             settings.idle_timeout.as_secs()
         );
-        Ok(ApiServer {
-            context,
-            _listener: listener,
-        })
+        Ok(ApiServer { server })
     }
 
-    /// Answers new requests with 503 and waits up to `timeout` for in-flight ones; returns how
-    /// many were still running when it gave up.
-    pub fn drain(&self, timeout: Duration) -> usize {
-        self.context.draining.store(true, Ordering::SeqCst);
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = self.context.in_flight.load(Ordering::SeqCst);
-            if left == 0 || Instant::now() >= deadline {
-                return left;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+    /// Stops accepting, lets in-flight requests finish for up to `timeout` and joins the
+    /// threads; returns how many requests were still running when it gave up.
+    pub fn drain(self, timeout: Duration) -> usize {
+        self.server.shutdown(timeout)
     }
 }
 
-/// Counts a request as in flight for as long as it lives.
-struct InFlight<'a>(&'a AtomicUsize);
-
-impl<'a> InFlight<'a> {
-    fn enter(counter: &'a AtomicUsize) -> Self {
-        counter.fetch_add(1, Ordering::SeqCst);
-        InFlight(counter)
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// A successful answer: status and a JSON (or, for logs, plain text) body.
+/// A successful answer: status, a JSON (or, for logs, plain text) body, and extra header
+/// fields (`Location` on 201).
 pub struct Reply {
     pub status: StatusCode,
     pub body: ReplyBody,
+    pub headers: Vec<(&'static str, String)>,
 }
 
 pub enum ReplyBody {
@@ -172,6 +143,7 @@ impl Reply {
         Reply {
             status,
             body: ReplyBody::Text(text),
+            headers: Vec::new(),
         }
     }
 
@@ -185,57 +157,100 @@ impl Reply {
         Ok(Reply {
             status,
             body: ReplyBody::Json(body),
+            headers: Vec::new(),
         })
+    }
+
+    /// Adds a header field to the answer.
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
+        self.headers.push((name, value.into()));
+        self
     }
 }
 
-fn handle(context: &ApiContext, request: &mut Request<Body>) -> Response<Body> {
-    let _in_flight = InFlight::enter(&context.in_flight);
-    let started = Instant::now();
-    let method = request.method().clone();
-    let path = request.uri().path().to_string();
-    let outcome = if context.draining.load(Ordering::SeqCst) {
-        Err(ApiError::unavailable(
-            "shutting_down",
-            "the agent is shutting down",
+/// The API as the connection layer sees it.
+pub struct ApiService {
+    context: Arc<ApiContext>,
+}
+
+impl crate::http::Service for ApiService {
+    fn admit(&self, head: &RequestHead) -> Result<Lane, Response> {
+        match admit(&self.context, head) {
+            Ok(Endpoint::Health | Endpoint::Metrics) => Ok(Lane::Quick),
+            Ok(_) => Ok(Lane::Slow),
+            Err(error) => {
+                log::debug!("{} {} -> {}", head.method, head.path, error.status.as_u16());
+                Err(error_response(&error))
+            }
+        }
+    }
+
+    fn serve(&self, request: Request) -> Response {
+        handle(&self.context, request)
+    }
+
+    fn reject(&self, error: &HttpError) -> Response {
+        error_response(&ApiError::new(
+            error.status,
+            error.code,
+            error.message.clone(),
         ))
-    } else {
-        // A bug in a handler must cost one request, not the connection thread's silence.
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve(context, request)))
-            .unwrap_or_else(|_| Err(ApiError::internal("internal error; see the agent's log")))
-    };
+    }
+}
+
+/// What can be decided before the body is read, in this order: one `Authorization` header at
+/// most, the token (so an unauthenticated caller learns nothing else, not even the size limit),
+/// the declared size, the route.
+fn admit(context: &ApiContext, head: &RequestHead) -> Result<Endpoint, ApiError> {
+    let authorization = head.headers.get_single("authorization").map_err(|()| {
+        ApiError::bad_request("more than one Authorization header; send exactly one")
+    })?;
+    if routes::requires_auth(&head.path) {
+        auth::check(authorization, &context.settings.auth_token)?;
+    }
+    if let BodyLength::Exact(length) = head.body_length {
+        if length > MAX_BODY_BYTES as u64 {
+            return Err(ApiError::payload_too_large(MAX_BODY_BYTES));
+        }
+    }
+    routes::route(&head.method, &head.path)
+}
+
+fn handle(context: &ApiContext, request: Request) -> Response {
+    let started = Instant::now();
+    let method = request.head.method.clone();
+    let path = request.head.path.clone();
+    // A bug in a handler must cost one request, not a handler thread.
+    let outcome =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve(context, &request)))
+            .unwrap_or_else(|_| Err(ApiError::internal("internal error; see the agent's log")));
     let response = match outcome {
         Ok(Reply {
             status,
-            body: ReplyBody::Json(body),
-        }) => json_response(status, &body),
-        Ok(Reply {
-            status,
-            body: ReplyBody::Text(text),
-        }) => text_response(status, text),
+            body,
+            headers,
+        }) => {
+            let mut response = match body {
+                ReplyBody::Json(body) => json_response(status, &body),
+                ReplyBody::Text(text) => text_response(status, text),
+            };
+            response.headers.extend(headers);
+            response
+        }
         Err(error) => error_response(&error),
     };
     log::debug!(
         "{method} {path} -> {} in {} ms",
-        response.status().as_u16(),
+        response.status.as_u16(),
         started.elapsed().as_millis()
     );
     response
 }
 
-fn serve(context: &ApiContext, request: &mut Request<Body>) -> Result<Reply, ApiError> {
-    if let Some(length) = request.body().len() {
-        if length > MAX_BODY_BYTES as u64 {
-            return Err(ApiError::payload_too_large(MAX_BODY_BYTES));
-        }
-    }
-    let path = request.uri().path().to_string();
-    if routes::requires_auth(&path) {
-        let header = request.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
-        auth::check(header, &context.settings.auth_token)?;
-    }
-    let endpoint = routes::route(request.method(), &path)?;
-    let body = read_body(request.body_mut())?;
+fn serve(context: &ApiContext, request: &Request) -> Result<Reply, ApiError> {
+    let head = &request.head;
+    let endpoint = admit(context, head)?;
+    let body = &request.body;
     match endpoint {
         Endpoint::Health => Reply::ok(health::document(
             &context.snapshot,
@@ -252,65 +267,41 @@ fn serve(context: &ApiContext, request: &mut Request<Body>) -> Result<Reply, Api
         }
         Endpoint::Metrics => Reply::ok(context.snapshot.metrics()),
         Endpoint::ListContainers => containers::list(context),
-        Endpoint::CreateContainer => containers::create(context, &body),
+        Endpoint::CreateContainer => containers::create(context, body),
         Endpoint::GetContainer(id) => containers::get(context, &id),
         Endpoint::DeleteContainer(id) => containers::delete(context, &id),
-        Endpoint::ContainerLogs(id) => containers::logs(context, &id, request.uri().query()),
+        Endpoint::ContainerLogs(id) => containers::logs(context, &id, head.query.as_deref()),
         Endpoint::ContainerAction(id, action) => containers::act(context, &id, action),
     }
 }
 
-/// Reads the whole body, refusing more than [`MAX_BODY_BYTES`] (chunked bodies have no length).
-fn read_body(body: &mut Body) -> Result<Vec<u8>, ApiError> {
-    let mut buffer = Vec::new();
-    body.take(MAX_BODY_BYTES as u64 + 1)
-        .read_to_end(&mut buffer)
-        .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
-    if buffer.len() > MAX_BODY_BYTES {
-        return Err(ApiError::payload_too_large(MAX_BODY_BYTES));
-    }
-    Ok(buffer)
-}
-
-fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
+fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
     let mut text = body.to_string();
     text.push('\n');
-    let mut response = Response::new(Body::from(text));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+    Response::new(status, text.into_bytes())
+        .with_header("Content-Type", "application/json")
+        .with_header("Cache-Control", "no-store")
 }
 
-fn text_response(status: StatusCode, text: String) -> Response<Body> {
-    let mut response = Response::new(Body::from(text));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+fn text_response(status: StatusCode, text: String) -> Response {
+    Response::new(status, text.into_bytes())
+        .with_header("Content-Type", "text/plain; charset=utf-8")
+        .with_header("Cache-Control", "no-store")
 }
 
-fn error_response(error: &ApiError) -> Response<Body> {
+fn error_response(error: &ApiError) -> Response {
     let mut response = json_response(error.status, &error.body());
-    let headers = response.headers_mut();
     if error.status == StatusCode::UNAUTHORIZED {
-        headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        response = response.with_header("WWW-Authenticate", "Bearer");
     }
     if let Some(allow) = &error.allow {
-        if let Ok(value) = allow.parse() {
-            headers.insert(ALLOW, value);
-        }
+        response = response.with_header("Allow", allow.clone());
     }
     if error.status == StatusCode::PAYLOAD_TOO_LARGE
         || error.status == StatusCode::SERVICE_UNAVAILABLE
     {
         // Do not keep a connection whose unread body or shutdown makes it useless.
-        headers.insert(CONNECTION, HeaderValue::from_static("close"));
+        response.close = true;
     }
     response
 }

@@ -1,8 +1,9 @@
-//! Method + path → the endpoint that serves it, or 404 / 405 (with `Allow`).
+//! Method + path → the endpoint that serves it, or 404 / 405 (with `Allow`). HEAD is served
+//! wherever GET is.
 
 use crate::api::error::ApiError;
 use crate::docker::protocol::Action;
-use oxhttp::model::Method;
+use crate::http::Method;
 
 /// Every endpoint of the API. Container ids are the raw `{id}` path segment (checked to be a
 /// plain name; the runner resolves it).
@@ -70,6 +71,10 @@ impl Resource {
     }
 
     fn endpoint(self, method: &Method) -> Option<Endpoint> {
+        // HEAD is GET without the body (the connection layer drops it).
+        if *method == Method::HEAD {
+            return self.endpoint(&Method::GET);
+        }
         match (self, method) {
             (Resource::Health, &Method::GET) => Some(Endpoint::Health),
             (Resource::Ready, &Method::GET) => Some(Endpoint::Ready),
@@ -105,7 +110,7 @@ pub fn route(method: &Method, path: &str) -> Result<Endpoint, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use oxhttp::model::StatusCode;
+    use crate::http::StatusCode;
 
     #[test]
     fn known_paths() {
@@ -120,6 +125,17 @@ mod tests {
             route(&Method::GET, "/api/v1/metrics/"),
             Ok(Endpoint::Metrics)
         );
+    }
+
+    #[test]
+    fn head_goes_wherever_get_does() {
+        assert_eq!(route(&Method::HEAD, "/health"), Ok(Endpoint::Health));
+        assert_eq!(
+            route(&Method::HEAD, "/api/v1/containers/abc/logs"),
+            Ok(Endpoint::ContainerLogs("abc".into()))
+        );
+        let e = route(&Method::HEAD, "/api/v1/containers/abc/stop").unwrap_err();
+        assert_eq!(e.status, StatusCode::METHOD_NOT_ALLOWED);
     }
 
     #[test]

@@ -210,7 +210,7 @@ impl Default for ApiConfig {
         ApiConfig {
             listen_address: "127.0.0.1:9200".to_string(),
             auth_token: String::new(),
-            max_connections: 64,
+            max_connections: 1024,
             idle_timeout_secs: 15,
         }
     }

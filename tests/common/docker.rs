@@ -199,7 +199,15 @@ impl Agent {
             r.text(),
             self.log()
         );
-        r.json()
+        let view = r.json();
+        // The new resource is named in `Location`.
+        let id = view["id"].as_str().unwrap_or_default();
+        assert_eq!(
+            r.header("location"),
+            Some(format!("/api/v1/containers/{id}").as_str()),
+            "create {body}"
+        );
+        view
     }
 
     /// The managed containers the agent lists.

@@ -1,0 +1,102 @@
+//! The API's HTTP/1.1 connection layer: one I/O thread and a fixed pool of handler threads, no
+//! thread or large buffer per connection, so no number of idle, half-sent or byte-dripping
+//! connections can starve a real request.
+//!
+//! **The I/O thread** (`server.rs`) owns the listening socket and every connection. It waits on a
+//! readiness poller (`polling`, epoll on Linux), accepts, reads request heads without blocking
+//! into a per-connection buffer bounded by [`ServerConfig::max_head_bytes`], parses them
+//! (`parse.rs`, with `httparse`), and enforces, per connection:
+//! - an idle connection (no request begun) is closed quietly after `idle_timeout`;
+//! - a request head must be complete within `head_timeout` of its first byte (a total deadline,
+//!   not one per read: dripping a byte now and then does not extend it) and a body within
+//!   `idle_timeout` of its head, or the answer is 408 and the connection closes;
+//! - at `max_connections` the connection idle the longest is closed to make room (after one last
+//!   non-blocking read, so a request already sent is served, not shed); when none is idle, the
+//!   new connection gets 503 at once. Accepting never stops.
+//!
+//! With a complete head it asks the [`Service`] to [`admit`](Service::admit) the request (the
+//! API checks the token, the declared length and the route here) before reading any body byte,
+//! sends `100 Continue` only then, reads the body (`Content-Length`, or strictly decoded
+//! `chunked`, at most [`ServerConfig::max_body_bytes`]), and sends the [`Request`] over a
+//! bounded crossbeam channel to the handler pool of the lane the service chose ([`Lane`]).
+//!
+//! **Handler threads** (`pool.rs`) run [`Service::serve`], encode the [`Response`] and send the
+//! bytes back to the I/O thread through a channel, then wake the poller. The I/O thread writes
+//! them without blocking; a connection reads its next (pipelined) request only after its answer
+//! is written, so answers go out in order and a connection holds at most one request.
+//!
+//! **Stopping**: [`Server::shutdown`] closes the listening socket at once, closes connections
+//! that have no request at a handler, lets those that do get their answer (with
+//! `Connection: close`) until the deadline, then ends the I/O thread and joins the handler
+//! threads that finished (a handler blocked past the deadline is left to the process exit).
+
+mod chunked;
+pub mod limits;
+mod parse;
+mod pool;
+pub mod query;
+mod server;
+mod types;
+
+pub use server::{Server, ServerConfig, StartError};
+pub use types::{BodyLength, Headers, Method, Request, RequestHead, Response, StatusCode};
+
+/// Which handler threads serve a request: quick work never waits behind slow work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// Answers from memory (health, metrics).
+    Quick,
+    /// Work that waits on another component (containers: docker).
+    Slow,
+}
+
+/// What the connection layer serves.
+pub trait Service: Send + Sync + 'static {
+    /// Decides on a request from its head alone, on the I/O thread, before any body byte is
+    /// read: a [`Lane`] to serve it, or the answer to send instead (the connection then closes
+    /// when a body was announced). Must be quick and must not block.
+    fn admit(&self, head: &RequestHead) -> Result<Lane, Response>;
+
+    /// Answers a complete request, on a handler thread.
+    fn serve(&self, request: Request) -> Response;
+
+    /// Renders an error the connection layer found itself (malformed request, 408, 431, 503).
+    fn reject(&self, error: &HttpError) -> Response;
+}
+
+/// A request the connection layer refuses before any service sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpError {
+    pub status: StatusCode,
+    /// A stable machine-readable code (`bad_request`, `header_too_large`, ...).
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl HttpError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        HttpError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        HttpError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+}
+
+impl std::fmt::Display for HttpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.code,
+            self.message
+        )
+    }
+}
+
+impl std::error::Error for HttpError {}
