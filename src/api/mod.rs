@@ -8,8 +8,10 @@
 //! does the connection layer send `100 Continue` and read the body. On a handler thread
 //! ([`ApiService::serve`]): the endpoint. Endpoints read the published [`Snapshot`], or
 //! (containers) send a typed request to the container runner and wait for its reply; they never
-//! call NVML, sysinfo or docker themselves. Health and metrics are served by the quick lane, the
-//! container endpoints by the slow one, so a slow docker never delays `/health`.
+//! call NVML, sysinfo or docker themselves. Health and metrics are cached JSON bytes (rebuilt
+//! once per change of what they show; health also once per second for its uptime) answered on
+//! the I/O thread itself ([`Lane::Inline`]), readiness by the quick lane, the container
+//! endpoints by the slow one, so a slow docker never delays `/health`.
 //!
 //! Stopping: [`ApiServer::drain`] closes the listening socket, lets requests at handlers finish
 //! within the given time (new ones on open connections are not read), and joins the threads.
@@ -24,7 +26,7 @@ use crate::api::error::ApiError;
 use crate::api::routes::Endpoint;
 use crate::docker::protocol::RunnerHandle;
 use crate::http::{BodyLength, HttpError, Lane, Request, RequestHead, Response, StatusCode};
-use crate::state::Snapshot;
+use crate::state::{Cached, Snapshot};
 use serde::Serialize;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -49,6 +51,8 @@ pub struct ApiContext {
     pub started: Instant,
     /// The container runner; `None` answers the container endpoints with 503.
     pub runner: Option<RunnerHandle>,
+    /// `/health`'s body, for (health generation, uptime in seconds).
+    health_json: Cached<(u64, u64)>,
 }
 
 impl ApiContext {
@@ -58,6 +62,7 @@ impl ApiContext {
             snapshot,
             started: Instant::now(),
             runner: None,
+            health_json: Cached::new(),
         }
     }
 
@@ -135,6 +140,8 @@ pub struct Reply {
 
 pub enum ReplyBody {
     Json(serde_json::Value),
+    /// A JSON document already serialised (the cached health and metrics documents).
+    JsonBytes(Arc<[u8]>),
     Text(String),
 }
 
@@ -143,6 +150,15 @@ impl Reply {
         Reply {
             status,
             body: ReplyBody::Text(text),
+            headers: Vec::new(),
+        }
+    }
+
+    /// 200 with a JSON document already serialised.
+    pub fn json_bytes(bytes: Arc<[u8]>) -> Reply {
+        Reply {
+            status: StatusCode::OK,
+            body: ReplyBody::JsonBytes(bytes),
             headers: Vec::new(),
         }
     }
@@ -176,7 +192,9 @@ pub struct ApiService {
 impl crate::http::Service for ApiService {
     fn admit(&self, head: &RequestHead) -> Result<Lane, Response> {
         match admit(&self.context, head) {
-            Ok(Endpoint::Health | Endpoint::Metrics) => Ok(Lane::Quick),
+            // Cached bytes, rebuilt at most once per change: answered on the I/O thread.
+            Ok(Endpoint::Health | Endpoint::Metrics) => Ok(Lane::Inline),
+            Ok(Endpoint::Ready) => Ok(Lane::Quick),
             Ok(_) => Ok(Lane::Slow),
             Err(error) => {
                 log::debug!("{} {} -> {}", head.method, head.path, error.status.as_u16());
@@ -232,6 +250,7 @@ fn handle(context: &ApiContext, request: Request) -> Response {
         }) => {
             let mut response = match body {
                 ReplyBody::Json(body) => json_response(status, &body),
+                ReplyBody::JsonBytes(bytes) => json_bytes_response(status, bytes.to_vec()),
                 ReplyBody::Text(text) => text_response(status, text),
             };
             response.headers.extend(headers);
@@ -252,10 +271,20 @@ fn serve(context: &ApiContext, request: &Request) -> Result<Reply, ApiError> {
     let endpoint = admit(context, head)?;
     let body = &request.body;
     match endpoint {
-        Endpoint::Health => Reply::ok(health::document(
-            &context.snapshot,
-            context.started.elapsed(),
-        )),
+        Endpoint::Health => {
+            let uptime = context.started.elapsed();
+            let key = (context.snapshot.health_generation(), uptime.as_secs());
+            let bytes = context
+                .health_json
+                .get(key, || {
+                    let mut bytes =
+                        serde_json::to_vec(&health::document(&context.snapshot, uptime))?;
+                    bytes.push(b'\n');
+                    Ok(bytes)
+                })
+                .map_err(encode_error)?;
+            Ok(Reply::json_bytes(bytes))
+        }
         Endpoint::Ready => {
             let document = health::ready(&context.snapshot);
             let status = if document.ready {
@@ -265,7 +294,9 @@ fn serve(context: &ApiContext, request: &Request) -> Result<Reply, ApiError> {
             };
             Reply::with_status(status, document)
         }
-        Endpoint::Metrics => Reply::ok(context.snapshot.metrics()),
+        Endpoint::Metrics => Ok(Reply::json_bytes(
+            context.snapshot.metrics_json().map_err(encode_error)?,
+        )),
         Endpoint::ListContainers => containers::list(context),
         Endpoint::CreateContainer => containers::create(context, body),
         Endpoint::GetContainer(id) => containers::get(context, &id),
@@ -275,10 +306,18 @@ fn serve(context: &ApiContext, request: &Request) -> Result<Reply, ApiError> {
     }
 }
 
+fn encode_error(error: serde_json::Error) -> ApiError {
+    ApiError::internal(format!("cannot encode the response: {error}"))
+}
+
 fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
     let mut text = body.to_string();
     text.push('\n');
-    Response::new(status, text.into_bytes())
+    json_bytes_response(status, text.into_bytes())
+}
+
+fn json_bytes_response(status: StatusCode, body: Vec<u8>) -> Response {
+    Response::new(status, body)
         .with_header("Content-Type", "application/json")
         .with_header("Cache-Control", "no-store")
 }

@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 /// One reading of the host.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SystemSample {
-    pub cpu_usage_percent: f64,
+    /// `None` in the first sample: CPU usage needs two readings apart.
+    pub cpu_usage_percent: Option<f64>,
     pub memory_usage_percent: f64,
     pub memory_total_mb: u64,
     pub memory_used_mb: u64,
