@@ -21,7 +21,8 @@ use crate::docker::runner as docker_runner;
 use crate::platform;
 use crate::shutdown::Shutdown;
 use crate::state::{self, Health};
-use crate::telemetry::{gpu, system};
+use crate::telemetry::gpu_health::{history_path, XidHistory};
+use crate::telemetry::{gpu, system, xid};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -42,6 +43,8 @@ impl Agent {
         // First, so that a damaged identity file stops the agent before anything runs.
         let platform = platform::prepare(settings)?;
         let (snapshot, writers) = state::new();
+        // Xid errors seen before a restart still count.
+        let xid_history = XidHistory::load(history_path(&settings.identity_file_path));
         let mut threads = vec![
             (
                 "system-sampler",
@@ -49,7 +52,16 @@ impl Agent {
             ),
             (
                 "gpu-sampler",
-                gpu::start(&settings.gpu, writers.gpu, shutdown.clone())?,
+                gpu::start(
+                    &settings.gpu,
+                    xid_history.clone(),
+                    writers.gpu,
+                    shutdown.clone(),
+                )?,
+            ),
+            (
+                "gpu-xid-events",
+                xid::start(&settings.gpu, xid_history.clone(), shutdown.clone())?,
             ),
         ];
         // Host ports the agent itself uses can never be published for a container.
@@ -70,7 +82,9 @@ impl Agent {
             idle_timeout: settings.api.idle_timeout,
         };
         let context = Arc::new(
-            ApiContext::new(api_settings, Arc::clone(&snapshot)).with_runner(runner.handle),
+            ApiContext::new(api_settings, Arc::clone(&snapshot))
+                .with_runner(runner.handle)
+                .with_xid_history(xid_history),
         );
         let api = ApiServer::start(context).map_err(StartError::new)?;
         writers.api.set(Health::Ok);

@@ -17,6 +17,7 @@
 pub mod auth;
 pub mod containers;
 pub mod error;
+pub mod gpus;
 pub mod health;
 pub mod routes;
 
@@ -25,6 +26,7 @@ use crate::api::routes::Endpoint;
 use crate::docker::protocol::RunnerHandle;
 use crate::http::{BodyLength, HttpError, Lane, Request, RequestHead, Response, StatusCode};
 use crate::state::Snapshot;
+use crate::telemetry::gpu_health::XidHistory;
 use serde::Serialize;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -49,6 +51,8 @@ pub struct ApiContext {
     pub started: Instant,
     /// The container runner; `None` answers the container endpoints with 503.
     pub runner: Option<RunnerHandle>,
+    /// The GPUs' Xid history (cleared by `POST /api/v1/gpus/{index}/health/reset`).
+    pub xid_history: Option<XidHistory>,
 }
 
 impl ApiContext {
@@ -58,7 +62,14 @@ impl ApiContext {
             snapshot,
             started: Instant::now(),
             runner: None,
+            xid_history: None,
         }
+    }
+
+    /// Lets the API clear GPUs' Xid history.
+    pub fn with_xid_history(mut self, history: XidHistory) -> Self {
+        self.xid_history = Some(history);
+        self
     }
 
     /// Routes the container endpoints to `runner`.
@@ -272,6 +283,7 @@ fn serve(context: &ApiContext, request: &Request) -> Result<Reply, ApiError> {
         Endpoint::DeleteContainer(id) => containers::delete(context, &id),
         Endpoint::ContainerLogs(id) => containers::logs(context, &id, head.query.as_deref()),
         Endpoint::ContainerAction(id, action) => containers::act(context, &id, action),
+        Endpoint::ResetGpuHealth(index) => gpus::reset_health(context, &index),
     }
 }
 

@@ -21,8 +21,8 @@ pub mod samples;
 
 pub use health::{Component, Health};
 pub use samples::{
-    ContainerSummary, GpuAllocation, GpuProcess, GpuReport, GpuSample, LoadAverage, NvmlState,
-    SystemSample,
+    ContainerSummary, GpuAllocation, GpuHealth, GpuProcess, GpuReport, GpuSample, LoadAverage,
+    NvmlState, RemappedRows, SystemSample, XidView,
 };
 
 use serde::Serialize;

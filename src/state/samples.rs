@@ -67,7 +67,8 @@ impl GpuReport {
         }
     }
 
-    /// The GPU component's health: lost GPUs make it degraded.
+    /// The GPU component's health: degraded while a GPU is lost, failed or degraded, or while
+    /// NVML queries fail at run time (a metric a GPU does not support is not a failure).
     pub fn health(&self) -> Health {
         match &self.state {
             NvmlState::Starting => Health::Starting(None),
@@ -79,10 +80,39 @@ impl GpuReport {
                     .filter(|g| g.lost)
                     .map(|g| g.index.to_string())
                     .collect();
-                if lost.is_empty() {
+                let mut problems = Vec::new();
+                if !lost.is_empty() {
+                    problems.push(format!("GPU {} lost", lost.join(", ")));
+                }
+                for gpu in self.gpus.iter().filter(|g| !g.lost) {
+                    if gpu.health != GpuHealth::Healthy {
+                        problems.push(format!(
+                            "GPU {} {}: {}",
+                            gpu.index,
+                            gpu.health.as_str(),
+                            gpu.health_reasons.join("; ")
+                        ));
+                    }
+                    if !gpu.failed_queries.is_empty() {
+                        let failed: Vec<String> = gpu
+                            .failed_queries
+                            .iter()
+                            .map(|q| {
+                                let why = gpu.errors.get(q).map_or("", String::as_str);
+                                format!("{q} ({why})")
+                            })
+                            .collect();
+                        problems.push(format!(
+                            "GPU {} NVML queries failing: {}",
+                            gpu.index,
+                            failed.join(", ")
+                        ));
+                    }
+                }
+                if problems.is_empty() {
                     Health::Ok
                 } else {
-                    Health::Degraded(format!("GPU {} lost", lost.join(", ")))
+                    Health::Degraded(problems.join("; "))
                 }
             }
         }
@@ -106,9 +136,95 @@ pub struct GpuSample {
     pub processes: Option<Vec<GpuProcess>>,
     /// The GPU fell off the bus or is otherwise inaccessible.
     pub lost: bool,
+    /// `healthy`, `degraded` or `failed` (see the README's GPU health table).
+    pub health: GpuHealth,
+    /// Why the GPU is not healthy, one line each (`xid 79 at <time>: ...`).
+    pub health_reasons: Vec<String>,
+    /// The Xid errors seen on this GPU since its health was last reset (kept across restarts).
+    pub xid_errors: Vec<XidView>,
+    pub ecc_errors: EccCounts,
+    /// Pages waiting to be retired at the next GPU reset (GPUs with page retirement).
+    pub retired_pages_pending: Option<bool>,
+    /// Row remapping (GPUs with row remapping instead of page retirement).
+    pub remapped_rows: Option<RemappedRows>,
+    /// Active clock throttle reasons (`hw_slowdown`, `sw_thermal_slowdown`, ...); empty when
+    /// the clocks are not held back.
+    pub throttle_reasons: Option<Vec<&'static str>>,
+    pub pcie: PcieLink,
+    pub fan_speed_percent: Option<u32>,
+    pub clock_sm_mhz: Option<u32>,
+    pub clock_memory_mhz: Option<u32>,
+    pub power_limit_watts: Option<f64>,
+    /// `P0` (most performance) to `P15`.
+    pub performance_state: Option<String>,
     /// Metric name → why it is missing.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub errors: BTreeMap<&'static str, String>,
+    /// The metrics whose NVML query failed at run time (not merely unsupported).
+    #[serde(skip)]
+    pub failed_queries: Vec<&'static str>,
+}
+
+/// A GPU's health, worst last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum GpuHealth {
+    #[default]
+    Healthy,
+    Degraded,
+    Failed,
+}
+
+impl GpuHealth {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GpuHealth::Healthy => "healthy",
+            GpuHealth::Degraded => "degraded",
+            GpuHealth::Failed => "failed",
+        }
+    }
+}
+
+/// One Xid error as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct XidView {
+    pub xid: u64,
+    /// When the agent received it (RFC 3339).
+    pub at: String,
+    /// What it does to the GPU's health: `failed`, `degraded`, or `none` (an application
+    /// error, not a GPU fault).
+    pub severity: &'static str,
+    pub meaning: &'static str,
+}
+
+/// ECC error counts; each `null` where the GPU has no ECC or does not report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+pub struct EccCounts {
+    /// Since the driver was loaded.
+    pub volatile_corrected: Option<u64>,
+    pub volatile_uncorrected: Option<u64>,
+    /// Over the GPU's lifetime.
+    pub aggregate_corrected: Option<u64>,
+    pub aggregate_uncorrected: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RemappedRows {
+    pub corrected: u32,
+    pub uncorrected: u32,
+    /// A remapping waits for the next GPU reset.
+    pub pending: bool,
+    /// A remapping failed: the GPU should be taken out of service.
+    pub failed: bool,
+}
+
+/// The PCIe link now and at most; each `null` where not reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+pub struct PcieLink {
+    pub generation: Option<u32>,
+    pub max_generation: Option<u32>,
+    pub width: Option<u32>,
+    pub max_width: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -132,7 +248,21 @@ impl GpuSample {
             power_watts: None,
             processes: None,
             lost: false,
+            health: GpuHealth::Healthy,
+            health_reasons: Vec::new(),
+            xid_errors: Vec::new(),
+            ecc_errors: EccCounts::default(),
+            retired_pages_pending: None,
+            remapped_rows: None,
+            throttle_reasons: None,
+            pcie: PcieLink::default(),
+            fan_speed_percent: None,
+            clock_sm_mhz: None,
+            clock_memory_mhz: None,
+            power_limit_watts: None,
+            performance_state: None,
             errors: BTreeMap::new(),
+            failed_queries: Vec::new(),
         }
     }
 

@@ -8,9 +8,14 @@
 //!
 //! - [`system`]: host CPU, memory and load (sysinfo).
 //! - [`gpu`]: the GPUs (NVML), alone on its thread because NVML calls can block.
+//! - [`xid`]: the Xid event thread (NVML events, waited for with a short timeout).
+//! - [`gpu_health`]: what each GPU signal and Xid means for its health (the one table), and the
+//!   Xid history kept across restarts.
 
 pub mod gpu;
+pub mod gpu_health;
 pub mod system;
+pub mod xid;
 
 use crate::component::{self, StartError};
 use crate::shutdown::Shutdown;
