@@ -55,6 +55,7 @@ impl Agent {
                 gpu::start(
                     &settings.gpu,
                     xid_history.clone(),
+                    Arc::clone(&snapshot),
                     writers.gpu,
                     shutdown.clone(),
                 )?,

@@ -75,7 +75,8 @@ fn metrics_report_host_and_every_fake_gpu() {
     assert_eq!(gpus[0]["busy"], true);
     assert_eq!(
         gpus[0]["processes"],
-        serde_json::json!([{"pid": 4242, "used_memory_mb": 512}])
+        serde_json::json!([{"pid": 4242, "used_memory_mb": 512, "kind": "compute",
+                            "container_id": null, "claim_id": "host"}])
     );
     assert_eq!(gpus[1]["busy"], false);
     assert_eq!(gpus[1]["processes"], serde_json::json!([]));

@@ -157,6 +157,9 @@ pub struct GpuSample {
     pub power_limit_watts: Option<f64>,
     /// `P0` (most performance) to `P15`.
     pub performance_state: Option<String>,
+    /// Processes on this GPU that should not be there: one of a claim that does not hold it,
+    /// or one not of the claim that holds it (another claim's, the host's).
+    pub isolation_violations: Vec<String>,
     /// Metric name → why it is missing.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub errors: BTreeMap<&'static str, String>,
@@ -231,6 +234,13 @@ pub struct PcieLink {
 pub struct GpuProcess {
     pub pid: u32,
     pub used_memory_mb: Option<u64>,
+    /// `compute` or `graphics`.
+    pub kind: &'static str,
+    /// The docker container it runs in (from `/proc/<pid>/cgroup`); `null` on the host.
+    pub container_id: Option<String>,
+    /// The claim of that container, `host` for a process outside any container, `null` for a
+    /// container the agent does not manage.
+    pub claim_id: Option<String>,
 }
 
 impl GpuSample {
@@ -261,6 +271,7 @@ impl GpuSample {
             clock_memory_mhz: None,
             power_limit_watts: None,
             performance_state: None,
+            isolation_violations: Vec::new(),
             errors: BTreeMap::new(),
             failed_queries: Vec::new(),
         }

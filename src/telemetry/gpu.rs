@@ -23,15 +23,19 @@ use crate::config::GpuSettings;
 use crate::shutdown::Shutdown;
 use crate::state::{
     GpuHealth, GpuProcess, GpuReport, GpuSample, Health, NvmlState, RemappedRows, SampleWriter,
+    Snapshot,
 };
 use crate::telemetry::gpu_health::{self, gpu_key, XidHistory};
+use crate::telemetry::{attribution, cgroup};
 use crate::telemetry::{bytes_to_mb, percent, round1, Driver, Sampler};
 use nvml_wrapper::enum_wrappers::device::TemperatureSensor;
 use nvml_wrapper::enums::device::UsedGpuMemory;
 use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::{Device, Nvml};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::ffi::OsString;
+use std::path::Path;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -69,15 +73,13 @@ fn unsupported(error: &NvmlError) -> bool {
 pub fn start(
     config: &GpuSettings,
     history: XidHistory,
+    snapshot: Arc<Snapshot>,
     writer: SampleWriter<GpuReport>,
     shutdown: Shutdown,
 ) -> Result<JoinHandle<()>, StartError> {
-    Driver::new(
-        GpuSampler::new(config, history),
-        writer,
-        config.sample_interval,
-    )
-    .spawn(shutdown)
+    let mut sampler = GpuSampler::new(config, history);
+    sampler.snapshot = Some(snapshot);
+    Driver::new(sampler, writer, config.sample_interval).spawn(shutdown)
 }
 
 impl Sampler for GpuSampler {
@@ -112,6 +114,10 @@ pub struct GpuSampler {
     history: XidHistory,
     /// Each GPU's health at the last sample, to log transitions once.
     last_health: HashMap<u32, GpuHealth>,
+    /// Read for the managed containers (process → claim attribution).
+    snapshot: Option<Arc<Snapshot>>,
+    /// The isolation violations already logged (each is logged once while it lasts).
+    reported_violations: BTreeSet<String>,
 }
 
 impl GpuSampler {
@@ -129,7 +135,29 @@ impl GpuSampler {
             memory_v1_only: false,
             history,
             last_health: HashMap::new(),
+            snapshot: None,
+            reported_violations: BTreeSet::new(),
         }
+    }
+
+    /// Maps each GPU process to its container and claim; logs each new isolation violation.
+    fn attribute(&mut self, gpus: &mut [GpuSample]) {
+        let containers = self
+            .snapshot
+            .as_ref()
+            .map(|s| s.containers())
+            .unwrap_or_default();
+        attribution::attribute(gpus, &containers, |pid| {
+            cgroup::container_of_pid(Path::new("/proc"), pid)
+        });
+        let now: BTreeSet<String> = gpus
+            .iter()
+            .flat_map(|g| g.isolation_violations.iter().cloned())
+            .collect();
+        for violation in now.difference(&self.reported_violations) {
+            log::warn!("GPU isolation violation: {violation}");
+        }
+        self.reported_violations = now;
     }
 
     /// Judges the GPU's health from its signals and Xid history; logs a change once.
@@ -215,6 +243,7 @@ impl GpuSampler {
         for sample in &mut gpus {
             self.assess(sample);
         }
+        self.attribute(&mut gpus);
         if v1_only && !self.memory_v1_only {
             log::info!("driver has no nvmlDeviceGetMemoryInfo_v2; using the v1 memory call");
         }
@@ -317,20 +346,35 @@ fn sample_device(
     if let Some(milliwatts) = take(&mut sample, "power_watts", device.power_usage()) {
         sample.power_watts = Some(round1(f64::from(milliwatts) / 1000.0));
     }
-    sample.processes =
-        take(&mut sample, "processes", device.running_compute_processes()).map(|list| {
-            list.into_iter()
-                .map(|p| GpuProcess {
-                    pid: p.pid,
-                    used_memory_mb: match p.used_gpu_memory {
-                        UsedGpuMemory::Used(bytes) => Some(bytes_to_mb(bytes)),
-                        UsedGpuMemory::Unavailable => None,
-                    },
-                })
-                .collect()
-        });
+    sample.processes = take(&mut sample, "processes", device.running_compute_processes())
+        .map(|list| processes(list, "compute"));
+    // Graphics processes join the list where the GPU reports them (many compute GPUs do not).
+    if let (Some(list), Ok(graphics)) = (
+        sample.processes.as_mut(),
+        device.running_graphics_processes(),
+    ) {
+        list.extend(processes(graphics, "graphics"));
+    }
     sample_health_signals(&device, &mut sample);
     sample
+}
+
+fn processes(
+    list: Vec<nvml_wrapper::struct_wrappers::device::ProcessInfo>,
+    kind: &'static str,
+) -> Vec<GpuProcess> {
+    list.into_iter()
+        .map(|p| GpuProcess {
+            pid: p.pid,
+            used_memory_mb: match p.used_gpu_memory {
+                UsedGpuMemory::Used(bytes) => Some(bytes_to_mb(bytes)),
+                UsedGpuMemory::Unavailable => None,
+            },
+            kind,
+            container_id: None,
+            claim_id: None,
+        })
+        .collect()
 }
 
 /// ECC, retired pages, remapped rows, throttling, PCIe, fan, clocks, power limit, pstate: each
