@@ -22,7 +22,7 @@ use crate::platform;
 use crate::shutdown::Shutdown;
 use crate::state::{self, Health};
 use crate::telemetry::gpu_health::{history_path, XidHistory};
-use crate::telemetry::{gpu, system, xid};
+use crate::telemetry::{gpu, system, usage, xid};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -75,6 +75,10 @@ impl Agent {
             shutdown.clone(),
         )?;
         threads.extend(runner.threads);
+        threads.push((
+            "usage-sampler",
+            usage::start(Arc::clone(&snapshot), writers.usage, shutdown.clone())?,
+        ));
 
         let api_settings = ApiSettings {
             listen: settings.api.listen,

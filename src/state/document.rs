@@ -93,8 +93,20 @@ impl Snapshot {
             metrics: self.metrics(),
             agent_version: crate::VERSION,
             uptime_secs: uptime.as_secs(),
-            containers: self.containers().as_ref().clone(),
+            containers: self.containers_with_usage(),
         }
+    }
+
+    /// The managed containers, each with its last usage reading.
+    pub fn containers_with_usage(&self) -> Vec<ContainerSummary> {
+        let usage = self.usage();
+        self.containers()
+            .iter()
+            .map(|c| ContainerSummary {
+                usage: usage.get(&c.id).cloned(),
+                ..c.clone()
+            })
+            .collect()
     }
 }
 
@@ -116,6 +128,8 @@ mod tests {
                 claim_id: "claim-1".into(),
                 state: "running".into(),
                 gpu_ids: vec![0],
+                pid: None,
+                usage: None,
             }],
             BTreeMap::new(),
         );

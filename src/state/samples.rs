@@ -284,12 +284,44 @@ impl GpuSample {
 }
 
 /// A managed container in a few words (heartbeats carry this list).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ContainerSummary {
     pub id: String,
     pub claim_id: String,
     pub state: String,
     pub gpu_ids: Vec<u32>,
+    /// Its init process on the host (where its cgroup is read); `None` when not running.
+    #[serde(skip)]
+    pub pid: Option<u32>,
+    /// What it uses (filled in the heartbeat from the usage sampler); `null` until sampled.
+    pub usage: Option<ClaimUsage>,
+}
+
+/// What one claim's container uses, as the usage sampler last read it from its cgroup.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClaimUsage {
+    /// When it was read (RFC 3339).
+    pub sampled_at: String,
+    /// CPU cores used on average since the previous reading (`null` on the first).
+    pub cpu_cores: Option<f64>,
+    /// Memory its cgroup is charged for (page cache included, as the cgroup counts it).
+    pub memory_bytes: Option<u64>,
+    /// `null` when unlimited.
+    pub memory_limit_bytes: Option<u64>,
+    /// GPU memory used by its processes, over all GPUs (`null` when NVML gives no figure).
+    pub gpu_memory_mb: Option<u64>,
+    /// Each GPU it holds: the GPU's utilisation and the memory its processes use there.
+    pub gpus: Vec<ClaimGpuUsage>,
+    /// Bytes on every interface but `lo` of its network namespace, since it started.
+    pub network_rx_bytes: Option<u64>,
+    pub network_tx_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClaimGpuUsage {
+    pub id: u32,
+    pub usage_percent: Option<f64>,
+    pub memory_used_mb: Option<u64>,
 }
 
 /// Who holds a GPU.

@@ -87,6 +87,8 @@ mod tests {
             claim_id: claim.into(),
             state: "running".into(),
             gpu_ids: gpus.to_vec(),
+            pid: None,
+            usage: None,
         }
     }
 
