@@ -309,3 +309,26 @@ fn shutdown_stays_prompt_while_the_xid_thread_waits() {
         agent.log()
     );
 }
+
+#[test]
+fn a_gpu_that_cannot_be_watched_leaves_the_others_watched() {
+    let (_knob_dir, knobs) = knob_file("knobs");
+    write_knobs(&knobs, "gpu.1.fail = events\n");
+    let agent = Agent::start_with(|_| {}, knob_options(&knobs));
+    let watching = wait_until(Duration::from_secs(10), || {
+        agent.log().contains("watching GPU(s) 0 for Xid errors")
+    });
+    assert!(watching, "{}", agent.log());
+    assert!(agent.log().contains("GPU 1: cannot watch for Xid errors"));
+    // A double-bit ECC error (Xid 48) on GPU 0 still arrives.
+    write_knobs(&knobs, "gpu.1.fail = events\nxid_events = 0:48\n");
+    let failed = wait_for_health(&agent, 0, "failed");
+    assert!(
+        failed["health_reasons"][0]
+            .as_str()
+            .unwrap()
+            .ends_with(": double-bit ECC error"),
+        "{failed}"
+    );
+    assert_eq!(gpu(&agent, 1)["health"], "healthy");
+}

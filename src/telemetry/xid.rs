@@ -53,6 +53,8 @@ enum Stop {
     Retry(String),
     /// Nothing to watch now; look again later.
     Idle(String),
+    /// NVML is unavailable (reported by the sampler): try again after the retry interval.
+    Quiet,
 }
 
 struct Watcher {
@@ -77,7 +79,11 @@ impl Watcher {
             }
             let stop = match self.init() {
                 Ok(nvml) => self.watch(&nvml, shutdown),
-                Err(why) => Stop::Retry(why),
+                Err(why) => {
+                    // The GPU sampler already says why NVML is unavailable.
+                    log::debug!("Xid events: {why}");
+                    Stop::Quiet
+                }
             };
             let wait = match stop {
                 Stop::Shutdown => break,
@@ -91,6 +97,7 @@ impl Watcher {
                     }
                     self.retry
                 }
+                Stop::Quiet => self.retry,
                 Stop::Idle(why) => {
                     if self.last_problem.as_deref() != Some(why.as_str()) {
                         log::info!("{why}");
@@ -133,9 +140,9 @@ impl Watcher {
                 "no GPU reports Xid events through NVML; Xid errors will not be seen".into(),
             );
         }
-        if self.last_problem.take().is_some() || log::log_enabled!(log::Level::Debug) {
-            log::info!("watching {} GPU(s) for Xid errors", watched.len());
-        }
+        self.last_problem = None;
+        let indices: Vec<String> = watched.iter().map(|w| w.index.to_string()).collect();
+        log::info!("watching GPU(s) {} for Xid errors", indices.join(", "));
         loop {
             match set.wait(WAIT_MS) {
                 Ok(event) => {
@@ -206,11 +213,10 @@ fn register<'n>(
         let Ok(device) = nvml.device_by_index(index) else {
             continue;
         };
-        let supported = device
-            .supported_event_types()
-            .is_ok_and(|t| t.contains(EventTypes::CRITICAL_XID_ERROR));
-        if !supported {
-            continue;
+        match device.supported_event_types() {
+            Ok(types) if types.contains(EventTypes::CRITICAL_XID_ERROR) => {}
+            Ok(_) | Err(NvmlError::NotSupported) => continue,
+            Err(e) => return Err(Registration::Skip(index, e.to_string())),
         }
         let key = gpu_key(index, device.uuid().ok().as_deref());
         // SAFETY: only kept to compare with the device of an event, never used.
