@@ -332,3 +332,72 @@ fn a_gpu_that_cannot_be_watched_leaves_the_others_watched() {
     );
     assert_eq!(gpu(&agent, 1)["health"], "healthy");
 }
+
+#[test]
+fn a_degraded_gpu_is_still_given_out_a_failed_one_is_not_and_the_heartbeat_says_which() {
+    if !ready("a_degraded_gpu_is_still_given_out") {
+        return;
+    }
+    let (_knob_dir, knobs) = knob_file("knobs");
+    let platform = PlatformServer::start();
+    platform.set_register_default(Reply::registered("node-degraded"));
+    let scope = Scope::new();
+    let url = platform.url();
+    let agent = scope.agent_with(
+        move |c| {
+            c.central_platform.api_url = url;
+            c.central_platform.heartbeat_interval_secs = 1;
+            c.central_platform.request_timeout_secs = 2;
+        },
+        knob_options(&knobs),
+    );
+    // GPU 0: a narrowed PCIe link (degraded); GPU 1: uncorrectable ECC errors (failed).
+    write_knobs(
+        &knobs,
+        "gpu.0.pcie.width = 8\ngpu.1.ecc.volatile.uncorrected = 2\n",
+    );
+    wait_for_health(&agent, 0, "degraded");
+    wait_for_health(&agent, 1, "failed");
+    let mut beat = Value::Null;
+    let carried = wait_until(Duration::from_secs(10), || {
+        beat = platform
+            .heartbeats()
+            .last()
+            .map(|b| b.json())
+            .unwrap_or(Value::Null);
+        beat["gpus"][0]["health"] == "degraded" && beat["gpus"][1]["health"] == "failed"
+    });
+    assert!(carried, "{beat}");
+    assert_eq!(beat["gpus"][0]["health_reasons"], json!(["PCIe x16 → x8"]));
+    assert_eq!(
+        beat["gpus"][1]["health_reasons"],
+        json!(["uncorrectable ECC errors: 2"])
+    );
+
+    let r = agent.post_json(
+        "/api/v1/containers",
+        &body(&scope.claim("ecc"), &[1], "sleep 600"),
+    );
+    assert_eq!(
+        (r.status, r.error_code()),
+        (409, "gpu_unhealthy".to_string()),
+        "{}",
+        r.text()
+    );
+    assert!(
+        r.text().contains("uncorrectable ECC errors: 2"),
+        "{}",
+        r.text()
+    );
+    // A count gets the degraded GPU, the only one left that works.
+    let mut by_count = body(&scope.claim("count"), &[], "sleep 600");
+    by_count.as_object_mut().unwrap().remove("gpu_ids");
+    by_count["gpu_count"] = json!(1);
+    let created = agent.create(&by_count);
+    assert_eq!(created["gpu_ids"], json!([0]));
+
+    // The counter clears (the GPU was reset): GPU 1 is given out again.
+    write_knobs(&knobs, "gpu.0.pcie.width = 8\n");
+    wait_for_health(&agent, 1, "healthy");
+    agent.create(&body(&scope.claim("after"), &[1], "sleep 600"));
+}
