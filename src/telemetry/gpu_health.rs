@@ -1,6 +1,6 @@
 //! What a GPU's signals mean for its health, in one place: the Xid table ([`XID_TABLE`],
 //! grounded in NVIDIA's Xid catalogue, docs.nvidia.com/deploy/xid-errors), the counter rules
-//! ([`COUNTER_RULES`]) and [`assess`], which turns a sample and its Xid history into `healthy`,
+//! ([`CounterRule`] constants) and [`assess`], which turns a sample and its Xid history into `healthy`,
 //! `degraded` or `failed` with one reason per finding. The README's "GPU health" tables are
 //! these tables; a unit test keeps them in step.
 //!
@@ -122,58 +122,85 @@ pub const UNLISTED_XID: XidRule = XidRule {
     meaning: "critical Xid not in the agent's table",
 };
 
-/// The counters and states read every sample, and what they do to health (README table;
-/// [`assess`] applies them).
-#[allow(
-    dead_code,
-    reason = "the documented table; a test holds the README to it"
-)]
-pub const COUNTER_RULES: &[(&str, Severity, &str)] = &[
-    (
-        "GPU lost (NVML: GPU_IS_LOST)",
-        Severity::Failed,
-        "GPU lost (fell off the bus)",
-    ),
-    (
-        "volatile uncorrected ECC errors > 0",
-        Severity::Failed,
-        "uncorrectable ECC errors: N",
-    ),
-    (
-        "row remapping failure",
-        Severity::Failed,
-        "row remapping failed",
-    ),
-    (
-        "row remapping pending",
-        Severity::Degraded,
-        "row remapping pending (reset the GPU)",
-    ),
-    (
-        "retired pages pending",
-        Severity::Degraded,
-        "retired pages pending (reset the GPU)",
-    ),
-    (
-        "PCIe link narrower than its maximum",
-        Severity::Degraded,
-        "PCIe x16 → x4",
-    ),
-    (
-        "throttle: HW slowdown",
-        Severity::Degraded,
-        "hardware slowdown",
-    ),
-    (
-        "throttle: HW or SW thermal slowdown",
-        Severity::Degraded,
-        "thermal slowdown",
-    ),
-    (
-        "throttle: HW power brake",
-        Severity::Degraded,
-        "power brake slowdown",
-    ),
+/// One counter or state read every sample, and what it does to health.
+pub struct CounterRule {
+    /// The signal, as the README's table names it.
+    #[cfg_attr(
+        not(test),
+        allow(dead_code, reason = "the README's column, checked by a test")
+    )]
+    pub signal: &'static str,
+    pub severity: Severity,
+    /// The reason shown (for counts and widths, an example of it).
+    pub reason: &'static str,
+}
+
+const fn counter(signal: &'static str, severity: Severity, reason: &'static str) -> CounterRule {
+    CounterRule {
+        signal,
+        severity,
+        reason,
+    }
+}
+
+pub const GPU_LOST: CounterRule = counter(
+    "GPU lost (NVML: GPU_IS_LOST)",
+    Severity::Failed,
+    "GPU lost (fell off the bus)",
+);
+pub const UNCORRECTABLE_ECC: CounterRule = counter(
+    "volatile uncorrected ECC errors > 0",
+    Severity::Failed,
+    "uncorrectable ECC errors: N",
+);
+pub const REMAP_FAILED: CounterRule = counter(
+    "row remapping failure",
+    Severity::Failed,
+    "row remapping failed",
+);
+pub const REMAP_PENDING: CounterRule = counter(
+    "row remapping pending",
+    Severity::Degraded,
+    "row remapping pending (reset the GPU)",
+);
+pub const RETIRED_PAGES_PENDING: CounterRule = counter(
+    "retired pages pending",
+    Severity::Degraded,
+    "retired pages pending (reset the GPU)",
+);
+pub const PCIE_NARROW: CounterRule = counter(
+    "PCIe link narrower than its maximum",
+    Severity::Degraded,
+    "PCIe x16 → x4",
+);
+pub const HW_SLOWDOWN: CounterRule = counter(
+    "throttle: HW slowdown",
+    Severity::Degraded,
+    "hardware slowdown",
+);
+pub const THERMAL_SLOWDOWN: CounterRule = counter(
+    "throttle: HW or SW thermal slowdown",
+    Severity::Degraded,
+    "thermal slowdown",
+);
+pub const POWER_BRAKE: CounterRule = counter(
+    "throttle: HW power brake",
+    Severity::Degraded,
+    "power brake slowdown",
+);
+
+/// Every counter rule, in the README's order (and the order of `health_reasons`).
+#[cfg(test)]
+pub const COUNTER_RULES: &[&CounterRule] = &[
+    &GPU_LOST,
+    &UNCORRECTABLE_ECC,
+    &REMAP_FAILED,
+    &REMAP_PENDING,
+    &RETIRED_PAGES_PENDING,
+    &PCIE_NARROW,
+    &HW_SLOWDOWN,
+    &THERMAL_SLOWDOWN,
+    &POWER_BRAKE,
 ];
 
 /// The rule for `xid`.
@@ -207,60 +234,68 @@ impl XidRecord {
 /// Sets `sample.health` and `sample.health_reasons` from its signals and its Xid history.
 pub fn assess(sample: &mut GpuSample, xids: &[XidRecord]) {
     let mut findings: Vec<(Severity, String)> = Vec::new();
+    let mut found = |rule: &CounterRule, reason: Option<String>| {
+        findings.push((
+            rule.severity,
+            reason.unwrap_or_else(|| rule.reason.to_string()),
+        ));
+    };
     if sample.lost {
-        findings.push((Severity::Failed, "GPU lost (fell off the bus)".to_string()));
-    }
-    for record in xids {
-        let rule = classify(record.xid);
-        if rule.severity != Severity::None {
-            findings.push((
-                rule.severity,
-                format!("xid {} at {}: {}", record.xid, record.at, rule.meaning),
-            ));
-        }
+        found(&GPU_LOST, None);
     }
     if let Some(n) = sample.ecc_errors.volatile_uncorrected.filter(|n| *n > 0) {
-        findings.push((Severity::Failed, format!("uncorrectable ECC errors: {n}")));
+        found(
+            &UNCORRECTABLE_ECC,
+            Some(format!("uncorrectable ECC errors: {n}")),
+        );
     }
     if let Some(rows) = sample.remapped_rows {
         if rows.failed {
-            findings.push((Severity::Failed, "row remapping failed".to_string()));
+            found(&REMAP_FAILED, None);
         } else if rows.pending {
-            findings.push((
-                Severity::Degraded,
-                "row remapping pending (reset the GPU)".to_string(),
-            ));
+            found(&REMAP_PENDING, None);
         }
     }
     if sample.retired_pages_pending == Some(true) {
-        findings.push((
-            Severity::Degraded,
-            "retired pages pending (reset the GPU)".to_string(),
-        ));
+        found(&RETIRED_PAGES_PENDING, None);
     }
     if let (Some(width), Some(max)) = (sample.pcie.width, sample.pcie.max_width) {
         if width > 0 && width < max {
-            findings.push((Severity::Degraded, format!("PCIe x{max} → x{width}")));
+            found(&PCIE_NARROW, Some(format!("PCIe x{max} → x{width}")));
         }
     }
     if let Some(reasons) = &sample.throttle_reasons {
         let has = |r: &str| reasons.contains(&r);
         if has("hw_slowdown") {
-            findings.push((Severity::Degraded, "hardware slowdown".to_string()));
+            found(&HW_SLOWDOWN, None);
         }
         if has("hw_thermal_slowdown") || has("sw_thermal_slowdown") {
-            findings.push((Severity::Degraded, "thermal slowdown".to_string()));
+            found(&THERMAL_SLOWDOWN, None);
         }
         if has("hw_power_brake_slowdown") {
-            findings.push((Severity::Degraded, "power brake slowdown".to_string()));
+            found(&POWER_BRAKE, None);
         }
     }
-    sample.health = findings
+    // Xids first: they are why a GPU failed, the counters often follow from them.
+    let mut xid_findings: Vec<(Severity, String)> = xids
+        .iter()
+        .filter_map(|record| {
+            let rule = classify(record.xid);
+            (rule.severity != Severity::None).then(|| {
+                (
+                    rule.severity,
+                    format!("xid {} at {}: {}", record.xid, record.at, rule.meaning),
+                )
+            })
+        })
+        .collect();
+    xid_findings.extend(findings);
+    sample.health = xid_findings
         .iter()
         .map(|(severity, _)| severity.health())
         .max()
         .unwrap_or(GpuHealth::Healthy);
-    sample.health_reasons = findings.into_iter().map(|(_, reason)| reason).collect();
+    sample.health_reasons = xid_findings.into_iter().map(|(_, reason)| reason).collect();
     sample.xid_errors = xids.iter().map(XidRecord::view).collect();
 }
 
@@ -418,8 +453,13 @@ mod tests {
             let row = format!("| {xids} | {} | {} |", rule.severity.as_str(), rule.meaning);
             assert!(readme.contains(&row), "README lacks the Xid row\n{row}");
         }
-        for (signal, severity, reason) in COUNTER_RULES {
-            let row = format!("| {signal} | {} | `{reason}` |", severity.as_str());
+        for rule in COUNTER_RULES {
+            let row = format!(
+                "| {} | {} | `{}` |",
+                rule.signal,
+                rule.severity.as_str(),
+                rule.reason
+            );
             assert!(readme.contains(&row), "README lacks the counter row\n{row}");
         }
     }
