@@ -1,7 +1,7 @@
 //! What a GPU's signals mean for its health, in one place: the Xid table ([`XID_TABLE`],
 //! grounded in NVIDIA's Xid catalogue, docs.nvidia.com/deploy/xid-errors), the counter rules
-//! ([`CounterRule`] constants) and [`assess`], which turns a sample and its Xid history into `healthy`,
-//! `degraded` or `failed` with one reason per finding. The README's "GPU health" tables are
+//! ([`CounterRule`] constants) and [`assess`], which turns a sample and its Xid history into
+//! `healthy`, `degraded` or `failed` with one reason per finding. The README's "GPU health" tables are
 //! these tables; a unit test keeps them in step.
 //!
 //! Also the Xid history ([`XidHistory`]): the Xid errors the event thread received, per GPU

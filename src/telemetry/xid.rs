@@ -13,7 +13,7 @@
 use crate::component::StartError;
 use crate::config::GpuSettings;
 use crate::shutdown::Shutdown;
-use crate::telemetry::gpu_health::{classify, gpu_key, XidHistory};
+use crate::telemetry::gpu_health::{classify, gpu_key, Severity, XidHistory};
 use nvml_wrapper::bitmasks::event::EventTypes;
 use nvml_wrapper::enums::event::XidError;
 use nvml_wrapper::error::NvmlError;
@@ -176,15 +176,17 @@ impl Watcher {
     fn record(&self, index: u32, key: &str, xid: u64) {
         let rule = classify(xid);
         let at = crate::timefmt::rfc3339(SystemTime::now());
-        match rule.severity.as_str() {
-            "none" => log::info!(
+        if rule.severity == Severity::None {
+            log::info!(
                 "GPU {index} ({key}): Xid {xid}: {} (health unchanged)",
                 rule.meaning
-            ),
-            severity => log::error!(
-                "GPU {index} ({key}): Xid {xid}: {}; GPU marked {severity}",
-                rule.meaning
-            ),
+            );
+        } else {
+            log::error!(
+                "GPU {index} ({key}): Xid {xid}: {}; GPU marked {}",
+                rule.meaning,
+                rule.severity.as_str()
+            );
         }
         self.history.record(key, xid, at);
     }
