@@ -401,3 +401,24 @@ fn a_degraded_gpu_is_still_given_out_a_failed_one_is_not_and_the_heartbeat_says_
     wait_for_health(&agent, 1, "healthy");
     agent.create(&body(&scope.claim("after"), &[1], "sleep 600"));
 }
+
+#[test]
+fn an_application_xid_storm_is_no_fault_and_one_log_line() {
+    let (_knob_dir, knobs) = knob_file("knobs");
+    let agent = Agent::start_with(|_| {}, knob_options(&knobs));
+    let storm: Vec<&str> = std::iter::repeat_n("0:13", 200).collect();
+    write_knobs(&knobs, &format!("xid_events = {}\n", storm.join(",")));
+    let mut g = Value::Null;
+    let seen = wait_until(Duration::from_secs(10), || {
+        g = gpu(&agent, 0);
+        g["xid_errors"].as_array().is_some_and(|x| x.len() == 32)
+    });
+    assert!(seen, "the newest 32 are kept: {g}");
+    std::thread::sleep(Duration::from_millis(300));
+    let g = gpu(&agent, 0);
+    assert_eq!(g["health"], "healthy", "{g}");
+    let log = agent.log();
+    assert_eq!(log.matches("Xid 13").count(), 1, "{log}");
+    // Nothing worth keeping across a restart was written.
+    assert!(!agent.dir.path().join("node_id.gpu-health.json").exists());
+}

@@ -403,8 +403,9 @@ impl XidHistory {
         result
     }
 
-    /// Records Xid `xid` of the GPU keyed `key`, received now.
-    pub fn record(&self, key: &str, xid: u64, at: String) {
+    /// Records Xid `xid` of the GPU keyed `key`, received `at`; written to the file now when
+    /// `persist` (otherwise with the next change that is).
+    pub fn record(&self, key: &str, xid: u64, at: String, persist: bool) {
         self.with(|file| {
             let list = file.gpus.entry(key.to_string()).or_default();
             list.push(XidRecord { xid, at });
@@ -412,7 +413,7 @@ impl XidHistory {
                 let excess = list.len() - MAX_PER_GPU;
                 list.drain(..excess);
             }
-            ((), true)
+            ((), persist)
         });
     }
 
@@ -537,8 +538,8 @@ mod tests {
         assert!(path.ends_with("node_id.gpu-health.json"));
         let history = XidHistory::load(path.clone());
         assert!(history.get("GPU-a").is_empty());
-        history.record("GPU-a", 79, "t1".into());
-        history.record("GPU-b", 48, "t2".into());
+        history.record("GPU-a", 79, "t1".into(), true);
+        history.record("GPU-b", 48, "t2".into(), true);
         let again = XidHistory::load(path.clone());
         assert_eq!(
             again.get("GPU-a"),
@@ -552,8 +553,12 @@ mod tests {
         let third = XidHistory::load(path.clone());
         assert!(third.get("GPU-a").is_empty());
         assert_eq!(third.get("GPU-b").len(), 1);
+        // An application Xid is kept in memory, written with the next one that matters.
+        third.record("GPU-b", 13, "t3".into(), false);
+        assert_eq!(XidHistory::load(path.clone()).get("GPU-b").len(), 1);
+        assert_eq!(third.get("GPU-b").len(), 2);
         for n in 0..40 {
-            third.record("GPU-b", n, format!("t{n}"));
+            third.record("GPU-b", n, format!("t{n}"), true);
         }
         assert_eq!(third.get("GPU-b").len(), MAX_PER_GPU);
         assert_eq!(third.get("GPU-b")[MAX_PER_GPU - 1].xid, 39);

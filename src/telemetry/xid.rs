@@ -18,10 +18,10 @@ use nvml_wrapper::bitmasks::event::EventTypes;
 use nvml_wrapper::enums::event::XidError;
 use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::{EventSet, Nvml};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::ffi::OsString;
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Longest single wait on the event set: how long shutdown may wait for this thread.
 pub const WAIT_MS: u32 = 250;
@@ -42,6 +42,7 @@ pub fn start(
         retry: config.init_retry.max(Duration::from_secs(1)),
         history,
         last_problem: None,
+        logged: HashMap::new(),
     };
     crate::component::spawn("gpu-xid-events", move || watcher.run(&shutdown))
 }
@@ -62,7 +63,13 @@ struct Watcher {
     retry: Duration,
     history: XidHistory,
     last_problem: Option<String>,
+    /// (GPU, Xid) → when it was last logged and how many arrived since without a log line, so
+    /// a storm of one Xid (an application faulting in a loop) is one log line a minute.
+    logged: HashMap<(u32, u64), (Instant, u64)>,
 }
+
+/// How often one Xid of one GPU is logged at most.
+const LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// A GPU registered on the event set.
 struct Watched {
@@ -173,22 +180,39 @@ impl Watcher {
         }
     }
 
-    fn record(&self, index: u32, key: &str, xid: u64) {
+    fn record(&mut self, index: u32, key: &str, xid: u64) {
         let rule = classify(xid);
         let at = crate::timefmt::rfc3339(SystemTime::now());
+        // Only Xids that change health must survive a restart (and cost a file write).
+        self.history
+            .record(key, xid, at, rule.severity != Severity::None);
+        let now = Instant::now();
+        let suppressed = match self.logged.get_mut(&(index, xid)) {
+            Some((last, count)) if now.duration_since(*last) < LOG_EVERY => {
+                *count += 1;
+                return;
+            }
+            Some((_, count)) => *count,
+            None => 0,
+        };
+        self.logged.insert((index, xid), (now, 0));
+        let again = if suppressed > 0 {
+            format!(" (and {suppressed} more in the last minute, not logged)")
+        } else {
+            String::new()
+        };
         if rule.severity == Severity::None {
             log::info!(
-                "GPU {index} ({key}): Xid {xid}: {} (health unchanged)",
+                "GPU {index} ({key}): Xid {xid}{again}: {} (health unchanged)",
                 rule.meaning
             );
         } else {
             log::error!(
-                "GPU {index} ({key}): Xid {xid}: {}; GPU marked {}",
+                "GPU {index} ({key}): Xid {xid}{again}: {}; GPU marked {}",
                 rule.meaning,
                 rule.severity.as_str()
             );
         }
-        self.history.record(key, xid, at);
     }
 }
 
