@@ -351,4 +351,37 @@ mod tests {
         );
         assert_eq!(report.error(), None);
     }
+
+    #[test]
+    fn health_names_failed_gpus_and_failing_queries_but_not_unsupported_ones() {
+        let mut failed = GpuSample::empty(0);
+        failed.health = GpuHealth::Failed;
+        failed.health_reasons = vec!["row remapping failed".into()];
+        let mut unsupported = GpuSample::empty(1);
+        unsupported.errors.insert(
+            "fan_speed_percent",
+            "not supported by this GPU or driver".into(),
+        );
+        let report = GpuReport {
+            state: NvmlState::Ok,
+            driver_version: None,
+            gpus: vec![failed, unsupported.clone()],
+        };
+        assert_eq!(
+            report.health().render(Component::Gpu),
+            "degraded: GPU 0 failed: row remapping failed"
+        );
+        let mut failing = unsupported;
+        failing.failed_queries.push("ecc_errors");
+        failing.errors.insert("ecc_errors", "Unknown Error".into());
+        let report = GpuReport {
+            state: NvmlState::Ok,
+            driver_version: None,
+            gpus: vec![GpuSample::empty(0), failing],
+        };
+        assert_eq!(
+            report.health().render(Component::Gpu),
+            "degraded: GPU 1 NVML queries failing: ecc_errors (Unknown Error)"
+        );
+    }
 }

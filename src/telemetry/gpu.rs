@@ -570,6 +570,21 @@ mod tests {
     }
 
     #[test]
+    fn throttle_bits_have_names() {
+        assert!(throttle_names(0).is_empty());
+        assert_eq!(
+            throttle_names(0x8 | 0x10 | 0x40 | 0x80),
+            [
+                "hw_slowdown",
+                "sync_boost",
+                "hw_thermal_slowdown",
+                "hw_power_brake_slowdown"
+            ]
+        );
+        assert_eq!(throttle_names(1 << 40), Vec::<&str>::new(), "unknown bits");
+    }
+
+    #[test]
     fn take_records_why_a_metric_is_missing() {
         let mut s = GpuSample::empty(0);
         assert_eq!(
@@ -581,6 +596,12 @@ mod tests {
             s.errors["power_watts"],
             "not supported by this GPU or driver"
         );
+        assert!(s.failed_queries.is_empty(), "unsupported is not a failure");
+        assert_eq!(
+            take::<u32>(&mut s, "clock_sm_mhz", Err(NvmlError::Unknown)),
+            None
+        );
+        assert_eq!(s.failed_queries, ["clock_sm_mhz"]);
         assert_eq!(take::<u32>(&mut s, "memory", Err(NvmlError::GpuLost)), None);
         assert!(s.lost);
     }
