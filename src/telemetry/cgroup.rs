@@ -105,7 +105,8 @@ pub struct Counters {
     pub memory_bytes: Option<u64>,
     /// Its memory limit; `None` when unlimited (or unknown).
     pub memory_limit_bytes: Option<u64>,
-    /// Bytes received and sent on every interface but `lo` of its network namespace.
+    /// Bytes received and sent on every interface but `lo` of its network namespace; `None`
+    /// when it shares the host's.
     pub network: Option<(u64, u64)>,
 }
 
@@ -156,7 +157,14 @@ impl CgroupRoots<'_> {
                     number(read(dir("memory.max"))).filter(|l| *l < UNLIMITED);
             }
         }
-        counters.network = read(proc_dir.join("net/dev")).and_then(|dev| network_bytes(&dev));
+        // A container sharing the host's network namespace would be charged the host's
+        // traffic: no figure rather than a wrong one.
+        let netns = |dir: &Path| std::fs::read_link(dir.join("ns/net")).ok();
+        let host_network =
+            netns(&proc_dir).is_some_and(|ns| Some(ns) == netns(&self.proc_root.join("self")));
+        if !host_network {
+            counters.network = read(proc_dir.join("net/dev")).and_then(|dev| network_bytes(&dev));
+        }
         Some(counters)
     }
 
@@ -271,6 +279,12 @@ mod counter_tests {
             })
         );
         assert_eq!(roots.counters(10), None, "a process that is gone");
+        // In the host's network namespace (the same `ns/net` as the agent): no network figure.
+        std::fs::create_dir_all(proc_root.join("9/ns")).unwrap();
+        std::fs::create_dir_all(proc_root.join("self/ns")).unwrap();
+        std::os::unix::fs::symlink("net:[4026531992]", proc_root.join("9/ns/net")).unwrap();
+        std::os::unix::fs::symlink("net:[4026531992]", proc_root.join("self/ns/net")).unwrap();
+        assert_eq!(roots.counters(9).unwrap().network, None);
     }
 
     #[test]
