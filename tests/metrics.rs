@@ -88,7 +88,8 @@ fn metrics_report_host_and_every_fake_gpu() {
     assert_eq!(gpus[0]["busy"], true);
     assert_eq!(
         gpus[0]["processes"],
-        serde_json::json!([{"pid": 4242, "used_memory_mb": 512}])
+        serde_json::json!([{"pid": 4242, "used_memory_mb": 512, "kind": "compute",
+                            "container_id": null, "claim_id": "host"}])
     );
     assert_eq!(gpus[1]["busy"], false);
     assert_eq!(gpus[1]["processes"], serde_json::json!([]));
@@ -227,10 +228,11 @@ fn no_gpus_is_an_empty_list_not_an_error() {
 
 #[test]
 fn a_slow_nvml_never_slows_the_api_or_the_shutdown() {
-    // Every NVML device call takes 300 ms: one sample of two GPUs takes seconds.
+    // Every NVML device call takes 100 ms: one sample of two GPUs (some 25 calls each, with
+    // the health signals) takes seconds.
     let mut agent = Agent::start_with(
         |c| c.gpu.sample_interval_ms = 100,
-        env(&[("FAKE_NVML_SLOW_MS", "300")]),
+        env(&[("FAKE_NVML_SLOW_MS", "100")]),
     );
     // The sampler is now (almost always) inside a slow call; requests must not wait for it.
     for _ in 0..10 {

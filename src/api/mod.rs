@@ -19,6 +19,7 @@
 pub mod auth;
 pub mod containers;
 pub mod error;
+pub mod gpus;
 pub mod health;
 pub mod routes;
 
@@ -27,6 +28,7 @@ use crate::api::routes::Endpoint;
 use crate::docker::protocol::RunnerHandle;
 use crate::http::{BodyLength, HttpError, Lane, Request, RequestHead, Response, StatusCode};
 use crate::state::{Cached, Snapshot};
+use crate::telemetry::gpu_health::XidHistory;
 use serde::Serialize;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -51,6 +53,8 @@ pub struct ApiContext {
     pub started: Instant,
     /// The container runner; `None` answers the container endpoints with 503.
     pub runner: Option<RunnerHandle>,
+    /// The GPUs' Xid history (cleared by `POST /api/v1/gpus/{index}/health/reset`).
+    pub xid_history: Option<XidHistory>,
     /// `/health`'s body, for (health generation, uptime in seconds).
     health_json: Cached<(u64, u64)>,
 }
@@ -62,8 +66,15 @@ impl ApiContext {
             snapshot,
             started: Instant::now(),
             runner: None,
+            xid_history: None,
             health_json: Cached::new(),
         }
+    }
+
+    /// Lets the API clear GPUs' Xid history.
+    pub fn with_xid_history(mut self, history: XidHistory) -> Self {
+        self.xid_history = Some(history);
+        self
     }
 
     /// Routes the container endpoints to `runner`.
@@ -303,6 +314,7 @@ fn serve(context: &ApiContext, request: &Request) -> Result<Reply, ApiError> {
         Endpoint::DeleteContainer(id) => containers::delete(context, &id),
         Endpoint::ContainerLogs(id) => containers::logs(context, &id, head.query.as_deref()),
         Endpoint::ContainerAction(id, action) => containers::act(context, &id, action),
+        Endpoint::ResetGpuHealth(index) => gpus::reset_health(context, &index),
     }
 }
 

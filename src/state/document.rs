@@ -106,8 +106,20 @@ impl Snapshot {
             metrics: self.metrics(),
             agent_version: crate::VERSION,
             uptime_secs: uptime.as_secs(),
-            containers: self.containers().as_ref().clone(),
+            containers: self.containers_with_usage(),
         }
+    }
+
+    /// The managed containers, each with its last usage reading.
+    pub fn containers_with_usage(&self) -> Vec<ContainerSummary> {
+        let usage = self.usage();
+        self.containers()
+            .iter()
+            .map(|c| ContainerSummary {
+                usage: usage.get(&c.id).cloned(),
+                ..c.clone()
+            })
+            .collect()
     }
 }
 
@@ -129,11 +141,29 @@ mod tests {
                 claim_id: "claim-1".into(),
                 state: "running".into(),
                 gpu_ids: vec![0],
+                pid: None,
+                usage: None,
             }],
             BTreeMap::new(),
         );
+        writers.usage.publish(BTreeMap::from([(
+            "c1".to_string(),
+            state::ClaimUsage {
+                sampled_at: "t".into(),
+                cpu_cores: Some(1.5),
+                memory_bytes: Some(1024),
+                memory_limit_bytes: None,
+                gpu_memory_mb: Some(300),
+                gpus: Vec::new(),
+                network_rx_bytes: None,
+                network_tx_bytes: None,
+            },
+        )]));
         let body = snapshot.heartbeat(Duration::from_secs(5));
         let json = serde_json::to_value(&body).unwrap();
+        assert_eq!(json["containers"][0]["usage"]["cpu_cores"], 1.5);
+        assert_eq!(json["containers"][0]["usage"]["gpu_memory_mb"], 300);
+        assert!(json["containers"][0].get("pid").is_none(), "internal");
         assert_eq!(json["node_id"], "node-1");
         assert_eq!(json["agent_version"], crate::VERSION);
         assert_eq!(json["uptime_secs"], 5);

@@ -21,8 +21,8 @@ pub mod samples;
 
 pub use health::{Component, Health};
 pub use samples::{
-    ContainerSummary, GpuAllocation, GpuProcess, GpuReport, GpuSample, LoadAverage, NvmlState,
-    SystemSample,
+    ClaimGpuUsage, ClaimUsage, ContainerSummary, GpuAllocation, GpuHealth, GpuProcess, GpuReport,
+    GpuSample, LoadAverage, NvmlState, RemappedRows, SystemSample, XidView,
 };
 
 use serde::Serialize;
@@ -129,6 +129,7 @@ pub struct Snapshot {
     assigned_api_remote_port: Published<Option<u16>>,
     containers: Published<Vec<ContainerSummary>>,
     gpu_allocations: Published<BTreeMap<u32, GpuAllocation>>,
+    usage: Published<BTreeMap<String, ClaimUsage>>,
     health: Published<BTreeMap<Component, Health>>,
     samplers: Published<BTreeMap<Component, SamplerRun>>,
     /// Bumped after every change to what the metrics document shows (host and GPU samples,
@@ -149,6 +150,7 @@ pub fn new() -> (Arc<Snapshot>, Writers) {
         assigned_api_remote_port: Published::new(None),
         containers: Published::new(Vec::new()),
         gpu_allocations: Published::new(BTreeMap::new()),
+        usage: Published::new(BTreeMap::new()),
         health: Published::new(BTreeMap::new()),
         samplers: Published::new(BTreeMap::new()),
         metrics_generation: AtomicU64::new(0),
@@ -181,6 +183,9 @@ pub fn new() -> (Arc<Snapshot>, Writers) {
             health: health(Component::Platform),
         },
         api: health(Component::Api),
+        usage: UsageWriter {
+            snapshot: Arc::clone(&snapshot),
+        },
     };
     (snapshot, writers)
 }
@@ -238,6 +243,11 @@ impl Snapshot {
         self.gpu_allocations.get()
     }
 
+    /// Container id → what it uses, as the usage sampler last read it.
+    pub fn usage(&self) -> Arc<BTreeMap<String, ClaimUsage>> {
+        self.usage.get()
+    }
+
     /// Each component's health, rendered (`/health`'s `components`).
     pub fn health(&self) -> BTreeMap<&'static str, String> {
         self.health
@@ -275,6 +285,18 @@ pub struct Writers {
     pub docker: DockerWriter,
     pub platform: PlatformWriter,
     pub api: HealthWriter,
+    pub usage: UsageWriter,
+}
+
+/// The usage sampler's writer: each managed container's usage.
+pub struct UsageWriter {
+    snapshot: Arc<Snapshot>,
+}
+
+impl UsageWriter {
+    pub fn publish(&self, usage: BTreeMap<String, ClaimUsage>) {
+        self.snapshot.usage.set(usage);
+    }
 }
 
 /// Sets one component's health.
