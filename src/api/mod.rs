@@ -247,8 +247,6 @@ fn admit(context: &ApiContext, head: &RequestHead) -> Result<Endpoint, ApiError>
 
 fn handle(context: &ApiContext, request: Request) -> Response {
     let started = Instant::now();
-    let method = request.head.method.clone();
-    let path = request.head.path.clone();
     // A bug in a handler must cost one request, not a handler thread.
     let outcome =
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve(context, &request)))
@@ -270,7 +268,9 @@ fn handle(context: &ApiContext, request: Request) -> Response {
         Err(error) => error_response(&error),
     };
     log::debug!(
-        "{method} {path} -> {} in {} ms",
+        "{} {} -> {} in {} ms",
+        request.head.method,
+        request.head.path,
         response.status.as_u16(),
         started.elapsed().as_millis()
     );

@@ -1378,8 +1378,12 @@ FAKE_EXPORT nvmlReturn_t nvmlEventSetWait_v2(nvmlEventSet_t set, nvmlEventData_t
         if (left <= 0)
             return NVML_ERROR_TIMEOUT;
         {
-            long long step = left < 10 ? left : 10;
-            struct timespec ts = {0, (long)step * 1000000L};
+            /* Events come only from the knob file: without one, none can arrive, and the wait
+             * sleeps its whole timeout at once, like the real library blocking in the driver
+             * (so the agent's idle CPU time is not the fake's polling). */
+            const char *knobs = getenv("FAKE_NVML_KNOB_FILE");
+            long long step = (knobs == NULL || *knobs == '\0') ? left : (left < 10 ? left : 10);
+            struct timespec ts = {(time_t)(step / 1000), (long)(step % 1000) * 1000000L};
             nanosleep(&ts, NULL);
         }
     }
