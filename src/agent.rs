@@ -85,6 +85,7 @@ impl Agent {
             auth_token: settings.api.auth_token.clone(),
             max_connections: settings.api.max_connections,
             idle_timeout: settings.api.idle_timeout,
+            prometheus_auth: settings.prometheus_auth,
         };
         let context = Arc::new(
             ApiContext::new(api_settings, Arc::clone(&snapshot))

@@ -56,7 +56,7 @@ fn runner(context: &ApiContext) -> Result<&RunnerHandle, ApiError> {
 pub fn create(context: &ApiContext, body: &[u8]) -> Result<Reply, ApiError> {
     let spec = spec::parse_create(body).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let runner = runner(context)?;
-    let view = runner.call(runner.create_timeout, |reply| Request::Create {
+    let view = runner.call(runner.create_timeout(), |reply| Request::Create {
         spec: Box::new(spec),
         reply,
     })?;
@@ -81,7 +81,10 @@ pub fn get(context: &ApiContext, id: &str) -> Result<Reply, ApiError> {
 pub fn delete(context: &ApiContext, id: &str) -> Result<Reply, ApiError> {
     let runner = runner(context)?;
     let id = id.to_string();
-    let deleted = runner.call(runner.action_timeout, |reply| Request::Delete { id, reply })?;
+    let deleted = runner.call(runner.action_timeout(), |reply| Request::Delete {
+        id,
+        reply,
+    })?;
     Reply::ok(deleted)
 }
 
@@ -89,7 +92,7 @@ pub fn delete(context: &ApiContext, id: &str) -> Result<Reply, ApiError> {
 pub fn act(context: &ApiContext, id: &str, action: Action) -> Result<Reply, ApiError> {
     let runner = runner(context)?;
     let id = id.to_string();
-    let view = runner.call(runner.action_timeout, |reply| Request::Act {
+    let view = runner.call(runner.action_timeout(), |reply| Request::Act {
         id,
         action,
         reply,
@@ -102,7 +105,7 @@ pub fn logs(context: &ApiContext, id: &str, query: Option<&str>) -> Result<Reply
     let tail = parse_tail(query)?;
     let runner = runner(context)?;
     let id = id.to_string();
-    let text = runner.call(runner.action_timeout, |reply| Request::Logs {
+    let text = runner.call(runner.action_timeout(), |reply| Request::Logs {
         id,
         tail,
         reply,

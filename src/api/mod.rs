@@ -21,6 +21,7 @@ pub mod containers;
 pub mod error;
 pub mod gpus;
 pub mod health;
+pub mod prometheus;
 pub mod routes;
 
 use crate::api::error::ApiError;
@@ -32,7 +33,7 @@ use crate::telemetry::gpu_health::XidHistory;
 use serde::Serialize;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Largest request body accepted; larger ones get 413.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -44,6 +45,8 @@ pub struct ApiSettings {
     pub auth_token: String,
     pub max_connections: usize,
     pub idle_timeout: Duration,
+    /// `GET /metrics` needs the token (`prometheus.auth`).
+    pub prometheus_auth: bool,
 }
 
 /// What every request handler can read.
@@ -51,6 +54,10 @@ pub struct ApiContext {
     pub settings: ApiSettings,
     pub snapshot: Arc<Snapshot>,
     pub started: Instant,
+    /// When the agent started (wall clock, for `utopia_agent_start_time_seconds`).
+    pub started_wall: SystemTime,
+    /// This host's name (the `Hostname` label of GPU series).
+    pub hostname: String,
     /// The container runner; `None` answers the container endpoints with 503.
     pub runner: Option<RunnerHandle>,
     /// The GPUs' Xid history (cleared by `POST /api/v1/gpus/{index}/health/reset`).
@@ -65,6 +72,8 @@ impl ApiContext {
             settings,
             snapshot,
             started: Instant::now(),
+            started_wall: SystemTime::now(),
+            hostname: hostname(),
             runner: None,
             xid_history: None,
             health_json: Cached::new(),
@@ -81,6 +90,18 @@ impl ApiContext {
     pub fn with_runner(mut self, runner: RunnerHandle) -> Self {
         self.runner = Some(runner);
         self
+    }
+}
+
+/// This host's name (`gethostname`), or `localhost` when it has none.
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is writable for its whole length, which is passed.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let len = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    match std::str::from_utf8(&buf[..len]) {
+        Ok(name) if rc == 0 && !name.is_empty() => name.to_string(),
+        _ => "localhost".to_string(),
     }
 }
 
@@ -154,6 +175,11 @@ pub enum ReplyBody {
     /// A JSON document already serialised (the cached health and metrics documents).
     JsonBytes(Arc<[u8]>),
     Text(String),
+    /// Bytes of another type (the Prometheus exposition).
+    Raw {
+        content_type: &'static str,
+        bytes: Vec<u8>,
+    },
 }
 
 impl Reply {
@@ -205,10 +231,16 @@ impl crate::http::Service for ApiService {
         match admit(&self.context, head) {
             // Cached bytes, rebuilt at most once per change: answered on the I/O thread.
             Ok(Endpoint::Health | Endpoint::Metrics) => Ok(Lane::Inline),
-            Ok(Endpoint::Ready) => Ok(Lane::Quick),
+            Ok(Endpoint::Ready | Endpoint::Prometheus) => Ok(Lane::Quick),
             Ok(_) => Ok(Lane::Slow),
             Err(error) => {
                 log::debug!("{} {} -> {}", head.method, head.path, error.status.as_u16());
+                let route = routes::route(&head.method, &head.path)
+                    .map_or(routes::UNMATCHED, |e| e.route().template);
+                self.context
+                    .snapshot
+                    .counters()
+                    .api_request(route, error.status.as_u16());
                 Err(error_response(&error))
             }
         }
@@ -219,6 +251,10 @@ impl crate::http::Service for ApiService {
     }
 
     fn reject(&self, error: &HttpError) -> Response {
+        self.context
+            .snapshot
+            .counters()
+            .api_request(routes::UNMATCHED, error.status.as_u16());
         error_response(&ApiError::new(
             error.status,
             error.code,
@@ -234,7 +270,7 @@ fn admit(context: &ApiContext, head: &RequestHead) -> Result<Endpoint, ApiError>
     let authorization = head.headers.get_single("authorization").map_err(|()| {
         ApiError::bad_request("more than one Authorization header; send exactly one")
     })?;
-    if routes::requires_auth(&head.path) {
+    if routes::requires_auth(&head.path, context.settings.prometheus_auth) {
         auth::check(authorization, &context.settings.auth_token)?;
     }
     if let BodyLength::Exact(length) = head.body_length {
@@ -251,6 +287,8 @@ fn handle(context: &ApiContext, request: Request) -> Response {
     let outcome =
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve(context, &request)))
             .unwrap_or_else(|_| Err(ApiError::internal("internal error; see the agent's log")));
+    let route = routes::route(&request.head.method, &request.head.path)
+        .map_or(routes::UNMATCHED, |e| e.route().template);
     let response = match outcome {
         Ok(Reply {
             status,
@@ -261,12 +299,22 @@ fn handle(context: &ApiContext, request: Request) -> Response {
                 ReplyBody::Json(body) => json_response(status, &body),
                 ReplyBody::JsonBytes(bytes) => json_bytes_response(status, bytes.to_vec()),
                 ReplyBody::Text(text) => text_response(status, text),
+                ReplyBody::Raw {
+                    content_type,
+                    bytes,
+                } => Response::new(status, bytes)
+                    .with_header("Content-Type", content_type)
+                    .with_header("Cache-Control", "no-store"),
             };
             response.headers.extend(headers);
             response
         }
         Err(error) => error_response(&error),
     };
+    context
+        .snapshot
+        .counters()
+        .api_request(route, response.status.as_u16());
     log::debug!(
         "{} {} -> {} in {} ms",
         request.head.method,
@@ -315,6 +363,20 @@ fn serve(context: &ApiContext, request: &Request) -> Result<Reply, ApiError> {
         Endpoint::ContainerLogs(id) => containers::logs(context, &id, head.query.as_deref()),
         Endpoint::ContainerAction(id, action) => containers::act(context, &id, action),
         Endpoint::ResetGpuHealth(index) => gpus::reset_health(context, &index),
+        Endpoint::Prometheus => {
+            let identity = prometheus::Identity {
+                hostname: &context.hostname,
+                started: context.started_wall,
+            };
+            Ok(Reply {
+                status: StatusCode::OK,
+                body: ReplyBody::Raw {
+                    content_type: prometheus::CONTENT_TYPE,
+                    bytes: prometheus::render(&context.snapshot, &identity).into_bytes(),
+                },
+                headers: Vec::new(),
+            })
+        }
     }
 }
 

@@ -20,6 +20,66 @@ pub enum Endpoint {
     ContainerAction(String, Action),
     /// `POST /api/v1/gpus/{index}/health/reset` (the index as given; checked by the handler).
     ResetGpuHealth(String),
+    /// `GET /metrics`: the Prometheus text exposition.
+    Prometheus,
+}
+
+/// One route of the API: its method and path template (OpenAPI's spelling, `{id}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Route {
+    pub method: &'static str,
+    pub template: &'static str,
+}
+
+const fn r(method: &'static str, template: &'static str) -> Route {
+    Route { method, template }
+}
+
+/// Every route the API serves (HEAD aside, served wherever GET is); `GET /metrics` counts
+/// requests by their template.
+#[cfg(test)]
+pub const ROUTES: &[Route] = &[
+    r("GET", "/health"),
+    r("GET", "/health/ready"),
+    r("GET", "/metrics"),
+    r("GET", "/api/v1/metrics"),
+    r("GET", "/api/v1/containers"),
+    r("POST", "/api/v1/containers"),
+    r("GET", "/api/v1/containers/{id}"),
+    r("DELETE", "/api/v1/containers/{id}"),
+    r("GET", "/api/v1/containers/{id}/logs"),
+    r("POST", "/api/v1/containers/{id}/stop"),
+    r("POST", "/api/v1/containers/{id}/start"),
+    r("POST", "/api/v1/containers/{id}/restart"),
+    r("POST", "/api/v1/gpus/{index}/health/reset"),
+];
+
+/// The route label of a request that matched no route.
+pub const UNMATCHED: &str = "unmatched";
+
+impl Endpoint {
+    /// The route this endpoint serves (one of [`ROUTES`]).
+    pub fn route(&self) -> Route {
+        match self {
+            Endpoint::Health => r("GET", "/health"),
+            Endpoint::Ready => r("GET", "/health/ready"),
+            Endpoint::Prometheus => r("GET", "/metrics"),
+            Endpoint::Metrics => r("GET", "/api/v1/metrics"),
+            Endpoint::ListContainers => r("GET", "/api/v1/containers"),
+            Endpoint::CreateContainer => r("POST", "/api/v1/containers"),
+            Endpoint::GetContainer(_) => r("GET", "/api/v1/containers/{id}"),
+            Endpoint::DeleteContainer(_) => r("DELETE", "/api/v1/containers/{id}"),
+            Endpoint::ContainerLogs(_) => r("GET", "/api/v1/containers/{id}/logs"),
+            Endpoint::ContainerAction(_, Action::Stop) => r("POST", "/api/v1/containers/{id}/stop"),
+            Endpoint::ContainerAction(_, Action::Start) => {
+                r("POST", "/api/v1/containers/{id}/start")
+            }
+            Endpoint::ContainerAction(_, Action::Restart) => {
+                r("POST", "/api/v1/containers/{id}/restart")
+            }
+            Endpoint::ResetGpuHealth(_) => r("POST", "/api/v1/gpus/{index}/health/reset"),
+        }
+    }
 }
 
 /// A path the API knows, before the method is considered.
@@ -33,6 +93,7 @@ enum Resource {
     Logs(String),
     Action(String, Action),
     GpuHealthReset(String),
+    Prometheus,
 }
 
 /// A container id, name or claim id as it may appear in a path.
@@ -49,6 +110,7 @@ impl Resource {
         match path {
             "/health" => return Some(Resource::Health),
             "/health/ready" => return Some(Resource::Ready),
+            "/metrics" => return Some(Resource::Prometheus),
             "/api/v1/metrics" => return Some(Resource::Metrics),
             "/api/v1/containers" => return Some(Resource::Containers),
             _ => {}
@@ -70,7 +132,11 @@ impl Resource {
 
     fn allow(&self) -> &'static str {
         match self {
-            Resource::Health | Resource::Ready | Resource::Metrics | Resource::Logs(_) => "GET",
+            Resource::Health
+            | Resource::Ready
+            | Resource::Metrics
+            | Resource::Logs(_)
+            | Resource::Prometheus => "GET",
             Resource::Containers => "GET, POST",
             Resource::Container(_) => "GET, DELETE",
             Resource::Action(..) | Resource::GpuHealthReset(_) => "POST",
@@ -86,6 +152,7 @@ impl Resource {
             (Resource::Health, &Method::GET) => Some(Endpoint::Health),
             (Resource::Ready, &Method::GET) => Some(Endpoint::Ready),
             (Resource::Metrics, &Method::GET) => Some(Endpoint::Metrics),
+            (Resource::Prometheus, &Method::GET) => Some(Endpoint::Prometheus),
             (Resource::Containers, &Method::GET) => Some(Endpoint::ListContainers),
             (Resource::Containers, &Method::POST) => Some(Endpoint::CreateContainer),
             (Resource::Container(id), &Method::GET) => Some(Endpoint::GetContainer(id)),
@@ -102,8 +169,12 @@ impl Resource {
     }
 }
 
-/// True for paths that need the bearer token.
-pub fn requires_auth(path: &str) -> bool {
+/// True for paths that need the bearer token (`/metrics` too, unless `prometheus.auth` is
+/// false).
+pub fn requires_auth(path: &str, prometheus_auth: bool) -> bool {
+    if path == "/metrics" || path == "/metrics/" {
+        return prometheus_auth;
+    }
     path == "/api" || path.starts_with("/api/")
 }
 
@@ -126,7 +197,7 @@ mod tests {
     fn known_paths() {
         assert_eq!(route(&Method::GET, "/health"), Ok(Endpoint::Health));
         assert_eq!(route(&Method::GET, "/health/ready"), Ok(Endpoint::Ready));
-        assert!(!requires_auth("/health/ready"));
+        assert!(!requires_auth("/health/ready", true));
         assert_eq!(
             route(&Method::GET, "/api/v1/metrics"),
             Ok(Endpoint::Metrics)
@@ -244,10 +315,53 @@ mod tests {
 
     #[test]
     fn auth_scope() {
-        assert!(requires_auth("/api/v1/metrics"));
-        assert!(requires_auth("/api/anything"));
-        assert!(requires_auth("/api"));
-        assert!(!requires_auth("/health"));
-        assert!(!requires_auth("/apix"));
+        assert!(requires_auth("/api/v1/metrics", false));
+        assert!(requires_auth("/api/anything", true));
+        assert!(requires_auth("/api", true));
+        assert!(!requires_auth("/health", true));
+        assert!(!requires_auth("/apix", true));
+        assert!(requires_auth("/metrics", true));
+        assert!(!requires_auth("/metrics", false));
+    }
+
+    /// A request path for a template, with a sample value in each `{...}`.
+    fn sample_path(template: &str) -> String {
+        template.replace("{id}", "claim-1").replace("{index}", "0")
+    }
+
+    #[test]
+    fn every_route_in_the_table_is_served_by_the_endpoint_that_names_it() {
+        for route in ROUTES {
+            let method = Method::from_token(route.method);
+            let endpoint = super::route(&method, &sample_path(route.template))
+                .unwrap_or_else(|e| panic!("{route:?} is not served: {}", e.message));
+            assert_eq!(endpoint.route(), *route);
+        }
+        let mut sorted = ROUTES.to_vec();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), ROUTES.len(), "a route is listed twice");
+    }
+
+    #[test]
+    fn every_endpoint_names_a_route_in_the_table() {
+        let id = || "x".to_string();
+        for endpoint in [
+            Endpoint::Health,
+            Endpoint::Ready,
+            Endpoint::Metrics,
+            Endpoint::Prometheus,
+            Endpoint::ListContainers,
+            Endpoint::CreateContainer,
+            Endpoint::GetContainer(id()),
+            Endpoint::DeleteContainer(id()),
+            Endpoint::ContainerLogs(id()),
+            Endpoint::ContainerAction(id(), Action::Stop),
+            Endpoint::ContainerAction(id(), Action::Start),
+            Endpoint::ContainerAction(id(), Action::Restart),
+            Endpoint::ResetGpuHealth(id()),
+        ] {
+            assert!(ROUTES.contains(&endpoint.route()), "{endpoint:?}");
+        }
     }
 }

@@ -17,6 +17,7 @@ pub struct Config {
     pub agent_api: ApiConfig,
     pub gpu: GpuConfig,
     pub docker: DockerConfig,
+    pub prometheus: PrometheusConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,6 +103,21 @@ pub struct ApiConfig {
     pub idle_timeout_secs: u64,
 }
 
+/// The Prometheus exposition at `GET /metrics`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrometheusConfig {
+    /// Whether `/metrics` needs the bearer token like the API; `false` opens it to any local
+    /// scraper (it shows no secret, but does show claims and containers).
+    pub auth: bool,
+}
+
+impl Default for PrometheusConfig {
+    fn default() -> Self {
+        PrometheusConfig { auth: true }
+    }
+}
+
 /// GPU sampling through NVML.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -173,6 +189,7 @@ impl Default for Config {
             agent_api: ApiConfig::default(),
             gpu: GpuConfig::default(),
             docker: DockerConfig::default(),
+            prometheus: PrometheusConfig::default(),
         }
     }
 }

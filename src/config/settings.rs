@@ -21,6 +21,8 @@ pub struct Settings {
     pub api: ApiSettings,
     pub gpu: GpuSettings,
     pub docker: DockerSettings,
+    /// `GET /metrics` needs the bearer token (`prometheus.auth`).
+    pub prometheus_auth: bool,
     /// The file model the settings came from (after the environment's overrides).
     pub(super) file: Config,
 }

@@ -41,6 +41,7 @@ impl Config {
                 api,
                 gpu,
                 docker,
+                prometheus_auth: self.prometheus.auth,
                 file: self.clone(),
             },
             warnings,

@@ -5,10 +5,74 @@
 
 use crate::child::{self, Keep, RunError, RunLimits};
 use crate::shutdown::Shutdown;
+use crate::state::Counters;
 use std::fmt;
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Added to a whole create's or action's deadline for the runner's own queueing.
+const CALL_SLACK: Duration = Duration::from_secs(5);
+
+/// The docker deadlines (`docker.command_timeout_secs`, `pull_timeout_secs`,
+/// `stop_timeout_secs`), shared by every worker and the API's waits, and changed in place by a
+/// config reload: a command started after the change gets the new deadline.
+#[derive(Debug)]
+pub struct DockerTimeouts {
+    command_ms: AtomicU64,
+    pull_ms: AtomicU64,
+    stop_ms: AtomicU64,
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl DockerTimeouts {
+    pub fn new(command: Duration, pull: Duration, stop: Duration) -> Arc<DockerTimeouts> {
+        let timeouts = DockerTimeouts {
+            command_ms: AtomicU64::new(0),
+            pull_ms: AtomicU64::new(0),
+            stop_ms: AtomicU64::new(0),
+        };
+        timeouts.set(command, pull, stop);
+        Arc::new(timeouts)
+    }
+
+    /// Replaces the three deadlines.
+    pub fn set(&self, command: Duration, pull: Duration, stop: Duration) {
+        self.command_ms.store(millis(command), Ordering::Relaxed);
+        self.pull_ms.store(millis(pull), Ordering::Relaxed);
+        self.stop_ms.store(millis(stop), Ordering::Relaxed);
+    }
+
+    /// Deadline of every short command.
+    pub fn command(&self) -> Duration {
+        Duration::from_millis(self.command_ms.load(Ordering::Relaxed))
+    }
+
+    /// Deadline of an image pull.
+    pub fn pull(&self) -> Duration {
+        Duration::from_millis(self.pull_ms.load(Ordering::Relaxed))
+    }
+
+    /// `docker stop -t` grace period.
+    pub fn stop(&self) -> Duration {
+        Duration::from_millis(self.stop_ms.load(Ordering::Relaxed))
+    }
+
+    /// How long a create may take in all (pull, run, inspect).
+    pub fn create_total(&self) -> Duration {
+        self.pull() + self.command() * 4 + CALL_SLACK
+    }
+
+    /// How long a stop, start, restart, delete or logs may take in all.
+    pub fn action_total(&self) -> Duration {
+        self.command() * 3 + self.stop() + CALL_SLACK
+    }
+}
 
 /// Why a docker command failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,30 +196,41 @@ pub struct Output {
 #[derive(Clone)]
 pub struct DockerCli {
     pub binary: PathBuf,
-    /// Deadline of every short command.
-    pub command_timeout: Duration,
-    /// Deadline of an image pull.
-    pub pull_timeout: Duration,
-    /// `docker stop -t` grace period.
-    pub stop_timeout: Duration,
+    timeouts: Arc<DockerTimeouts>,
     shutdown: Shutdown,
+    /// Where each command's duration is counted (`GET /metrics`).
+    counters: Option<Arc<Counters>>,
 }
 
 impl DockerCli {
-    pub fn new(
-        binary: PathBuf,
-        command_timeout: Duration,
-        pull_timeout: Duration,
-        stop_timeout: Duration,
-        shutdown: Shutdown,
-    ) -> Self {
+    pub fn new(binary: PathBuf, timeouts: Arc<DockerTimeouts>, shutdown: Shutdown) -> Self {
         DockerCli {
             binary,
-            command_timeout,
-            pull_timeout,
-            stop_timeout,
+            timeouts,
             shutdown,
+            counters: None,
         }
+    }
+
+    /// Counts every command's duration in `counters`.
+    pub fn with_counters(mut self, counters: Arc<Counters>) -> Self {
+        self.counters = Some(counters);
+        self
+    }
+
+    /// Deadline of every short command.
+    pub fn command_timeout(&self) -> Duration {
+        self.timeouts.command()
+    }
+
+    /// Deadline of an image pull.
+    pub fn pull_timeout(&self) -> Duration {
+        self.timeouts.pull()
+    }
+
+    /// `docker stop -t` grace period.
+    pub fn stop_timeout(&self) -> Duration {
+        self.timeouts.stop()
     }
 
     /// Runs `docker <args>` and returns its stdout (at most `stdout_cap` bytes kept).
@@ -196,7 +271,13 @@ impl DockerCli {
             keep: if merged { Keep::Tail } else { Keep::Head },
             merge_stderr: merged,
         };
-        let finished = match child::run(cmd, limits, &self.shutdown) {
+        let started = Instant::now();
+        let outcome = child::run(cmd, limits, &self.shutdown);
+        if let Some(counters) = &self.counters {
+            let subcommand = command.strip_prefix("docker ").unwrap_or(&command);
+            counters.docker_command(subcommand, started.elapsed());
+        }
+        let finished = match outcome {
             Ok(finished) => finished,
             Err(RunError::Spawn(e)) => {
                 return Err(DockerError::Spawn {
@@ -268,9 +349,11 @@ mod tests {
         let (trigger, shutdown) = crate::shutdown::channel();
         let cli = DockerCli::new(
             PathBuf::from("/bin/sh"),
-            Duration::from_millis(timeout_ms),
-            Duration::from_millis(timeout_ms),
-            Duration::from_secs(1),
+            DockerTimeouts::new(
+                Duration::from_millis(timeout_ms),
+                Duration::from_millis(timeout_ms),
+                Duration::from_secs(1),
+            ),
             shutdown,
         );
         (cli, trigger)
@@ -286,19 +369,19 @@ mod tests {
         let out = cli
             .run(
                 &sh("printf hello; echo noise >&2"),
-                cli.command_timeout,
+                cli.command_timeout(),
                 1024,
             )
             .unwrap();
         assert_eq!(out.stdout, b"hello");
         let out = cli
-            .run(&sh("printf 0123456789"), cli.command_timeout, 4)
+            .run(&sh("printf 0123456789"), cli.command_timeout(), 4)
             .unwrap();
         assert_eq!((out.stdout.as_slice(), out.truncated), (&b"0123"[..], true));
         let e = cli
             .run(
                 &sh("echo 'Error: No such container: x' >&2; exit 1"),
-                cli.command_timeout,
+                cli.command_timeout(),
                 1024,
             )
             .unwrap_err();
@@ -310,7 +393,7 @@ mod tests {
         let e = cli
             .run(
                 &sh("echo 'Cannot connect to the Docker daemon at unix:///x.sock. Is the docker daemon running?' >&2; exit 1"),
-                cli.command_timeout,
+                cli.command_timeout(),
                 1024,
             )
             .unwrap_err();
@@ -318,16 +401,18 @@ mod tests {
         let merged = cli
             .run_merged(
                 &sh("echo out; echo err >&2; echo out2"),
-                cli.command_timeout,
+                cli.command_timeout(),
                 1024,
             )
             .unwrap();
         assert_eq!(String::from_utf8_lossy(&merged.stdout), "out\nerr\nout2\n");
         let missing = DockerCli::new(
             PathBuf::from("/nonexistent/docker"),
-            Duration::from_secs(1),
-            Duration::from_secs(1),
-            Duration::from_secs(1),
+            DockerTimeouts::new(
+                Duration::from_secs(1),
+                Duration::from_secs(1),
+                Duration::from_secs(1),
+            ),
             crate::shutdown::channel().1,
         );
         assert!(missing
@@ -341,17 +426,17 @@ mod tests {
         // `docker logs --tail N` prints oldest first: when it is cut, the end is what matters.
         let (cli, _trigger) = shell_cli(5000);
         let out = cli
-            .run_merged(&sh("printf 0123456789"), cli.command_timeout, 4)
+            .run_merged(&sh("printf 0123456789"), cli.command_timeout(), 4)
             .unwrap();
         assert_eq!((out.stdout.as_slice(), out.truncated), (&b"6789"[..], true));
         let out = cli
-            .run_merged(&sh("seq 1 100000"), cli.command_timeout, 100)
+            .run_merged(&sh("seq 1 100000"), cli.command_timeout(), 100)
             .unwrap();
         assert!(out.truncated);
         assert_eq!(out.stdout.len(), 100);
         assert!(out.stdout.ends_with(b"\n99999\n100000\n"));
         let out = cli
-            .run_merged(&sh("printf abc"), cli.command_timeout, 100)
+            .run_merged(&sh("printf abc"), cli.command_timeout(), 100)
             .unwrap();
         assert_eq!((out.stdout.as_slice(), out.truncated), (&b"abc"[..], false));
     }
@@ -362,7 +447,7 @@ mod tests {
         let (cli, trigger) = shell_cli(300);
         let started = Instant::now();
         let e = cli
-            .run(&sh("exec sleep 30"), cli.command_timeout, 1024)
+            .run(&sh("exec sleep 30"), cli.command_timeout(), 1024)
             .unwrap_err();
         assert!(matches!(e, DockerError::Timeout { .. }), "{e}");
         assert!(started.elapsed() < Duration::from_secs(5));

@@ -14,13 +14,14 @@
 //!
 //! Every failure is a [`ContainerError`], which the API maps to a status code.
 
-use crate::docker::cli::DockerError;
+use crate::docker::cli::{DockerError, DockerTimeouts};
 use crate::docker::container::ContainerView;
 use crate::docker::ledger::Conflict;
 use crate::docker::spec::{CreateSpec, SpecError};
 use crossbeam_channel::Sender;
 use serde::Serialize;
 use std::fmt;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -168,13 +169,20 @@ pub enum Request {
 #[derive(Clone)]
 pub struct RunnerHandle {
     pub(super) requests: Sender<Request>,
-    /// How long a create may take in all (pull, run, inspect).
-    pub create_timeout: Duration,
-    /// How long a stop, start, restart, delete or logs may take.
-    pub action_timeout: Duration,
+    pub(super) timeouts: Arc<DockerTimeouts>,
 }
 
 impl RunnerHandle {
+    /// How long a create may take in all (pull, run, inspect).
+    pub fn create_timeout(&self) -> Duration {
+        self.timeouts.create_total()
+    }
+
+    /// How long a stop, start, restart, delete or logs may take.
+    pub fn action_timeout(&self) -> Duration {
+        self.timeouts.action_total()
+    }
+
     /// Sends the request built by `make` around a fresh reply channel and waits up to
     /// `timeout` for the answer.
     pub fn call<T>(

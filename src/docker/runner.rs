@@ -25,7 +25,7 @@
 
 use crate::component::{self, StartError};
 use crate::config::DockerSettings;
-use crate::docker::cli::{DockerCli, DockerError};
+use crate::docker::cli::{DockerCli, DockerError, DockerTimeouts};
 use crate::docker::container::ContainerView;
 use crate::docker::events::{self, ContainerEvent};
 use crate::docker::jobs::{Done, Ticket, Work, WorkerContext};
@@ -122,16 +122,17 @@ pub fn start(
     writer: DockerWriter,
     shutdown: Shutdown,
 ) -> Result<DockerRunner, StartError> {
-    let command_timeout = config.command_timeout;
-    let stop_timeout = config.stop_timeout;
-    let pull_timeout = config.pull_timeout;
+    let timeouts = DockerTimeouts::new(
+        config.command_timeout,
+        config.pull_timeout,
+        config.stop_timeout,
+    );
     let cli = DockerCli::new(
         config.binary.clone(),
-        command_timeout,
-        pull_timeout,
-        stop_timeout,
+        Arc::clone(&timeouts),
         shutdown.clone(),
-    );
+    )
+    .with_counters(Arc::clone(snapshot.counters()));
     let context = Arc::new(WorkerContext {
         cli,
         settings: config.run.clone(),
@@ -187,12 +188,10 @@ pub fn start(
     })?;
     threads.push(("docker-runner", runner_thread));
 
-    let slack = Duration::from_secs(5);
     Ok(DockerRunner {
         handle: RunnerHandle {
             requests: requests_tx,
-            create_timeout: pull_timeout + command_timeout * 4 + slack,
-            action_timeout: command_timeout * 3 + stop_timeout + slack,
+            timeouts,
         },
         threads,
     })

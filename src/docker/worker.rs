@@ -115,7 +115,7 @@ fn create(
         spec.image,
         join_ids(gpus)
     );
-    let run = cli.run(&argv, cli.command_timeout, 4096);
+    let run = cli.run(&argv, cli.command_timeout(), 4096);
     drop(env_file);
     let id = match run {
         Ok(out) => String::from_utf8_lossy(&out.stdout).trim().to_string(),
@@ -157,7 +157,7 @@ fn create(
 fn ensure_image(cli: &DockerCli, image: &str) -> Result<(), ContainerError> {
     let inspect = cli.run(
         &args(&["image", "inspect", "--format", "{{.Id}}", "--", image]),
-        cli.command_timeout,
+        cli.command_timeout(),
         4096,
     );
     match inspect {
@@ -168,7 +168,7 @@ fn ensure_image(cli: &DockerCli, image: &str) -> Result<(), ContainerError> {
     log::info!("pulling image {image}");
     match cli.run(
         &args(&["pull", "--quiet", "--", image]),
-        cli.pull_timeout,
+        cli.pull_timeout(),
         4096,
     ) {
         Ok(_) => Ok(()),
@@ -204,7 +204,7 @@ fn remove_leftovers(context: &WorkerContext, claim_id: &str) {
             "--filter",
             &claim_filter,
         ]),
-        cli.command_timeout,
+        cli.command_timeout(),
         64 * 1024,
     );
     let Ok(out) = listed else { return };
@@ -216,7 +216,7 @@ fn remove_leftovers(context: &WorkerContext, claim_id: &str) {
         log::warn!("removing half-created container {id} of claim {claim_id}");
         if let Err(e) = cli.run(
             &args(&["rm", "--force", "--", &id]),
-            cli.command_timeout,
+            cli.command_timeout(),
             4096,
         ) {
             log::warn!("cannot remove half-created container {id}: {e}");
@@ -226,12 +226,12 @@ fn remove_leftovers(context: &WorkerContext, claim_id: &str) {
 
 fn act(context: &WorkerContext, id: &str, action: Action) -> Result<ContainerView, ContainerError> {
     let cli = &context.cli;
-    let grace = cli.stop_timeout.as_secs().to_string();
+    let grace = cli.stop_timeout().as_secs().to_string();
     let (argv, deadline) = match action {
-        Action::Start => (args(&["start", "--", id]), cli.command_timeout),
+        Action::Start => (args(&["start", "--", id]), cli.command_timeout()),
         Action::Stop | Action::Restart => (
             args(&[action.word(), "--time", &grace, "--", id]),
-            cli.command_timeout + cli.stop_timeout,
+            cli.command_timeout() + cli.stop_timeout(),
         ),
     };
     log::info!("{} container {}", action.word(), short_id(id));
@@ -255,11 +255,11 @@ fn act(context: &WorkerContext, id: &str, action: Action) -> Result<ContainerVie
 
 fn delete(context: &WorkerContext, id: &str) -> Result<(), ContainerError> {
     let cli = &context.cli;
-    let grace = cli.stop_timeout.as_secs().to_string();
+    let grace = cli.stop_timeout().as_secs().to_string();
     log::info!("deleting container {}", short_id(id));
     match cli.run(
         &args(&["stop", "--time", &grace, "--", id]),
-        cli.command_timeout + cli.stop_timeout,
+        cli.command_timeout() + cli.stop_timeout(),
         4096,
     ) {
         Ok(_) => {}
@@ -268,7 +268,7 @@ fn delete(context: &WorkerContext, id: &str) -> Result<(), ContainerError> {
     }
     match cli.run(
         &args(&["rm", "--force", "--", id]),
-        cli.command_timeout,
+        cli.command_timeout(),
         4096,
     ) {
         Ok(_) => Ok(()),
@@ -282,7 +282,7 @@ fn logs(context: &WorkerContext, id: &str, tail: u32) -> Result<String, Containe
     let tail = tail.to_string();
     match cli.run_merged(
         &args(&["logs", "--tail", &tail, "--", id]),
-        cli.command_timeout,
+        cli.command_timeout(),
         MAX_LOG_BYTES,
     ) {
         Ok(out) => Ok(log_text(out.stdout, out.truncated)),
@@ -314,7 +314,7 @@ fn inspect_one(context: &WorkerContext, id: &str) -> Result<Option<ContainerView
     let cli = &context.cli;
     match cli.run(
         &args(&["container", "inspect", "--", id]),
-        cli.command_timeout,
+        cli.command_timeout(),
         INSPECT_CAP,
     ) {
         Ok(out) => parse_inspect(&out.stdout, &context.settings.managed_label)
@@ -337,7 +337,7 @@ pub(super) fn reconcile(context: &WorkerContext) -> Result<Vec<ContainerView>, D
         attempt += 1;
         let out = cli.run(
             &args(&["ps", "-a", "-q", "--no-trunc", "--filter", &filter]),
-            cli.command_timeout,
+            cli.command_timeout(),
             INSPECT_CAP,
         )?;
         let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
@@ -349,7 +349,7 @@ pub(super) fn reconcile(context: &WorkerContext) -> Result<Vec<ContainerView>, D
         }
         let mut argv = args(&["container", "inspect", "--"]);
         argv.extend(ids);
-        match cli.run(&argv, cli.command_timeout, INSPECT_CAP) {
+        match cli.run(&argv, cli.command_timeout(), INSPECT_CAP) {
             Ok(out) => {
                 return parse_inspect(&out.stdout, &context.settings.managed_label).map_err(
                     |message| DockerError::BadOutput {

@@ -308,8 +308,11 @@ impl Presence {
     fn heartbeat(&self, node_id: &NodeId) -> Result<(), RequestError> {
         let body = self.snapshot.heartbeat(self.started.elapsed());
         // The answer's body is not part of the protocol.
-        self.client
-            .post_json(&heartbeat_path(node_id), &body, |_| Ok(()))
+        let result = self
+            .client
+            .post_json(&heartbeat_path(node_id), &body, |_| Ok(()));
+        self.snapshot.counters().heartbeat(result.is_ok());
+        result
     }
 
     /// Waits (up to [`GPU_REPORT_WAIT`]) for the GPU sampler's first report; true on shutdown.

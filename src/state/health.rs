@@ -74,6 +74,18 @@ pub enum Health {
 }
 
 impl Health {
+    /// The state alone, without the reason: `starting`, `ok`, `degraded`, `unavailable`,
+    /// `disabled` (the `status` label of `utopia_agent_component_status`).
+    pub fn state(&self) -> &'static str {
+        match self {
+            Health::Starting(_) => "starting",
+            Health::Ok => "ok",
+            Health::Degraded(_) => "degraded",
+            Health::Unavailable(_) => "unavailable",
+            Health::Disabled(_) => "disabled",
+        }
+    }
+
     /// The `/health` string: `ok`, `starting`, `degraded: <why>`, `unavailable: <why>`,
     /// `disabled (<why>)`; the platform says `registering` and `heartbeat failing` for starting
     /// and degraded.

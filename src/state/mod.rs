@@ -10,19 +10,22 @@
 //!
 //! - [`samples`]: the sample and summary types.
 //! - [`health`]: the typed health of each component, rendered for `/health` in one place.
+//! - [`counters`]: the agent's own counters (API requests, docker command durations, ...).
 //! - [`document`]: the metrics document and the heartbeat body, built from the snapshot.
 //!
 //! A new component (the frp tunnel, GPU health checks) adds its slot to [`Snapshot`], a reader
 //! method, a writer in [`Writers`] and, when it reports health, a [`Component`].
 
+pub mod counters;
 pub mod document;
 pub mod health;
 pub mod samples;
 
+pub use counters::Counters;
 pub use health::{Component, Health};
 pub use samples::{
-    ClaimGpuUsage, ClaimUsage, ContainerSummary, GpuAllocation, GpuHealth, GpuProcess, GpuReport,
-    GpuSample, LoadAverage, NvmlState, RemappedRows, SystemSample, XidView,
+    ClaimGpuUsage, ClaimUsage, ContainerSummary, CpuTimes, GpuAllocation, GpuHealth, GpuProcess,
+    GpuReport, GpuSample, LoadAverage, MemoryBytes, NvmlState, RemappedRows, SystemSample, XidView,
 };
 
 use serde::Serialize;
@@ -139,6 +142,8 @@ pub struct Snapshot {
     health_generation: AtomicU64,
     /// The metrics document as JSON bytes, for [`Snapshot::metrics_generation`].
     metrics_json: Cached<u64>,
+    /// The agent's own counters, added to by the components as they work.
+    counters: Arc<Counters>,
 }
 
 /// A fresh, empty snapshot and the writers of its pieces.
@@ -156,6 +161,7 @@ pub fn new() -> (Arc<Snapshot>, Writers) {
         metrics_generation: AtomicU64::new(0),
         health_generation: AtomicU64::new(0),
         metrics_json: Cached::new(),
+        counters: Arc::new(Counters::default()),
     });
     let health = |component| HealthWriter {
         snapshot: Arc::clone(&snapshot),
@@ -211,6 +217,11 @@ impl Snapshot {
         self.health_generation.load(Ordering::SeqCst)
     }
 
+    /// The agent's own counters (each component adds to its own).
+    pub fn counters(&self) -> &Arc<Counters> {
+        &self.counters
+    }
+
     /// Host CPU, memory and load; `None` until the first sample.
     pub fn system(&self) -> Arc<Option<SystemSample>> {
         self.system.get()
@@ -254,6 +265,15 @@ impl Snapshot {
             .get()
             .iter()
             .map(|(component, health)| (component.name(), health.render(*component)))
+            .collect()
+    }
+
+    /// Each component's health state word (`ok`, `degraded`, ...), without the reason.
+    pub fn health_states(&self) -> BTreeMap<&'static str, &'static str> {
+        self.health
+            .get()
+            .iter()
+            .map(|(component, health)| (component.name(), health.state()))
             .collect()
     }
 

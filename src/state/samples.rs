@@ -15,6 +15,28 @@ pub struct SystemSample {
     pub memory_total_mb: u64,
     pub memory_used_mb: u64,
     pub load_average: Option<LoadAverage>,
+    /// Memory in bytes as the kernel counts it (for the Prometheus exposition).
+    #[serde(skip)]
+    pub memory_bytes: MemoryBytes,
+    /// Time each CPU spent in each mode since boot (`/proc/stat`); empty where unreadable.
+    #[serde(skip)]
+    pub cpu_times: Vec<CpuTimes>,
+}
+
+/// Host memory in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MemoryBytes {
+    pub total: u64,
+    pub available: u64,
+    pub free: u64,
+}
+
+/// Seconds one CPU spent in each mode since boot (node_exporter's `node_cpu_seconds_total`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CpuTimes {
+    pub cpu: u32,
+    /// (mode, seconds): `user`, `nice`, `system`, `idle`, `iowait`, `irq`, `softirq`, `steal`.
+    pub modes: Vec<(&'static str, f64)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -132,7 +154,12 @@ pub struct GpuSample {
     pub memory_total_mb: Option<u64>,
     pub memory_used_mb: Option<u64>,
     pub memory_usage_percent: Option<f64>,
+    /// Frame buffer memory free, as NVML reports it (total less used and reserved).
+    pub memory_free_mb: Option<u64>,
     pub usage_percent: Option<f64>,
+    /// Percent of the last sample period the memory was being read or written (NVML's memory
+    /// utilization, dcgm's `MEM_COPY_UTIL`).
+    pub memory_utilization_percent: Option<f64>,
     pub power_watts: Option<f64>,
     pub processes: Option<Vec<GpuProcess>>,
     /// The GPU fell off the bus or is otherwise inaccessible.
@@ -255,7 +282,9 @@ impl GpuSample {
             memory_total_mb: None,
             memory_used_mb: None,
             memory_usage_percent: None,
+            memory_free_mb: None,
             usage_percent: None,
+            memory_utilization_percent: None,
             power_watts: None,
             processes: None,
             lost: false,

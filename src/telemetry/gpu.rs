@@ -188,6 +188,13 @@ impl GpuSampler {
         }
     }
 
+    /// Adds NVML calls that failed (not metrics a GPU lacks) to the agent's counters.
+    fn count_nvml_errors(&self, n: u64) {
+        if let (Some(snapshot), true) = (&self.snapshot, n > 0) {
+            snapshot.counters().nvml_errors(n);
+        }
+    }
+
     /// How long to sleep before the next sample: the interval, or until the next init retry.
     fn next_wait(&self, interval: Duration) -> Duration {
         match (&self.nvml, self.last_init_attempt) {
@@ -210,6 +217,7 @@ impl GpuSampler {
                 return GpuReport::unavailable(reason);
             }
             if let Err(reason) = self.init() {
+                self.count_nvml_errors(1);
                 return GpuReport::unavailable(reason);
             }
         }
@@ -222,6 +230,7 @@ impl GpuSampler {
                 // The driver itself went away (unloaded, reset): start over with a fresh init.
                 let reason = format!("NVML stopped answering: {}", describe(&error));
                 log::warn!("{reason}; will re-initialise NVML");
+                self.count_nvml_errors(1);
                 self.nvml = None;
                 self.last_init_attempt = Some(Instant::now());
                 self.last_init_error = Some(reason.clone());
@@ -240,6 +249,11 @@ impl GpuSampler {
             }
             gpus.push(sample);
         }
+        let failed = gpus
+            .iter()
+            .map(|g| g.failed_queries.len() as u64 + u64::from(g.lost))
+            .sum();
+        self.count_nvml_errors(failed);
         for sample in &mut gpus {
             self.assess(sample);
         }
@@ -335,13 +349,17 @@ fn sample_device(
         // Every further call would wait on a dead GPU and fail the same way.
         return sample;
     }
-    if let Some((total, used)) = take(&mut sample, "memory", memory_info(&device, memory_v1_only)) {
+    if let Some((total, used, free)) =
+        take(&mut sample, "memory", memory_info(&device, memory_v1_only))
+    {
         sample.memory_total_mb = Some(bytes_to_mb(total));
         sample.memory_used_mb = Some(bytes_to_mb(used));
+        sample.memory_free_mb = Some(bytes_to_mb(free));
         sample.memory_usage_percent = percent(used, total);
     }
     if let Some(rates) = take(&mut sample, "usage_percent", device.utilization_rates()) {
         sample.usage_percent = Some(f64::from(rates.gpu));
+        sample.memory_utilization_percent = Some(f64::from(rates.memory));
     }
     if let Some(milliwatts) = take(&mut sample, "power_watts", device.power_usage()) {
         sample.power_watts = Some(round1(f64::from(milliwatts) / 1000.0));
@@ -480,10 +498,11 @@ fn remapped_rows(device: &Device<'_>) -> Result<RemappedRows, NvmlError> {
 }
 
 /// Total and used memory in bytes: the v2 call, or the v1 call on drivers without v2.
-fn memory_info(device: &Device<'_>, v1_only: &mut bool) -> Result<(u64, u64), NvmlError> {
+/// (total, used, free) bytes of frame buffer memory.
+fn memory_info(device: &Device<'_>, v1_only: &mut bool) -> Result<(u64, u64, u64), NvmlError> {
     if !*v1_only {
         match device.memory_info() {
-            Ok(info) => return Ok((info.total, info.used)),
+            Ok(info) => return Ok((info.total, info.used, info.free)),
             Err(NvmlError::FailedToLoadSymbol(_) | NvmlError::FunctionNotFound) => {
                 *v1_only = true;
             }
@@ -493,7 +512,7 @@ fn memory_info(device: &Device<'_>, v1_only: &mut bool) -> Result<(u64, u64), Nv
     memory_info_v1(device)
 }
 
-fn memory_info_v1(device: &Device<'_>) -> Result<(u64, u64), NvmlError> {
+fn memory_info_v1(device: &Device<'_>) -> Result<(u64, u64, u64), NvmlError> {
     let symbol = device
         .nvml()
         .lib()
@@ -509,7 +528,7 @@ fn memory_info_v1(device: &Device<'_>) -> Result<(u64, u64), NvmlError> {
     // the symbol writes into.
     let code = unsafe { symbol(device.handle(), &mut info) };
     nvml_wrapper::error::nvml_try(code)?;
-    Ok((info.total, info.used))
+    Ok((info.total, info.used, info.free))
 }
 
 /// An NVML error in words an operator can act on.

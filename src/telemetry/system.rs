@@ -8,7 +8,7 @@
 
 use crate::component::StartError;
 use crate::shutdown::Shutdown;
-use crate::state::{Health, LoadAverage, SampleWriter, SystemSample};
+use crate::state::{CpuTimes, Health, LoadAverage, MemoryBytes, SampleWriter, SystemSample};
 use crate::telemetry::{bytes_to_mb, percent, round1, Driver, Sampler};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -82,7 +82,49 @@ fn sample(system: &mut sysinfo::System, primed: bool) -> SystemSample {
             five: l.five,
             fifteen: l.fifteen,
         }),
+        memory_bytes: MemoryBytes {
+            total,
+            available: system.available_memory(),
+            free: system.free_memory(),
+        },
+        cpu_times: std::fs::read_to_string("/proc/stat")
+            .map(|text| cpu_times(&text, clock_ticks()))
+            .unwrap_or_default(),
     }
+}
+
+/// Clock ticks per second, the unit of `/proc/stat` (`USER_HZ`, 100 nearly everywhere).
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf only reads a system constant.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 {
+        ticks as f64
+    } else {
+        100.0
+    }
+}
+
+/// The per-CPU lines of `/proc/stat` (`cpu0 user nice system idle iowait irq softirq steal
+/// ...`), in seconds.
+fn cpu_times(stat: &str, ticks_per_second: f64) -> Vec<CpuTimes> {
+    const MODES: [&str; 8] = [
+        "user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal",
+    ];
+    stat.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_ascii_whitespace();
+            let cpu = fields.next()?.strip_prefix("cpu")?.parse::<u32>().ok()?;
+            let modes = MODES
+                .iter()
+                .zip(fields)
+                .filter_map(|(mode, ticks)| {
+                    let ticks = ticks.parse::<u64>().ok()?;
+                    Some((*mode, ticks as f64 / ticks_per_second))
+                })
+                .collect();
+            Some(CpuTimes { cpu, modes })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -103,5 +145,33 @@ mod tests {
         let cpu = s.cpu_usage_percent.unwrap();
         assert!((0.0..=100.0).contains(&cpu));
         assert!(s.load_average.is_some(), "Linux has /proc/loadavg");
+        assert!(s.memory_bytes.total >= s.memory_bytes.available);
+        assert!(!s.cpu_times.is_empty(), "Linux has /proc/stat");
+    }
+
+    #[test]
+    fn proc_stat_lines_become_seconds_per_cpu_and_mode() {
+        let stat = "cpu  10 0 20 300 0 0 0 0 0 0\n\
+                    cpu0 100 5 200 3000 40 1 2 3 0 0\n\
+                    cpu1 7 0 0 9\n\
+                    intr 123\n\
+                    cpuX 1 2\n";
+        let times = cpu_times(stat, 100.0);
+        assert_eq!(times.len(), 2, "the total line and junk are skipped");
+        assert_eq!(times[0].cpu, 0);
+        assert_eq!(times[0].modes.len(), 8);
+        assert_eq!(times[0].modes[0], ("user", 1.0));
+        assert_eq!(times[0].modes[3], ("idle", 30.0));
+        assert_eq!(times[0].modes[7], ("steal", 0.03));
+        // An old kernel with fewer columns gives the modes it has.
+        assert_eq!(
+            times[1].modes,
+            vec![
+                ("user", 0.07),
+                ("nice", 0.0),
+                ("system", 0.0),
+                ("idle", 0.09)
+            ]
+        );
     }
 }
