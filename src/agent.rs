@@ -21,7 +21,8 @@ use crate::docker::runner as docker_runner;
 use crate::platform;
 use crate::shutdown::Shutdown;
 use crate::state::{self, Health};
-use crate::telemetry::{gpu, system};
+use crate::telemetry::gpu_health::{history_path, XidHistory};
+use crate::telemetry::{gpu, system, usage, xid};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -42,6 +43,8 @@ impl Agent {
         // First, so that a damaged identity file stops the agent before anything runs.
         let platform = platform::prepare(settings)?;
         let (snapshot, writers) = state::new();
+        // Xid errors seen before a restart still count.
+        let xid_history = XidHistory::load(history_path(&settings.identity_file_path));
         let mut threads = vec![
             (
                 "system-sampler",
@@ -49,7 +52,17 @@ impl Agent {
             ),
             (
                 "gpu-sampler",
-                gpu::start(&settings.gpu, writers.gpu, shutdown.clone())?,
+                gpu::start(
+                    &settings.gpu,
+                    xid_history.clone(),
+                    Arc::clone(&snapshot),
+                    writers.gpu,
+                    shutdown.clone(),
+                )?,
+            ),
+            (
+                "gpu-xid-events",
+                xid::start(&settings.gpu, xid_history.clone(), shutdown.clone())?,
             ),
         ];
         // Host ports the agent itself uses can never be published for a container.
@@ -62,6 +75,10 @@ impl Agent {
             shutdown.clone(),
         )?;
         threads.extend(runner.threads);
+        threads.push((
+            "usage-sampler",
+            usage::start(Arc::clone(&snapshot), writers.usage, shutdown.clone())?,
+        ));
 
         let api_settings = ApiSettings {
             listen: settings.api.listen,
@@ -70,7 +87,9 @@ impl Agent {
             idle_timeout: settings.api.idle_timeout,
         };
         let context = Arc::new(
-            ApiContext::new(api_settings, Arc::clone(&snapshot)).with_runner(runner.handle),
+            ApiContext::new(api_settings, Arc::clone(&snapshot))
+                .with_runner(runner.handle)
+                .with_xid_history(xid_history),
         );
         let api = ApiServer::start(context).map_err(StartError::new)?;
         writers.api.set(Health::Ok);

@@ -10,6 +10,13 @@ use utopia_node_agent::notify::{self, Liveness, Notifier};
 use utopia_node_agent::shutdown::{self, SignalThread};
 
 fn main() -> ExitCode {
+    // glibc gives each thread that allocates its own malloc arena (up to 8 per core), each
+    // keeping freed memory: two arenas hold the agent's small, mostly idle heap, and a
+    // thread-per-component daemon does not contend on them.
+    // SAFETY: mallopt only sets an allocator parameter; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
     let command = match cli::parse() {
         Ok(command) => command,
         Err(error) => {

@@ -438,3 +438,223 @@ fn no_memory_v2_variant() {
         assert_eq!(d.name().unwrap(), "NVIDIA Fake H100 80GB HBM3");
     }
 }
+
+/// A knob file path unique to this test: picked by the parent, read back in the child.
+fn knob_path(test: &str) -> String {
+    match std::env::var(CHILD_ENV) {
+        Ok(_) => std::env::var("FAKE_NVML_KNOB_FILE").expect("knob file path"),
+        Err(_) => Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("fake_nvml_knobs_{test}_{}", std::process::id()))
+            .to_str()
+            .expect("utf-8 path")
+            .to_owned(),
+    }
+}
+
+/// The remapped-rows call through the raw function table (nvml-wrapper has no method for it):
+/// (corrected, uncorrected, pending, failed).
+fn raw_remapped_rows(device: &Device) -> Result<(u32, u32, u32, u32), NvmlError> {
+    let f = device
+        .nvml()
+        .lib()
+        .nvmlDeviceGetRemappedRows
+        .as_ref()
+        .map_err(|e| NvmlError::FailedToLoadSymbol(e.to_string()))?;
+    let (mut c, mut u, mut p, mut x) = (0, 0, 0, 0);
+    // SAFETY: valid handle from nvml-wrapper, four valid out-pointers.
+    let rc = unsafe { f(device.handle(), &mut c, &mut u, &mut p, &mut x) };
+    if rc != 0 {
+        return Err(NvmlError::from(rc));
+    }
+    Ok((c, u, p, x))
+}
+
+#[test]
+fn knob_file_health_signals_change_while_loaded() {
+    use nvml_wrapper::bitmasks::device::ThrottleReasons;
+    use nvml_wrapper::enum_wrappers::device::{Clock, EccCounter, MemoryError, PerformanceState};
+    let knobs = knob_path("health");
+    if !in_child(
+        "knob_file_health_signals_change_while_loaded",
+        &[("FAKE_NVML_KNOB_FILE", &knobs)],
+    ) {
+        return;
+    }
+    let _ = std::fs::remove_file(&knobs);
+    let nvml = init(Variant::Standard);
+    let d0 = nvml.device_by_index(0).unwrap();
+    let d1 = nvml.device_by_index(1).unwrap();
+    // Defaults, with no knob file at all.
+    for (error, counter) in [
+        (MemoryError::Corrected, EccCounter::Volatile),
+        (MemoryError::Uncorrected, EccCounter::Aggregate),
+    ] {
+        assert_eq!(d0.total_ecc_errors(error, counter).unwrap(), 0);
+    }
+    assert!(!d0.are_pages_pending_retired().unwrap());
+    assert_eq!(raw_remapped_rows(&d0).unwrap(), (0, 0, 0, 0));
+    assert!(d0.current_throttle_reasons().unwrap().is_empty());
+    assert_eq!(d0.current_pcie_link_gen().unwrap(), 5);
+    assert_eq!(d0.max_pcie_link_gen().unwrap(), 5);
+    assert_eq!(d0.current_pcie_link_width().unwrap(), 16);
+    assert_eq!(d0.max_pcie_link_width().unwrap(), 16);
+    assert_eq!(d0.fan_speed(0).unwrap(), 30);
+    assert_eq!(d0.clock_info(Clock::SM).unwrap(), 1980);
+    assert_eq!(d0.clock_info(Clock::Memory).unwrap(), 2619);
+    assert_eq!(d0.enforced_power_limit().unwrap(), 700_000);
+    assert_eq!(d0.performance_state().unwrap(), PerformanceState::Zero);
+    assert!(d0.running_graphics_processes().unwrap().is_empty());
+
+    // Changed while the library stays loaded: every call re-reads the file.
+    std::fs::write(
+        &knobs,
+        "# GPU 1 is in trouble\n\
+         gpu.1.ecc.volatile.uncorrected = 3\n\
+         gpu.1.ecc.aggregate.corrected = 12\n\
+         gpu.1.retired_pages_pending = 1\n\
+         gpu.1.remapped.uncorrected = 2\n\
+         gpu.1.remapped.pending = 1\n\
+         gpu.1.remapped.failed = 1\n\
+         gpu.*.throttle = 0x48\n\
+         gpu.0.throttle = 0x10\n\
+         gpu.1.pcie.width = 4\n\
+         gpu.1.pcie.gen = 3\n\
+         gpu.1.fan = 95\n\
+         gpu.1.clock.sm = 700\n\
+         gpu.1.power_limit_mw = 300000\n\
+         gpu.1.pstate = 8\n\
+         gpu.1.temperature = 91\n\
+         gpu.0.unsupported = fan, remapped_rows\n\
+         gpu.0.fail = ecc\n\
+         gpu.0.procs.compute = 77:100, 78:200\n\
+         gpu.1.procs.compute =\n\
+         gpu.1.procs.graphics = 99:64\n",
+    )
+    .unwrap();
+    assert_eq!(
+        d1.total_ecc_errors(MemoryError::Uncorrected, EccCounter::Volatile)
+            .unwrap(),
+        3
+    );
+    assert_eq!(
+        d1.total_ecc_errors(MemoryError::Corrected, EccCounter::Aggregate)
+            .unwrap(),
+        12
+    );
+    assert!(d1.are_pages_pending_retired().unwrap());
+    assert_eq!(raw_remapped_rows(&d1).unwrap(), (0, 2, 1, 1));
+    assert_eq!(
+        d1.current_throttle_reasons().unwrap(),
+        ThrottleReasons::HW_SLOWDOWN | ThrottleReasons::HW_THERMAL_SLOWDOWN
+    );
+    assert_eq!(
+        d0.current_throttle_reasons().unwrap(),
+        ThrottleReasons::SYNC_BOOST,
+        "a gpu.<i> line wins over gpu.*"
+    );
+    assert_eq!(d1.current_pcie_link_width().unwrap(), 4);
+    assert_eq!(d1.current_pcie_link_gen().unwrap(), 3);
+    assert_eq!(d1.max_pcie_link_width().unwrap(), 16);
+    assert_eq!(d1.fan_speed(0).unwrap(), 95);
+    assert_eq!(d1.clock_info(Clock::SM).unwrap(), 700);
+    assert_eq!(d1.enforced_power_limit().unwrap(), 300_000);
+    assert_eq!(d1.performance_state().unwrap(), PerformanceState::Eight);
+    assert_eq!(d1.temperature(TemperatureSensor::Gpu).unwrap(), 91);
+    assert!(matches!(d0.fan_speed(0), Err(NvmlError::NotSupported)));
+    assert!(matches!(
+        raw_remapped_rows(&d0),
+        Err(NvmlError::NotSupported)
+    ));
+    assert!(matches!(
+        d0.total_ecc_errors(MemoryError::Corrected, EccCounter::Volatile),
+        Err(NvmlError::Unknown)
+    ));
+    assert_eq!(
+        pids(&d0),
+        vec![
+            (77, UsedGpuMemory::Used(100 * MIB)),
+            (78, UsedGpuMemory::Used(200 * MIB))
+        ]
+    );
+    assert!(pids(&d1).is_empty(), "an empty list means none");
+    let graphics = d1.running_graphics_processes().unwrap();
+    assert_eq!(graphics.len(), 1);
+    assert_eq!(graphics[0].pid, 99);
+    assert_eq!(graphics[0].used_gpu_memory, UsedGpuMemory::Used(64 * MIB));
+
+    // A lost GPU through the knob file; removing the file brings the defaults back.
+    std::fs::write(&knobs, "gpu.1.lost = 1\n").unwrap();
+    assert!(matches!(d1.fan_speed(0), Err(NvmlError::GpuLost)));
+    std::fs::remove_file(&knobs).unwrap();
+    assert_eq!(d1.fan_speed(0).unwrap(), 30);
+    assert_eq!(pids(&d0), vec![(4242, UsedGpuMemory::Used(512 * MIB))]);
+}
+
+#[test]
+fn knob_file_xid_events() {
+    use nvml_wrapper::bitmasks::event::EventTypes;
+    use nvml_wrapper::enums::event::XidError;
+    let knobs = knob_path("xid");
+    if !in_child("knob_file_xid_events", &[("FAKE_NVML_KNOB_FILE", &knobs)]) {
+        return;
+    }
+    std::fs::write(&knobs, "gpu.1.unsupported = events\n").unwrap();
+    let nvml = init(Variant::Standard);
+    let d0 = nvml.device_by_index(0).unwrap();
+    let d1 = nvml.device_by_index(1).unwrap();
+    assert!(d0
+        .supported_event_types()
+        .unwrap()
+        .contains(EventTypes::CRITICAL_XID_ERROR));
+    assert!(matches!(
+        d1.supported_event_types(),
+        Err(NvmlError::NotSupported)
+    ));
+    let set = nvml.create_event_set().unwrap();
+    let set = d0
+        .register_events(EventTypes::CRITICAL_XID_ERROR, set)
+        .unwrap();
+    // Nothing yet: the wait times out after (about) its timeout.
+    let started = Instant::now();
+    assert!(matches!(set.wait(150), Err(NvmlError::Timeout)));
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(140) && waited < Duration::from_secs(2),
+        "{waited:?}"
+    );
+    // GPU 1 is not registered: its event is skipped; GPU 0's come in order.
+    std::fs::write(
+        &knobs,
+        "gpu.1.unsupported = events\nxid_events = 1:48, 0:79, 0:13\n",
+    )
+    .unwrap();
+    for expected in [79, 13] {
+        let event = set.wait(1000).expect("an Xid event");
+        assert_eq!(event.device.index().unwrap(), 0);
+        assert!(event.event_type.contains(EventTypes::CRITICAL_XID_ERROR));
+        assert_eq!(event.event_data, Some(XidError::Value(expected)));
+    }
+    assert!(matches!(set.wait(50), Err(NvmlError::Timeout)));
+    // Appending delivers one more, while a wait is in progress.
+    let writer = {
+        let knobs = knobs.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            std::fs::write(
+                &knobs,
+                "gpu.1.unsupported = events\nxid_events = 1:48, 0:79, 0:13, 0:94\n",
+            )
+            .unwrap();
+        })
+    };
+    let event = set.wait(5000).expect("the appended event");
+    assert_eq!(event.event_data, Some(XidError::Value(94)));
+    writer.join().unwrap();
+    set.release_events().expect("nvmlEventSetFree");
+    // Registering an unsupported GPU fails (and nvml-wrapper frees the set).
+    let set = nvml.create_event_set().unwrap();
+    assert!(d1
+        .register_events(EventTypes::CRITICAL_XID_ERROR, set)
+        .is_err());
+    std::fs::remove_file(&knobs).unwrap();
+}

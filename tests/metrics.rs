@@ -25,10 +25,23 @@ fn metrics(agent: &Agent) -> Value {
     response.json()
 }
 
+/// The metrics document once CPU usage is known (it is `null` until sysinfo's second reading,
+/// a fraction of a second after start).
+fn metrics_with_cpu(agent: &Agent) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = metrics(agent);
+        if !m["cpu_usage_percent"].is_null() || Instant::now() > deadline {
+            return m;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn metrics_report_host_and_every_fake_gpu() {
     let agent = Agent::start(|_| {});
-    let m = metrics(&agent);
+    let m = metrics_with_cpu(&agent);
 
     // The original agent's fields, then ours.
     assert_eq!(m["node_id"], Value::Null, "not registered");
@@ -75,7 +88,8 @@ fn metrics_report_host_and_every_fake_gpu() {
     assert_eq!(gpus[0]["busy"], true);
     assert_eq!(
         gpus[0]["processes"],
-        serde_json::json!([{"pid": 4242, "used_memory_mb": 512}])
+        serde_json::json!([{"pid": 4242, "used_memory_mb": 512, "kind": "compute",
+                            "container_id": null, "claim_id": "host"}])
     );
     assert_eq!(gpus[1]["busy"], false);
     assert_eq!(gpus[1]["processes"], serde_json::json!([]));
@@ -102,7 +116,7 @@ fn processes_decide_busy() {
 #[test]
 fn nvml_unavailable_leaves_the_agent_running() {
     let agent = Agent::start_with(|_| {}, env(&[("FAKE_NVML_INIT_FAIL", "1")]));
-    let m = metrics(&agent);
+    let m = metrics_with_cpu(&agent);
     assert_eq!(m["gpus"], serde_json::json!([]));
     let reason = m["gpu_error"].as_str().unwrap();
     assert!(reason.contains("driver is not loaded"), "{reason}");
@@ -214,10 +228,11 @@ fn no_gpus_is_an_empty_list_not_an_error() {
 
 #[test]
 fn a_slow_nvml_never_slows_the_api_or_the_shutdown() {
-    // Every NVML device call takes 300 ms: one sample of two GPUs takes seconds.
+    // Every NVML device call takes 100 ms: one sample of two GPUs (some 25 calls each, with
+    // the health signals) takes seconds.
     let mut agent = Agent::start_with(
         |c| c.gpu.sample_interval_ms = 100,
-        env(&[("FAKE_NVML_SLOW_MS", "300")]),
+        env(&[("FAKE_NVML_SLOW_MS", "100")]),
     );
     // The sampler is now (almost always) inside a slow call; requests must not wait for it.
     for _ in 0..10 {
@@ -234,4 +249,43 @@ fn a_slow_nvml_never_slows_the_api_or_the_shutdown() {
     let (status, took) = agent.terminate();
     assert!(status.success(), "{status}: {}", agent.log());
     assert!(took < Duration::from_secs(2), "stop took {took:?}");
+}
+
+#[test]
+fn the_served_document_follows_the_samples() {
+    let agent = Agent::start(|c| c.gpu.sample_interval_ms = 200);
+    let first = agent.get("/api/v1/metrics").text();
+    // Served as stored bytes between samples, rebuilt after one: within a few host samples
+    // (one a second) the document, its timestamp included, has moved on.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let later = loop {
+        std::thread::sleep(Duration::from_millis(250));
+        let now = metrics(&agent);
+        let stamp = now["timestamp"].as_str().unwrap_or_default().to_string();
+        let before: Value = serde_json::from_str(&first).unwrap();
+        if stamp != before["timestamp"].as_str().unwrap_or_default() || Instant::now() > deadline {
+            break now;
+        }
+    };
+    let before: Value = serde_json::from_str(&first).unwrap();
+    assert_ne!(later["timestamp"], before["timestamp"], "rebuilt: {later}");
+    assert!(later["cpu_usage_percent"].is_f64(), "{later}");
+    assert_eq!(later["gpus"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn the_api_answers_soon_after_start() {
+    // Not a benchmark (scripts/bench.sh measures start-up): a sanity bound, generous enough for
+    // a loaded test machine, that would catch a start-up waiting on a sampler again.
+    let started = Instant::now();
+    let agent = Agent::start_with(
+        |_| {},
+        AgentOptions {
+            env: Vec::new(),
+            wait_for_gpu: false,
+        },
+    );
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "start-up took {took:?}");
+    assert_eq!(agent.get("/health").status, 200);
 }

@@ -8,8 +8,10 @@
 //! does the connection layer send `100 Continue` and read the body. On a handler thread
 //! ([`ApiService::serve`]): the endpoint. Endpoints read the published [`Snapshot`], or
 //! (containers) send a typed request to the container runner and wait for its reply; they never
-//! call NVML, sysinfo or docker themselves. Health and metrics are served by the quick lane, the
-//! container endpoints by the slow one, so a slow docker never delays `/health`.
+//! call NVML, sysinfo or docker themselves. Health and metrics are cached JSON bytes (rebuilt
+//! once per change of what they show; health also once per second for its uptime) answered on
+//! the I/O thread itself ([`Lane::Inline`]), readiness by the quick lane, the container
+//! endpoints by the slow one, so a slow docker never delays `/health`.
 //!
 //! Stopping: [`ApiServer::drain`] closes the listening socket, lets requests at handlers finish
 //! within the given time (new ones on open connections are not read), and joins the threads.
@@ -17,6 +19,7 @@
 pub mod auth;
 pub mod containers;
 pub mod error;
+pub mod gpus;
 pub mod health;
 pub mod routes;
 
@@ -24,7 +27,8 @@ use crate::api::error::ApiError;
 use crate::api::routes::Endpoint;
 use crate::docker::protocol::RunnerHandle;
 use crate::http::{BodyLength, HttpError, Lane, Request, RequestHead, Response, StatusCode};
-use crate::state::Snapshot;
+use crate::state::{Cached, Snapshot};
+use crate::telemetry::gpu_health::XidHistory;
 use serde::Serialize;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -49,6 +53,10 @@ pub struct ApiContext {
     pub started: Instant,
     /// The container runner; `None` answers the container endpoints with 503.
     pub runner: Option<RunnerHandle>,
+    /// The GPUs' Xid history (cleared by `POST /api/v1/gpus/{index}/health/reset`).
+    pub xid_history: Option<XidHistory>,
+    /// `/health`'s body, for (health generation, uptime in seconds).
+    health_json: Cached<(u64, u64)>,
 }
 
 impl ApiContext {
@@ -58,7 +66,15 @@ impl ApiContext {
             snapshot,
             started: Instant::now(),
             runner: None,
+            xid_history: None,
+            health_json: Cached::new(),
         }
+    }
+
+    /// Lets the API clear GPUs' Xid history.
+    pub fn with_xid_history(mut self, history: XidHistory) -> Self {
+        self.xid_history = Some(history);
+        self
     }
 
     /// Routes the container endpoints to `runner`.
@@ -135,6 +151,8 @@ pub struct Reply {
 
 pub enum ReplyBody {
     Json(serde_json::Value),
+    /// A JSON document already serialised (the cached health and metrics documents).
+    JsonBytes(Arc<[u8]>),
     Text(String),
 }
 
@@ -143,6 +161,15 @@ impl Reply {
         Reply {
             status,
             body: ReplyBody::Text(text),
+            headers: Vec::new(),
+        }
+    }
+
+    /// 200 with a JSON document already serialised.
+    pub fn json_bytes(bytes: Arc<[u8]>) -> Reply {
+        Reply {
+            status: StatusCode::OK,
+            body: ReplyBody::JsonBytes(bytes),
             headers: Vec::new(),
         }
     }
@@ -176,7 +203,9 @@ pub struct ApiService {
 impl crate::http::Service for ApiService {
     fn admit(&self, head: &RequestHead) -> Result<Lane, Response> {
         match admit(&self.context, head) {
-            Ok(Endpoint::Health | Endpoint::Metrics) => Ok(Lane::Quick),
+            // Cached bytes, rebuilt at most once per change: answered on the I/O thread.
+            Ok(Endpoint::Health | Endpoint::Metrics) => Ok(Lane::Inline),
+            Ok(Endpoint::Ready) => Ok(Lane::Quick),
             Ok(_) => Ok(Lane::Slow),
             Err(error) => {
                 log::debug!("{} {} -> {}", head.method, head.path, error.status.as_u16());
@@ -218,8 +247,6 @@ fn admit(context: &ApiContext, head: &RequestHead) -> Result<Endpoint, ApiError>
 
 fn handle(context: &ApiContext, request: Request) -> Response {
     let started = Instant::now();
-    let method = request.head.method.clone();
-    let path = request.head.path.clone();
     // A bug in a handler must cost one request, not a handler thread.
     let outcome =
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve(context, &request)))
@@ -232,6 +259,7 @@ fn handle(context: &ApiContext, request: Request) -> Response {
         }) => {
             let mut response = match body {
                 ReplyBody::Json(body) => json_response(status, &body),
+                ReplyBody::JsonBytes(bytes) => json_bytes_response(status, bytes.to_vec()),
                 ReplyBody::Text(text) => text_response(status, text),
             };
             response.headers.extend(headers);
@@ -240,7 +268,9 @@ fn handle(context: &ApiContext, request: Request) -> Response {
         Err(error) => error_response(&error),
     };
     log::debug!(
-        "{method} {path} -> {} in {} ms",
+        "{} {} -> {} in {} ms",
+        request.head.method,
+        request.head.path,
         response.status.as_u16(),
         started.elapsed().as_millis()
     );
@@ -252,10 +282,20 @@ fn serve(context: &ApiContext, request: &Request) -> Result<Reply, ApiError> {
     let endpoint = admit(context, head)?;
     let body = &request.body;
     match endpoint {
-        Endpoint::Health => Reply::ok(health::document(
-            &context.snapshot,
-            context.started.elapsed(),
-        )),
+        Endpoint::Health => {
+            let uptime = context.started.elapsed();
+            let key = (context.snapshot.health_generation(), uptime.as_secs());
+            let bytes = context
+                .health_json
+                .get(key, || {
+                    let mut bytes =
+                        serde_json::to_vec(&health::document(&context.snapshot, uptime))?;
+                    bytes.push(b'\n');
+                    Ok(bytes)
+                })
+                .map_err(encode_error)?;
+            Ok(Reply::json_bytes(bytes))
+        }
         Endpoint::Ready => {
             let document = health::ready(&context.snapshot);
             let status = if document.ready {
@@ -265,20 +305,31 @@ fn serve(context: &ApiContext, request: &Request) -> Result<Reply, ApiError> {
             };
             Reply::with_status(status, document)
         }
-        Endpoint::Metrics => Reply::ok(context.snapshot.metrics()),
+        Endpoint::Metrics => Ok(Reply::json_bytes(
+            context.snapshot.metrics_json().map_err(encode_error)?,
+        )),
         Endpoint::ListContainers => containers::list(context),
         Endpoint::CreateContainer => containers::create(context, body),
         Endpoint::GetContainer(id) => containers::get(context, &id),
         Endpoint::DeleteContainer(id) => containers::delete(context, &id),
         Endpoint::ContainerLogs(id) => containers::logs(context, &id, head.query.as_deref()),
         Endpoint::ContainerAction(id, action) => containers::act(context, &id, action),
+        Endpoint::ResetGpuHealth(index) => gpus::reset_health(context, &index),
     }
+}
+
+fn encode_error(error: serde_json::Error) -> ApiError {
+    ApiError::internal(format!("cannot encode the response: {error}"))
 }
 
 fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
     let mut text = body.to_string();
     text.push('\n');
-    Response::new(status, text.into_bytes())
+    json_bytes_response(status, text.into_bytes())
+}
+
+fn json_bytes_response(status: StatusCode, body: Vec<u8>) -> Response {
+    Response::new(status, body)
         .with_header("Content-Type", "application/json")
         .with_header("Cache-Control", "no-store")
 }

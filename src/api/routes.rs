@@ -18,6 +18,8 @@ pub enum Endpoint {
     DeleteContainer(String),
     ContainerLogs(String),
     ContainerAction(String, Action),
+    /// `POST /api/v1/gpus/{index}/health/reset` (the index as given; checked by the handler).
+    ResetGpuHealth(String),
 }
 
 /// A path the API knows, before the method is considered.
@@ -30,6 +32,7 @@ enum Resource {
     Container(String),
     Logs(String),
     Action(String, Action),
+    GpuHealthReset(String),
 }
 
 /// A container id, name or claim id as it may appear in a path.
@@ -50,6 +53,10 @@ impl Resource {
             "/api/v1/containers" => return Some(Resource::Containers),
             _ => {}
         }
+        if let Some(rest) = path.strip_prefix("/api/v1/gpus/") {
+            let index = rest.strip_suffix("/health/reset")?;
+            return valid_id_segment(index).then(|| Resource::GpuHealthReset(index.to_string()));
+        }
         let rest = path.strip_prefix("/api/v1/containers/")?;
         let mut parts = rest.split('/');
         let id = parts.next().filter(|id| valid_id_segment(id))?.to_string();
@@ -66,7 +73,7 @@ impl Resource {
             Resource::Health | Resource::Ready | Resource::Metrics | Resource::Logs(_) => "GET",
             Resource::Containers => "GET, POST",
             Resource::Container(_) => "GET, DELETE",
-            Resource::Action(..) => "POST",
+            Resource::Action(..) | Resource::GpuHealthReset(_) => "POST",
         }
     }
 
@@ -86,6 +93,9 @@ impl Resource {
             (Resource::Logs(id), &Method::GET) => Some(Endpoint::ContainerLogs(id)),
             (Resource::Action(id, action), &Method::POST) => {
                 Some(Endpoint::ContainerAction(id, action))
+            }
+            (Resource::GpuHealthReset(index), &Method::POST) => {
+                Some(Endpoint::ResetGpuHealth(index))
             }
             _ => None,
         }
@@ -209,6 +219,26 @@ mod tests {
             let e = route(&method, path).unwrap_err();
             assert_eq!(e.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
             assert_eq!(e.allow.as_deref(), Some(allow));
+        }
+    }
+
+    #[test]
+    fn gpu_health_reset_path() {
+        assert_eq!(
+            route(&Method::POST, "/api/v1/gpus/1/health/reset"),
+            Ok(Endpoint::ResetGpuHealth("1".into()))
+        );
+        let e = route(&Method::GET, "/api/v1/gpus/1/health/reset").unwrap_err();
+        assert_eq!(e.status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(e.allow.as_deref(), Some("POST"));
+        for path in [
+            "/api/v1/gpus/1/health",
+            "/api/v1/gpus//health/reset",
+            "/api/v1/gpus/1/2/health/reset",
+            "/api/v1/gpus/1/health/reset/x",
+        ] {
+            let e = route(&Method::POST, path).unwrap_err();
+            assert_eq!(e.status, StatusCode::NOT_FOUND, "{path}");
         }
     }
 

@@ -6,6 +6,7 @@
 use crate::config::ManagedLabel;
 use crate::docker::labels;
 use crate::docker::spec::PortMapping;
+use crate::state::ClaimUsage;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -32,6 +33,12 @@ pub struct ContainerView {
     /// Problems the agent found (a GPU no longer present, a conflicting holder).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// What it uses (CPU, memory, GPU memory and utilisation, network), read from its cgroup by
+    /// the usage sampler; `null` until the first reading or while it is not running.
+    pub usage: Option<ClaimUsage>,
+    /// Its init process on the host (`State.Pid`); `None` when not running.
+    #[serde(skip)]
+    pub pid: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -72,6 +79,8 @@ struct InspectState {
     started_at: String,
     #[serde(default)]
     finished_at: String,
+    #[serde(default)]
+    pid: u32,
 }
 
 /// Parses `docker container inspect` output (a JSON array); keeps only containers carrying the
@@ -133,6 +142,8 @@ fn view(item: Inspect, labels: &BTreeMap<String, String>) -> Option<ContainerVie
         started_at,
         finished_at,
         warnings,
+        usage: None,
+        pid: (item.state.pid > 0).then_some(item.state.pid),
     })
 }
 

@@ -25,6 +25,8 @@ pub(crate) fn view(id: &str, claim: &str, gpu_ids: &[u32], state: &str) -> Conta
         started_at: None,
         finished_at: None,
         warnings: vec![],
+        usage: None,
+        pid: None,
     }
 }
 

@@ -7,7 +7,7 @@ use crate::docker::ledger::{short_id, GpuLedger};
 use crate::docker::protocol::ContainerError;
 use crate::docker::spec::{check_visible_devices, join_ids, CreateSpec, GpuRequest, SpecError};
 use crate::docker::table::ContainerTable;
-use crate::state::{GpuReport, NvmlState};
+use crate::state::{GpuHealth, GpuReport, GpuSample, NvmlState};
 
 /// The GPUs a create was given (indices, and the UUIDs NVML reports for them).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +52,12 @@ pub(crate) fn place(
                     return Err(ContainerError::Conflict {
                         code: "gpu_lost",
                         message: format!("GPU {id} is lost (fell off the bus)"),
+                    })
+                }
+                Some(gpu) if gpu.health == GpuHealth::Failed => {
+                    return Err(ContainerError::Conflict {
+                        code: "gpu_unhealthy",
+                        message: format!("GPU {id} has failed: {}", gpu.health_reasons.join("; ")),
                     })
                 }
                 Some(_) => {}
@@ -99,6 +105,17 @@ pub(crate) fn place(
         .filter(|g| !g.lost)
         .map(|g| g.index)
         .collect();
+    // Failed GPUs are never picked for a count (degraded ones still are: they work).
+    let failed: Vec<&GpuSample> = report
+        .gpus
+        .iter()
+        .filter(|g| !g.lost && g.health == GpuHealth::Failed)
+        .collect();
+    let healthy: Vec<u32> = usable
+        .iter()
+        .copied()
+        .filter(|i| !failed.iter().any(|g| g.index == *i))
+        .collect();
     if let GpuRequest::Count(wanted) = spec.gpus {
         // Never satisfiable here, whoever holds what: not a conflict to wait out.
         if wanted as usize > usable.len() {
@@ -110,8 +127,23 @@ pub(crate) fn place(
                 ),
             }));
         }
+        // Satisfiable once a failed GPU is repaired (and its health reset).
+        if wanted as usize > healthy.len() {
+            let why: Vec<String> = failed
+                .iter()
+                .map(|g| format!("GPU {} failed: {}", g.index, g.health_reasons.join("; ")))
+                .collect();
+            return Err(ContainerError::Conflict {
+                code: "gpu_unhealthy",
+                message: format!(
+                    "{wanted} GPU(s) asked for but only {} healthy ({})",
+                    healthy.len(),
+                    why.join("; ")
+                ),
+            });
+        }
     }
-    let pickable: Vec<u32> = usable
+    let pickable: Vec<u32> = healthy
         .iter()
         .copied()
         .filter(|i| uuid_holder(*i).is_none())
@@ -196,6 +228,32 @@ mod tests {
         let third = try_place(&table, &mut ledger, "third", GpuRequest::Count(1), &nodes);
         assert_eq!(code(third), "gpu_in_use");
         assert!(ledger.by_claim("third").is_none());
+    }
+
+    #[test]
+    fn a_failed_gpu_is_refused_by_id_and_never_picked_for_a_count() {
+        let table = ContainerTable::default();
+        let mut ledger = GpuLedger::new(vec![]);
+        let mut nodes = report(3, &[]);
+        nodes.gpus[1].health = GpuHealth::Failed;
+        nodes.gpus[1].health_reasons = vec!["xid 79 at t: GPU has fallen off the bus".into()];
+        nodes.gpus[2].health = GpuHealth::Degraded;
+        let refused = try_place(&table, &mut ledger, "a", GpuRequest::Ids(vec![1]), &nodes);
+        match refused {
+            Err(ContainerError::Conflict { code, message }) => {
+                assert_eq!(code, "gpu_unhealthy");
+                assert!(message.contains("xid 79"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // A count skips the failed GPU; a degraded one is still given out.
+        let placed = try_place(&table, &mut ledger, "b", GpuRequest::Count(2), &nodes);
+        assert_eq!(placed.unwrap().gpus, vec![0, 2]);
+        // Three are asked for, two are healthy: a conflict naming why, nothing reserved.
+        let mut fresh = GpuLedger::new(vec![]);
+        let three = try_place(&table, &mut fresh, "c", GpuRequest::Count(3), &nodes);
+        assert_eq!(code(three), "gpu_unhealthy");
+        assert!(fresh.holdings().is_empty());
     }
 
     #[test]

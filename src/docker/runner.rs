@@ -614,8 +614,11 @@ impl Runner {
         self.publish();
     }
 
+    /// The view with its warnings, and its usage as the usage sampler last read it.
     fn decorate(&self, view: &ContainerView) -> ContainerView {
-        self.table.decorate(view, &self.snapshot.gpus())
+        let mut view = self.table.decorate(view, &self.snapshot.gpus());
+        view.usage = self.snapshot.usage().get(&view.id).cloned();
+        view
     }
 
     fn publish(&mut self) {
@@ -628,6 +631,8 @@ impl Runner {
                     claim_id: v.claim_id.clone(),
                     state: v.state.clone(),
                     gpu_ids: v.gpu_ids.clone(),
+                    pid: v.pid,
+                    usage: None,
                 })
                 .collect(),
             self.ledger.allocations(),

@@ -44,7 +44,11 @@ pub use types::{BodyLength, Headers, Method, Request, RequestHead, Response, Sta
 /// Which handler threads serve a request: quick work never waits behind slow work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lane {
-    /// Answers from memory (health, metrics).
+    /// Answers already in memory as bytes (the cached health and metrics documents): served on
+    /// the I/O thread itself, with no hand-off. Only for work that never blocks and takes
+    /// microseconds.
+    Inline,
+    /// Answers from memory that take some building.
     Quick,
     /// Work that waits on another component (containers: docker).
     Slow,

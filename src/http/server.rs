@@ -785,6 +785,21 @@ impl EventLoop {
         lane: Lane,
     ) {
         let head_only = request.head.method == Method::HEAD;
+        if lane == Lane::Inline {
+            // On this thread: a bug in the service costs this request, not the API.
+            let response = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.service.serve(request)
+            }))
+            .unwrap_or_else(|_| {
+                self.service.reject(&HttpError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error; see the agent's log",
+                ))
+            });
+            self.respond(conn, &response, head_only, keep_alive);
+            return;
+        }
         let job = Job {
             slot,
             generation: conn.generation,
@@ -792,7 +807,7 @@ impl EventLoop {
             keep_alive,
         };
         let lane = match lane {
-            Lane::Quick => &self.quick,
+            Lane::Inline | Lane::Quick => &self.quick,
             Lane::Slow => &self.slow,
         };
         match lane.try_send(job) {
@@ -811,7 +826,8 @@ impl EventLoop {
         }
     }
 
-    /// Answers from the I/O thread (refusals); the connection closes unless `keep_alive`.
+    /// Answers from the I/O thread (refusals, inline answers); the connection closes unless
+    /// `keep_alive`.
     fn respond(&mut self, conn: &mut Conn, response: &Response, head_only: bool, keep_alive: bool) {
         if let Phase::Body(body) = &conn.phase {
             self.body_reserved = self.body_reserved.saturating_sub(body.reserved);

@@ -8,6 +8,7 @@
 use super::samples::{ContainerSummary, GpuAllocation, GpuSample, LoadAverage};
 use super::Snapshot;
 use serde::Serialize;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 #[derive(Debug, Serialize)]
@@ -72,7 +73,7 @@ impl Snapshot {
         MetricsDocument {
             node_id: self.node_id(),
             timestamp: crate::timefmt::rfc3339(SystemTime::now()),
-            cpu_usage_percent: system.map(|s| s.cpu_usage_percent),
+            cpu_usage_percent: system.and_then(|s| s.cpu_usage_percent),
             memory_usage_percent: system.map(|s| s.memory_usage_percent),
             memory_total_mb: system.map(|s| s.memory_total_mb),
             memory_used_mb: system.map(|s| s.memory_used_mb),
@@ -87,14 +88,38 @@ impl Snapshot {
         }
     }
 
+    /// The metrics document as JSON (and a final newline), serialised once per change to what it
+    /// shows and then served as the same bytes; its `timestamp` is when it was built, at most
+    /// one host sample old.
+    pub fn metrics_json(&self) -> Result<Arc<[u8]>, serde_json::Error> {
+        let generation = self.metrics_generation();
+        self.metrics_json.get(generation, || {
+            let mut bytes = serde_json::to_vec(&self.metrics())?;
+            bytes.push(b'\n');
+            Ok(bytes)
+        })
+    }
+
     /// The heartbeat body as of now, for an agent up for `uptime`.
     pub fn heartbeat(&self, uptime: Duration) -> HeartbeatBody {
         HeartbeatBody {
             metrics: self.metrics(),
             agent_version: crate::VERSION,
             uptime_secs: uptime.as_secs(),
-            containers: self.containers().as_ref().clone(),
+            containers: self.containers_with_usage(),
         }
+    }
+
+    /// The managed containers, each with its last usage reading.
+    pub fn containers_with_usage(&self) -> Vec<ContainerSummary> {
+        let usage = self.usage();
+        self.containers()
+            .iter()
+            .map(|c| ContainerSummary {
+                usage: usage.get(&c.id).cloned(),
+                ..c.clone()
+            })
+            .collect()
     }
 }
 
@@ -116,11 +141,29 @@ mod tests {
                 claim_id: "claim-1".into(),
                 state: "running".into(),
                 gpu_ids: vec![0],
+                pid: None,
+                usage: None,
             }],
             BTreeMap::new(),
         );
+        writers.usage.publish(BTreeMap::from([(
+            "c1".to_string(),
+            state::ClaimUsage {
+                sampled_at: "t".into(),
+                cpu_cores: Some(1.5),
+                memory_bytes: Some(1024),
+                memory_limit_bytes: None,
+                gpu_memory_mb: Some(300),
+                gpus: Vec::new(),
+                network_rx_bytes: None,
+                network_tx_bytes: None,
+            },
+        )]));
         let body = snapshot.heartbeat(Duration::from_secs(5));
         let json = serde_json::to_value(&body).unwrap();
+        assert_eq!(json["containers"][0]["usage"]["cpu_cores"], 1.5);
+        assert_eq!(json["containers"][0]["usage"]["gpu_memory_mb"], 300);
+        assert!(json["containers"][0].get("pid").is_none(), "internal");
         assert_eq!(json["node_id"], "node-1");
         assert_eq!(json["agent_version"], crate::VERSION);
         assert_eq!(json["uptime_secs"], 5);
@@ -128,6 +171,60 @@ mod tests {
         assert_eq!(json["containers"][0]["gpu_ids"][0], 0);
         assert!(json["gpus"].is_array());
         assert!(json.get("timestamp").is_some());
+    }
+
+    #[test]
+    fn the_metrics_bytes_are_built_once_per_change() {
+        let (snapshot, writers) = state::new();
+        let first = snapshot.metrics_json().unwrap();
+        let again = snapshot.metrics_json().unwrap();
+        assert!(
+            std::sync::Arc::ptr_eq(&first, &again),
+            "served from the cache"
+        );
+        assert!(first.ends_with(b"\n"));
+        let json: serde_json::Value = serde_json::from_slice(&first).unwrap();
+        assert!(json["gpus"].as_array().unwrap().is_empty());
+
+        writers.gpu.publish(
+            GpuReport {
+                state: NvmlState::Ok,
+                driver_version: Some("550.1".into()),
+                gpus: vec![GpuSample::empty(0)],
+            },
+            Health::Ok,
+            Duration::ZERO,
+        );
+        let after_sample = snapshot.metrics_json().unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&after_sample).unwrap();
+        assert_eq!(json["gpus"][0]["id"], 0, "a new sample is served at once");
+        assert_eq!(json["driver_version"], "550.1");
+
+        writers.docker.publish(
+            Vec::new(),
+            BTreeMap::from([(
+                0,
+                GpuAllocation {
+                    claim_id: "claim-9".into(),
+                    container_id: "c9".into(),
+                },
+            )]),
+        );
+        let after_allocation = snapshot.metrics_json().unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&after_allocation).unwrap();
+        assert_eq!(json["gpus"][0]["claim_id"], "claim-9");
+
+        writers.platform.registered("node-7".into(), None);
+        let json: serde_json::Value =
+            serde_json::from_slice(&snapshot.metrics_json().unwrap()).unwrap();
+        assert_eq!(json["node_id"], "node-7");
+        // A health change alone does not rebuild the metrics document.
+        let cached = snapshot.metrics_json().unwrap();
+        writers.api.set(Health::Ok);
+        assert!(std::sync::Arc::ptr_eq(
+            &cached,
+            &snapshot.metrics_json().unwrap()
+        ));
     }
 
     #[test]

@@ -21,13 +21,14 @@ pub mod samples;
 
 pub use health::{Component, Health};
 pub use samples::{
-    ContainerSummary, GpuAllocation, GpuProcess, GpuReport, GpuSample, LoadAverage, NvmlState,
-    SystemSample,
+    ClaimGpuUsage, ClaimUsage, ContainerSummary, GpuAllocation, GpuHealth, GpuProcess, GpuReport,
+    GpuSample, LoadAverage, NvmlState, RemappedRows, SystemSample, XidView,
 };
 
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 /// A value replaced whole by its owner and read as a cheap `Arc` by everyone else.
@@ -69,6 +70,48 @@ impl<T> Published<T> {
     }
 }
 
+/// Bytes built from published values, kept until those values change: `get` answers the bytes
+/// built for `key` (a generation of their inputs), building them again only when the key moved.
+/// The request path thus serialises a document once per change, not once per request.
+pub struct Cached<K> {
+    value: Mutex<Option<(K, Arc<[u8]>)>>,
+}
+
+impl<K: PartialEq> Cached<K> {
+    pub fn new() -> Self {
+        Cached {
+            value: Mutex::new(None),
+        }
+    }
+
+    /// The bytes for `key`, built by `build` if the cached ones are for another key (a failed
+    /// build caches nothing).
+    pub fn get<E>(
+        &self,
+        key: K,
+        build: impl FnOnce() -> Result<Vec<u8>, E>,
+    ) -> Result<Arc<[u8]>, E> {
+        let mut guard = match self.value.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some((cached, bytes)) = guard.as_ref() {
+            if *cached == key {
+                return Ok(Arc::clone(bytes));
+            }
+        }
+        let bytes: Arc<[u8]> = build()?.into();
+        *guard = Some((key, Arc::clone(&bytes)));
+        Ok(bytes)
+    }
+}
+
+impl<K: PartialEq> Default for Cached<K> {
+    fn default() -> Self {
+        Cached::new()
+    }
+}
+
 /// How a sampler's last run went, as its driver recorded it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct SamplerRun {
@@ -86,8 +129,16 @@ pub struct Snapshot {
     assigned_api_remote_port: Published<Option<u16>>,
     containers: Published<Vec<ContainerSummary>>,
     gpu_allocations: Published<BTreeMap<u32, GpuAllocation>>,
+    usage: Published<BTreeMap<String, ClaimUsage>>,
     health: Published<BTreeMap<Component, Health>>,
     samplers: Published<BTreeMap<Component, SamplerRun>>,
+    /// Bumped after every change to what the metrics document shows (host and GPU samples,
+    /// node id, GPU allocations).
+    metrics_generation: AtomicU64,
+    /// Bumped after every change to what `/health` shows (component health, sampler runs).
+    health_generation: AtomicU64,
+    /// The metrics document as JSON bytes, for [`Snapshot::metrics_generation`].
+    metrics_json: Cached<u64>,
 }
 
 /// A fresh, empty snapshot and the writers of its pieces.
@@ -99,8 +150,12 @@ pub fn new() -> (Arc<Snapshot>, Writers) {
         assigned_api_remote_port: Published::new(None),
         containers: Published::new(Vec::new()),
         gpu_allocations: Published::new(BTreeMap::new()),
+        usage: Published::new(BTreeMap::new()),
         health: Published::new(BTreeMap::new()),
         samplers: Published::new(BTreeMap::new()),
+        metrics_generation: AtomicU64::new(0),
+        health_generation: AtomicU64::new(0),
+        metrics_json: Cached::new(),
     });
     let health = |component| HealthWriter {
         snapshot: Arc::clone(&snapshot),
@@ -109,11 +164,17 @@ pub fn new() -> (Arc<Snapshot>, Writers) {
     let writers = Writers {
         system: SampleWriter {
             health: health(Component::System),
-            store: |s, sample| s.system.set(Some(sample)),
+            store: |s, sample| {
+                s.system.set(Some(sample));
+                s.metrics_changed();
+            },
         },
         gpu: SampleWriter {
             health: health(Component::Gpu),
-            store: |s, report| s.gpus.set(report),
+            store: |s, report| {
+                s.gpus.set(report);
+                s.metrics_changed();
+            },
         },
         docker: DockerWriter {
             health: health(Component::Docker),
@@ -122,11 +183,34 @@ pub fn new() -> (Arc<Snapshot>, Writers) {
             health: health(Component::Platform),
         },
         api: health(Component::Api),
+        usage: UsageWriter {
+            snapshot: Arc::clone(&snapshot),
+        },
     };
     (snapshot, writers)
 }
 
 impl Snapshot {
+    /// Counts a change to what the metrics document shows (after the value is published, so a
+    /// reader that sees the new generation also sees the new value).
+    fn metrics_changed(&self) {
+        self.metrics_generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn health_changed(&self) {
+        self.health_generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Changes so far to what the metrics document shows.
+    pub fn metrics_generation(&self) -> u64 {
+        self.metrics_generation.load(Ordering::SeqCst)
+    }
+
+    /// Changes so far to the components' health and the samplers' runs.
+    pub fn health_generation(&self) -> u64 {
+        self.health_generation.load(Ordering::SeqCst)
+    }
+
     /// Host CPU, memory and load; `None` until the first sample.
     pub fn system(&self) -> Arc<Option<SystemSample>> {
         self.system.get()
@@ -157,6 +241,11 @@ impl Snapshot {
     /// GPU index → the container holding it (until that container is removed).
     pub fn gpu_allocations(&self) -> Arc<BTreeMap<u32, GpuAllocation>> {
         self.gpu_allocations.get()
+    }
+
+    /// Container id → what it uses, as the usage sampler last read it.
+    pub fn usage(&self) -> Arc<BTreeMap<String, ClaimUsage>> {
+        self.usage.get()
     }
 
     /// Each component's health, rendered (`/health`'s `components`).
@@ -196,6 +285,18 @@ pub struct Writers {
     pub docker: DockerWriter,
     pub platform: PlatformWriter,
     pub api: HealthWriter,
+    pub usage: UsageWriter,
+}
+
+/// The usage sampler's writer: each managed container's usage.
+pub struct UsageWriter {
+    snapshot: Arc<Snapshot>,
+}
+
+impl UsageWriter {
+    pub fn publish(&self, usage: BTreeMap<String, ClaimUsage>) {
+        self.snapshot.usage.set(usage);
+    }
 }
 
 /// Sets one component's health.
@@ -210,6 +311,7 @@ impl HealthWriter {
         self.snapshot.health.update(|map| {
             map.insert(component, health);
         });
+        self.snapshot.health_changed();
     }
 }
 
@@ -232,6 +334,7 @@ impl<T> SampleWriter<T> {
             run.last_duration_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
             run.samples += 1;
         });
+        self.health.snapshot.health_changed();
         self.health.set(health);
     }
 
@@ -254,6 +357,7 @@ impl DockerWriter {
     ) {
         self.health.snapshot.containers.set(containers);
         self.health.snapshot.gpu_allocations.set(allocations);
+        self.health.snapshot.metrics_changed();
     }
 
     pub fn set_health(&self, health: Health) {
@@ -272,6 +376,7 @@ impl PlatformWriter {
         let snapshot = &self.health.snapshot;
         snapshot.node_id.set(Some(node_id));
         snapshot.assigned_api_remote_port.set(api_remote_port);
+        snapshot.metrics_changed();
         self.health.set(Health::Ok);
     }
 
@@ -280,6 +385,7 @@ impl PlatformWriter {
         let snapshot = &self.health.snapshot;
         snapshot.node_id.set(None);
         snapshot.assigned_api_remote_port.set(None);
+        snapshot.metrics_changed();
         self.health.set(Health::Starting(None));
     }
 

@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 /// One reading of the host.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SystemSample {
-    pub cpu_usage_percent: f64,
+    /// `None` in the first sample: CPU usage needs two readings apart.
+    pub cpu_usage_percent: Option<f64>,
     pub memory_usage_percent: f64,
     pub memory_total_mb: u64,
     pub memory_used_mb: u64,
@@ -67,7 +68,8 @@ impl GpuReport {
         }
     }
 
-    /// The GPU component's health: lost GPUs make it degraded.
+    /// The GPU component's health: degraded while a GPU is lost, failed or degraded, or while
+    /// NVML queries fail at run time (a metric a GPU does not support is not a failure).
     pub fn health(&self) -> Health {
         match &self.state {
             NvmlState::Starting => Health::Starting(None),
@@ -79,10 +81,39 @@ impl GpuReport {
                     .filter(|g| g.lost)
                     .map(|g| g.index.to_string())
                     .collect();
-                if lost.is_empty() {
+                let mut problems = Vec::new();
+                if !lost.is_empty() {
+                    problems.push(format!("GPU {} lost", lost.join(", ")));
+                }
+                for gpu in self.gpus.iter().filter(|g| !g.lost) {
+                    if gpu.health != GpuHealth::Healthy {
+                        problems.push(format!(
+                            "GPU {} {}: {}",
+                            gpu.index,
+                            gpu.health.as_str(),
+                            gpu.health_reasons.join("; ")
+                        ));
+                    }
+                    if !gpu.failed_queries.is_empty() {
+                        let failed: Vec<String> = gpu
+                            .failed_queries
+                            .iter()
+                            .map(|q| {
+                                let why = gpu.errors.get(q).map_or("", String::as_str);
+                                format!("{q} ({why})")
+                            })
+                            .collect();
+                        problems.push(format!(
+                            "GPU {} NVML queries failing: {}",
+                            gpu.index,
+                            failed.join(", ")
+                        ));
+                    }
+                }
+                if problems.is_empty() {
                     Health::Ok
                 } else {
-                    Health::Degraded(format!("GPU {} lost", lost.join(", ")))
+                    Health::Degraded(problems.join("; "))
                 }
             }
         }
@@ -106,15 +137,111 @@ pub struct GpuSample {
     pub processes: Option<Vec<GpuProcess>>,
     /// The GPU fell off the bus or is otherwise inaccessible.
     pub lost: bool,
+    /// `healthy`, `degraded` or `failed` (see the README's GPU health table).
+    pub health: GpuHealth,
+    /// Why the GPU is not healthy, one line each (`xid 79 at <time>: ...`).
+    pub health_reasons: Vec<String>,
+    /// The Xid errors seen on this GPU since its health was last reset (kept across restarts).
+    pub xid_errors: Vec<XidView>,
+    pub ecc_errors: EccCounts,
+    /// Pages waiting to be retired at the next GPU reset (GPUs with page retirement).
+    pub retired_pages_pending: Option<bool>,
+    /// Row remapping (GPUs with row remapping instead of page retirement).
+    pub remapped_rows: Option<RemappedRows>,
+    /// Active clock throttle reasons (`hw_slowdown`, `sw_thermal_slowdown`, ...); empty when
+    /// the clocks are not held back.
+    pub throttle_reasons: Option<Vec<&'static str>>,
+    pub pcie: PcieLink,
+    pub fan_speed_percent: Option<u32>,
+    pub clock_sm_mhz: Option<u32>,
+    pub clock_memory_mhz: Option<u32>,
+    pub power_limit_watts: Option<f64>,
+    /// `P0` (most performance) to `P15`.
+    pub performance_state: Option<String>,
+    /// Processes on this GPU that should not be there: one of a claim that does not hold it,
+    /// or one not of the claim that holds it (another claim's, the host's).
+    pub isolation_violations: Vec<String>,
     /// Metric name → why it is missing.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub errors: BTreeMap<&'static str, String>,
+    /// The metrics whose NVML query failed at run time (not merely unsupported).
+    #[serde(skip)]
+    pub failed_queries: Vec<&'static str>,
+}
+
+/// A GPU's health, worst last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum GpuHealth {
+    #[default]
+    Healthy,
+    Degraded,
+    Failed,
+}
+
+impl GpuHealth {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GpuHealth::Healthy => "healthy",
+            GpuHealth::Degraded => "degraded",
+            GpuHealth::Failed => "failed",
+        }
+    }
+}
+
+/// One Xid error as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct XidView {
+    pub xid: u64,
+    /// When the agent received it (RFC 3339).
+    pub at: String,
+    /// What it does to the GPU's health: `failed`, `degraded`, or `none` (an application
+    /// error, not a GPU fault).
+    pub severity: &'static str,
+    pub meaning: &'static str,
+}
+
+/// ECC error counts; each `null` where the GPU has no ECC or does not report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+pub struct EccCounts {
+    /// Since the driver was loaded.
+    pub volatile_corrected: Option<u64>,
+    pub volatile_uncorrected: Option<u64>,
+    /// Over the GPU's lifetime.
+    pub aggregate_corrected: Option<u64>,
+    pub aggregate_uncorrected: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RemappedRows {
+    pub corrected: u32,
+    pub uncorrected: u32,
+    /// A remapping waits for the next GPU reset.
+    pub pending: bool,
+    /// A remapping failed: the GPU should be taken out of service.
+    pub failed: bool,
+}
+
+/// The PCIe link now and at most; each `null` where not reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+pub struct PcieLink {
+    pub generation: Option<u32>,
+    pub max_generation: Option<u32>,
+    pub width: Option<u32>,
+    pub max_width: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct GpuProcess {
     pub pid: u32,
     pub used_memory_mb: Option<u64>,
+    /// `compute` or `graphics`.
+    pub kind: &'static str,
+    /// The docker container it runs in (from `/proc/<pid>/cgroup`); `null` on the host.
+    pub container_id: Option<String>,
+    /// The claim of that container, `host` for a process outside any container, `null` for a
+    /// container the agent does not manage.
+    pub claim_id: Option<String>,
 }
 
 impl GpuSample {
@@ -132,7 +259,22 @@ impl GpuSample {
             power_watts: None,
             processes: None,
             lost: false,
+            health: GpuHealth::Healthy,
+            health_reasons: Vec::new(),
+            xid_errors: Vec::new(),
+            ecc_errors: EccCounts::default(),
+            retired_pages_pending: None,
+            remapped_rows: None,
+            throttle_reasons: None,
+            pcie: PcieLink::default(),
+            fan_speed_percent: None,
+            clock_sm_mhz: None,
+            clock_memory_mhz: None,
+            power_limit_watts: None,
+            performance_state: None,
+            isolation_violations: Vec::new(),
             errors: BTreeMap::new(),
+            failed_queries: Vec::new(),
         }
     }
 
@@ -143,12 +285,44 @@ impl GpuSample {
 }
 
 /// A managed container in a few words (heartbeats carry this list).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ContainerSummary {
     pub id: String,
     pub claim_id: String,
     pub state: String,
     pub gpu_ids: Vec<u32>,
+    /// Its init process on the host (where its cgroup is read); `None` when not running.
+    #[serde(skip)]
+    pub pid: Option<u32>,
+    /// What it uses (filled in the heartbeat from the usage sampler); `null` until sampled.
+    pub usage: Option<ClaimUsage>,
+}
+
+/// What one claim's container uses, as the usage sampler last read it from its cgroup.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClaimUsage {
+    /// When it was read (RFC 3339).
+    pub sampled_at: String,
+    /// CPU cores used on average since the previous reading (`null` on the first).
+    pub cpu_cores: Option<f64>,
+    /// Memory its cgroup is charged for (page cache included, as the cgroup counts it).
+    pub memory_bytes: Option<u64>,
+    /// `null` when unlimited.
+    pub memory_limit_bytes: Option<u64>,
+    /// GPU memory used by its processes, over all GPUs (`null` when NVML gives no figure).
+    pub gpu_memory_mb: Option<u64>,
+    /// Each GPU it holds: the GPU's utilisation and the memory its processes use there.
+    pub gpus: Vec<ClaimGpuUsage>,
+    /// Bytes on every interface but `lo` of its network namespace, since it started.
+    pub network_rx_bytes: Option<u64>,
+    pub network_tx_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClaimGpuUsage {
+    pub id: u32,
+    pub usage_percent: Option<f64>,
+    pub memory_used_mb: Option<u64>,
 }
 
 /// Who holds a GPU.
@@ -177,5 +351,38 @@ mod tests {
             "degraded: GPU 1 lost"
         );
         assert_eq!(report.error(), None);
+    }
+
+    #[test]
+    fn health_names_failed_gpus_and_failing_queries_but_not_unsupported_ones() {
+        let mut failed = GpuSample::empty(0);
+        failed.health = GpuHealth::Failed;
+        failed.health_reasons = vec!["row remapping failed".into()];
+        let mut unsupported = GpuSample::empty(1);
+        unsupported.errors.insert(
+            "fan_speed_percent",
+            "not supported by this GPU or driver".into(),
+        );
+        let report = GpuReport {
+            state: NvmlState::Ok,
+            driver_version: None,
+            gpus: vec![failed, unsupported.clone()],
+        };
+        assert_eq!(
+            report.health().render(Component::Gpu),
+            "degraded: GPU 0 failed: row remapping failed"
+        );
+        let mut failing = unsupported;
+        failing.failed_queries.push("ecc_errors");
+        failing.errors.insert("ecc_errors", "Unknown Error".into());
+        let report = GpuReport {
+            state: NvmlState::Ok,
+            driver_version: None,
+            gpus: vec![GpuSample::empty(0), failing],
+        };
+        assert_eq!(
+            report.health().render(Component::Gpu),
+            "degraded: GPU 1 NVML queries failing: ecc_errors (Unknown Error)"
+        );
     }
 }

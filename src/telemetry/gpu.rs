@@ -10,6 +10,10 @@
 //! - One metric failing on one GPU leaves that field `null` and says why in that GPU's `errors`;
 //!   a GPU that fell off the bus is reported with `lost: true`, keeping the name and UUID it had.
 //! - Where the driver lacks `nvmlDeviceGetMemoryInfo_v2`, the v1 call is used.
+//! - Health signals (ECC, retired pages, remapped rows, throttling, PCIe link, fan, clocks,
+//!   power limit, pstate) are read every sample; with the Xid history the event thread
+//!   ([`super::xid`]) keeps, [`gpu_health::assess`] makes each GPU `healthy`, `degraded` or
+//!   `failed`; a change is logged once.
 //!
 //! It receives nothing; it stops when the shutdown channel closes (checked between samples), and
 //! dropping the NVML handle calls `nvmlShutdown`.
@@ -17,18 +21,27 @@
 use crate::component::StartError;
 use crate::config::GpuSettings;
 use crate::shutdown::Shutdown;
-use crate::state::{GpuProcess, GpuReport, GpuSample, Health, NvmlState, SampleWriter};
+use crate::state::{
+    GpuHealth, GpuProcess, GpuReport, GpuSample, Health, NvmlState, RemappedRows, SampleWriter,
+    Snapshot,
+};
+use crate::telemetry::gpu_health::{self, gpu_key, XidHistory};
+use crate::telemetry::{attribution, cgroup};
 use crate::telemetry::{bytes_to_mb, percent, round1, Driver, Sampler};
 use nvml_wrapper::enum_wrappers::device::TemperatureSensor;
 use nvml_wrapper::enums::device::UsedGpuMemory;
 use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::{Device, Nvml};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::ffi::OsString;
+use std::path::Path;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Keeps the value, or records in `sample` why it is missing.
+/// Keeps the value, or records in `sample` why it is missing. A metric the GPU or driver does
+/// not support is only noted; any other error also counts as a failed query (the GPU component
+/// is degraded while queries fail).
 fn take<T>(
     sample: &mut GpuSample,
     metric: &'static str,
@@ -37,8 +50,10 @@ fn take<T>(
     match result {
         Ok(value) => Some(value),
         Err(error) => {
-            if matches!(error, NvmlError::GpuLost) {
-                sample.lost = true;
+            match error {
+                NvmlError::GpuLost => sample.lost = true,
+                _ if unsupported(&error) => {}
+                _ => sample.failed_queries.push(metric),
             }
             sample.errors.insert(metric, describe(&error));
             None
@@ -46,13 +61,25 @@ fn take<T>(
     }
 }
 
+/// The GPU or its driver does not have this query (not a failure).
+fn unsupported(error: &NvmlError) -> bool {
+    matches!(
+        error,
+        NvmlError::NotSupported | NvmlError::FailedToLoadSymbol(_) | NvmlError::FunctionNotFound
+    )
+}
+
 /// Starts the sampler thread (`components.gpu` is `starting` until its first report).
 pub fn start(
     config: &GpuSettings,
+    history: XidHistory,
+    snapshot: Arc<Snapshot>,
     writer: SampleWriter<GpuReport>,
     shutdown: Shutdown,
 ) -> Result<JoinHandle<()>, StartError> {
-    Driver::new(GpuSampler::new(config), writer, config.sample_interval).spawn(shutdown)
+    let mut sampler = GpuSampler::new(config, history);
+    sampler.snapshot = Some(snapshot);
+    Driver::new(sampler, writer, config.sample_interval).spawn(shutdown)
 }
 
 impl Sampler for GpuSampler {
@@ -83,10 +110,18 @@ pub struct GpuSampler {
     identities: HashMap<u32, (Option<String>, Option<String>)>,
     /// Set once the driver has shown it lacks `nvmlDeviceGetMemoryInfo_v2`.
     memory_v1_only: bool,
+    /// The Xid errors the event thread received, per GPU.
+    history: XidHistory,
+    /// Each GPU's health at the last sample, to log transitions once.
+    last_health: HashMap<u32, GpuHealth>,
+    /// Read for the managed containers (process → claim attribution).
+    snapshot: Option<Arc<Snapshot>>,
+    /// The isolation violations already logged (each is logged once while it lasts).
+    reported_violations: BTreeSet<String>,
 }
 
 impl GpuSampler {
-    pub fn new(config: &GpuSettings) -> Self {
+    pub fn new(config: &GpuSettings, history: XidHistory) -> Self {
         GpuSampler {
             library_path: config
                 .nvml_library_path
@@ -98,6 +133,58 @@ impl GpuSampler {
             last_init_error: None,
             identities: HashMap::new(),
             memory_v1_only: false,
+            history,
+            last_health: HashMap::new(),
+            snapshot: None,
+            reported_violations: BTreeSet::new(),
+        }
+    }
+
+    /// Maps each GPU process to its container and claim; logs each new isolation violation.
+    fn attribute(&mut self, gpus: &mut [GpuSample]) {
+        let containers = self
+            .snapshot
+            .as_ref()
+            .map(|s| s.containers())
+            .unwrap_or_default();
+        attribution::attribute(gpus, &containers, |pid| {
+            cgroup::container_of_pid(Path::new("/proc"), pid)
+        });
+        let now: BTreeSet<String> = gpus
+            .iter()
+            .flat_map(|g| g.isolation_violations.iter().cloned())
+            .collect();
+        for violation in now.difference(&self.reported_violations) {
+            log::warn!("GPU isolation violation: {violation}");
+        }
+        self.reported_violations = now;
+    }
+
+    /// Judges the GPU's health from its signals and Xid history; logs a change once.
+    fn assess(&mut self, sample: &mut GpuSample) {
+        let key = gpu_key(sample.index, sample.uuid.as_deref());
+        gpu_health::assess(sample, &self.history.get(&key));
+        let before = self
+            .last_health
+            .insert(sample.index, sample.health)
+            .unwrap_or(GpuHealth::Healthy);
+        if before != sample.health {
+            let reasons = if sample.health_reasons.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", sample.health_reasons.join("; "))
+            };
+            let line = format!(
+                "GPU {} ({key}) is now {} (was {}){reasons}",
+                sample.index,
+                sample.health.as_str(),
+                before.as_str()
+            );
+            if sample.health == GpuHealth::Healthy {
+                log::info!("{line}");
+            } else {
+                log::warn!("{line}");
+            }
         }
     }
 
@@ -153,6 +240,10 @@ impl GpuSampler {
             }
             gpus.push(sample);
         }
+        for sample in &mut gpus {
+            self.assess(sample);
+        }
+        self.attribute(&mut gpus);
         if v1_only && !self.memory_v1_only {
             log::info!("driver has no nvmlDeviceGetMemoryInfo_v2; using the v1 memory call");
         }
@@ -255,19 +346,137 @@ fn sample_device(
     if let Some(milliwatts) = take(&mut sample, "power_watts", device.power_usage()) {
         sample.power_watts = Some(round1(f64::from(milliwatts) / 1000.0));
     }
-    sample.processes =
-        take(&mut sample, "processes", device.running_compute_processes()).map(|list| {
-            list.into_iter()
-                .map(|p| GpuProcess {
-                    pid: p.pid,
-                    used_memory_mb: match p.used_gpu_memory {
-                        UsedGpuMemory::Used(bytes) => Some(bytes_to_mb(bytes)),
-                        UsedGpuMemory::Unavailable => None,
-                    },
-                })
-                .collect()
-        });
+    sample.processes = take(&mut sample, "processes", device.running_compute_processes())
+        .map(|list| processes(list, "compute"));
+    // Graphics processes join the list where the GPU reports them (many compute GPUs do not).
+    if let (Some(list), Ok(graphics)) = (
+        sample.processes.as_mut(),
+        device.running_graphics_processes(),
+    ) {
+        list.extend(processes(graphics, "graphics"));
+    }
+    sample_health_signals(&device, &mut sample);
     sample
+}
+
+fn processes(
+    list: Vec<nvml_wrapper::struct_wrappers::device::ProcessInfo>,
+    kind: &'static str,
+) -> Vec<GpuProcess> {
+    list.into_iter()
+        .map(|p| GpuProcess {
+            pid: p.pid,
+            used_memory_mb: match p.used_gpu_memory {
+                UsedGpuMemory::Used(bytes) => Some(bytes_to_mb(bytes)),
+                UsedGpuMemory::Unavailable => None,
+            },
+            kind,
+            container_id: None,
+            claim_id: None,
+        })
+        .collect()
+}
+
+/// ECC, retired pages, remapped rows, throttling, PCIe, fan, clocks, power limit, pstate: each
+/// `None` where the GPU does not report it.
+fn sample_health_signals(device: &Device<'_>, sample: &mut GpuSample) {
+    use nvml_wrapper::enum_wrappers::device::{Clock, EccCounter, MemoryError, PerformanceState};
+    // Without ECC (or with it off) the first count says NotSupported: the others would too.
+    let first = device.total_ecc_errors(MemoryError::Uncorrected, EccCounter::Volatile);
+    let ecc_supported = !matches!(&first, Err(e) if unsupported(e));
+    sample.ecc_errors.volatile_uncorrected = take(sample, "ecc_errors", first);
+    if ecc_supported {
+        for (error, counter, slot) in [
+            (MemoryError::Corrected, EccCounter::Volatile, 0),
+            (MemoryError::Corrected, EccCounter::Aggregate, 1),
+            (MemoryError::Uncorrected, EccCounter::Aggregate, 2),
+        ] {
+            let value = take(
+                sample,
+                "ecc_errors",
+                device.total_ecc_errors(error, counter),
+            );
+            let counts = &mut sample.ecc_errors;
+            *[
+                &mut counts.volatile_corrected,
+                &mut counts.aggregate_corrected,
+                &mut counts.aggregate_uncorrected,
+            ][slot] = value;
+        }
+    }
+    sample.retired_pages_pending = take(
+        sample,
+        "retired_pages_pending",
+        device.are_pages_pending_retired(),
+    );
+    sample.remapped_rows = take(sample, "remapped_rows", remapped_rows(device));
+    sample.throttle_reasons = take(
+        sample,
+        "throttle_reasons",
+        device.current_throttle_reasons(),
+    )
+    .map(|reasons| throttle_names(reasons.bits()));
+    sample.pcie.generation = take(sample, "pcie", device.current_pcie_link_gen());
+    sample.pcie.max_generation = take(sample, "pcie", device.max_pcie_link_gen());
+    sample.pcie.width = take(sample, "pcie", device.current_pcie_link_width());
+    sample.pcie.max_width = take(sample, "pcie", device.max_pcie_link_width());
+    sample.fan_speed_percent = take(sample, "fan_speed_percent", device.fan_speed(0));
+    sample.clock_sm_mhz = take(sample, "clock_sm_mhz", device.clock_info(Clock::SM));
+    sample.clock_memory_mhz = take(sample, "clock_memory_mhz", device.clock_info(Clock::Memory));
+    sample.power_limit_watts = take(sample, "power_limit_watts", device.enforced_power_limit())
+        .map(|milliwatts| round1(f64::from(milliwatts) / 1000.0));
+    sample.performance_state = take(sample, "performance_state", device.performance_state())
+        .filter(|state| *state != PerformanceState::Unknown)
+        .map(|state| format!("P{}", state.as_c()));
+}
+
+/// The throttle reason bits NVML reports, by name (nvml.h's nvmlClocksThrottleReason*).
+pub const THROTTLE_REASONS: &[(u64, &str)] = &[
+    (0x1, "gpu_idle"),
+    (0x2, "applications_clocks_setting"),
+    (0x4, "sw_power_cap"),
+    (0x8, "hw_slowdown"),
+    (0x10, "sync_boost"),
+    (0x20, "sw_thermal_slowdown"),
+    (0x40, "hw_thermal_slowdown"),
+    (0x80, "hw_power_brake_slowdown"),
+    (0x100, "display_clock_setting"),
+];
+
+fn throttle_names(bits: u64) -> Vec<&'static str> {
+    THROTTLE_REASONS
+        .iter()
+        .filter(|(bit, _)| bits & bit != 0)
+        .map(|(_, name)| *name)
+        .collect()
+}
+
+/// `nvmlDeviceGetRemappedRows` (nvml-wrapper has no method for it).
+fn remapped_rows(device: &Device<'_>) -> Result<RemappedRows, NvmlError> {
+    let symbol = device
+        .nvml()
+        .lib()
+        .nvmlDeviceGetRemappedRows
+        .as_ref()
+        .map_err(|e| NvmlError::FailedToLoadSymbol(e.to_string()))?;
+    let (mut corrected, mut uncorrected, mut pending, mut failed) = (0, 0, 0, 0);
+    // SAFETY: the handle comes from a live `Device` of this `Nvml`; four valid out-pointers.
+    let code = unsafe {
+        symbol(
+            device.handle(),
+            &mut corrected,
+            &mut uncorrected,
+            &mut pending,
+            &mut failed,
+        )
+    };
+    nvml_wrapper::error::nvml_try(code)?;
+    Ok(RemappedRows {
+        corrected,
+        uncorrected,
+        pending: pending != 0,
+        failed: failed != 0,
+    })
 }
 
 /// Total and used memory in bytes: the v2 call, or the v1 call on drivers without v2.
@@ -335,7 +544,10 @@ mod tests {
 
     #[test]
     fn missing_library_is_reported_and_not_retried_before_due() {
-        let mut sampler = GpuSampler::new(&config("/nonexistent/libnvidia-ml.so.1"));
+        let mut sampler = GpuSampler::new(
+            &config("/nonexistent/libnvidia-ml.so.1"),
+            XidHistory::in_memory(),
+        );
         let report = sampler.sample();
         let reason = report.error().unwrap();
         assert!(
@@ -358,6 +570,21 @@ mod tests {
     }
 
     #[test]
+    fn throttle_bits_have_names() {
+        assert!(throttle_names(0).is_empty());
+        assert_eq!(
+            throttle_names(0x8 | 0x10 | 0x40 | 0x80),
+            [
+                "hw_slowdown",
+                "sync_boost",
+                "hw_thermal_slowdown",
+                "hw_power_brake_slowdown"
+            ]
+        );
+        assert_eq!(throttle_names(1 << 40), Vec::<&str>::new(), "unknown bits");
+    }
+
+    #[test]
     fn take_records_why_a_metric_is_missing() {
         let mut s = GpuSample::empty(0);
         assert_eq!(
@@ -369,6 +596,12 @@ mod tests {
             s.errors["power_watts"],
             "not supported by this GPU or driver"
         );
+        assert!(s.failed_queries.is_empty(), "unsupported is not a failure");
+        assert_eq!(
+            take::<u32>(&mut s, "clock_sm_mhz", Err(NvmlError::Unknown)),
+            None
+        );
+        assert_eq!(s.failed_queries, ["clock_sm_mhz"]);
         assert_eq!(take::<u32>(&mut s, "memory", Err(NvmlError::GpuLost)), None);
         assert!(s.lost);
     }

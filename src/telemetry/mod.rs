@@ -8,9 +8,20 @@
 //!
 //! - [`system`]: host CPU, memory and load (sysinfo).
 //! - [`gpu`]: the GPUs (NVML), alone on its thread because NVML calls can block.
+//! - [`xid`]: the Xid event thread (NVML events, waited for with a short timeout).
+//! - [`attribution`], [`cgroup`]: which container and claim each GPU process belongs to, and
+//!   the GPUs' isolation violations.
+//! - [`usage`]: what each claim's container uses (its cgroup files, its GPU processes).
+//! - [`gpu_health`]: what each GPU signal and Xid means for its health (the one table), and the
+//!   Xid history kept across restarts.
 
+pub mod attribution;
+pub mod cgroup;
 pub mod gpu;
+pub mod gpu_health;
 pub mod system;
+pub mod usage;
+pub mod xid;
 
 use crate::component::{self, StartError};
 use crate::shutdown::Shutdown;

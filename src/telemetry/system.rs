@@ -19,6 +19,8 @@ pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 /// Reads the host through its own `sysinfo::System`.
 struct SystemSampler {
     system: sysinfo::System,
+    /// CPU readings taken so far, counted up to 2 (the second is the first with usage).
+    readings: u8,
 }
 
 impl Sampler for SystemSampler {
@@ -26,7 +28,18 @@ impl Sampler for SystemSampler {
     const THREAD: &'static str = "system-sampler";
 
     fn sample(&mut self) -> SystemSample {
-        sample(&mut self.system)
+        let sample = sample(&mut self.system, self.readings > 0);
+        self.readings = self.readings.saturating_add(1).min(2);
+        sample
+    }
+
+    /// The second sample, the first with CPU usage, comes as soon as sysinfo can give it.
+    fn next_wait(&self, interval: Duration) -> Duration {
+        if self.readings < 2 {
+            sysinfo::MINIMUM_CPU_UPDATE_INTERVAL.min(interval)
+        } else {
+            interval
+        }
     }
 
     /// Reading the host cannot fail once sysinfo is set up.
@@ -35,28 +48,32 @@ impl Sampler for SystemSampler {
     }
 }
 
-/// Starts the sampler. The first sample is published before this returns, so the API never
-/// serves a metrics document without host figures.
+/// Starts the sampler. The first sample (memory and load; CPU usage `null`, as it needs two
+/// readings apart) is published before this returns, without waiting: the API can listen at
+/// once. The second follows after sysinfo's minimum CPU interval, then one per interval.
 pub fn start(
     writer: SampleWriter<SystemSample>,
     shutdown: Shutdown,
 ) -> Result<JoinHandle<()>, StartError> {
-    let mut system = sysinfo::System::new()
+    let system = sysinfo::System::new()
         .map_err(|e| StartError::new(format!("cannot read host statistics: {e}")))?;
-    system.refresh_cpu_usage();
-    std::thread::sleep(sysinfo::MINIMUM_CPU_UPDATE_INTERVAL);
-    let mut driver = Driver::new(SystemSampler { system }, writer, SAMPLE_INTERVAL);
+    let sampler = SystemSampler {
+        system,
+        readings: 0,
+    };
+    let mut driver = Driver::new(sampler, writer, SAMPLE_INTERVAL);
     driver.sample_now();
     driver.spawn(shutdown)
 }
 
-fn sample(system: &mut sysinfo::System) -> SystemSample {
+/// One reading; CPU usage only when `primed` (a CPU reading was taken one interval before).
+fn sample(system: &mut sysinfo::System, primed: bool) -> SystemSample {
     system.refresh_cpu_usage();
     system.refresh_memory();
     let total = system.total_memory();
     let used = system.used_memory();
     SystemSample {
-        cpu_usage_percent: round1(f64::from(system.global_cpu_usage())),
+        cpu_usage_percent: primed.then(|| round1(f64::from(system.global_cpu_usage()))),
         memory_usage_percent: percent(used, total).unwrap_or(0.0),
         memory_total_mb: bytes_to_mb(total),
         memory_used_mb: bytes_to_mb(used),
@@ -75,13 +92,16 @@ mod tests {
     #[test]
     fn sample_reads_this_host() {
         let mut system = sysinfo::System::new().unwrap();
-        system.refresh_cpu_usage();
+        let first = sample(&mut system, false);
+        assert_eq!(first.cpu_usage_percent, None, "one reading gives no usage");
+        assert!(first.memory_total_mb > 0);
         std::thread::sleep(sysinfo::MINIMUM_CPU_UPDATE_INTERVAL);
-        let s = sample(&mut system);
+        let s = sample(&mut system, true);
         assert!(s.memory_total_mb > 0);
         assert!(s.memory_used_mb <= s.memory_total_mb);
         assert!((0.0..=100.0).contains(&s.memory_usage_percent));
-        assert!((0.0..=100.0).contains(&s.cpu_usage_percent));
+        let cpu = s.cpu_usage_percent.unwrap();
+        assert!((0.0..=100.0).contains(&cpu));
         assert!(s.load_average.is_some(), "Linux has /proc/loadavg");
     }
 }

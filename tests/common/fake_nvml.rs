@@ -11,7 +11,10 @@
 //! environment knobs understood by the library (`FAKE_NVML_GPU_COUNT`, ...) are
 //! documented at the top of the C file; they are read at call time, so set
 //! them on a child process (or before the first NVML call) rather than from a
-//! test thread of a shared test process.
+//! test thread of a shared test process. `FAKE_NVML_KNOB_FILE` names a knob file the library
+//! re-reads on every call (Xid events, ECC counts, remapped rows, throttling, PCIe, processes,
+//! unsupported and failing calls, ...): a test changes the GPUs while the agent runs by
+//! rewriting it with [`write_knobs`].
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -153,4 +156,15 @@ fn build(variant: Variant) -> PathBuf {
         );
     }
     out
+}
+
+/// Replaces the knob file (`FAKE_NVML_KNOB_FILE`) at `path` with `text` atomically (a temporary
+/// file renamed into place), so the library, which re-reads it on every call, never sees half
+/// of it.
+pub fn write_knobs(path: &Path, text: &str) {
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    std::fs::write(&tmp, text)
+        .unwrap_or_else(|e| panic!("fake NVML: cannot write {}: {e}", tmp.display()));
+    std::fs::rename(&tmp, path)
+        .unwrap_or_else(|e| panic!("fake NVML: cannot rename to {}: {e}", path.display()));
 }

@@ -43,10 +43,51 @@
  *                                  ignored; empty string = no processes anywhere)
  *     FAKE_NVML_SLOW_MS=N          every nvmlDeviceGet* call sleeps N ms first
  *     FAKE_NVML_TEMP_BASE=N        replaces the temperature base of 40
+ *     FAKE_NVML_KNOB_FILE=P        a knob file, re-read on EVERY call (so a test can change
+ *                                  the GPUs' state while the agent runs; see below)
  *
- * Order of checks in a device query: not initialized -> NVML_ERROR_UNINITIALIZED;
+ * Health defaults (knob-file keys in brackets, per GPU):
+ *     ECC counts 0            [ecc.volatile.corrected, ecc.volatile.uncorrected,
+ *                              ecc.aggregate.corrected, ecc.aggregate.uncorrected]
+ *     retired pages pending 0 [retired_pages_pending]
+ *     remapped rows 0/0, not pending, no failure
+ *                             [remapped.corrected, remapped.uncorrected, remapped.pending,
+ *                              remapped.failed]
+ *     throttle reasons 0      [throttle] (a bitmask, decimal or 0x hex, as nvml.h's
+ *                              nvmlClocksThrottleReason*: 0x8 HW slowdown, 0x10 sync boost,
+ *                              0x20 SW thermal, 0x40 HW thermal, 0x80 HW power brake)
+ *     PCIe gen 5 of 5, width 16 of 16 [pcie.gen, pcie.gen_max, pcie.width, pcie.width_max]
+ *     fan 30 % (one fan)      [fan]
+ *     clocks SM 1980, memory 2619 MHz (graphics = SM) [clock.sm, clock.mem]
+ *     power limit 700000 mW   [power_limit_mw]
+ *     performance state P0    [pstate]
+ *     graphics processes none [procs.graphics]
+ *     Xid events: supported (XidCriticalError and the ECC/pstate/clock bits)
+ *
+ * Knob file (FAKE_NVML_KNOB_FILE): lines `key = value`, `#` starts a comment line, a
+ * missing file is the same as an empty one.  Per-GPU keys are written `gpu.<i>.<key>` or
+ * `gpu.*.<key>` (every GPU; a `gpu.<i>.` line wins over a `gpu.*.` line, otherwise the last
+ * line wins).  Besides the health keys above:
+ *     gpu.<i>.lost = 1             like FAKE_NVML_LOST_GPU=i
+ *     gpu.<i>.temperature = N      the GPU's temperature
+ *     gpu.<i>.unsupported = a,b    features answering NVML_ERROR_NOT_SUPPORTED (added to
+ *                                  FAKE_NVML_UNSUPPORTED): the names above plus ecc,
+ *                                  retired_pages, remapped_rows, throttle, pcie, fan, clocks,
+ *                                  power_limit, pstate, graphics_processes, events
+ *     gpu.<i>.fail = a,b           features failing at run time with NVML_ERROR_UNKNOWN
+ *     gpu.<i>.procs.compute = pid:mib,pid:mib
+ *                                  the GPU's compute processes (wins over FAKE_NVML_PROCS;
+ *                                  an empty value = none)
+ *     gpu.<i>.procs.graphics = pid:mib,...   its graphics processes
+ *     xid_events = g:xid,g:xid     global, in order: Xid events.  Each event set delivers, in
+ *                                  order, every listed event of a GPU registered on it for
+ *                                  XidCriticalError, from the start of the list (so append to
+ *                                  inject one more; a set created later sees them all).
+ *
+  * Order of checks in a device query: not initialized -> NVML_ERROR_UNINITIALIZED;
  * bad handle / bad argument -> NVML_ERROR_INVALID_ARGUMENT; lost GPU ->
- * NVML_ERROR_GPU_IS_LOST; unsupported -> NVML_ERROR_NOT_SUPPORTED.
+ * NVML_ERROR_GPU_IS_LOST; unsupported -> NVML_ERROR_NOT_SUPPORTED; failing ->
+ * NVML_ERROR_UNKNOWN.
  *
  * Init is reference counted like the real library: every successful nvmlInit*
  * needs one nvmlShutdown; queries made while the count is 0 return
@@ -149,6 +190,22 @@ typedef struct nvmlProcessInfo_v2_st {
 /* nvml.h: nvmlProcessInfo_t is the v2 layout (used by _v3 and _v2 calls). */
 typedef nvmlProcessInfo_v2_t nvmlProcessInfo_t;
 
+typedef struct fake_event_set *nvmlEventSet_t;
+
+typedef struct nvmlEventData_st {
+    nvmlDevice_t device;
+    unsigned long long eventType;
+    unsigned long long eventData;
+    unsigned int gpuInstanceId;
+    unsigned int computeInstanceId;
+} nvmlEventData_t;
+
+#define nvmlEventTypeSingleBitEccError 0x1ULL
+#define nvmlEventTypeDoubleBitEccError 0x2ULL
+#define nvmlEventTypePState 0x4ULL
+#define nvmlEventTypeXidCriticalError 0x8ULL
+#define nvmlEventTypeClock 0x10ULL
+
 #define NVML_DEVICE_NAME_V2_BUFFER_SIZE 96
 #define NVML_DEVICE_UUID_V2_BUFFER_SIZE 96
 #define NVML_VALUE_NOT_AVAILABLE_UINT 0xFFFFFFFFU
@@ -183,7 +240,18 @@ enum feature {
     FEAT_PROCESSES,
     FEAT_MEMORY,
     FEAT_NAME,
-    FEAT_UUID
+    FEAT_UUID,
+    FEAT_ECC,
+    FEAT_RETIRED,
+    FEAT_REMAP,
+    FEAT_THROTTLE,
+    FEAT_PCIE,
+    FEAT_FAN,
+    FEAT_CLOCKS,
+    FEAT_POWER_LIMIT,
+    FEAT_PSTATE,
+    FEAT_GRAPHICS,
+    FEAT_EVENTS
 };
 
 static const char *const feature_names[] = {
@@ -194,6 +262,17 @@ static const char *const feature_names[] = {
     [FEAT_MEMORY] = "memory",
     [FEAT_NAME] = "name",
     [FEAT_UUID] = "uuid",
+    [FEAT_ECC] = "ecc",
+    [FEAT_RETIRED] = "retired_pages",
+    [FEAT_REMAP] = "remapped_rows",
+    [FEAT_THROTTLE] = "throttle",
+    [FEAT_PCIE] = "pcie",
+    [FEAT_FAN] = "fan",
+    [FEAT_CLOCKS] = "clocks",
+    [FEAT_POWER_LIMIT] = "power_limit",
+    [FEAT_PSTATE] = "pstate",
+    [FEAT_GRAPHICS] = "graphics_processes",
+    [FEAT_EVENTS] = "events",
 };
 
 /* Parses a non-negative decimal; returns 0 and stores into *out on success. */
@@ -226,18 +305,109 @@ static unsigned int gpu_count(void)
     return n > FAKE_MAX_GPUS ? FAKE_MAX_GPUS : (unsigned int)n;
 }
 
-static int is_lost(unsigned int index)
+/* ---- the knob file ---- */
+
+#define KNOB_FILE_MAX 65536
+
+static void trim(char **start, char **end)
 {
-    unsigned long lost;
-    if (parse_ulong(getenv("FAKE_NVML_LOST_GPU"), &lost) != 0)
-        return 0;
-    return lost == index;
+    while (*start < *end && (**start == ' ' || **start == '\t' || **start == '\r'))
+        (*start)++;
+    while (*end > *start && ((*end)[-1] == ' ' || (*end)[-1] == '\t' || (*end)[-1] == '\r'))
+        (*end)--;
 }
 
-static int is_unsupported(enum feature f)
+/*
+ * Looks `key` up in the knob file: with gpu >= 0 as `gpu.<gpu>.<key>` or `gpu.*.<key>`,
+ * with gpu < 0 as `<key>`.  Copies the value into out (NUL-terminated, truncated to outlen)
+ * and returns 1 when found, 0 otherwise.  Reads the whole file on every call.
+ */
+static int knob_get(const char *key, long gpu, char *out, size_t outlen)
 {
-    const char *list = getenv("FAKE_NVML_UNSUPPORTED");
-    const char *want = feature_names[f];
+    const char *path = getenv("FAKE_NVML_KNOB_FILE");
+    FILE *f;
+    char *buf;
+    size_t n;
+    char *line;
+    int best = 0;
+    char exact[96];
+    char any[96];
+
+    if (path == NULL || path[0] == '\0' || outlen == 0)
+        return 0;
+    f = fopen(path, "r");
+    if (f == NULL)
+        return 0;
+    buf = malloc(KNOB_FILE_MAX + 1);
+    if (buf == NULL) {
+        fclose(f);
+        return 0;
+    }
+    n = fread(buf, 1, KNOB_FILE_MAX, f);
+    fclose(f);
+    buf[n] = '\0';
+    if (gpu >= 0) {
+        snprintf(exact, sizeof(exact), "gpu.%ld.%s", gpu, key);
+        snprintf(any, sizeof(any), "gpu.*.%s", key);
+    } else {
+        snprintf(exact, sizeof(exact), "%s", key);
+        any[0] = '\0';
+    }
+    line = buf;
+    while (line != NULL && *line != '\0') {
+        char *next = strchr(line, '\n');
+        char *eq;
+        char *ks, *ke, *vs, *ve;
+        int rank = 0;
+        if (next != NULL)
+            *next++ = '\0';
+        eq = strchr(line, '=');
+        if (line[0] != '#' && eq != NULL) {
+            ks = line;
+            ke = eq;
+            vs = eq + 1;
+            ve = eq + strlen(eq);
+            trim(&ks, &ke);
+            trim(&vs, &ve);
+            if ((size_t)(ke - ks) == strlen(exact) && strncmp(ks, exact, strlen(exact)) == 0)
+                rank = 2;
+            else if (any[0] != '\0' && (size_t)(ke - ks) == strlen(any) &&
+                     strncmp(ks, any, strlen(any)) == 0)
+                rank = 1;
+            if (rank > 0 && rank >= best) {
+                size_t len = (size_t)(ve - vs);
+                if (len >= outlen)
+                    len = outlen - 1;
+                memcpy(out, vs, len);
+                out[len] = '\0';
+                best = rank;
+            }
+        }
+        line = next;
+    }
+    free(buf);
+    return best > 0;
+}
+
+/* A per-GPU number from the knob file (decimal or 0x hex), or `def`. */
+static unsigned long long knob_num(const char *key, unsigned int gpu, unsigned long long def)
+{
+    char value[64];
+    char *end = NULL;
+    unsigned long long v;
+
+    if (!knob_get(key, (long)gpu, value, sizeof(value)) || value[0] == '\0' || value[0] == '-')
+        return def;
+    errno = 0;
+    v = strtoull(value, &end, 0);
+    if (errno != 0 || end == value || *end != '\0')
+        return def;
+    return v;
+}
+
+/* True when the comma list `list` holds `want`. */
+static int list_contains(const char *list, const char *want)
+{
     size_t want_len = strlen(want);
     const char *p = list;
 
@@ -258,6 +428,33 @@ static int is_unsupported(enum feature f)
             return 1;
     }
     return 0;
+}
+
+static int knob_list_contains(const char *key, unsigned int gpu, const char *want)
+{
+    char value[512];
+    return knob_get(key, (long)gpu, value, sizeof(value)) && list_contains(value, want);
+}
+
+static int is_lost(unsigned int index)
+{
+    unsigned long lost;
+    if (knob_num("lost", index, 0) != 0)
+        return 1;
+    if (parse_ulong(getenv("FAKE_NVML_LOST_GPU"), &lost) != 0)
+        return 0;
+    return lost == index;
+}
+
+static int is_unsupported(enum feature f, unsigned int gpu)
+{
+    return list_contains(getenv("FAKE_NVML_UNSUPPORTED"), feature_names[f]) ||
+           knob_list_contains("unsupported", gpu, feature_names[f]);
+}
+
+static int is_failing(enum feature f, unsigned int gpu)
+{
+    return knob_list_contains("fail", gpu, feature_names[f]);
 }
 
 static void maybe_sleep(void)
@@ -312,8 +509,10 @@ static nvmlReturn_t device_check(nvmlDevice_t device, int feature, unsigned int 
         return NVML_ERROR_INVALID_ARGUMENT;
     if (is_lost((unsigned int)idx))
         return NVML_ERROR_GPU_IS_LOST;
-    if (feature >= 0 && is_unsupported((enum feature)feature))
+    if (feature >= 0 && is_unsupported((enum feature)feature, (unsigned int)idx))
         return NVML_ERROR_NOT_SUPPORTED;
+    if (feature >= 0 && is_failing((enum feature)feature, (unsigned int)idx))
+        return NVML_ERROR_UNKNOWN;
     *index = (unsigned int)idx;
     return NVML_SUCCESS;
 }
@@ -348,12 +547,64 @@ struct fake_proc {
  */
 typedef void (*proc_visitor)(void *ctx, unsigned int n, const struct fake_proc *p);
 
-static unsigned int for_each_proc(unsigned int gpu, proc_visitor visit, void *ctx)
+enum proc_kind { PROCS_COMPUTE, PROCS_GRAPHICS };
+
+/* The knob file's `pid:mib,pid:mib` list of GPU `gpu`; malformed entries are skipped. */
+static unsigned int for_each_knob_proc(unsigned int gpu, const char *list, proc_visitor visit,
+                                       void *ctx)
+{
+    unsigned int n = 0;
+    const char *p = list;
+
+    while (*p != '\0') {
+        char entry[64];
+        const char *start;
+        size_t len;
+        char *colon;
+        unsigned long pid, mib;
+        while (*p == ',' || *p == ';' || *p == ' ' || *p == '\t')
+            p++;
+        start = p;
+        while (*p != '\0' && *p != ',' && *p != ';' && *p != ' ' && *p != '\t')
+            p++;
+        len = (size_t)(p - start);
+        if (len == 0 || len >= sizeof(entry))
+            continue;
+        memcpy(entry, start, len);
+        entry[len] = '\0';
+        colon = strchr(entry, ':');
+        if (colon == NULL)
+            continue;
+        *colon = '\0';
+        if (parse_ulong(entry, &pid) != 0 || parse_ulong(colon + 1, &mib) != 0 ||
+            pid > 0xFFFFFFFFUL)
+            continue;
+        {
+            struct fake_proc fp;
+            fp.gpu = gpu;
+            fp.pid = (unsigned int)pid;
+            fp.used_bytes = (unsigned long long)mib * MIB;
+            if (visit != NULL)
+                visit(ctx, n, &fp);
+            n++;
+        }
+    }
+    return n;
+}
+
+static unsigned int for_each_proc(unsigned int gpu, enum proc_kind kind, proc_visitor visit,
+                                  void *ctx)
 {
     const char *spec = getenv("FAKE_NVML_PROCS");
     unsigned int n = 0;
     const char *p;
+    char knob[4096];
 
+    if (knob_get(kind == PROCS_COMPUTE ? "procs.compute" : "procs.graphics", (long)gpu, knob,
+                 sizeof(knob)))
+        return for_each_knob_proc(gpu, knob, visit, ctx);
+    if (kind == PROCS_GRAPHICS)
+        return 0;
     if (spec == NULL) {
         if (gpu == 0) {
             struct fake_proc def = {0, 4242, 512ULL * MIB};
@@ -438,18 +689,19 @@ static void fill_v1(void *ctx, unsigned int n, const struct fake_proc *p)
  * buffer for a count query) -> NVML_ERROR_INSUFFICIENT_SIZE with the needed
  * count; no processes -> NVML_SUCCESS with *infoCount = 0.
  */
-static nvmlReturn_t get_processes(nvmlDevice_t device, unsigned int *infoCount, void *infos,
-                                  proc_visitor fill)
+static nvmlReturn_t get_processes(nvmlDevice_t device, enum proc_kind kind,
+                                  unsigned int *infoCount, void *infos, proc_visitor fill)
 {
     unsigned int index = 0;
     unsigned int needed;
-    nvmlReturn_t rc = device_check(device, FEAT_PROCESSES, &index);
+    nvmlReturn_t rc = device_check(device, kind == PROCS_COMPUTE ? FEAT_PROCESSES : FEAT_GRAPHICS,
+                                   &index);
 
     if (rc != NVML_SUCCESS)
         return rc;
     if (infoCount == NULL)
         return NVML_ERROR_INVALID_ARGUMENT;
-    needed = for_each_proc(index, NULL, NULL);
+    needed = for_each_proc(index, kind, NULL, NULL);
     if (*infoCount < needed) {
         *infoCount = needed;
         return NVML_ERROR_INSUFFICIENT_SIZE;
@@ -457,7 +709,7 @@ static nvmlReturn_t get_processes(nvmlDevice_t device, unsigned int *infoCount, 
     if (needed > 0 && infos == NULL)
         return NVML_ERROR_INVALID_ARGUMENT;
     if (needed > 0)
-        for_each_proc(index, fill, infos);
+        for_each_proc(index, kind, fill, infos);
     *infoCount = needed;
     return NVML_SUCCESS;
 }
@@ -671,7 +923,7 @@ FAKE_EXPORT nvmlReturn_t nvmlDeviceGetTemperature(nvmlDevice_t device,
         return NVML_ERROR_INVALID_ARGUMENT;
     if (parse_ulong(getenv("FAKE_NVML_TEMP_BASE"), &base) != 0 || base > 1000UL)
         base = 40;
-    *temp = (unsigned int)base + idx;
+    *temp = (unsigned int)knob_num("temperature", idx, (unsigned long long)base + idx);
     return NVML_SUCCESS;
 }
 
@@ -747,19 +999,392 @@ FAKE_EXPORT nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t de
                                                                  unsigned int *infoCount,
                                                                  nvmlProcessInfo_t *infos)
 {
-    return get_processes(device, infoCount, infos, fill_v2);
+    return get_processes(device, PROCS_COMPUTE, infoCount, infos, fill_v2);
 }
 
 FAKE_EXPORT nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v2(nvmlDevice_t device,
                                                                  unsigned int *infoCount,
                                                                  nvmlProcessInfo_v2_t *infos)
 {
-    return get_processes(device, infoCount, infos, fill_v2);
+    return get_processes(device, PROCS_COMPUTE, infoCount, infos, fill_v2);
 }
 
 FAKE_EXPORT nvmlReturn_t nvmlDeviceGetComputeRunningProcesses(nvmlDevice_t device,
                                                               unsigned int *infoCount,
                                                               nvmlProcessInfo_v1_t *infos)
 {
-    return get_processes(device, infoCount, infos, fill_v1);
+    return get_processes(device, PROCS_COMPUTE, infoCount, infos, fill_v1);
+}
+
+FAKE_EXPORT nvmlReturn_t nvmlDeviceGetGraphicsRunningProcesses_v3(nvmlDevice_t device,
+                                                                  unsigned int *infoCount,
+                                                                  nvmlProcessInfo_t *infos)
+{
+    return get_processes(device, PROCS_GRAPHICS, infoCount, infos, fill_v2);
+}
+
+FAKE_EXPORT nvmlReturn_t nvmlDeviceGetGraphicsRunningProcesses_v2(nvmlDevice_t device,
+                                                                  unsigned int *infoCount,
+                                                                  nvmlProcessInfo_v2_t *infos)
+{
+    return get_processes(device, PROCS_GRAPHICS, infoCount, infos, fill_v2);
+}
+
+FAKE_EXPORT nvmlReturn_t nvmlDeviceGetGraphicsRunningProcesses(nvmlDevice_t device,
+                                                               unsigned int *infoCount,
+                                                               nvmlProcessInfo_v1_t *infos)
+{
+    return get_processes(device, PROCS_GRAPHICS, infoCount, infos, fill_v1);
+}
+
+/* ---- health: ECC, retired pages, remapped rows, throttling, PCIe, fan, clocks, power ---- */
+
+/* Runs the common checks of feature `f`, then stores `value` (clamped to unsigned int). */
+static nvmlReturn_t get_uint(nvmlDevice_t device, enum feature f, const char *key,
+                             unsigned long long def, unsigned int *out)
+{
+    unsigned int idx = 0;
+    unsigned long long v;
+    nvmlReturn_t rc = device_check(device, (int)f, &idx);
+    if (rc != NVML_SUCCESS)
+        return rc;
+    if (out == NULL)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    v = knob_num(key, idx, def);
+    *out = v > 0xFFFFFFFFULL ? 0xFFFFFFFFU : (unsigned int)v;
+    return NVML_SUCCESS;
+}
+
+/* errorType: 0 corrected, 1 uncorrected; counterType: 0 volatile, 1 aggregate. */
+FAKE_EXPORT nvmlReturn_t nvmlDeviceGetTotalEccErrors(nvmlDevice_t device, int errorType,
+                                                    int counterType,
+                                                    unsigned long long *eccCounts)
+{
+    unsigned int idx = 0;
+    char key[64];
+    nvmlReturn_t rc = device_check(device, FEAT_ECC, &idx);
+    if (rc != NVML_SUCCESS)
+        return rc;
+    if (eccCounts == NULL || errorType < 0 || errorType > 1 || counterType < 0 ||
+        counterType > 1)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    snprintf(key, sizeof(key), "ecc.%s.%s", counterType == 0 ? "volatile" : "aggregate",
+             errorType == 0 ? "corrected" : "uncorrected");
+    *eccCounts = knob_num(key, idx, 0);
+    return NVML_SUCCESS;
+}
+
+FAKE_EXPORT nvmlReturn_t nvmlDeviceGetRetiredPagesPendingStatus(nvmlDevice_t device,
+                                                               int *isPending)
+{
+    unsigned int v = 0;
+    nvmlReturn_t rc = get_uint(device, FEAT_RETIRED, "retired_pages_pending", 0, &v);
+    if (rc != NVML_SUCCESS)
+        return rc;
+    if (isPending == NULL)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    *isPending = v != 0;
+    return NVML_SUCCESS;
+}
+
+FAKE_EXPORT nvmlReturn_t nvmlDeviceGetRemappedRows(nvmlDevice_t device, unsigned int *corrRows,
+                                                   unsigned int *uncRows,
+                                                   unsigned int *isPending,
+                                                   unsigned int *failureOccurred)
+{
+    unsigned int idx = 0;
+    nvmlReturn_t rc = device_check(device, FEAT_REMAP, &idx);
+    if (rc != NVML_SUCCESS)
+        return rc;
+    if (corrRows == NULL || uncRows == NULL || isPending == NULL || failureOccurred == NULL)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    *corrRows = (unsigned int)knob_num("remapped.corrected", idx, 0);
+    *uncRows = (unsigned int)knob_num("remapped.uncorrected", idx, 0);
+    *isPending = knob_num("remapped.pending", idx, 0) != 0;
+    *failureOccurred = knob_num("remapped.failed", idx, 0) != 0;
+    return NVML_SUCCESS;
+}
+
+static nvmlReturn_t get_throttle(nvmlDevice_t device, unsigned long long *reasons)
+{
+    unsigned int idx = 0;
+    nvmlReturn_t rc = device_check(device, FEAT_THROTTLE, &idx);
+    if (rc != NVML_SUCCESS)
+        return rc;
+    if (reasons == NULL)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    *reasons = knob_num("throttle", idx, 0);
+    return NVML_SUCCESS;
+}
+
+FAKE_EXPORT nvmlReturn_t nvmlDeviceGetCurrentClocksThrottleReasons(nvmlDevice_t device,
+                                                                  unsigned long long *reasons)
+{
+    return get_throttle(device, reasons);
+}
+
+FAKE_EXPORT nvmlReturn_t nvmlDeviceGetCurrentClocksEventReasons(nvmlDevice_t device,
+                                                               unsigned long long *reasons)
+{
+    return get_throttle(device, reasons);
+}
+
+FAKE_EXPORT nvmlReturn_t nvmlDeviceGetCurrPcieLinkGeneration(nvmlDevice_t device,
+                                                            unsigned int *gen)
+{
+    return get_uint(device, FEAT_PCIE, "pcie.gen", 5, gen);
+}
+
+FAKE_EXPORT nvmlReturn_t nvmlDeviceGetMaxPcieLinkGeneration(nvmlDevice_t device,
+                                                           unsigned int *gen)
+{
+    return get_uint(device, FEAT_PCIE, "pcie.gen_max", 5, gen);
+}
+
+FAKE_EXPORT nvmlReturn_t nvmlDeviceGetCurrPcieLinkWidth(nvmlDevice_t device, unsigned int *width)
+{
+    return get_uint(device, FEAT_PCIE, "pcie.width", 16, width);
+}
+
+FAKE_EXPORT nvmlReturn_t nvmlDeviceGetMaxPcieLinkWidth(nvmlDevice_t device, unsigned int *width)
+{
+    return get_uint(device, FEAT_PCIE, "pcie.width_max", 16, width);
+}
+
+FAKE_EXPORT nvmlReturn_t nvmlDeviceGetNumFans(nvmlDevice_t device, unsigned int *numFans)
+{
+    unsigned int idx = 0;
+    nvmlReturn_t rc = device_check(device, FEAT_FAN, &idx);
+    if (rc != NVML_SUCCESS)
+        return rc;
+    if (numFans == NULL)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    *numFans = 1;
+    return NVML_SUCCESS;
+}
+
+FAKE_EXPORT nvmlReturn_t nvmlDeviceGetFanSpeed_v2(nvmlDevice_t device, unsigned int fan,
+                                                  unsigned int *speed)
+{
+    if (fan != 0) {
+        unsigned int idx = 0;
+        nvmlReturn_t rc = device_check(device, FEAT_FAN, &idx);
+        return rc != NVML_SUCCESS ? rc : NVML_ERROR_INVALID_ARGUMENT;
+    }
+    return get_uint(device, FEAT_FAN, "fan", 30, speed);
+}
+
+FAKE_EXPORT nvmlReturn_t nvmlDeviceGetFanSpeed(nvmlDevice_t device, unsigned int *speed)
+{
+    return get_uint(device, FEAT_FAN, "fan", 30, speed);
+}
+
+/* type: 0 graphics, 1 SM, 2 memory, 3 video. */
+FAKE_EXPORT nvmlReturn_t nvmlDeviceGetClockInfo(nvmlDevice_t device, int type,
+                                                unsigned int *clock)
+{
+    switch (type) {
+    case 0:
+    case 1:
+        return get_uint(device, FEAT_CLOCKS, "clock.sm", 1980, clock);
+    case 2:
+        return get_uint(device, FEAT_CLOCKS, "clock.mem", 2619, clock);
+    case 3:
+        return get_uint(device, FEAT_CLOCKS, "clock.video", 1755, clock);
+    default: {
+        unsigned int idx = 0;
+        nvmlReturn_t rc = device_check(device, FEAT_CLOCKS, &idx);
+        return rc != NVML_SUCCESS ? rc : NVML_ERROR_INVALID_ARGUMENT;
+    }
+    }
+}
+
+FAKE_EXPORT nvmlReturn_t nvmlDeviceGetEnforcedPowerLimit(nvmlDevice_t device, unsigned int *limit)
+{
+    return get_uint(device, FEAT_POWER_LIMIT, "power_limit_mw", 700000, limit);
+}
+
+FAKE_EXPORT nvmlReturn_t nvmlDeviceGetPowerManagementLimit(nvmlDevice_t device,
+                                                          unsigned int *limit)
+{
+    return get_uint(device, FEAT_POWER_LIMIT, "power_limit_mw", 700000, limit);
+}
+
+FAKE_EXPORT nvmlReturn_t nvmlDeviceGetPerformanceState(nvmlDevice_t device, int *pState)
+{
+    unsigned int v = 0;
+    nvmlReturn_t rc = get_uint(device, FEAT_PSTATE, "pstate", 0, &v);
+    if (rc != NVML_SUCCESS)
+        return rc;
+    if (pState == NULL)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    *pState = v > 15U ? 32 : (int)v;
+    return NVML_SUCCESS;
+}
+
+/* ---- events ---- */
+
+#define FAKE_EVENT_SET_MAGIC 0x45564e54U
+#define FAKE_SUPPORTED_EVENTS                                                                  \
+    (nvmlEventTypeSingleBitEccError | nvmlEventTypeDoubleBitEccError | nvmlEventTypePState |  \
+     nvmlEventTypeXidCriticalError | nvmlEventTypeClock)
+
+struct fake_event_set {
+    unsigned int magic;
+    /* Bit i: GPU i is registered for Xid events on this set. */
+    atomic_ullong xid_gpus;
+    /* Index in `xid_events` of the next event to look at. */
+    atomic_uint cursor;
+};
+
+FAKE_EXPORT nvmlReturn_t nvmlDeviceGetSupportedEventTypes(nvmlDevice_t device,
+                                                         unsigned long long *eventTypes)
+{
+    unsigned int idx = 0;
+    nvmlReturn_t rc = device_check(device, FEAT_EVENTS, &idx);
+    if (rc != NVML_SUCCESS)
+        return rc;
+    if (eventTypes == NULL)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    *eventTypes = FAKE_SUPPORTED_EVENTS;
+    return NVML_SUCCESS;
+}
+
+FAKE_EXPORT nvmlReturn_t nvmlEventSetCreate(nvmlEventSet_t *set)
+{
+    struct fake_event_set *s;
+    if (!initialized())
+        return NVML_ERROR_UNINITIALIZED;
+    if (set == NULL)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    s = malloc(sizeof(*s));
+    if (s == NULL)
+        return NVML_ERROR_MEMORY;
+    s->magic = FAKE_EVENT_SET_MAGIC;
+    atomic_init(&s->xid_gpus, 0ULL);
+    atomic_init(&s->cursor, 0U);
+    *set = s;
+    return NVML_SUCCESS;
+}
+
+FAKE_EXPORT nvmlReturn_t nvmlEventSetFree(nvmlEventSet_t set)
+{
+    if (set == NULL || set->magic != FAKE_EVENT_SET_MAGIC)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    set->magic = 0;
+    free(set);
+    return NVML_SUCCESS;
+}
+
+FAKE_EXPORT nvmlReturn_t nvmlDeviceRegisterEvents(nvmlDevice_t device,
+                                                  unsigned long long eventTypes,
+                                                  nvmlEventSet_t set)
+{
+    unsigned int idx = 0;
+    nvmlReturn_t rc = device_check(device, FEAT_EVENTS, &idx);
+    if (rc != NVML_SUCCESS)
+        return rc;
+    if (set == NULL || set->magic != FAKE_EVENT_SET_MAGIC)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    if ((eventTypes & ~FAKE_SUPPORTED_EVENTS) != 0)
+        return NVML_ERROR_NOT_SUPPORTED;
+    if (eventTypes & nvmlEventTypeXidCriticalError)
+        atomic_fetch_or(&set->xid_gpus, 1ULL << idx);
+    return NVML_SUCCESS;
+}
+
+/*
+ * The `n`-th entry of the `xid_events` list: 1 and (gpu, xid) when it exists, 0 past the end.
+ * A malformed entry counts as an entry with gpu = FAKE_MAX_GPUS (never delivered).
+ */
+static int xid_event_at(unsigned int n, unsigned int *gpu, unsigned long long *xid)
+{
+    char list[4096];
+    const char *p = list;
+    unsigned int i = 0;
+
+    if (!knob_get("xid_events", -1, list, sizeof(list)))
+        return 0;
+    while (*p != '\0') {
+        char entry[64];
+        const char *start;
+        size_t len;
+        while (*p == ',' || *p == ';' || *p == ' ' || *p == '\t')
+            p++;
+        start = p;
+        while (*p != '\0' && *p != ',' && *p != ';' && *p != ' ' && *p != '\t')
+            p++;
+        len = (size_t)(p - start);
+        if (len == 0)
+            continue;
+        if (i++ != n)
+            continue;
+        *gpu = FAKE_MAX_GPUS;
+        *xid = 0;
+        if (len < sizeof(entry)) {
+            char *colon;
+            unsigned long g, x;
+            memcpy(entry, start, len);
+            entry[len] = '\0';
+            colon = strchr(entry, ':');
+            if (colon != NULL) {
+                *colon = '\0';
+                if (parse_ulong(entry, &g) == 0 && parse_ulong(colon + 1, &x) == 0) {
+                    *gpu = (unsigned int)(g < FAKE_MAX_GPUS ? g : FAKE_MAX_GPUS);
+                    *xid = x;
+                }
+            }
+        }
+        return 1;
+    }
+    return 0;
+}
+
+static long long now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000LL + ts.tv_nsec / 1000000L;
+}
+
+FAKE_EXPORT nvmlReturn_t nvmlEventSetWait_v2(nvmlEventSet_t set, nvmlEventData_t *data,
+                                             unsigned int timeoutms)
+{
+    long long deadline = now_ms() + (long long)timeoutms;
+
+    if (!initialized())
+        return NVML_ERROR_UNINITIALIZED;
+    if (set == NULL || set->magic != FAKE_EVENT_SET_MAGIC || data == NULL)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    for (;;) {
+        unsigned int gpu;
+        unsigned long long xid;
+        unsigned int n = atomic_load(&set->cursor);
+        long long left;
+        while (xid_event_at(n, &gpu, &xid)) {
+            n++;
+            atomic_store(&set->cursor, n);
+            if (gpu < FAKE_MAX_GPUS && gpu < gpu_count() &&
+                (atomic_load(&set->xid_gpus) & (1ULL << gpu)) != 0) {
+                data->device = &fake_devices[gpu];
+                data->eventType = nvmlEventTypeXidCriticalError;
+                data->eventData = xid;
+                data->gpuInstanceId = NVML_VALUE_NOT_AVAILABLE_UINT;
+                data->computeInstanceId = NVML_VALUE_NOT_AVAILABLE_UINT;
+                return NVML_SUCCESS;
+            }
+        }
+        left = deadline - now_ms();
+        if (left <= 0)
+            return NVML_ERROR_TIMEOUT;
+        {
+            /* Events come only from the knob file: without one, none can arrive, and the wait
+             * sleeps its whole timeout at once, like the real library blocking in the driver
+             * (so the agent's idle CPU time is not the fake's polling). */
+            const char *knobs = getenv("FAKE_NVML_KNOB_FILE");
+            long long step = (knobs == NULL || *knobs == '\0') ? left : (left < 10 ? left : 10);
+            struct timespec ts = {(time_t)(step / 1000), (long)(step % 1000) * 1000000L};
+            nanosleep(&ts, NULL);
+        }
+    }
 }
