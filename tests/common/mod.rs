@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod docker;
+pub mod fake_frpc;
 pub mod fake_nvml;
 pub mod platform;
 
