@@ -12,6 +12,13 @@ pub fn is_name(name: &str, max_len: usize) -> bool {
     !name.is_empty() && name.len() <= max_len && name.bytes().all(is_name_byte)
 }
 
+/// True when `text` holds a Go template marker (`{{` or `}}`): frpc renders its config file as a
+/// template before parsing it, so such a value written there could read the agent's environment
+/// or files.
+pub fn has_template_marker(text: &str) -> bool {
+    text.contains("{{") || text.contains("}}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

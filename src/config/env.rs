@@ -54,6 +54,18 @@ pub const ENV_OVERRIDES: &[EnvOverride] = &[
         target: Target::Secret(|c| &mut c.frp.token),
     },
     EnvOverride {
+        name: "PHOENIX_FRP_USER",
+        key: "frp.user",
+        note: "",
+        target: Target::Text(|c| &mut c.frp.user),
+    },
+    EnvOverride {
+        name: "PHOENIX_FRP_API_SECRET_KEY",
+        key: "frp.api_secret_key",
+        note: "",
+        target: Target::Secret(|c| &mut c.frp.api_secret_key),
+    },
+    EnvOverride {
         name: "PHOENIX_AUTH_TOKEN",
         key: "agent_api.auth_token",
         note: "",
@@ -68,7 +80,7 @@ pub const ENV_OVERRIDES: &[EnvOverride] = &[
 ];
 
 /// Removes the [`ENV_OVERRIDES`] variables from this process's environment, once the config has
-/// read them: they carry secrets (the bootstrap, frp and API tokens), and every child the agent
+/// read them: they carry secrets (the bootstrap, frp and API tokens, the stcp secret), and every child the agent
 /// runs (the docker CLI) would otherwise inherit them. Call it while the process has a
 /// single thread (changing the environment races with other threads reading it).
 pub fn remove_env_overrides() {

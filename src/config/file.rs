@@ -73,8 +73,8 @@ pub struct PlatformConfig {
     pub backoff_max_ms: u64,
 }
 
-/// The frpc tunnel the platform is to reach the agent through. This release does not run frpc:
-/// the keys are validated, and `admin_port` is kept free of container ports.
+/// The frpc tunnel through which the platform reaches the agent API and renters reach their
+/// containers' ports (see README "Tunnel").
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FrpConfig {
@@ -82,13 +82,39 @@ pub struct FrpConfig {
     pub server_addr: String,
     pub server_port: u16,
     pub token: String,
+    /// frp user name (frps prefixes proxy names with it) when running without a platform; with
+    /// one, the node id is the user.
+    pub user: String,
     pub frpc_path: PathBuf,
     /// Where the agent writes frpc's config (mode 0600) and keeps its state.
     pub work_dir: PathBuf,
     /// Loopback port of frpc's admin API.
     pub admin_port: u16,
-    /// Remote port on frps for the agent API; 0 = the one the platform assigns at registration.
+    /// How the agent API is published on frps.
+    pub api_proxy_type: ApiProxyType,
+    /// Remote port on frps for the agent API (tcp); 0 = the one the platform assigns at
+    /// registration, or frps's choice.
     pub api_remote_port: u16,
+    /// stcp: the secret a visitor must present; empty = the one the platform gave.
+    pub api_secret_key: String,
+    /// stcp: frp users whose visitors may connect; empty = the ones the platform gave.
+    pub api_allow_users: Vec<String>,
+    /// PEM file of the CA that signed frps's certificate; empty = frpc does not verify it.
+    pub tls_ca_file: String,
+    /// Publish every container port through the tunnel too (one proxy per port mapping).
+    pub expose_container_ports: bool,
+}
+
+/// How the agent API is published on frps (`frp.api_proxy_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiProxyType {
+    /// What the platform said at registration; tcp when it said nothing.
+    Auto,
+    /// A public port on frps (the leg from the platform to frps is plain HTTP).
+    Tcp,
+    /// Secret TCP: only a visitor holding the secret key reaches it.
+    Stcp,
 }
 
 /// The agent's own REST API.
@@ -217,7 +243,13 @@ impl Default for FrpConfig {
             frpc_path: PathBuf::from("/usr/local/bin/frpc"),
             work_dir: PathBuf::from("/var/lib/utopia/frp"),
             admin_port: 7400,
+            api_proxy_type: ApiProxyType::Auto,
             api_remote_port: 0,
+            user: String::new(),
+            api_secret_key: String::new(),
+            api_allow_users: Vec::new(),
+            tls_ca_file: String::new(),
+            expose_container_ports: true,
         }
     }
 }

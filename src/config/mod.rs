@@ -17,8 +17,8 @@ pub mod validate;
 
 pub use env::{remove_env_overrides, EnvOverride, ENV_OVERRIDES};
 pub use file::{
-    ApiConfig, Config, DockerConfig, FrpConfig, GpuConfig, GpuMode, LogLevel, PlatformConfig,
-    PrometheusConfig,
+    ApiConfig, ApiProxyType, Config, DockerConfig, FrpConfig, GpuConfig, GpuMode, LogLevel,
+    PlatformConfig, PrometheusConfig,
 };
 pub use settings::{
     ApiSettings, DockerSettings, FrpSettings, GpuSettings, ManagedLabel, PlatformSettings,

@@ -2,7 +2,7 @@
 //! types the components use (socket addresses, durations, a parsed label), so that no consumer
 //! converts or checks a value again.
 
-use super::file::{Config, GpuMode, LogLevel};
+use super::file::{ApiProxyType, Config, GpuMode, LogLevel};
 use crate::names::{is_name, is_name_byte};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -57,12 +57,22 @@ pub struct FrpSettings {
     pub server_addr: Option<String>,
     pub server_port: u16,
     pub token: String,
+    /// The frp user without a platform (with one, the node id is used).
+    pub user: Option<String>,
     pub frpc_path: PathBuf,
     pub work_dir: PathBuf,
     /// Loopback port of frpc's admin API.
     pub admin_port: u16,
-    /// Remote port on frps for the agent API; `None`: the one the platform assigns.
+    pub api_proxy_type: ApiProxyType,
+    /// Remote port on frps for the agent API (tcp); `None`: the platform's, or frps's choice.
     pub api_remote_port: Option<u16>,
+    /// stcp secret; `None`: the platform's.
+    pub api_secret_key: Option<String>,
+    /// stcp visitors' users; empty: the platform's.
+    pub api_allow_users: Vec<String>,
+    /// CA of frps's certificate; `None`: frpc does not verify it.
+    pub tls_ca_file: Option<PathBuf>,
+    pub expose_container_ports: bool,
 }
 
 /// The agent's REST API (`agent_api.*`).

@@ -2,13 +2,15 @@
 //! its typed settings, or into a [`ConfigError`] naming the key. Problems that do not stop the
 //! agent become [`ConfigWarning`]s.
 
-use super::file::{ApiConfig, Config, DockerConfig, FrpConfig, GpuConfig, GpuMode, PlatformConfig};
+use super::file::{
+    ApiConfig, ApiProxyType, Config, DockerConfig, FrpConfig, GpuConfig, GpuMode, PlatformConfig,
+};
 use super::settings::{
     ApiSettings, DockerSettings, FrpSettings, GpuSettings, ManagedLabel, PlatformSettings,
     RunSettings, Settings,
 };
 use super::{invalid, ConfigError, ConfigWarning, EXAMPLE_AUTH_TOKEN, MIN_AUTH_TOKEN_LEN};
-use crate::names::{is_name, is_name_byte};
+use crate::names::{has_template_marker, is_name, is_name_byte};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -29,7 +31,9 @@ impl Config {
         if self.identity_file_path.as_os_str().is_empty() {
             return Err(invalid("identity_file_path", "must not be empty"));
         }
-        let frp = self.frp.validate(&mut warnings)?;
+        let frp =
+            self.frp
+                .validate(platform.api_url.is_some(), api.listen.port(), &mut warnings)?;
         let gpu = self.gpu.validate()?;
         let docker = self.docker.validate()?;
         Ok(Validated {
@@ -235,30 +239,174 @@ fn is_loopback_host(host: &str) -> bool {
 }
 
 impl FrpConfig {
-    pub fn validate(&self, warnings: &mut Vec<ConfigWarning>) -> Result<FrpSettings, ConfigError> {
-        if !self.server_addr.is_empty() && self.server_port == 0 {
-            return Err(invalid("frp.server_port", "must be between 1 and 65535"));
+    /// `platform`: whether a platform is configured (it then names the frp user and may give
+    /// the API proxy's settings); `api_port`: the agent API's port, which the admin API must
+    /// not take.
+    pub fn validate(
+        &self,
+        platform: bool,
+        api_port: u16,
+        warnings: &mut Vec<ConfigWarning>,
+    ) -> Result<FrpSettings, ConfigError> {
+        // Every value that reaches frpc.toml: frpc renders the file as a Go template first.
+        let texts: [(&'static str, &str); 5] = [
+            ("frp.server_addr", &self.server_addr),
+            ("frp.token", &self.token),
+            ("frp.user", &self.user),
+            ("frp.api_secret_key", &self.api_secret_key),
+            ("frp.tls_ca_file", &self.tls_ca_file),
+        ];
+        for (key, value) in texts {
+            check_frpc_text(key, value)?;
+        }
+        for user in &self.api_allow_users {
+            check_frpc_text("frp.api_allow_users", user)?;
+            if user != "*" && !is_name(user, 128) {
+                return Err(invalid(
+                    "frp.api_allow_users",
+                    format!("{user:?} is not an frp user name (A-Z a-z 0-9 _ . -) or `*`"),
+                ));
+            }
         }
         if self.admin_port == 0 {
             return Err(invalid("frp.admin_port", "must be between 1 and 65535"));
         }
-        if !self.server_addr.is_empty() {
+        let enabled = !self.server_addr.is_empty();
+        if enabled {
+            if self.server_port == 0 {
+                return Err(invalid("frp.server_port", "must be between 1 and 65535"));
+            }
+            let host_ok = self
+                .server_addr
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':'));
+            if !host_ok {
+                return Err(invalid(
+                    "frp.server_addr",
+                    format!(
+                        "{:?} is not a host name or IP address (no scheme, no port: the port is \
+                         frp.server_port)",
+                        self.server_addr
+                    ),
+                ));
+            }
+            if self.admin_port == api_port {
+                return Err(invalid(
+                    "frp.admin_port",
+                    format!("{api_port} is the agent API's port (agent_api.listen_address)"),
+                ));
+            }
+            if self.frpc_path.as_os_str().is_empty() {
+                return Err(invalid("frp.frpc_path", "must not be empty"));
+            }
+            if self.work_dir.as_os_str().is_empty() {
+                return Err(invalid("frp.work_dir", "must not be empty"));
+            }
+        }
+        if !self.user.is_empty() && !is_name(&self.user, 128) {
+            return Err(invalid(
+                "frp.user",
+                format!(
+                    "{:?} is not an frp user name (A-Z a-z 0-9 _ . -)",
+                    self.user
+                ),
+            ));
+        }
+        if enabled && !platform && self.user.is_empty() {
+            return Err(invalid(
+                "frp.user",
+                "is required when frp.server_addr is set without central_platform.api_url (with \
+                 a platform the node id is the frp user): frps prefixes proxy names with it, so \
+                 that two nodes' proxies do not collide",
+            ));
+        }
+        if enabled && platform && !self.user.is_empty() {
             warnings.push(ConfigWarning(format!(
-                "frp.server_addr is set ({}), but this release does not run frpc: no tunnel is \
-                 started, and the API is reachable only at agent_api.listen_address",
+                "frp.user {:?} is not used: with a platform the frp user is the node id",
+                self.user
+            )));
+        }
+        if !self.api_secret_key.is_empty()
+            && !self.api_secret_key.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(invalid(
+                "frp.api_secret_key",
+                "may only contain printable ASCII characters without spaces",
+            ));
+        }
+        if enabled
+            && self.api_proxy_type == ApiProxyType::Stcp
+            && self.api_secret_key.is_empty()
+            && !platform
+        {
+            return Err(invalid(
+                "frp.api_secret_key",
+                "is required with frp.api_proxy_type stcp when no platform gives one \
+                 (generate one with `openssl rand -hex 32`)",
+            ));
+        }
+        if enabled && self.api_proxy_type == ApiProxyType::Tcp && !self.api_secret_key.is_empty() {
+            warnings.push(ConfigWarning(
+                "frp.api_secret_key is not used: frp.api_proxy_type is tcp".to_string(),
+            ));
+        }
+        if enabled && self.api_proxy_type == ApiProxyType::Stcp && self.api_remote_port != 0 {
+            warnings.push(ConfigWarning(
+                "frp.api_remote_port is not used: frp.api_proxy_type is stcp (no public port)"
+                    .to_string(),
+            ));
+        }
+        let tls_ca_file = (!self.tls_ca_file.is_empty()).then(|| PathBuf::from(&self.tls_ca_file));
+        if let Some(path) = &tls_ca_file {
+            if !path.is_file() {
+                return Err(invalid(
+                    "frp.tls_ca_file",
+                    format!("no file at {} (a PEM file of frps's CA)", path.display()),
+                ));
+            }
+        } else if enabled {
+            warnings.push(ConfigWarning(format!(
+                "frp.tls_ca_file is empty: frpc encrypts its connection to {} but does not verify \
+                 its certificate, so a machine in between can pose as frps; set it to the PEM \
+                 file of frps's CA",
                 self.server_addr
             )));
         }
         Ok(FrpSettings {
-            server_addr: (!self.server_addr.is_empty()).then(|| self.server_addr.clone()),
+            server_addr: enabled.then(|| self.server_addr.clone()),
             server_port: self.server_port,
             token: self.token.clone(),
+            user: (!self.user.is_empty()).then(|| self.user.clone()),
             frpc_path: self.frpc_path.clone(),
             work_dir: self.work_dir.clone(),
             admin_port: self.admin_port,
+            api_proxy_type: self.api_proxy_type,
             api_remote_port: (self.api_remote_port != 0).then_some(self.api_remote_port),
+            api_secret_key: (!self.api_secret_key.is_empty()).then(|| self.api_secret_key.clone()),
+            api_allow_users: self.api_allow_users.clone(),
+            tls_ca_file,
+            expose_container_ports: self.expose_container_ports,
         })
     }
+}
+
+/// A value the agent writes into frpc's config: no template marker (frpc renders the file as a
+/// Go template before parsing it, so `{{ .Envs.X }}` would read the agent's environment) and no
+/// control character.
+fn check_frpc_text(key: &'static str, value: &str) -> Result<(), ConfigError> {
+    if has_template_marker(value) {
+        return Err(invalid(
+            key,
+            "must not contain `{{` or `}}`: frpc renders its config as a Go template",
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(invalid(
+            key,
+            "must not contain control characters (a line break pasted with it?)",
+        ));
+    }
+    Ok(())
 }
 
 impl GpuConfig {
@@ -441,12 +589,103 @@ mod tests {
     }
 
     #[test]
-    fn an_frp_server_warns_that_no_tunnel_is_started() {
+    fn frp_keys_are_checked() {
+        let frp = |edit: fn(&mut Config)| {
+            let mut c = valid();
+            c.frp.server_addr = "frps.example".into();
+            c.frp.user = "node-a".into();
+            c.frp.tls_ca_file = "/dev/null".into();
+            edit(&mut c);
+            warnings_of(&c)
+        };
+        // Standalone with a user and a CA: no warning (/dev/null is not a regular file).
+        let e = frp(|_| {}).unwrap_err().to_string();
+        assert!(e.contains("frp.tls_ca_file"), "{e}");
+        let ca = tempfile::NamedTempFile::new().unwrap();
         let mut c = valid();
         c.frp.server_addr = "frps.example".into();
+        c.frp.user = "node-a".into();
+        c.frp.tls_ca_file = ca.path().to_string_lossy().into_owned();
+        assert_eq!(warnings_of(&c).unwrap(), vec![]);
+        let s = c.validate().unwrap().settings.frp;
+        assert_eq!(s.user.as_deref(), Some("node-a"));
+        assert!(s.expose_container_ports);
+        assert_eq!(s.api_proxy_type, ApiProxyType::Auto);
+
+        // Template markers and control characters never reach frpc.toml.
+        for (key, edit) in [
+            (
+                "frp.token",
+                (|c: &mut Config| c.frp.token = "a{{ .Envs.X }}".into()) as fn(&mut Config),
+            ),
+            ("frp.server_addr", |c| c.frp.server_addr = "h}}".into()),
+            ("frp.api_secret_key", |c| {
+                c.frp.api_secret_key = "{{x".into()
+            }),
+            ("frp.api_allow_users", |c| {
+                c.frp.api_allow_users = vec!["{{.}}".into()]
+            }),
+            ("frp.token", |c| c.frp.token = "secret\n".into()),
+            ("frp.server_addr", |c| {
+                c.frp.server_addr = "https://frps.example".into()
+            }),
+            ("frp.user", |c| c.frp.user = String::new()),
+            ("frp.user", |c| c.frp.user = "a b".into()),
+            ("frp.admin_port", |c| c.frp.admin_port = 9200),
+            ("frp.api_secret_key", |c| {
+                c.frp.api_proxy_type = ApiProxyType::Stcp
+            }),
+            ("frp.api_allow_users", |c| {
+                c.frp.api_allow_users = vec!["a/b".into()]
+            }),
+        ] {
+            match frp(edit) {
+                Err(ConfigError::Invalid { key: k, message }) => {
+                    assert_eq!(k, key, "{message}");
+                    assert!(
+                        !message.contains("Envs"),
+                        "the value is not echoed: {message}"
+                    );
+                }
+                other => panic!("{key}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn frp_warns_about_what_is_not_verified_or_not_used() {
+        let mut c = valid();
+        c.central_platform.api_url = "https://p.example".into();
+        c.frp.server_addr = "frps.example".into();
+        c.frp.user = "ignored".into();
+        c.frp.api_proxy_type = ApiProxyType::Tcp;
+        c.frp.api_secret_key = "s3cret".into();
+        let w: Vec<String> = warnings_of(&c).unwrap().into_iter().map(|w| w.0).collect();
+        assert_eq!(w.len(), 3, "{w:?}");
+        assert!(
+            w.iter().any(|w| w.contains("frp.tls_ca_file is empty")),
+            "{w:?}"
+        );
+        assert!(w.iter().any(|w| w.contains("frp.user")), "{w:?}");
+        assert!(
+            w.iter()
+                .any(|w| w.contains("frp.api_secret_key is not used")),
+            "{w:?}"
+        );
+        // With a platform, stcp may take its secret from the registration answer.
+        c.frp.api_proxy_type = ApiProxyType::Stcp;
+        c.frp.api_secret_key = String::new();
+        c.frp.api_remote_port = 7001;
         let w = warnings_of(&c).unwrap();
-        assert_eq!(w.len(), 1);
-        assert!(w[0].0.contains("does not run frpc"), "{}", w[0]);
+        assert!(
+            w.iter()
+                .any(|w| w.0.contains("api_remote_port is not used")),
+            "{w:?}"
+        );
+        // Off: nothing is required.
+        let mut c = valid();
+        c.frp.api_proxy_type = ApiProxyType::Stcp;
+        assert_eq!(warnings_of(&c).unwrap(), vec![]);
     }
 
     #[test]

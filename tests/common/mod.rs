@@ -3,7 +3,9 @@
 #![allow(dead_code)]
 
 pub mod docker;
+pub mod fake_frpc;
 pub mod fake_nvml;
+pub mod nfrp;
 pub mod platform;
 
 use std::io::{Read, Write};
