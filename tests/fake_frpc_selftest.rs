@@ -753,6 +753,26 @@ fn fault_knobs_proxy_reload_admin_crash() {
 }
 
 #[test]
+fn leak_knob_prints_the_secrets_for_scrubbing_tests() {
+    let port = free_port();
+    let fake = Fake::start(
+        port,
+        &config(port, "", &stcp_api(9000)),
+        &[("FAKE_FRPC_LEAK_SECRETS", "1")],
+    );
+    fake.wait_running(&["node-7.agent-api"]);
+    let out = fake.stdout();
+    let line = out
+        .lines()
+        .find(|l| l.contains("debug dump"))
+        .expect("leak line");
+    assert!(line.contains("[W]"), "{line}");
+    for secret in ["frps-token", ADMIN_PASSWORD, "stcp-secret"] {
+        assert!(line.contains(secret), "{secret} not in {line}");
+    }
+}
+
+#[test]
 fn log_to_file_and_colours() {
     let port = free_port();
     let dir = tempfile::tempdir().expect("tempdir");

@@ -5,6 +5,7 @@
 pub mod docker;
 pub mod fake_frpc;
 pub mod fake_nvml;
+pub mod nfrp;
 pub mod platform;
 
 use std::io::{Read, Write};

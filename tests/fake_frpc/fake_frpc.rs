@@ -70,6 +70,8 @@
 //! * `FAKE_FRPC_NO_ADMIN=1`: no admin API even when `webServer.port` is set (as a build without
 //!   one): reloads cannot work, only restarts.
 //! * `FAKE_FRPC_IGNORE_SIGTERM=1`: SIGTERM is journaled and ignored (only SIGKILL stops it).
+//! * `FAKE_FRPC_LEAK_SECRETS=1`: a hostile log line at start naming `auth.token`,
+//!   `webServer.password` and every `secretKey` (for tests that the agent scrubs frpc's output).
 //!
 //! # Journal events (`"event"` field)
 //! `start` (pid, ppid, config, mode as octal string, argv), `config_error` (error),
@@ -1153,6 +1155,24 @@ fn logged_in(fake: &Fake) {
         &format!("[{run_id}] login to server success, get run id [{run_id}]"),
     );
     state.run_id = Some(run_id.clone());
+    if env("FAKE_FRPC_LEAK_SECRETS").is_some() {
+        let keys: Vec<&str> = state
+            .cfg
+            .proxies
+            .iter()
+            .filter_map(|p| p.table.get("secretKey").and_then(Value::as_str))
+            .collect();
+        fake.log.log(
+            Level::Warn,
+            "client/service.go:290",
+            &format!(
+                "[{run_id}] debug dump: token [{}] admin password [{}] secret keys [{}]",
+                state.cfg.token,
+                state.cfg.web_password,
+                keys.join(" ")
+            ),
+        );
+    }
     let cfgs = state.cfg.proxies.clone();
     if !cfgs.is_empty() {
         let names: Vec<&str> = cfgs.iter().map(|p| p.name.as_str()).collect();
