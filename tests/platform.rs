@@ -165,7 +165,17 @@ fn start_with_identity(contents: &[u8], platform: &PlatformServer) -> (Option<i3
     let mut config = common::test_config(dir.path());
     platform_config(&mut config, &platform.url());
     std::fs::write(&config.identity_file_path, contents).unwrap();
-    let config_path = write_config(dir.path(), &config);
+    let (code, text) = run_to_refusal(dir.path(), &config);
+    assert!(
+        text.contains(&config.identity_file_path.display().to_string()),
+        "the message does not name the file:\n{text}"
+    );
+    (code, text)
+}
+
+/// Runs the binary on `config`, which it must refuse at start; returns (exit code, output).
+fn run_to_refusal(dir: &std::path::Path, config: &Config) -> (Option<i32>, String) {
+    let config_path = write_config(dir, config);
     let mut child = Command::new(common::agent_binary())
         .arg("--config")
         .arg(&config_path)
@@ -185,10 +195,6 @@ fn start_with_identity(contents: &[u8], platform: &PlatformServer) -> (Option<i3
     let output = child.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&output.stderr).into_owned()
         + &String::from_utf8_lossy(&output.stdout);
-    assert!(
-        text.contains(&config.identity_file_path.display().to_string()),
-        "the message does not name the file:\n{text}"
-    );
     (output.status.code(), text)
 }
 
@@ -206,6 +212,38 @@ fn a_damaged_identity_file_stops_the_agent_with_what_to_do() {
         assert_eq!(code, Some(1), "{text}");
         assert!(text.contains("does not hold a valid node id"), "{text}");
         assert!(text.contains("remove the file"), "{text}");
+    }
+    assert!(
+        platform.requests().is_empty(),
+        "a second node was registered"
+    );
+}
+
+#[test]
+fn an_identity_link_to_a_missing_or_unusable_file_is_refused_and_kept() {
+    // `node_id` on a volume that is not mounted: the link dangles. Registering would give the
+    // server a second node id and replace the link.
+    let platform = PlatformServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::test_config(dir.path());
+    platform_config(&mut config, &platform.url());
+    let volume = dir.path().join("unmounted-volume");
+    for target in [volume.join("node_id"), dir.path().to_path_buf()] {
+        let _ = std::fs::remove_file(&config.identity_file_path);
+        std::os::unix::fs::symlink(&target, &config.identity_file_path).unwrap();
+        let (code, text) = run_to_refusal(dir.path(), &config);
+        assert_eq!(code, Some(1), "{target:?}: {text}");
+        assert!(text.contains("does not hold a valid node id"), "{text}");
+        assert!(
+            text.contains(&config.identity_file_path.display().to_string()),
+            "{text}"
+        );
+        let link = std::fs::symlink_metadata(&config.identity_file_path).unwrap();
+        assert!(link.file_type().is_symlink(), "the link was replaced");
+        assert_eq!(
+            std::fs::read_link(&config.identity_file_path).unwrap(),
+            target
+        );
     }
     assert!(
         platform.requests().is_empty(),

@@ -13,13 +13,21 @@ use crate::docker::spec::{join_ids, CreateSpec};
 use std::net::IpAddr;
 use std::path::Path;
 
-/// NVIDIA container toolkit features that give a container host devices when an image sets
-/// them to `enabled`; every managed container gets them `disabled`.
-pub const DISABLED_TOOLKIT_FEATURES: &[&str] = &[
-    "NVIDIA_GDS",
-    "NVIDIA_MOFED",
-    "NVIDIA_NVSWITCH",
-    "NVIDIA_GDRCOPY",
+/// The value every managed container gets for each NVIDIA container toolkit variable that can
+/// hand it host devices beyond its GPUs (each of [`DEVICE_GRANTING_VARIABLES`]), whatever its
+/// image's own `ENV` says: `-e` wins over the image. The feature switches get `disabled`; the
+/// device lists (MIG management, IMEX channels) get an empty value, which every toolkit version
+/// reads as "none" (a non-empty MIG list would even make it refuse an unprivileged container).
+///
+/// [`DEVICE_GRANTING_VARIABLES`]: crate::docker::spec::DEVICE_GRANTING_VARIABLES
+pub const FORCED_TOOLKIT_VARIABLES: &[(&str, &str)] = &[
+    ("NVIDIA_MIG_CONFIG_DEVICES", ""),
+    ("NVIDIA_MIG_MONITOR_DEVICES", ""),
+    ("NVIDIA_IMEX_CHANNELS", ""),
+    ("NVIDIA_GDS", "disabled"),
+    ("NVIDIA_MOFED", "disabled"),
+    ("NVIDIA_NVSWITCH", "disabled"),
+    ("NVIDIA_GDRCOPY", "disabled"),
 ];
 
 /// The argv (after the binary) of `docker run` for `spec` with the GPUs the ledger assigned.
@@ -75,10 +83,11 @@ pub fn run_args(
             }
         }
     }
-    // An image may switch these toolkit features on in its own environment (`=enabled`) to be
-    // given host devices (/dev/infiniband, NVSwitch, nvidia-fs, gdrdrv); `-e` overrides it.
-    for feature in DISABLED_TOOLKIT_FEATURES {
-        flag("--env", format!("{feature}=disabled"));
+    // An image may set these in its own environment (`NVIDIA_MOFED=enabled`,
+    // `NVIDIA_IMEX_CHANNELS=all`) to be given host devices (/dev/infiniband, NVSwitch,
+    // nvidia-fs, gdrdrv, IMEX channels, MIG management); `-e` overrides it.
+    for (variable, value) in FORCED_TOOLKIT_VARIABLES {
+        flag("--env", format!("{variable}={value}"));
     }
     if let Some(path) = env_file {
         flag("--env-file", path.to_string_lossy().into_owned());
@@ -205,6 +214,9 @@ mod tests {
         assert_eq!(
             pairs(&args, "--env"),
             vec![
+                "NVIDIA_MIG_CONFIG_DEVICES=",
+                "NVIDIA_MIG_MONITOR_DEVICES=",
+                "NVIDIA_IMEX_CHANNELS=",
                 "NVIDIA_GDS=disabled",
                 "NVIDIA_MOFED=disabled",
                 "NVIDIA_NVSWITCH=disabled",
@@ -212,6 +224,13 @@ mod tests {
             ],
             "an image cannot switch on toolkit features that hand out host devices"
         );
+        // Every variable a request may not set is also forced over the image's value.
+        for variable in crate::docker::spec::DEVICE_GRANTING_VARIABLES {
+            assert!(
+                FORCED_TOOLKIT_VARIABLES.iter().any(|(v, _)| v == variable),
+                "{variable} is refused in requests but an image may still set it"
+            );
+        }
         assert_eq!(pairs(&args, "--env-file"), vec!["/run/env"]);
         // The image comes right after `--`, followed by the command, even one that looks like
         // a flag.

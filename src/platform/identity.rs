@@ -133,7 +133,17 @@ pub fn load_node_id(path: &Path) -> Result<Option<NodeId>, IdentityError> {
     // file that is something else, without reading all of it.
     let bytes = match read_if_present(path, MAX_NODE_ID_LEN as u64 + 3) {
         Ok(Some(bytes)) => bytes,
-        Ok(None) => return Ok(None),
+        // A link whose target is missing (an unmounted volume, a moved disk) is a damaged
+        // identity, not an absent one: registering would replace the link and orphan the node.
+        Ok(None) => match std::fs::read_link(path) {
+            Ok(target) => {
+                return Err(invalid(format!(
+                    "it is a symbolic link to {}, which does not exist (is its volume                      mounted?)",
+                    target.display()
+                )))
+            }
+            Err(_) => return Ok(None),
+        },
         Err(FileProblem::NotRegular(what)) => return Err(invalid(what.to_string())),
         Err(FileProblem::Io(source)) => {
             return Err(IdentityError::Unreadable {
@@ -427,6 +437,14 @@ mod tests {
         std::fs::create_dir(&as_dir).unwrap();
         let e = load_node_id(&as_dir).unwrap_err().to_string();
         assert!(e.contains("is a directory") && e.contains("dir"), "{e}");
+        // A link to a missing file (an unmounted volume) is damaged, not absent.
+        let link = dir.path().join("linked");
+        std::os::unix::fs::symlink(dir.path().join("gone/node_id"), &link).unwrap();
+        let e = load_node_id(&link).unwrap_err().to_string();
+        assert!(
+            e.contains("symbolic link") && e.contains("gone/node_id"),
+            "{e}"
+        );
     }
 
     #[test]

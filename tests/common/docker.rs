@@ -265,3 +265,46 @@ pub fn docker_wrapper(dir: &std::path::Path, name: &str, script: &str) -> std::p
         .expect("chmod the docker wrapper");
     path
 }
+
+/// An image derived from the test image with `docker import --change` (an `ENV` line, ...),
+/// under a tag unique to one test; removed on drop.
+pub struct DerivedImage {
+    pub tag: String,
+}
+
+impl DerivedImage {
+    pub fn new(changes: &[&str]) -> DerivedImage {
+        use std::process::Stdio;
+        let tag = format!("utopia-test-derived:{}", unique());
+        let source = docker_ok(&["create", "--label", "io.utopia.test-run=derive", TEST_IMAGE]);
+        let mut export = Command::new("docker")
+            .args(["export", &source])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("docker export");
+        let mut import = Command::new("docker");
+        import.arg("import");
+        for change in ["ENV PATH=/bin"].iter().chain(changes) {
+            import.args(["--change", change]);
+        }
+        let out = import
+            .args(["-", &tag])
+            .stdin(export.stdout.take().expect("export's stdout"))
+            .output()
+            .expect("docker import");
+        let _ = export.wait();
+        let _ = docker(&["rm", "-f", &source]);
+        assert!(
+            out.status.success(),
+            "docker import: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        DerivedImage { tag }
+    }
+}
+
+impl Drop for DerivedImage {
+    fn drop(&mut self) {
+        let _ = docker(&["image", "rm", "-f", &self.tag]);
+    }
+}
