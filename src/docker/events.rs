@@ -6,6 +6,8 @@
 //! - Owns: the `docker events` child process and the thread reading its output.
 //! - Sends: [`ContainerEvent`]s on the channel it is given (never blocks on it: when the runner
 //!   is behind, an event is dropped and the periodic reconcile repairs the view).
+//! - Reports: when the stream ends it sends a [`STREAM_ENDED`] event, and the runner
+//!   reconciles at once (a dead engine shows in `/health` now, not a reconcile interval later).
 //! - Restarts: when the child exits (engine restarted, unreachable), it starts again after a
 //!   backoff (1 s doubling to 10 s) with `--since` the last event seen, so nothing in between
 //!   is lost.
@@ -27,6 +29,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// First restart delay of `docker events`; it doubles per quick exit up to [`RESTART_CAP`].
 const RESTART_INITIAL: Duration = Duration::from_secs(1);
 const RESTART_CAP: Duration = Duration::from_secs(10);
+
+/// The `action` of the [`ContainerEvent`] (with an empty id) the watcher sends when the
+/// `docker events` stream ended: a sign the engine may be gone, which the runner checks at once.
+pub const STREAM_ENDED: &str = "utopia:events-stream-ended";
 
 /// A state change of one managed container.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -183,6 +189,14 @@ fn watch(
         if stopping {
             return;
         }
+        // The engine may have died: the runner re-checks docker at once rather than at its next
+        // reconcile (so /health says so now).
+        let ended = ContainerEvent {
+            id: String::new(),
+            action: STREAM_ENDED.to_string(),
+            time_nano: now_nano(),
+        };
+        let _ = events.send_timeout(ended, Duration::from_secs(1));
         let message = stderr
             .map(|rx| child::collect(&rx, Duration::from_secs(1)).text())
             .unwrap_or_default();
