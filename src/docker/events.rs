@@ -268,7 +268,8 @@ mod tests {
     #[test]
     fn restarts_the_child_and_stops_on_shutdown() {
         // A fake `docker` that prints one event and exits: the watcher forwards it, then
-        // restarts the child (a second copy of the event arrives) until shutdown.
+        // restarts the child (a second copy of the event arrives) until shutdown. Each end of
+        // the stream is reported, for the runner to check docker at once.
         let dir = tempfile::tempdir().unwrap();
         let (trigger, rx, thread) = watch_fake(
             dir.path(),
@@ -276,7 +277,12 @@ mod tests {
         );
         for _ in 0..2 {
             let event = rx.recv_timeout(Duration::from_secs(5)).unwrap();
-            assert_eq!(event.id, "c1");
+            assert_eq!((event.id.as_str(), event.action.as_str()), ("c1", "die"));
+            let ended = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+            assert_eq!(
+                (ended.id.as_str(), ended.action.as_str()),
+                ("", STREAM_ENDED)
+            );
         }
         trigger.fire();
         let started = Instant::now();
