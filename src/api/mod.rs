@@ -21,6 +21,7 @@ pub mod containers;
 pub mod error;
 pub mod gpus;
 pub mod health;
+pub mod openapi;
 pub mod prometheus;
 pub mod routes;
 
@@ -233,7 +234,7 @@ impl crate::http::Service for ApiService {
     fn admit(&self, head: &RequestHead) -> Result<Lane, Response> {
         match admit(&self.context, head) {
             // Cached bytes, rebuilt at most once per change: answered on the I/O thread.
-            Ok(Endpoint::Health | Endpoint::Metrics) => Ok(Lane::Inline),
+            Ok(Endpoint::Health | Endpoint::Metrics | Endpoint::OpenApi) => Ok(Lane::Inline),
             Ok(Endpoint::Ready | Endpoint::Prometheus) => Ok(Lane::Quick),
             Ok(_) => Ok(Lane::Slow),
             Err(error) => {
@@ -378,6 +379,7 @@ fn serve(context: &ApiContext, request: &Request) -> Result<Reply, ApiError> {
         Endpoint::ContainerLogs(id) => containers::logs(context, &id, head.query.as_deref()),
         Endpoint::ContainerAction(id, action) => containers::act(context, &id, action),
         Endpoint::ResetGpuHealth(index) => gpus::reset_health(context, &index),
+        Endpoint::OpenApi => Ok(Reply::json_bytes(openapi::bytes())),
         Endpoint::Prometheus => {
             let identity = prometheus::Identity {
                 hostname: &context.hostname,
