@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::docker::{body, ready, wait_until, DerivedImage, Scope};
+use common::docker::{
+    body, docker, docker_ok, ready, wait_until, DerivedImage, Scope, TestNetwork,
+};
 use common::Agent;
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -64,5 +66,178 @@ fn toolkit_variables_an_image_sets_are_overridden() {
         !env.iter()
             .any(|l| l.ends_with("=all") || l.ends_with("=enabled")),
         "an image's toolkit variable survived: {env:?}"
+    );
+}
+
+/// `docker exec <id> sh -c <script>`: its stdout and stderr together.
+fn exec(id: &str, script: &str) -> String {
+    let out = docker(&["exec", id, "sh", "-c", script]);
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn renters_cannot_reach_each_other_but_keep_outbound_access() {
+    if !ready("renters_cannot_reach_each_other_but_keep_outbound_access") {
+        return;
+    }
+    // Declared before the scope: removed after the containers.
+    let network = TestNetwork::new();
+    let scope = Scope::new();
+    let agent = scope.agent(|c| c.docker.network = network.name.clone());
+
+    // Created at start: a bridge of the agent's, inter-container traffic off.
+    let described = docker_ok(&[
+        "network",
+        "inspect",
+        "--format",
+        "{{.Driver}} {{index .Options \"com.docker.network.bridge.enable_icc\"}} \
+         {{index .Labels \"io.utopia.owner\"}}",
+        &network.name,
+    ]);
+    assert_eq!(described, "bridge false utopia-node-agent");
+
+    // Renter A serves a secret (a Jupyter token) on 8080, published on loopback only; renter
+    // B is its neighbour.
+    let mut serve = body(
+        &scope.claim("a"),
+        &[],
+        "while true; do echo secret-of-a | nc -l -p 8080; done",
+    );
+    serve["port_mappings"] = serde_json::json!([{
+        "host_port": common::free_port(), "container_port": 8080
+    }]);
+    let a = agent.create(&serve);
+    let b = agent.create(&body(&scope.claim("b"), &[], "sleep 600"));
+    let (a, b) = (a["id"].as_str().unwrap(), b["id"].as_str().unwrap());
+    let ip_of = |id: &str| {
+        docker_ok(&[
+            "container",
+            "inspect",
+            "--format",
+            &format!(
+                "{{{{(index .NetworkSettings.Networks \"{}\").IPAddress}}}}",
+                network.name
+            ),
+            id,
+        ])
+    };
+    let ip_a = ip_of(a);
+    assert!(!ip_a.is_empty(), "A is not on the agent's network");
+    assert!(!ip_of(b).is_empty(), "B is not on the agent's network");
+    // The service answers where it runs...
+    let served = wait_until(Duration::from_secs(10), || {
+        exec(a, "nc -w 2 127.0.0.1 8080 </dev/null").contains("secret-of-a")
+    });
+    assert!(served, "A's service never answered inside A");
+    // ...but not to the other renter, by its address on the shared bridge.
+    for _ in 0..3 {
+        let stolen = exec(b, &format!("nc -w 2 {ip_a} 8080 </dev/null; echo rc=$?"));
+        assert!(
+            !stolen.contains("secret-of-a"),
+            "renter B read renter A's secret: {stolen}"
+        );
+    }
+
+    // Outbound still works: B reaches a service on the host through its gateway (the way
+    // out to the internet, through docker's NAT).
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    // Accepts one connection, reads until the sender is done, closes (so nc ends).
+    let host = std::thread::spawn(move || {
+        let mut got = None;
+        wait_until(Duration::from_secs(10), || match listener.accept() {
+            Ok((mut stream, _)) => {
+                use std::io::Read;
+                stream.set_nonblocking(false).unwrap();
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(2)))
+                    .unwrap();
+                let mut text = String::new();
+                let _ = stream.read_to_string(&mut text);
+                got = Some(text);
+                true
+            }
+            Err(_) => false,
+        });
+        got
+    });
+    let sent = exec(
+        b,
+        &format!(
+            "gw=$(ip route | awk '/^default/ {{print $3}}'); \
+             echo hello-from-b | nc -w 3 \"$gw\" {port}; echo rc=$?"
+        ),
+    );
+    let got = host.join().unwrap();
+    assert!(got.is_some(), "no connection from B to the host: {sent}");
+    let got = got.unwrap_or_default();
+    assert_eq!(got.trim(), "hello-from-b");
+
+    // A container the agent did not create, put on its network by hand, is reported.
+    let stranger = format!("stranger-{}", scope.claim("x"));
+    docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        &stranger,
+        "--network",
+        &network.name,
+        "--label",
+        &scope.label,
+        common::docker::TEST_IMAGE,
+        "sleep",
+        "600",
+    ]);
+    let reported = wait_until(Duration::from_secs(10), || {
+        let health = agent.api("GET", "/health", b"").json();
+        health["components"]["docker"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("degraded") && d.contains(&stranger))
+    });
+    assert!(
+        reported,
+        "the stranger on the network was not reported: {}",
+        agent.api("GET", "/health", b"").text()
+    );
+    assert!(
+        docker(&["container", "inspect", &stranger])
+            .status
+            .success(),
+        "the stranger was touched"
+    );
+}
+
+#[test]
+fn a_network_of_that_name_not_made_by_the_agent_refuses_creates() {
+    if !ready("a_network_of_that_name_not_made_by_the_agent_refuses_creates") {
+        return;
+    }
+    // Someone's own network with inter-container traffic on, under the configured name.
+    let network = TestNetwork::new();
+    docker_ok(&["network", "create", &network.name]);
+    let scope = Scope::new();
+    let agent = scope.agent(|c| c.docker.network = network.name.clone());
+    let r = agent.post_json(
+        "/api/v1/containers",
+        &body(&scope.claim("a"), &[], "sleep 600"),
+    );
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(
+        r.text().contains("not created by the agent"),
+        "{}",
+        r.text()
+    );
+    assert!(scope.docker_ids().is_empty(), "a container was created");
+    let health = agent.api("GET", "/health", b"").json();
+    assert!(
+        health["components"]["docker"]
+            .as_str()
+            .is_some_and(|d| d.contains("not created by the agent")),
+        "{health}"
     );
 }

@@ -182,6 +182,9 @@ pub struct DockerConfig {
     /// `key=value` label that marks the containers this agent manages; containers without it
     /// are invisible to the API and never touched.
     pub managed_label: String,
+    /// The bridge network the agent creates (without inter-container traffic) and puts every
+    /// managed container on.
+    pub network: String,
     /// Grace period of `docker stop` (SIGTERM, then SIGKILL) on stop, restart and delete.
     pub stop_timeout_secs: u64,
     /// Deadline of an image pull; the docker child is killed after it.
@@ -291,6 +294,7 @@ impl Default for DockerConfig {
             runtime: String::new(),
             cdi_kind: "nvidia.com/gpu".to_string(),
             managed_label: "io.utopia.managed=true".to_string(),
+            network: "utopia-renters".to_string(),
             stop_timeout_secs: 10,
             pull_timeout_secs: 1800,
             command_timeout_secs: 30,

@@ -121,6 +121,8 @@ pub struct RunSettings {
     pub cdi_kind: String,
     pub publish_address: IpAddr,
     pub managed_label: ManagedLabel,
+    /// `--network`: the agent's bridge network without inter-container traffic.
+    pub network: String,
     /// `--pids-limit`; 0 = no limit.
     pub pids_limit: u64,
     pub log_max_size: String,

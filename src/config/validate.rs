@@ -464,6 +464,16 @@ impl DockerConfig {
                 ),
             )
         })?;
+        if !valid_network_name(&self.network) {
+            return Err(invalid(
+                "docker.network",
+                format!(
+                    "{:?} is not a network name the agent may create (letters, digits, _ . -, at \
+                     most 64, not bridge, host, none or default)",
+                    self.network
+                ),
+            ));
+        }
         let ranges: [(&'static str, u64, u64, u64); 5] = [
             ("docker.stop_timeout_secs", self.stop_timeout_secs, 0, 3600),
             (
@@ -550,6 +560,7 @@ impl DockerConfig {
                 cdi_kind: self.cdi_kind.clone(),
                 publish_address,
                 managed_label,
+                network: self.network.clone(),
                 pids_limit: self.pids_limit,
                 log_max_size: self.log_max_size.clone(),
                 log_max_file: self.log_max_file,
@@ -587,6 +598,19 @@ fn valid_restart_policy(policy: &str) -> bool {
             n.bytes().all(|b| b.is_ascii_digit()) && n.parse::<u32>().is_ok_and(|n| n > 0)
         }),
     }
+}
+
+/// A docker network name of the agent's own: `^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`, none of
+/// docker's predefined networks (sharing those is what the network is there to avoid).
+fn valid_network_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 64
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        && !matches!(name, "bridge" | "host" | "none" | "default")
 }
 
 /// `vendor/class`, both plain names, the vendor not starting with `-`.
@@ -874,6 +898,11 @@ mod tests {
             |d| d.log_max_size = "0".into(),
             |d| d.log_max_size = "-1m".into(),
             |d| d.log_max_file = 0,
+            |d| d.network = "bridge".into(),
+            |d| d.network = "host".into(),
+            |d| d.network = "".into(),
+            |d| d.network = "-x".into(),
+            |d| d.network = "a b".into(),
         ] {
             let mut c = valid();
             bad(&mut c.docker);

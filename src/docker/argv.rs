@@ -45,6 +45,8 @@ pub fn run_args(
     };
     flag("--name", spec.container_name());
     flag("--label", settings.managed_label.to_string());
+    // The agent's bridge without inter-container traffic: renters cannot reach each other.
+    flag("--network", settings.network.clone());
     let labels = ContainerLabels {
         claim_id: spec.claim_id.clone(),
         gpu_ids: gpus.to_vec(),
@@ -153,6 +155,7 @@ mod tests {
             runtime: None,
             cdi_kind: "nvidia.com/gpu".into(),
             publish_address: IpAddr::from([127, 0, 0, 1]),
+            network: "utopia-renters".into(),
             managed_label: ManagedLabel::parse("io.utopia.managed=true").unwrap(),
             pids_limit: 4096,
             log_max_size: "50m".into(),
@@ -307,6 +310,7 @@ mod tests {
             ]
         );
         assert_eq!(pairs(&args, "--publish"), vec!["127.0.0.1:8888:80/tcp"]);
+        assert_eq!(pairs(&args, "--network"), vec!["utopia-renters"]);
         assert_eq!(pairs(&args, "--memory"), vec!["2048m"]);
         assert_eq!(pairs(&args, "--cpus"), vec!["1.5"]);
         assert_eq!(pairs(&args, "--shm-size"), vec!["4096m"]);
@@ -321,7 +325,7 @@ mod tests {
         assert!(args.contains(&"--init".to_string()));
         for forbidden in [
             "--privileged",
-            "--network",
+            "--net",
             "--pid",
             "--ipc",
             "--cap-add",

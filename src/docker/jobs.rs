@@ -71,6 +71,9 @@ pub(crate) enum Done {
     Reconciled {
         generation: u64,
         result: Result<Vec<ContainerView>, DockerError>,
+        /// What is wrong with the renters' network (`None`: nothing), see
+        /// [`network::check`](super::network::check).
+        network: Option<String>,
     },
     Refreshed {
         id: String,

@@ -10,6 +10,7 @@
 //!   [`ledger::GpuLedger`], which claim holds which GPUs and host ports; [`placement`]: which
 //!   GPUs a create gets.
 //! - [`events`]: the `docker events` watcher thread.
+//! - [`network`]: the renters' bridge network (no inter-container traffic), checked at reconcile.
 //!
 //! The docker CLI itself:
 //! - [`spec`]: the create request's schema and validation → a typed [`spec::CreateSpec`].
@@ -26,6 +27,7 @@ mod fixtures;
 pub(crate) mod jobs;
 pub mod labels;
 pub mod ledger;
+pub mod network;
 pub(crate) mod placement;
 pub mod protocol;
 pub mod runner;

@@ -30,6 +30,7 @@ use crate::docker::container::ContainerView;
 use crate::docker::events::{self, ContainerEvent};
 use crate::docker::jobs::{Done, Ticket, Work, WorkerContext};
 use crate::docker::ledger::{short_id, GpuLedger};
+use crate::docker::network;
 use crate::docker::placement::place;
 use crate::docker::protocol::{
     ContainerError, Deleted, DockerRunner, Reply, Request, RunnerHandle,
@@ -83,6 +84,8 @@ struct Runner {
     pending: BTreeMap<Ticket, Pending>,
     next_ticket: Ticket,
     published_health: Option<Health>,
+    /// What the last reconcile found wrong with the renters' network (`docker.network`).
+    network_problem: Option<String>,
 }
 
 impl Runner {
@@ -109,6 +112,7 @@ impl Runner {
             pending: BTreeMap::new(),
             next_ticket: 0,
             published_health: None,
+            network_problem: None,
         }
     }
 }
@@ -377,6 +381,15 @@ impl Runner {
         reply: Reply<ContainerView>,
     ) -> Result<(), ContainerError> {
         self.docker_ready()?;
+        if let Some(problem) = self
+            .network_problem
+            .as_ref()
+            .filter(|p| network::blocks_creates(p))
+        {
+            return Err(ContainerError::DockerUnavailable(format!(
+                "no container can be created until the renters' network is usable: {problem}"
+            )));
+        }
         let report = self.snapshot.gpus();
         let placement = place(&spec, &report, &self.table, &mut self.ledger)?;
         let claim_id = spec.claim_id.clone();
@@ -500,8 +513,15 @@ impl Runner {
                     let _ = reply.send(result);
                 }
             }
-            Done::Reconciled { generation, result } => {
+            Done::Reconciled {
+                generation,
+                result,
+                network,
+            } => {
                 self.reconcile_in_flight = false;
+                if result.is_ok() {
+                    self.apply_network(network);
+                }
                 self.apply_reconcile(generation, result);
             }
             Done::Refreshed {
@@ -544,7 +564,10 @@ impl Runner {
     }
 
     fn on_event(&mut self, event: ContainerEvent) {
-        if event.action == "destroy" {
+        if event.action == events::STREAM_ENDED {
+            log::info!("the docker events stream ended; checking docker now");
+            self.start_reconcile();
+        } else if event.action == "destroy" {
             let known = self.table.contains(&event.id);
             // Unknown too: a create or stop in flight may still report it.
             self.table.forget(&event.id, &mut self.ledger);
@@ -577,6 +600,20 @@ impl Runner {
         if self.submit(work).is_ok() {
             self.reconcile_in_flight = true;
         }
+    }
+
+    /// Records what a reconcile found of the renters' network (published with the health).
+    fn apply_network(&mut self, problem: Option<String>) {
+        if problem != self.network_problem {
+            match &problem {
+                Some(p) => log::warn!("{p}"),
+                None if self.network_problem.is_some() => {
+                    log::info!("the renters' docker network is usable again")
+                }
+                None => {}
+            }
+        }
+        self.network_problem = problem;
     }
 
     /// Makes the table and the ledger match docker's list of managed containers, as of when the
@@ -644,11 +681,12 @@ impl Runner {
             DockerState::Starting => Health::Starting(None),
             DockerState::Unavailable(why) => Health::Unavailable(why.clone()),
             DockerState::Ok => {
-                let problems: Vec<String> = views
+                let mut problems: Vec<String> = views
                     .iter()
                     .filter(|v| !v.warnings.is_empty())
                     .map(|v| format!("{}: {}", v.name, v.warnings.join("; ")))
                     .collect();
+                problems.extend(self.network_problem.clone());
                 if problems.is_empty() {
                     Health::Ok
                 } else {
@@ -1186,5 +1224,39 @@ mod tests {
         });
         assert_eq!(r.table.len(), 0);
         assert!(r.ledger.holdings().is_empty());
+    }
+
+    #[test]
+    fn an_unusable_renters_network_refuses_creates_and_degrades_health() {
+        let (mut r, queue, snapshot) = runner();
+        r.apply_network(Some(
+            "docker network utopia-renters exists but was not created by the agent".into(),
+        ));
+        r.apply_reconcile(0, Ok(vec![]));
+        let create = ask(&mut r, |reply| Request::Create {
+            spec: Box::new(spec("a", GpuRequest::Ids(vec![0]))),
+            reply,
+        });
+        assert!(
+            matches!(&create, Some(Err(ContainerError::DockerUnavailable(m))) if m.contains("not created by the agent")),
+            "{create:?}"
+        );
+        assert!(queue.try_recv().is_err());
+        assert!(r.ledger.holdings().is_empty());
+        assert!(snapshot.health()["docker"].starts_with("degraded: docker network"));
+        // Strangers on a good network are reported, creates go on.
+        r.apply_network(Some(
+            "docker network n is shared with containers the agent did not create: x".into(),
+        ));
+        r.publish();
+        assert!(ask(&mut r, |reply| Request::Create {
+            spec: Box::new(spec("a", GpuRequest::Ids(vec![0]))),
+            reply,
+        })
+        .is_none());
+        assert!(snapshot.health()["docker"].contains("shared with containers"));
+        r.apply_network(None);
+        r.publish();
+        assert_eq!(snapshot.health()["docker"], "ok");
     }
 }

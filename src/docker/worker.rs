@@ -13,6 +13,7 @@ use crate::docker::container::{parse_inspect, ContainerView};
 use crate::docker::jobs::{Done, Work, WorkerContext};
 use crate::docker::labels::LABEL_CLAIM_ID;
 use crate::docker::ledger::short_id;
+use crate::docker::network;
 use crate::docker::protocol::{Action, ContainerError};
 use crate::docker::spec::{join_ids, CreateSpec, SpecError};
 use crate::shutdown::Shutdown;
@@ -72,10 +73,19 @@ fn execute(context: &WorkerContext, work: Work) -> Done {
             ticket,
             result: logs(context, &id, tail),
         },
-        Work::Reconcile { generation } => Done::Reconciled {
-            generation,
-            result: reconcile(context),
-        },
+        Work::Reconcile { generation } => {
+            let result = reconcile(context);
+            // Only worth asking while docker answers.
+            let network = match &result {
+                Ok(_) => network::check(&context.cli, &context.settings.network),
+                Err(_) => None,
+            };
+            Done::Reconciled {
+                generation,
+                result,
+                network,
+            }
+        }
         Work::Refresh { id, generation } => Done::Refreshed {
             result: inspect_one(context, &id),
             id,

@@ -14,6 +14,11 @@ use utopia_node_agent::config::{Config, GpuMode};
 /// The image `scripts/test-image.sh` builds (busybox-static, no registry needed).
 pub const TEST_IMAGE: &str = "utopia-test-busybox:latest";
 
+/// The renters' network of the test agents (`docker.network`): one for all of them, so that
+/// parallel tests do not use up docker's address pools. A test of the network itself uses a
+/// [`TestNetwork`] of its own.
+pub const TEST_NETWORK: &str = "utopia-test-renters";
+
 /// Label key every test container carries; the value is unique per test.
 pub const TEST_LABEL_KEY: &str = "io.utopia.test-run";
 
@@ -151,6 +156,7 @@ impl Drop for Scope {
 pub fn configure(config: &mut Config, label: &str) {
     config.docker.gpu_mode = GpuMode::Env;
     config.docker.managed_label = label.to_string();
+    config.docker.network = TEST_NETWORK.to_string();
     config.docker.stop_timeout_secs = 1;
     config.docker.command_timeout_secs = 30;
     config.docker.reconcile_interval_secs = 1;
@@ -306,5 +312,25 @@ impl DerivedImage {
 impl Drop for DerivedImage {
     fn drop(&mut self) {
         let _ = docker(&["image", "rm", "-f", &self.tag]);
+    }
+}
+
+/// A docker network name unique to one test, removed on drop (after the test's containers:
+/// declare it before the [`Scope`]).
+pub struct TestNetwork {
+    pub name: String,
+}
+
+impl TestNetwork {
+    pub fn new() -> TestNetwork {
+        TestNetwork {
+            name: format!("utopia-test-net-{}", unique()),
+        }
+    }
+}
+
+impl Drop for TestNetwork {
+    fn drop(&mut self) {
+        let _ = docker(&["network", "rm", &self.name]);
     }
 }

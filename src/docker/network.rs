@@ -1,0 +1,212 @@
+//! The renters' network: every managed container is attached to one bridge network the agent
+//! creates and owns (`docker.network`), with inter-container traffic switched off
+//! (`com.docker.network.bridge.enable_icc=false`). Two renters' containers on it cannot open a
+//! connection to each other (a Jupyter token on `172.x.0.y:8888` stays private), while each
+//! keeps outbound access through the bridge's gateway (docker's NAT), and containers on other
+//! networks (docker's default bridge, anyone else's) are cut off by docker's own isolation
+//! between networks.
+//!
+//! Checked at every reconcile ([`check`]): created when missing; refused when a network of that
+//! name exists that the agent did not create (no [`OWNER_LABEL`]) or that lets containers talk to
+//! each other; and any container on it that no utopia agent created (no claim label) is reported,
+//! never touched. While the network is not usable, creates are refused (503) and `/health` says
+//! why; existing containers are served as before.
+
+use crate::docker::cli::{DockerCli, DockerError};
+use crate::docker::labels::LABEL_CLAIM_ID;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// The label the agent puts on the network it creates; a network without it is not the agent's.
+pub const OWNER_LABEL: (&str, &str) = ("io.utopia.owner", "utopia-node-agent");
+/// The bridge driver option that keeps containers on the network from reaching each other.
+pub const ICC_OPTION: &str = "com.docker.network.bridge.enable_icc";
+
+/// What `docker network inspect` says of a network (the parts the agent checks).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Inspect {
+    #[serde(default)]
+    driver: String,
+    #[serde(default)]
+    options: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    labels: Option<BTreeMap<String, String>>,
+}
+
+/// Why the network cannot be used for renters' containers (`None`: it can).
+fn problem_of(name: &str, inspect: &Inspect) -> Option<String> {
+    let labels = inspect.labels.clone().unwrap_or_default();
+    if labels.get(OWNER_LABEL.0).map(String::as_str) != Some(OWNER_LABEL.1) {
+        return Some(format!(
+            "docker network {name} exists but was not created by the agent (no label {}={}); \
+             remove it or set docker.network to another name",
+            OWNER_LABEL.0, OWNER_LABEL.1
+        ));
+    }
+    if inspect.driver != "bridge" {
+        return Some(format!(
+            "docker network {name} has driver {:?}, not bridge; remove it so the agent creates it \
+             again",
+            inspect.driver
+        ));
+    }
+    let icc = inspect
+        .options
+        .as_ref()
+        .and_then(|o| o.get(ICC_OPTION))
+        .map(String::as_str);
+    if icc != Some("false") {
+        return Some(format!(
+            "docker network {name} lets containers reach each other ({ICC_OPTION} is not false); \
+             remove it so the agent creates it again"
+        ));
+    }
+    None
+}
+
+/// Parses `docker network inspect` output (a JSON array of one network).
+fn parse(name: &str, json: &[u8]) -> Result<Option<String>, String> {
+    let items: Vec<Inspect> = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+    let first = items
+        .first()
+        .ok_or_else(|| format!("docker network inspect {name} printed no network"))?;
+    Ok(problem_of(name, first))
+}
+
+fn is_no_such_network(e: &DockerError) -> bool {
+    let lower = e.stderr().to_ascii_lowercase();
+    lower.contains("no such network") || lower.contains("not found")
+}
+
+fn words(list: &[&str]) -> Vec<String> {
+    list.iter().map(|w| w.to_string()).collect()
+}
+
+/// Makes sure the network `name` exists as the agent wants it, creating it when missing.
+/// `Ok(Some(problem))`: it exists but must not be used; `Err`: docker failed.
+pub fn ensure(cli: &DockerCli, name: &str) -> Result<Option<String>, DockerError> {
+    let inspect = |cli: &DockerCli| {
+        cli.run(
+            &words(&["network", "inspect", "--", name]),
+            cli.command_timeout(),
+            1024 * 1024,
+        )
+    };
+    let out = match inspect(cli) {
+        Ok(out) => out,
+        Err(e) if is_no_such_network(&e) => {
+            log::info!("creating the renters' network {name} (bridge, no inter-container traffic)");
+            let icc = format!("{ICC_OPTION}=false");
+            let label = format!("{}={}", OWNER_LABEL.0, OWNER_LABEL.1);
+            let created = cli.run(
+                &words(&[
+                    "network", "create", "--driver", "bridge", "--opt", &icc, "--label", &label,
+                    "--", name,
+                ]),
+                cli.command_timeout(),
+                4096,
+            );
+            match created {
+                Ok(_) => {}
+                // Another agent on the host created it meanwhile: inspect it below.
+                Err(e) if e.stderr().contains("already exists") => {}
+                Err(e) => return Err(e),
+            }
+            inspect(cli)?
+        }
+        Err(e) => return Err(e),
+    };
+    parse(name, &out.stdout).map_err(|message| DockerError::BadOutput {
+        command: "docker network inspect".into(),
+        message,
+    })
+}
+
+/// The containers on network `name` that no utopia agent created (no claim label): names, for
+/// the operator. They are reported, never touched.
+pub fn strangers(cli: &DockerCli, name: &str) -> Result<Vec<String>, DockerError> {
+    let filter = format!("network={name}");
+    let format = format!("{{{{.Names}}}}\t{{{{.Label \"{LABEL_CLAIM_ID}\"}}}}");
+    let out = cli.run(
+        &words(&["ps", "-a", "--filter", &filter, "--format", &format]),
+        cli.command_timeout(),
+        1024 * 1024,
+    )?;
+    Ok(parse_strangers(&String::from_utf8_lossy(&out.stdout)))
+}
+
+fn parse_strangers(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|line| {
+            let (name, claim) = line.split_once('\t').unwrap_or((line, ""));
+            (!name.trim().is_empty() && claim.trim().is_empty()).then(|| name.trim().to_string())
+        })
+        .collect()
+}
+
+/// The network's state as one reconcile found it: `None` when renters' containers may be
+/// created on it, else why not (or what is wrong with it).
+pub fn check(cli: &DockerCli, name: &str) -> Option<String> {
+    match ensure(cli, name) {
+        Ok(Some(problem)) => return Some(problem),
+        Ok(None) => {}
+        Err(e) => return Some(format!("cannot set up docker network {name}: {e}")),
+    }
+    match strangers(cli, name) {
+        Ok(names) if names.is_empty() => None,
+        Ok(names) => Some(format!(
+            "docker network {name} is shared with containers the agent did not create: {}; \
+             disconnect them (docker network disconnect {name} <container>)",
+            names.join(", ")
+        )),
+        Err(e) => Some(format!("cannot list the containers on network {name}: {e}")),
+    }
+}
+
+/// True when the problem [`check`] reported must stop creates (the network is missing, not the
+/// agent's, or lets containers talk); strangers on a good network are only reported.
+pub fn blocks_creates(problem: &str) -> bool {
+    !problem.contains("is shared with containers the agent did not create")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inspect(json: &str) -> Option<String> {
+        parse("utopia-renters", json.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn only_the_agents_bridge_without_icc_is_accepted() {
+        let good = r#"[{"Name":"utopia-renters","Driver":"bridge",
+            "Options":{"com.docker.network.bridge.enable_icc":"false"},
+            "Labels":{"io.utopia.owner":"utopia-node-agent"}}]"#;
+        assert_eq!(inspect(good), None);
+        let foreign = r#"[{"Driver":"bridge",
+            "Options":{"com.docker.network.bridge.enable_icc":"false"},"Labels":{}}]"#;
+        assert!(inspect(foreign)
+            .unwrap()
+            .contains("not created by the agent"));
+        let talkative = r#"[{"Driver":"bridge","Options":{},
+            "Labels":{"io.utopia.owner":"utopia-node-agent"}}]"#;
+        assert!(inspect(talkative).unwrap().contains("reach each other"));
+        let overlay = r#"[{"Driver":"overlay","Options":null,
+            "Labels":{"io.utopia.owner":"utopia-node-agent"}}]"#;
+        assert!(inspect(overlay).unwrap().contains("not bridge"));
+        assert!(parse("n", b"[]").is_err());
+        assert!(parse("n", b"nope").is_err());
+    }
+
+    #[test]
+    fn strangers_are_the_containers_without_a_claim_label() {
+        let listed = "utopia-a\ta\nsomeones-db\t\nutopia-b\tb\n\n";
+        assert_eq!(parse_strangers(listed), vec!["someones-db".to_string()]);
+        let problem = "docker network n is shared with containers the agent did not create: x";
+        assert!(!blocks_creates(problem));
+        assert!(blocks_creates(
+            "docker network n exists but was not created"
+        ));
+    }
+}
