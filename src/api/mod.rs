@@ -21,6 +21,7 @@ pub mod containers;
 pub mod error;
 pub mod gpus;
 pub mod health;
+pub mod openapi;
 pub mod prometheus;
 pub mod routes;
 
@@ -62,8 +63,10 @@ pub struct ApiContext {
     pub runner: Option<RunnerHandle>,
     /// The GPUs' Xid history (cleared by `POST /api/v1/gpus/{index}/health/reset`).
     pub xid_history: Option<XidHistory>,
-    /// `/health`'s body, for (health generation, uptime in seconds).
+    /// `/health`'s body, for (health generation, uptime in seconds): with the token (each
+    /// component's reason) and without (states only).
     health_json: Cached<(u64, u64)>,
+    health_json_public: Cached<(u64, u64)>,
 }
 
 impl ApiContext {
@@ -77,6 +80,7 @@ impl ApiContext {
             runner: None,
             xid_history: None,
             health_json: Cached::new(),
+            health_json_public: Cached::new(),
         }
     }
 
@@ -230,7 +234,7 @@ impl crate::http::Service for ApiService {
     fn admit(&self, head: &RequestHead) -> Result<Lane, Response> {
         match admit(&self.context, head) {
             // Cached bytes, rebuilt at most once per change: answered on the I/O thread.
-            Ok(Endpoint::Health | Endpoint::Metrics) => Ok(Lane::Inline),
+            Ok(Endpoint::Health | Endpoint::Metrics | Endpoint::OpenApi) => Ok(Lane::Inline),
             Ok(Endpoint::Ready | Endpoint::Prometheus) => Ok(Lane::Quick),
             Ok(_) => Ok(Lane::Slow),
             Err(error) => {
@@ -279,6 +283,13 @@ fn admit(context: &ApiContext, head: &RequestHead) -> Result<Endpoint, ApiError>
         }
     }
     routes::route(&head.method, &head.path)
+}
+
+/// True when the request carries the API's token (on `/health`, which answers without one, it
+/// unlocks the components' reasons; a wrong token is no token).
+fn has_token(context: &ApiContext, head: &RequestHead) -> bool {
+    let header = head.headers.get_single("authorization").ok().flatten();
+    header.is_some() && auth::check(header, &context.settings.auth_token).is_ok()
 }
 
 fn handle(context: &ApiContext, request: Request) -> Response {
@@ -333,11 +344,16 @@ fn serve(context: &ApiContext, request: &Request) -> Result<Reply, ApiError> {
         Endpoint::Health => {
             let uptime = context.started.elapsed();
             let key = (context.snapshot.health_generation(), uptime.as_secs());
-            let bytes = context
-                .health_json
+            let detailed = has_token(context, head);
+            let cache = if detailed {
+                &context.health_json
+            } else {
+                &context.health_json_public
+            };
+            let bytes = cache
                 .get(key, || {
                     let mut bytes =
-                        serde_json::to_vec(&health::document(&context.snapshot, uptime))?;
+                        serde_json::to_vec(&health::document(&context.snapshot, uptime, detailed))?;
                     bytes.push(b'\n');
                     Ok(bytes)
                 })
@@ -345,7 +361,7 @@ fn serve(context: &ApiContext, request: &Request) -> Result<Reply, ApiError> {
             Ok(Reply::json_bytes(bytes))
         }
         Endpoint::Ready => {
-            let document = health::ready(&context.snapshot);
+            let document = health::ready(&context.snapshot, has_token(context, head));
             let status = if document.ready {
                 StatusCode::OK
             } else {
@@ -363,6 +379,7 @@ fn serve(context: &ApiContext, request: &Request) -> Result<Reply, ApiError> {
         Endpoint::ContainerLogs(id) => containers::logs(context, &id, head.query.as_deref()),
         Endpoint::ContainerAction(id, action) => containers::act(context, &id, action),
         Endpoint::ResetGpuHealth(index) => gpus::reset_health(context, &index),
+        Endpoint::OpenApi => Ok(Reply::json_bytes(openapi::bytes())),
         Endpoint::Prometheus => {
             let identity = prometheus::Identity {
                 hostname: &context.hostname,

@@ -6,6 +6,8 @@
 //! - Owns: the `docker events` child process and the thread reading its output.
 //! - Sends: [`ContainerEvent`]s on the channel it is given (never blocks on it: when the runner
 //!   is behind, an event is dropped and the periodic reconcile repairs the view).
+//! - Reports: when the stream ends it sends a [`STREAM_ENDED`] event, and the runner
+//!   reconciles at once (a dead engine shows in `/health` now, not a reconcile interval later).
 //! - Restarts: when the child exits (engine restarted, unreachable), it starts again after a
 //!   backoff (1 s doubling to 30 s, back to 1 s once a child has run for 5 s) with `--since` the
 //!   last event seen, so nothing in between is lost.
@@ -124,6 +126,10 @@ fn minutes(d: Duration) -> String {
         format!("{}m{:02}s", total / 60, total % 60)
     }
 }
+
+/// The `action` of the [`ContainerEvent`] (with an empty id) the watcher sends when the
+/// `docker events` stream ended: a sign the engine may be gone, which the runner checks at once.
+pub const STREAM_ENDED: &str = "utopia:events-stream-ended";
 
 /// A state change of one managed container.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -301,6 +307,14 @@ fn watch(
         if stopping {
             return;
         }
+        // The engine may have died: the runner re-checks docker at once rather than at its next
+        // reconcile (so /health says so now).
+        let ended = ContainerEvent {
+            id: String::new(),
+            action: STREAM_ENDED.to_string(),
+            time_nano: now_nano(),
+        };
+        let _ = events.send_timeout(ended, Duration::from_secs(1));
         let message = stderr
             .map(|rx| child::collect(&rx, Duration::from_secs(1)).text())
             .unwrap_or_default();
@@ -458,7 +472,8 @@ mod tests {
     #[test]
     fn restarts_the_child_and_stops_on_shutdown() {
         // A fake `docker` that prints one event and exits: the watcher forwards it, then
-        // restarts the child (a second copy of the event arrives) until shutdown.
+        // restarts the child (a second copy of the event arrives) until shutdown. Each end of
+        // the stream is reported, for the runner to check docker at once.
         let dir = tempfile::tempdir().unwrap();
         let (trigger, rx, thread) = watch_fake(
             dir.path(),
@@ -466,7 +481,12 @@ mod tests {
         );
         for _ in 0..2 {
             let event = rx.recv_timeout(Duration::from_secs(5)).unwrap();
-            assert_eq!(event.id, "c1");
+            assert_eq!((event.id.as_str(), event.action.as_str()), ("c1", "die"));
+            let ended = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+            assert_eq!(
+                (ended.id.as_str(), ended.action.as_str()),
+                ("", STREAM_ENDED)
+            );
         }
         trigger.fire();
         let started = Instant::now();

@@ -560,7 +560,10 @@ impl Runner {
     }
 
     fn on_event(&mut self, event: ContainerEvent) {
-        if event.action == "destroy" {
+        if event.action == events::STREAM_ENDED {
+            log::info!("the docker events stream ended; checking docker now");
+            self.start_reconcile();
+        } else if event.action == "destroy" {
             let known = self.table.contains(&event.id);
             // Unknown too: a create or stop in flight may still report it.
             self.table.forget(&event.id, &mut self.ledger);
