@@ -43,7 +43,8 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 #[derive(Debug, Clone)]
 pub struct ApiSettings {
     pub listen: SocketAddr,
-    pub auth_token: String,
+    /// Replaced by a configuration reload (token rotation without a restart).
+    pub auth_token: crate::reload::LiveSecret,
     pub max_connections: usize,
     pub idle_timeout: Duration,
     /// `GET /metrics` needs the token (`prometheus.auth`).
@@ -272,7 +273,10 @@ fn admit(context: &ApiContext, head: &RequestHead) -> Result<Endpoint, ApiError>
         ApiError::bad_request("more than one Authorization header; send exactly one")
     })?;
     if routes::requires_auth(&head.path, context.settings.prometheus_auth) {
-        auth::check(authorization, &context.settings.auth_token)?;
+        context
+            .settings
+            .auth_token
+            .with(|token| auth::check(authorization, token))?;
     }
     if let BodyLength::Exact(length) = head.body_length {
         if length > MAX_BODY_BYTES as u64 {

@@ -173,6 +173,11 @@ pub struct RunnerHandle {
 }
 
 impl RunnerHandle {
+    /// The docker deadlines the CLI reads at each command (a reload changes them).
+    pub fn timeouts(&self) -> Arc<DockerTimeouts> {
+        Arc::clone(&self.timeouts)
+    }
+
     /// How long a create may take in all (pull, run, inspect).
     pub fn create_timeout(&self) -> Duration {
         self.timeouts.create_total()
