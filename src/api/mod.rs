@@ -64,8 +64,10 @@ pub struct ApiContext {
     pub runner: Option<RunnerHandle>,
     /// The GPUs' Xid history (cleared by `POST /api/v1/gpus/{index}/health/reset`).
     pub xid_history: Option<XidHistory>,
-    /// `/health`'s body, for (health generation, uptime in seconds).
+    /// `/health`'s body, for (health generation, uptime in seconds): with the token (each
+    /// component's reason) and without (states only).
     health_json: Cached<(u64, u64)>,
+    health_json_public: Cached<(u64, u64)>,
 }
 
 impl ApiContext {
@@ -79,6 +81,7 @@ impl ApiContext {
             runner: None,
             xid_history: None,
             health_json: Cached::new(),
+            health_json_public: Cached::new(),
         }
     }
 
@@ -286,6 +289,18 @@ fn admit(context: &ApiContext, head: &RequestHead) -> Result<Endpoint, ApiError>
     routes::route(&head.method, &head.path)
 }
 
+/// True when the request carries the API's token (on `/health`, which answers without one, it
+/// unlocks the components' reasons; a wrong token is no token).
+fn has_token(context: &ApiContext, head: &RequestHead) -> bool {
+    let header = head.headers.get_single("authorization").ok().flatten();
+    header.is_some()
+        && context
+            .settings
+            .auth_token
+            .with(|token| auth::check(header, token))
+            .is_ok()
+}
+
 fn handle(context: &ApiContext, request: Request) -> Response {
     let started = Instant::now();
     // A bug in a handler must cost one request, not a handler thread.
@@ -338,11 +353,16 @@ fn serve(context: &ApiContext, request: &Request) -> Result<Reply, ApiError> {
         Endpoint::Health => {
             let uptime = context.started.elapsed();
             let key = (context.snapshot.health_generation(), uptime.as_secs());
-            let bytes = context
-                .health_json
+            let detailed = has_token(context, head);
+            let cache = if detailed {
+                &context.health_json
+            } else {
+                &context.health_json_public
+            };
+            let bytes = cache
                 .get(key, || {
                     let mut bytes =
-                        serde_json::to_vec(&health::document(&context.snapshot, uptime))?;
+                        serde_json::to_vec(&health::document(&context.snapshot, uptime, detailed))?;
                     bytes.push(b'\n');
                     Ok(bytes)
                 })
@@ -350,7 +370,7 @@ fn serve(context: &ApiContext, request: &Request) -> Result<Reply, ApiError> {
             Ok(Reply::json_bytes(bytes))
         }
         Endpoint::Ready => {
-            let document = health::ready(&context.snapshot);
+            let document = health::ready(&context.snapshot, has_token(context, head));
             let status = if document.ready {
                 StatusCode::OK
             } else {

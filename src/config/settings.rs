@@ -151,6 +151,12 @@ pub struct RunSettings {
     pub log_max_file: u32,
     pub init: bool,
     pub no_new_privileges: bool,
+    /// Registries images may come from (normalized); empty: any outside this host.
+    pub allowed_registries: Vec<String>,
+    /// Host ports containers may publish on; `None`: any.
+    pub host_port_range: Option<(u16, u16)>,
+    /// `--restart` of every container.
+    pub restart_policy: String,
 }
 
 /// The `key=value` label that marks the containers this agent manages.
