@@ -38,7 +38,7 @@ use crate::docker::protocol::Action;
 use crate::docker::protocol::{
     ContainerError, Deleted, DockerRunner, Reply, Request, RunnerHandle,
 };
-use crate::docker::spec::{container_name, join_ids, CreateSpec};
+use crate::docker::spec::{container_name, join_ids, CreatePolicy, CreateSpec};
 use crate::docker::table::ContainerTable;
 use crate::docker::worker::{remove_stale_env_files, worker};
 use crate::shutdown::Shutdown;
@@ -228,6 +228,10 @@ pub fn start(
         handle: RunnerHandle {
             requests: requests_tx,
             timeouts,
+            policy: Arc::new(CreatePolicy::for_host(
+                &config.run.allowed_registries,
+                config.run.host_port_range,
+            )),
         },
         threads,
     })
