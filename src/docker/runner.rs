@@ -136,7 +136,8 @@ pub fn start(
         Arc::clone(&timeouts),
         shutdown.clone(),
     )
-    .with_counters(Arc::clone(snapshot.counters()));
+    .with_counters(Arc::clone(snapshot.counters()))
+    .with_config_dir(config.config_dir.clone());
     let context = Arc::new(WorkerContext {
         cli,
         settings: config.run.clone(),
@@ -162,6 +163,7 @@ pub fn start(
     let events_since = events::now_nano();
     runner.start_reconcile();
     remove_stale_env_files(&std::env::temp_dir());
+    crate::docker::pull_auth::remove_stale_pull_configs(&std::env::temp_dir());
 
     let mut threads = Vec::new();
     for (lane, queue) in [
@@ -181,6 +183,7 @@ pub fn start(
     }
     let watcher = events::start(
         config.binary.clone(),
+        config.config_dir.clone(),
         config.run.managed_label.clone(),
         events_since,
         events_tx,
