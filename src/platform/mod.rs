@@ -34,6 +34,13 @@ pub struct Prepared {
     record: Option<identity::RegistrationRecord>,
 }
 
+impl Prepared {
+    /// The node id read from the identity file, if there was one.
+    pub fn node_id(&self) -> Option<&identity::NodeId> {
+        self.known.as_ref()
+    }
+}
+
 /// Reads the identity file and builds the client, before anything else starts; `None` when
 /// `central_platform.api_url` is empty (standalone).
 pub fn prepare(settings: &Settings) -> Result<Option<Prepared>, StartError> {
