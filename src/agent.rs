@@ -24,6 +24,7 @@ use crate::component::StartError;
 use crate::config::Settings;
 use crate::docker::runner as docker_runner;
 use crate::platform;
+use crate::reload::LiveSettings;
 use crate::shutdown::Shutdown;
 use crate::state::{self, Health};
 use crate::telemetry::gpu_health::{history_path, XidHistory};
@@ -39,6 +40,8 @@ pub const STOP_DEADLINE: Duration = Duration::from_millis(1500);
 pub struct Agent {
     shutdown: Shutdown,
     api: ApiServer,
+    /// What a configuration reload changes in the running components.
+    live: LiveSettings,
     threads: Vec<(&'static str, JoinHandle<()>)>,
 }
 
@@ -49,6 +52,10 @@ impl Agent {
         let Preflight { platform, warnings } = preflight(settings).map_err(StartError::new)?;
         for warning in &warnings {
             log::warn!("{warning}");
+        }
+        let mut live = LiveSettings::new(settings);
+        if let Some(prepared) = &platform {
+            live.heartbeat_interval = prepared.heartbeat_interval();
         }
         let (snapshot, writers) = state::new();
         // Xid errors seen before a restart still count.
@@ -65,6 +72,7 @@ impl Agent {
                     xid_history.clone(),
                     Arc::clone(&snapshot),
                     writers.gpu,
+                    live.gpu_sample_interval.clone(),
                     shutdown.clone(),
                 )?,
             ),
@@ -83,6 +91,7 @@ impl Agent {
             shutdown.clone(),
         )?;
         threads.extend(runner.threads);
+        live.docker_timeouts = Some(runner.handle.timeouts());
         threads.push((
             "usage-sampler",
             usage::start(Arc::clone(&snapshot), writers.usage, shutdown.clone())?,
@@ -90,7 +99,7 @@ impl Agent {
 
         let api_settings = ApiSettings {
             listen: settings.api.listen,
-            auth_token: settings.api.auth_token.clone(),
+            auth_token: live.auth_token.clone(),
             max_connections: settings.api.max_connections,
             idle_timeout: settings.api.idle_timeout,
             prometheus_auth: settings.prometheus_auth,
@@ -113,8 +122,14 @@ impl Agent {
         Ok(Agent {
             shutdown,
             api,
+            live,
             threads,
         })
+    }
+
+    /// The handles a configuration reload applies its changes through.
+    pub fn live(&self) -> LiveSettings {
+        self.live.clone()
     }
 
     /// Blocks until shutdown starts, then stops every component within [`STOP_DEADLINE`].

@@ -35,7 +35,7 @@ use crate::docker::placement::place;
 use crate::docker::protocol::{
     ContainerError, Deleted, DockerRunner, Reply, Request, RunnerHandle,
 };
-use crate::docker::spec::{join_ids, CreateSpec};
+use crate::docker::spec::{join_ids, CreatePolicy, CreateSpec};
 use crate::docker::table::ContainerTable;
 use crate::docker::worker::{remove_stale_env_files, worker};
 use crate::shutdown::Shutdown;
@@ -196,6 +196,10 @@ pub fn start(
         handle: RunnerHandle {
             requests: requests_tx,
             timeouts,
+            policy: Arc::new(CreatePolicy::for_host(
+                &config.run.allowed_registries,
+                config.run.host_port_range,
+            )),
         },
         threads,
     })
