@@ -43,7 +43,8 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 #[derive(Debug, Clone)]
 pub struct ApiSettings {
     pub listen: SocketAddr,
-    pub auth_token: String,
+    /// Replaced by a configuration reload (token rotation without a restart).
+    pub auth_token: crate::reload::LiveSecret,
     pub max_connections: usize,
     pub idle_timeout: Duration,
     /// `GET /metrics` needs the token (`prometheus.auth`).
@@ -275,7 +276,10 @@ fn admit(context: &ApiContext, head: &RequestHead) -> Result<Endpoint, ApiError>
         ApiError::bad_request("more than one Authorization header; send exactly one")
     })?;
     if routes::requires_auth(&head.path, context.settings.prometheus_auth) {
-        auth::check(authorization, &context.settings.auth_token)?;
+        context
+            .settings
+            .auth_token
+            .with(|token| auth::check(authorization, token))?;
     }
     if let BodyLength::Exact(length) = head.body_length {
         if length > MAX_BODY_BYTES as u64 {
@@ -289,7 +293,12 @@ fn admit(context: &ApiContext, head: &RequestHead) -> Result<Endpoint, ApiError>
 /// unlocks the components' reasons; a wrong token is no token).
 fn has_token(context: &ApiContext, head: &RequestHead) -> bool {
     let header = head.headers.get_single("authorization").ok().flatten();
-    header.is_some() && auth::check(header, &context.settings.auth_token).is_ok()
+    header.is_some()
+        && context
+            .settings
+            .auth_token
+            .with(|token| auth::check(header, token))
+            .is_ok()
 }
 
 fn handle(context: &ApiContext, request: Request) -> Response {

@@ -81,7 +81,8 @@ impl OutageLog {
                     attempts: 1,
                 });
                 Some(format!(
-                    "docker events stream lost: {problem}; retrying in {} (backing off up to                      {}s; the next report comes when it is back, or in {} minutes)",
+                    "docker events stream lost: {problem}; retrying in {} (backing off up to \
+                     {}s; the next report comes when it is back, or in {} minutes)",
                     secs(retry_in),
                     PACING.cap.as_secs(),
                     self.reminder.as_secs() / 60

@@ -568,7 +568,8 @@ impl Runner {
 
     fn on_event(&mut self, event: ContainerEvent) {
         if event.action == events::STREAM_ENDED {
-            log::info!("the docker events stream ended; checking docker now");
+            // The watcher logs the outage itself (once, then a reminder every few minutes).
+            log::debug!("the docker events stream ended; checking docker now");
             self.start_reconcile();
         } else if event.action == "destroy" {
             let known = self.table.contains(&event.id);
