@@ -1,7 +1,8 @@
 //! Starting and stopping the components, in order.
 //!
-//! [`Agent::start`] first reads the node identity and sets up the platform client (a damaged
-//! identity file or `ca_file` stops it before anything runs), makes the empty published state
+//! [`Agent::start`] first runs the [`preflight`] checks that `--check-config` runs too (the node
+//! identity, the platform client and its `ca_file`, the tunnel's CA file: a problem stops it
+//! before anything runs; frpc, NVML or docker missing are warnings), makes the empty published state
 //! (the read-only `Snapshot` and one writer per component), starts the samplers (the system
 //! sampler publishes its first sample before returning), then
 //! the container runner (whose first work is to rebuild the GPU ledger from the labelled
@@ -14,11 +15,16 @@
 //! stuck in a blocking call (NVML on a dying GPU, a platform request before its timeout) is left
 //! to the process exit rather than holding the shutdown.
 
+pub mod preflight;
+
+pub use preflight::{preflight, Preflight, PreflightError};
+
 use crate::api::{ApiContext, ApiServer, ApiSettings};
 use crate::component::StartError;
 use crate::config::Settings;
 use crate::docker::runner as docker_runner;
 use crate::platform;
+use crate::reload::LiveSettings;
 use crate::shutdown::Shutdown;
 use crate::state::{self, Health};
 use crate::telemetry::gpu_health::{history_path, XidHistory};
@@ -34,6 +40,8 @@ pub const STOP_DEADLINE: Duration = Duration::from_millis(1500);
 pub struct Agent {
     shutdown: Shutdown,
     api: ApiServer,
+    /// What a configuration reload changes in the running components.
+    live: LiveSettings,
     threads: Vec<(&'static str, JoinHandle<()>)>,
 }
 
@@ -41,7 +49,14 @@ impl Agent {
     /// Starts every component; on error, the ones already started stop when `shutdown` fires.
     pub fn start(settings: &Settings, shutdown: Shutdown) -> Result<Agent, StartError> {
         // First, so that a damaged identity file stops the agent before anything runs.
-        let platform = platform::prepare(settings)?;
+        let Preflight { platform, warnings } = preflight(settings).map_err(StartError::new)?;
+        for warning in &warnings {
+            log::warn!("{warning}");
+        }
+        let mut live = LiveSettings::new(settings);
+        if let Some(prepared) = &platform {
+            live.heartbeat_interval = prepared.heartbeat_interval();
+        }
         let (snapshot, writers) = state::new();
         // Xid errors seen before a restart still count.
         let xid_history = XidHistory::load(history_path(&settings.identity_file_path));
@@ -57,6 +72,7 @@ impl Agent {
                     xid_history.clone(),
                     Arc::clone(&snapshot),
                     writers.gpu,
+                    live.gpu_sample_interval.clone(),
                     shutdown.clone(),
                 )?,
             ),
@@ -75,6 +91,7 @@ impl Agent {
             shutdown.clone(),
         )?;
         threads.extend(runner.threads);
+        live.docker_timeouts = Some(runner.handle.timeouts());
         threads.push((
             "usage-sampler",
             usage::start(Arc::clone(&snapshot), writers.usage, shutdown.clone())?,
@@ -82,7 +99,7 @@ impl Agent {
 
         let api_settings = ApiSettings {
             listen: settings.api.listen,
-            auth_token: settings.api.auth_token.clone(),
+            auth_token: live.auth_token.clone(),
             max_connections: settings.api.max_connections,
             idle_timeout: settings.api.idle_timeout,
             prometheus_auth: settings.prometheus_auth,
@@ -105,8 +122,14 @@ impl Agent {
         Ok(Agent {
             shutdown,
             api,
+            live,
             threads,
         })
+    }
+
+    /// The handles a configuration reload applies its changes through.
+    pub fn live(&self) -> LiveSettings {
+        self.live.clone()
     }
 
     /// Blocks until shutdown starts, then stops every component within [`STOP_DEADLINE`].

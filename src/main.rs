@@ -2,11 +2,13 @@
 //! components, wait for a signal, stop.
 
 use std::process::ExitCode;
-use utopia_node_agent::agent::Agent;
+use std::sync::Arc;
+use utopia_node_agent::agent::{self, Agent};
 use utopia_node_agent::cli::{self, Command};
 use utopia_node_agent::config::{self, Config};
 use utopia_node_agent::logging;
 use utopia_node_agent::notify::{self, Liveness, Notifier};
+use utopia_node_agent::reload::{self, ReloadThread, Reloader};
 use utopia_node_agent::shutdown::{self, SignalThread};
 
 fn main() -> ExitCode {
@@ -33,21 +35,37 @@ fn main() -> ExitCode {
             println!("utopia-node-agent {}", utopia_node_agent::VERSION);
             ExitCode::SUCCESS
         }
-        Command::CheckConfig { config } => match Config::load(&config) {
-            Ok((config_value, warnings)) => {
-                for warning in &warnings {
-                    eprintln!("warning: {warning}");
-                }
-                print!("{}", config_value.redacted_yaml());
-                eprintln!("{}: configuration is valid", config.display());
-                ExitCode::SUCCESS
-            }
-            Err(error) => {
-                eprintln!("error: {error}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::CheckConfig { config } => check_config(&config),
         Command::Run { config } => run(&config),
+    }
+}
+
+/// `--check-config`: the config's own checks, then the start's [`preflight`](agent::preflight)
+/// on the files it names; exit 0 exactly when the agent would start past them.
+fn check_config(path: &std::path::Path) -> ExitCode {
+    let (settings, warnings) = match Config::load(path) {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for warning in &warnings {
+        eprintln!("warning: {warning}");
+    }
+    match agent::preflight(&settings) {
+        Ok(checked) => {
+            for warning in &checked.warnings {
+                eprintln!("warning: {warning}");
+            }
+            print!("{}", settings.redacted_yaml());
+            eprintln!("{}: configuration is valid", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -60,9 +78,11 @@ fn run(path: &std::path::Path) -> ExitCode {
         }
     };
     // Still one thread: the children (the docker CLI) must not inherit the tokens, nor
-    // systemd's notify socket.
+    // systemd's notify socket. A reload applies the overrides again from this copy.
+    let env = reload::captured_env();
     config::remove_env_overrides();
     let (notifier, notify_warnings) = Notifier::from_env();
+    let notifier = Arc::new(notifier);
     logging::init(config.log_level);
     log::info!(
         "utopia-node-agent {} starting with {}",
@@ -85,6 +105,7 @@ fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let listen = config.api.listen;
     let agent = match Agent::start(&config, shutdown.clone()) {
         Ok(agent) => agent,
         Err(error) => {
@@ -95,9 +116,14 @@ fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // SIGHUP: re-read the config and apply what can change live.
+    let reloader = Reloader::new(path.to_path_buf(), env, config, agent.live());
+    let reload_thread = ReloadThread::start(reloader, Arc::clone(&notifier))
+        .map_err(|e| log::error!("cannot start the reload thread (SIGHUP is ignored): {e}"))
+        .ok();
     // The API listens now: READY=1, then status and watchdog from the notify thread.
-    let notify_thread = notify::start(notifier, config.api.listen, Liveness::new(), shutdown)
-        .unwrap_or_else(|e| {
+    let notify_thread =
+        notify::start(notifier, listen, Liveness::new(), shutdown).unwrap_or_else(|e| {
             log::error!("cannot start the systemd notify thread: {e}");
             None
         });
@@ -112,6 +138,9 @@ fn run(path: &std::path::Path) -> ExitCode {
         if thread.is_finished() {
             let _ = thread.join();
         }
+    }
+    if let Some(thread) = reload_thread {
+        thread.stop();
     }
     signals.stop();
     ExitCode::SUCCESS

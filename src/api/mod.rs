@@ -43,7 +43,8 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 #[derive(Debug, Clone)]
 pub struct ApiSettings {
     pub listen: SocketAddr,
-    pub auth_token: String,
+    /// Replaced by a configuration reload (token rotation without a restart).
+    pub auth_token: crate::reload::LiveSecret,
     pub max_connections: usize,
     pub idle_timeout: Duration,
     /// `GET /metrics` needs the token (`prometheus.auth`).
@@ -296,10 +297,13 @@ fn has_token(context: &ApiContext, head: &RequestHead) -> bool {
 /// `api_token` (when registration gave one).
 fn check_token(context: &ApiContext, header: Option<&[u8]>) -> Result<(), ApiError> {
     let platform_token = context.snapshot.platform_api_token();
-    match &platform_token {
-        Some(token) => auth::check(header, &[&context.settings.auth_token, token.as_str()]),
-        None => auth::check(header, &[&context.settings.auth_token]),
-    }
+    context
+        .settings
+        .auth_token
+        .with(|local| match &platform_token {
+            Some(token) => auth::check(header, &[local, token.as_str()]),
+            None => auth::check(header, &[local]),
+        })
 }
 
 fn handle(context: &ApiContext, request: Request) -> Response {

@@ -32,6 +32,28 @@ impl Settings {
     pub fn redacted_yaml(&self) -> String {
         self.file.redacted_yaml()
     }
+
+    /// The file model the settings came from (a reload compares these key by key).
+    pub fn file_model(&self) -> &Config {
+        &self.file
+    }
+
+    /// Takes the dotted `key` of the file model from `other` (after a reload applied it).
+    pub fn set_file_key(&mut self, key: &str, other: &Settings) {
+        let pointer = format!("/{}", key.replace('.', "/"));
+        let (Ok(mut mine), Ok(theirs)) = (
+            serde_json::to_value(&self.file),
+            serde_json::to_value(&other.file),
+        ) else {
+            return;
+        };
+        if let (Some(slot), Some(value)) = (mine.pointer_mut(&pointer), theirs.pointer(&pointer)) {
+            *slot = value.clone();
+            if let Ok(file) = serde_json::from_value(mine) {
+                self.file = file;
+            }
+        }
+    }
 }
 
 /// The central platform (`central_platform.*`).
@@ -98,6 +120,8 @@ pub struct GpuSettings {
 #[derive(Debug, Clone, PartialEq)]
 pub struct DockerSettings {
     pub binary: PathBuf,
+    /// `DOCKER_CONFIG` of every docker command.
+    pub config_dir: PathBuf,
     /// Deadline of every short docker command.
     pub command_timeout: Duration,
     /// Deadline of an image pull.

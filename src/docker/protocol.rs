@@ -175,6 +175,11 @@ pub struct RunnerHandle {
 }
 
 impl RunnerHandle {
+    /// The docker deadlines the CLI reads at each command (a reload changes them).
+    pub fn timeouts(&self) -> Arc<DockerTimeouts> {
+        Arc::clone(&self.timeouts)
+    }
+
     /// What this host allows a create (registries, host ports, CPUs, memory): checked by the
     /// API before the request reaches the runner.
     pub fn policy(&self) -> &CreatePolicy {
