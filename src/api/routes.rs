@@ -22,6 +22,8 @@ pub enum Endpoint {
     ResetGpuHealth(String),
     /// `GET /metrics`: the Prometheus text exposition.
     Prometheus,
+    /// `GET /api/v1/tunnels`: the frp tunnel.
+    Tunnels,
 }
 
 /// One route of the API: its method and path template (OpenAPI's spelling, `{id}`).
@@ -52,6 +54,7 @@ pub const ROUTES: &[Route] = &[
     r("POST", "/api/v1/containers/{id}/start"),
     r("POST", "/api/v1/containers/{id}/restart"),
     r("POST", "/api/v1/gpus/{index}/health/reset"),
+    r("GET", "/api/v1/tunnels"),
 ];
 
 /// The route label of a request that matched no route.
@@ -78,6 +81,7 @@ impl Endpoint {
                 r("POST", "/api/v1/containers/{id}/restart")
             }
             Endpoint::ResetGpuHealth(_) => r("POST", "/api/v1/gpus/{index}/health/reset"),
+            Endpoint::Tunnels => r("GET", "/api/v1/tunnels"),
         }
     }
 }
@@ -94,6 +98,7 @@ enum Resource {
     Action(String, Action),
     GpuHealthReset(String),
     Prometheus,
+    Tunnels,
 }
 
 /// A container id, name or claim id as it may appear in a path.
@@ -113,6 +118,7 @@ impl Resource {
             "/metrics" => return Some(Resource::Prometheus),
             "/api/v1/metrics" => return Some(Resource::Metrics),
             "/api/v1/containers" => return Some(Resource::Containers),
+            "/api/v1/tunnels" => return Some(Resource::Tunnels),
             _ => {}
         }
         if let Some(rest) = path.strip_prefix("/api/v1/gpus/") {
@@ -136,7 +142,8 @@ impl Resource {
             | Resource::Ready
             | Resource::Metrics
             | Resource::Logs(_)
-            | Resource::Prometheus => "GET",
+            | Resource::Prometheus
+            | Resource::Tunnels => "GET",
             Resource::Containers => "GET, POST",
             Resource::Container(_) => "GET, DELETE",
             Resource::Action(..) | Resource::GpuHealthReset(_) => "POST",
@@ -153,6 +160,7 @@ impl Resource {
             (Resource::Ready, &Method::GET) => Some(Endpoint::Ready),
             (Resource::Metrics, &Method::GET) => Some(Endpoint::Metrics),
             (Resource::Prometheus, &Method::GET) => Some(Endpoint::Prometheus),
+            (Resource::Tunnels, &Method::GET) => Some(Endpoint::Tunnels),
             (Resource::Containers, &Method::GET) => Some(Endpoint::ListContainers),
             (Resource::Containers, &Method::POST) => Some(Endpoint::CreateContainer),
             (Resource::Container(id), &Method::GET) => Some(Endpoint::GetContainer(id)),
@@ -360,6 +368,7 @@ mod tests {
             Endpoint::ContainerAction(id(), Action::Start),
             Endpoint::ContainerAction(id(), Action::Restart),
             Endpoint::ResetGpuHealth(id()),
+            Endpoint::Tunnels,
         ] {
             assert!(ROUTES.contains(&endpoint.route()), "{endpoint:?}");
         }
