@@ -20,6 +20,7 @@ use crate::config::Settings;
 use crate::docker::runner as docker_runner;
 use crate::frp;
 use crate::platform;
+use crate::reload::LiveSettings;
 use crate::shutdown::Shutdown;
 use crate::state::{self, Health};
 use crate::telemetry::gpu_health::{history_path, XidHistory};
@@ -35,6 +36,8 @@ pub const STOP_DEADLINE: Duration = Duration::from_millis(1500);
 pub struct Agent {
     shutdown: Shutdown,
     api: ApiServer,
+    /// What a configuration reload changes in the running components.
+    live: LiveSettings,
     threads: Vec<(&'static str, JoinHandle<()>)>,
 }
 
@@ -43,6 +46,10 @@ impl Agent {
     pub fn start(settings: &Settings, shutdown: Shutdown) -> Result<Agent, StartError> {
         // First, so that a damaged identity file stops the agent before anything runs.
         let platform = platform::prepare(settings)?;
+        let mut live = LiveSettings::new(settings);
+        if let Some(prepared) = &platform {
+            live.heartbeat_interval = prepared.heartbeat_interval();
+        }
         let (snapshot, writers) = state::new();
         // Xid errors seen before a restart still count.
         let xid_history = XidHistory::load(history_path(&settings.identity_file_path));
@@ -58,6 +65,7 @@ impl Agent {
                     xid_history.clone(),
                     Arc::clone(&snapshot),
                     writers.gpu,
+                    live.gpu_sample_interval.clone(),
                     shutdown.clone(),
                 )?,
             ),
@@ -76,6 +84,7 @@ impl Agent {
             shutdown.clone(),
         )?;
         threads.extend(runner.threads);
+        live.docker_timeouts = Some(runner.handle.timeouts());
         threads.push((
             "usage-sampler",
             usage::start(Arc::clone(&snapshot), writers.usage, shutdown.clone())?,
@@ -83,7 +92,7 @@ impl Agent {
 
         let api_settings = ApiSettings {
             listen: settings.api.listen,
-            auth_token: settings.api.auth_token.clone(),
+            auth_token: live.auth_token.clone(),
             max_connections: settings.api.max_connections,
             idle_timeout: settings.api.idle_timeout,
             prometheus_auth: settings.prometheus_auth,
@@ -117,8 +126,14 @@ impl Agent {
         Ok(Agent {
             shutdown,
             api,
+            live,
             threads,
         })
+    }
+
+    /// The handles a configuration reload applies its changes through.
+    pub fn live(&self) -> LiveSettings {
+        self.live.clone()
     }
 
     /// Blocks until shutdown starts, then stops every component within [`STOP_DEADLINE`].

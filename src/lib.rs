@@ -19,6 +19,7 @@ pub mod logging;
 pub(crate) mod names;
 pub mod notify;
 pub(crate) mod platform;
+pub mod reload;
 pub mod shutdown;
 pub(crate) mod state;
 pub(crate) mod telemetry;

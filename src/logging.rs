@@ -22,13 +22,20 @@ const IGNORED_TARGETS: [&str; 2] = ["ureq", "rustls"];
 
 /// Installs the process's logger at `level`, choosing the format from the environment.
 pub fn init(level: LogLevel) {
+    // The logger passes everything; the level is the `log` crate's maximum, which a reload
+    // changes ([`set_level`]).
     let logger = StderrLogger::new(
-        level.to_filter(),
+        log::LevelFilter::Trace,
         stderr_is_journal(std::env::var("JOURNAL_STREAM").ok().as_deref()),
     );
     log::set_max_level(level.to_filter());
     // Leaked once: the logger lives as long as the process.
     let _ = log::set_logger(Box::leak(Box::new(logger)));
+}
+
+/// Changes the level of every later line (a configuration reload).
+pub fn set_level(level: LogLevel) {
+    log::set_max_level(level.to_filter());
 }
 
 /// Whether `journal_stream` (`JOURNAL_STREAM`, "DEV:INODE") is the stream stderr is connected

@@ -2,11 +2,13 @@
 //! components, wait for a signal, stop.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use utopia_node_agent::agent::Agent;
 use utopia_node_agent::cli::{self, Command};
 use utopia_node_agent::config::{self, Config};
 use utopia_node_agent::logging;
 use utopia_node_agent::notify::{self, Liveness, Notifier};
+use utopia_node_agent::reload::{self, ReloadThread, Reloader};
 use utopia_node_agent::shutdown::{self, SignalThread};
 
 fn main() -> ExitCode {
@@ -60,9 +62,11 @@ fn run(path: &std::path::Path) -> ExitCode {
         }
     };
     // Still one thread: the children (the docker CLI) must not inherit the tokens, nor
-    // systemd's notify socket.
+    // systemd's notify socket. A reload applies the overrides again from this copy.
+    let env = reload::captured_env();
     config::remove_env_overrides();
     let (notifier, notify_warnings) = Notifier::from_env();
+    let notifier = Arc::new(notifier);
     logging::init(config.log_level);
     log::info!(
         "utopia-node-agent {} starting with {}",
@@ -85,6 +89,7 @@ fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let listen = config.api.listen;
     let agent = match Agent::start(&config, shutdown.clone()) {
         Ok(agent) => agent,
         Err(error) => {
@@ -95,9 +100,14 @@ fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // SIGHUP: re-read the config and apply what can change live.
+    let reloader = Reloader::new(path.to_path_buf(), env, config, agent.live());
+    let reload_thread = ReloadThread::start(reloader, Arc::clone(&notifier))
+        .map_err(|e| log::error!("cannot start the reload thread (SIGHUP is ignored): {e}"))
+        .ok();
     // The API listens now: READY=1, then status and watchdog from the notify thread.
-    let notify_thread = notify::start(notifier, config.api.listen, Liveness::new(), shutdown)
-        .unwrap_or_else(|e| {
+    let notify_thread =
+        notify::start(notifier, listen, Liveness::new(), shutdown).unwrap_or_else(|e| {
             log::error!("cannot start the systemd notify thread: {e}");
             None
         });
@@ -112,6 +122,9 @@ fn run(path: &std::path::Path) -> ExitCode {
         if thread.is_finished() {
             let _ = thread.join();
         }
+    }
+    if let Some(thread) = reload_thread {
+        thread.stop();
     }
     signals.stop();
     ExitCode::SUCCESS

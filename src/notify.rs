@@ -159,6 +159,23 @@ impl Notifier {
         self.send(&format!("STATUS={}", one_line(status)));
     }
 
+    /// `RELOADING=1` (with the `MONOTONIC_USEC` systemd's `Type=notify-reload` wants): a
+    /// configuration reload has begun; `READY=1` ends it.
+    pub fn reloading(&self) {
+        let mut now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes into the timespec it is given.
+        unsafe {
+            libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now);
+        }
+        let usec = now.tv_sec as u64 * 1_000_000 + now.tv_nsec as u64 / 1_000;
+        self.send(&format!(
+            "RELOADING=1\nSTATUS=reloading the configuration\nMONOTONIC_USEC={usec}"
+        ));
+    }
+
     /// `STOPPING=1`: shutdown has begun.
     pub fn stopping(&self) {
         self.send("STOPPING=1\nSTATUS=stopping");
@@ -436,7 +453,7 @@ fn parse_health(raw: &[u8]) -> Result<HealthView, String> {
 
 /// The notify thread's state between ticks.
 struct Watch {
-    notifier: Notifier,
+    notifier: Arc<Notifier>,
     listen: SocketAddr,
     liveness: Arc<Liveness>,
     api: LivenessStamp,
@@ -503,7 +520,7 @@ impl Watch {
 /// Starts the notify thread, which first sends `READY=1` (see the module doc); `None` when systemd does
 /// not listen. `listen` is the API's address, `liveness` the board of watched threads.
 pub fn start(
-    notifier: Notifier,
+    notifier: Arc<Notifier>,
     listen: SocketAddr,
     liveness: Arc<Liveness>,
     shutdown: Shutdown,
@@ -697,7 +714,7 @@ mod tests {
         let board = Liveness::new();
         let api = board.register("api", Duration::from_millis(300));
         let mut watch = Watch {
-            notifier,
+            notifier: notifier.into(),
             listen: health_server(None),
             liveness: Arc::clone(&board),
             api,
@@ -726,7 +743,7 @@ mod tests {
         let board = Liveness::new();
         let api = board.register("api", Duration::from_secs(60));
         let mut watch = Watch {
-            notifier,
+            notifier: notifier.into(),
             listen: health_server(Some(r#"{"status":"ok","components":{"api":"ok"}}"#)),
             liveness: Arc::clone(&board),
             api,

@@ -252,3 +252,35 @@ fn a_missing_token_refuses_to_start() {
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
+
+#[test]
+fn docker_down_costs_a_few_log_lines_not_one_per_retry() {
+    // The docker CLI pointed at a socket nobody listens on: docker is "down" for the whole run.
+    // The events watcher retries on its backoff (1 s, 2 s, 4 s, ...) but says so once.
+    let dir = tempfile::tempdir().unwrap();
+    let socket = format!("unix://{}/no-docker.sock", dir.path().display());
+    let mut agent = Agent::start_with(
+        |c| c.docker.reconcile_interval_secs = 1,
+        AgentOptions {
+            env: vec![("DOCKER_HOST".into(), socket)],
+            wait_for_gpu: false,
+        },
+    );
+    std::thread::sleep(Duration::from_secs(8));
+    let (status, _) = agent.terminate();
+    assert_eq!(status.code(), Some(0));
+    let log = agent.log();
+    let events_lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("docker events"))
+        .collect();
+    assert_eq!(events_lines.len(), 1, "{log}");
+    assert!(events_lines[0].contains("[WARN]"), "{log}");
+    assert!(events_lines[0].contains("stream lost"), "{log}");
+    // The other docker users (reconcile every second here) say it once too.
+    let warnings = log
+        .lines()
+        .filter(|l| l.contains("[WARN]") || l.contains("[ERROR]"))
+        .count();
+    assert!(warnings <= 4, "{log}");
+}

@@ -926,7 +926,7 @@ fn a_gpu_gone_after_restart_is_reported_not_dropped() {
         "{}",
         list[0]
     );
-    let health = agent.request("GET", "/health", &[], b"").json();
+    let health = agent.get("/health").json();
     let docker_health = health["components"]["docker"].as_str().unwrap();
     assert!(docker_health.starts_with("degraded"), "{docker_health}");
 }
@@ -1087,7 +1087,7 @@ fn a_hanging_docker_is_killed_with_what_it_started_and_the_api_recovers() {
     });
     let mut docker_health = String::new();
     let unavailable = wait_until(Duration::from_secs(10), || {
-        let health = agent.request("GET", "/health", &[], b"").json();
+        let health = agent.get("/health").json();
         docker_health = health["components"]["docker"].as_str().unwrap().to_string();
         docker_health.starts_with("unavailable")
     });
@@ -1143,7 +1143,7 @@ fn a_slow_ledger_rebuild_holds_container_requests_but_not_health() {
         common::docker::configure(c, &label);
         c.docker.binary = wrapper;
     });
-    let health = agent.request("GET", "/health", &[], b"").json();
+    let health = agent.get("/health").json();
     assert_eq!(health["components"]["docker"], "starting");
     assert_eq!(agent.get("/api/v1/metrics").status, 200);
     let r = agent.post_json(
@@ -1156,10 +1156,7 @@ fn a_slow_ledger_rebuild_holds_container_requests_but_not_health() {
     );
     assert!(r.text().contains("rebuilding"), "{}", r.text());
     agent.wait_for_docker();
-    assert_eq!(
-        agent.request("GET", "/health", &[], b"").json()["components"]["docker"],
-        "ok"
-    );
+    assert_eq!(agent.get("/health").json()["components"]["docker"], "ok");
     assert!(agent.containers().is_empty());
 }
 
@@ -1190,7 +1187,7 @@ fn docker_unreachable_gives_503_while_health_and_metrics_work() {
         assert_eq!(r.status, 503, "{method} {path}: {}", r.text());
         assert_eq!(r.error_code(), "docker_unavailable");
     }
-    let health = agent.request("GET", "/health", &[], b"");
+    let health = agent.get("/health");
     assert_eq!(health.status, 200);
     let docker_health = health.json()["components"]["docker"]
         .as_str()

@@ -51,7 +51,7 @@ fn wait_for_health(agent: &Agent, index: usize, health: &str) -> Value {
 }
 
 fn components_gpu(agent: &Agent) -> String {
-    agent.request("GET", "/health", &[], b"").json()["components"]["gpu"]
+    agent.get("/health").json()["components"]["gpu"]
         .as_str()
         .unwrap_or_default()
         .to_string()
@@ -132,7 +132,7 @@ fn an_xid_79_fails_the_gpu_everywhere_survives_a_restart_and_is_cleared_by_reset
     assert_eq!(gpu0["claim_id"], holder_claim.as_str());
 
     // /health is degraded, naming the GPUs; the heartbeat carries the health.
-    let health = agent.request("GET", "/health", &[], b"").json();
+    let health = agent.get("/health").json();
     assert_eq!(health["status"], "degraded", "{health}");
     let component = health["components"]["gpu"].as_str().unwrap();
     assert!(component.contains("GPU 1 failed: xid 79"), "{component}");

@@ -49,6 +49,37 @@ fn docker_unavailable_makes_health_degraded_and_the_node_not_ready() {
     );
     assert!(!waiting.iter().any(|w| w.starts_with("gpu")), "{waiting:?}");
     assert_eq!(ready.header("Content-Type"), Some("application/json"));
+
+    // Without the token: the states alone; the reasons (paths, claim and container ids,
+    // excerpts of the platform's answers) need the token. A wrong token is no token.
+    for headers in [
+        vec![],
+        vec![("Authorization", "Bearer wrong-token-0123456789")],
+    ] {
+        let public = agent.request("GET", "/health", &headers, b"").json();
+        assert_eq!(public["components"]["docker"], "unavailable", "{public}");
+        assert!(!public.to_string().contains("nonexistent"), "{public}");
+        let ready = agent.request("GET", "/health/ready", &headers, b"");
+        assert!(
+            waiting_for(&ready).contains(&"docker: unavailable".to_string()),
+            "{}",
+            ready.text()
+        );
+        assert!(!ready.text().contains("nonexistent"), "{}", ready.text());
+    }
+    let detailed = agent.get("/health").json();
+    assert!(
+        detailed["components"]["docker"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("unavailable: ") && d.contains("/nonexistent/docker")),
+        "{detailed}"
+    );
+    let ready = agent.api("GET", "/health/ready", b"");
+    assert!(
+        ready.text().contains("/nonexistent/docker"),
+        "{}",
+        ready.text()
+    );
 }
 
 #[test]
@@ -107,4 +138,57 @@ fn ready_once_api_docker_and_nvml_work() {
     let post = agent.request("POST", "/health/ready", &[], b"{}");
     assert_eq!(post.status, 405);
     assert_eq!(post.header("Allow"), Some("GET"));
+}
+
+#[test]
+fn a_dead_engine_shows_in_health_at_once_not_at_the_next_reconcile() {
+    use common::docker::{docker_wrapper, ready, Scope};
+    if !ready("a_dead_engine_shows_in_health_at_once") {
+        return;
+    }
+    // A docker CLI that behaves like a dead engine once `dead` exists: `docker events` ends,
+    // every other command cannot connect.
+    let dir = tempfile::tempdir().unwrap();
+    let dead = dir.path().join("dead");
+    let script = format!(
+        "if [ -e {dead} ]; then echo 'Cannot connect to the Docker daemon at \
+         unix:///var/run/docker.sock. Is the docker daemon running?' >&2; exit 1; fi\n\
+         if [ \"$1\" = events ]; then docker \"$@\" & pid=$!; \
+         while [ ! -e {dead} ]; do sleep 0.1; done; kill $pid; exit 1; fi\n",
+        dead = dead.display()
+    );
+    let wrapper = docker_wrapper(dir.path(), "docker-dies", &script);
+    let scope = Scope::new();
+    let agent = scope.agent(|c| {
+        c.docker.binary = wrapper.clone();
+        // The periodic reconcile would notice only after an hour.
+        c.docker.reconcile_interval_secs = 3600;
+    });
+    let docker_of = |r: &HttpResponse| {
+        r.json()["components"]["docker"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    let before = agent.api("GET", "/health", b"");
+    assert_eq!(docker_of(&before), "ok", "{}", before.text());
+    // Let `docker events` run.
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::write(&dead, "").unwrap();
+    let started = Instant::now();
+    let after = poll(&agent, "/health", |r| {
+        docker_of(r).starts_with("unavailable")
+    });
+    assert!(
+        docker_of(&after).starts_with("unavailable"),
+        "docker still {:?} {:?} after the engine died; log:\n{}",
+        docker_of(&after),
+        started.elapsed(),
+        agent.log()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
 }

@@ -121,7 +121,7 @@ fn nvml_unavailable_leaves_the_agent_running() {
     let reason = m["gpu_error"].as_str().unwrap();
     assert!(reason.contains("driver is not loaded"), "{reason}");
     assert!(m["cpu_usage_percent"].is_f64(), "host metrics still work");
-    let health = agent.request("GET", "/health", &[], b"").json();
+    let health = agent.get("/health").json();
     assert_eq!(
         health["components"]["gpu"],
         format!("unavailable: {reason}").as_str()
@@ -160,7 +160,7 @@ fn nvml_init_is_retried_when_the_driver_loads_late() {
         assert!(Instant::now() < deadline, "NVML never re-initialised: {m}");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let health = agent.request("GET", "/health", &[], b"").json();
+    let health = agent.get("/health").json();
     assert_eq!(health["components"]["gpu"], "ok");
 }
 
@@ -180,7 +180,7 @@ fn a_lost_gpu_is_reported_and_the_others_are_intact() {
         .as_str()
         .unwrap()
         .contains("fallen off the bus"));
-    let health = agent.request("GET", "/health", &[], b"").json();
+    let health = agent.get("/health").json();
     assert_eq!(health["components"]["gpu"], "degraded: GPU 1 lost");
 }
 

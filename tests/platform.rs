@@ -25,7 +25,7 @@ fn platform_config(config: &mut Config, platform_url: &str) {
 }
 
 fn health(agent: &Agent) -> serde_json::Value {
-    agent.request("GET", "/health", &[], b"").json()
+    agent.get("/health").json()
 }
 
 fn platform_status(agent: &Agent) -> String {
@@ -727,7 +727,7 @@ fn a_slow_platform_stalls_nothing() {
     for _ in 0..5 {
         let start = Instant::now();
         assert_eq!(agent.get("/api/v1/metrics").status, 200);
-        assert_eq!(agent.request("GET", "/health", &[], b"").status, 200);
+        assert_eq!(agent.get("/health").status, 200);
         assert!(
             start.elapsed() < Duration::from_millis(500),
             "{:?}",

@@ -157,3 +157,69 @@ fn systemd_unit_waits_for_ready_and_watches_the_agent() {
     // not take minutes either.
     assert!((4..=120).contains(&watchdog), "WatchdogSec={watchdog}");
 }
+
+#[test]
+fn reload_sends_sighup_after_checking_the_config() {
+    let unit = read("init/utopia-node-agent.service");
+    let reloads: Vec<&str> = unit
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("ExecReload="))
+        .collect();
+    assert_eq!(
+        reloads,
+        [
+            "/usr/local/bin/utopia-node-agent --check-config --config /etc/utopia/agent-config.yaml",
+            "/bin/kill -HUP $MAINPID"
+        ]
+    );
+
+    // OpenRC: `reload` is a started command; run the script's function with stand-ins for
+    // OpenRC's helpers, supervise-daemon and the agent (valid config, then invalid).
+    assert_eq!(openrc_vars(&["extra_started_commands"]), ["reload"]);
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("calls");
+    let fake = |name: &str, body: &str| {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "#!/bin/sh\necho \"{name} $*\" >> {}\n{body}\n",
+                journal.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    };
+    let supervisor = fake("supervise-daemon", "exit 0");
+    let script = format!("{ROOT}/init/utopia-node-agent.openrc");
+    for (valid, code) in [(true, 0), (false, 1)] {
+        let _ = std::fs::remove_file(&journal);
+        let agent = fake("agent", if valid { "exit 0" } else { "exit 1" });
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                ". \"$0\"; ebegin() {{ :; }}; eend() {{ return $1; }}; RC_SVCNAME=utopia-node-agent; \
+                 command={}; supervisor={}; reload",
+                agent.display(),
+                supervisor.display()
+            ))
+            .arg(&script)
+            .output()
+            .expect("run sh");
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let calls = std::fs::read_to_string(&journal).unwrap_or_default();
+        let mut expected =
+            "agent --check-config --config /etc/utopia/agent-config.yaml\n".to_string();
+        if valid {
+            expected.push_str("supervise-daemon utopia-node-agent --signal HUP\n");
+        }
+        assert_eq!(calls, expected);
+    }
+}

@@ -183,3 +183,18 @@ lib_median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "n/a"; els
 
 # Builds the busybox test image if docker has not got it.
 lib_test_image() { "$LIB_ROOT/scripts/test-image.sh" "$LIB_IMAGE" >/dev/null; }
+
+# Prints the path of a schemathesis command, installing it when missing: pip's, else in a
+# virtual environment under ~/.cache (Debian's system pip refuses to install). Empty when
+# neither works (no pip, no network).
+lib_schemathesis() {
+  local venv="$HOME/.cache/utopia-schemathesis"
+  if command -v schemathesis >/dev/null 2>&1; then command -v schemathesis; return; fi
+  if [ -x "$venv/bin/schemathesis" ]; then echo "$venv/bin/schemathesis"; return; fi
+  lib_log "installing schemathesis (pip)"
+  if pip install --quiet schemathesis >/dev/null 2>&1 && command -v schemathesis >/dev/null 2>&1; then
+    command -v schemathesis
+  elif python3 -m venv "$venv" >/dev/null 2>&1 && "$venv/bin/pip" install --quiet schemathesis >/dev/null 2>&1; then
+    echo "$venv/bin/schemathesis"
+  fi
+}

@@ -56,6 +56,10 @@ fn runner(context: &ApiContext) -> Result<&RunnerHandle, ApiError> {
 pub fn create(context: &ApiContext, body: &[u8]) -> Result<Reply, ApiError> {
     let spec = spec::parse_create(body).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let runner = runner(context)?;
+    runner
+        .policy()
+        .check(&spec)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let view = runner.call(runner.create_timeout(), |reply| Request::Create {
         spec: Box::new(spec),
         reply,

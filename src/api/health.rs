@@ -1,6 +1,8 @@
 //! `GET /health`: liveness and each component's status; `GET /health/ready`: whether the node
 //! can do its work (200) or not yet (503), for load balancers and the platform. Both without
-//! authentication and without secrets.
+//! authentication; without the API's token they show each component's state alone (`ok`,
+//! `degraded`, `unavailable`, ...): the reasons name claims, containers and excerpts of the
+//! platform's answers, and need the token.
 
 use crate::state::{SamplerRun, Snapshot};
 use serde::Serialize;
@@ -17,13 +19,44 @@ pub struct HealthDocument {
     pub samplers: BTreeMap<&'static str, SamplerRun>,
 }
 
-pub fn document(snapshot: &Snapshot, uptime: Duration) -> HealthDocument {
+/// `/health`'s body; `detailed`: with each component's reason (the caller sent the token).
+pub fn document(snapshot: &Snapshot, uptime: Duration, detailed: bool) -> HealthDocument {
     HealthDocument {
         status: snapshot.overall_status(),
         version: crate::VERSION,
         uptime_secs: uptime.as_secs(),
-        components: snapshot.health(),
+        components: components(snapshot, detailed),
         samplers: snapshot.samplers(),
+    }
+}
+
+fn components(snapshot: &Snapshot, detailed: bool) -> BTreeMap<&'static str, String> {
+    let mut components = snapshot.health();
+    if !detailed {
+        for value in components.values_mut() {
+            *value = state_only(value).to_string();
+        }
+    }
+    components
+}
+
+/// The state of a rendered component health, without its reason: `degraded: GPU 1 ...` →
+/// `degraded`, `disabled (no NVML)` → `disabled`, `heartbeat failing: 502 ...` →
+/// `heartbeat failing`.
+pub fn state_only(rendered: &str) -> &str {
+    let cut = [rendered.find(": "), rendered.find(" (")]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(rendered.len());
+    &rendered[..cut]
+}
+
+/// A `component: state: reason` line of `waiting_for` without its reason.
+fn waiting_line(line: String) -> String {
+    match line.split_once(": ") {
+        Some((component, rest)) => format!("{component}: {}", state_only(rest)),
+        None => line,
     }
 }
 
@@ -36,11 +69,44 @@ pub struct ReadyDocument {
     pub components: BTreeMap<&'static str, String>,
 }
 
-pub fn ready(snapshot: &Snapshot) -> ReadyDocument {
-    let waiting_for = snapshot.not_ready();
+/// `/health/ready`'s body; `detailed` as for [`document`].
+pub fn ready(snapshot: &Snapshot, detailed: bool) -> ReadyDocument {
+    let mut waiting_for = snapshot.not_ready();
+    if !detailed {
+        waiting_for = waiting_for.into_iter().map(waiting_line).collect();
+    }
     ReadyDocument {
         ready: waiting_for.is_empty(),
         waiting_for,
-        components: snapshot.health(),
+        components: components(snapshot, detailed),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_the_token_only_states_are_shown() {
+        assert_eq!(state_only("ok"), "ok");
+        assert_eq!(state_only("starting"), "starting");
+        assert_eq!(
+            state_only("degraded: utopia-c1: GPU 1 (GPU-1) gone; claim c1"),
+            "degraded"
+        );
+        assert_eq!(state_only("unavailable: docker (x): y"), "unavailable");
+        assert_eq!(state_only("disabled (gpu.enabled: false)"), "disabled");
+        assert_eq!(
+            state_only("heartbeat failing: 502 {\"secret\": 1}"),
+            "heartbeat failing"
+        );
+        assert_eq!(
+            waiting_line("docker: unavailable: cannot reach /var/run/docker.sock".into()),
+            "docker: unavailable"
+        );
+        assert_eq!(
+            waiting_line("platform: registering".into()),
+            "platform: registering"
+        );
     }
 }

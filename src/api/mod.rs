@@ -21,6 +21,7 @@ pub mod containers;
 pub mod error;
 pub mod gpus;
 pub mod health;
+pub mod openapi;
 pub mod prometheus;
 pub mod routes;
 
@@ -42,7 +43,8 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 #[derive(Debug, Clone)]
 pub struct ApiSettings {
     pub listen: SocketAddr,
-    pub auth_token: String,
+    /// Replaced by a configuration reload (token rotation without a restart).
+    pub auth_token: crate::reload::LiveSecret,
     pub max_connections: usize,
     pub idle_timeout: Duration,
     /// `GET /metrics` needs the token (`prometheus.auth`).
@@ -62,8 +64,10 @@ pub struct ApiContext {
     pub runner: Option<RunnerHandle>,
     /// The GPUs' Xid history (cleared by `POST /api/v1/gpus/{index}/health/reset`).
     pub xid_history: Option<XidHistory>,
-    /// `/health`'s body, for (health generation, uptime in seconds).
+    /// `/health`'s body, for (health generation, uptime in seconds): with the token (each
+    /// component's reason) and without (states only).
     health_json: Cached<(u64, u64)>,
+    health_json_public: Cached<(u64, u64)>,
 }
 
 impl ApiContext {
@@ -77,6 +81,7 @@ impl ApiContext {
             runner: None,
             xid_history: None,
             health_json: Cached::new(),
+            health_json_public: Cached::new(),
         }
     }
 
@@ -230,7 +235,7 @@ impl crate::http::Service for ApiService {
     fn admit(&self, head: &RequestHead) -> Result<Lane, Response> {
         match admit(&self.context, head) {
             // Cached bytes, rebuilt at most once per change: answered on the I/O thread.
-            Ok(Endpoint::Health | Endpoint::Metrics) => Ok(Lane::Inline),
+            Ok(Endpoint::Health | Endpoint::Metrics | Endpoint::OpenApi) => Ok(Lane::Inline),
             Ok(Endpoint::Ready | Endpoint::Prometheus | Endpoint::Tunnels) => Ok(Lane::Quick),
             Ok(_) => Ok(Lane::Slow),
             Err(error) => {
@@ -271,7 +276,10 @@ fn admit(context: &ApiContext, head: &RequestHead) -> Result<Endpoint, ApiError>
         ApiError::bad_request("more than one Authorization header; send exactly one")
     })?;
     if routes::requires_auth(&head.path, context.settings.prometheus_auth) {
-        auth::check(authorization, &context.settings.auth_token)?;
+        context
+            .settings
+            .auth_token
+            .with(|token| auth::check(authorization, token))?;
     }
     if let BodyLength::Exact(length) = head.body_length {
         if length > MAX_BODY_BYTES as u64 {
@@ -279,6 +287,18 @@ fn admit(context: &ApiContext, head: &RequestHead) -> Result<Endpoint, ApiError>
         }
     }
     routes::route(&head.method, &head.path)
+}
+
+/// True when the request carries the API's token (on `/health`, which answers without one, it
+/// unlocks the components' reasons; a wrong token is no token).
+fn has_token(context: &ApiContext, head: &RequestHead) -> bool {
+    let header = head.headers.get_single("authorization").ok().flatten();
+    header.is_some()
+        && context
+            .settings
+            .auth_token
+            .with(|token| auth::check(header, token))
+            .is_ok()
 }
 
 fn handle(context: &ApiContext, request: Request) -> Response {
@@ -333,11 +353,16 @@ fn serve(context: &ApiContext, request: &Request) -> Result<Reply, ApiError> {
         Endpoint::Health => {
             let uptime = context.started.elapsed();
             let key = (context.snapshot.health_generation(), uptime.as_secs());
-            let bytes = context
-                .health_json
+            let detailed = has_token(context, head);
+            let cache = if detailed {
+                &context.health_json
+            } else {
+                &context.health_json_public
+            };
+            let bytes = cache
                 .get(key, || {
                     let mut bytes =
-                        serde_json::to_vec(&health::document(&context.snapshot, uptime))?;
+                        serde_json::to_vec(&health::document(&context.snapshot, uptime, detailed))?;
                     bytes.push(b'\n');
                     Ok(bytes)
                 })
@@ -345,7 +370,7 @@ fn serve(context: &ApiContext, request: &Request) -> Result<Reply, ApiError> {
             Ok(Reply::json_bytes(bytes))
         }
         Endpoint::Ready => {
-            let document = health::ready(&context.snapshot);
+            let document = health::ready(&context.snapshot, has_token(context, head));
             let status = if document.ready {
                 StatusCode::OK
             } else {
@@ -364,6 +389,7 @@ fn serve(context: &ApiContext, request: &Request) -> Result<Reply, ApiError> {
         Endpoint::ContainerAction(id, action) => containers::act(context, &id, action),
         Endpoint::ResetGpuHealth(index) => gpus::reset_health(context, &index),
         Endpoint::Tunnels => Reply::ok(context.snapshot.tunnel().as_ref()),
+        Endpoint::OpenApi => Ok(Reply::json_bytes(openapi::bytes())),
         Endpoint::Prometheus => {
             let identity = prometheus::Identity {
                 hostname: &context.hostname,

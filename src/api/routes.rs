@@ -24,6 +24,8 @@ pub enum Endpoint {
     Prometheus,
     /// `GET /api/v1/tunnels`: the frp tunnel.
     Tunnels,
+    /// `GET /api/v1/openapi.json`: the API's OpenAPI document.
+    OpenApi,
 }
 
 /// One route of the API: its method and path template (OpenAPI's spelling, `{id}`).
@@ -55,6 +57,7 @@ pub const ROUTES: &[Route] = &[
     r("POST", "/api/v1/containers/{id}/restart"),
     r("POST", "/api/v1/gpus/{index}/health/reset"),
     r("GET", "/api/v1/tunnels"),
+    r("GET", "/api/v1/openapi.json"),
 ];
 
 /// The route label of a request that matched no route.
@@ -82,6 +85,7 @@ impl Endpoint {
             }
             Endpoint::ResetGpuHealth(_) => r("POST", "/api/v1/gpus/{index}/health/reset"),
             Endpoint::Tunnels => r("GET", "/api/v1/tunnels"),
+            Endpoint::OpenApi => r("GET", "/api/v1/openapi.json"),
         }
     }
 }
@@ -99,6 +103,7 @@ enum Resource {
     GpuHealthReset(String),
     Prometheus,
     Tunnels,
+    OpenApi,
 }
 
 /// A container id, name or claim id as it may appear in a path.
@@ -119,6 +124,7 @@ impl Resource {
             "/api/v1/metrics" => return Some(Resource::Metrics),
             "/api/v1/containers" => return Some(Resource::Containers),
             "/api/v1/tunnels" => return Some(Resource::Tunnels),
+            "/api/v1/openapi.json" => return Some(Resource::OpenApi),
             _ => {}
         }
         if let Some(rest) = path.strip_prefix("/api/v1/gpus/") {
@@ -143,7 +149,8 @@ impl Resource {
             | Resource::Metrics
             | Resource::Logs(_)
             | Resource::Prometheus
-            | Resource::Tunnels => "GET",
+            | Resource::Tunnels
+            | Resource::OpenApi => "GET",
             Resource::Containers => "GET, POST",
             Resource::Container(_) => "GET, DELETE",
             Resource::Action(..) | Resource::GpuHealthReset(_) => "POST",
@@ -161,6 +168,7 @@ impl Resource {
             (Resource::Metrics, &Method::GET) => Some(Endpoint::Metrics),
             (Resource::Prometheus, &Method::GET) => Some(Endpoint::Prometheus),
             (Resource::Tunnels, &Method::GET) => Some(Endpoint::Tunnels),
+            (Resource::OpenApi, &Method::GET) => Some(Endpoint::OpenApi),
             (Resource::Containers, &Method::GET) => Some(Endpoint::ListContainers),
             (Resource::Containers, &Method::POST) => Some(Endpoint::CreateContainer),
             (Resource::Container(id), &Method::GET) => Some(Endpoint::GetContainer(id)),
@@ -369,6 +377,7 @@ mod tests {
             Endpoint::ContainerAction(id(), Action::Restart),
             Endpoint::ResetGpuHealth(id()),
             Endpoint::Tunnels,
+            Endpoint::OpenApi,
         ] {
             assert!(ROUTES.contains(&endpoint.route()), "{endpoint:?}");
         }

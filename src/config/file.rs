@@ -206,6 +206,13 @@ pub struct DockerConfig {
     /// Creates (with their image pulls) run at once, and as many other docker commands (stop,
     /// delete, logs, reconcile) besides: two pools of this many threads.
     pub workers: usize,
+    /// Registries (`host[:port]`, `docker.io` for references without one) images may be
+    /// pulled from; empty: any registry outside this host.
+    pub allowed_registries: Vec<String>,
+    /// `low-high`: the host ports containers may publish on; empty: any.
+    pub host_port_range: String,
+    /// `--restart` of every container: `no`, `always`, `unless-stopped`, `on-failure[:N]`.
+    pub restart_policy: String,
 }
 
 impl Default for Config {
@@ -298,6 +305,9 @@ impl Default for DockerConfig {
             no_new_privileges: true,
             reconcile_interval_secs: 30,
             workers: 4,
+            allowed_registries: Vec::new(),
+            host_port_range: String::new(),
+            restart_policy: "unless-stopped".to_string(),
         }
     }
 }

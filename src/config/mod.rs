@@ -89,6 +89,15 @@ fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
 impl Config {
     /// Reads, parses, applies the process environment's overrides and validates.
     pub fn load(path: &Path) -> Result<(Settings, Vec<ConfigWarning>), ConfigError> {
+        Config::load_with(path, |name| std::env::var(name).ok())
+    }
+
+    /// [`Config::load`] with the overrides read through `lookup` (a reload applies the ones
+    /// the agent started with: they are gone from its environment by then).
+    pub fn load_with(
+        path: &Path,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<(Settings, Vec<ConfigWarning>), ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
@@ -97,7 +106,7 @@ impl Config {
             path: path.to_path_buf(),
             message,
         })?;
-        config.apply_env(|name| std::env::var(name).ok())?;
+        config.apply_env(lookup)?;
         let Validated {
             settings,
             mut warnings,

@@ -32,6 +32,28 @@ impl Settings {
     pub fn redacted_yaml(&self) -> String {
         self.file.redacted_yaml()
     }
+
+    /// The file model the settings came from (a reload compares these key by key).
+    pub fn file_model(&self) -> &Config {
+        &self.file
+    }
+
+    /// Takes the dotted `key` of the file model from `other` (after a reload applied it).
+    pub fn set_file_key(&mut self, key: &str, other: &Settings) {
+        let pointer = format!("/{}", key.replace('.', "/"));
+        let (Ok(mut mine), Ok(theirs)) = (
+            serde_json::to_value(&self.file),
+            serde_json::to_value(&other.file),
+        ) else {
+            return;
+        };
+        if let (Some(slot), Some(value)) = (mine.pointer_mut(&pointer), theirs.pointer(&pointer)) {
+            *slot = value.clone();
+            if let Ok(file) = serde_json::from_value(mine) {
+                self.file = file;
+            }
+        }
+    }
 }
 
 /// The central platform (`central_platform.*`).
@@ -129,6 +151,12 @@ pub struct RunSettings {
     pub log_max_file: u32,
     pub init: bool,
     pub no_new_privileges: bool,
+    /// Registries images may come from (normalized); empty: any outside this host.
+    pub allowed_registries: Vec<String>,
+    /// Host ports containers may publish on; `None`: any.
+    pub host_port_range: Option<(u16, u16)>,
+    /// `--restart` of every container.
+    pub restart_policy: String,
 }
 
 /// The `key=value` label that marks the containers this agent manages.

@@ -513,6 +513,40 @@ impl DockerConfig {
         if !(1..=100).contains(&self.log_max_file) {
             return Err(invalid("docker.log_max_file", "must be between 1 and 100"));
         }
+        let mut allowed_registries = Vec::new();
+        for registry in &self.allowed_registries {
+            let key = "docker.allowed_registries";
+            if !crate::docker::spec::valid_registry(registry) {
+                return Err(invalid(
+                    key,
+                    format!("{registry:?} is not a registry host[:port] like registry.example.com"),
+                ));
+            }
+            crate::docker::spec::check_registry_host(registry).map_err(|m| invalid(key, m))?;
+            allowed_registries.push(crate::docker::spec::normalize_registry(registry));
+        }
+        let host_port_range = if self.host_port_range.trim().is_empty() {
+            None
+        } else {
+            Some(parse_port_range(&self.host_port_range).ok_or_else(|| {
+                invalid(
+                    "docker.host_port_range",
+                    format!(
+                        "{:?} is not a port range low-high like 20000-29999 (1-65535, low <= high)",
+                        self.host_port_range
+                    ),
+                )
+            })?)
+        };
+        if !valid_restart_policy(&self.restart_policy) {
+            return Err(invalid(
+                "docker.restart_policy",
+                format!(
+                    "{:?} is not no, always, unless-stopped, on-failure or on-failure:N",
+                    self.restart_policy
+                ),
+            ));
+        }
         Ok(DockerSettings {
             binary: self.binary.clone(),
             command_timeout: Duration::from_secs(self.command_timeout_secs),
@@ -532,8 +566,37 @@ impl DockerConfig {
                 log_max_file: self.log_max_file,
                 init: self.init,
                 no_new_privileges: self.no_new_privileges,
+                allowed_registries,
+                host_port_range,
+                restart_policy: self.restart_policy.clone(),
             },
         })
+    }
+}
+
+/// `low-high` (or one port), 1-65535, low <= high.
+fn parse_port_range(text: &str) -> Option<(u16, u16)> {
+    let text = text.trim();
+    let (low, high) = text.split_once('-').unwrap_or((text, text));
+    let parse = |p: &str| {
+        let p = p.trim();
+        (!p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| p.parse::<u16>().ok())
+            .flatten()
+            .filter(|p| *p > 0)
+    };
+    let (low, high) = (parse(low)?, parse(high)?);
+    (low <= high).then_some((low, high))
+}
+
+/// What `docker run --restart` accepts: `no`, `always`, `unless-stopped`, `on-failure` or
+/// `on-failure:N` (N a count of retries, 1 or more).
+fn valid_restart_policy(policy: &str) -> bool {
+    match policy {
+        "no" | "always" | "unless-stopped" | "on-failure" => true,
+        _ => policy.strip_prefix("on-failure:").is_some_and(|n| {
+            n.bytes().all(|b| b.is_ascii_digit()) && n.parse::<u32>().is_ok_and(|n| n > 0)
+        }),
     }
 }
 
@@ -854,6 +917,56 @@ mod tests {
         assert!(check(|d| d.log_max_size = "1g".into()).is_ok());
         assert!(check(|d| d.stop_timeout_secs = 0).is_ok());
         assert!(check(|d| d.pids_limit = 0).is_ok());
+    }
+
+    #[test]
+    fn registries_port_range_and_restart_policy_are_checked() {
+        let settings = |edit: fn(&mut DockerConfig)| {
+            let mut c = valid();
+            edit(&mut c.docker);
+            c.docker.validate()
+        };
+        for bad in [
+            (|d: &mut DockerConfig| d.allowed_registries = vec!["localhost:5000".into()])
+                as fn(&mut DockerConfig),
+            |d| d.allowed_registries = vec!["127.0.0.1:5000".into()],
+            |d| d.allowed_registries = vec!["reg example".into()],
+            |d| d.allowed_registries = vec!["https://reg.example.com".into()],
+            |d| d.host_port_range = "30000-20000".into(),
+            |d| d.host_port_range = "0-100".into(),
+            |d| d.host_port_range = "1-70000".into(),
+            |d| d.host_port_range = "a-b".into(),
+            |d| d.restart_policy = "sometimes".into(),
+            |d| d.restart_policy = "on-failure:".into(),
+            |d| d.restart_policy = "on-failure:-1".into(),
+            |d| d.restart_policy = "on-failure:0".into(),
+        ] {
+            assert!(settings(bad).is_err(), "{:?}", {
+                let mut c = valid();
+                bad(&mut c.docker);
+                c.docker
+            });
+        }
+        let s = settings(|d| {
+            d.allowed_registries = vec!["Reg.Example.com:5000".into(), "index.docker.io".into()];
+            d.host_port_range = "20000-29999".into();
+            d.restart_policy = "on-failure:3".into();
+        })
+        .unwrap();
+        assert_eq!(
+            s.run.allowed_registries,
+            vec!["reg.example.com:5000", "docker.io"]
+        );
+        assert_eq!(s.run.host_port_range, Some((20000, 29999)));
+        assert_eq!(s.run.restart_policy, "on-failure:3");
+        let defaults = settings(|_| {}).unwrap();
+        assert_eq!(defaults.run.restart_policy, "unless-stopped");
+        assert_eq!(defaults.run.host_port_range, None);
+        for policy in ["no", "always", "unless-stopped", "on-failure"] {
+            let mut c = valid();
+            c.docker.restart_policy = policy.into();
+            assert!(c.docker.validate().is_ok(), "{policy}");
+        }
     }
 
     #[test]

@@ -124,6 +124,8 @@ pub fn run_args(
     flag("--log-driver", "json-file".into());
     flag("--log-opt", format!("max-size={}", settings.log_max_size));
     flag("--log-opt", format!("max-file={}", settings.log_max_file));
+    // Renters' containers come back after a docker or host restart (unless-stopped by default).
+    flag("--restart", settings.restart_policy.clone());
     if settings.init {
         args.push("--init".into());
     }
@@ -160,6 +162,9 @@ mod tests {
             log_max_file: 3,
             init: true,
             no_new_privileges: true,
+            allowed_registries: Vec::new(),
+            host_port_range: None,
+            restart_policy: "unless-stopped".into(),
         }
     }
 
@@ -316,6 +321,7 @@ mod tests {
             pairs(&args, "--log-opt"),
             vec!["max-size=50m", "max-file=3"]
         );
+        assert_eq!(pairs(&args, "--restart"), vec!["unless-stopped"]);
         assert!(args.contains(&"--init".to_string()));
         for forbidden in [
             "--privileged",

@@ -122,18 +122,139 @@ impl DockerError {
         self.stderr().to_ascii_lowercase().contains("no such image")
     }
 
-    /// `docker pull`: the image does not exist or may not be pulled (as opposed to a registry
-    /// that could not be reached).
-    pub fn is_image_refused(&self) -> bool {
+    /// Why a `docker pull` failed, read from docker's message (which the agent never repeats:
+    /// it may quote what a registry answered).
+    pub fn pull_failure(&self) -> PullFailure {
         let lower = self.stderr().to_ascii_lowercase();
-        [
+        let has = |needles: &[&str]| needles.iter().any(|n| lower.contains(n));
+        if has(&["no space left on device"]) {
+            PullFailure::NoSpace
+        } else if has(&[
+            "pull access denied",
+            "unauthorized",
+            "authentication required",
+            "requested access to the resource is denied",
+            "no basic auth credentials",
+            "denied:",
+        ]) {
+            PullFailure::AuthRequired
+        } else if has(&["toomanyrequests", "too many requests", "rate limit"]) {
+            PullFailure::RateLimited
+        } else if has(&[
+            "manifest unknown",
             "not found",
             "does not exist",
-            "pull access denied",
-            "manifest unknown",
-        ]
-        .iter()
-        .any(|m| lower.contains(m))
+            "name unknown",
+            "no matching manifest",
+        ]) {
+            PullFailure::NotFound
+        } else if has(&[
+            "connection refused",
+            "no such host",
+            "i/o timeout",
+            "timeout",
+            "dial tcp",
+            "network is unreachable",
+            "no route to host",
+            "connection reset",
+            "tls",
+            "x509",
+            "certificate",
+            "http response to https client",
+            "eof",
+            "server misbehaving",
+        ]) {
+            PullFailure::Unreachable
+        } else {
+            PullFailure::Other
+        }
+    }
+
+    /// Why a `docker run` failed, when docker refused the settings themselves (an invalid
+    /// value) rather than failing: which request field, and why in the agent's words.
+    pub fn run_refusal(&self) -> Option<(&'static str, &'static str)> {
+        let lower = self.stderr().to_ascii_lowercase();
+        let has = |needle: &str| lower.contains(needle);
+        if has("nvidia") || has("could not select device") {
+            // The GPU runtime failing is the host's problem, not the request's.
+            None
+        } else if has("range of cpus") || has("nanocpus") || has("cpu") && has("invalid") {
+            Some((
+                "cpus",
+                "is more CPUs than docker may give a container on this host",
+            ))
+        } else if has("minimum memory limit") || has("memory") && has("invalid") {
+            Some(("memory_mb", "is a memory limit docker refuses"))
+        } else if has("shm") && (has("invalid") || has("size")) {
+            Some(("shm_size_mb", "is a shared memory size docker refuses"))
+        } else if has("invalid port") || has("invalid hostport") || has("invalid containerport") {
+            Some(("port_mappings", "has a port mapping docker refuses"))
+        } else if has("invalid reference format") {
+            Some(("image", "is an image reference docker refuses"))
+        } else if has("invalid argument") || has("invalid value") || has("invalid parameter") {
+            Some(("body", "docker refused the container's settings as invalid"))
+        } else if has("executable file not found")
+            || has("no such file or directory") && has("exec")
+        {
+            Some(("command", "names a program the image does not have"))
+        } else {
+            None
+        }
+    }
+
+    /// One line in the agent's words, without docker's own text (which may quote a registry's
+    /// answer or span several lines): what failed and how, for API answers.
+    pub fn summary(&self) -> String {
+        match self {
+            DockerError::Spawn { binary, .. } => format!(
+                "the docker CLI ({}, docker.binary) cannot be run",
+                binary.display()
+            ),
+            DockerError::Unreachable { .. } => {
+                "the docker engine is unreachable (is dockerd running?)".to_string()
+            }
+            DockerError::Timeout { .. } | DockerError::Cancelled { .. } => self.to_string(),
+            DockerError::Failed { command, code, .. } => {
+                let lower = self.stderr().to_ascii_lowercase();
+                let why = if lower.contains("no space left on device") {
+                    "the host is out of disk space"
+                } else if self.is_no_such_container() {
+                    "no such container"
+                } else if self.is_port_taken() {
+                    "a host port is already in use"
+                } else if self.is_name_taken() {
+                    "the container name is already in use"
+                } else if lower.contains("oci runtime") || lower.contains("runc") {
+                    "the container runtime could not start the container"
+                } else if lower.contains("nvidia") || lower.contains("could not select device") {
+                    "the GPU runtime could not give the container its GPUs"
+                } else {
+                    "docker reported an error (see the agent's log)"
+                };
+                match code {
+                    Some(code) => format!("`{command}` failed (exit {code}): {why}"),
+                    None => format!("`{command}` was killed: {why}"),
+                }
+            }
+            DockerError::BadOutput { command, .. } => {
+                format!("cannot read the output of `{command}`")
+            }
+        }
+    }
+
+    /// Docker's message on one line, at most 300 characters, for the agent's log.
+    pub fn log_line(&self) -> String {
+        let text = self.to_string();
+        let mut line: String = text
+            .split(['\n', '\r'])
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ");
+        if line.chars().count() > 300 {
+            line = line.chars().take(300).collect::<String>() + "…";
+        }
+        line
     }
 
     /// `docker run`: a container with that name exists.
@@ -145,6 +266,40 @@ impl DockerError {
     pub fn is_port_taken(&self) -> bool {
         let stderr = self.stderr();
         stderr.contains("port is already allocated") || stderr.contains("address already in use")
+    }
+}
+
+/// Why an image could not be pulled, in categories the API can answer with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PullFailure {
+    /// No such repository, tag or manifest.
+    NotFound,
+    /// The registry wants credentials, or refused the ones given.
+    AuthRequired,
+    /// The registry could not be reached (DNS, connection, TLS, timeout).
+    Unreachable,
+    /// The registry refused for too many requests.
+    RateLimited,
+    /// The host has no room for the image.
+    NoSpace,
+    /// Anything else the registry or engine answered.
+    Other,
+}
+
+impl PullFailure {
+    /// One line in the agent's words.
+    pub fn describe(self) -> &'static str {
+        match self {
+            PullFailure::NotFound => "the image was not found in its registry",
+            PullFailure::AuthRequired => {
+                "the registry refused access (the image is private or does not exist; give \
+                 registry_auth for a private image)"
+            }
+            PullFailure::Unreachable => "the registry could not be reached",
+            PullFailure::RateLimited => "the registry refused: too many requests, try later",
+            PullFailure::NoSpace => "the host is out of disk space for the image",
+            PullFailure::Other => "the registry or the engine answered with an error",
+        }
     }
 }
 
@@ -456,6 +611,59 @@ mod tests {
             .run(&sh("exec sleep 30"), Duration::from_secs(30), 1024)
             .unwrap_err();
         assert!(matches!(e, DockerError::Cancelled { .. }), "{e}");
+    }
+
+    fn failed(stderr: &str) -> DockerError {
+        DockerError::Failed {
+            command: "docker pull".into(),
+            code: Some(1),
+            stderr: stderr.into(),
+        }
+    }
+
+    #[test]
+    fn pull_failures_are_classified_and_never_quoted() {
+        let cases = [
+            ("Error response from daemon: manifest for x:nope not found: manifest unknown", PullFailure::NotFound),
+            ("Error response from daemon: pull access denied for x, repository does not exist or may require 'docker login': denied: requested access to the resource is denied", PullFailure::AuthRequired),
+            ("Error response from daemon: Head \"https://r.example/v2/x/manifests/1\": unauthorized: authentication required", PullFailure::AuthRequired),
+            ("Error response from daemon: Get \"https://10.0.0.1:1/v2/\": dial tcp 10.0.0.1:1: connect: connection refused", PullFailure::Unreachable),
+            ("Error response from daemon: Get \"https://nope.invalid/v2/\": dial tcp: lookup nope.invalid: no such host", PullFailure::Unreachable),
+            ("Error response from daemon: toomanyrequests: You have reached your pull rate limit", PullFailure::RateLimited),
+            ("write /var/lib/docker/tmp/x: no space left on device", PullFailure::NoSpace),
+            ("Error response from daemon: error parsing HTTP 418 response body: invalid character 'S' looking for beginning of value: \"SECRET-BODY\"", PullFailure::Other),
+        ];
+        for (stderr, want) in cases {
+            let e = failed(stderr);
+            assert_eq!(e.pull_failure(), want, "{stderr}");
+            assert!(!e.summary().contains("SECRET"), "{}", e.summary());
+            assert!(!e.summary().contains('\n'));
+        }
+        let multi = failed("docker: Error response from daemon: boom SECRET.\n\nRun 'docker run --help' for more information");
+        assert!(!multi.summary().contains("SECRET"), "{}", multi.summary());
+        assert!(!multi.log_line().contains('\n'), "{}", multi.log_line());
+    }
+
+    #[test]
+    fn run_refusals_name_the_field() {
+        let refusal = |stderr: &str| failed(stderr).run_refusal().map(|(field, _)| field);
+        assert_eq!(
+            refusal("docker: Error response from daemon: Range of CPUs is from 0.01 to 2.00, as there are only 2 CPUs available.\nSee 'docker run --help'."),
+            Some("cpus")
+        );
+        assert_eq!(
+            refusal("docker: Error response from daemon: Minimum memory limit allowed is 6MB."),
+            Some("memory_mb")
+        );
+        assert_eq!(
+            refusal("docker: Error response from daemon: failed to create shim: OCI runtime create failed: runc create failed: unable to start container process: exec: \"nope\": executable file not found in $PATH: unknown."),
+            Some("command")
+        );
+        assert_eq!(
+            refusal("docker: Error response from daemon: failed to create shim: OCI runtime create failed: nvidia-container-cli: invalid device: unknown"),
+            None
+        );
+        assert_eq!(refusal("docker: Error response from daemon: driver failed programming external connectivity"), None);
     }
 
     #[test]

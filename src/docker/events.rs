@@ -6,9 +6,14 @@
 //! - Owns: the `docker events` child process and the thread reading its output.
 //! - Sends: [`ContainerEvent`]s on the channel it is given (never blocks on it: when the runner
 //!   is behind, an event is dropped and the periodic reconcile repairs the view).
+//! - Reports: when the stream ends it sends a [`STREAM_ENDED`] event, and the runner
+//!   reconciles at once (a dead engine shows in `/health` now, not a reconcile interval later).
 //! - Restarts: when the child exits (engine restarted, unreachable), it starts again after a
-//!   backoff (1 s doubling to 10 s) with `--since` the last event seen, so nothing in between
-//!   is lost.
+//!   backoff (1 s doubling to 30 s, back to 1 s once a child has run for 5 s) with `--since` the
+//!   last event seen, so nothing in between is lost.
+//! - Logs: an outage once when it starts (with docker's message), once when the stream is back,
+//!   and in between a reminder at most every 5 minutes ([`OutageLog`]): a docker that is down
+//!   for an hour costs about 14 lines, not 360.
 //! - Stops: on shutdown it kills the child's process group, reaps the child and joins its
 //!   reader thread (the child is a [`Supervised`] one: see [`crate::child`]).
 
@@ -24,9 +29,107 @@ use std::process::{Command, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// First restart delay of `docker events`; it doubles per quick exit up to [`RESTART_CAP`].
-const RESTART_INITIAL: Duration = Duration::from_secs(1);
-const RESTART_CAP: Duration = Duration::from_secs(10);
+/// How the watcher restarts `docker events` and reports an outage.
+#[derive(Debug, Clone, Copy)]
+struct Pacing {
+    /// First restart delay; it doubles per failure up to `cap`.
+    initial: Duration,
+    cap: Duration,
+    /// A child that runs this long is a working stream: the outage (if any) is over.
+    healthy_after: Duration,
+    /// Longest silence in the log while the outage lasts.
+    reminder: Duration,
+}
+
+const PACING: Pacing = Pacing {
+    initial: Duration::from_secs(1),
+    cap: Duration::from_secs(30),
+    healthy_after: Duration::from_secs(5),
+    reminder: Duration::from_secs(300),
+};
+
+/// What the log says about an outage of the `docker events` stream: its start, a reminder at
+/// most every `reminder`, and its end; every other failed attempt is a debug line.
+#[derive(Debug)]
+pub struct OutageLog {
+    reminder: Duration,
+    outage: Option<Outage>,
+}
+
+#[derive(Debug)]
+struct Outage {
+    since: Instant,
+    last_report: Instant,
+    attempts: u64,
+}
+
+impl OutageLog {
+    pub fn new(reminder: Duration) -> OutageLog {
+        OutageLog {
+            reminder,
+            outage: None,
+        }
+    }
+
+    /// An attempt failed (`problem` says how); the warning to log, if this one deserves one.
+    pub fn failed(&mut self, now: Instant, problem: &str, retry_in: Duration) -> Option<String> {
+        match &mut self.outage {
+            None => {
+                self.outage = Some(Outage {
+                    since: now,
+                    last_report: now,
+                    attempts: 1,
+                });
+                Some(format!(
+                    "docker events stream lost: {problem}; retrying in {} (backing off up to                      {}s; the next report comes when it is back, or in {} minutes)",
+                    secs(retry_in),
+                    PACING.cap.as_secs(),
+                    self.reminder.as_secs() / 60
+                ))
+            }
+            Some(outage) => {
+                outage.attempts += 1;
+                if now.duration_since(outage.last_report) < self.reminder {
+                    return None;
+                }
+                outage.last_report = now;
+                Some(format!(
+                    "docker events stream still down after {} ({} attempts): {problem}",
+                    minutes(now.duration_since(outage.since)),
+                    outage.attempts
+                ))
+            }
+        }
+    }
+
+    /// A child has been running long enough: the line to log if this ends an outage.
+    pub fn healthy(&mut self, now: Instant) -> Option<String> {
+        let outage = self.outage.take()?;
+        Some(format!(
+            "docker events stream is back after {} ({} failed attempts)",
+            minutes(now.duration_since(outage.since)),
+            outage.attempts
+        ))
+    }
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
+}
+
+/// `2m05s`, or `12s` under a minute.
+fn minutes(d: Duration) -> String {
+    let total = d.as_secs();
+    if total < 60 {
+        format!("{total}s")
+    } else {
+        format!("{}m{:02}s", total / 60, total % 60)
+    }
+}
+
+/// The `action` of the [`ContainerEvent`] (with an empty id) the watcher sends when the
+/// `docker events` stream ended: a sign the engine may be gone, which the runner checks at once.
+pub const STREAM_ENDED: &str = "utopia:events-stream-ended";
 
 /// A state change of one managed container.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,7 +210,14 @@ pub fn start(
     shutdown: Shutdown,
 ) -> Result<JoinHandle<()>, StartError> {
     component::spawn("docker-events", move || {
-        watch(&binary, &managed_label, since_nano, &events, &shutdown)
+        watch(
+            &binary,
+            &managed_label,
+            since_nano,
+            &events,
+            &shutdown,
+            PACING,
+        )
     })
 }
 
@@ -117,11 +227,12 @@ fn watch(
     since_nano: i64,
     events: &Sender<ContainerEvent>,
     shutdown: &Shutdown,
+    pacing: Pacing,
 ) {
     let mut since = since_nano;
-    let mut backoff = Backoff::exact(RESTART_INITIAL, RESTART_CAP);
+    let mut backoff = Backoff::exact(pacing.initial, pacing.cap);
+    let mut outage = OutageLog::new(pacing.reminder);
     loop {
-        let started = Instant::now();
         let filter = format!("label={label}");
         let mut command = Command::new(binary);
         command
@@ -142,8 +253,13 @@ fn watch(
         let mut child = match Supervised::spawn(command) {
             Ok(child) => child,
             Err(e) => {
-                log::warn!("cannot start `docker events`: {e}; retrying");
-                if shutdown.wait_timeout(backoff.next_delay()) {
+                let delay = backoff.next_delay();
+                let problem = format!("cannot start `{}`: {e}", binary.display());
+                match outage.failed(Instant::now(), &problem, delay) {
+                    Some(line) => log::warn!("{line}"),
+                    None => log::debug!("docker events: {problem}"),
+                }
+                if shutdown.wait_timeout(delay) {
                     return;
                 }
                 continue;
@@ -157,8 +273,16 @@ fn watch(
             .take_stdout()
             .and_then(|stdout| child::stream_lines(stdout, "docker-events-reader", lines_tx).ok());
 
+        let mut healthy_timer = crossbeam_channel::after(pacing.healthy_after);
         let stopping = loop {
             select! {
+                recv(healthy_timer) -> _ => {
+                    backoff.reset();
+                    if let Some(line) = outage.healthy(Instant::now()) {
+                        log::info!("{line}");
+                    }
+                    healthy_timer = crossbeam_channel::never();
+                }
                 recv(lines) -> line => match line {
                     Ok(line) => {
                         if let Some(event) = parse_event(&line) {
@@ -183,25 +307,33 @@ fn watch(
         if stopping {
             return;
         }
+        // The engine may have died: the runner re-checks docker at once rather than at its next
+        // reconcile (so /health says so now).
+        let ended = ContainerEvent {
+            id: String::new(),
+            action: STREAM_ENDED.to_string(),
+            time_nano: now_nano(),
+        };
+        let _ = events.send_timeout(ended, Duration::from_secs(1));
         let message = stderr
             .map(|rx| child::collect(&rx, Duration::from_secs(1)).text())
             .unwrap_or_default();
-        if started.elapsed() > Duration::from_secs(30) {
-            backoff.reset();
-        }
         let delay = backoff.next_delay();
-        log::warn!(
-            "`docker events` exited ({}){}; restarting in {}s",
+        let problem = format!(
+            "`docker events` exited ({}){}",
             status
                 .map(|s| s.to_string())
                 .unwrap_or_else(|e| e.to_string()),
             if message.is_empty() {
                 String::new()
             } else {
-                format!(": {message}")
+                format!(": {}", message.trim())
             },
-            delay.as_secs()
         );
+        match outage.failed(Instant::now(), &problem, delay) {
+            Some(line) => log::warn!("{line}"),
+            None => log::debug!("{problem}; restarting in {}", secs(delay)),
+        }
         if shutdown.wait_timeout(delay) {
             return;
         }
@@ -252,9 +384,96 @@ mod tests {
     }
 
     #[test]
+    fn an_hour_of_outage_is_a_handful_of_lines() {
+        // docker down for an hour, the watcher retrying on its backoff: the log gets the start,
+        // a reminder every 5 minutes and the end, not a line per attempt.
+        let mut log = OutageLog::new(PACING.reminder);
+        let start = Instant::now();
+        let mut backoff = Backoff::exact(PACING.initial, PACING.cap);
+        let mut at = Duration::ZERO;
+        let mut lines = Vec::new();
+        let mut attempts = 0;
+        while at < Duration::from_secs(3600) {
+            let delay = backoff.next_delay();
+            lines.extend(log.failed(start + at, "Cannot connect to the Docker daemon", delay));
+            attempts += 1;
+            at += delay;
+        }
+        assert!(attempts > 100, "{attempts}");
+        assert!(lines[0].starts_with("docker events stream lost: Cannot connect"));
+        assert!(lines[1].contains("still down after 5m"), "{lines:?}");
+        assert!((12..=13).contains(&lines.len()), "{lines:#?}");
+        let end = log.healthy(start + at).unwrap();
+        assert!(
+            end.contains("is back after 60m") || end.contains("is back after 59m"),
+            "{end}"
+        );
+        assert!(
+            end.contains(&format!("{attempts} failed attempts")),
+            "{end}"
+        );
+        // A working stream says nothing; the next outage is reported at once again.
+        assert_eq!(log.healthy(start + at), None);
+        assert!(log.failed(start + at, "x", Duration::ZERO).is_some());
+        assert_eq!(log.failed(start + at, "x", Duration::ZERO), None);
+    }
+
+    #[test]
+    fn the_backoff_restarts_from_the_start_once_the_stream_works() {
+        // A fake docker that fails 3 times, then runs: the watcher keeps retrying, and once a
+        // child ran for `healthy_after` the next failure is retried after `initial` again.
+        let dir = tempfile::tempdir().unwrap();
+        let count = dir.path().join("count");
+        let script = format!(
+            "n=$(cat {c} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {c}\n\
+             if [ $n -le 3 ] || [ $n -ge 5 ]; then echo down >&2; exit 1; fi\nsleep 0.5",
+            c = count.display()
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let fake = dir.path().join("docker");
+        std::fs::write(&fake, format!("#!/bin/sh\n{script}\n")).unwrap();
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (trigger, shutdown) = crate::shutdown::channel();
+        let (tx, _rx) = crossbeam_channel::bounded(16);
+        let label = ManagedLabel::parse("a=b").unwrap();
+        let pacing = Pacing {
+            initial: Duration::from_millis(50),
+            cap: Duration::from_millis(400),
+            healthy_after: Duration::from_millis(200),
+            reminder: Duration::from_secs(60),
+        };
+        let thread =
+            std::thread::spawn(move || watch(&fake, &label, now_nano(), &tx, &shutdown, pacing));
+        let read = || {
+            std::fs::read_to_string(&count)
+                .ok()
+                .and_then(|s| s.trim().parse::<u32>().ok())
+                .unwrap_or(0)
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while read() < 5 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let fifth = Instant::now();
+        // Without the reset the sixth attempt waits 400 ms (50·2⁴ capped at 400).
+        while read() < 6 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(read() >= 6, "the watcher stopped retrying");
+        assert!(
+            fifth.elapsed() < Duration::from_millis(300),
+            "{:?}",
+            fifth.elapsed()
+        );
+        trigger.fire();
+        thread.join().unwrap();
+    }
+
+    #[test]
     fn restarts_the_child_and_stops_on_shutdown() {
         // A fake `docker` that prints one event and exits: the watcher forwards it, then
-        // restarts the child (a second copy of the event arrives) until shutdown.
+        // restarts the child (a second copy of the event arrives) until shutdown. Each end of
+        // the stream is reported, for the runner to check docker at once.
         let dir = tempfile::tempdir().unwrap();
         let (trigger, rx, thread) = watch_fake(
             dir.path(),
@@ -262,7 +481,12 @@ mod tests {
         );
         for _ in 0..2 {
             let event = rx.recv_timeout(Duration::from_secs(5)).unwrap();
-            assert_eq!(event.id, "c1");
+            assert_eq!((event.id.as_str(), event.action.as_str()), ("c1", "die"));
+            let ended = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+            assert_eq!(
+                (ended.id.as_str(), ended.action.as_str()),
+                ("", STREAM_ENDED)
+            );
         }
         trigger.fire();
         let started = Instant::now();

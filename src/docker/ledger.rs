@@ -198,7 +198,8 @@ impl GpuLedger {
             }
         };
         for port in ports {
-            if self.reserved_ports.contains(&port.host_port) {
+            // The agent's own ports are TCP: a UDP mapping on the same number takes nothing.
+            if port.protocol == Protocol::Tcp && self.reserved_ports.contains(&port.host_port) {
                 return Err(Conflict::PortReserved {
                     port: port.host_port,
                 });

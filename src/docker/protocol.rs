@@ -17,7 +17,7 @@
 use crate::docker::cli::{DockerError, DockerTimeouts};
 use crate::docker::container::ContainerView;
 use crate::docker::ledger::Conflict;
-use crate::docker::spec::{CreateSpec, SpecError};
+use crate::docker::spec::{CreatePolicy, CreateSpec, SpecError};
 use crossbeam_channel::Sender;
 use serde::Serialize;
 use std::fmt;
@@ -62,7 +62,8 @@ impl fmt::Display for ContainerError {
             | ContainerError::ImageNotFound(m)
             | ContainerError::ImagePull(m) => f.write_str(m),
             ContainerError::Conflict { message, .. } => f.write_str(message),
-            ContainerError::Docker(e) => e.fmt(f),
+            // Never docker's own text: it may quote a registry's answer, over several lines.
+            ContainerError::Docker(e) => f.write_str(&e.summary()),
         }
     }
 }
@@ -73,7 +74,7 @@ impl From<DockerError> for ContainerError {
     fn from(e: DockerError) -> Self {
         match e {
             DockerError::Spawn { .. } | DockerError::Unreachable { .. } => {
-                ContainerError::DockerUnavailable(e.to_string())
+                ContainerError::DockerUnavailable(e.summary())
             }
             DockerError::Timeout { .. } => ContainerError::Timeout(e.to_string()),
             DockerError::Cancelled { .. } => ContainerError::DockerUnavailable(e.to_string()),
@@ -170,9 +171,21 @@ pub enum Request {
 pub struct RunnerHandle {
     pub(super) requests: Sender<Request>,
     pub(super) timeouts: Arc<DockerTimeouts>,
+    pub(super) policy: Arc<CreatePolicy>,
 }
 
 impl RunnerHandle {
+    /// The docker deadlines the CLI reads at each command (a reload changes them).
+    pub fn timeouts(&self) -> Arc<DockerTimeouts> {
+        Arc::clone(&self.timeouts)
+    }
+
+    /// What this host allows a create (registries, host ports, CPUs, memory): checked by the
+    /// API before the request reaches the runner.
+    pub fn policy(&self) -> &CreatePolicy {
+        &self.policy
+    }
+
     /// How long a create may take in all (pull, run, inspect).
     pub fn create_timeout(&self) -> Duration {
         self.timeouts.create_total()

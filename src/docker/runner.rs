@@ -35,7 +35,7 @@ use crate::docker::placement::place;
 use crate::docker::protocol::{
     ContainerError, Deleted, DockerRunner, Reply, Request, RunnerHandle,
 };
-use crate::docker::spec::{join_ids, CreateSpec};
+use crate::docker::spec::{join_ids, CreatePolicy, CreateSpec};
 use crate::docker::table::ContainerTable;
 use crate::docker::worker::{remove_stale_env_files, worker};
 use crate::shutdown::Shutdown;
@@ -196,6 +196,10 @@ pub fn start(
         handle: RunnerHandle {
             requests: requests_tx,
             timeouts,
+            policy: Arc::new(CreatePolicy::for_host(
+                &config.run.allowed_registries,
+                config.run.host_port_range,
+            )),
         },
         threads,
     })
@@ -560,7 +564,10 @@ impl Runner {
     }
 
     fn on_event(&mut self, event: ContainerEvent) {
-        if event.action == "destroy" {
+        if event.action == events::STREAM_ENDED {
+            log::info!("the docker events stream ended; checking docker now");
+            self.start_reconcile();
+        } else if event.action == "destroy" {
             let known = self.table.contains(&event.id);
             // Unknown too: a create or stop in flight may still report it.
             self.table.forget(&event.id, &mut self.ledger);

@@ -163,9 +163,207 @@ pub fn parse_create(body: &[u8]) -> Result<CreateSpec, SpecError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(err("body", "a JSON object is required"));
     }
-    let request: CreateRequest =
+    let value: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| err("body", format!("invalid JSON: {e}")))?;
+    check_json_shape(&value)?;
+    let request: CreateRequest = serde_json::from_value(value)
+        .map_err(|e| err("body", humanize_json_error(&e.to_string())))?;
     validate(request)
+}
+
+/// What each field of a create must be, in the user's words.
+#[derive(Clone, Copy)]
+enum Shape {
+    String,
+    Integer,
+    Port,
+    Number,
+    Strings,
+    Integers,
+    PortMappings,
+}
+
+impl Shape {
+    fn words(self) -> &'static str {
+        match self {
+            Shape::String => "a string",
+            Shape::Integer => "an integer",
+            Shape::Port => "a port number (1-65535)",
+            Shape::Number => "a number",
+            Shape::Strings => "a list of strings",
+            Shape::Integers => "a list of integers",
+            Shape::PortMappings => {
+                "a list of objects {\"host_port\", \"container_port\", \"protocol\"}"
+            }
+        }
+    }
+}
+
+const CREATE_FIELDS: &[(&str, Shape, bool)] = &[
+    ("claim_id", Shape::String, true),
+    ("image", Shape::String, true),
+    ("gpu_ids", Shape::Integers, false),
+    ("gpu_count", Shape::Integer, false),
+    ("port_mappings", Shape::PortMappings, false),
+    ("env_vars", Shape::Strings, false),
+    ("command", Shape::Strings, false),
+    ("memory_mb", Shape::Integer, false),
+    ("cpus", Shape::Number, false),
+    ("shm_size_mb", Shape::Integer, false),
+];
+
+const PORT_MAPPING_FIELDS: &[(&str, Shape, bool)] = &[
+    ("host_port", Shape::Port, true),
+    ("container_port", Shape::Port, true),
+    ("protocol", Shape::String, false),
+];
+
+/// `a string`, `an array`: what a JSON value is, in the user's words.
+fn json_kind(value: &serde_json::Value) -> &'static str {
+    use serde_json::Value;
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "an integer",
+        Value::Number(_) => "a fractional number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn is_integer(value: &serde_json::Value) -> bool {
+    value.is_i64()
+}
+
+fn check_shape(field: &str, value: &serde_json::Value, shape: Shape) -> Result<(), SpecError> {
+    let wrong = || {
+        err(
+            field,
+            format!("must be {}, not {}", shape.words(), json_kind(value)),
+        )
+    };
+    match shape {
+        Shape::String => value.is_string().then_some(()).ok_or_else(wrong),
+        Shape::Integer | Shape::Port => is_integer(value).then_some(()).ok_or_else(wrong),
+        Shape::Number => value.is_number().then_some(()).ok_or_else(wrong),
+        Shape::Strings | Shape::Integers | Shape::PortMappings => {
+            let items = value.as_array().ok_or_else(wrong)?;
+            for (i, item) in items.iter().enumerate() {
+                let field = format!("{field}[{i}]");
+                match shape {
+                    Shape::Strings => check_shape(&field, item, Shape::String)?,
+                    Shape::Integers => check_shape(&field, item, Shape::Integer)?,
+                    _ => check_object(&field, item, PORT_MAPPING_FIELDS, "a port mapping")?,
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn check_object(
+    field: &str,
+    value: &serde_json::Value,
+    fields: &[(&str, Shape, bool)],
+    what: &str,
+) -> Result<(), SpecError> {
+    let object = value.as_object().ok_or_else(|| {
+        err(
+            field,
+            format!("{what} must be a JSON object, not {}", json_kind(value)),
+        )
+    })?;
+    let path = |key: &str| {
+        if field == "body" {
+            key.to_string()
+        } else {
+            format!("{field}.{key}")
+        }
+    };
+    for (key, item) in object {
+        let Some((_, shape, required)) = fields.iter().find(|(name, _, _)| name == key) else {
+            let known: Vec<&str> = fields.iter().map(|(name, _, _)| *name).collect();
+            return Err(err(
+                field,
+                format!(
+                    "unknown field {key:?} (the fields are {})",
+                    known.join(", ")
+                ),
+            ));
+        };
+        // `null` is an absent optional field.
+        if item.is_null() && !required {
+            continue;
+        }
+        check_shape(&path(key), item, *shape)?;
+    }
+    for (key, _, required) in fields {
+        if *required && !object.contains_key(*key) {
+            return Err(err(path(key), "is required"));
+        }
+    }
+    Ok(())
+}
+
+fn check_json_shape(value: &serde_json::Value) -> Result<(), SpecError> {
+    if !value.is_object() {
+        return Err(err(
+            "body",
+            format!("a JSON object is required, not {}", json_kind(value)),
+        ));
+    }
+    check_object("body", value, CREATE_FIELDS, "the request")
+}
+
+/// serde's wording (`invalid type: string "x", expected u16`, `expected struct CreateRequest`)
+/// in the user's: no Rust type names reach an answer.
+pub fn humanize_json_error(message: &str) -> String {
+    const WORDS: &[(&str, &str)] = &[
+        ("expected u16", "expected a port number (1-65535)"),
+        ("expected u8", "expected an integer (0-255)"),
+        ("expected u32", "expected a non-negative integer"),
+        ("expected u64", "expected a non-negative integer"),
+        ("expected usize", "expected a non-negative integer"),
+        ("expected i32", "expected an integer"),
+        ("expected i64", "expected an integer"),
+        ("expected f32", "expected a number"),
+        ("expected f64", "expected a number"),
+        ("expected a sequence", "expected a list"),
+        ("expected a map", "expected a JSON object"),
+        ("expected a boolean", "expected true or false"),
+        ("invalid type: sequence", "invalid type: a list"),
+        ("invalid type: map", "invalid type: a JSON object"),
+    ];
+    let mut out = message.to_string();
+    // `expected struct Name` / `expected struct Name with N elements` / `expected enum Name`.
+    for marker in [
+        "expected struct ",
+        "expected enum ",
+        "expected tuple struct ",
+    ] {
+        while let Some(start) = out.find(marker) {
+            let rest = &out[start + marker.len()..];
+            let mut end = rest
+                .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            if rest[end..].starts_with(" with ") {
+                if let Some(i) = rest[end..].find(" elements") {
+                    end += i + " elements".len();
+                }
+            }
+            let what = if marker == "expected enum " {
+                "expected one of the allowed values"
+            } else {
+                "expected a JSON object"
+            };
+            out = format!("{}{what}{}", &out[..start], &rest[end..]);
+        }
+    }
+    for (rust, user) in WORDS {
+        out = out.replace(rust, user);
+    }
+    out
 }
 
 /// Validates a parsed request.
@@ -516,12 +714,10 @@ fn valid_path_component(component: &str) -> bool {
     }
 }
 
-/// `host[:port]`; host is dot-separated labels of letters, digits and inner hyphens.
+/// `host[:port]`; host is dot-separated labels of letters, digits and inner hyphens, or an
+/// IPv6 address in brackets.
 fn valid_domain(domain: &str) -> bool {
-    let (host, port) = match domain.rsplit_once(':') {
-        Some((host, port)) => (host, Some(port)),
-        None => (domain, None),
-    };
+    let (host, port) = split_host_port(domain);
     if let Some(port) = port {
         let port_ok =
             port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok_and(|p| p > 0);
@@ -529,6 +725,32 @@ fn valid_domain(domain: &str) -> bool {
             return false;
         }
     }
+    if let Some(inner) = host.strip_prefix('[') {
+        return inner
+            .strip_suffix(']')
+            .is_some_and(|v6| v6.parse::<std::net::Ipv6Addr>().is_ok());
+    }
+    valid_host_name(host)
+}
+
+/// `host[:port]` split, an IPv6 host keeping its brackets.
+fn split_host_port(domain: &str) -> (&str, Option<&str>) {
+    if domain.starts_with('[') {
+        return match domain.find(']') {
+            Some(end) => match domain[end + 1..].strip_prefix(':') {
+                Some(port) => (&domain[..=end], Some(port)),
+                None => (domain, None),
+            },
+            None => (domain, None),
+        };
+    }
+    match domain.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (domain, None),
+    }
+}
+
+fn valid_host_name(host: &str) -> bool {
     !host.is_empty()
         && host.split('.').all(|label| {
             let b = label.as_bytes();
@@ -537,6 +759,241 @@ fn valid_domain(domain: &str) -> bool {
                 && b[b.len() - 1].is_ascii_alphanumeric()
                 && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
         })
+}
+
+/// `host[:port]` as an image reference's domain may be.
+pub fn valid_registry(registry: &str) -> bool {
+    registry.is_ascii() && registry.len() <= 255 && valid_domain(registry)
+}
+
+/// The default registry of references that name none.
+pub const DEFAULT_REGISTRY: &str = "docker.io";
+
+/// The registry an image reference is pulled from, lowercased: its domain (`host[:port]`), or
+/// `docker.io` when it names none (docker's own aliases of it read as `docker.io` too).
+pub fn registry_of(image: &str) -> String {
+    let Some((first, _)) = image.split_once('/') else {
+        return DEFAULT_REGISTRY.to_string();
+    };
+    if !(first.contains(['.', ':']) || first == "localhost") {
+        return DEFAULT_REGISTRY.to_string();
+    }
+    normalize_registry(first)
+}
+
+/// `Index.Docker.IO` → `docker.io`; other hosts lowercased.
+pub fn normalize_registry(registry: &str) -> String {
+    let lower = registry.to_ascii_lowercase();
+    match lower.as_str() {
+        "index.docker.io" | "registry-1.docker.io" => DEFAULT_REGISTRY.to_string(),
+        _ => lower,
+    }
+}
+
+/// Refuses a registry on this host's loopback or a link-local address (`localhost`,
+/// `127.0.0.1`, `[::1]`, `169.254.169.254`, and the spellings a resolver reads as those:
+/// `127.1`, `2130706433`, `0x7f000001`, `0177.0.0.1`, `[::ffff:127.0.0.1]`, `0.0.0.0`): the
+/// engine would reach, for a renter, services that listen only to the host itself.
+pub fn check_registry_host(registry: &str) -> Result<(), String> {
+    let (host, _) = split_host_port(registry);
+    let host = host.to_ascii_lowercase();
+    let refused = |what: &str| {
+        Err(format!(
+            "registry {registry} is {what}; images are pulled only from registries outside this \
+             host"
+        ))
+    };
+    let name = host.trim_end_matches('.');
+    if name == "localhost"
+        || name.ends_with(".localhost")
+        || name == "localhost.localdomain"
+        || name == "ip6-localhost"
+        || name == "ip6-loopback"
+    {
+        return refused("this host (localhost)");
+    }
+    let address = if let Some(inner) = host.strip_prefix('[') {
+        inner
+            .strip_suffix(']')
+            .and_then(|v6| v6.parse::<std::net::Ipv6Addr>().ok())
+            .map(std::net::IpAddr::V6)
+    } else {
+        parse_ipv4_like_a_resolver(name).map(std::net::IpAddr::V4)
+    };
+    match address {
+        Some(address) if is_local_address(address) => {
+            refused(&format!("on a loopback or link-local address ({address})"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// True for loopback, link-local and unspecified addresses (an IPv4 one inside IPv6 too).
+pub fn is_local_address(address: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match address {
+        IpAddr::V4(v4) => v4.is_loopback() || v4.is_link_local() || v4.octets()[0] == 0,
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_local_address(IpAddr::V4(v4));
+            }
+            let segments = v6.segments();
+            // IPv4-compatible `::a.b.c.d` (deprecated, still parsed).
+            if segments[..6].iter().all(|s| *s == 0) && !v6.is_loopback() && !v6.is_unspecified() {
+                let [a, b] = segments[6].to_be_bytes();
+                let [c, d] = segments[7].to_be_bytes();
+                return is_local_address(IpAddr::V4(std::net::Ipv4Addr::new(a, b, c, d)));
+            }
+            v6.is_loopback() || v6.is_unspecified() || (segments[0] & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+/// An IPv4 address as `inet_aton` reads it: one to four parts, each decimal, octal (`0…`) or
+/// hex (`0x…`), the last filling the remaining bytes (`127.1` is 127.0.0.1, `2130706433` too).
+fn parse_ipv4_like_a_resolver(host: &str) -> Option<std::net::Ipv4Addr> {
+    let parts: Vec<&str> = host.split('.').collect();
+    if parts.is_empty() || parts.len() > 4 {
+        return None;
+    }
+    let mut numbers = Vec::with_capacity(parts.len());
+    for part in &parts {
+        let lower = part.to_ascii_lowercase();
+        let value = if let Some(hex) = lower.strip_prefix("0x") {
+            if hex.is_empty() {
+                0
+            } else {
+                u64::from_str_radix(hex, 16).ok()?
+            }
+        } else if lower.len() > 1 && lower.starts_with('0') {
+            u64::from_str_radix(&lower[1..], 8).ok()?
+        } else {
+            if lower.is_empty() || !lower.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            lower.parse::<u64>().ok()?
+        };
+        numbers.push(value);
+    }
+    let (last, head) = numbers.split_last()?;
+    let mut address: u64 = 0;
+    for (i, n) in head.iter().enumerate() {
+        if *n > 255 {
+            return None;
+        }
+        address |= n << (24 - 8 * i);
+    }
+    let room = 32 - 8 * head.len();
+    if room < 64 && *last >= (1u64 << room) {
+        return None;
+    }
+    address |= last;
+    u32::try_from(address).ok().map(std::net::Ipv4Addr::from)
+}
+
+/// What a create may use on this host besides what the request itself allows: which
+/// registries, which host ports, how many CPUs and how much memory (checked before docker is
+/// asked, so a request docker would refuse is a 400 naming the field).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CreatePolicy {
+    /// `docker.allowed_registries`, normalized; empty: any registry outside this host.
+    pub allowed_registries: Vec<String>,
+    /// `docker.host_port_range`; `None`: any port.
+    pub host_port_range: Option<(u16, u16)>,
+    /// The host's CPUs (`None`: unknown, not checked).
+    pub host_cpus: Option<u32>,
+    /// The host's memory in MiB (`None`: unknown, not checked).
+    pub host_memory_mb: Option<u64>,
+}
+
+impl CreatePolicy {
+    /// The policy of `docker.*` with this host's CPUs and memory.
+    pub fn for_host(allowed_registries: &[String], host_port_range: Option<(u16, u16)>) -> Self {
+        CreatePolicy {
+            allowed_registries: allowed_registries
+                .iter()
+                .map(|r| normalize_registry(r))
+                .collect(),
+            host_port_range,
+            host_cpus: host_cpu_count(),
+            host_memory_mb: host_memory_mb(),
+        }
+    }
+
+    /// Refuses what this host does not allow.
+    pub fn check(&self, spec: &CreateSpec) -> Result<(), SpecError> {
+        let registry = registry_of(&spec.image);
+        check_registry_host(&registry).map_err(|m| err("image", m))?;
+        if !self.allowed_registries.is_empty() && !self.allowed_registries.contains(&registry) {
+            return Err(err(
+                "image",
+                format!(
+                    "registry {registry} is not allowed on this node (docker.allowed_registries: \
+                     {})",
+                    self.allowed_registries.join(", ")
+                ),
+            ));
+        }
+        if let Some((low, high)) = self.host_port_range {
+            for (i, port) in spec.ports.iter().enumerate() {
+                if !(low..=high).contains(&port.host_port) {
+                    return Err(err(
+                        format!("port_mappings[{i}].host_port"),
+                        format!(
+                            "{} is outside the host ports containers may use ({low}-{high})",
+                            port.host_port
+                        ),
+                    ));
+                }
+            }
+        }
+        if let (Some(cpus), Some(host)) = (spec.cpus, self.host_cpus) {
+            if cpus > f64::from(host) {
+                return Err(err(
+                    "cpus",
+                    format!("{cpus} is more than this host's {host} CPUs"),
+                ));
+            }
+        }
+        if let (Some(mb), Some(host)) = (spec.memory_mb, self.host_memory_mb) {
+            if mb > host {
+                return Err(err(
+                    "memory_mb",
+                    format!("{mb} is more than this host's {host} MiB of memory"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The CPUs the engine counts (`/sys/devices/system/cpu/online`, e.g. `0-3,6`).
+fn host_cpu_count() -> Option<u32> {
+    let text = std::fs::read_to_string("/sys/devices/system/cpu/online").ok()?;
+    count_cpu_list(text.trim())
+}
+
+fn count_cpu_list(list: &str) -> Option<u32> {
+    let mut total = 0u32;
+    for part in list.split(',') {
+        let (first, last) = match part.split_once('-') {
+            Some((a, b)) => (a.parse::<u32>().ok()?, b.parse::<u32>().ok()?),
+            None => {
+                let n = part.parse::<u32>().ok()?;
+                (n, n)
+            }
+        };
+        total = total.checked_add(last.checked_sub(first)?.checked_add(1)?)?;
+    }
+    (total > 0).then_some(total)
+}
+
+/// `MemTotal` of `/proc/meminfo`, in MiB.
+fn host_memory_mb() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
 }
 
 /// `algorithm:hex` as the engine accepts it: sha256, sha384 or sha512 with exactly as many
@@ -705,7 +1162,7 @@ mod tests {
             ("body", with("privileged", json!(true))),
             ("body", with("volumes", json!(["/:/host"]))),
             ("body", with("network_mode", json!("host"))),
-            ("body", json!({"image": "busybox"})),
+            ("claim_id", json!({"image": "busybox"})),
             ("body", json!([])),
             ("memory_mb", with("memory_mb", json!(1))),
             ("cpus", with("cpus", json!(0))),
@@ -744,6 +1201,184 @@ mod tests {
         let twice = parse(json!({"claim_id":"c","image":"b","gpu_ids":[0],
             "env_vars":["NVIDIA_VISIBLE_DEVICES=0","NVIDIA_VISIBLE_DEVICES=0"]}));
         assert!(twice.is_err());
+    }
+
+    #[test]
+    fn type_errors_speak_the_users_words() {
+        let cases = [
+            (
+                with(
+                    "port_mappings",
+                    json!([{"host_port": "80", "container_port": 80}]),
+                ),
+                "port_mappings[0].host_port",
+                "a port number (1-65535)",
+            ),
+            (with("gpu_ids", json!([0.5])), "gpu_ids[0]", "an integer"),
+            (with("cpus", json!("2")), "cpus", "a number"),
+            (
+                with("env_vars", json!("A=1")),
+                "env_vars",
+                "a list of strings",
+            ),
+            (json!([1, 2]), "body", "a JSON object"),
+            (json!("x"), "body", "a JSON object"),
+            (
+                with("port_mappings", json!([7])),
+                "port_mappings[0]",
+                "a JSON object",
+            ),
+            (
+                with(
+                    "port_mappings",
+                    json!([{"host_port": 1, "container_port": 2, "proto": "udp"}]),
+                ),
+                "port_mappings[0]",
+                "unknown field \"proto\"",
+            ),
+            (json!({"claim_id": "c"}), "image", "is required"),
+        ];
+        for (body, field, words) in cases {
+            let e = parse(body.clone()).unwrap_err();
+            assert_eq!(e.field, field, "{body}: {e}");
+            assert!(e.message.contains(words), "{body}: {e}");
+            for rust in ["i64", "u16", "f64", "struct", "sequence", "CreateRequest"] {
+                assert!(!e.to_string().contains(rust), "{body}: {e}");
+            }
+        }
+        assert!(parse(with("gpu_count", serde_json::Value::Null)).is_ok());
+        let rewritten = humanize_json_error(
+            "invalid type: sequence, expected struct CreateRequest with 10 elements at line 1",
+        );
+        assert_eq!(
+            rewritten,
+            "invalid type: a list, expected a JSON object at line 1"
+        );
+        assert_eq!(
+            humanize_json_error("invalid type: string \"x\", expected u16"),
+            "invalid type: string \"x\", expected a port number (1-65535)"
+        );
+    }
+
+    #[test]
+    fn registries_on_this_host_are_refused() {
+        for local in [
+            "127.0.0.1:5998/x",
+            "127.0.0.1:1/x",
+            "localhost/x",
+            "localhost:5000/a/b:tag",
+            "LOCALHOST:5000/x",
+            "foo.localhost/x",
+            "127.1:5000/x",
+            "127.0.1/x",
+            "2130706433:5000/x",
+            "0x7f000001:5000/x",
+            "0x7f.0.0.1:5000/x",
+            "0177.0.0.1:5000/x",
+            "0.0.0.0:5000/x",
+            "0:5000/x",
+            "169.254.169.254/x",
+            "[::1]:5000/x",
+            "[::1]/x",
+            "[::]:5000/x",
+            "[fe80::1]:5000/x",
+            "[::ffff:7f00:1]:5000/x",
+            "[::ffff:a9fe:a9fe]/x",
+        ] {
+            assert_eq!(
+                validate_image(local),
+                Ok(()),
+                "{local} is a valid reference"
+            );
+            let registry = registry_of(local);
+            assert!(
+                check_registry_host(&registry).is_err(),
+                "{local}: {registry} accepted"
+            );
+        }
+        for remote in [
+            "busybox",
+            "nvidia/cuda:12",
+            "registry.example.com/x",
+            "10.0.0.5:5000/x",
+            "192.168.1.1/x",
+            "[2001:db8::1]:5000/x",
+            "127.0.0.1.example.com/x",
+            "my-registry:443/x",
+        ] {
+            assert_eq!(validate_image(remote), Ok(()), "{remote}");
+            assert_eq!(
+                check_registry_host(&registry_of(remote)),
+                Ok(()),
+                "{remote}"
+            );
+        }
+        assert_eq!(registry_of("busybox"), "docker.io");
+        assert_eq!(registry_of("nvidia/cuda:12"), "docker.io");
+        assert_eq!(registry_of("Index.Docker.IO/library/x"), "docker.io");
+        assert_eq!(
+            registry_of("Reg.Example.com:5000/x"),
+            "reg.example.com:5000"
+        );
+        assert_eq!(parse_ipv4_like_a_resolver("1.2.3.4.5"), None);
+        assert_eq!(parse_ipv4_like_a_resolver("256.0.0.1"), None);
+        assert_eq!(parse_ipv4_like_a_resolver("example"), None);
+    }
+
+    #[test]
+    fn the_policy_checks_registries_ports_cpus_and_memory() {
+        let policy = CreatePolicy {
+            allowed_registries: vec!["docker.io".into(), "reg.example.com:5000".into()],
+            host_port_range: Some((20000, 29999)),
+            host_cpus: Some(2),
+            host_memory_mb: Some(1024),
+        };
+        let check = |body: serde_json::Value| policy.check(&parse(body).unwrap());
+        assert_eq!(check(base()), Ok(()));
+        assert_eq!(
+            check(with("image", json!("reg.example.com:5000/x"))),
+            Ok(())
+        );
+        assert_eq!(
+            check(with("image", json!("other.example.com/x")))
+                .unwrap_err()
+                .field,
+            "image"
+        );
+        assert_eq!(
+            check(with("image", json!("127.0.0.1:5000/x")))
+                .unwrap_err()
+                .field,
+            "image"
+        );
+        let ports = |host: u16| {
+            check(with(
+                "port_mappings",
+                json!([{"host_port": host, "container_port": 80}]),
+            ))
+        };
+        assert_eq!(ports(20000), Ok(()));
+        assert_eq!(ports(29999), Ok(()));
+        assert_eq!(ports(22).unwrap_err().field, "port_mappings[0].host_port");
+        assert!(ports(30000).is_err());
+        assert_eq!(check(with("cpus", json!(2.0))), Ok(()));
+        assert_eq!(check(with("cpus", json!(2.5))).unwrap_err().field, "cpus");
+        assert_eq!(check(with("memory_mb", json!(1024))), Ok(()));
+        assert_eq!(
+            check(with("memory_mb", json!(1025))).unwrap_err().field,
+            "memory_mb"
+        );
+        let open = CreatePolicy::default();
+        assert_eq!(
+            open.check(&parse(with("image", json!("any.example.com/x"))).unwrap()),
+            Ok(())
+        );
+        assert!(open
+            .check(&parse(with("image", json!("localhost:5000/x"))).unwrap())
+            .is_err());
+        assert_eq!(count_cpu_list("0-3,6"), Some(5));
+        assert_eq!(count_cpu_list("0"), Some(1));
+        assert_eq!(count_cpu_list("x"), None);
     }
 
     #[test]

@@ -8,14 +8,14 @@
 //! when shutdown starts is killed and reaped by [`DockerCli`].
 
 use crate::docker::argv::run_args;
-use crate::docker::cli::{DockerCli, DockerError};
+use crate::docker::cli::{DockerCli, DockerError, PullFailure};
 use crate::docker::container::{parse_inspect, ContainerView};
 use crate::docker::jobs::{Done, Work, WorkerContext};
 use crate::docker::labels::LABEL_CLAIM_ID;
 use crate::docker::ledger::short_id;
 use crate::docker::network;
 use crate::docker::protocol::{Action, ContainerError};
-use crate::docker::spec::{join_ids, CreateSpec};
+use crate::docker::spec::{join_ids, CreateSpec, SpecError};
 use crate::shutdown::Shutdown;
 use crossbeam_channel::{select, Receiver, Sender};
 use std::path::{Path, PathBuf};
@@ -130,12 +130,17 @@ fn create(
     let id = match run {
         Ok(out) => String::from_utf8_lossy(&out.stdout).trim().to_string(),
         Err(e) => {
+            log::warn!(
+                "creating container {} failed: {}",
+                spec.container_name(),
+                e.log_line()
+            );
             if e.is_name_taken() {
                 // Someone else's container has our name: not ours to remove.
                 return Err(ContainerError::Conflict {
                     code: "claim_in_use",
                     message: format!(
-                        "a container named {} already exists (not created by this request): {e}",
+                        "a container named {} already exists (not created by this request)",
                         spec.container_name()
                     ),
                 });
@@ -144,8 +149,15 @@ fn create(
             if e.is_port_taken() {
                 return Err(ContainerError::Conflict {
                     code: "port_in_use",
-                    message: format!("a host port is used outside the agent: {e}"),
+                    message: "a host port is used outside the agent".to_string(),
                 });
+            }
+            if let Some((field, why)) = e.run_refusal() {
+                // Docker refused the settings themselves: the request is at fault.
+                return Err(ContainerError::Invalid(SpecError {
+                    field: field.to_string(),
+                    message: why.to_string(),
+                }));
             }
             return Err(e.into());
         }
@@ -183,15 +195,16 @@ fn ensure_image(cli: &DockerCli, image: &str) -> Result<(), ContainerError> {
     ) {
         Ok(_) => Ok(()),
         Err(e @ DockerError::Failed { .. }) => {
-            let stderr = e.stderr();
-            if e.is_image_refused() {
-                Err(ContainerError::ImageNotFound(format!(
-                    "image {image} cannot be pulled: {stderr}"
-                )))
-            } else {
-                Err(ContainerError::ImagePull(format!(
-                    "image {image} could not be pulled: {stderr}"
-                )))
+            // Docker's text may quote what the registry answered: the answer says only which
+            // kind of failure it was.
+            log::warn!("pulling image {image} failed: {}", e.log_line());
+            let failure = e.pull_failure();
+            let message = format!("image {image} could not be pulled: {}", failure.describe());
+            match failure {
+                PullFailure::NotFound | PullFailure::AuthRequired => {
+                    Err(ContainerError::ImageNotFound(message))
+                }
+                _ => Err(ContainerError::ImagePull(message)),
             }
         }
         Err(e) => Err(e.into()),

@@ -34,6 +34,13 @@ pub struct Prepared {
     record: Option<identity::RegistrationRecord>,
 }
 
+impl Prepared {
+    /// The heartbeat period the thread reads at each beat (a reload changes it).
+    pub fn heartbeat_interval(&self) -> crate::reload::LiveDuration {
+        self.settings.heartbeat_interval.clone()
+    }
+}
+
 /// Reads the identity file and builds the client, before anything else starts; `None` when
 /// `central_platform.api_url` is empty (standalone).
 pub fn prepare(settings: &Settings) -> Result<Option<Prepared>, StartError> {
@@ -50,7 +57,7 @@ pub fn prepare(settings: &Settings) -> Result<Option<Prepared>, StartError> {
         .and_then(|id| identity::load_registration_record(identity_path, id));
     let settings = presence::PresenceSettings {
         identity_path: identity_path.clone(),
-        heartbeat_interval: platform.heartbeat_interval,
+        heartbeat_interval: platform.heartbeat_interval.into(),
         backoff_initial: platform.backoff_initial,
         backoff_cap: platform.backoff_cap,
         api_listen_address: settings.api.listen.to_string(),

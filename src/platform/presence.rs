@@ -41,8 +41,8 @@ pub const GPU_REPORT_WAIT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct PresenceSettings {
     pub identity_path: PathBuf,
-    /// Zero: no heartbeats.
-    pub heartbeat_interval: Duration,
+    /// Zero: no heartbeats. A reload may change it (not to or from zero).
+    pub heartbeat_interval: crate::reload::LiveDuration,
     pub backoff_initial: Duration,
     pub backoff_cap: Duration,
     pub api_listen_address: String,
@@ -95,7 +95,7 @@ impl Presence {
                 None => return,
             },
         };
-        let interval = self.settings.heartbeat_interval;
+        let interval = self.settings.heartbeat_interval.get();
         if interval.is_zero() {
             log::info!("heartbeats are disabled (central_platform.heartbeat_interval_secs: 0)");
             // With no heartbeat to retry it before, a failed identity write is retried here.
@@ -123,6 +123,7 @@ impl Presence {
             }
             self.save_pending();
             let result = self.heartbeat(&node_id);
+            let interval = self.settings.heartbeat_interval.get();
             next_beat += interval;
             let now = Instant::now();
             if next_beat <= now {

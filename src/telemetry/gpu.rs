@@ -20,6 +20,7 @@
 
 use crate::component::StartError;
 use crate::config::GpuSettings;
+use crate::reload::LiveDuration;
 use crate::shutdown::Shutdown;
 use crate::state::{
     GpuHealth, GpuProcess, GpuReport, GpuSample, Health, NvmlState, RemappedRows, SampleWriter,
@@ -75,11 +76,12 @@ pub fn start(
     history: XidHistory,
     snapshot: Arc<Snapshot>,
     writer: SampleWriter<GpuReport>,
+    interval: LiveDuration,
     shutdown: Shutdown,
 ) -> Result<JoinHandle<()>, StartError> {
     let mut sampler = GpuSampler::new(config, history);
     sampler.snapshot = Some(snapshot);
-    Driver::new(sampler, writer, config.sample_interval).spawn(shutdown)
+    Driver::new(sampler, writer, interval).spawn(shutdown)
 }
 
 impl Sampler for GpuSampler {

@@ -24,6 +24,7 @@ pub mod usage;
 pub mod xid;
 
 use crate::component::{self, StartError};
+use crate::reload::LiveDuration;
 use crate::shutdown::Shutdown;
 use crate::state::{Health, SampleWriter};
 use std::thread::JoinHandle;
@@ -49,14 +50,19 @@ pub trait Sampler: Send + 'static {
 pub struct Driver<S: Sampler> {
     sampler: S,
     writer: SampleWriter<S::Sample>,
-    interval: Duration,
+    interval: LiveDuration,
     /// A sample was just published by [`Driver::sample_now`]: the thread waits first.
     fresh: bool,
 }
 
 impl<S: Sampler> Driver<S> {
     /// A driver whose component is `starting` until its first sample.
-    pub fn new(sampler: S, writer: SampleWriter<S::Sample>, interval: Duration) -> Self {
+    pub fn new(
+        sampler: S,
+        writer: SampleWriter<S::Sample>,
+        interval: impl Into<LiveDuration>,
+    ) -> Self {
+        let interval = interval.into();
         writer.set_health(Health::Starting(None));
         Driver {
             sampler,
@@ -72,7 +78,7 @@ impl<S: Sampler> Driver<S> {
         let sample = self.sampler.sample();
         let took = started.elapsed();
         let health = S::health(&sample);
-        if took > self.interval {
+        if took > self.interval.get() {
             log::debug!(
                 "{} took {}ms, longer than its interval",
                 S::THREAD,
@@ -91,7 +97,7 @@ impl<S: Sampler> Driver<S> {
                     self.sample_now();
                 }
                 self.fresh = false;
-                if shutdown.wait_timeout(self.sampler.next_wait(self.interval)) {
+                if shutdown.wait_timeout(self.sampler.next_wait(self.interval.get())) {
                     break;
                 }
             }
