@@ -221,11 +221,9 @@ fn missing_frpc_is_reported_and_retried_while_the_api_works() {
         "{health}"
     );
     assert_eq!(agent.get("/api/v1/metrics").status, 200);
-    assert_eq!(
-        agent.get("/health/ready").status,
-        200,
-        "frp holds no readiness back"
-    );
+    // frp holds no readiness back (whatever else may still be starting).
+    let ready = agent.request("GET", "/health/ready", &[], b"").text();
+    assert!(!ready.contains("frp"), "{ready}");
     // Retried: the error is logged again after the first backoff step.
     assert!(wait_until(Duration::from_secs(4), || {
         agent.log().matches("frpc not found").count() >= 2

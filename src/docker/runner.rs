@@ -136,7 +136,8 @@ pub fn start(
         Arc::clone(&timeouts),
         shutdown.clone(),
     )
-    .with_counters(Arc::clone(snapshot.counters()));
+    .with_counters(Arc::clone(snapshot.counters()))
+    .with_config_dir(config.config_dir.clone());
     let context = Arc::new(WorkerContext {
         cli,
         settings: config.run.clone(),
@@ -162,6 +163,7 @@ pub fn start(
     let events_since = events::now_nano();
     runner.start_reconcile();
     remove_stale_env_files(&std::env::temp_dir());
+    crate::docker::pull_auth::remove_stale_pull_configs(&std::env::temp_dir());
 
     let mut threads = Vec::new();
     for (lane, queue) in [
@@ -181,6 +183,7 @@ pub fn start(
     }
     let watcher = events::start(
         config.binary.clone(),
+        config.config_dir.clone(),
         config.run.managed_label.clone(),
         events_since,
         events_tx,
@@ -565,7 +568,8 @@ impl Runner {
 
     fn on_event(&mut self, event: ContainerEvent) {
         if event.action == events::STREAM_ENDED {
-            log::info!("the docker events stream ended; checking docker now");
+            // The watcher logs the outage itself (once, then a reminder every few minutes).
+            log::debug!("the docker events stream ended; checking docker now");
             self.start_reconcile();
         } else if event.action == "destroy" {
             let known = self.table.contains(&event.id);
