@@ -231,11 +231,15 @@ impl Runner {
         events: &Receiver<ContainerEvent>,
         shutdown: &Shutdown,
     ) {
+        let stamp = crate::notify::watch("docker-runner");
+        let ticker = crossbeam_channel::tick(crate::notify::TICK);
         loop {
+            stamp.tick();
             let wait = self
                 .next_reconcile
                 .saturating_duration_since(Instant::now());
             select! {
+                recv(ticker) -> _ => {}
                 recv(requests) -> request => match request {
                     Ok(request) => self.handle(request),
                     Err(_) => return,
