@@ -1,7 +1,8 @@
 //! Starting and stopping the components, in order.
 //!
-//! [`Agent::start`] first reads the node identity and sets up the platform client (a damaged
-//! identity file or `ca_file` stops it before anything runs), makes the empty published state
+//! [`Agent::start`] first runs the [`preflight`] checks that `--check-config` runs too (the node
+//! identity, the platform client and its `ca_file`, the tunnel's CA file: a problem stops it
+//! before anything runs; frpc, NVML or docker missing are warnings), makes the empty published state
 //! (the read-only `Snapshot` and one writer per component), starts the samplers (the system
 //! sampler publishes its first sample before returning), then
 //! the container runner (whose first work is to rebuild the GPU ledger from the labelled
@@ -13,6 +14,10 @@
 //! stopped: the next start adopts them. The whole stop is bounded by [`STOP_DEADLINE`]: a thread
 //! stuck in a blocking call (NVML on a dying GPU, a platform request before its timeout) is left
 //! to the process exit rather than holding the shutdown.
+
+pub mod preflight;
+
+pub use preflight::{preflight, Preflight, PreflightError};
 
 use crate::api::{ApiContext, ApiServer, ApiSettings};
 use crate::component::StartError;
@@ -44,7 +49,10 @@ impl Agent {
     /// Starts every component; on error, the ones already started stop when `shutdown` fires.
     pub fn start(settings: &Settings, shutdown: Shutdown) -> Result<Agent, StartError> {
         // First, so that a damaged identity file stops the agent before anything runs.
-        let platform = platform::prepare(settings)?;
+        let Preflight { platform, warnings } = preflight(settings).map_err(StartError::new)?;
+        for warning in &warnings {
+            log::warn!("{warning}");
+        }
         let mut live = LiveSettings::new(settings);
         if let Some(prepared) = &platform {
             live.heartbeat_interval = prepared.heartbeat_interval();

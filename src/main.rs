@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use utopia_node_agent::agent::Agent;
+use utopia_node_agent::agent::{self, Agent};
 use utopia_node_agent::cli::{self, Command};
 use utopia_node_agent::config::{self, Config};
 use utopia_node_agent::logging;
@@ -35,21 +35,37 @@ fn main() -> ExitCode {
             println!("utopia-node-agent {}", utopia_node_agent::VERSION);
             ExitCode::SUCCESS
         }
-        Command::CheckConfig { config } => match Config::load(&config) {
-            Ok((config_value, warnings)) => {
-                for warning in &warnings {
-                    eprintln!("warning: {warning}");
-                }
-                print!("{}", config_value.redacted_yaml());
-                eprintln!("{}: configuration is valid", config.display());
-                ExitCode::SUCCESS
-            }
-            Err(error) => {
-                eprintln!("error: {error}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::CheckConfig { config } => check_config(&config),
         Command::Run { config } => run(&config),
+    }
+}
+
+/// `--check-config`: the config's own checks, then the start's [`preflight`](agent::preflight)
+/// on the files it names; exit 0 exactly when the agent would start past them.
+fn check_config(path: &std::path::Path) -> ExitCode {
+    let (settings, warnings) = match Config::load(path) {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for warning in &warnings {
+        eprintln!("warning: {warning}");
+    }
+    match agent::preflight(&settings) {
+        Ok(checked) => {
+            for warning in &checked.warnings {
+                eprintln!("warning: {warning}");
+            }
+            print!("{}", settings.redacted_yaml());
+            eprintln!("{}: configuration is valid", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
     }
 }
 

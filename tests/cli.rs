@@ -284,3 +284,156 @@ fn docker_down_costs_a_few_log_lines_not_one_per_retry() {
         .count();
     assert!(warnings <= 4, "{log}");
 }
+
+/// Runs `--check-config` and then the agent itself on the config at `path`: a config the check
+/// refuses, the start refuses too, with the same words.
+fn check_then_start(path: &std::path::Path, needles: &[&str]) {
+    let path = path.to_str().unwrap();
+    let check = run(&["--check-config", "-c", path], &[]);
+    let check_err = text(&check.stderr);
+    assert_eq!(
+        check.status.code(),
+        Some(1),
+        "--check-config passed: {check_err}"
+    );
+    let start = run(&["-c", path], &[]);
+    let start_err = text(&start.stderr);
+    assert_eq!(
+        start.status.code(),
+        Some(1),
+        "the start passed: {start_err}"
+    );
+    for needle in needles {
+        assert!(
+            check_err.contains(needle),
+            "--check-config: {needle}: {check_err}"
+        );
+        assert!(start_err.contains(needle), "start: {needle}: {start_err}");
+    }
+}
+
+#[test]
+fn check_config_refuses_what_the_start_refuses() {
+    let ca_pem = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls/ca.pem");
+    let dir = tempfile::tempdir().unwrap();
+    let not_pem = dir.path().join("not-a-ca.pem");
+    std::fs::write(&not_pem, "hello\n").unwrap();
+    let with_platform = |c: &mut utopia_node_agent::config::Config| {
+        c.central_platform.api_url = "https://platform.example".into();
+    };
+    type Edit = Box<dyn Fn(&mut utopia_node_agent::config::Config)>;
+    let not_pem_text = not_pem.display().to_string();
+    let cases: Vec<(Edit, Vec<&str>)> = vec![
+        (
+            Box::new(move |c| {
+                with_platform(c);
+                c.central_platform.ca_file = "/nonexistent/private-ca.pem".into();
+            }),
+            vec!["central_platform.ca_file", "/nonexistent/private-ca.pem"],
+        ),
+        (
+            Box::new({
+                let p = not_pem_text.clone();
+                move |c| {
+                    with_platform(c);
+                    c.central_platform.ca_file = p.clone();
+                }
+            }),
+            vec!["central_platform.ca_file", "not-a-ca.pem", "no certificate"],
+        ),
+        (
+            Box::new(move |c| {
+                with_platform(c);
+                // The identity path is a directory.
+                c.identity_file_path = c.identity_file_path.with_file_name("identity-dir");
+                std::fs::create_dir_all(&c.identity_file_path).unwrap();
+            }),
+            vec!["identity-dir", "identity_file_path", "directory"],
+        ),
+        (
+            Box::new({
+                let p = not_pem_text.clone();
+                move |c| {
+                    c.frp.server_addr = "frps.example".into();
+                    c.frp.user = "node-a".into();
+                    c.frp.frpc_path = "/bin/sh".into();
+                    c.frp.tls_ca_file = p.clone();
+                }
+            }),
+            vec!["frp.tls_ca_file", "not-a-ca.pem", "no certificate"],
+        ),
+    ];
+    for (edit, needles) in cases {
+        let case_dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(case_dir.path());
+        edit(&mut config);
+        let path = write_config(case_dir.path(), &config);
+        check_then_start(&path, &needles);
+    }
+    // Two problems at once: both are named.
+    let case_dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(case_dir.path());
+    with_platform(&mut config);
+    config.central_platform.ca_file = "/nonexistent/private-ca.pem".into();
+    config.frp.server_addr = "frps.example".into();
+    config.frp.tls_ca_file = not_pem_text;
+    let path = write_config(case_dir.path(), &config);
+    check_then_start(
+        &path,
+        &["2 problems", "central_platform.ca_file", "frp.tls_ca_file"],
+    );
+    // A good CA passes.
+    let mut config = test_config(case_dir.path());
+    with_platform(&mut config);
+    config.central_platform.ca_file = ca_pem.into();
+    let path = write_config(case_dir.path(), &config);
+    let out = run(&["--check-config", "-c", path.to_str().unwrap()], &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn check_config_warns_about_what_the_start_warns_about() {
+    // What the agent lives with (and retries) is a warning in both.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.central_platform.api_url = "http://127.0.0.1:9".into();
+    let blocker = dir.path().join("blocked");
+    std::fs::write(&blocker, "a file, not a directory\n").unwrap();
+    config.identity_file_path = blocker.join("node_id");
+    config.frp.server_addr = "127.0.0.1".into();
+    config.frp.server_port = 9;
+    config.frp.frpc_path = "/nonexistent/frpc".into();
+    config.gpu.nvml_library_path = "/nonexistent/libnvidia-ml.so.1".into();
+    let path = write_config(dir.path(), &config);
+    let out = run(&["--check-config", "-c", path.to_str().unwrap()], &[]);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let needles = [
+        "warning: identity_file_path",
+        "blocked is not a directory",
+        "warning: frp.frpc_path /nonexistent/frpc: no such file",
+        "warning: gpu.nvml_library_path /nonexistent/libnvidia-ml.so.1: no such file",
+    ];
+    for needle in needles {
+        assert!(err.contains(needle), "{needle}: {err}");
+    }
+    let mut agent = Agent::start_with(
+        |c| {
+            c.central_platform.api_url = config.central_platform.api_url.clone();
+            c.identity_file_path = config.identity_file_path.clone();
+            c.frp = config.frp.clone();
+            c.gpu.nvml_library_path = config.gpu.nvml_library_path.clone();
+        },
+        AgentOptions {
+            env: vec![],
+            wait_for_gpu: false,
+        },
+    );
+    let (status, _) = agent.terminate();
+    assert_eq!(status.code(), Some(0));
+    let log = agent.log();
+    for needle in &needles[1..] {
+        let needle = needle.trim_start_matches("warning: ");
+        assert!(log.contains(needle), "{needle}: {log}");
+    }
+}

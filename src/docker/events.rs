@@ -81,7 +81,8 @@ impl OutageLog {
                     attempts: 1,
                 });
                 Some(format!(
-                    "docker events stream lost: {problem}; retrying in {} (backing off up to                      {}s; the next report comes when it is back, or in {} minutes)",
+                    "docker events stream lost: {problem}; retrying in {} (backing off up to \
+                     {}s; the next report comes when it is back, or in {} minutes)",
                     secs(retry_in),
                     PACING.cap.as_secs(),
                     self.reminder.as_secs() / 60
@@ -204,6 +205,7 @@ pub fn now_nano() -> i64 {
 /// start-up rebuild, so a change between the rebuild and the watcher's start is not missed).
 pub fn start(
     binary: PathBuf,
+    config_dir: PathBuf,
     managed_label: ManagedLabel,
     since_nano: i64,
     events: Sender<ContainerEvent>,
@@ -212,6 +214,7 @@ pub fn start(
     component::spawn("docker-events", move || {
         watch(
             &binary,
+            Some(&config_dir),
             &managed_label,
             since_nano,
             &events,
@@ -223,6 +226,7 @@ pub fn start(
 
 fn watch(
     binary: &PathBuf,
+    config_dir: Option<&PathBuf>,
     label: &ManagedLabel,
     since_nano: i64,
     events: &Sender<ContainerEvent>,
@@ -237,6 +241,9 @@ fn watch(
     loop {
         let filter = format!("label={label}");
         let mut command = Command::new(binary);
+        if let Some(dir) = config_dir {
+            command.env("DOCKER_CONFIG", dir);
+        }
         command
             .args([
                 "events",
@@ -383,7 +390,15 @@ mod tests {
         let (trigger, shutdown) = crate::shutdown::channel();
         let (tx, rx) = crossbeam_channel::bounded(16);
         let label = ManagedLabel::parse("a=b").unwrap();
-        let thread = start(fake, label, now_nano(), tx, shutdown).unwrap();
+        let thread = start(
+            fake,
+            dir.join("docker-config"),
+            label,
+            now_nano(),
+            tx,
+            shutdown,
+        )
+        .unwrap();
         (trigger, rx, thread)
     }
 
@@ -446,8 +461,9 @@ mod tests {
             healthy_after: Duration::from_millis(200),
             reminder: Duration::from_secs(60),
         };
-        let thread =
-            std::thread::spawn(move || watch(&fake, &label, now_nano(), &tx, &shutdown, pacing));
+        let thread = std::thread::spawn(move || {
+            watch(&fake, None, &label, now_nano(), &tx, &shutdown, pacing)
+        });
         let read = || {
             std::fs::read_to_string(&count)
                 .ok()

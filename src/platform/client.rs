@@ -43,10 +43,13 @@ const MAX_RESPONSE_BYTES: u64 = 64 * 1024;
 #[derive(Debug)]
 pub enum ClientError {
     CaFileUnreadable {
+        /// The config key that names the file.
+        key: &'static str,
         path: PathBuf,
         source: std::io::Error,
     },
     CaFileInvalid {
+        key: &'static str,
         path: PathBuf,
         reason: String,
     },
@@ -55,15 +58,13 @@ pub enum ClientError {
 impl fmt::Display for ClientError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ClientError::CaFileUnreadable { path, source } => write!(
+            ClientError::CaFileUnreadable { key, path, source } => {
+                write!(f, "cannot read {key} {}: {source}", path.display())
+            }
+            ClientError::CaFileInvalid { key, path, reason } => write!(
                 f,
-                "cannot read central_platform.ca_file {}: {source}",
-                path.display()
-            ),
-            ClientError::CaFileInvalid { path, reason } => write!(
-                f,
-                "central_platform.ca_file {} is not usable: {reason}; it must hold PEM \
-                 certificates (-----BEGIN CERTIFICATE-----)",
+                "{key} {} is not usable: {reason}; it must hold PEM certificates \
+                 (-----BEGIN CERTIFICATE-----)",
                 path.display()
             ),
         }
@@ -399,12 +400,23 @@ fn pem_certificates(pem: &[u8]) -> Vec<Certificate<'static>> {
 
 /// Reads `central_platform.ca_file`: at least one PEM certificate, or an error naming the file.
 pub fn load_ca_file(path: &Path) -> Result<Vec<Certificate<'static>>, ClientError> {
+    load_pem_certificates("central_platform.ca_file", path)
+}
+
+/// Reads the CA file the config key `key` names: at least one PEM certificate, or an error
+/// naming the key and the file.
+pub fn load_pem_certificates(
+    key: &'static str,
+    path: &Path,
+) -> Result<Vec<Certificate<'static>>, ClientError> {
     let pem = read_regular_file(path, MAX_PEM_BYTES).map_err(|problem| match problem {
         FileProblem::NotRegular(what) => ClientError::CaFileInvalid {
+            key,
             path: path.to_path_buf(),
             reason: what.to_string(),
         },
         FileProblem::Io(source) => ClientError::CaFileUnreadable {
+            key,
             path: path.to_path_buf(),
             source,
         },
@@ -416,6 +428,7 @@ pub fn load_ca_file(path: &Path) -> Result<Vec<Certificate<'static>>, ClientErro
             Ok(_) => {}
             Err(e) => {
                 return Err(ClientError::CaFileInvalid {
+                    key,
                     path: path.to_path_buf(),
                     reason: e.to_string(),
                 })
@@ -424,6 +437,7 @@ pub fn load_ca_file(path: &Path) -> Result<Vec<Certificate<'static>>, ClientErro
     }
     if certs.is_empty() {
         return Err(ClientError::CaFileInvalid {
+            key,
             path: path.to_path_buf(),
             reason: "it contains no certificate".to_string(),
         });

@@ -35,6 +35,11 @@ pub struct Prepared {
 }
 
 impl Prepared {
+    /// The node id read from the identity file, if there was one.
+    pub fn node_id(&self) -> Option<&identity::NodeId> {
+        self.known.as_ref()
+    }
+
     /// The heartbeat period the thread reads at each beat (a reload changes it).
     pub fn heartbeat_interval(&self) -> crate::reload::LiveDuration {
         self.settings.heartbeat_interval.clone()
