@@ -150,6 +150,11 @@ fn create(
                     ),
                 });
             }
+            // A timed-out `docker run` may still be carried out by the engine: the runner keeps
+            // the reservation (state unknown) and the next reconcile decides.
+            if matches!(e, DockerError::Timeout { .. }) {
+                return Err(e.into());
+            }
             remove_leftovers(context, &spec.claim_id);
             if e.is_port_taken() {
                 log_refusal(&e);
@@ -176,7 +181,9 @@ fn create(
             message: format!("container {id} vanished right after it was created"),
         })),
         Err(e) => {
-            remove_leftovers(context, &spec.claim_id);
+            if !matches!(e, DockerError::Timeout { .. }) {
+                remove_leftovers(context, &spec.claim_id);
+            }
             Err(e.into())
         }
     }
