@@ -241,3 +241,138 @@ fn a_network_of_that_name_not_made_by_the_agent_refuses_creates() {
         "{health}"
     );
 }
+
+#[test]
+fn a_timed_out_create_keeps_its_gpu_until_docker_shows_what_it_made() {
+    if !ready("a_timed_out_create_keeps_its_gpu_until_docker_shows_what_it_made") {
+        return;
+    }
+    let scope = Scope::new();
+    let (slow, late, other) = (scope.claim("slow"), scope.claim("late"), scope.claim("b"));
+    // `docker run` of claim `slow` creates its container, then takes longer than the 2 s
+    // deadline; that of claim `late` is carried out 3 s after the CLI was killed (the engine
+    // finishing a create its client gave up on).
+    let dir = tempfile::tempdir().unwrap();
+    let script = format!(
+        "case \"$*\" in *\"--name utopia-{slow} \"*) docker \"$@\"; sleep 5; exit 0;; esac\n\
+         case \"$*\" in *\"--name utopia-{late} \"*) setsid sh -c 'sleep 3; docker \"$@\"' sh \"$@\" \
+         >/dev/null 2>&1 & sleep 5; exit 0;; esac\n"
+    );
+    let wrapper = common::docker::docker_wrapper(dir.path(), "docker-slow-run", &script);
+    let agent = scope.agent(|c| {
+        c.docker.binary = wrapper.clone();
+        c.docker.command_timeout_secs = 2;
+    });
+
+    let r = agent.post_json("/api/v1/containers", &body(&slow, &[1], "sleep 600"));
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert!(r.text().contains("stay reserved"), "{}", r.text());
+    // GPU 1 is not handed to another renter, now or once the container turned up.
+    for _ in 0..2 {
+        let r = agent.post_json("/api/v1/containers", &body(&other, &[1], "sleep 600"));
+        assert_eq!(
+            (r.status, r.error_code()),
+            (409, "gpu_in_use".to_string()),
+            "{}",
+            r.text()
+        );
+        let adopted = wait_until(Duration::from_secs(10), || {
+            let r = agent.get(&format!("/api/v1/containers/{slow}"));
+            r.status == 200 && r.json()["state"] == "running"
+        });
+        assert!(
+            adopted,
+            "the late container was not adopted; log:\n{}",
+            agent.log()
+        );
+    }
+    let shown = agent.get(&format!("/api/v1/containers/{slow}")).json();
+    assert_eq!(shown["gpu_ids"], serde_json::json!([1]));
+    assert!(
+        shown["warnings"].is_null(),
+        "adopted with a conflict: {shown}"
+    );
+    assert_eq!(
+        agent.gpu_holders(),
+        vec![(1, slow.clone(), shown["id"].as_str().unwrap().to_string())]
+    );
+
+    // Given up before docker made it: the container that turns up is removed, then GPU 0 is
+    // free.
+    let r = agent.post_json("/api/v1/containers", &body(&late, &[0], "sleep 600"));
+    assert_eq!(r.status, 504, "{}", r.text());
+    let r = agent.api("DELETE", &format!("/api/v1/containers/{late}"), b"");
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(r.json()["deleted"], false);
+    let r = agent.post_json("/api/v1/containers", &body(&other, &[0], "sleep 600"));
+    assert_eq!(r.status, 409, "still reserved: {}", r.text());
+    let removed = wait_until(Duration::from_secs(20), || {
+        agent.log().contains("turned up after its create timed out")
+            && docker(&["container", "inspect", &format!("utopia-{late}")])
+                .status
+                .code()
+                == Some(1)
+    });
+    assert!(
+        removed,
+        "the given-up claim's container was not removed; log:\n{}",
+        agent.log()
+    );
+    let freed = wait_until(Duration::from_secs(10), || {
+        agent
+            .post_json("/api/v1/containers", &body(&other, &[0], "sleep 600"))
+            .status
+            == 201
+    });
+    assert!(freed, "GPU 0 never freed; log:\n{}", agent.log());
+}
+
+#[test]
+fn many_slow_log_reads_never_delay_a_delete() {
+    if !ready("many_slow_log_reads_never_delay_a_delete") {
+        return;
+    }
+    // Every `docker logs` takes 4 s (a huge log file on a slow disk).
+    let dir = tempfile::tempdir().unwrap();
+    let wrapper = common::docker::docker_wrapper(
+        dir.path(),
+        "docker-slow-logs",
+        "if [ \"$1\" = logs ]; then sleep 4; fi\n",
+    );
+    let scope = Scope::new();
+    let agent = scope.agent(|c| c.docker.binary = wrapper.clone());
+    let reader = agent.create(&body(&scope.claim("reader"), &[], "sleep 600"));
+    let victim = scope.claim("victim");
+    agent.create(&body(&victim, &[0], "sleep 600"));
+
+    let reader_id = reader["id"].as_str().unwrap().to_string();
+    let addr = agent.addr;
+    let readers: Vec<_> = (0..40)
+        .map(|_| {
+            let path = format!("/api/v1/containers/{reader_id}/logs?tail=10");
+            let auth = format!("Bearer {}", common::TOKEN);
+            std::thread::spawn(move || {
+                common::try_request(addr, "GET", &path, &[("Authorization", &auth)], b"")
+                    .map(|r| r.status)
+                    .unwrap_or(0)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let r = agent.api("DELETE", &format!("/api/v1/containers/{victim}"), b"");
+    let took = started.elapsed();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        took < Duration::from_secs(4),
+        "DELETE waited {took:?} behind log reads"
+    );
+    let statuses: Vec<u16> = readers.into_iter().map(|t| t.join().unwrap()).collect();
+    // Log reads beyond the bound are refused at once (503), never queued without limit.
+    assert!(statuses.contains(&200), "{statuses:?}");
+    assert!(statuses.contains(&503), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 503),
+        "{statuses:?}"
+    );
+}

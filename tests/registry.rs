@@ -351,3 +351,229 @@ fn containers_come_back_after_they_die_and_after_an_agent_restart() {
     });
     assert!(gave_up, "on-failure:2 retried twice, then stopped");
 }
+
+/// A non-loopback IPv4 address of this host (a registry there is tried, and refuses).
+fn host_address() -> Option<String> {
+    let out = std::process::Command::new("hostname")
+        .arg("-I")
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .find(|a| a.parse::<std::net::Ipv4Addr>().is_ok())
+        .map(str::to_string)
+}
+
+/// A docker wrapper that writes, for every call, its argv, its own `/proc` command line, the
+/// `DOCKER_CONFIG` it got and (when there is one) that config's modes and content into
+/// `journal`, then runs the real docker. `before_pull` runs first on a pull.
+fn recording_docker(dir: &std::path::Path, before_pull: &str) -> std::path::PathBuf {
+    let journal = dir.join("journal");
+    common::docker::docker_wrapper(
+        dir,
+        "docker",
+        &format!(
+            r#"entry="$(
+  echo "CALL $1"
+  echo "ARGV $*"
+  echo "CMDLINE $(tr '\0' ' ' < /proc/$$/cmdline)"
+  echo "DOCKER_CONFIG=$DOCKER_CONFIG"
+  if [ -f "$DOCKER_CONFIG/config.json" ]; then
+    echo "DIRMODE $(stat -c %a "$DOCKER_CONFIG")"
+    echo "FILEMODE $(stat -c %a "$DOCKER_CONFIG/config.json")"
+    echo "CONFIG $(cat "$DOCKER_CONFIG/config.json")"
+  fi
+)"
+# One write per call: concurrent calls do not interleave.
+printf '%s\n' "$entry" >> '{}'
+if [ "$1" = pull ]; then {before_pull}; fi
+"#,
+            journal.display()
+        ),
+    )
+}
+
+fn pull_dirs(root: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(root)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("utopia-pull-"))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn registry_auth_reaches_only_that_pulls_docker_config() {
+    if !ready("registry_auth_reaches_only_that_pulls_docker_config") {
+        return;
+    }
+    let Some(address) = host_address() else {
+        assert!(
+            !common::in_ci(),
+            "no non-loopback IPv4 address on this host"
+        );
+        return;
+    };
+    const PASSWORD: &str = "pw-7c1e9b-registry-secret";
+    let work = tempfile::tempdir().unwrap();
+    let tmp = work.path().join("agent-tmp");
+    let operator = work.path().join("operator-docker");
+    std::fs::create_dir_all(&tmp).unwrap();
+    std::fs::create_dir_all(&operator).unwrap();
+    let wrapper = recording_docker(work.path(), "true");
+    let scope = Scope::new();
+    let options = common::AgentOptions {
+        env: vec![("TMPDIR".into(), tmp.display().to_string())],
+        ..Default::default()
+    };
+    let (w, o) = (wrapper.clone(), operator.clone());
+    let agent = scope.agent_with(
+        move |c| {
+            c.docker.binary = w;
+            c.docker.config_dir = o;
+            c.docker.pull_timeout_secs = 30;
+        },
+        options,
+    );
+
+    // A private image on a registry that refuses connections: the pull fails, but the
+    // credentials reached the docker CLI, and only through that pull's DOCKER_CONFIG.
+    let registry = format!("{address}:1");
+    let mut request = body(&scope.claim("private"), &[], "true");
+    request["image"] = json!(format!("{registry}/team/private:1"));
+    request["registry_auth"] = json!({"username": "alice", "password": PASSWORD});
+    let r = agent.post_json("/api/v1/containers", &request);
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(!r.text().contains(PASSWORD), "{}", r.text());
+    assert_one_line_without_docker_text(&r.json());
+
+    let journal = std::fs::read_to_string(work.path().join("journal")).unwrap();
+    let calls: Vec<&str> = journal.split("CALL ").skip(1).collect();
+    let pull = calls
+        .iter()
+        .find(|c| c.starts_with("pull"))
+        .unwrap_or_else(|| panic!("no pull in {journal}"));
+    let pull_dir = pull
+        .lines()
+        .find_map(|l| l.strip_prefix("DOCKER_CONFIG="))
+        .unwrap();
+    assert!(
+        pull_dir.starts_with(&format!("{}/utopia-pull-", tmp.display())),
+        "{pull}"
+    );
+    assert!(pull.contains("DIRMODE 700\n"), "{pull}");
+    assert!(pull.contains("FILEMODE 600\n"), "{pull}");
+    let config: Value = serde_json::from_str(
+        pull.lines()
+            .find_map(|l| l.strip_prefix("CONFIG "))
+            .unwrap(),
+    )
+    .unwrap();
+    let expected = {
+        let out = std::process::Command::new("sh")
+            .args(["-c", &format!("printf 'alice:{PASSWORD}' | base64 -w0")])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(
+        config["auths"][&registry]["auth"],
+        expected.as_str(),
+        "{config}"
+    );
+    for line in journal.lines() {
+        if line.starts_with("ARGV") || line.starts_with("CMDLINE") {
+            assert!(
+                !line.contains(PASSWORD),
+                "the password is on a command line: {line}"
+            );
+        }
+    }
+    // Every other docker command gets the operator's docker.config_dir.
+    for call in calls.iter().filter(|c| !c.starts_with("pull")) {
+        assert!(
+            call.contains(&format!("DOCKER_CONFIG={}\n", operator.display())),
+            "{call}"
+        );
+    }
+    assert!(pull_dirs(&tmp).is_empty(), "removed after the pull");
+    assert!(!std::path::Path::new(pull_dir).exists());
+
+    // With an image docker has, the credentials go nowhere: not in labels, inspect, the view.
+    let mut request = body(&scope.claim("local"), &[], "sleep 60");
+    request["registry_auth"] =
+        json!({"server": "docker.io", "username": "alice", "password": PASSWORD});
+    let created = agent.create(&request);
+    let id = created["id"].as_str().unwrap();
+    assert!(!created.to_string().contains(PASSWORD));
+    let inspect = docker_ok(&["container", "inspect", id]);
+    assert!(!inspect.contains(PASSWORD), "in docker inspect");
+    assert!(!agent
+        .get(&format!("/api/v1/containers/{id}"))
+        .text()
+        .contains(PASSWORD));
+    assert!(!agent.log().contains(PASSWORD), "in the agent's log");
+}
+
+#[test]
+fn a_crashed_pulls_credentials_are_removed_at_the_next_start() {
+    if !ready("a_crashed_pulls_credentials_are_removed_at_the_next_start") {
+        return;
+    }
+    let Some(address) = host_address() else {
+        assert!(
+            !common::in_ci(),
+            "no non-loopback IPv4 address on this host"
+        );
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let tmp = work.path().join("agent-tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    // The pull hangs: the agent is killed while the credentials are on disk.
+    let wrapper = recording_docker(work.path(), "sleep 20");
+    let scope = Scope::new();
+    let options = || common::AgentOptions {
+        env: vec![("TMPDIR".into(), tmp.display().to_string())],
+        ..Default::default()
+    };
+    let w = wrapper.clone();
+    let mut agent = scope.agent_with(move |c| c.docker.binary = w, options());
+    let mut request = body(&scope.claim("crash"), &[], "true");
+    request["image"] = json!(format!("{address}:1/team/private:1"));
+    request["registry_auth"] = json!({"identity_token": "tok-crash-secret"});
+    let addr = agent.addr;
+    let payload = request.to_string();
+    std::thread::spawn(move || {
+        let auth = format!("Bearer {}", common::TOKEN);
+        let _ = common::try_request(
+            addr,
+            "POST",
+            "/api/v1/containers",
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
+            payload.as_bytes(),
+        );
+    });
+    assert!(
+        wait_until(Duration::from_secs(10), || pull_dirs(&tmp).len() == 1),
+        "the pull's config was written"
+    );
+    agent.kill();
+    assert_eq!(pull_dirs(&tmp).len(), 1, "left behind by the crash");
+    agent.restart(true, options());
+    agent.wait_for_docker();
+    assert!(
+        wait_until(Duration::from_secs(10), || pull_dirs(&tmp).is_empty()),
+        "the next start removed it: {:?}",
+        pull_dirs(&tmp)
+    );
+    assert!(agent
+        .log()
+        .contains("removed a crashed agent's registry credentials"));
+}

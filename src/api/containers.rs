@@ -81,7 +81,8 @@ pub fn get(context: &ApiContext, id: &str) -> Result<Reply, ApiError> {
     Reply::ok(view)
 }
 
-/// `DELETE /api/v1/containers/{id}`: stop, remove, free the GPUs.
+/// `DELETE /api/v1/containers/{id}`: stop, remove, free the GPUs; 202 for a claim whose create
+/// timed out (given up: its container is removed if docker made it).
 pub fn delete(context: &ApiContext, id: &str) -> Result<Reply, ApiError> {
     let runner = runner(context)?;
     let id = id.to_string();
@@ -89,7 +90,12 @@ pub fn delete(context: &ApiContext, id: &str) -> Result<Reply, ApiError> {
         id,
         reply,
     })?;
-    Reply::ok(deleted)
+    if deleted.deleted {
+        Reply::ok(deleted)
+    } else {
+        // A claim whose create timed out: given up, its container removed if it turns up.
+        Reply::with_status(StatusCode::ACCEPTED, deleted)
+    }
 }
 
 /// `POST /api/v1/containers/{id}/start|stop|restart`.

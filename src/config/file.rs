@@ -213,6 +213,8 @@ pub struct DockerConfig {
     pub host_port_range: String,
     /// `--restart` of every container: `no`, `always`, `unless-stopped`, `on-failure[:N]`.
     pub restart_policy: String,
+    /// `DOCKER_CONFIG` of every docker command (the operator's `docker login` goes here).
+    pub config_dir: PathBuf,
 }
 
 /// The choice keys read their value case-insensitively (`log_level: DEBUG`), as the
@@ -354,6 +356,7 @@ impl Default for DockerConfig {
             allowed_registries: Vec::new(),
             host_port_range: String::new(),
             restart_policy: "unless-stopped".to_string(),
+            config_dir: PathBuf::from("/etc/utopia/docker"),
         }
     }
 }

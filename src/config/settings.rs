@@ -120,6 +120,8 @@ pub struct GpuSettings {
 #[derive(Debug, Clone, PartialEq)]
 pub struct DockerSettings {
     pub binary: PathBuf,
+    /// `DOCKER_CONFIG` of every docker command.
+    pub config_dir: PathBuf,
     /// Deadline of every short docker command.
     pub command_timeout: Duration,
     /// Deadline of an image pull.

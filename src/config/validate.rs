@@ -547,8 +547,18 @@ impl DockerConfig {
                 ),
             ));
         }
+        if !self.config_dir.is_absolute() {
+            return Err(invalid(
+                "docker.config_dir",
+                format!(
+                    "{:?} is not an absolute path (the docker CLI's DOCKER_CONFIG)",
+                    self.config_dir.display().to_string()
+                ),
+            ));
+        }
         Ok(DockerSettings {
             binary: self.binary.clone(),
+            config_dir: self.config_dir.clone(),
             command_timeout: Duration::from_secs(self.command_timeout_secs),
             pull_timeout: Duration::from_secs(self.pull_timeout_secs),
             stop_timeout: Duration::from_secs(self.stop_timeout_secs),

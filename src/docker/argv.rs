@@ -184,6 +184,7 @@ mod tests {
             cpus: Some(1.5),
             shm_size_mb: Some(4096),
             requested_visible_devices: None,
+            registry_auth: None,
         }
     }
 

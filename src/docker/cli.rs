@@ -355,6 +355,8 @@ pub struct DockerCli {
     shutdown: Shutdown,
     /// Where each command's duration is counted (`GET /metrics`).
     counters: Option<Arc<Counters>>,
+    /// `DOCKER_CONFIG` of every command (`docker.config_dir`); `None`: the CLI's default.
+    config_dir: Option<PathBuf>,
 }
 
 impl DockerCli {
@@ -364,7 +366,14 @@ impl DockerCli {
             timeouts,
             shutdown,
             counters: None,
+            config_dir: None,
         }
+    }
+
+    /// Gives every command `DOCKER_CONFIG=dir` (`docker.config_dir`).
+    pub fn with_config_dir(mut self, dir: PathBuf) -> Self {
+        self.config_dir = Some(dir);
+        self
     }
 
     /// Counts every command's duration in `counters`.
@@ -395,7 +404,19 @@ impl DockerCli {
         deadline: Duration,
         stdout_cap: usize,
     ) -> Result<Output, DockerError> {
-        self.execute(args, deadline, stdout_cap, false)
+        self.execute(args, deadline, stdout_cap, false, None)
+    }
+
+    /// Like [`DockerCli::run`], with `DOCKER_CONFIG=config_dir` for this command only (a
+    /// pull with the create's own registry credentials).
+    pub fn run_with_config(
+        &self,
+        args: &[String],
+        deadline: Duration,
+        stdout_cap: usize,
+        config_dir: &std::path::Path,
+    ) -> Result<Output, DockerError> {
+        self.execute(args, deadline, stdout_cap, false, Some(config_dir))
     }
 
     /// Like [`DockerCli::run`], with stderr written into the same pipe as stdout, in order
@@ -407,7 +428,7 @@ impl DockerCli {
         deadline: Duration,
         stdout_cap: usize,
     ) -> Result<Output, DockerError> {
-        self.execute(args, deadline, stdout_cap, true)
+        self.execute(args, deadline, stdout_cap, true, None)
     }
 
     fn execute(
@@ -416,10 +437,14 @@ impl DockerCli {
         deadline: Duration,
         stdout_cap: usize,
         merged: bool,
+        config_override: Option<&std::path::Path>,
     ) -> Result<Output, DockerError> {
         let command = describe(args);
         let mut cmd = Command::new(&self.binary);
         cmd.args(args);
+        if let Some(dir) = config_override.or(self.config_dir.as_deref()) {
+            cmd.env("DOCKER_CONFIG", dir);
+        }
         let limits = RunLimits {
             deadline,
             stdout_cap,

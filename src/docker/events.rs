@@ -205,6 +205,7 @@ pub fn now_nano() -> i64 {
 /// start-up rebuild, so a change between the rebuild and the watcher's start is not missed).
 pub fn start(
     binary: PathBuf,
+    config_dir: PathBuf,
     managed_label: ManagedLabel,
     since_nano: i64,
     events: Sender<ContainerEvent>,
@@ -213,6 +214,7 @@ pub fn start(
     component::spawn("docker-events", move || {
         watch(
             &binary,
+            Some(&config_dir),
             &managed_label,
             since_nano,
             &events,
@@ -224,6 +226,7 @@ pub fn start(
 
 fn watch(
     binary: &PathBuf,
+    config_dir: Option<&PathBuf>,
     label: &ManagedLabel,
     since_nano: i64,
     events: &Sender<ContainerEvent>,
@@ -233,9 +236,14 @@ fn watch(
     let mut since = since_nano;
     let mut backoff = Backoff::exact(pacing.initial, pacing.cap);
     let mut outage = OutageLog::new(pacing.reminder);
+    let stamp = crate::notify::watch("docker-events");
+    let ticker = crossbeam_channel::tick(crate::notify::TICK);
     loop {
         let filter = format!("label={label}");
         let mut command = Command::new(binary);
+        if let Some(dir) = config_dir {
+            command.env("DOCKER_CONFIG", dir);
+        }
         command
             .args([
                 "events",
@@ -260,7 +268,7 @@ fn watch(
                     Some(line) => log::warn!("{line}"),
                     None => log::debug!("docker events: {problem}"),
                 }
-                if shutdown.wait_timeout(delay) {
+                if stamp.wait(shutdown, delay) {
                     return;
                 }
                 continue;
@@ -276,7 +284,9 @@ fn watch(
 
         let mut healthy_timer = crossbeam_channel::after(pacing.healthy_after);
         let stopping = loop {
+            stamp.tick();
             select! {
+                recv(ticker) -> _ => {}
                 recv(healthy_timer) -> _ => {
                     backoff.reset();
                     if let Some(line) = outage.healthy(Instant::now()) {
@@ -335,7 +345,7 @@ fn watch(
             Some(line) => log::warn!("{line}"),
             None => log::debug!("{problem}; restarting in {}", secs(delay)),
         }
-        if shutdown.wait_timeout(delay) {
+        if stamp.wait(shutdown, delay) {
             return;
         }
     }
@@ -380,7 +390,15 @@ mod tests {
         let (trigger, shutdown) = crate::shutdown::channel();
         let (tx, rx) = crossbeam_channel::bounded(16);
         let label = ManagedLabel::parse("a=b").unwrap();
-        let thread = start(fake, label, now_nano(), tx, shutdown).unwrap();
+        let thread = start(
+            fake,
+            dir.join("docker-config"),
+            label,
+            now_nano(),
+            tx,
+            shutdown,
+        )
+        .unwrap();
         (trigger, rx, thread)
     }
 
@@ -443,8 +461,9 @@ mod tests {
             healthy_after: Duration::from_millis(200),
             reminder: Duration::from_secs(60),
         };
-        let thread =
-            std::thread::spawn(move || watch(&fake, &label, now_nano(), &tx, &shutdown, pacing));
+        let thread = std::thread::spawn(move || {
+            watch(&fake, None, &label, now_nano(), &tx, &shutdown, pacing)
+        });
         let read = || {
             std::fs::read_to_string(&count)
                 .ok()

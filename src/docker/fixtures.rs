@@ -47,5 +47,6 @@ pub(crate) fn spec(claim: &str, gpus: GpuRequest) -> CreateSpec {
         cpus: None,
         shm_size_mb: None,
         requested_visible_devices: None,
+        registry_auth: None,
     }
 }

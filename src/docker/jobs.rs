@@ -40,13 +40,6 @@ pub(crate) enum Work {
     Refresh { id: String, generation: u64 },
 }
 
-impl Work {
-    /// Creates (with their image pulls) have a lane of their own.
-    pub(crate) fn is_create(&self) -> bool {
-        matches!(self, Work::Create { .. })
-    }
-}
-
 /// A worker's report.
 pub(crate) enum Done {
     Created {

@@ -22,6 +22,13 @@ pub struct Holding {
     pub container_id: Option<String>,
     pub gpus: Vec<u32>,
     pub ports: Vec<PortMapping>,
+    /// Its create timed out: docker may still have made the container. Set to the container
+    /// table's generation at that moment; kept reserved until a reconcile started later shows
+    /// whether the container exists ([`GpuLedger::settle_unknown`]).
+    pub unknown_since: Option<u64>,
+    /// The claim was given up (deleted) while its create's outcome was unknown: a container
+    /// that turns up is removed, not kept.
+    pub given_up: bool,
 }
 
 /// Why a reservation was refused.
@@ -213,6 +220,8 @@ impl GpuLedger {
             container_id: None,
             gpus: gpus.clone(),
             ports: ports.to_vec(),
+            unknown_since: None,
+            given_up: false,
         });
         Ok(gpus)
     }
@@ -225,7 +234,87 @@ impl GpuLedger {
             .find(|h| h.claim_id == claim_id && h.container_id.is_none())
         {
             h.container_id = Some(container_id.to_string());
+            h.unknown_since = None;
         }
+    }
+
+    /// A create timed out: its reservation stays, in state `unknown`, from `generation` on.
+    pub fn mark_unknown(&mut self, claim_id: &str, generation: u64) {
+        if let Some(h) = self
+            .holdings
+            .iter_mut()
+            .find(|h| h.claim_id == claim_id && h.container_id.is_none())
+        {
+            h.unknown_since = Some(generation);
+        }
+    }
+
+    /// The claim is given up while its create's outcome is unknown; false when it is not in
+    /// that state.
+    pub fn give_up(&mut self, claim_id: &str) -> bool {
+        match self.holdings.iter_mut().find(|h| {
+            h.claim_id == claim_id && h.container_id.is_none() && h.unknown_since.is_some()
+        }) {
+            Some(h) => {
+                h.given_up = true;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// After a reconcile that started at `generation` (its listing has been adopted): an
+    /// unknown reservation older than it whose container did not turn up is released. Returns
+    /// the claims released.
+    pub fn settle_unknown(&mut self, generation: u64) -> Vec<String> {
+        let mut released = Vec::new();
+        self.holdings.retain(|h| {
+            let settled = h.container_id.is_none()
+                && h.unknown_since.is_some_and(|since| since <= generation);
+            if settled {
+                released.push(h.claim_id.clone());
+            }
+            !settled
+        });
+        released
+    }
+
+    /// Containers of given-up claims that turned up: to be removed.
+    pub fn given_up_containers(&self) -> Vec<String> {
+        self.holdings
+            .iter()
+            .filter(|h| h.given_up)
+            .filter_map(|h| h.container_id.clone())
+            .collect()
+    }
+
+    /// The first GPU of `container_id` that another holding (a container, or a create in
+    /// flight or unknown) held before it: such a container must not be started.
+    pub fn gpu_taken_from(&self, container_id: &str) -> Option<Conflict> {
+        let mine = self
+            .holdings
+            .iter()
+            .position(|h| h.container_id.as_deref() == Some(container_id))?;
+        for gpu in &self.holdings[mine].gpus {
+            let first = self.holdings.iter().position(|h| h.gpus.contains(gpu))?;
+            if first != mine {
+                let holder = &self.holdings[first];
+                return Some(Conflict::GpuHeld {
+                    gpu: *gpu,
+                    claim_id: holder.claim_id.clone(),
+                    container_id: holder.container_id.clone(),
+                });
+            }
+        }
+        None
+    }
+
+    /// Which of `gpus` nobody holds (after a removal: the ones really free now).
+    pub fn free_of(&self, gpus: &[u32]) -> Vec<u32> {
+        gpus.iter()
+            .copied()
+            .filter(|g| self.gpu_holder(*g).is_none())
+            .collect()
     }
 
     /// Drops a reservation whose create failed (a bound holding is left alone).
@@ -269,6 +358,7 @@ impl GpuLedger {
             .find(|h| h.claim_id == claim_id && h.container_id.is_none())
         {
             h.container_id = Some(container_id.to_string());
+            h.unknown_since = None;
             return Vec::new();
         }
         let mut conflicts = Vec::new();
@@ -295,6 +385,8 @@ impl GpuLedger {
             container_id: Some(container_id.to_string()),
             gpus: gpus.to_vec(),
             ports: ports.to_vec(),
+            unknown_since: None,
+            given_up: false,
         });
         conflicts
     }
@@ -427,5 +519,50 @@ mod tests {
         assert!(l.adopt("p", "c3", &[3], &[]).is_empty());
         assert_eq!(l.by_claim("p").unwrap().container_id.as_deref(), Some("c3"));
         assert_eq!(l.holdings().len(), 2);
+    }
+
+    #[test]
+    fn an_unknown_create_stays_reserved_until_a_later_reconcile() {
+        let mut l = GpuLedger::new(vec![]);
+        l.reserve("a", &GpuRequest::Ids(vec![0]), &[port(8000)], &[0, 1])
+            .unwrap();
+        l.mark_unknown("a", 5);
+        assert!(l
+            .reserve("b", &GpuRequest::Ids(vec![0]), &[], &[0, 1])
+            .is_err());
+        assert!(l
+            .reserve("b", &GpuRequest::None, &[port(8000)], &[])
+            .is_err());
+        // A reconcile that started before the timeout decides nothing.
+        assert!(l.settle_unknown(4).is_empty());
+        assert!(l.by_claim("a").is_some());
+        assert_eq!(l.settle_unknown(5), vec!["a".to_string()]);
+        assert!(l.holdings().is_empty());
+
+        // It turned up: adopted with what it reserved, no conflict.
+        l.reserve("c", &GpuRequest::Ids(vec![1]), &[], &[0, 1])
+            .unwrap();
+        l.mark_unknown("c", 7);
+        assert!(l.give_up("c"));
+        assert!(!l.give_up("zzz"));
+        assert!(l.adopt("c", "c1", &[1], &[]).is_empty());
+        assert_eq!(l.given_up_containers(), vec!["c1".to_string()]);
+        assert!(l.settle_unknown(9).is_empty(), "bound: kept until removed");
+    }
+
+    #[test]
+    fn a_late_container_never_gets_a_gpu_someone_else_holds() {
+        let mut l = GpuLedger::new(vec![]);
+        assert!(l.adopt("a", "first", &[0, 1], &[]).is_empty());
+        assert_eq!(l.adopt("b", "late", &[1], &[]).len(), 1);
+        assert!(l.gpu_taken_from("first").is_none());
+        assert!(matches!(
+            l.gpu_taken_from("late"),
+            Some(Conflict::GpuHeld { gpu: 1, .. })
+        ));
+        // Removing the late one frees nothing the first holds.
+        l.remove_container("late");
+        assert_eq!(l.free_of(&[1]), Vec::<u32>::new());
+        assert_eq!(l.allocations()[&1].container_id, "first");
     }
 }

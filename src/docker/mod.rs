@@ -17,6 +17,7 @@
 //! - [`argv`]: `docker run`'s argv; [`labels`]: the labels it sets, encoded and decoded.
 //! - [`cli`]: running one docker command with a deadline, and classifying its failures.
 //! - [`container`]: the container JSON, read from `docker container inspect`.
+//! - [`pull_auth`]: a create's registry credentials, in a docker config of that pull only.
 
 pub mod argv;
 pub mod cli;
@@ -30,6 +31,7 @@ pub mod ledger;
 pub mod network;
 pub(crate) mod placement;
 pub mod protocol;
+pub mod pull_auth;
 pub mod runner;
 pub mod spec;
 pub(crate) mod table;

@@ -3,10 +3,12 @@
 //! The protocol with the API is in [`protocol`](super::protocol), the one with the workers in
 //! [`jobs`](super::jobs); GPUs are chosen by [`placement`](super::placement).
 //!
-//! - Owns: the ledger, the container table, the API's pending replies, and two worker pools of
-//!   `docker.workers` threads each running [`worker`](super::worker): one for creates (image
-//!   pulls can take many minutes), one for everything else, so pulls never hold up a delete or
-//!   a reconcile. Each has a bounded queue; when it is full, requests get 503 `docker_busy`.
+//! - Owns: the ledger, the container table, the API's pending replies, and three worker pools
+//!   running [`worker`](super::worker): `docker.workers` threads for creates (image pulls can
+//!   take many minutes), as many for stops, deletes, reconciles and refreshes, and
+//!   [`LOG_WORKERS`] for log reads, so neither pulls nor large logs ever hold up a delete. Each
+//!   has a bounded queue; when it is full, or [`MAX_LOG_READS`] log reads are in progress,
+//!   requests get 503 `docker_busy`.
 //! - Receives: [`Request`]s from the API, [`Done`] reports from its workers, and
 //!   [`ContainerEvent`]s from the events watcher (a container changed: inspect it again;
 //!   removed: forget it).
@@ -32,14 +34,15 @@ use crate::docker::jobs::{Done, Ticket, Work, WorkerContext};
 use crate::docker::ledger::{short_id, GpuLedger};
 use crate::docker::network;
 use crate::docker::placement::place;
+use crate::docker::protocol::Action;
 use crate::docker::protocol::{
     ContainerError, Deleted, DockerRunner, Reply, Request, RunnerHandle,
 };
-use crate::docker::spec::{join_ids, CreatePolicy, CreateSpec};
+use crate::docker::spec::{container_name, join_ids, CreatePolicy, CreateSpec};
 use crate::docker::table::ContainerTable;
 use crate::docker::worker::{remove_stale_env_files, worker};
 use crate::shutdown::Shutdown;
-use crate::state::{ContainerSummary, DockerWriter, Health, Snapshot};
+use crate::state::{ContainerSummary, DockerWriter, Health, PublishedPort, Snapshot};
 use crossbeam_channel::{after, select, Receiver, Sender, TrySendError};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -47,6 +50,11 @@ use std::time::{Duration, Instant};
 
 /// Queue length of each worker pool.
 const WORK_QUEUE: usize = 64;
+/// Threads reading logs: a lane of their own, so log reads never hold up a stop or delete.
+const LOG_WORKERS: usize = 2;
+/// Log reads in progress (queued or running) at most; more get 503 `docker_busy`. Well under
+/// the API's slow handler threads, so waiting log reads never keep a delete out of them.
+const MAX_LOG_READS: usize = 6;
 /// Reconcile period while docker is unreachable (or the reconcile interval, if shorter).
 const UNAVAILABLE_RETRY: Duration = Duration::from_secs(2);
 
@@ -80,13 +88,27 @@ struct Runner {
     /// Creates, with their image pulls: a lane of their own, so that pulls that take all their
     /// workers never hold up a delete.
     creates: Sender<Work>,
+    /// Log reads: a lane of their own, at most [`MAX_LOG_READS`] at once.
+    logs: Sender<Work>,
+    log_reads: usize,
     /// The replies of queued work, by ticket.
     pending: BTreeMap<Ticket, Pending>,
     next_ticket: Ticket,
     published_health: Option<Health>,
     /// What the last reconcile found wrong with the renters' network (`docker.network`).
     network_problem: Option<String>,
+    /// Claims whose create timed out, until when docker is given to finish it: only a
+    /// reconcile started after that decides their reservation.
+    unknown_grace: BTreeMap<String, Instant>,
+    /// How long that is: twice the docker deadline.
+    unknown_grace_period: Duration,
+    /// Claims given up while their create's outcome was unknown (and when): a container of
+    /// theirs that turns up, even late, is removed.
+    given_up: BTreeMap<String, Instant>,
 }
+
+/// How long a given-up claim is remembered.
+const GIVEN_UP_MEMORY: Duration = Duration::from_secs(3600);
 
 impl Runner {
     fn new(
@@ -96,6 +118,7 @@ impl Runner {
         reconcile_interval: Duration,
         jobs: Sender<Work>,
         creates: Sender<Work>,
+        logs: Sender<Work>,
     ) -> Runner {
         Runner {
             snapshot,
@@ -109,10 +132,15 @@ impl Runner {
             next_reconcile: Instant::now(),
             jobs,
             creates,
+            logs,
+            log_reads: 0,
             pending: BTreeMap::new(),
             next_ticket: 0,
             published_health: None,
             network_problem: None,
+            unknown_grace: BTreeMap::new(),
+            unknown_grace_period: Duration::from_secs(60),
+            given_up: BTreeMap::new(),
         }
     }
 }
@@ -136,7 +164,8 @@ pub fn start(
         Arc::clone(&timeouts),
         shutdown.clone(),
     )
-    .with_counters(Arc::clone(snapshot.counters()));
+    .with_counters(Arc::clone(snapshot.counters()))
+    .with_config_dir(config.config_dir.clone());
     let context = Arc::new(WorkerContext {
         cli,
         settings: config.run.clone(),
@@ -144,6 +173,7 @@ pub fn start(
 
     let (jobs, job_queue) = crossbeam_channel::bounded::<Work>(WORK_QUEUE);
     let (creates, create_queue) = crossbeam_channel::bounded::<Work>(WORK_QUEUE);
+    let (logs, log_queue) = crossbeam_channel::bounded::<Work>(MAX_LOG_READS);
     let (done_tx, done) = crossbeam_channel::unbounded::<Done>();
     let (requests_tx, requests) = crossbeam_channel::bounded::<Request>(256);
     let (events_tx, events_rx) = crossbeam_channel::bounded::<ContainerEvent>(1024);
@@ -155,20 +185,24 @@ pub fn start(
         config.reconcile_interval,
         jobs,
         creates,
+        logs,
     );
+    runner.unknown_grace_period = config.command_timeout * 2;
     runner.publish();
     // The rebuild is the first work queued (`next_reconcile` is now); the watcher reports every
     // event since just before it.
     let events_since = events::now_nano();
     runner.start_reconcile();
     remove_stale_env_files(&std::env::temp_dir());
+    crate::docker::pull_auth::remove_stale_pull_configs(&std::env::temp_dir());
 
     let mut threads = Vec::new();
-    for (lane, queue) in [
-        ("docker-worker", &job_queue),
-        ("docker-create", &create_queue),
+    for (lane, queue, count) in [
+        ("docker-worker", &job_queue, config.workers),
+        ("docker-create", &create_queue, config.workers),
+        ("docker-logs", &log_queue, LOG_WORKERS),
     ] {
-        for n in 0..config.workers {
+        for n in 0..count {
             let context = Arc::clone(&context);
             let queue = queue.clone();
             let done_tx = done_tx.clone();
@@ -181,6 +215,7 @@ pub fn start(
     }
     let watcher = events::start(
         config.binary.clone(),
+        config.config_dir.clone(),
         config.run.managed_label.clone(),
         events_since,
         events_tx,
@@ -231,11 +266,15 @@ impl Runner {
         events: &Receiver<ContainerEvent>,
         shutdown: &Shutdown,
     ) {
+        let stamp = crate::notify::watch("docker-runner");
+        let ticker = crossbeam_channel::tick(crate::notify::TICK);
         loop {
+            stamp.tick();
             let wait = self
                 .next_reconcile
                 .saturating_duration_since(Instant::now());
             select! {
+                recv(ticker) -> _ => {}
                 recv(requests) -> request => match request {
                     Ok(request) => self.handle(request),
                     Err(_) => return,
@@ -271,10 +310,10 @@ impl Runner {
 
     /// Queues `work` on its lane.
     fn submit(&mut self, work: Work) -> Result<(), ContainerError> {
-        let lane = if work.is_create() {
-            &self.creates
-        } else {
-            &self.jobs
+        let lane = match &work {
+            Work::Create { .. } => &self.creates,
+            Work::Logs { .. } => &self.logs,
+            _ => &self.jobs,
         };
         match lane.try_send(work) {
             Ok(()) => Ok(()),
@@ -325,6 +364,18 @@ impl Runner {
             }
             Request::Act { id, action, reply } => {
                 let result = self.begin_busy(&id).and_then(|key| {
+                    if action != Action::Stop {
+                        if let Some(conflict) = self.ledger.gpu_taken_from(&key) {
+                            self.table.end_busy(&key);
+                            return Err(ContainerError::Conflict {
+                                code: "gpu_in_use",
+                                message: format!(
+                                    "container {} is not started: {conflict}; delete it",
+                                    short_id(&key)
+                                ),
+                            });
+                        }
+                    }
                     self.submit_with_reply(Pending::View(reply.clone()), |ticket| Work::Act {
                         ticket,
                         id: key.clone(),
@@ -337,6 +388,10 @@ impl Runner {
                 }
             }
             Request::Delete { id, reply } => {
+                if let Some(deleted) = self.give_up_unknown(&id) {
+                    let _ = reply.send(Ok(deleted));
+                    return;
+                }
                 let result = self.begin_busy(&id).and_then(|key| {
                     let view = match self.table.view(&key) {
                         Ok(view) => Box::new(view.clone()),
@@ -360,12 +415,21 @@ impl Runner {
                     .docker_ready()
                     .and_then(|()| self.table.resolve(&id, &self.ledger))
                     .and_then(|key| {
+                        if self.log_reads >= MAX_LOG_READS {
+                            return Err(ContainerError::Busy(format!(
+                                "{MAX_LOG_READS} log reads are already in progress; try again \
+                                 shortly"
+                            )));
+                        }
                         self.submit_with_reply(Pending::Logs(reply.clone()), |ticket| Work::Logs {
                             ticket,
                             id: key,
                             tail,
                         })
                     });
+                if result.is_ok() {
+                    self.log_reads += 1;
+                }
                 if let Err(e) = result {
                     let _ = reply.send(Err(e));
                 }
@@ -392,6 +456,8 @@ impl Runner {
         }
         let report = self.snapshot.gpus();
         let placement = place(&spec, &report, &self.table, &mut self.ledger)?;
+        // A new create of a given-up claim: its container is wanted again.
+        self.given_up.remove(&spec.claim_id);
         let claim_id = spec.claim_id.clone();
         self.submit_with_reply(Pending::View(reply), |ticket| Work::Create {
             ticket,
@@ -400,6 +466,119 @@ impl Runner {
             uuids: placement.uuids,
         })
         .inspect_err(|_| self.ledger.release_pending(&claim_id))
+    }
+
+    /// `DELETE` of a claim whose create timed out (state unknown): the claim is given up, so
+    /// its container, if docker made it, is removed once a reconcile sees it; its reservation
+    /// is kept until then. `None` when `id` names no such claim.
+    fn give_up_unknown(&mut self, id: &str) -> Option<Deleted> {
+        self.docker_ready().ok()?;
+        if self.table.resolve(id, &self.ledger).is_ok() {
+            return None;
+        }
+        let name = id.trim_start_matches('/');
+        let claim_id = self
+            .ledger
+            .holdings()
+            .iter()
+            .find(|h| {
+                h.container_id.is_none()
+                    && h.unknown_since.is_some()
+                    && (h.claim_id == id || container_name(&h.claim_id) == name)
+            })?
+            .claim_id
+            .clone();
+        self.ledger.give_up(&claim_id);
+        self.given_up.insert(claim_id.clone(), Instant::now());
+        log::info!(
+            "claim {claim_id} given up while its create's outcome is unknown: its container is \
+             removed if it turns up"
+        );
+        Some(Deleted {
+            id: String::new(),
+            name: container_name(&claim_id),
+            claim_id,
+            deleted: false,
+            gpu_ids: Vec::new(),
+        })
+    }
+
+    /// Queues the removal of every container of a given-up claim that turned up (even after
+    /// its reservation was released).
+    fn remove_given_up(&mut self) {
+        self.given_up
+            .retain(|_, since| since.elapsed() < GIVEN_UP_MEMORY);
+        let mut ids = self.ledger.given_up_containers();
+        ids.extend(
+            self.table
+                .views()
+                .filter(|v| self.given_up.contains_key(&v.claim_id))
+                .map(|v| v.id.clone()),
+        );
+        ids.sort();
+        ids.dedup();
+        for id in ids {
+            let Ok(view) = self.table.view(&id).map(|v| Box::new(v.clone())) else {
+                continue;
+            };
+            if !self.table.begin_busy(&id) {
+                continue;
+            }
+            log::warn!(
+                "container {} of given-up claim {} turned up after its create timed out; removing it",
+                short_id(&id),
+                view.claim_id
+            );
+            // Nobody waits for this answer.
+            let (reply, _) = crossbeam_channel::bounded(1);
+            if self
+                .submit_with_reply(Pending::Deleted(reply), |ticket| Work::Delete {
+                    ticket,
+                    view,
+                })
+                .is_err()
+            {
+                // Tried again after the next reconcile.
+                self.table.end_busy(&id);
+            }
+        }
+    }
+
+    /// Stops every running container that turned up over a GPU another claim held first (a
+    /// create docker finished after the agent had given its GPUs to someone else): two renters
+    /// never run on one GPU. Its start is refused (409) until it is deleted.
+    fn stop_usurpers(&mut self) {
+        let usurpers: Vec<(String, String)> = self
+            .table
+            .views()
+            .filter(|v| v.state == "running" || v.state == "restarting")
+            .filter_map(|v| {
+                self.ledger
+                    .gpu_taken_from(&v.id)
+                    .map(|c| (v.id.clone(), c.to_string()))
+            })
+            .collect();
+        for (id, conflict) in usurpers {
+            if !self.table.begin_busy(&id) {
+                continue;
+            }
+            log::warn!(
+                "stopping container {}: it runs on a GPU held by another claim ({conflict})",
+                short_id(&id)
+            );
+            let (reply, _) = crossbeam_channel::bounded(1);
+            let key = id.clone();
+            if self
+                .submit_with_reply(Pending::View(reply), |ticket| Work::Act {
+                    ticket,
+                    id: key,
+                    action: Action::Stop,
+                })
+                .is_err()
+            {
+                self.table.end_busy(&id);
+            }
+        }
     }
 
     /// Resolves `id` and marks the container busy for a stop/start/restart/delete.
@@ -451,6 +630,24 @@ impl Runner {
                         );
                         Ok(self.decorate(&view))
                     }
+                    Err(ContainerError::Timeout(why)) => {
+                        // Docker may still make the container: nothing is freed until a
+                        // reconcile started after this shows whether it exists.
+                        // Settled by a reconcile started once docker had time to finish.
+                        self.ledger.mark_unknown(&claim_id, u64::MAX);
+                        self.unknown_grace
+                            .insert(claim_id.clone(), Instant::now() + self.unknown_grace_period);
+                        log::warn!(
+                            "create for claim {claim_id} timed out; its GPUs and ports stay \
+                             reserved (state unknown) until a reconcile shows whether docker made \
+                             the container: {why}"
+                        );
+                        Err(ContainerError::Timeout(format!(
+                            "{why}; docker may still create the container: its GPUs and ports \
+                             stay reserved (state unknown) until the next reconcile shows whether \
+                             it exists"
+                        )))
+                    }
                     Err(e) => {
                         log::warn!("create for claim {claim_id} failed: {e}");
                         self.ledger.release_pending(&claim_id);
@@ -488,11 +685,13 @@ impl Runner {
                             join_ids(&view.gpu_ids)
                         );
                         Ok(Deleted {
+                            // Only those nobody else holds (a late container adopted over
+                            // another's GPU frees nothing of theirs).
+                            gpu_ids: self.ledger.free_of(&view.gpu_ids),
                             id: view.id,
                             name: view.name,
                             claim_id: view.claim_id,
                             deleted: true,
-                            gpu_ids: view.gpu_ids,
                         })
                     }
                     Err(e) => {
@@ -506,6 +705,7 @@ impl Runner {
                 }
             }
             Done::Logs { ticket, result } => {
+                self.log_reads = self.log_reads.saturating_sub(1);
                 if let Err(e) = &result {
                     self.note_error(e);
                 }
@@ -532,7 +732,11 @@ impl Runner {
                 match result {
                     Ok(inspected) => {
                         self.table
-                            .refresh(&id, generation, inspected, &mut self.ledger)
+                            .refresh(&id, generation, inspected, &mut self.ledger);
+                        self.remove_given_up();
+                        if self.ledger_ready {
+                            self.stop_usurpers();
+                        }
                     }
                     Err(e) => self.note_error(&ContainerError::from(e)),
                 }
@@ -595,6 +799,19 @@ impl Runner {
         if self.reconcile_in_flight {
             return;
         }
+        // Timed-out creates whose grace has passed: this reconcile decides them.
+        let now = Instant::now();
+        let due: Vec<String> = self
+            .unknown_grace
+            .iter()
+            .filter(|(_, until)| **until <= now)
+            .map(|(claim, _)| claim.clone())
+            .collect();
+        for claim in due {
+            self.unknown_grace.remove(&claim);
+            let since = self.table.bump();
+            self.ledger.mark_unknown(&claim, since);
+        }
         let work = Work::Reconcile {
             generation: self.table.generation(),
         };
@@ -642,7 +859,18 @@ impl Runner {
                 return;
             }
         };
+        let was_ready = self.ledger_ready;
         self.table.reconcile(generation, views, &mut self.ledger);
+        for claim in self.ledger.settle_unknown(generation) {
+            log::info!(
+                "the timed-out create of claim {claim} made no container (reconcile); its GPUs \
+                 and ports are free"
+            );
+        }
+        self.remove_given_up();
+        if was_ready {
+            self.stop_usurpers();
+        }
         if !matches!(self.docker, DockerState::Ok) || !self.ledger_ready {
             log::info!(
                 "docker reachable; ledger rebuilt from {} managed container(s)",
@@ -677,6 +905,21 @@ impl Runner {
                 })
                 .collect(),
             self.ledger.allocations(),
+        );
+        // What the frp tunnel publishes on frps: every managed container's ports.
+        self.writer.publish_ports(
+            views
+                .iter()
+                .flat_map(|v| {
+                    v.port_mappings.iter().map(|m| PublishedPort {
+                        claim_id: v.claim_id.clone(),
+                        container_port: m.container_port,
+                        protocol: m.protocol.as_str(),
+                        host_port: m.host_port,
+                        remote_port: 0,
+                    })
+                })
+                .collect(),
         );
         let health = match &self.docker {
             DockerState::Starting => Health::Starting(None),
@@ -759,6 +1002,7 @@ mod tests {
             writers.docker,
             vec![9200],
             Duration::from_secs(30),
+            jobs.clone(),
             jobs.clone(),
             jobs,
         );
@@ -1259,5 +1503,236 @@ mod tests {
         r.apply_network(None);
         r.publish();
         assert_eq!(snapshot.health()["docker"], "ok");
+    }
+
+    fn timed_out() -> ContainerError {
+        ContainerError::Timeout("`docker run` did not finish within 2s and was killed".into())
+    }
+
+    #[test]
+    fn a_timed_out_create_keeps_its_gpu_until_a_reconcile_decides() {
+        let (mut r, queue, snapshot) = runner();
+        r.apply_reconcile(0, Ok(vec![]));
+        let answer = ask_later(&mut r, |reply| Request::Create {
+            spec: Box::new(spec("a", GpuRequest::Ids(vec![0]))),
+            reply,
+        });
+        let Ok(Work::Create { ticket, .. }) = queue.try_recv() else {
+            panic!("no create queued");
+        };
+        let before = r.table.generation();
+        r.finish(Done::Created {
+            ticket,
+            claim_id: "a".into(),
+            result: Err(timed_out()),
+        });
+        assert!(
+            matches!(answer.try_recv(), Ok(Err(ContainerError::Timeout(m))) if m.contains("stay reserved"))
+        );
+        // GPU 0 is not handed to another claim.
+        let second = ask(&mut r, |reply| Request::Create {
+            spec: Box::new(spec("b", GpuRequest::Ids(vec![0]))),
+            reply,
+        });
+        assert!(
+            matches!(
+                &second,
+                Some(Err(ContainerError::Conflict {
+                    code: "gpu_in_use",
+                    ..
+                }))
+            ),
+            "{second:?}"
+        );
+        let get = ask(&mut r, |reply| Request::Get {
+            id: "a".into(),
+            reply,
+        });
+        assert!(
+            matches!(&get, Some(Err(ContainerError::Conflict { message, .. })) if message.contains("state unknown")),
+            "{get:?}"
+        );
+        // A reconcile that started before the timeout decides nothing...
+        r.apply_reconcile(before, Ok(vec![]));
+        assert!(r.ledger.by_claim("a").is_some());
+        // ...one started after it finds the container: adopted with what it reserved.
+        let now = r.table.generation();
+        r.apply_reconcile(now, Ok(vec![view(A, "a", &[0], "running")]));
+        assert!(r.table.view(A).unwrap().warnings.is_empty());
+        assert_eq!(snapshot.gpu_allocations()[&0].container_id, A);
+        assert!(r.ledger.gpu_taken_from(A).is_none());
+    }
+
+    #[test]
+    fn a_timed_out_create_that_made_nothing_is_released_and_a_given_up_one_removed() {
+        let (mut r, queue, snapshot) = runner();
+        r.unknown_grace_period = Duration::ZERO;
+        r.apply_reconcile(0, Ok(vec![]));
+        for claim in ["a", "b"] {
+            let gpu = if claim == "a" { 0 } else { 1 };
+            let mut create = spec(claim, GpuRequest::Ids(vec![gpu]));
+            create.ports[0].host_port += gpu as u16;
+            ask(&mut r, |reply| Request::Create {
+                spec: Box::new(create),
+                reply,
+            });
+            let Ok(Work::Create { ticket, .. }) = queue.try_recv() else {
+                panic!("no create queued");
+            };
+            r.finish(Done::Created {
+                ticket,
+                claim_id: claim.into(),
+                result: Err(timed_out()),
+            });
+        }
+        // Claim b is given up: 202-style answer, nothing freed yet.
+        let deleted = ask(&mut r, |reply| Request::Delete {
+            id: "utopia-b".into(),
+            reply,
+        })
+        .unwrap()
+        .unwrap();
+        assert!(!deleted.deleted && deleted.gpu_ids.is_empty());
+        assert!(r.ledger.by_claim("b").is_some_and(|h| h.given_up));
+        // A reconcile that started before the grace ended decides nothing.
+        r.apply_reconcile(r.table.generation(), Ok(vec![]));
+        assert!(r.ledger.by_claim("a").is_some());
+        // The one started after it sees b's container (docker made it after all), not a's.
+        r.start_reconcile();
+        let Ok(Work::Reconcile { generation }) = queue.try_recv() else {
+            panic!("no reconcile queued");
+        };
+        r.reconcile_in_flight = false;
+        r.apply_reconcile(generation, Ok(vec![view(B, "b", &[1], "running")]));
+        assert!(r.ledger.by_claim("a").is_none(), "a's GPU 0 is free again");
+        let Ok(Work::Delete { ticket, view: gone }) = queue.try_recv() else {
+            panic!("the given-up container is not removed");
+        };
+        assert_eq!(gone.id, B);
+        r.finish(Done::Deleted {
+            ticket,
+            view: gone,
+            result: Ok(()),
+        });
+        assert!(r.ledger.holdings().is_empty());
+        assert!(snapshot.gpu_allocations().is_empty());
+    }
+
+    #[test]
+    fn a_container_over_someone_elses_gpu_is_never_started_and_frees_nothing_of_theirs() {
+        let (mut r, queue, snapshot) = runner();
+        r.apply_reconcile(
+            0,
+            Ok(vec![
+                view(A, "a", &[0], "running"),
+                view(B, "late", &[0], "exited"),
+            ]),
+        );
+        for action in [Action::Start, Action::Restart] {
+            let start = ask(&mut r, |reply| Request::Act {
+                id: B.into(),
+                action,
+                reply,
+            });
+            assert!(
+                matches!(&start, Some(Err(ContainerError::Conflict { code: "gpu_in_use", message })) if message.contains("claim a")),
+                "{start:?}"
+            );
+        }
+        assert!(queue.try_recv().is_err(), "nothing started");
+        // Deleting it frees nothing a holds.
+        let answer = ask_later(&mut r, |reply| Request::Delete {
+            id: B.into(),
+            reply,
+        });
+        let Ok(Work::Delete { ticket, view }) = queue.try_recv() else {
+            panic!("no delete queued");
+        };
+        r.finish(Done::Deleted {
+            ticket,
+            view,
+            result: Ok(()),
+        });
+        let deleted = answer.try_recv().unwrap().unwrap();
+        assert!(deleted.deleted && deleted.gpu_ids.is_empty(), "{deleted:?}");
+        assert_eq!(snapshot.gpu_allocations()[&0].container_id, A);
+    }
+
+    #[test]
+    fn a_late_container_over_a_gpu_given_to_another_is_stopped() {
+        let (mut r, queue, _snapshot) = runner();
+        r.apply_reconcile(0, Ok(vec![view(A, "a", &[0], "running")]));
+        // A create docker finished long after its reservation was released.
+        r.apply_reconcile(
+            r.table.generation(),
+            Ok(vec![
+                view(A, "a", &[0], "running"),
+                view(B, "late", &[0], "running"),
+            ]),
+        );
+        let Ok(Work::Act {
+            id,
+            action: Action::Stop,
+            ..
+        }) = queue.try_recv()
+        else {
+            panic!("the usurper is not stopped");
+        };
+        assert_eq!(id, B);
+        assert!(queue.try_recv().is_err(), "the first holder is left alone");
+    }
+
+    #[test]
+    fn log_reads_are_bounded_and_have_their_own_lane() {
+        let (jobs, job_queue) = crossbeam_channel::bounded(WORK_QUEUE);
+        let (logs, log_queue) = crossbeam_channel::bounded(MAX_LOG_READS);
+        let (snapshot, writers) = crate::state::new();
+        let mut r = Runner::new(
+            snapshot,
+            writers.docker,
+            vec![],
+            Duration::from_secs(30),
+            jobs.clone(),
+            jobs,
+            logs,
+        );
+        r.apply_reconcile(0, Ok(vec![view(A, "a", &[], "running")]));
+        for _ in 0..MAX_LOG_READS {
+            assert!(ask(&mut r, |reply| Request::Logs {
+                id: "a".into(),
+                tail: 10,
+                reply
+            })
+            .is_none());
+        }
+        let over = ask(&mut r, |reply| Request::Logs {
+            id: "a".into(),
+            tail: 10,
+            reply,
+        });
+        assert!(
+            matches!(over, Some(Err(ContainerError::Busy(_)))),
+            "{over:?}"
+        );
+        // A delete is queued on its own lane meanwhile.
+        assert!(ask(&mut r, |reply| Request::Delete {
+            id: "a".into(),
+            reply
+        })
+        .is_none());
+        assert!(matches!(job_queue.try_recv(), Ok(Work::Delete { .. })));
+        let Ok(Work::Logs { ticket, .. }) = log_queue.try_recv() else {
+            panic!("no log read queued");
+        };
+        r.finish(Done::Logs {
+            ticket,
+            result: Ok(String::new()),
+        });
+        assert!(ask(&mut r, |reply| Request::Logs {
+            id: "a".into(),
+            tail: 10,
+            reply
+        })
+        .is_none());
     }
 }

@@ -4,6 +4,7 @@
 //! that reaches docker's argv is checked here (the image cannot start with `-`, the claim id is a
 //! plain name, env and command strings carry no NUL).
 
+use crate::docker::pull_auth::{Credential, RegistryAuth};
 use crate::names::is_name;
 use serde::Deserialize;
 use std::collections::BTreeSet;
@@ -54,6 +55,29 @@ pub struct CreateRequest {
     pub cpus: Option<f64>,
     #[serde(default)]
     pub shm_size_mb: Option<i64>,
+    #[serde(default)]
+    pub registry_auth: Option<RegistryAuthRequest>,
+}
+
+/// `registry_auth` as it arrives: credentials for this create's image pull only.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryAuthRequest {
+    #[serde(default)]
+    pub server: Option<String>,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub identity_token: Option<String>,
+}
+
+/// Never prints the secrets.
+impl fmt::Debug for RegistryAuthRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RegistryAuthRequest { <redacted> }")
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -123,6 +147,8 @@ pub struct CreateSpec {
     /// The `NVIDIA_VISIBLE_DEVICES` value the request carried, checked against the GPUs the
     /// ledger assigns (see [`check_visible_devices`]).
     pub requested_visible_devices: Option<String>,
+    /// Credentials for this image's pull only (never stored, labelled or logged).
+    pub registry_auth: Option<RegistryAuth>,
 }
 
 impl CreateSpec {
@@ -181,6 +207,7 @@ enum Shape {
     Strings,
     Integers,
     PortMappings,
+    RegistryAuth,
 }
 
 impl Shape {
@@ -194,6 +221,9 @@ impl Shape {
             Shape::Integers => "a list of integers",
             Shape::PortMappings => {
                 "a list of objects {\"host_port\", \"container_port\", \"protocol\"}"
+            }
+            Shape::RegistryAuth => {
+                "an object {\"server\", \"username\", \"password\" or \"identity_token\"}"
             }
         }
     }
@@ -210,6 +240,14 @@ const CREATE_FIELDS: &[(&str, Shape, bool)] = &[
     ("memory_mb", Shape::Integer, false),
     ("cpus", Shape::Number, false),
     ("shm_size_mb", Shape::Integer, false),
+    ("registry_auth", Shape::RegistryAuth, false),
+];
+
+const REGISTRY_AUTH_FIELDS: &[(&str, Shape, bool)] = &[
+    ("server", Shape::String, false),
+    ("username", Shape::String, false),
+    ("password", Shape::String, false),
+    ("identity_token", Shape::String, false),
 ];
 
 const PORT_MAPPING_FIELDS: &[(&str, Shape, bool)] = &[
@@ -247,6 +285,7 @@ fn check_shape(field: &str, value: &serde_json::Value, shape: Shape) -> Result<(
         Shape::String => value.is_string().then_some(()).ok_or_else(wrong),
         Shape::Integer | Shape::Port => is_integer(value).then_some(()).ok_or_else(wrong),
         Shape::Number => value.is_number().then_some(()).ok_or_else(wrong),
+        Shape::RegistryAuth => check_object(field, value, REGISTRY_AUTH_FIELDS, "registry_auth"),
         Shape::Strings | Shape::Integers | Shape::PortMappings => {
             let items = value.as_array().ok_or_else(wrong)?;
             for (i, item) in items.iter().enumerate() {
@@ -544,6 +583,11 @@ pub fn validate(request: CreateRequest) -> Result<CreateSpec, SpecError> {
         }
     };
 
+    let registry_auth = match request.registry_auth {
+        None => None,
+        Some(auth) => Some(validate_registry_auth(auth, &request.image)?),
+    };
+
     let spec = CreateSpec {
         claim_id: request.claim_id,
         image: request.image,
@@ -555,6 +599,7 @@ pub fn validate(request: CreateRequest) -> Result<CreateSpec, SpecError> {
         cpus,
         shm_size_mb,
         requested_visible_devices,
+        registry_auth,
     };
     // With explicit GPU ids the check can be made now; with gpu_count it waits for the ledger.
     match &spec.gpus {
@@ -573,6 +618,93 @@ pub fn validate(request: CreateRequest) -> Result<CreateSpec, SpecError> {
         }
     }
     Ok(spec)
+}
+
+/// Longest username or password, and identity token, in bytes.
+pub const MAX_CREDENTIAL_BYTES: usize = 4096;
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// Checks `registry_auth` against the image it is for. No message quotes a secret.
+fn validate_registry_auth(
+    auth: RegistryAuthRequest,
+    image: &str,
+) -> Result<RegistryAuth, SpecError> {
+    let image_registry = registry_of(image);
+    let server = match auth.server.as_deref() {
+        None => image_registry.clone(),
+        Some(server) => {
+            if !valid_registry(server) {
+                return Err(err(
+                    "registry_auth.server",
+                    format!("{server:?} is not a registry host[:port] like registry.example.com"),
+                ));
+            }
+            let server = normalize_registry(server);
+            if server != image_registry {
+                return Err(err(
+                    "registry_auth.server",
+                    format!(
+                        "{server} is not the registry of the image ({image_registry}); the \
+                         credentials are used for this image's pull only"
+                    ),
+                ));
+            }
+            server
+        }
+    };
+    let plain = |field: &str, value: &str, max: usize| {
+        if value.is_empty() || value.len() > max {
+            return Err(err(
+                format!("registry_auth.{field}"),
+                format!("must be 1 to {max} bytes"),
+            ));
+        }
+        if value.chars().any(char::is_control) {
+            return Err(err(
+                format!("registry_auth.{field}"),
+                "contains a control character",
+            ));
+        }
+        Ok(value.to_string())
+    };
+    let username = match auth.username.as_deref() {
+        None => None,
+        Some(name) => {
+            let name = plain("username", name, MAX_CREDENTIAL_BYTES)?;
+            if name.contains(':') {
+                return Err(err("registry_auth.username", "must not contain ':'"));
+            }
+            Some(name)
+        }
+    };
+    let credential = match (auth.password.as_deref(), auth.identity_token.as_deref()) {
+        (Some(_), Some(_)) => {
+            return Err(err(
+                "registry_auth",
+                "give password or identity_token, not both",
+            ))
+        }
+        (None, None) => {
+            return Err(err(
+                "registry_auth",
+                "give password (with username) or identity_token",
+            ))
+        }
+        (Some(password), None) => {
+            if username.is_none() {
+                return Err(err("registry_auth.username", "is required with a password"));
+            }
+            Credential::Password(plain("password", password, MAX_CREDENTIAL_BYTES)?)
+        }
+        (None, Some(token)) => {
+            Credential::IdentityToken(plain("identity_token", token, MAX_TOKEN_BYTES)?)
+        }
+    };
+    Ok(RegistryAuth {
+        server,
+        username,
+        credential,
+    })
 }
 
 /// The agent alone decides which GPUs a container sees: a request's `NVIDIA_VISIBLE_DEVICES`
@@ -1258,6 +1390,65 @@ mod tests {
             humanize_json_error("invalid type: string \"x\", expected u16"),
             "invalid type: string \"x\", expected a port number (1-65535)"
         );
+    }
+
+    #[test]
+    fn registry_auth_is_checked_without_quoting_secrets() {
+        let with_auth = |image: &str, auth: serde_json::Value| {
+            parse(json!({"claim_id": "c", "image": image, "registry_auth": auth}))
+        };
+        let spec = with_auth(
+            "reg.example.com:5000/team/x:1",
+            json!({"username": "alice", "password": "s3cret"}),
+        )
+        .unwrap();
+        let auth = spec.registry_auth.clone().unwrap();
+        assert_eq!(auth.server, "reg.example.com:5000");
+        assert!(auth.credential == Credential::Password("s3cret".into()));
+        assert!(!format!("{spec:?}").contains("s3cret"));
+        let hub = with_auth(
+            "busybox",
+            json!({"server": "index.docker.io", "identity_token": "t"}),
+        )
+        .unwrap();
+        assert_eq!(hub.registry_auth.unwrap().server, "docker.io");
+        for (auth, field) in [
+            (json!({"password": "s3cret"}), "registry_auth.username"),
+            (json!({"username": "alice"}), "registry_auth"),
+            (
+                json!({"username": "a", "password": "s3cret", "identity_token": "s3cret"}),
+                "registry_auth",
+            ),
+            (
+                json!({"server": "other.example.com", "username": "a", "password": "s3cret"}),
+                "registry_auth.server",
+            ),
+            (
+                json!({"username": "a", "password": "s3cret\nx"}),
+                "registry_auth.password",
+            ),
+            (
+                json!({"username": "a:b", "password": "s3cret"}),
+                "registry_auth.username",
+            ),
+            (
+                json!({"username": "a", "password": ""}),
+                "registry_auth.password",
+            ),
+            (
+                json!({"username": "a", "passwd": "s3cret"}),
+                "registry_auth",
+            ),
+            (
+                json!({"username": 5, "password": "s3cret"}),
+                "registry_auth.username",
+            ),
+            (json!("alice:s3cret"), "registry_auth"),
+        ] {
+            let e = with_auth("reg.example.com:5000/x", auth.clone()).unwrap_err();
+            assert_eq!(e.field, field, "{auth}: {e}");
+            assert!(!e.to_string().contains("s3cret"), "{e}");
+        }
     }
 
     #[test]

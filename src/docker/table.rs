@@ -45,6 +45,13 @@ impl ContainerTable {
         self.generation
     }
 
+    /// Marks a moment: a report started from now on carries a later generation than any
+    /// started before.
+    pub(crate) fn bump(&mut self) -> u64 {
+        self.generation += 1;
+        self.generation
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
@@ -225,6 +232,22 @@ impl ContainerTable {
         if let Some(pending) = ledger.holdings().iter().find(|h| {
             h.container_id.is_none() && (h.claim_id == id || container_name(&h.claim_id) == name)
         }) {
+            if pending.unknown_since.is_some() {
+                return Err(ContainerError::Conflict {
+                    code: "operation_in_progress",
+                    message: format!(
+                        "the create of claim {} timed out (state unknown): docker may still have \
+                         made its container; its GPUs and ports stay reserved until the next \
+                         reconcile shows whether it exists{}",
+                        pending.claim_id,
+                        if pending.given_up {
+                            " (given up: it will be removed)"
+                        } else {
+                            ""
+                        }
+                    ),
+                });
+            }
             return Err(ContainerError::Conflict {
                 code: "operation_in_progress",
                 message: format!(

@@ -15,6 +15,7 @@ use crate::docker::labels::LABEL_CLAIM_ID;
 use crate::docker::ledger::short_id;
 use crate::docker::network;
 use crate::docker::protocol::{Action, ContainerError};
+use crate::docker::pull_auth::{PullConfig, RegistryAuth};
 use crate::docker::spec::{join_ids, CreateSpec, SpecError};
 use crate::shutdown::Shutdown;
 use crossbeam_channel::{select, Receiver, Sender};
@@ -105,7 +106,7 @@ fn create(
     uuids: &[String],
 ) -> Result<ContainerView, ContainerError> {
     let cli = &context.cli;
-    ensure_image(cli, &spec.image)?;
+    ensure_image(cli, &spec.image, spec.registry_auth.as_ref())?;
     let env_file = if spec.env.is_empty() {
         None
     } else {
@@ -130,12 +131,16 @@ fn create(
     let id = match run {
         Ok(out) => String::from_utf8_lossy(&out.stdout).trim().to_string(),
         Err(e) => {
-            log::warn!(
-                "creating container {} failed: {}",
-                spec.container_name(),
-                e.log_line()
-            );
+            // Docker's own text goes to the log only (the answer says what kind of failure).
+            let log_refusal = |e: &DockerError| {
+                log::warn!(
+                    "creating container {} failed: {}",
+                    spec.container_name(),
+                    e.log_line()
+                )
+            };
             if e.is_name_taken() {
+                log_refusal(&e);
                 // Someone else's container has our name: not ours to remove.
                 return Err(ContainerError::Conflict {
                     code: "claim_in_use",
@@ -145,14 +150,21 @@ fn create(
                     ),
                 });
             }
+            // A timed-out `docker run` may still be carried out by the engine: the runner keeps
+            // the reservation (state unknown) and the next reconcile decides.
+            if matches!(e, DockerError::Timeout { .. }) {
+                return Err(e.into());
+            }
             remove_leftovers(context, &spec.claim_id);
             if e.is_port_taken() {
+                log_refusal(&e);
                 return Err(ContainerError::Conflict {
                     code: "port_in_use",
                     message: "a host port is used outside the agent".to_string(),
                 });
             }
             if let Some((field, why)) = e.run_refusal() {
+                log_refusal(&e);
                 // Docker refused the settings themselves: the request is at fault.
                 return Err(ContainerError::Invalid(SpecError {
                     field: field.to_string(),
@@ -169,14 +181,21 @@ fn create(
             message: format!("container {id} vanished right after it was created"),
         })),
         Err(e) => {
-            remove_leftovers(context, &spec.claim_id);
+            if !matches!(e, DockerError::Timeout { .. }) {
+                remove_leftovers(context, &spec.claim_id);
+            }
             Err(e.into())
         }
     }
 }
 
-/// Pulls the image unless docker already has it.
-fn ensure_image(cli: &DockerCli, image: &str) -> Result<(), ContainerError> {
+/// Pulls the image unless docker already has it; with `auth`, through a docker config of this
+/// pull only (removed when it ends).
+fn ensure_image(
+    cli: &DockerCli,
+    image: &str,
+    auth: Option<&RegistryAuth>,
+) -> Result<(), ContainerError> {
     let inspect = cli.run(
         &args(&["image", "inspect", "--format", "{{.Id}}", "--", image]),
         cli.command_timeout(),
@@ -188,11 +207,22 @@ fn ensure_image(cli: &DockerCli, image: &str) -> Result<(), ContainerError> {
         Err(e) => return Err(e.into()),
     }
     log::info!("pulling image {image}");
-    match cli.run(
-        &args(&["pull", "--quiet", "--", image]),
-        cli.pull_timeout(),
-        4096,
-    ) {
+    let pull_args = args(&["pull", "--quiet", "--", image]);
+    let pulled = match auth {
+        None => cli.run(&pull_args, cli.pull_timeout(), 4096),
+        Some(auth) => {
+            let config = PullConfig::write(&std::env::temp_dir(), auth).map_err(|e| {
+                log::warn!("{e}");
+                ContainerError::Docker(DockerError::BadOutput {
+                    command: "docker pull".into(),
+                    message: "cannot write the pull's registry credentials".into(),
+                })
+            })?;
+            cli.run_with_config(&pull_args, cli.pull_timeout(), 4096, config.dir())
+            // `config` is dropped here: the credentials are gone once the pull ends.
+        }
+    };
+    match pulled {
         Ok(_) => Ok(()),
         Err(e @ DockerError::Failed { .. }) => {
             // Docker's text may quote what the registry answered: the answer says only which

@@ -12,6 +12,7 @@
 //! - [`health`]: the typed health of each component, rendered for `/health` in one place.
 //! - [`counters`]: the agent's own counters (API requests, docker command durations, ...).
 //! - [`document`]: the metrics document and the heartbeat body, built from the snapshot.
+//! - [`tunnel`]: the frp tunnel's view and the container ports it publishes.
 //!
 //! A new component (the frp tunnel, GPU health checks) adds its slot to [`Snapshot`], a reader
 //! method, a writer in [`Writers`] and, when it reports health, a [`Component`].
@@ -20,6 +21,7 @@ pub mod counters;
 pub mod document;
 pub mod health;
 pub mod samples;
+pub mod tunnel;
 
 pub use counters::Counters;
 pub use health::{Component, Health};
@@ -27,6 +29,7 @@ pub use samples::{
     ClaimGpuUsage, ClaimUsage, ContainerSummary, CpuTimes, GpuAllocation, GpuHealth, GpuProcess,
     GpuReport, GpuSample, LoadAverage, MemoryBytes, NvmlState, RemappedRows, SystemSample, XidView,
 };
+pub use tunnel::{ProxyStatus, PublishedPort, TunnelState, TunnelView};
 
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -131,6 +134,9 @@ pub struct Snapshot {
     node_id: Published<Option<String>>,
     assigned_api_remote_port: Published<Option<u16>>,
     containers: Published<Vec<ContainerSummary>>,
+    /// Every managed container's published ports (what the tunnel publishes on frps).
+    published_ports: Published<Vec<PublishedPort>>,
+    tunnel: Published<TunnelView>,
     gpu_allocations: Published<BTreeMap<u32, GpuAllocation>>,
     usage: Published<BTreeMap<String, ClaimUsage>>,
     health: Published<BTreeMap<Component, Health>>,
@@ -154,6 +160,8 @@ pub fn new() -> (Arc<Snapshot>, Writers) {
         node_id: Published::new(None),
         assigned_api_remote_port: Published::new(None),
         containers: Published::new(Vec::new()),
+        published_ports: Published::new(Vec::new()),
+        tunnel: Published::new(TunnelView::disabled()),
         gpu_allocations: Published::new(BTreeMap::new()),
         usage: Published::new(BTreeMap::new()),
         health: Published::new(BTreeMap::new()),
@@ -189,6 +197,9 @@ pub fn new() -> (Arc<Snapshot>, Writers) {
             health: health(Component::Platform),
         },
         api: health(Component::Api),
+        frp: TunnelWriter {
+            health: health(Component::Frp),
+        },
         usage: UsageWriter {
             snapshot: Arc::clone(&snapshot),
         },
@@ -249,6 +260,16 @@ impl Snapshot {
         self.containers.get()
     }
 
+    /// The managed containers' published ports, in (claim, port, protocol) order.
+    pub fn published_ports(&self) -> Arc<Vec<PublishedPort>> {
+        self.published_ports.get()
+    }
+
+    /// The frp tunnel as its supervisor last saw it.
+    pub fn tunnel(&self) -> Arc<TunnelView> {
+        self.tunnel.get()
+    }
+
     /// GPU index → the container holding it (until that container is removed).
     pub fn gpu_allocations(&self) -> Arc<BTreeMap<u32, GpuAllocation>> {
         self.gpu_allocations.get()
@@ -305,7 +326,27 @@ pub struct Writers {
     pub docker: DockerWriter,
     pub platform: PlatformWriter,
     pub api: HealthWriter,
+    pub frp: TunnelWriter,
     pub usage: UsageWriter,
+}
+
+/// The frp supervisor's writer: the tunnel's view and the `frp` component's health.
+pub struct TunnelWriter {
+    health: HealthWriter,
+}
+
+impl TunnelWriter {
+    /// Publishes the tunnel's view (and the health it implies, when it changed).
+    pub fn publish(&self, view: TunnelView, health: Health) {
+        let snapshot = &self.health.snapshot;
+        if *snapshot.tunnel.get() != view {
+            snapshot.tunnel.set(view);
+        }
+        let current = snapshot.health.get().get(&Component::Frp).cloned();
+        if current.as_ref() != Some(&health) {
+            self.health.set(health);
+        }
+    }
 }
 
 /// The usage sampler's writer: each managed container's usage.
@@ -378,6 +419,15 @@ impl DockerWriter {
         self.health.snapshot.containers.set(containers);
         self.health.snapshot.gpu_allocations.set(allocations);
         self.health.snapshot.metrics_changed();
+    }
+
+    /// Every managed container's published ports (sorted here, so equal sets compare equal).
+    pub fn publish_ports(&self, mut ports: Vec<PublishedPort>) {
+        ports.sort();
+        let snapshot = &self.health.snapshot;
+        if *snapshot.published_ports.get() != ports {
+            snapshot.published_ports.set(ports);
+        }
     }
 
     pub fn set_health(&self, health: Health) {
