@@ -236,7 +236,7 @@ impl crate::http::Service for ApiService {
         match admit(&self.context, head) {
             // Cached bytes, rebuilt at most once per change: answered on the I/O thread.
             Ok(Endpoint::Health | Endpoint::Metrics | Endpoint::OpenApi) => Ok(Lane::Inline),
-            Ok(Endpoint::Ready | Endpoint::Prometheus) => Ok(Lane::Quick),
+            Ok(Endpoint::Ready | Endpoint::Prometheus | Endpoint::Tunnels) => Ok(Lane::Quick),
             Ok(_) => Ok(Lane::Slow),
             Err(error) => {
                 log::debug!("{} {} -> {}", head.method, head.path, error.status.as_u16());
@@ -393,6 +393,7 @@ fn serve(context: &ApiContext, request: &Request) -> Result<Reply, ApiError> {
         Endpoint::ContainerLogs(id) => containers::logs(context, &id, head.query.as_deref()),
         Endpoint::ContainerAction(id, action) => containers::act(context, &id, action),
         Endpoint::ResetGpuHealth(index) => gpus::reset_health(context, &index),
+        Endpoint::Tunnels => Reply::ok(context.snapshot.tunnel().as_ref()),
         Endpoint::OpenApi => Ok(Reply::json_bytes(openapi::bytes())),
         Endpoint::Prometheus => {
             let identity = prometheus::Identity {

@@ -69,8 +69,11 @@ pub fn start(
         shutdown,
         started: Instant::now(),
         unsaved: None,
+        stamp: None,
     };
     component::spawn("platform", move || {
+        let mut presence = presence;
+        presence.stamp = Some(crate::notify::watch("platform"));
         presence.run(known);
         log::debug!("platform thread stopped");
     })
@@ -86,9 +89,20 @@ struct Presence {
     backoff: Backoff,
     /// A registration whose files could not be written yet; retried before each heartbeat.
     unsaved: Option<RegistrationRecord>,
+    /// Ticked while it waits and after each request (a request hung past the watchdog's
+    /// deadline stops the petting).
+    stamp: Option<crate::notify::LivenessStamp>,
 }
 
 impl Presence {
+    /// Waits up to `timeout` for the shutdown (ticking the stamp); true once it has started.
+    fn wait(&self, timeout: Duration) -> bool {
+        match &self.stamp {
+            Some(stamp) => stamp.wait(&self.shutdown, timeout),
+            None => self.shutdown.wait_timeout(timeout),
+        }
+    }
+
     fn run(mut self, known: Option<NodeId>) {
         let from_file = known.is_some();
         let mut node_id = match known {
@@ -104,7 +118,7 @@ impl Presence {
             // With no heartbeat to retry it before, a failed identity write is retried here.
             while self.unsaved.is_some() {
                 let delay = self.backoff.next_delay();
-                if self.shutdown.wait_timeout(delay) {
+                if self.wait(delay) {
                     return;
                 }
                 self.save_pending();
@@ -118,10 +132,7 @@ impl Presence {
         // taken as known to it). A 404 for an id it never accepted is not a forgotten node.
         let mut id_accepted = from_file;
         loop {
-            if self
-                .shutdown
-                .wait_timeout(next_beat.saturating_duration_since(Instant::now()))
-            {
+            if self.wait(next_beat.saturating_duration_since(Instant::now())) {
                 return;
             }
             self.save_pending();
@@ -153,7 +164,7 @@ impl Presence {
                         secs(delay)
                     );
                     self.writer.set_health(Health::Degraded(e.to_string()));
-                    if self.shutdown.wait_timeout(delay) {
+                    if self.wait(delay) {
                         return;
                     }
                     last_failure = None;
@@ -212,7 +223,7 @@ impl Presence {
                 );
                 self.writer
                     .set_health(Health::Starting(Some(e.to_string())));
-                if self.shutdown.wait_timeout(delay) {
+                if self.wait(delay) {
                     return None;
                 }
                 continue;
@@ -258,7 +269,7 @@ impl Presence {
                     }
                     self.writer
                         .set_health(Health::Starting(Some(e.to_string())));
-                    if self.shutdown.wait_timeout(delay) {
+                    if self.wait(delay) {
                         return None;
                     }
                 }

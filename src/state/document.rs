@@ -60,7 +60,8 @@ pub struct HeartbeatBody {
     pub agent_version: &'static str,
     pub uptime_secs: u64,
     pub containers: Vec<ContainerSummary>,
-    // The frp tunnel's state joins here when the tunnel exists (a `tunnel` object).
+    /// The frp tunnel, as `GET /api/v1/tunnels` shows it.
+    pub tunnel: super::TunnelView,
 }
 
 impl Snapshot {
@@ -107,6 +108,7 @@ impl Snapshot {
             agent_version: crate::VERSION,
             uptime_secs: uptime.as_secs(),
             containers: self.containers_with_usage(),
+            tunnel: self.tunnel().as_ref().clone(),
         }
     }
 

@@ -12,6 +12,7 @@
 //! - [`health`]: the typed health of each component, rendered for `/health` in one place.
 //! - [`counters`]: the agent's own counters (API requests, docker command durations, ...).
 //! - [`document`]: the metrics document and the heartbeat body, built from the snapshot.
+//! - [`tunnel`]: the frp tunnel's view and the container ports it publishes.
 //!
 //! A new component (the frp tunnel, GPU health checks) adds its slot to [`Snapshot`], a reader
 //! method, a writer in [`Writers`] and, when it reports health, a [`Component`].
@@ -21,6 +22,7 @@ pub mod document;
 pub mod health;
 pub mod registration;
 pub mod samples;
+pub mod tunnel;
 
 pub use counters::Counters;
 pub use health::{Component, Health};
@@ -29,6 +31,7 @@ pub use samples::{
     ClaimGpuUsage, ClaimUsage, ContainerSummary, CpuTimes, GpuAllocation, GpuHealth, GpuProcess,
     GpuReport, GpuSample, LoadAverage, MemoryBytes, NvmlState, RemappedRows, SystemSample, XidView,
 };
+pub use tunnel::{ProxyStatus, PublishedPort, TunnelState, TunnelView};
 
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -134,6 +137,9 @@ pub struct Snapshot {
     /// What registration gave besides the node id (the API token, the API proxy).
     grant: Published<PlatformGrant>,
     containers: Published<Vec<ContainerSummary>>,
+    /// Every managed container's published ports (what the tunnel publishes on frps).
+    published_ports: Published<Vec<PublishedPort>>,
+    tunnel: Published<TunnelView>,
     gpu_allocations: Published<BTreeMap<u32, GpuAllocation>>,
     usage: Published<BTreeMap<String, ClaimUsage>>,
     health: Published<BTreeMap<Component, Health>>,
@@ -157,6 +163,8 @@ pub fn new() -> (Arc<Snapshot>, Writers) {
         node_id: Published::new(None),
         grant: Published::new(PlatformGrant::default()),
         containers: Published::new(Vec::new()),
+        published_ports: Published::new(Vec::new()),
+        tunnel: Published::new(TunnelView::disabled()),
         gpu_allocations: Published::new(BTreeMap::new()),
         usage: Published::new(BTreeMap::new()),
         health: Published::new(BTreeMap::new()),
@@ -192,6 +200,9 @@ pub fn new() -> (Arc<Snapshot>, Writers) {
             health: health(Component::Platform),
         },
         api: health(Component::Api),
+        frp: TunnelWriter {
+            health: health(Component::Frp),
+        },
         usage: UsageWriter {
             snapshot: Arc::clone(&snapshot),
         },
@@ -268,6 +279,16 @@ impl Snapshot {
         self.containers.get()
     }
 
+    /// The managed containers' published ports, in (claim, port, protocol) order.
+    pub fn published_ports(&self) -> Arc<Vec<PublishedPort>> {
+        self.published_ports.get()
+    }
+
+    /// The frp tunnel as its supervisor last saw it.
+    pub fn tunnel(&self) -> Arc<TunnelView> {
+        self.tunnel.get()
+    }
+
     /// GPU index → the container holding it (until that container is removed).
     pub fn gpu_allocations(&self) -> Arc<BTreeMap<u32, GpuAllocation>> {
         self.gpu_allocations.get()
@@ -324,7 +345,27 @@ pub struct Writers {
     pub docker: DockerWriter,
     pub platform: PlatformWriter,
     pub api: HealthWriter,
+    pub frp: TunnelWriter,
     pub usage: UsageWriter,
+}
+
+/// The frp supervisor's writer: the tunnel's view and the `frp` component's health.
+pub struct TunnelWriter {
+    health: HealthWriter,
+}
+
+impl TunnelWriter {
+    /// Publishes the tunnel's view (and the health it implies, when it changed).
+    pub fn publish(&self, view: TunnelView, health: Health) {
+        let snapshot = &self.health.snapshot;
+        if *snapshot.tunnel.get() != view {
+            snapshot.tunnel.set(view);
+        }
+        let current = snapshot.health.get().get(&Component::Frp).cloned();
+        if current.as_ref() != Some(&health) {
+            self.health.set(health);
+        }
+    }
 }
 
 /// The usage sampler's writer: each managed container's usage.
@@ -397,6 +438,15 @@ impl DockerWriter {
         self.health.snapshot.containers.set(containers);
         self.health.snapshot.gpu_allocations.set(allocations);
         self.health.snapshot.metrics_changed();
+    }
+
+    /// Every managed container's published ports (sorted here, so equal sets compare equal).
+    pub fn publish_ports(&self, mut ports: Vec<PublishedPort>) {
+        ports.sort();
+        let snapshot = &self.health.snapshot;
+        if *snapshot.published_ports.get() != ports {
+            snapshot.published_ports.set(ports);
+        }
     }
 
     pub fn set_health(&self, health: Health) {
