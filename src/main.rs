@@ -7,7 +7,7 @@ use utopia_node_agent::agent::{self, Agent};
 use utopia_node_agent::cli::{self, Command};
 use utopia_node_agent::config::{self, Config};
 use utopia_node_agent::logging;
-use utopia_node_agent::notify::{self, Liveness, Notifier};
+use utopia_node_agent::notify::{self, Notifier};
 use utopia_node_agent::reload::{self, ReloadThread, Reloader};
 use utopia_node_agent::shutdown::{self, SignalThread};
 
@@ -97,6 +97,14 @@ fn run(path: &std::path::Path) -> ExitCode {
     }
     notifier.status("starting");
 
+    // A component thread silent for twice the watchdog timeout is stuck (without a watchdog:
+    // DEFAULT_DEADLINE, and only logged). Set before any component registers.
+    let liveness = notify::board();
+    liveness.set_deadline(
+        notifier
+            .watchdog()
+            .map_or(notify::DEFAULT_DEADLINE, |w| w * 2),
+    );
     let (trigger, shutdown) = shutdown::channel();
     let signals = match SignalThread::start(trigger.clone()) {
         Ok(signals) => signals,
@@ -122,8 +130,8 @@ fn run(path: &std::path::Path) -> ExitCode {
         .map_err(|e| log::error!("cannot start the reload thread (SIGHUP is ignored): {e}"))
         .ok();
     // The API listens now: READY=1, then status and watchdog from the notify thread.
-    let notify_thread =
-        notify::start(notifier, listen, Liveness::new(), shutdown).unwrap_or_else(|e| {
+    let notify_thread = notify::start(notifier, listen, Arc::clone(liveness), shutdown)
+        .unwrap_or_else(|e| {
             log::error!("cannot start the systemd notify thread: {e}");
             None
         });

@@ -242,6 +242,35 @@ fn one_line(text: &str) -> String {
 pub struct Liveness {
     epoch: Instant,
     stamps: Mutex<Vec<Arc<Stamp>>>,
+    /// The shortest deadline a component thread gets ([`watch`]), in milliseconds.
+    floor_ms: AtomicU64,
+}
+
+/// How often an idle component thread ticks its stamp: it waits in slices this long.
+pub const TICK: Duration = Duration::from_secs(1);
+
+/// A component thread's deadline is never shorter than this (five missed ticks), whatever the
+/// watchdog.
+pub const MIN_DEADLINE: Duration = Duration::from_secs(5);
+
+/// The deadline without a systemd watchdog (a stuck thread is then only logged).
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(120);
+
+/// The process's liveness board: every component thread registers on it ([`watch`]) and the
+/// notify thread reads it.
+pub fn board() -> &'static Arc<Liveness> {
+    static BOARD: std::sync::OnceLock<Arc<Liveness>> = std::sync::OnceLock::new();
+    BOARD.get_or_init(Liveness::new)
+}
+
+/// A stamp for the component thread `name` on the process's board, with the board's deadline
+/// (twice the systemd watchdog timeout, at least [`MIN_DEADLINE`]). The thread ticks it at
+/// least every [`TICK`] while idle and after each piece of work, so a thread blocked in a call
+/// (NVML on a dying GPU, a hung docker CLI read) goes silent and is named.
+pub fn watch(name: &str) -> LivenessStamp {
+    let board = board();
+    let floor = Duration::from_millis(board.floor_ms.load(Ordering::Relaxed));
+    board.register(name, floor.max(MIN_DEADLINE))
 }
 
 struct Stamp {
@@ -284,6 +313,7 @@ impl Default for Liveness {
         Liveness {
             epoch: Instant::now(),
             stamps: Mutex::new(Vec::new()),
+            floor_ms: AtomicU64::new(millis(DEFAULT_DEADLINE)),
         }
     }
 }
@@ -291,6 +321,11 @@ impl Default for Liveness {
 impl Liveness {
     pub fn new() -> Arc<Liveness> {
         Arc::new(Liveness::default())
+    }
+
+    /// Sets the deadline of the stamps [`watch`] hands out from now on.
+    pub fn set_deadline(&self, deadline: Duration) {
+        self.floor_ms.store(millis(deadline), Ordering::Relaxed);
     }
 
     /// A stamp for the thread `name`, ticked now; it is stuck when not ticked for `deadline`.
@@ -337,6 +372,26 @@ impl LivenessStamp {
             .last_ms
             .store(millis_since(self.epoch), Ordering::Relaxed);
     }
+
+    /// Waits up to `timeout` for the shutdown, ticking every [`TICK`]; true as soon as the
+    /// shutdown has started.
+    pub fn wait(&self, shutdown: &crate::shutdown::Shutdown, timeout: Duration) -> bool {
+        let end = Instant::now() + timeout;
+        loop {
+            self.tick();
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            if shutdown.wait_timeout(left.min(TICK)) {
+                return true;
+            }
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl Drop for LivenessStamp {

@@ -20,7 +20,7 @@ pub struct Config {
     pub prometheus: PrometheusConfig,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogLevel {
     Error,
@@ -106,7 +106,7 @@ pub struct FrpConfig {
 }
 
 /// How the agent API is published on frps (`frp.api_proxy_type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ApiProxyType {
     /// What the platform said at registration; tcp when it said nothing.
@@ -156,7 +156,7 @@ pub struct GpuConfig {
 }
 
 /// How GPUs are handed to containers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum GpuMode {
     /// `--gpus "device=0,1"` (nvidia-container-toolkit's docker integration).
@@ -219,6 +219,52 @@ pub struct DockerConfig {
     /// `DOCKER_CONFIG` of every docker command (the operator's `docker login` goes here).
     pub config_dir: PathBuf,
 }
+
+/// The choice keys read their value case-insensitively (`log_level: DEBUG`), as the
+/// environment overrides do; an unknown value names the choices.
+macro_rules! case_insensitive {
+    ($type:ty, [$($name:literal => $value:expr),+ $(,)?], $choices:literal) => {
+        impl<'de> Deserialize<'de> for $type {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct Choice;
+                impl serde::de::Visitor<'_> for Choice {
+                    type Value = $type;
+                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        write!(f, "one of {}", $choices)
+                    }
+                    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<$type, E> {
+                        match text.to_ascii_lowercase().as_str() {
+                            $($name => Ok($value),)+
+                            _ => Err(E::custom(format!("{text:?} is not one of {}", $choices))),
+                        }
+                    }
+                }
+                d.deserialize_str(Choice)
+            }
+        }
+    };
+}
+
+case_insensitive!(LogLevel, [
+    "error" => LogLevel::Error,
+    "warn" => LogLevel::Warn,
+    "warning" => LogLevel::Warn,
+    "info" => LogLevel::Info,
+    "debug" => LogLevel::Debug,
+    "trace" => LogLevel::Trace,
+], "error, warn, info, debug, trace");
+
+case_insensitive!(ApiProxyType, [
+    "auto" => ApiProxyType::Auto,
+    "tcp" => ApiProxyType::Tcp,
+    "stcp" => ApiProxyType::Stcp,
+], "auto, tcp, stcp");
+
+case_insensitive!(GpuMode, [
+    "gpus" => GpuMode::Gpus,
+    "cdi" => GpuMode::Cdi,
+    "env" => GpuMode::Env,
+], "gpus, cdi, env");
 
 impl Default for Config {
     fn default() -> Self {

@@ -236,6 +236,8 @@ fn watch(
     let mut since = since_nano;
     let mut backoff = Backoff::exact(pacing.initial, pacing.cap);
     let mut outage = OutageLog::new(pacing.reminder);
+    let stamp = crate::notify::watch("docker-events");
+    let ticker = crossbeam_channel::tick(crate::notify::TICK);
     loop {
         let filter = format!("label={label}");
         let mut command = Command::new(binary);
@@ -266,7 +268,7 @@ fn watch(
                     Some(line) => log::warn!("{line}"),
                     None => log::debug!("docker events: {problem}"),
                 }
-                if shutdown.wait_timeout(delay) {
+                if stamp.wait(shutdown, delay) {
                     return;
                 }
                 continue;
@@ -282,7 +284,9 @@ fn watch(
 
         let mut healthy_timer = crossbeam_channel::after(pacing.healthy_after);
         let stopping = loop {
+            stamp.tick();
             select! {
+                recv(ticker) -> _ => {}
                 recv(healthy_timer) -> _ => {
                     backoff.reset();
                     if let Some(line) = outage.healthy(Instant::now()) {
@@ -341,7 +345,7 @@ fn watch(
             Some(line) => log::warn!("{line}"),
             None => log::debug!("{problem}; restarting in {}", secs(delay)),
         }
-        if shutdown.wait_timeout(delay) {
+        if stamp.wait(shutdown, delay) {
             return;
         }
     }

@@ -78,7 +78,12 @@ impl From<DockerError> for ContainerError {
             }
             DockerError::Timeout { .. } => ContainerError::Timeout(e.to_string()),
             DockerError::Cancelled { .. } => ContainerError::DockerUnavailable(e.to_string()),
-            other => ContainerError::Docker(other),
+            other => {
+                // The answer carries only a classified line; docker's own text is logged here,
+                // on one line, for the operator.
+                log::warn!("{}", other.log_line());
+                ContainerError::Docker(other)
+            }
         }
     }
 }

@@ -42,7 +42,7 @@ use crate::docker::spec::{container_name, join_ids, CreatePolicy, CreateSpec};
 use crate::docker::table::ContainerTable;
 use crate::docker::worker::{remove_stale_env_files, worker};
 use crate::shutdown::Shutdown;
-use crate::state::{ContainerSummary, DockerWriter, Health, Snapshot};
+use crate::state::{ContainerSummary, DockerWriter, Health, PublishedPort, Snapshot};
 use crossbeam_channel::{after, select, Receiver, Sender, TrySendError};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -277,11 +277,15 @@ impl Runner {
         events: &Receiver<ContainerEvent>,
         shutdown: &Shutdown,
     ) {
+        let stamp = crate::notify::watch("docker-runner");
+        let ticker = crossbeam_channel::tick(crate::notify::TICK);
         loop {
+            stamp.tick();
             let wait = self
                 .next_reconcile
                 .saturating_duration_since(Instant::now());
             select! {
+                recv(ticker) -> _ => {}
                 recv(requests) -> request => match request {
                     Ok(request) => self.handle(request),
                     Err(_) => return,
@@ -985,6 +989,21 @@ impl Runner {
                 })
                 .collect(),
             self.ledger.allocations(),
+        );
+        // What the frp tunnel publishes on frps: every managed container's ports.
+        self.writer.publish_ports(
+            views
+                .iter()
+                .flat_map(|v| {
+                    v.port_mappings.iter().map(|m| PublishedPort {
+                        claim_id: v.claim_id.clone(),
+                        container_port: m.container_port,
+                        protocol: m.protocol.as_str(),
+                        host_port: m.host_port,
+                        remote_port: 0,
+                    })
+                })
+                .collect(),
         );
         let health = match &self.docker {
             DockerState::Starting => Health::Starting(None),

@@ -142,12 +142,16 @@ fn create(
     let id = match run {
         Ok(out) => String::from_utf8_lossy(&out.stdout).trim().to_string(),
         Err(e) => {
-            log::warn!(
-                "creating container {} failed: {}",
-                spec.container_name(),
-                e.log_line()
-            );
+            // Docker's own text goes to the log only (the answer says what kind of failure).
+            let log_refusal = |e: &DockerError| {
+                log::warn!(
+                    "creating container {} failed: {}",
+                    spec.container_name(),
+                    e.log_line()
+                )
+            };
             if e.is_name_taken() {
+                log_refusal(&e);
                 // Someone else's container has our name: not ours to remove.
                 return Err(ContainerError::Conflict {
                     code: "claim_in_use",
@@ -164,12 +168,14 @@ fn create(
             }
             remove_leftovers(context, &spec.claim_id);
             if e.is_port_taken() {
+                log_refusal(&e);
                 return Err(ContainerError::Conflict {
                     code: "port_in_use",
                     message: "a host port is used outside the agent".to_string(),
                 });
             }
             if let Some((field, why)) = e.run_refusal() {
+                log_refusal(&e);
                 // Docker refused the settings themselves: the request is at fault.
                 return Err(ContainerError::Invalid(SpecError {
                     field: field.to_string(),

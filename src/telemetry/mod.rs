@@ -92,12 +92,13 @@ impl<S: Sampler> Driver<S> {
     /// Starts the sampler's thread; it stops when shutdown starts (checked between samples).
     pub fn spawn(mut self, shutdown: Shutdown) -> Result<JoinHandle<()>, StartError> {
         component::spawn(S::THREAD, move || {
+            let stamp = crate::notify::watch(S::THREAD);
             loop {
                 if !self.fresh {
                     self.sample_now();
                 }
                 self.fresh = false;
-                if shutdown.wait_timeout(self.sampler.next_wait(self.interval.get())) {
+                if stamp.wait(&shutdown, self.sampler.next_wait(self.interval.get())) {
                     break;
                 }
             }

@@ -30,10 +30,11 @@ pub fn start(
 ) -> Result<JoinHandle<()>, StartError> {
     component::spawn("usage-sampler", move || {
         let mut sampler = UsageSampler::new("/proc".into(), "/sys/fs/cgroup".into());
+        let stamp = crate::notify::watch("usage-sampler");
         loop {
             let usage = sampler.sample(&snapshot.containers(), &snapshot.gpus());
             writer.publish(usage);
-            if shutdown.wait_timeout(INTERVAL) {
+            if stamp.wait(&shutdown, INTERVAL) {
                 break;
             }
         }

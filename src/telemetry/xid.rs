@@ -80,12 +80,13 @@ struct Watched {
 
 impl Watcher {
     fn run(mut self, shutdown: &Shutdown) {
+        let stamp = crate::notify::watch("gpu-xid-events");
         loop {
             if shutdown.is_triggered() {
                 break;
             }
             let stop = match self.init() {
-                Ok(nvml) => self.watch(&nvml, shutdown),
+                Ok(nvml) => self.watch(&nvml, shutdown, &stamp),
                 Err(why) => {
                     // The GPU sampler already says why NVML is unavailable.
                     log::debug!("Xid events: {why}");
@@ -113,7 +114,7 @@ impl Watcher {
                     NO_EVENTS_RECHECK
                 }
             };
-            if shutdown.wait_timeout(wait) {
+            if stamp.wait(shutdown, wait) {
                 break;
             }
         }
@@ -130,7 +131,12 @@ impl Watcher {
 
     /// Registers every GPU that reports Xid events, then waits for events until shutdown or a
     /// failure.
-    fn watch(&mut self, nvml: &Nvml, shutdown: &Shutdown) -> Stop {
+    fn watch(
+        &mut self,
+        nvml: &Nvml,
+        shutdown: &Shutdown,
+        stamp: &crate::notify::LivenessStamp,
+    ) -> Stop {
         let mut skip = BTreeSet::new();
         let (set, watched) = loop {
             match register(nvml, &skip) {
@@ -151,6 +157,7 @@ impl Watcher {
         let indices: Vec<String> = watched.iter().map(|w| w.index.to_string()).collect();
         log::info!("watching GPU(s) {} for Xid errors", indices.join(", "));
         loop {
+            stamp.tick();
             match set.wait(WAIT_MS) {
                 Ok(event) => {
                     let xid = match event.event_data {
