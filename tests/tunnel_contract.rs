@@ -165,3 +165,94 @@ fn without_a_platform_tcp_is_warned_about_once() {
     let health: Value = agent.get("/health").json();
     assert_eq!(health["warnings"].as_array().map(Vec::len), Some(2));
 }
+
+#[test]
+fn a_mappings_remote_port_reaches_frpc_survives_a_restart_and_shows_as_its_endpoint() {
+    use common::docker::{body, ready, wait_until, Scope};
+    if !ready("a_mappings_remote_port_reaches_frpc") {
+        return;
+    }
+    let jdir = tempfile::tempdir().unwrap();
+    let journal = Journal::in_dir(jdir.path());
+    let scope = Scope::new();
+    let mut agent = scope.agent_with(|c| frp_on(c, None), options(&journal));
+    let claim = scope.claim("remote");
+    let host_port = common::free_port();
+    let remote_port = common::free_port();
+    let mut request = body(&claim, &[], "sleep 600");
+    request["port_mappings"] = json!([
+        {"host_port": host_port, "container_port": 80, "remote_port": remote_port}
+    ]);
+    let created = agent.create(&request);
+    assert_eq!(created["port_mappings"][0]["remote_port"], remote_port);
+    let proxy_line = format!("remotePort = {remote_port}");
+    let config = agent.dir.path().join("frp/frpc.toml");
+    let has_port =
+        || std::fs::read_to_string(&config).is_ok_and(|t| t.lines().any(|l| l == proxy_line));
+    assert!(
+        wait_until(Duration::from_secs(15), has_port),
+        "{proxy_line} never in frpc.toml"
+    );
+    // Its endpoint: the address frpc reports for its proxy.
+    let path = format!("/api/v1/containers/{claim}");
+    let mut endpoint = Value::Null;
+    let reported = wait_until(Duration::from_secs(15), || {
+        endpoint = agent.get(&path).json()["endpoints"][0].clone();
+        endpoint["remote_addr"].is_string()
+    });
+    assert!(reported, "no remote_addr: {endpoint}\n{}", agent.log());
+    assert_eq!(endpoint["host_port"], host_port);
+    assert_eq!(endpoint["container_port"], 80);
+    assert!(
+        endpoint["remote_addr"]
+            .as_str()
+            .is_some_and(|a| a.ends_with(&format!(":{remote_port}"))),
+        "{endpoint}"
+    );
+    // Kept in the container's labels: after an agent restart frpc is given it again.
+    agent.restart(false, options(&journal));
+    std::fs::remove_file(&config).ok();
+    assert!(
+        wait_until(Duration::from_secs(20), has_port),
+        "lost after a restart:\n{}",
+        agent.log()
+    );
+    assert_eq!(
+        agent.get(&path).json()["port_mappings"][0]["remote_port"],
+        remote_port
+    );
+    // Template markers and bad ports never reach frpc: 400.
+    for bad in [json!(70000), json!(-1), json!("{{.Envs.X}}")] {
+        let mut request = body(&scope.claim("bad"), &[], "sleep 1");
+        request["port_mappings"] = json!([
+            {"host_port": common::free_port(), "container_port": 80, "remote_port": bad}
+        ]);
+        let r = agent.post_json("/api/v1/containers", &request);
+        assert_eq!(r.status, 400, "{bad}: {}", r.text());
+        assert!(r.text().contains("remote_port"), "{}", r.text());
+    }
+}
+
+#[test]
+fn with_frp_off_endpoints_have_no_address() {
+    use common::docker::{body, ready, Scope};
+    if !ready("with_frp_off_endpoints_have_no_address") {
+        return;
+    }
+    let scope = Scope::new();
+    let agent = scope.agent(|_| {});
+    let claim = scope.claim("nofrp");
+    let mut request = body(&claim, &[], "sleep 600");
+    request["port_mappings"] = json!([{"host_port": common::free_port(), "container_port": 80}]);
+    let created = agent.create(&request);
+    assert_eq!(
+        created["endpoints"].as_array().map(Vec::len),
+        Some(1),
+        "{created}"
+    );
+    assert!(
+        created["endpoints"][0]["remote_addr"].is_null(),
+        "{created}"
+    );
+    assert_eq!(created["port_mappings"][0]["remote_port"], 0);
+}

@@ -485,6 +485,7 @@ impl Runner {
             gpu_ids: placement.gpus.clone(),
             gpu_uuids: placement.uuids.clone(),
             port_mappings: spec.ports.clone(),
+            endpoints: Vec::new(),
             created_at: None,
             started_at: None,
             finished_at: None,
@@ -1002,7 +1003,7 @@ impl Runner {
                         container_port: m.container_port,
                         protocol: m.protocol.as_str(),
                         host_port: m.host_port,
-                        remote_port: 0,
+                        remote_port: m.remote_port,
                     })
                 })
                 .collect(),
