@@ -13,6 +13,7 @@ pub mod cli;
 pub(crate) mod component;
 pub mod config;
 pub(crate) mod docker;
+pub mod doctor;
 pub mod http;
 pub mod logging;
 pub(crate) mod names;
