@@ -23,6 +23,7 @@ use crate::api::{ApiContext, ApiServer, ApiSettings};
 use crate::component::StartError;
 use crate::config::Settings;
 use crate::docker::runner as docker_runner;
+use crate::frp;
 use crate::platform;
 use crate::reload::LiveSettings;
 use crate::shutdown::Shutdown;
@@ -111,6 +112,17 @@ impl Agent {
         );
         let api = ApiServer::start(context).map_err(StartError::new)?;
         writers.api.set(Health::Ok);
+
+        // The tunnel waits for the node id (with a platform) and publishes the API and the
+        // containers' ports.
+        if let Some(thread) = frp::start(
+            settings,
+            Arc::clone(&snapshot),
+            writers.frp,
+            shutdown.clone(),
+        )? {
+            threads.push(("frp", thread));
+        }
 
         // Last, so that the API already answers while the node registers.
         if let Some(thread) =

@@ -14,6 +14,7 @@ pub(crate) mod component;
 pub mod config;
 pub(crate) mod docker;
 pub mod doctor;
+pub(crate) mod frp;
 pub mod http;
 pub mod logging;
 pub(crate) mod names;

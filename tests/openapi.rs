@@ -297,6 +297,9 @@ fn the_agent_serves_the_embedded_document_and_its_answers_match_it() {
     conforms(&doc, "GET", "/health", &health);
     let ready = agent.request("GET", "/health/ready", &[], b"");
     conforms(&doc, "GET", "/health/ready", &ready);
+    let tunnels = agent.get("/api/v1/tunnels");
+    assert_eq!(tunnels.status, 200, "{}", tunnels.text());
+    conforms(&doc, "GET", "/api/v1/tunnels", &tunnels);
 
     // An Xid on GPU 1 so that xid_errors, health_reasons and the reset have content.
     write_knobs(&knobs, "xid_events = 1:79\n");

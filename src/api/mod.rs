@@ -236,7 +236,7 @@ impl crate::http::Service for ApiService {
         match admit(&self.context, head) {
             // Cached bytes, rebuilt at most once per change: answered on the I/O thread.
             Ok(Endpoint::Health | Endpoint::Metrics | Endpoint::OpenApi) => Ok(Lane::Inline),
-            Ok(Endpoint::Ready | Endpoint::Prometheus) => Ok(Lane::Quick),
+            Ok(Endpoint::Ready | Endpoint::Prometheus | Endpoint::Tunnels) => Ok(Lane::Quick),
             Ok(_) => Ok(Lane::Slow),
             Err(error) => {
                 log::debug!("{} {} -> {}", head.method, head.path, error.status.as_u16());
@@ -276,10 +276,7 @@ fn admit(context: &ApiContext, head: &RequestHead) -> Result<Endpoint, ApiError>
         ApiError::bad_request("more than one Authorization header; send exactly one")
     })?;
     if routes::requires_auth(&head.path, context.settings.prometheus_auth) {
-        context
-            .settings
-            .auth_token
-            .with(|token| auth::check(authorization, token))?;
+        check_token(context, authorization)?;
     }
     if let BodyLength::Exact(length) = head.body_length {
         if length > MAX_BODY_BYTES as u64 {
@@ -293,12 +290,20 @@ fn admit(context: &ApiContext, head: &RequestHead) -> Result<Endpoint, ApiError>
 /// unlocks the components' reasons; a wrong token is no token).
 fn has_token(context: &ApiContext, head: &RequestHead) -> bool {
     let header = head.headers.get_single("authorization").ok().flatten();
-    header.is_some()
-        && context
-            .settings
-            .auth_token
-            .with(|token| auth::check(header, token))
-            .is_ok()
+    header.is_some() && check_token(context, header).is_ok()
+}
+
+/// Checks the `Authorization` header against `agent_api.auth_token` and the platform's
+/// `api_token` (when registration gave one).
+fn check_token(context: &ApiContext, header: Option<&[u8]>) -> Result<(), ApiError> {
+    let platform_token = context.snapshot.platform_api_token();
+    context
+        .settings
+        .auth_token
+        .with(|local| match &platform_token {
+            Some(token) => auth::check(header, &[local, token.as_str()]),
+            None => auth::check(header, &[local]),
+        })
 }
 
 fn handle(context: &ApiContext, request: Request) -> Response {
@@ -388,6 +393,7 @@ fn serve(context: &ApiContext, request: &Request) -> Result<Reply, ApiError> {
         Endpoint::ContainerLogs(id) => containers::logs(context, &id, head.query.as_deref()),
         Endpoint::ContainerAction(id, action) => containers::act(context, &id, action),
         Endpoint::ResetGpuHealth(index) => gpus::reset_health(context, &index),
+        Endpoint::Tunnels => Reply::ok(context.snapshot.tunnel().as_ref()),
         Endpoint::OpenApi => Ok(Reply::json_bytes(openapi::bytes())),
         Endpoint::Prometheus => {
             let identity = prometheus::Identity {

@@ -22,6 +22,8 @@ pub enum Endpoint {
     ResetGpuHealth(String),
     /// `GET /metrics`: the Prometheus text exposition.
     Prometheus,
+    /// `GET /api/v1/tunnels`: the frp tunnel.
+    Tunnels,
     /// `GET /api/v1/openapi.json`: the API's OpenAPI document.
     OpenApi,
 }
@@ -54,6 +56,7 @@ pub const ROUTES: &[Route] = &[
     r("POST", "/api/v1/containers/{id}/start"),
     r("POST", "/api/v1/containers/{id}/restart"),
     r("POST", "/api/v1/gpus/{index}/health/reset"),
+    r("GET", "/api/v1/tunnels"),
     r("GET", "/api/v1/openapi.json"),
 ];
 
@@ -81,6 +84,7 @@ impl Endpoint {
                 r("POST", "/api/v1/containers/{id}/restart")
             }
             Endpoint::ResetGpuHealth(_) => r("POST", "/api/v1/gpus/{index}/health/reset"),
+            Endpoint::Tunnels => r("GET", "/api/v1/tunnels"),
             Endpoint::OpenApi => r("GET", "/api/v1/openapi.json"),
         }
     }
@@ -98,6 +102,7 @@ enum Resource {
     Action(String, Action),
     GpuHealthReset(String),
     Prometheus,
+    Tunnels,
     OpenApi,
 }
 
@@ -118,6 +123,7 @@ impl Resource {
             "/metrics" => return Some(Resource::Prometheus),
             "/api/v1/metrics" => return Some(Resource::Metrics),
             "/api/v1/containers" => return Some(Resource::Containers),
+            "/api/v1/tunnels" => return Some(Resource::Tunnels),
             "/api/v1/openapi.json" => return Some(Resource::OpenApi),
             _ => {}
         }
@@ -143,6 +149,7 @@ impl Resource {
             | Resource::Metrics
             | Resource::Logs(_)
             | Resource::Prometheus
+            | Resource::Tunnels
             | Resource::OpenApi => "GET",
             Resource::Containers => "GET, POST",
             Resource::Container(_) => "GET, DELETE",
@@ -160,6 +167,7 @@ impl Resource {
             (Resource::Ready, &Method::GET) => Some(Endpoint::Ready),
             (Resource::Metrics, &Method::GET) => Some(Endpoint::Metrics),
             (Resource::Prometheus, &Method::GET) => Some(Endpoint::Prometheus),
+            (Resource::Tunnels, &Method::GET) => Some(Endpoint::Tunnels),
             (Resource::OpenApi, &Method::GET) => Some(Endpoint::OpenApi),
             (Resource::Containers, &Method::GET) => Some(Endpoint::ListContainers),
             (Resource::Containers, &Method::POST) => Some(Endpoint::CreateContainer),
@@ -368,6 +376,7 @@ mod tests {
             Endpoint::ContainerAction(id(), Action::Start),
             Endpoint::ContainerAction(id(), Action::Restart),
             Endpoint::ResetGpuHealth(id()),
+            Endpoint::Tunnels,
             Endpoint::OpenApi,
         ] {
             assert!(ROUTES.contains(&endpoint.route()), "{endpoint:?}");

@@ -60,7 +60,8 @@ pub struct HeartbeatBody {
     pub agent_version: &'static str,
     pub uptime_secs: u64,
     pub containers: Vec<ContainerSummary>,
-    // The frp tunnel's state joins here when the tunnel exists (a `tunnel` object).
+    /// The frp tunnel, as `GET /api/v1/tunnels` shows it.
+    pub tunnel: super::TunnelView,
 }
 
 impl Snapshot {
@@ -107,6 +108,7 @@ impl Snapshot {
             agent_version: crate::VERSION,
             uptime_secs: uptime.as_secs(),
             containers: self.containers_with_usage(),
+            tunnel: self.tunnel().as_ref().clone(),
         }
     }
 
@@ -134,7 +136,9 @@ mod tests {
     #[test]
     fn heartbeat_body_is_the_metrics_document_plus_node_state() {
         let (snapshot, writers) = state::new();
-        writers.platform.registered("node-1".into(), None);
+        writers
+            .platform
+            .registered("node-1".into(), Default::default());
         writers.docker.publish(
             vec![ContainerSummary {
                 id: "c1".into(),
@@ -214,7 +218,9 @@ mod tests {
         let json: serde_json::Value = serde_json::from_slice(&after_allocation).unwrap();
         assert_eq!(json["gpus"][0]["claim_id"], "claim-9");
 
-        writers.platform.registered("node-7".into(), None);
+        writers
+            .platform
+            .registered("node-7".into(), Default::default());
         let json: serde_json::Value =
             serde_json::from_slice(&snapshot.metrics_json().unwrap()).unwrap();
         assert_eq!(json["node_id"], "node-7");

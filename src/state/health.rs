@@ -10,6 +10,7 @@ use std::fmt;
 pub enum Component {
     Api,
     Docker,
+    Frp,
     Gpu,
     Platform,
     System,
@@ -17,9 +18,10 @@ pub enum Component {
 
 impl Component {
     /// Every component; each one reports a health once the agent runs.
-    pub const ALL: [Component; 5] = [
+    pub const ALL: [Component; 6] = [
         Component::Api,
         Component::Docker,
+        Component::Frp,
         Component::Gpu,
         Component::Platform,
         Component::System,
@@ -30,6 +32,7 @@ impl Component {
         match self {
             Component::Api => "api",
             Component::Docker => "docker",
+            Component::Frp => "frp",
             Component::Gpu => "gpu",
             Component::Platform => "platform",
             Component::System => "system",
@@ -118,7 +121,8 @@ pub fn overall(health: &BTreeMap<Component, Health>) -> &'static str {
 /// ready. Ready means: the API serves, the host is sampled, docker is reachable (a degraded
 /// docker still runs containers), NVML answers (a lost GPU leaves the others usable; a GPU
 /// sampler switched off expects none), and the node is registered when a platform is configured
-/// (failing heartbeats do not unregister it).
+/// (failing heartbeats do not unregister it). The frp tunnel never holds readiness back: the
+/// node works locally without it, and its trouble shows in `/health` and `/api/v1/tunnels`.
 pub fn not_ready(health: &BTreeMap<Component, Health>) -> Vec<String> {
     Component::ALL
         .iter()
@@ -132,7 +136,10 @@ pub fn not_ready(health: &BTreeMap<Component, Health>) -> Vec<String> {
 
 /// Whether `component` in state `health` lets the node do its work (see [`not_ready`]).
 fn can_work(component: Component, health: &Health) -> bool {
-    use Component::{Docker, Gpu, Platform};
+    use Component::{Docker, Frp, Gpu, Platform};
+    if component == Frp {
+        return true;
+    }
     match health {
         Health::Ok => true,
         Health::Degraded(_) => matches!(component, Docker | Gpu | Platform),

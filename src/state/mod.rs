@@ -12,6 +12,7 @@
 //! - [`health`]: the typed health of each component, rendered for `/health` in one place.
 //! - [`counters`]: the agent's own counters (API requests, docker command durations, ...).
 //! - [`document`]: the metrics document and the heartbeat body, built from the snapshot.
+//! - [`tunnel`]: the frp tunnel's view and the container ports it publishes.
 //!
 //! A new component (the frp tunnel, GPU health checks) adds its slot to [`Snapshot`], a reader
 //! method, a writer in [`Writers`] and, when it reports health, a [`Component`].
@@ -19,14 +20,18 @@
 pub mod counters;
 pub mod document;
 pub mod health;
+pub mod registration;
 pub mod samples;
+pub mod tunnel;
 
 pub use counters::Counters;
 pub use health::{Component, Health};
+pub use registration::{ApiToken, PlatformApiProxy, PlatformGrant};
 pub use samples::{
     ClaimGpuUsage, ClaimUsage, ContainerSummary, CpuTimes, GpuAllocation, GpuHealth, GpuProcess,
     GpuReport, GpuSample, LoadAverage, MemoryBytes, NvmlState, RemappedRows, SystemSample, XidView,
 };
+pub use tunnel::{ProxyStatus, PublishedPort, TunnelState, TunnelView};
 
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -129,8 +134,12 @@ pub struct Snapshot {
     system: Published<Option<SystemSample>>,
     gpus: Published<GpuReport>,
     node_id: Published<Option<String>>,
-    assigned_api_remote_port: Published<Option<u16>>,
+    /// What registration gave besides the node id (the API token, the API proxy).
+    grant: Published<PlatformGrant>,
     containers: Published<Vec<ContainerSummary>>,
+    /// Every managed container's published ports (what the tunnel publishes on frps).
+    published_ports: Published<Vec<PublishedPort>>,
+    tunnel: Published<TunnelView>,
     gpu_allocations: Published<BTreeMap<u32, GpuAllocation>>,
     usage: Published<BTreeMap<String, ClaimUsage>>,
     health: Published<BTreeMap<Component, Health>>,
@@ -152,8 +161,10 @@ pub fn new() -> (Arc<Snapshot>, Writers) {
         system: Published::new(None),
         gpus: Published::new(GpuReport::starting()),
         node_id: Published::new(None),
-        assigned_api_remote_port: Published::new(None),
+        grant: Published::new(PlatformGrant::default()),
         containers: Published::new(Vec::new()),
+        published_ports: Published::new(Vec::new()),
+        tunnel: Published::new(TunnelView::disabled()),
         gpu_allocations: Published::new(BTreeMap::new()),
         usage: Published::new(BTreeMap::new()),
         health: Published::new(BTreeMap::new()),
@@ -189,6 +200,9 @@ pub fn new() -> (Arc<Snapshot>, Writers) {
             health: health(Component::Platform),
         },
         api: health(Component::Api),
+        frp: TunnelWriter {
+            health: health(Component::Frp),
+        },
         usage: UsageWriter {
             snapshot: Arc::clone(&snapshot),
         },
@@ -241,12 +255,38 @@ impl Snapshot {
     /// (kept in the registration record beside the identity file across restarts).
     #[allow(dead_code, reason = "read by the frp tunnel")]
     pub fn assigned_api_remote_port(&self) -> Option<u16> {
-        *self.assigned_api_remote_port.get()
+        match self.grant.get().api_proxy {
+            Some(PlatformApiProxy::Tcp { remote_port }) => remote_port,
+            _ => None,
+        }
+    }
+
+    /// How the platform said the agent API is to be published on frps (`frp.api_proxy` of the
+    /// registration answer, or its `frp.api_remote_port`); `None`: it said nothing.
+    #[allow(dead_code, reason = "read by the frp tunnel")]
+    pub fn assigned_api_proxy(&self) -> Option<PlatformApiProxy> {
+        self.grant.get().api_proxy.clone()
+    }
+
+    /// The platform's token for the agent API (`api_token` of the registration answer), which
+    /// the API accepts besides `agent_api.auth_token`; `None` while unregistered or not given.
+    pub fn platform_api_token(&self) -> Option<ApiToken> {
+        self.grant.get().api_token.clone()
     }
 
     /// The managed containers, as the container runner last saw them.
     pub fn containers(&self) -> Arc<Vec<ContainerSummary>> {
         self.containers.get()
+    }
+
+    /// The managed containers' published ports, in (claim, port, protocol) order.
+    pub fn published_ports(&self) -> Arc<Vec<PublishedPort>> {
+        self.published_ports.get()
+    }
+
+    /// The frp tunnel as its supervisor last saw it.
+    pub fn tunnel(&self) -> Arc<TunnelView> {
+        self.tunnel.get()
     }
 
     /// GPU index → the container holding it (until that container is removed).
@@ -305,7 +345,27 @@ pub struct Writers {
     pub docker: DockerWriter,
     pub platform: PlatformWriter,
     pub api: HealthWriter,
+    pub frp: TunnelWriter,
     pub usage: UsageWriter,
+}
+
+/// The frp supervisor's writer: the tunnel's view and the `frp` component's health.
+pub struct TunnelWriter {
+    health: HealthWriter,
+}
+
+impl TunnelWriter {
+    /// Publishes the tunnel's view (and the health it implies, when it changed).
+    pub fn publish(&self, view: TunnelView, health: Health) {
+        let snapshot = &self.health.snapshot;
+        if *snapshot.tunnel.get() != view {
+            snapshot.tunnel.set(view);
+        }
+        let current = snapshot.health.get().get(&Component::Frp).cloned();
+        if current.as_ref() != Some(&health) {
+            self.health.set(health);
+        }
+    }
 }
 
 /// The usage sampler's writer: each managed container's usage.
@@ -380,6 +440,15 @@ impl DockerWriter {
         self.health.snapshot.metrics_changed();
     }
 
+    /// Every managed container's published ports (sorted here, so equal sets compare equal).
+    pub fn publish_ports(&self, mut ports: Vec<PublishedPort>) {
+        ports.sort();
+        let snapshot = &self.health.snapshot;
+        if *snapshot.published_ports.get() != ports {
+            snapshot.published_ports.set(ports);
+        }
+    }
+
     pub fn set_health(&self, health: Health) {
         self.health.set(health);
     }
@@ -391,11 +460,12 @@ pub struct PlatformWriter {
 }
 
 impl PlatformWriter {
-    /// The node is registered as `node_id` (and the platform assigned the API's frps port).
-    pub fn registered(&self, node_id: String, api_remote_port: Option<u16>) {
+    /// The node is registered as `node_id`, with what else the platform gave (a re-registration
+    /// replaces all of it).
+    pub fn registered(&self, node_id: String, grant: PlatformGrant) {
         let snapshot = &self.health.snapshot;
+        snapshot.grant.set(grant);
         snapshot.node_id.set(Some(node_id));
-        snapshot.assigned_api_remote_port.set(api_remote_port);
         snapshot.metrics_changed();
         self.health.set(Health::Ok);
     }
@@ -404,7 +474,7 @@ impl PlatformWriter {
     pub fn unregistered(&self) {
         let snapshot = &self.health.snapshot;
         snapshot.node_id.set(None);
-        snapshot.assigned_api_remote_port.set(None);
+        snapshot.grant.set(PlatformGrant::default());
         snapshot.metrics_changed();
         self.health.set(Health::Starting(None));
     }
@@ -439,13 +509,25 @@ mod tests {
     fn writers_publish_what_readers_see() {
         let (s, writers) = new();
         assert!(s.health().is_empty());
-        writers.platform.registered("node-1".into(), Some(7001));
+        let token = ApiToken::parse("platform-token-0123456789").unwrap();
+        writers.platform.registered(
+            "node-1".into(),
+            PlatformGrant {
+                api_token: Some(token.clone()),
+                api_proxy: Some(PlatformApiProxy::Tcp {
+                    remote_port: Some(7001),
+                }),
+            },
+        );
         assert_eq!(s.node_id().as_deref(), Some("node-1"));
         assert_eq!(s.assigned_api_remote_port(), Some(7001));
+        assert_eq!(s.platform_api_token(), Some(token));
         assert_eq!(s.health()["platform"], "ok");
         writers.platform.unregistered();
         assert_eq!(s.node_id(), None);
         assert_eq!(s.assigned_api_remote_port(), None);
+        assert_eq!(s.platform_api_token(), None);
+        assert_eq!(s.assigned_api_proxy(), None);
         assert_eq!(s.health()["platform"], "registering");
         writers.gpu.publish(
             GpuReport::unavailable("no driver".into()),
