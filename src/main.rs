@@ -133,7 +133,7 @@ fn run(path: &std::path::Path) -> ExitCode {
     let agent = match Agent::start(&config, shutdown.clone()) {
         Ok(agent) => agent,
         Err(error) => {
-            log::error!("{error}");
+            log::error!("not started: {error}; exiting (status 1)");
             notifier.status(&format!("failed to start: {error}"));
             trigger.fire();
             signals.stop();
