@@ -185,6 +185,9 @@ pub struct DockerConfig {
     /// The bridge network the agent creates (without inter-container traffic) and puts every
     /// managed container on.
     pub network: String,
+    /// How long `POST /api/v1/containers` waits for the container: 201 when it is up by then,
+    /// else 202 and the create goes on (image pulls can take many minutes).
+    pub create_wait_secs: u64,
     /// Grace period of `docker stop` (SIGTERM, then SIGKILL) on stop, restart and delete.
     pub stop_timeout_secs: u64,
     /// Deadline of an image pull; the docker child is killed after it.
@@ -343,6 +346,7 @@ impl Default for DockerConfig {
             cdi_kind: "nvidia.com/gpu".to_string(),
             managed_label: "io.utopia.managed=true".to_string(),
             network: "utopia-renters".to_string(),
+            create_wait_secs: 20,
             stop_timeout_secs: 10,
             pull_timeout_secs: 1800,
             command_timeout_secs: 30,

@@ -37,7 +37,7 @@ pub(super) fn worker(
         select! {
             recv(queue) -> work => match work {
                 Ok(work) => {
-                    if done.send(execute(context, work)).is_err() {
+                    if done.send(execute(context, work, done)).is_err() {
                         return;
                     }
                 }
@@ -48,7 +48,7 @@ pub(super) fn worker(
     }
 }
 
-fn execute(context: &WorkerContext, work: Work) -> Done {
+fn execute(context: &WorkerContext, work: Work, done: &Sender<Done>) -> Done {
     match work {
         Work::Create {
             ticket,
@@ -58,7 +58,7 @@ fn execute(context: &WorkerContext, work: Work) -> Done {
         } => Done::Created {
             ticket,
             claim_id: spec.claim_id.clone(),
-            result: create(context, &spec, &gpus, &uuids),
+            result: create(context, &spec, &gpus, &uuids, done),
         },
         Work::Act { ticket, id, action } => Done::Acted {
             ticket,
@@ -104,9 +104,20 @@ fn create(
     spec: &CreateSpec,
     gpus: &[u32],
     uuids: &[String],
+    done: &Sender<Done>,
 ) -> Result<ContainerView, ContainerError> {
     let cli = &context.cli;
-    ensure_image(cli, &spec.image, spec.registry_auth.as_ref())?;
+    // The API shows these steps while a create that answered 202 goes on.
+    let step = |status: String| {
+        let _ = done.send(Done::Progress {
+            claim_id: spec.claim_id.clone(),
+            status,
+        });
+    };
+    ensure_image(cli, &spec.image, spec.registry_auth.as_ref(), &|| {
+        step(format!("pulling image {}", spec.image))
+    })?;
+    step("starting container".to_string());
     let env_file = if spec.env.is_empty() {
         None
     } else {
@@ -178,7 +189,10 @@ fn create(
         Ok(Some(view)) => Ok(view),
         Ok(None) => Err(ContainerError::Docker(DockerError::BadOutput {
             command: "docker run".into(),
-            message: format!("container {id} vanished right after it was created"),
+            message: format!(
+                "container {} vanished right after it was created",
+                short_id(&id)
+            ),
         })),
         Err(e) => {
             if !matches!(e, DockerError::Timeout { .. }) {
@@ -195,6 +209,7 @@ fn ensure_image(
     cli: &DockerCli,
     image: &str,
     auth: Option<&RegistryAuth>,
+    pulling: &dyn Fn(),
 ) -> Result<(), ContainerError> {
     let inspect = cli.run(
         &args(&["image", "inspect", "--format", "{{.Id}}", "--", image]),
@@ -207,6 +222,7 @@ fn ensure_image(
         Err(e) => return Err(e.into()),
     }
     log::info!("pulling image {image}");
+    pulling();
     let pull_args = args(&["pull", "--quiet", "--", image]);
     let pulled = match auth {
         None => cli.run(&pull_args, cli.pull_timeout(), 4096),
@@ -266,13 +282,19 @@ fn remove_leftovers(context: &WorkerContext, claim_id: &str) {
         .map(str::to_string)
         .collect();
     for id in ids {
-        log::warn!("removing half-created container {id} of claim {claim_id}");
+        log::warn!(
+            "removing half-created container {} of claim {claim_id}",
+            short_id(&id)
+        );
         if let Err(e) = cli.run(
             &args(&["rm", "--force", "--", &id]),
             cli.command_timeout(),
             4096,
         ) {
-            log::warn!("cannot remove half-created container {id}: {e}");
+            log::warn!(
+                "cannot remove half-created container {}: {e}",
+                short_id(&id)
+            );
         }
     }
 }

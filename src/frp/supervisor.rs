@@ -194,8 +194,10 @@ impl Supervisor {
         } else {
             self.frp.user.clone().unwrap_or_default()
         };
-        let api_proxy = resolve_api_proxy(&self.frp, self.snapshot.assigned_api_remote_port())
+        let api_proxy = resolve_api_proxy(&self.frp, self.snapshot.assigned_api_proxy().as_ref())
             .map_err(|e| StartFailure::Failed(e.to_string()))?;
+        self.writer
+            .set_warnings(super::security_warnings(&self.frp, &api_proxy));
         let ports: Vec<PublishedPort> = if self.frp.expose_container_ports {
             self.snapshot.published_ports().as_ref().clone()
         } else {
