@@ -36,6 +36,22 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::CheckConfig { config } => check_config(&config),
+        Command::Doctor { config, json } => {
+            let checks = utopia_node_agent::doctor::run(&config);
+            if json {
+                match serde_json::to_string_pretty(&checks) {
+                    Ok(text) => println!("{text}"),
+                    Err(e) => eprintln!("error: cannot encode the report: {e}"),
+                }
+            } else {
+                print!("{}", utopia_node_agent::doctor::render_text(&checks));
+            }
+            if utopia_node_agent::doctor::healthy(&checks) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
         Command::Run { config } => run(&config),
     }
 }

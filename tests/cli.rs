@@ -372,6 +372,16 @@ fn check_config_refuses_what_the_start_refuses() {
             vec!["frp.tls_ca_file", "not-a-ca.pem", "no certificate"],
         ),
     ];
+    let cases = cases.into_iter().chain([(
+        Box::new(|c: &mut utopia_node_agent::config::Config| {
+            // TEST-NET-1: an address no test host has.
+            c.agent_api.listen_address = "192.0.2.1:9200".into();
+        }) as Edit,
+        vec![
+            "agent_api.listen_address",
+            "192.0.2.1 is not an address of this host",
+        ],
+    )]);
     for (edit, needles) in cases {
         let case_dir = tempfile::tempdir().unwrap();
         let mut config = test_config(case_dir.path());
