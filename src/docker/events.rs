@@ -298,7 +298,11 @@ fn watch(
                     Ok(line) => {
                         if let Some(event) = parse_event(&line) {
                             since = since.max(event.time_nano);
-                            log::debug!("docker event: {} {}", event.action, event.id);
+                            log::debug!(
+                                "docker event: {} {}",
+                                event.action,
+                                crate::docker::ledger::short_id(&event.id)
+                            );
                             if events.try_send(event).is_err() {
                                 log::debug!("runner busy; event dropped (reconcile repairs)");
                             }
