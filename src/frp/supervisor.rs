@@ -168,7 +168,10 @@ impl Supervisor {
             self.frp.frpc_path.display(),
             self.config_path.display()
         );
+        // Ticked every round: a round blocked (an admin API call past its timeout) is named.
+        let stamp = crate::notify::watch("frp");
         loop {
+            stamp.tick();
             if self.running.is_some() {
                 self.watch();
             } else if Instant::now() >= self.next_start {
