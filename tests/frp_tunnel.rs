@@ -358,3 +358,71 @@ fn a_tcp_api_proxy_publishes_the_api_on_its_remote_port() {
     }
     assert!(agent.log().contains("plain HTTP"), "{}", agent.log());
 }
+
+#[test]
+fn a_renter_reaches_a_containers_port_until_it_is_deleted() {
+    use common::docker::{body, ready, Scope};
+    let test = "a_renter_reaches_a_containers_port_until_it_is_deleted";
+    let Some((server, client)) = nfrp::binaries(test) else {
+        return;
+    };
+    if !ready(test) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let frps = Frps::start(&server, dir.path());
+    let scope = Scope::new();
+    let agent = scope.agent_with(
+        |c| {
+            agent_frp(c, &frps, &client);
+            c.frp.user = "node-renter".into();
+        },
+        common::AgentOptions {
+            env: Vec::new(),
+            wait_for_gpu: false,
+        },
+    );
+    let claim = scope.claim("renter");
+    let remote_port = free_port();
+    let mut request = body(
+        &claim,
+        &[],
+        "mkdir -p /www && echo renter-page > /www/index.html && exec httpd -f -p 80 -h /www",
+    );
+    request["port_mappings"] = serde_json::json!([
+        {"host_port": free_port(), "container_port": 80, "remote_port": remote_port}
+    ]);
+    agent.create(&request);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let addr = SocketAddr::from(([127, 0, 0, 1], remote_port));
+        match try_request(addr, "GET", "/index.html", &[], b"") {
+            Ok(r) if r.status == 200 && r.text().contains("renter-page") => break,
+            other => assert!(
+                Instant::now() < deadline,
+                "{:?}\nagent:\n{}\nfrps:\n{}",
+                other.map(|r| r.status),
+                agent.log(),
+                frps.process.log()
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // nfrp-client has no official /api/reload: the agent restarted frpc to add the proxy.
+    let tunnels = agent.get("/api/v1/tunnels").json();
+    assert!(
+        tunnels["restarts"].as_u64().is_some_and(|n| n >= 1),
+        "{tunnels}"
+    );
+    assert!(agent.log().contains("reload failed"), "{}", agent.log());
+    let r = agent.api("DELETE", &format!("/api/v1/containers/{claim}"), b"");
+    assert!(r.status == 200 || r.status == 204, "{}", r.text());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !stays_closed(remote_port, "/index.html", Duration::from_secs(2)) {
+        assert!(
+            Instant::now() < deadline,
+            "still open after the delete:\n{}",
+            agent.log()
+        );
+    }
+}
