@@ -68,7 +68,12 @@ fn lifecycle_create_list_inspect_logs_stop_start_restart_delete() {
     );
     assert_eq!(
         created["port_mappings"],
-        json!([{"host_port": port, "container_port": 80, "protocol": "tcp"}])
+        json!([{"host_port": port, "container_port": 80, "protocol": "tcp", "remote_port": 0}])
+    );
+    // frp is off in this agent: the endpoint has no public address.
+    assert_eq!(
+        created["endpoints"],
+        json!([{"container_port": 80, "protocol": "tcp", "host_port": port, "remote_addr": null}])
     );
     assert!(created["created_at"].as_str().unwrap().ends_with('Z'));
     assert!(created["started_at"].is_string());
