@@ -437,3 +437,76 @@ fn check_config_warns_about_what_the_start_warns_about() {
         assert!(log.contains(needle), "{needle}: {log}");
     }
 }
+
+#[test]
+fn config_errors_speak_the_users_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.yaml");
+    let p = path.to_str().unwrap();
+    let good = "agent_api:\n  auth_token: \"0123456789abcdef0\"\n";
+    // A value from the environment names the variable; one from the file names the file.
+    write_private(&path, good);
+    let out = run(
+        &["--check-config", "-c", p],
+        &[("PHOENIX_AUTH_TOKEN", "short")],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("error: PHOENIX_AUTH_TOKEN: must be at least 16 characters"),
+        "{err}"
+    );
+    write_private(&path, "agent_api:\n  auth_token: short\n");
+    let err = text(&run(&["--check-config", "-c", p], &[]).stderr);
+    assert!(
+        err.contains(&format!(
+            "invalid `agent_api.auth_token` in {p}: must be at least 16"
+        )),
+        "{err}"
+    );
+    // Choices are case-insensitive, in the file as in the environment.
+    write_private(
+        &path,
+        &format!("log_level: DEBUG\ndocker:\n  gpu_mode: CDI\n{good}"),
+    );
+    let out = run(&["--check-config", "-c", p], &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("log_level: debug"));
+    // An unknown PHOENIX_* variable is a warning, not silence.
+    write_private(&path, good);
+    let out = run(&["--check-config", "-c", p], &[("PHOENIX_AUTH_TOKN", "x")]);
+    assert!(out.status.success());
+    assert!(
+        text(&out.stderr).contains("warning: environment variable PHOENIX_AUTH_TOKN is not one"),
+        "{}",
+        text(&out.stderr)
+    );
+    // No Rust type names; YAML mistakes at their own line.
+    for (yaml, want) in [
+        (
+            format!("{good}frp:\n  server_port: 70000\n"),
+            "frp.server_port: 70000 is not a port number (1-65535) at line 4",
+        ),
+        (
+            "agent_api: 5\n".to_string(),
+            "agent_api: expected a mapping (indented `key: value` lines), found 5",
+        ),
+        (
+            format!("{good}frp:\n  token: a\n  user: b\n  token: c\n"),
+            "duplicate key `token` at line 6 (first set at line 4)",
+        ),
+        (
+            format!("{good}  listen_address: \"127.0.0.1:9\ngpu:\n  init_retry_secs: 1\n"),
+            "unclosed quote at line 3 column 19",
+        ),
+    ] {
+        write_private(&path, &yaml);
+        let out = run(&["--check-config", "-c", p], &[]);
+        assert_eq!(out.status.code(), Some(1), "{yaml}");
+        let err = text(&out.stderr);
+        assert!(err.contains(want), "{yaml}: {err}");
+        for rust in ["u16", "struct", "ApiConfig", "expected u"] {
+            assert!(!err.contains(rust), "{yaml}: {err}");
+        }
+    }
+}

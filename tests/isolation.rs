@@ -376,3 +376,78 @@ fn many_slow_log_reads_never_delay_a_delete() {
         "{statuses:?}"
     );
 }
+
+#[test]
+fn a_slow_create_answers_202_and_its_resource_shows_the_outcome() {
+    if !ready("a_slow_create_answers_202_and_its_resource_shows_the_outcome") {
+        return;
+    }
+    // `docker run` takes 3 s; pulling the missing image takes 2 s and is refused.
+    let dir = tempfile::tempdir().unwrap();
+    let wrapper = common::docker::docker_wrapper(
+        dir.path(),
+        "docker-slow-create",
+        "if [ \"$1\" = run ]; then sleep 3; fi\n\
+         if [ \"$1\" = pull ]; then sleep 2; echo 'Error response from daemon: pull access \
+         denied for utopia-test-missing/x, repository does not exist' >&2; exit 1; fi\n",
+    );
+    let scope = Scope::new();
+    let agent = scope.agent(|c| {
+        c.docker.binary = wrapper.clone();
+        c.docker.create_wait_secs = 1;
+    });
+    let claim = scope.claim("slow");
+    let started = std::time::Instant::now();
+    let r = agent.post_json("/api/v1/containers", &body(&claim, &[0], "sleep 600"));
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    let location = format!("/api/v1/containers/{claim}");
+    assert_eq!(r.header("location"), Some(location.as_str()));
+    let shown = r.json();
+    assert_eq!(shown["state"], "creating", "{shown}");
+    assert_eq!(shown["gpu_ids"], serde_json::json!([0]));
+    assert_eq!(shown["status"], "starting container", "{shown}");
+    // The GPU is held meanwhile; then the container is up at the same resource.
+    let other = agent.post_json(
+        "/api/v1/containers",
+        &body(&scope.claim("b"), &[0], "sleep 600"),
+    );
+    assert_eq!(other.status, 409, "{}", other.text());
+    let up = wait_until(Duration::from_secs(15), || {
+        let r = agent.get(&location);
+        r.status == 200 && r.json()["state"] == "running"
+    });
+    assert!(up, "{}", agent.get(&location).text());
+    assert_eq!(
+        agent.get(&location).json()["id"].as_str().map(str::len),
+        Some(64)
+    );
+
+    // A create whose pull fails after the answer: the resource shows the error.
+    let failing = scope.claim("missing");
+    let mut request = body(&failing, &[1], "true");
+    request["image"] = "utopia-test-missing/x:1".into();
+    let r = agent.post_json("/api/v1/containers", &request);
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(r.json()["status"], "pulling image utopia-test-missing/x:1");
+    let location = format!("/api/v1/containers/{failing}");
+    let failed = wait_until(Duration::from_secs(15), || {
+        agent.get(&location).json()["state"] == "failed"
+    });
+    let shown = agent.get(&location).json();
+    assert!(failed, "{shown}");
+    assert!(
+        shown["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{shown}"
+    );
+    // Its GPU is free again.
+    let r = agent.post_json(
+        "/api/v1/containers",
+        &body(&scope.claim("c"), &[1], "sleep 600"),
+    );
+    assert!(r.status == 201 || r.status == 202, "{}", r.text());
+}

@@ -902,3 +902,199 @@ fn a_slow_heartbeat_neither_bursts_afterwards_nor_holds_the_shutdown() {
     assert!(status.success(), "{status}");
     assert!(took < Duration::from_secs(2), "shutdown took {took:?}");
 }
+
+const PLATFORM_API_TOKEN: &str = "platform-api-token-7c1d9e2f4a6b";
+const STCP_SECRET: &str = "stcp-secret-3b8a0f6e1d2c";
+
+/// The status of `GET path` with `Authorization: Bearer <token>`.
+fn status_with(agent: &Agent, path: &str, token: &str) -> u16 {
+    let auth = format!("Bearer {token}");
+    agent
+        .request("GET", path, &[("Authorization", auth.as_str())], b"")
+        .status
+}
+
+#[test]
+fn the_platforms_api_token_opens_the_api_beside_the_local_token() {
+    let platform = PlatformServer::start();
+    platform.set_register_default(Reply::json(
+        201,
+        json!({
+            "node_id": "node-tok",
+            "api_token": PLATFORM_API_TOKEN,
+            "frp": {"api_proxy": {
+                "type": "stcp", "secret_key": STCP_SECRET, "allow_users": ["platform"]
+            }},
+        }),
+    ));
+    let mut agent = Agent::start(|c| {
+        platform_config(c, &platform.url());
+        c.log_level = utopia_node_agent::config::LogLevel::Debug;
+    });
+    // Before registration only the local token works.
+    platform.wait_for_registrations(1, Duration::from_secs(10));
+    wait_for_status(&agent, Duration::from_secs(5), |s| s == "ok");
+
+    assert_eq!(
+        status_with(&agent, "/api/v1/metrics", PLATFORM_API_TOKEN),
+        200
+    );
+    assert_eq!(status_with(&agent, "/api/v1/metrics", common::TOKEN), 200);
+    for wrong in [
+        "wrong-token-0123456789abcdef",
+        &PLATFORM_API_TOKEN[..PLATFORM_API_TOKEN.len() - 1],
+        &format!("{PLATFORM_API_TOKEN}x"),
+        STCP_SECRET,
+        BOOTSTRAP_TOKEN,
+    ] {
+        assert_eq!(
+            status_with(&agent, "/api/v1/metrics", wrong),
+            401,
+            "{wrong}"
+        );
+    }
+    // The platform's token also unlocks /health's reasons, like the local one.
+    let auth = format!("Bearer {PLATFORM_API_TOKEN}");
+    let health = agent
+        .request("GET", "/health", &[("Authorization", auth.as_str())], b"")
+        .json();
+    assert_eq!(health["components"]["platform"], "ok");
+    assert!(!health.to_string().contains(PLATFORM_API_TOKEN));
+
+    // Kept private beside the identity; never in the log.
+    let record_path = agent.dir.path().join("node_id.registration.json");
+    assert_eq!(mode(&record_path), 0o600);
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&record_path).unwrap()).unwrap();
+    assert_eq!(record["api_token"], PLATFORM_API_TOKEN);
+    assert_eq!(record["api_proxy"]["type"], "stcp");
+    assert_eq!(record["api_proxy"]["secret_key"], STCP_SECRET);
+    assert!(record["api_remote_port"].is_null());
+    let log = agent.log();
+    assert!(log.contains("with an API token for the platform"), "{log}");
+    assert!(log.contains("API proxy stcp for platform"), "{log}");
+
+    // A restart reads it back from the record, without registering again.
+    agent.restart(false, AgentOptions::default());
+    assert_eq!(
+        status_with(&agent, "/api/v1/metrics", PLATFORM_API_TOKEN),
+        200
+    );
+    assert_eq!(status_with(&agent, "/api/v1/metrics", common::TOKEN), 200);
+    assert_eq!(platform.registrations().len(), 1);
+    let log = agent.log();
+    for secret in [PLATFORM_API_TOKEN, STCP_SECRET] {
+        assert!(!log.contains(secret), "{secret} in the log:\n{log}");
+    }
+}
+
+#[test]
+fn without_an_api_token_only_the_local_token_works() {
+    let platform = PlatformServer::start();
+    let agent = Agent::start(|c| platform_config(c, &platform.url()));
+    wait_for_status(&agent, Duration::from_secs(10), |s| s == "ok");
+    assert_eq!(status_with(&agent, "/api/v1/metrics", common::TOKEN), 200);
+    assert_eq!(
+        status_with(&agent, "/api/v1/metrics", PLATFORM_API_TOKEN),
+        401
+    );
+    let record: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(agent.dir.path().join("node_id.registration.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(record.get("api_token").is_none(), "{record}");
+}
+
+#[test]
+fn registering_again_replaces_the_platforms_token() {
+    const NEW_TOKEN: &str = "platform-api-token-new-91ab2c";
+    let platform = PlatformServer::start();
+    platform.queue_register([Reply::json(
+        201,
+        json!({"node_id": "node-old", "api_token": PLATFORM_API_TOKEN}),
+    )]);
+    platform.set_register_default(Reply::json(
+        201,
+        json!({"node_id": "node-new", "api_token": NEW_TOKEN}),
+    ));
+    platform.queue_heartbeat([Reply::status(404)]);
+    let agent = Agent::start(|c| {
+        platform_config(c, &platform.url());
+        c.central_platform.heartbeat_interval_secs = 1;
+    });
+    platform.wait_for_registrations(2, Duration::from_secs(10));
+    platform.wait_for_heartbeats(2, Duration::from_secs(10));
+    assert_eq!(status_with(&agent, "/api/v1/metrics", NEW_TOKEN), 200);
+    assert_eq!(
+        status_with(&agent, "/api/v1/metrics", PLATFORM_API_TOKEN),
+        401
+    );
+    assert_eq!(status_with(&agent, "/api/v1/metrics", common::TOKEN), 200);
+    let record =
+        std::fs::read_to_string(agent.dir.path().join("node_id.registration.json")).unwrap();
+    assert!(record.contains(NEW_TOKEN) && !record.contains(PLATFORM_API_TOKEN));
+}
+
+#[test]
+fn bad_tunnel_answers_are_refused_clearly_and_nothing_is_kept() {
+    let platform = PlatformServer::start();
+    platform.queue_register([
+        Reply::json(201, json!({"node_id": "n1", "api_token": "short"})),
+        Reply::json(201, json!({"node_id": "n1", "api_token": BOOTSTRAP_TOKEN})),
+        Reply::json(
+            201,
+            json!({"node_id": "n1", "frp": {"api_proxy": {"type": "udp"}}}),
+        ),
+        Reply::json(
+            201,
+            json!({"node_id": "n1", "frp": {"api_proxy": {"type": "stcp",
+                "secret_key": "{{.Envs.PHOENIX_AGENT_API_AUTH_TOKEN}}"}}}),
+        ),
+    ]);
+    platform.set_register_default(Reply::json(
+        201,
+        json!({"node_id": "n1", "frp": {"api_proxy": {"type": "tcp", "remote_port": 7001}}}),
+    ));
+    let agent = Agent::start(|c| platform_config(c, &platform.url()));
+    let mut statuses = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = platform_status(&agent);
+        if status == "ok" {
+            break;
+        }
+        statuses.push(status);
+        assert!(
+            Instant::now() < deadline,
+            "not registered:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(platform.registrations().len(), 5);
+    let log = agent.log();
+    for says in [
+        "api_token is 5 characters long",
+        // The client redacts the bootstrap token in every answer before it is read.
+        "api_token is 10 characters long",
+        "frp.api_proxy.type \"udp\" is not tcp or stcp",
+        "secret_key must not contain `{{` or `}}`",
+    ] {
+        assert!(log.contains(says), "{says:?} not in:\n{log}");
+    }
+    assert!(!log.contains(&BOOTSTRAP_TOKEN[..10]), "{log}");
+    assert!(
+        statuses.iter().any(|s| s.contains("api_token")),
+        "{statuses:?}"
+    );
+    let record: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(agent.dir.path().join("node_id.registration.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        record["api_proxy"],
+        json!({"type": "tcp", "remote_port": 7001})
+    );
+    assert_eq!(record["api_remote_port"], 7001);
+    assert!(record.get("api_token").is_none());
+}

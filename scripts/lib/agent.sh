@@ -72,7 +72,8 @@ lib_free_port() {
 }
 
 # Writes an agent config into directory $1 listening on port $2 and prints its path. The LIB_*
-# variables below change settings; LIB_DOCKER_EXTRA holds more `docker:` lines (indented by two).
+# variables below change settings; LIB_DOCKER_EXTRA and LIB_FRP_EXTRA hold more `docker:` and
+# `frp:` lines (indented by two).
 lib_write_config() {
   local dir=$1 port=$2
   mkdir -p "$dir"
@@ -87,6 +88,7 @@ central_platform:
   backoff_max_ms: ${LIB_BACKOFF_MAX_MS:-300000}
 frp:
   work_dir: "$dir/frp"
+${LIB_FRP_EXTRA:-}
 agent_api:
   listen_address: "127.0.0.1:$port"
   auth_token: "$LIB_TOKEN"

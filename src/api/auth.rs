@@ -2,9 +2,10 @@
 
 use crate::api::error::ApiError;
 
-/// Checks an `Authorization` header value against the configured token in constant time
-/// (the comparison does not stop at the first differing byte, so timing does not leak a prefix).
-pub fn check(header: Option<&[u8]>, token: &str) -> Result<(), ApiError> {
+/// Checks an `Authorization` header value against the accepted tokens (`agent_api.auth_token`,
+/// and the platform's `api_token` once registration gave one) in constant time: every token is
+/// compared, whole, whichever matches, so timing leaks neither a prefix nor which one matched.
+pub fn check(header: Option<&[u8]>, tokens: &[&str]) -> Result<(), ApiError> {
     let Some(value) = header else {
         return Err(ApiError::unauthorized(
             "missing Authorization header; send `Authorization: Bearer <agent_api.auth_token>`",
@@ -18,7 +19,12 @@ pub fn check(header: Option<&[u8]>, token: &str) -> Result<(), ApiError> {
             ))
         }
     };
-    if constant_time_eq(presented, token.as_bytes()) {
+    let mut matched = false;
+    for token in tokens {
+        // `|`, not `||`: no early exit.
+        matched |= constant_time_eq(presented, token.as_bytes());
+    }
+    if std::hint::black_box(matched) {
         Ok(())
     } else {
         Err(ApiError::unauthorized("invalid bearer token"))
@@ -39,7 +45,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 mod tests {
     use super::*;
 
-    const TOKEN: &str = "0123456789abcdef";
+    const TOKEN: &[&str] = &["0123456789abcdef"];
 
     #[test]
     fn accepts_only_the_exact_token() {
@@ -52,6 +58,17 @@ mod tests {
         assert!(check(Some(b"Basic 0123456789abcdef"), TOKEN).is_err());
         assert!(check(Some(b"0123456789abcdef"), TOKEN).is_err());
         assert!(check(None, TOKEN).is_err());
+    }
+
+    #[test]
+    fn accepts_any_of_the_tokens() {
+        let both = &["0123456789abcdef", "platform-token-0123456789"];
+        assert!(check(Some(b"Bearer 0123456789abcdef"), both).is_ok());
+        assert!(check(Some(b"Bearer platform-token-0123456789"), both).is_ok());
+        assert!(check(Some(b"Bearer platform-token-012345678"), both).is_err());
+        assert!(check(Some(b"Bearer wrong"), both).is_err());
+        assert!(check(Some(b"Bearer "), &[]).is_err());
+        assert!(check(Some(b"Bearer x"), &[]).is_err());
     }
 
     #[test]

@@ -52,7 +52,8 @@ fn runner(context: &ApiContext) -> Result<&RunnerHandle, ApiError> {
     })
 }
 
-/// `POST /api/v1/containers`: 201 with the container.
+/// `POST /api/v1/containers`: 201 with the container when it is up within
+/// `docker.create_wait_secs`, else 202 with the claim's resource (state `creating`).
 pub fn create(context: &ApiContext, body: &[u8]) -> Result<Reply, ApiError> {
     let spec = spec::parse_create(body).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let runner = runner(context)?;
@@ -60,12 +61,21 @@ pub fn create(context: &ApiContext, body: &[u8]) -> Result<Reply, ApiError> {
         .policy()
         .check(&spec)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let view = runner.call(runner.create_timeout(), |reply| Request::Create {
+    let claim_id = spec.claim_id.clone();
+    let answered = runner.call_within(runner.create_wait(), |reply| Request::Create {
         spec: Box::new(spec),
         reply,
     })?;
-    let location = format!("/api/v1/containers/{}", view.id);
-    Ok(Reply::with_status(StatusCode::CREATED, view)?.with_header("Location", location))
+    if let Some(view) = answered {
+        let location = format!("/api/v1/containers/{}", view.id);
+        return Ok(Reply::with_status(StatusCode::CREATED, view)?.with_header("Location", location));
+    }
+    // Not up within `docker.create_wait_secs` (an image pull): the create goes on; the claim's
+    // resource shows it (state `creating`, then the container or the error).
+    let id = claim_id.clone();
+    let view = runner.call(READ_TIMEOUT, |reply| Request::Get { id, reply })?;
+    let location = format!("/api/v1/containers/{claim_id}");
+    Ok(Reply::with_status(StatusCode::ACCEPTED, view)?.with_header("Location", location))
 }
 
 /// `GET /api/v1/containers`.

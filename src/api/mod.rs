@@ -276,10 +276,7 @@ fn admit(context: &ApiContext, head: &RequestHead) -> Result<Endpoint, ApiError>
         ApiError::bad_request("more than one Authorization header; send exactly one")
     })?;
     if routes::requires_auth(&head.path, context.settings.prometheus_auth) {
-        context
-            .settings
-            .auth_token
-            .with(|token| auth::check(authorization, token))?;
+        check_token(context, authorization)?;
     }
     if let BodyLength::Exact(length) = head.body_length {
         if length > MAX_BODY_BYTES as u64 {
@@ -293,12 +290,20 @@ fn admit(context: &ApiContext, head: &RequestHead) -> Result<Endpoint, ApiError>
 /// unlocks the components' reasons; a wrong token is no token).
 fn has_token(context: &ApiContext, head: &RequestHead) -> bool {
     let header = head.headers.get_single("authorization").ok().flatten();
-    header.is_some()
-        && context
-            .settings
-            .auth_token
-            .with(|token| auth::check(header, token))
-            .is_ok()
+    header.is_some() && check_token(context, header).is_ok()
+}
+
+/// Checks the `Authorization` header against `agent_api.auth_token` and the platform's
+/// `api_token` (when registration gave one).
+fn check_token(context: &ApiContext, header: Option<&[u8]>) -> Result<(), ApiError> {
+    let platform_token = context.snapshot.platform_api_token();
+    context
+        .settings
+        .auth_token
+        .with(|local| match &platform_token {
+            Some(token) => auth::check(header, &[local, token.as_str()]),
+            None => auth::check(header, &[local]),
+        })
 }
 
 fn handle(context: &ApiContext, request: Request) -> Response {

@@ -4,7 +4,7 @@
 //! inherit), the redaction of the secrets they set, and the `ENVIRONMENT` part of `--help`.
 
 use super::file::{Config, LogLevel};
-use super::{invalid, ConfigError};
+use super::{ConfigError, Origin};
 
 /// What an override sets.
 #[derive(Clone, Copy)]
@@ -89,6 +89,29 @@ pub fn remove_env_overrides() {
     }
 }
 
+/// A warning for each `PHOENIX_*` variable among `names` that the agent does not read: a typo
+/// (`PHOENIX_AUTH_TOKN`) would otherwise be ignored in silence.
+pub fn unknown_variables(names: impl Iterator<Item = String>) -> Vec<super::ConfigWarning> {
+    let mut unknown: Vec<String> = names
+        .filter(|n| n.starts_with("PHOENIX_") && !ENV_OVERRIDES.iter().any(|o| o.name == n))
+        .collect();
+    unknown.sort();
+    unknown
+        .into_iter()
+        .map(|name| {
+            super::ConfigWarning(format!(
+                "environment variable {name} is not one the agent reads; ignored (the agent \
+                 reads {})",
+                ENV_OVERRIDES
+                    .iter()
+                    .map(|o| o.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })
+        .collect()
+}
+
 /// The `ENVIRONMENT` lines of `--help`, one per override.
 pub fn help_lines() -> String {
     ENV_OVERRIDES
@@ -103,6 +126,16 @@ impl Config {
         &mut self,
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<(), ConfigError> {
+        self.apply_env_tracked(lookup).map(|_| ())
+    }
+
+    /// [`Config::apply_env`], returning the keys it set and the variable that set each, so
+    /// that an error about one of those values names the variable, not the file.
+    pub fn apply_env_tracked(
+        &mut self,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Vec<(&'static str, &'static str)>, ConfigError> {
+        let mut applied = Vec::new();
         for o in ENV_OVERRIDES {
             let Some(value) = lookup(o.name).filter(|v| !v.is_empty()) else {
                 continue;
@@ -110,19 +143,19 @@ impl Config {
             match o.target {
                 Target::Text(field) | Target::Secret(field) => *field(self) = value,
                 Target::LogLevel => {
-                    self.log_level = LogLevel::parse(&value).ok_or_else(|| {
-                        invalid(
-                            o.key,
-                            format!(
-                                "{}={value:?} is not one of error, warn, info, debug, trace",
-                                o.name
+                    self.log_level =
+                        LogLevel::parse(&value).ok_or_else(|| ConfigError::InvalidValue {
+                            origin: Origin::Env(o.name),
+                            key: o.key,
+                            message: format!(
+                                "{value:?} is not one of error, warn, info, debug, trace"
                             ),
-                        )
-                    })?;
+                        })?;
                 }
             }
+            applied.push((o.key, o.name));
         }
-        Ok(())
+        Ok(applied)
     }
 
     /// Every secret the overrides can set, replaced (when set) by `redacted`.
@@ -189,6 +222,52 @@ mod tests {
         assert_eq!(c.log_level, LogLevel::Debug);
         let bad = |name: &str| (name == "PHOENIX_LOG_LEVEL").then(|| "loud".to_string());
         assert!(valid().apply_env(bad).is_err());
+    }
+
+    #[test]
+    fn unknown_phoenix_variables_are_warned_about() {
+        let names = [
+            "PHOENIX_AUTH_TOKN",
+            "PHOENIX_AUTH_TOKEN",
+            "HOME",
+            "PHOENIX_X",
+        ];
+        let w = unknown_variables(names.iter().map(|n| n.to_string()));
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0]
+            .0
+            .starts_with("environment variable PHOENIX_AUTH_TOKN is not one"));
+        assert!(
+            w[0].0.contains("PHOENIX_AUTH_TOKEN"),
+            "the known ones are listed"
+        );
+        assert!(w[1].0.contains("PHOENIX_X"));
+    }
+
+    #[test]
+    fn an_error_names_the_variable_that_set_the_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.yaml");
+        std::fs::write(&path, "agent_api:\n  auth_token: \"0123456789abcdef0\"\n").unwrap();
+        let env = |name: &str| (name == "PHOENIX_AUTH_TOKEN").then(|| "short".to_string());
+        let e = Config::load_with(&path, env).unwrap_err().to_string();
+        assert!(
+            e.starts_with("PHOENIX_AUTH_TOKEN: must be at least 16 characters"),
+            "{e}"
+        );
+        std::fs::write(&path, "agent_api:\n  auth_token: short\n").unwrap();
+        let e = Config::load_with(&path, |_| None).unwrap_err().to_string();
+        assert!(
+            e.contains("`agent_api.auth_token`") && e.contains(&path.display().to_string()),
+            "{e}"
+        );
+        assert!(!e.contains("PHOENIX_AUTH_TOKEN:"), "{e}");
+        let level = |name: &str| (name == "PHOENIX_LOG_LEVEL").then(|| "loud".to_string());
+        let e = Config::load_with(&path, level).unwrap_err().to_string();
+        assert!(
+            e.starts_with("PHOENIX_LOG_LEVEL: \"loud\" is not one of"),
+            "{e}"
+        );
     }
 
     #[test]

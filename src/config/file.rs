@@ -20,7 +20,7 @@ pub struct Config {
     pub prometheus: PrometheusConfig,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogLevel {
     Error,
@@ -106,7 +106,7 @@ pub struct FrpConfig {
 }
 
 /// How the agent API is published on frps (`frp.api_proxy_type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ApiProxyType {
     /// What the platform said at registration; tcp when it said nothing.
@@ -156,7 +156,7 @@ pub struct GpuConfig {
 }
 
 /// How GPUs are handed to containers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum GpuMode {
     /// `--gpus "device=0,1"` (nvidia-container-toolkit's docker integration).
@@ -185,6 +185,9 @@ pub struct DockerConfig {
     /// The bridge network the agent creates (without inter-container traffic) and puts every
     /// managed container on.
     pub network: String,
+    /// How long `POST /api/v1/containers` waits for the container: 201 when it is up by then,
+    /// else 202 and the create goes on (image pulls can take many minutes).
+    pub create_wait_secs: u64,
     /// Grace period of `docker stop` (SIGTERM, then SIGKILL) on stop, restart and delete.
     pub stop_timeout_secs: u64,
     /// Deadline of an image pull; the docker child is killed after it.
@@ -216,6 +219,52 @@ pub struct DockerConfig {
     /// `DOCKER_CONFIG` of every docker command (the operator's `docker login` goes here).
     pub config_dir: PathBuf,
 }
+
+/// The choice keys read their value case-insensitively (`log_level: DEBUG`), as the
+/// environment overrides do; an unknown value names the choices.
+macro_rules! case_insensitive {
+    ($type:ty, [$($name:literal => $value:expr),+ $(,)?], $choices:literal) => {
+        impl<'de> Deserialize<'de> for $type {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct Choice;
+                impl serde::de::Visitor<'_> for Choice {
+                    type Value = $type;
+                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        write!(f, "one of {}", $choices)
+                    }
+                    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<$type, E> {
+                        match text.to_ascii_lowercase().as_str() {
+                            $($name => Ok($value),)+
+                            _ => Err(E::custom(format!("{text:?} is not one of {}", $choices))),
+                        }
+                    }
+                }
+                d.deserialize_str(Choice)
+            }
+        }
+    };
+}
+
+case_insensitive!(LogLevel, [
+    "error" => LogLevel::Error,
+    "warn" => LogLevel::Warn,
+    "warning" => LogLevel::Warn,
+    "info" => LogLevel::Info,
+    "debug" => LogLevel::Debug,
+    "trace" => LogLevel::Trace,
+], "error, warn, info, debug, trace");
+
+case_insensitive!(ApiProxyType, [
+    "auto" => ApiProxyType::Auto,
+    "tcp" => ApiProxyType::Tcp,
+    "stcp" => ApiProxyType::Stcp,
+], "auto, tcp, stcp");
+
+case_insensitive!(GpuMode, [
+    "gpus" => GpuMode::Gpus,
+    "cdi" => GpuMode::Cdi,
+    "env" => GpuMode::Env,
+], "gpus, cdi, env");
 
 impl Default for Config {
     fn default() -> Self {
@@ -297,6 +346,7 @@ impl Default for DockerConfig {
             cdi_kind: "nvidia.com/gpu".to_string(),
             managed_label: "io.utopia.managed=true".to_string(),
             network: "utopia-renters".to_string(),
+            create_wait_secs: 20,
             stop_timeout_secs: 10,
             pull_timeout_secs: 1800,
             command_timeout_secs: 30,

@@ -12,6 +12,7 @@
 
 pub mod env;
 pub mod file;
+pub mod messages;
 pub mod settings;
 pub mod validate;
 
@@ -51,6 +52,52 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     /// A value that parsed but is not acceptable.
     Invalid { key: &'static str, message: String },
+    /// [`ConfigError::Invalid`] with where the value came from, in the user's words: the
+    /// environment variable that set it, or the config file.
+    InvalidValue {
+        origin: Origin,
+        key: &'static str,
+        message: String,
+    },
+}
+
+/// Where a config value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// The config file (or its default, when the file does not set the key).
+    File(PathBuf),
+    /// An environment override (`PHOENIX_*`).
+    Env(&'static str),
+}
+
+impl ConfigError {
+    /// The config key a value error is about.
+    pub fn key(&self) -> Option<&'static str> {
+        match self {
+            ConfigError::Invalid { key, .. } | ConfigError::InvalidValue { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+
+    /// Says where an [`ConfigError::Invalid`] value came from: `env` lists the keys the
+    /// environment set (key, variable); the others came from the file at `path`.
+    fn located(self, path: &Path, env: &[(&'static str, &'static str)]) -> ConfigError {
+        match self {
+            ConfigError::Invalid { key, message } => {
+                let origin = env
+                    .iter()
+                    .find(|(k, _)| *k == key)
+                    .map(|(_, var)| Origin::Env(var))
+                    .unwrap_or_else(|| Origin::File(path.to_path_buf()));
+                ConfigError::InvalidValue {
+                    origin,
+                    key,
+                    message,
+                }
+            }
+            other => other,
+        }
+    }
 }
 
 impl fmt::Display for ConfigError {
@@ -63,6 +110,19 @@ impl fmt::Display for ConfigError {
                 write!(f, "invalid config file {}: {message}", path.display())
             }
             ConfigError::Invalid { key, message } => write!(f, "invalid `{key}`: {message}"),
+            ConfigError::InvalidValue {
+                origin: Origin::Env(var),
+                key,
+                message,
+            } => write!(
+                f,
+                "{var}: {message} (it overrides `{key}` of the config file)"
+            ),
+            ConfigError::InvalidValue {
+                origin: Origin::File(path),
+                key,
+                message,
+            } => write!(f, "invalid `{key}` in {}: {message}", path.display()),
         }
     }
 }
@@ -88,8 +148,13 @@ fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
 
 impl Config {
     /// Reads, parses, applies the process environment's overrides and validates.
+    /// A `PHOENIX_*` variable the agent does not read (a typo) is a warning.
     pub fn load(path: &Path) -> Result<(Settings, Vec<ConfigWarning>), ConfigError> {
-        Config::load_with(path, |name| std::env::var(name).ok())
+        let (settings, mut warnings) = Config::load_with(path, |name| std::env::var(name).ok())?;
+        warnings.extend(env::unknown_variables(
+            std::env::vars_os().map(|(name, _)| name.to_string_lossy().into_owned()),
+        ));
+        Ok((settings, warnings))
     }
 
     /// [`Config::load`] with the overrides read through `lookup` (a reload applies the ones
@@ -106,11 +171,11 @@ impl Config {
             path: path.to_path_buf(),
             message,
         })?;
-        config.apply_env(lookup)?;
+        let from_env = config.apply_env_tracked(lookup)?;
         let Validated {
             settings,
             mut warnings,
-        } = config.validate()?;
+        } = config.validate().map_err(|e| e.located(path, &from_env))?;
         warnings.extend(file_permission_warning(path));
         Ok((settings, warnings))
     }
@@ -120,7 +185,7 @@ impl Config {
         if text.trim().is_empty() {
             return Ok(Config::default());
         }
-        serde_yaml::from_str(text).map_err(|e| e.to_string())
+        serde_yaml::from_str(text).map_err(|e| messages::yaml_error(text, &e.to_string()))
     }
 
     /// The config with every secret replaced, safe to print or log.

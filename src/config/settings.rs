@@ -130,6 +130,8 @@ pub struct DockerSettings {
     pub stop_timeout: Duration,
     /// Period of the full reconcile.
     pub reconcile_interval: Duration,
+    /// How long a create's answer waits for the container (then 202).
+    pub create_wait: Duration,
     /// Threads of each worker pool.
     pub workers: usize,
     /// How containers are created.

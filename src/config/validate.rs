@@ -474,7 +474,8 @@ impl DockerConfig {
                 ),
             ));
         }
-        let ranges: [(&'static str, u64, u64, u64); 5] = [
+        let ranges: [(&'static str, u64, u64, u64); 6] = [
+            ("docker.create_wait_secs", self.create_wait_secs, 1, 3600),
             ("docker.stop_timeout_secs", self.stop_timeout_secs, 0, 3600),
             (
                 "docker.pull_timeout_secs",
@@ -563,6 +564,7 @@ impl DockerConfig {
             pull_timeout: Duration::from_secs(self.pull_timeout_secs),
             stop_timeout: Duration::from_secs(self.stop_timeout_secs),
             reconcile_interval: Duration::from_secs(self.reconcile_interval_secs),
+            create_wait: Duration::from_secs(self.create_wait_secs),
             workers: self.workers,
             run: RunSettings {
                 gpu_mode: self.gpu_mode,
@@ -909,6 +911,7 @@ mod tests {
             |d| d.log_max_size = "-1m".into(),
             |d| d.log_max_file = 0,
             |d| d.network = "bridge".into(),
+            |d| d.create_wait_secs = 0,
             |d| d.network = "host".into(),
             |d| d.network = "".into(),
             |d| d.network = "-x".into(),

@@ -17,7 +17,8 @@ pub struct ContainerView {
     pub name: String,
     pub claim_id: String,
     pub image: String,
-    /// created | running | paused | restarting | exited | dead (docker's `State.Status`).
+    /// created | running | paused | restarting | exited | dead (docker's `State.Status`); for a
+    /// create that answered 202: creating, then failed or unknown if it did not succeed.
     pub state: String,
     /// A human line: `Up since ...`, `Exited (0) at ...`.
     pub status: String,
@@ -36,6 +37,9 @@ pub struct ContainerView {
     /// What it uses (CPU, memory, GPU memory and utilisation, network), read from its cgroup by
     /// the usage sampler; `null` until the first reading or while it is not running.
     pub usage: Option<ClaimUsage>,
+    /// Why its create failed (state `failed` or `unknown`, shown after a create answered 202).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     /// Its init process on the host (`State.Pid`); `None` when not running.
     #[serde(skip)]
     pub pid: Option<u32>,
@@ -143,6 +147,7 @@ fn view(item: Inspect, labels: &BTreeMap<String, String>) -> Option<ContainerVie
         finished_at,
         warnings,
         usage: None,
+        error: None,
         pid: (item.state.pid > 0).then_some(item.state.pid),
     })
 }

@@ -26,6 +26,7 @@ pub(crate) fn view(id: &str, claim: &str, gpu_ids: &[u32], state: &str) -> Conta
         finished_at: None,
         warnings: vec![],
         usage: None,
+        error: None,
         pid: None,
     }
 }

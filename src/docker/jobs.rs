@@ -61,6 +61,8 @@ pub(crate) enum Done {
         ticket: Ticket,
         result: Result<String, ContainerError>,
     },
+    /// A create in progress reached another step (`pulling image ...`, `starting container`).
+    Progress { claim_id: String, status: String },
     Reconciled {
         generation: u64,
         result: Result<Vec<ContainerView>, DockerError>,

@@ -174,6 +174,8 @@ pub enum Request {
 /// The API's way to the runner: sends a request and waits, with a timeout, for its reply.
 #[derive(Clone)]
 pub struct RunnerHandle {
+    /// `docker.create_wait_secs`.
+    pub(super) create_wait: Duration,
     pub(super) requests: Sender<Request>,
     pub(super) timeouts: Arc<DockerTimeouts>,
     pub(super) policy: Arc<CreatePolicy>,
@@ -191,14 +193,36 @@ impl RunnerHandle {
         &self.policy
     }
 
-    /// How long a create may take in all (pull, run, inspect).
-    pub fn create_timeout(&self) -> Duration {
-        self.timeouts.create_total()
-    }
-
     /// How long a stop, start, restart, delete or logs may take.
     pub fn action_timeout(&self) -> Duration {
         self.timeouts.action_total()
+    }
+
+    /// How long a create's answer waits for the container (then 202).
+    pub fn create_wait(&self) -> Duration {
+        self.create_wait
+    }
+
+    /// Like [`RunnerHandle::call`], but `Ok(None)` when no answer came within `timeout`: the
+    /// work goes on (a create answered 202).
+    pub fn call_within<T>(
+        &self,
+        timeout: Duration,
+        make: impl FnOnce(Reply<T>) -> Request,
+    ) -> Result<Option<T>, ContainerError> {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        self.requests
+            .send_timeout(make(reply), Duration::from_secs(5))
+            .map_err(|_| {
+                ContainerError::DockerUnavailable("the container runner is not running".into())
+            })?;
+        match answer.recv_timeout(timeout) {
+            Ok(result) => result.map(Some),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => Ok(None),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Err(
+                ContainerError::DockerUnavailable("the container runner stopped".into()),
+            ),
+        }
     }
 
     /// Sends the request built by `make` around a fresh reply channel and waits up to

@@ -105,7 +105,15 @@ struct Runner {
     /// Claims given up while their create's outcome was unknown (and when): a container of
     /// theirs that turns up, even late, is removed.
     given_up: BTreeMap<String, Instant>,
+    /// Creates in progress, by claim, as `GET` shows them (state `creating`).
+    creating: BTreeMap<String, ContainerView>,
+    /// Creates that did not succeed, by claim, with when: `GET` shows their error (state
+    /// `failed`, or `unknown` after a timeout) for [`OUTCOME_MEMORY`].
+    outcomes: BTreeMap<String, (ContainerView, Instant)>,
 }
+
+/// How long the outcome of a failed create stays visible.
+const OUTCOME_MEMORY: Duration = Duration::from_secs(600);
 
 /// How long a given-up claim is remembered.
 const GIVEN_UP_MEMORY: Duration = Duration::from_secs(3600);
@@ -141,6 +149,8 @@ impl Runner {
             unknown_grace: BTreeMap::new(),
             unknown_grace_period: Duration::from_secs(60),
             given_up: BTreeMap::new(),
+            creating: BTreeMap::new(),
+            outcomes: BTreeMap::new(),
         }
     }
 }
@@ -229,6 +239,7 @@ pub fn start(
 
     Ok(DockerRunner {
         handle: RunnerHandle {
+            create_wait: config.create_wait,
             requests: requests_tx,
             timeouts,
             policy: Arc::new(CreatePolicy::for_host(
@@ -356,10 +367,12 @@ impl Runner {
                 let _ = reply.send(result);
             }
             Request::Get { id, reply } => {
-                let result = self
-                    .docker_ready()
-                    .and_then(|()| self.table.resolve(&id, &self.ledger))
-                    .and_then(|key| self.table.view(&key).map(|view| self.decorate(view)));
+                let result = self.docker_ready().and_then(|()| {
+                    match self.table.resolve(&id, &self.ledger) {
+                        Ok(key) => self.table.view(&key).map(|view| self.decorate(view)),
+                        Err(e) => self.create_view(&id).ok_or(e),
+                    }
+                });
                 let _ = reply.send(result);
             }
             Request::Act { id, action, reply } => {
@@ -458,14 +471,54 @@ impl Runner {
         let placement = place(&spec, &report, &self.table, &mut self.ledger)?;
         // A new create of a given-up claim: its container is wanted again.
         self.given_up.remove(&spec.claim_id);
+        self.outcomes.remove(&spec.claim_id);
         let claim_id = spec.claim_id.clone();
-        self.submit_with_reply(Pending::View(reply), |ticket| Work::Create {
+        let shown = ContainerView {
+            id: String::new(),
+            name: spec.container_name(),
+            claim_id: claim_id.clone(),
+            image: spec.image.clone(),
+            state: "creating".into(),
+            status: "waiting for a docker worker".into(),
+            exit_code: None,
+            oom_killed: false,
+            gpu_ids: placement.gpus.clone(),
+            gpu_uuids: placement.uuids.clone(),
+            port_mappings: spec.ports.clone(),
+            created_at: None,
+            started_at: None,
+            finished_at: None,
+            warnings: Vec::new(),
+            usage: None,
+            error: None,
+            pid: None,
+        };
+        self.creating.insert(claim_id.clone(), shown);
+        let queued = self.submit_with_reply(Pending::View(reply), |ticket| Work::Create {
             ticket,
             spec,
             gpus: placement.gpus,
             uuids: placement.uuids,
-        })
-        .inspect_err(|_| self.ledger.release_pending(&claim_id))
+        });
+        if queued.is_err() {
+            self.ledger.release_pending(&claim_id);
+            self.creating.remove(&claim_id);
+        }
+        queued
+    }
+
+    /// The create in progress, or the failed create, that `id` (a claim id or container name)
+    /// names, as `GET` shows it.
+    fn create_view(&mut self, id: &str) -> Option<ContainerView> {
+        self.outcomes
+            .retain(|_, (_, since)| since.elapsed() < OUTCOME_MEMORY);
+        let name = id.trim_start_matches('/');
+        let named = |v: &ContainerView| v.claim_id == id || v.name == name;
+        self.creating
+            .values()
+            .find(|v| named(v))
+            .or_else(|| self.outcomes.values().map(|(v, _)| v).find(|v| named(v)))
+            .cloned()
     }
 
     /// `DELETE` of a claim whose create timed out (state unknown): the claim is given up, so
@@ -610,6 +663,25 @@ impl Runner {
                 claim_id,
                 result,
             } => {
+                if let Some(mut shown) = self.creating.remove(&claim_id) {
+                    if let Err(e) = &result {
+                        let (state, error) = match e {
+                            ContainerError::Timeout(why) => (
+                                "unknown",
+                                format!(
+                                    "{why}; its GPUs and ports stay reserved until a reconcile \
+                                     shows whether docker made the container"
+                                ),
+                            ),
+                            other => ("failed", other.to_string()),
+                        };
+                        shown.state = state.into();
+                        shown.status = "create failed".into();
+                        shown.error = Some(error);
+                        self.outcomes
+                            .insert(claim_id.clone(), (shown, Instant::now()));
+                    }
+                }
                 let result = match result {
                     Ok(view) if self.table.is_removed(&view.id) => {
                         self.ledger.release_pending(&claim_id);
@@ -702,6 +774,11 @@ impl Runner {
                 self.publish();
                 if let Some(Pending::Deleted(reply)) = self.pending.remove(&ticket) {
                     let _ = reply.send(result);
+                }
+            }
+            Done::Progress { claim_id, status } => {
+                if let Some(shown) = self.creating.get_mut(&claim_id) {
+                    shown.status = status;
                 }
             }
             Done::Logs { ticket, result } => {
@@ -862,6 +939,13 @@ impl Runner {
         let was_ready = self.ledger_ready;
         self.table.reconcile(generation, views, &mut self.ledger);
         for claim in self.ledger.settle_unknown(generation) {
+            if let Some((shown, _)) = self.outcomes.get_mut(&claim) {
+                shown.state = "failed".into();
+                shown.error = Some(
+                    "the create timed out and docker made no container (seen by a reconcile)"
+                        .into(),
+                );
+            }
             log::info!(
                 "the timed-out create of claim {claim} made no container (reconcile); its GPUs \
                  and ports are free"
@@ -1297,10 +1381,10 @@ mod tests {
                 id: id.into(),
                 reply,
             });
-            assert!(
-                matches!(get, Some(Err(ContainerError::Conflict { .. }))),
-                "{id}"
-            );
+            // Shown as being created (a create that answered 202 is followed here).
+            let shown = get.unwrap().unwrap();
+            assert_eq!((shown.state.as_str(), shown.id.as_str()), ("creating", ""));
+            assert_eq!(shown.gpu_ids, vec![0]);
         }
         assert!(
             queue.try_recv().is_err(),
@@ -1548,9 +1632,14 @@ mod tests {
             id: "a".into(),
             reply,
         });
+        let shown = get.unwrap().unwrap();
+        assert_eq!(shown.state, "unknown");
         assert!(
-            matches!(&get, Some(Err(ContainerError::Conflict { message, .. })) if message.contains("state unknown")),
-            "{get:?}"
+            shown
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("stay reserved")),
+            "{shown:?}"
         );
         // A reconcile that started before the timeout decides nothing...
         r.apply_reconcile(before, Ok(vec![]));
@@ -1734,5 +1823,50 @@ mod tests {
             reply
         })
         .is_none());
+    }
+
+    #[test]
+    fn a_create_in_progress_shows_its_step_then_its_error() {
+        let (mut r, queue, _snapshot) = runner();
+        r.apply_reconcile(0, Ok(vec![]));
+        ask(&mut r, |reply| Request::Create {
+            spec: Box::new(spec("a", GpuRequest::Ids(vec![0]))),
+            reply,
+        });
+        let Ok(Work::Create { ticket, .. }) = queue.try_recv() else {
+            panic!("no create queued");
+        };
+        r.finish(Done::Progress {
+            claim_id: "a".into(),
+            status: "pulling image busybox".into(),
+        });
+        let get = |r: &mut Runner| {
+            ask(r, |reply| Request::Get {
+                id: "utopia-a".into(),
+                reply,
+            })
+            .unwrap()
+            .unwrap()
+        };
+        let shown = get(&mut r);
+        assert_eq!(
+            (shown.state.as_str(), shown.status.as_str()),
+            ("creating", "pulling image busybox")
+        );
+        r.finish(Done::Created {
+            ticket,
+            claim_id: "a".into(),
+            result: Err(ContainerError::ImagePull("registry unreachable".into())),
+        });
+        let shown = get(&mut r);
+        assert_eq!(shown.state, "failed");
+        assert_eq!(shown.error.as_deref(), Some("registry unreachable"));
+        assert!(r.ledger.holdings().is_empty());
+        // A new create of the claim forgets the old outcome.
+        ask(&mut r, |reply| Request::Create {
+            spec: Box::new(spec("a", GpuRequest::Ids(vec![0]))),
+            reply,
+        });
+        assert_eq!(get(&mut r).state, "creating");
     }
 }

@@ -37,7 +37,7 @@ pub(super) fn worker(
         select! {
             recv(queue) -> work => match work {
                 Ok(work) => {
-                    if done.send(execute(context, work)).is_err() {
+                    if done.send(execute(context, work, done)).is_err() {
                         return;
                     }
                 }
@@ -48,7 +48,7 @@ pub(super) fn worker(
     }
 }
 
-fn execute(context: &WorkerContext, work: Work) -> Done {
+fn execute(context: &WorkerContext, work: Work, done: &Sender<Done>) -> Done {
     match work {
         Work::Create {
             ticket,
@@ -58,7 +58,7 @@ fn execute(context: &WorkerContext, work: Work) -> Done {
         } => Done::Created {
             ticket,
             claim_id: spec.claim_id.clone(),
-            result: create(context, &spec, &gpus, &uuids),
+            result: create(context, &spec, &gpus, &uuids, done),
         },
         Work::Act { ticket, id, action } => Done::Acted {
             ticket,
@@ -104,9 +104,20 @@ fn create(
     spec: &CreateSpec,
     gpus: &[u32],
     uuids: &[String],
+    done: &Sender<Done>,
 ) -> Result<ContainerView, ContainerError> {
     let cli = &context.cli;
-    ensure_image(cli, &spec.image, spec.registry_auth.as_ref())?;
+    // The API shows these steps while a create that answered 202 goes on.
+    let step = |status: String| {
+        let _ = done.send(Done::Progress {
+            claim_id: spec.claim_id.clone(),
+            status,
+        });
+    };
+    ensure_image(cli, &spec.image, spec.registry_auth.as_ref(), &|| {
+        step(format!("pulling image {}", spec.image))
+    })?;
+    step("starting container".to_string());
     let env_file = if spec.env.is_empty() {
         None
     } else {
@@ -195,6 +206,7 @@ fn ensure_image(
     cli: &DockerCli,
     image: &str,
     auth: Option<&RegistryAuth>,
+    pulling: &dyn Fn(),
 ) -> Result<(), ContainerError> {
     let inspect = cli.run(
         &args(&["image", "inspect", "--format", "{{.Id}}", "--", image]),
@@ -207,6 +219,7 @@ fn ensure_image(
         Err(e) => return Err(e.into()),
     }
     log::info!("pulling image {image}");
+    pulling();
     let pull_args = args(&["pull", "--quiet", "--", image]);
     let pulled = match auth {
         None => cli.run(&pull_args, cli.pull_timeout(), 4096),

@@ -7,6 +7,7 @@
 //! written first, so a crash between the two leaves no identity and the next start registers
 //! again, replacing both.
 
+use crate::state::{ApiToken, PlatformApiProxy, PlatformGrant};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::io::{Read, Write};
@@ -61,13 +62,37 @@ impl fmt::Display for NodeId {
 }
 
 /// What registration answered besides the node id, kept so that a start that does not register
-/// still knows it.
+/// still knows it. It holds the platform's API token and stcp secret: written with mode 0600
+/// only, and its `Debug` shows neither.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegistrationRecord {
     pub node_id: String,
-    /// The frps remote port the platform assigned to the agent API, if it assigned one.
+    /// The frps remote port the platform assigned to the agent API (tcp), if it assigned one.
+    /// Written beside `api_proxy` so that an older agent reading the record still finds it.
     pub api_remote_port: Option<u16>,
+    /// How the platform wants the agent API published (absent in records of older agents).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_proxy: Option<PlatformApiProxy>,
+    /// The platform's token for the agent API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_token: Option<ApiToken>,
     pub registered_at: String,
+}
+
+impl RegistrationRecord {
+    /// What the record grants: `api_proxy`, or, in an older record, tcp on `api_remote_port`.
+    pub fn grant(&self) -> PlatformGrant {
+        let api_proxy =
+            self.api_proxy
+                .clone()
+                .or(self.api_remote_port.map(|port| PlatformApiProxy::Tcp {
+                    remote_port: Some(port),
+                }));
+        PlatformGrant {
+            api_token: self.api_token.clone(),
+            api_proxy,
+        }
+    }
 }
 
 /// Why the identity could not be read or written. Each variant names the file.
@@ -185,7 +210,8 @@ pub fn load_registration_record(
         Err(FileProblem::Io(e)) => format!("cannot read it: {e}"),
     };
     log::warn!(
-        "ignoring {}: {problem}; the platform's frp port is unknown until the next registration",
+        "ignoring {}: {problem}; the platform's API token and frp settings are unknown until \
+         the next registration",
         path.display()
     );
     None
@@ -384,7 +410,12 @@ mod tests {
         let path = dir.path().join("deep/er/node_id");
         let record = RegistrationRecord {
             node_id: "node-1".into(),
-            api_remote_port: Some(7001),
+            api_remote_port: None,
+            api_proxy: Some(PlatformApiProxy::Stcp {
+                secret_key: "stcp-secret".into(),
+                allow_users: vec!["platform".into()],
+            }),
+            api_token: Some(ApiToken::parse("platform-token-0123456789").unwrap()),
             registered_at: "2026-11-29T09:00:00Z".into(),
         };
         save_registration(&path, &record).unwrap();
@@ -506,6 +537,8 @@ mod tests {
             &RegistrationRecord {
                 node_id: "node-1".into(),
                 api_remote_port: None,
+                api_proxy: None,
+                api_token: None,
                 registered_at: String::new(),
             },
         )
@@ -573,6 +606,8 @@ mod tests {
         let record = RegistrationRecord {
             node_id: "node-1".into(),
             api_remote_port: Some(7001),
+            api_proxy: None,
+            api_token: None,
             registered_at: String::new(),
         };
         save_registration(&path, &record).unwrap();
@@ -581,5 +616,53 @@ mod tests {
         std::fs::write(registration_record_path(&path), "{").unwrap();
         let same = NodeId::parse("node-1").unwrap();
         assert_eq!(load_registration_record(&path, &same), None);
+    }
+
+    #[test]
+    fn an_older_record_means_tcp_on_its_port() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node_id");
+        std::fs::write(&path, "node-1\n").unwrap();
+        std::fs::write(
+            registration_record_path(&path),
+            r#"{"node_id":"node-1","api_remote_port":7001,"registered_at":""}"#,
+        )
+        .unwrap();
+        let id = NodeId::parse("node-1").unwrap();
+        let grant = load_registration_record(&path, &id).unwrap().grant();
+        assert_eq!(
+            grant.api_proxy,
+            Some(PlatformApiProxy::Tcp {
+                remote_port: Some(7001)
+            })
+        );
+        assert_eq!(grant.api_token, None);
+        // A record whose token or proxy is not one the answer could have given is damaged.
+        for bad in [
+            r#"{"node_id":"node-1","api_remote_port":null,"api_token":"short","registered_at":""}"#,
+            r#"{"node_id":"node-1","api_remote_port":null,"api_proxy":{"type":"x"},"registered_at":""}"#,
+        ] {
+            std::fs::write(registration_record_path(&path), bad).unwrap();
+            assert_eq!(load_registration_record(&path, &id), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn debug_of_a_record_shows_no_secret() {
+        let record = RegistrationRecord {
+            node_id: "node-1".into(),
+            api_remote_port: None,
+            api_proxy: Some(PlatformApiProxy::Stcp {
+                secret_key: "STCPSECRET".into(),
+                allow_users: vec![],
+            }),
+            api_token: Some(ApiToken::parse("APITOKEN-0123456789").unwrap()),
+            registered_at: String::new(),
+        };
+        let shown = format!("{record:?}");
+        assert!(
+            !shown.contains("STCPSECRET") && !shown.contains("APITOKEN"),
+            "{shown}"
+        );
     }
 }

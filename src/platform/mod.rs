@@ -94,7 +94,7 @@ pub fn start(
         );
         writer.registered(
             node_id.to_string(),
-            prepared.record.and_then(|r| r.api_remote_port),
+            prepared.record.map(|r| r.grant()).unwrap_or_default(),
         );
     } else {
         writer.set_health(Health::Starting(None));

@@ -27,7 +27,10 @@ use super::{heartbeat_path, REGISTER_PATH};
 use crate::backoff::{random_offset, Backoff};
 use crate::component::{self, StartError};
 use crate::shutdown::Shutdown;
-use crate::state::{Health, NvmlState, PlatformWriter, Snapshot};
+use crate::state::registration::{parse_port, quoted};
+use crate::state::{
+    ApiToken, Health, NvmlState, PlatformApiProxy, PlatformGrant, PlatformWriter, Snapshot,
+};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -236,6 +239,16 @@ impl Presence {
                     // Published in metrics, logged, written to disk: never the secret.
                     return Err("node_id rejected: it is the bootstrap token".to_string());
                 }
+                if registration
+                    .grant
+                    .api_token
+                    .as_ref()
+                    .is_some_and(|t| self.client.is_bootstrap_token(t.as_str()))
+                {
+                    // Every node holds the bootstrap token: as an API token it would open
+                    // every node to every other.
+                    return Err("api_token rejected: it is the bootstrap token".to_string());
+                }
                 Ok(registration)
             });
             match result {
@@ -266,17 +279,24 @@ impl Presence {
 
     /// Persists and publishes a registration the platform accepted.
     fn accept(&mut self, registration: &Registration) {
+        let grant = &registration.grant;
         let record = RegistrationRecord {
             node_id: registration.node_id.to_string(),
-            api_remote_port: registration.api_remote_port,
+            api_remote_port: match &grant.api_proxy {
+                Some(PlatformApiProxy::Tcp { remote_port }) => *remote_port,
+                _ => None,
+            },
+            api_proxy: grant.api_proxy.clone(),
+            api_token: grant.api_token.clone(),
             registered_at: crate::timefmt::rfc3339(SystemTime::now()),
         };
         match identity::save_registration(&self.settings.identity_path, &record) {
             Ok(()) => {
                 self.unsaved = None;
                 log::info!(
-                    "registered with the platform as node {}; identity saved to {}",
+                    "registered with the platform as node {}{}; identity saved to {}",
                     registration.node_id,
+                    describe_grant(grant),
                     self.settings.identity_path.display()
                 );
             }
@@ -289,10 +309,8 @@ impl Presence {
                 self.unsaved = Some(record);
             }
         }
-        self.writer.registered(
-            registration.node_id.to_string(),
-            registration.api_remote_port,
-        );
+        self.writer
+            .registered(registration.node_id.to_string(), grant.clone());
     }
 
     /// The platform forgot the node: until it registers again, it is unregistered (`node_id`
@@ -343,11 +361,13 @@ impl Presence {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Registration {
     pub node_id: NodeId,
-    pub api_remote_port: Option<u16>,
+    /// The API token and API proxy it gave.
+    pub grant: PlatformGrant,
 }
 
-/// Reads `{"node_id": "...", "frp": {"api_remote_port": N}}`; anything else is an error (the
-/// reason, which may quote the answer) and nothing of it is kept.
+/// Reads `{"node_id": "...", "api_token": "...", "frp": {"api_proxy": {...}}}` (the old
+/// `"frp": {"api_remote_port": N}` means tcp on that port); anything else is an error (the
+/// reason, which may quote the answer but never a token or secret) and nothing of it is kept.
 pub fn parse_registration(body: &str) -> Result<Registration, String> {
     let value: serde_json::Value =
         serde_json::from_str(body).map_err(|e| format!("not JSON ({e})"))?;
@@ -359,28 +379,83 @@ pub fn parse_registration(body: &str) -> Result<Registration, String> {
         Some(other) => return Err(format!("node_id is not a string: {}", quoted(other))),
         None => return Err("no node_id".to_string()),
     };
-    let api_remote_port = match value.get("frp").and_then(|frp| frp.get("api_remote_port")) {
+    let api_token = match value.get("api_token") {
         None | Some(serde_json::Value::Null) => None,
-        Some(port) => Some(
-            port.as_u64()
-                .and_then(|p| u16::try_from(p).ok())
-                .filter(|p| *p > 0)
-                .ok_or_else(|| format!("frp.api_remote_port {} is not a port", quoted(port)))?,
-        ),
+        Some(serde_json::Value::String(token)) => Some(ApiToken::parse(token)?),
+        // Not quoted: it may be the token in another shape.
+        Some(_) => return Err("api_token is not a string".to_string()),
+    };
+    let frp = match value.get("frp") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(frp @ serde_json::Value::Object(_)) => Some(frp),
+        Some(other) => return Err(format!("frp is not an object: {}", quoted(other))),
+    };
+    let api_remote_port = match frp.and_then(|frp| frp.get("api_remote_port")) {
+        None | Some(serde_json::Value::Null) => None,
+        Some(port) => Some(parse_port("frp.api_remote_port", port)?),
+    };
+    let api_proxy = match frp.and_then(|frp| frp.get("api_proxy")) {
+        None | Some(serde_json::Value::Null) => None,
+        Some(proxy) => Some(PlatformApiProxy::from_json(proxy)?),
+    };
+    let api_proxy = match (api_proxy, api_remote_port) {
+        (None, port) => port.map(|port| PlatformApiProxy::Tcp {
+            remote_port: Some(port),
+        }),
+        (Some(proxy), None) => Some(proxy),
+        (Some(PlatformApiProxy::Tcp { remote_port }), Some(port))
+            if remote_port.is_none_or(|p| p == port) =>
+        {
+            Some(PlatformApiProxy::Tcp {
+                remote_port: Some(port),
+            })
+        }
+        (Some(proxy), Some(port)) => {
+            return Err(format!(
+                "frp.api_remote_port {port} contradicts frp.api_proxy ({} {})",
+                proxy.kind(),
+                match proxy {
+                    PlatformApiProxy::Tcp {
+                        remote_port: Some(p),
+                    } => format!("on port {p}"),
+                    _ => "has no public port".to_string(),
+                }
+            ))
+        }
     };
     Ok(Registration {
         node_id,
-        api_remote_port,
+        grant: PlatformGrant {
+            api_token,
+            api_proxy,
+        },
     })
 }
 
-/// A value of the answer as JSON, cut to 64 characters: enough to recognise it in a log line.
-fn quoted(value: &serde_json::Value) -> String {
-    let text = value.to_string();
-    match text.char_indices().nth(64) {
-        Some((cut, _)) => format!("{}...", &text[..cut]),
-        None => text,
+/// What the platform granted, for the registration's log line: never the token or secret.
+pub fn describe_grant(grant: &PlatformGrant) -> String {
+    let mut text = String::new();
+    if grant.api_token.is_some() {
+        text.push_str(" (with an API token for the platform");
+    } else {
+        text.push_str(" (no API token for the platform");
     }
+    match &grant.api_proxy {
+        Some(PlatformApiProxy::Tcp {
+            remote_port: Some(port),
+        }) => text.push_str(&format!(", API proxy tcp on frps port {port})")),
+        Some(PlatformApiProxy::Tcp { remote_port: None }) => text.push_str(", API proxy tcp)"),
+        Some(PlatformApiProxy::Stcp { allow_users, .. }) => text.push_str(&format!(
+            ", API proxy stcp for {})",
+            if allow_users.is_empty() {
+                "its own frp user".to_string()
+            } else {
+                allow_users.join(", ")
+            }
+        )),
+        None => text.push(')'),
+    }
+    text
 }
 
 /// A delay for a log line: `0.4s`, `12s`.
@@ -401,10 +476,74 @@ mod tests {
     fn registration_answers_are_checked() {
         let ok = parse_registration(r#"{"node_id":"node-1"}"#).unwrap();
         assert_eq!(ok.node_id.as_str(), "node-1");
-        assert_eq!(ok.api_remote_port, None);
+        assert_eq!(ok.grant, PlatformGrant::default());
+        let tcp = |port| {
+            Some(PlatformApiProxy::Tcp {
+                remote_port: Some(port),
+            })
+        };
         let with_port =
             parse_registration(r#"{"node_id":"n","frp":{"api_remote_port":7001}}"#).unwrap();
-        assert_eq!(with_port.api_remote_port, Some(7001));
+        assert_eq!(with_port.grant.api_proxy, tcp(7001));
+        let both = parse_registration(
+            r#"{"node_id":"n","frp":{"api_remote_port":7001,"api_proxy":{"type":"tcp"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(both.grant.api_proxy, tcp(7001));
+        let full = parse_registration(
+            &json!({
+                "node_id": "n",
+                "api_token": "platform-token-0123456789",
+                "frp": {"api_proxy": {
+                    "type": "stcp", "secret_key": "k3y", "allow_users": ["platform"]
+                }},
+            })
+            .to_string(),
+        )
+        .unwrap();
+        assert_eq!(
+            full.grant.api_token.as_ref().map(ApiToken::as_str),
+            Some("platform-token-0123456789")
+        );
+        assert_eq!(
+            full.grant.api_proxy,
+            Some(PlatformApiProxy::Stcp {
+                secret_key: "k3y".into(),
+                allow_users: vec!["platform".into()],
+            })
+        );
+        for (bad, says) in [
+            (
+                json!({"node_id": "n", "api_token": 5}),
+                "api_token is not a string",
+            ),
+            (
+                json!({"node_id": "n", "api_token": "short"}),
+                "characters long",
+            ),
+            (
+                json!({"node_id": "n", "api_token": "a b c d e f g h i j"}),
+                "printable",
+            ),
+            (json!({"node_id": "n", "frp": 7001}), "frp is not an object"),
+            (
+                json!({"node_id": "n", "frp": {"api_proxy": {"type": "stcp"}}}),
+                "no secret_key",
+            ),
+            (
+                json!({"node_id": "n", "frp": {"api_remote_port": 7001,
+                    "api_proxy": {"type": "tcp", "remote_port": 7002}}}),
+                "contradicts",
+            ),
+            (
+                json!({"node_id": "n", "frp": {"api_remote_port": 7001,
+                    "api_proxy": {"type": "stcp", "secret_key": "k"}}}),
+                "contradicts",
+            ),
+        ] {
+            let e = parse_registration(&bad.to_string()).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
         for bad in [
             "",
             "[]",
@@ -435,5 +574,28 @@ mod tests {
             let reason = parse_registration(&body.to_string()).unwrap_err();
             assert!(reason.len() < 200, "{} bytes: {reason:.300}", reason.len());
         }
+    }
+
+    #[test]
+    fn tokens_and_secrets_stay_out_of_reasons_and_log_lines() {
+        for body in [
+            json!({"node_id": "n", "api_token": "SECRET with space here"}),
+            json!({"node_id": "n", "api_token": "SECRET"}),
+            json!({"node_id": "n", "api_token": ["SECRET-0123456789abcdef"]}),
+            json!({"node_id": "n", "frp": {"api_proxy": {"type": "stcp", "secret_key": "SECRET {{"}}}),
+        ] {
+            let reason = parse_registration(&body.to_string()).unwrap_err();
+            assert!(!reason.contains("SECRET"), "{reason}");
+        }
+        let grant = PlatformGrant {
+            api_token: Some(ApiToken::parse("SECRET-0123456789abcdef").unwrap()),
+            api_proxy: Some(PlatformApiProxy::Stcp {
+                secret_key: "SECRET".into(),
+                allow_users: vec!["platform".into()],
+            }),
+        };
+        let line = describe_grant(&grant);
+        assert!(!line.contains("SECRET"), "{line}");
+        assert!(line.contains("stcp for platform"), "{line}");
     }
 }

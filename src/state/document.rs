@@ -136,7 +136,9 @@ mod tests {
     #[test]
     fn heartbeat_body_is_the_metrics_document_plus_node_state() {
         let (snapshot, writers) = state::new();
-        writers.platform.registered("node-1".into(), None);
+        writers
+            .platform
+            .registered("node-1".into(), Default::default());
         writers.docker.publish(
             vec![ContainerSummary {
                 id: "c1".into(),
@@ -216,7 +218,9 @@ mod tests {
         let json: serde_json::Value = serde_json::from_slice(&after_allocation).unwrap();
         assert_eq!(json["gpus"][0]["claim_id"], "claim-9");
 
-        writers.platform.registered("node-7".into(), None);
+        writers
+            .platform
+            .registered("node-7".into(), Default::default());
         let json: serde_json::Value =
             serde_json::from_slice(&snapshot.metrics_json().unwrap()).unwrap();
         assert_eq!(json["node_id"], "node-7");

@@ -20,11 +20,13 @@
 pub mod counters;
 pub mod document;
 pub mod health;
+pub mod registration;
 pub mod samples;
 pub mod tunnel;
 
 pub use counters::Counters;
 pub use health::{Component, Health};
+pub use registration::{ApiToken, PlatformApiProxy, PlatformGrant};
 pub use samples::{
     ClaimGpuUsage, ClaimUsage, ContainerSummary, CpuTimes, GpuAllocation, GpuHealth, GpuProcess,
     GpuReport, GpuSample, LoadAverage, MemoryBytes, NvmlState, RemappedRows, SystemSample, XidView,
@@ -132,7 +134,8 @@ pub struct Snapshot {
     system: Published<Option<SystemSample>>,
     gpus: Published<GpuReport>,
     node_id: Published<Option<String>>,
-    assigned_api_remote_port: Published<Option<u16>>,
+    /// What registration gave besides the node id (the API token, the API proxy).
+    grant: Published<PlatformGrant>,
     containers: Published<Vec<ContainerSummary>>,
     /// Every managed container's published ports (what the tunnel publishes on frps).
     published_ports: Published<Vec<PublishedPort>>,
@@ -158,7 +161,7 @@ pub fn new() -> (Arc<Snapshot>, Writers) {
         system: Published::new(None),
         gpus: Published::new(GpuReport::starting()),
         node_id: Published::new(None),
-        assigned_api_remote_port: Published::new(None),
+        grant: Published::new(PlatformGrant::default()),
         containers: Published::new(Vec::new()),
         published_ports: Published::new(Vec::new()),
         tunnel: Published::new(TunnelView::disabled()),
@@ -252,7 +255,23 @@ impl Snapshot {
     /// (kept in the registration record beside the identity file across restarts).
     #[allow(dead_code, reason = "read by the frp tunnel")]
     pub fn assigned_api_remote_port(&self) -> Option<u16> {
-        *self.assigned_api_remote_port.get()
+        match self.grant.get().api_proxy {
+            Some(PlatformApiProxy::Tcp { remote_port }) => remote_port,
+            _ => None,
+        }
+    }
+
+    /// How the platform said the agent API is to be published on frps (`frp.api_proxy` of the
+    /// registration answer, or its `frp.api_remote_port`); `None`: it said nothing.
+    #[allow(dead_code, reason = "read by the frp tunnel")]
+    pub fn assigned_api_proxy(&self) -> Option<PlatformApiProxy> {
+        self.grant.get().api_proxy.clone()
+    }
+
+    /// The platform's token for the agent API (`api_token` of the registration answer), which
+    /// the API accepts besides `agent_api.auth_token`; `None` while unregistered or not given.
+    pub fn platform_api_token(&self) -> Option<ApiToken> {
+        self.grant.get().api_token.clone()
     }
 
     /// The managed containers, as the container runner last saw them.
@@ -441,11 +460,12 @@ pub struct PlatformWriter {
 }
 
 impl PlatformWriter {
-    /// The node is registered as `node_id` (and the platform assigned the API's frps port).
-    pub fn registered(&self, node_id: String, api_remote_port: Option<u16>) {
+    /// The node is registered as `node_id`, with what else the platform gave (a re-registration
+    /// replaces all of it).
+    pub fn registered(&self, node_id: String, grant: PlatformGrant) {
         let snapshot = &self.health.snapshot;
+        snapshot.grant.set(grant);
         snapshot.node_id.set(Some(node_id));
-        snapshot.assigned_api_remote_port.set(api_remote_port);
         snapshot.metrics_changed();
         self.health.set(Health::Ok);
     }
@@ -454,7 +474,7 @@ impl PlatformWriter {
     pub fn unregistered(&self) {
         let snapshot = &self.health.snapshot;
         snapshot.node_id.set(None);
-        snapshot.assigned_api_remote_port.set(None);
+        snapshot.grant.set(PlatformGrant::default());
         snapshot.metrics_changed();
         self.health.set(Health::Starting(None));
     }
@@ -489,13 +509,25 @@ mod tests {
     fn writers_publish_what_readers_see() {
         let (s, writers) = new();
         assert!(s.health().is_empty());
-        writers.platform.registered("node-1".into(), Some(7001));
+        let token = ApiToken::parse("platform-token-0123456789").unwrap();
+        writers.platform.registered(
+            "node-1".into(),
+            PlatformGrant {
+                api_token: Some(token.clone()),
+                api_proxy: Some(PlatformApiProxy::Tcp {
+                    remote_port: Some(7001),
+                }),
+            },
+        );
         assert_eq!(s.node_id().as_deref(), Some("node-1"));
         assert_eq!(s.assigned_api_remote_port(), Some(7001));
+        assert_eq!(s.platform_api_token(), Some(token));
         assert_eq!(s.health()["platform"], "ok");
         writers.platform.unregistered();
         assert_eq!(s.node_id(), None);
         assert_eq!(s.assigned_api_remote_port(), None);
+        assert_eq!(s.platform_api_token(), None);
+        assert_eq!(s.assigned_api_proxy(), None);
         assert_eq!(s.health()["platform"], "registering");
         writers.gpu.publish(
             GpuReport::unavailable("no driver".into()),
