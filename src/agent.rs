@@ -54,6 +54,13 @@ impl Agent {
         for warning in &warnings {
             log::warn!("{warning}");
         }
+        if platform.is_none() {
+            log::info!(
+                "running standalone: central_platform.api_url is empty, so the node does not \
+                 register with a platform nor send heartbeats (set it, or PHOENIX_API_URL, to \
+                 join one); the API and containers work as usual"
+            );
+        }
         let mut live = LiveSettings::new(settings);
         if let Some(prepared) = &platform {
             live.heartbeat_interval = prepared.heartbeat_interval();
@@ -168,6 +175,6 @@ impl Agent {
                 log::warn!("{name} did not stop in time (blocked in a system call?); leaving it");
             }
         }
-        log::info!("stopped");
+        log::info!("stopped; exiting (status 0)");
     }
 }

@@ -15,6 +15,11 @@ pub enum Command {
     CheckConfig {
         config: PathBuf,
     },
+    /// `doctor [--json]`: check the host.
+    Doctor {
+        config: PathBuf,
+        json: bool,
+    },
     Version,
     Help,
 }
@@ -35,6 +40,10 @@ with GPUs through docker, and serves a Bearer-token REST API.
 
 USAGE:
     utopia-node-agent [OPTIONS]
+    utopia-node-agent doctor [--json] [-c PATH]
+                         Check the host (config, identity, NVML, docker and the GPU mode,
+                         frpc, frps, platform, clock, disk): one line per check, pass/warn/fail
+                         and what to do; exit 0 when nothing fails. --json for machines.
 
 OPTIONS:
     -c, --config PATH    Config file (default: /etc/utopia/agent-config.yaml)
@@ -61,8 +70,12 @@ pub fn parse_from(args: impl IntoIterator<Item = OsString>) -> Result<Command, S
     let mut parser = lexopt::Parser::from_args(args);
     let mut config = PathBuf::from(DEFAULT_CONFIG_PATH);
     let mut check = false;
+    let mut doctor = false;
+    let mut json = false;
     while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
         match arg {
+            Value(word) if word == "doctor" && !doctor => doctor = true,
+            Long("json") if doctor => json = true,
             Short('c') | Long("config") => {
                 config = parser.value().map_err(|e| e.to_string())?.into();
             }
@@ -72,7 +85,12 @@ pub fn parse_from(args: impl IntoIterator<Item = OsString>) -> Result<Command, S
             other => return Err(other.unexpected().to_string()),
         }
     }
-    Ok(if check {
+    Ok(if doctor {
+        if check {
+            return Err("--check-config and doctor cannot be combined".into());
+        }
+        Command::Doctor { config, json }
+    } else if check {
         Command::CheckConfig { config }
     } else {
         Command::Run { config }
@@ -85,6 +103,26 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Command, String> {
         parse_from(args.iter().map(OsString::from))
+    }
+
+    #[test]
+    fn doctor() {
+        assert_eq!(
+            parse(&["doctor", "--json", "-c", "/x"]),
+            Ok(Command::Doctor {
+                config: "/x".into(),
+                json: true
+            })
+        );
+        assert_eq!(
+            parse(&["-c", "/x", "doctor"]),
+            Ok(Command::Doctor {
+                config: "/x".into(),
+                json: false
+            })
+        );
+        assert!(parse(&["--json"]).is_err());
+        assert!(parse(&["doctor", "doctor"]).is_err());
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod cli;
 pub(crate) mod component;
 pub mod config;
 pub(crate) mod docker;
+pub mod doctor;
 pub(crate) mod frp;
 pub mod http;
 pub mod logging;

@@ -36,6 +36,22 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::CheckConfig { config } => check_config(&config),
+        Command::Doctor { config, json } => {
+            let checks = utopia_node_agent::doctor::run(&config);
+            if json {
+                match serde_json::to_string_pretty(&checks) {
+                    Ok(text) => println!("{text}"),
+                    Err(e) => eprintln!("error: cannot encode the report: {e}"),
+                }
+            } else {
+                print!("{}", utopia_node_agent::doctor::render_text(&checks));
+            }
+            if utopia_node_agent::doctor::healthy(&checks) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
         Command::Run { config } => run(&config),
     }
 }
@@ -117,7 +133,7 @@ fn run(path: &std::path::Path) -> ExitCode {
     let agent = match Agent::start(&config, shutdown.clone()) {
         Ok(agent) => agent,
         Err(error) => {
-            log::error!("{error}");
+            log::error!("not started: {error}; exiting (status 1)");
             notifier.status(&format!("failed to start: {error}"));
             trigger.fire();
             signals.stop();

@@ -185,8 +185,15 @@ fn sigterm_stops_cleanly_and_fast() {
     let (status, took) = agent.terminate();
     assert_eq!(status.code(), Some(0), "{}", agent.log());
     assert!(took < Duration::from_secs(2), "took {took:?}");
-    assert!(agent.log().contains("SIGTERM received"));
-    assert!(agent.log().contains("stopped"));
+    let log = agent.log();
+    assert!(log.contains("SIGTERM received"));
+    // The start says it runs without a platform; the exit is one line.
+    assert!(
+        log.contains("running standalone: central_platform.api_url is empty"),
+        "{log}"
+    );
+    assert_eq!(log.matches("exiting").count(), 1, "{log}");
+    assert!(log.contains("stopped; exiting (status 0)"), "{log}");
 }
 
 #[test]
@@ -234,6 +241,8 @@ fn a_taken_port_fails_start_up_with_a_clear_message() {
         err.contains(&format!("cannot listen on 127.0.0.1:{port}")),
         "{err}"
     );
+    assert!(err.contains("not started: "), "{err}");
+    assert_eq!(err.matches("exiting (status 1)").count(), 1, "{err}");
 }
 
 #[test]
@@ -363,6 +372,16 @@ fn check_config_refuses_what_the_start_refuses() {
             vec!["frp.tls_ca_file", "not-a-ca.pem", "no certificate"],
         ),
     ];
+    let cases = cases.into_iter().chain([(
+        Box::new(|c: &mut utopia_node_agent::config::Config| {
+            // TEST-NET-1: an address no test host has.
+            c.agent_api.listen_address = "192.0.2.1:9200".into();
+        }) as Edit,
+        vec![
+            "agent_api.listen_address",
+            "192.0.2.1 is not an address of this host",
+        ],
+    )]);
     for (edit, needles) in cases {
         let case_dir = tempfile::tempdir().unwrap();
         let mut config = test_config(case_dir.path());

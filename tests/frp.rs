@@ -222,8 +222,9 @@ fn missing_frpc_is_reported_and_retried_while_the_api_works() {
     );
     assert_eq!(agent.get("/api/v1/metrics").status, 200);
     // frp holds no readiness back (whatever else may still be starting).
-    let ready = agent.request("GET", "/health/ready", &[], b"").text();
-    assert!(!ready.contains("frp"), "{ready}");
+    let ready = agent.request("GET", "/health/ready", &[], b"").json();
+    let waiting = ready["waiting_for"].to_string();
+    assert!(!waiting.contains("frp"), "{ready}");
     // Retried: the error is logged again after the first backoff step.
     assert!(wait_until(Duration::from_secs(4), || {
         agent.log().matches("frpc not found").count() >= 2
@@ -441,4 +442,66 @@ fn a_rejected_reload_restarts_frpc_and_an_agent_restart_keeps_the_proxies() {
     let text = std::fs::read_to_string(agent.dir.path().join("frp/frpc.toml")).unwrap();
     let bare = proxy.trim_start_matches(&format!("{FRP_USER}."));
     assert!(text.contains(&format!("name = \"{bare}\"")), "{text}");
+}
+
+#[test]
+fn with_a_platform_frpc_waits_for_the_node_id_and_heartbeats_carry_the_tunnel() {
+    use common::platform::{PlatformServer, Reply};
+    let platform = PlatformServer::start();
+    let remote_port = common::free_port();
+    platform.queue_register([Reply::json(
+        201,
+        json!({"node_id": "node-frp", "frp": {"api_remote_port": remote_port}}),
+    )
+    .after(Duration::from_millis(1500))]);
+    let jdir = journal_dir();
+    let journal = Journal::in_dir(jdir.path());
+    let agent = Agent::start_with(
+        |c| {
+            frp_on(c);
+            c.frp.user = String::new();
+            c.central_platform.api_url = platform.url();
+            c.central_platform.bootstrap_token = "bootstrap-0123456789abcdef".into();
+            c.central_platform.heartbeat_interval_secs = 1;
+            c.central_platform.request_timeout_secs = 3;
+        },
+        with_journal(&journal, &[]),
+    );
+    // Not registered yet: no frpc, and the tunnel says why.
+    let view = tunnels(&agent);
+    assert_eq!(view["state"], "starting", "{view}");
+    assert_eq!(
+        frp_health(&agent),
+        "starting: waiting for the node id from the platform"
+    );
+    assert!(journal.of("start").is_empty());
+
+    journal.wait_for("start", Duration::from_secs(10), |_| true);
+    let text = std::fs::read_to_string(agent.dir.path().join("frp/frpc.toml")).unwrap();
+    assert!(text.contains("user = \"node-frp\"\n"), "{text}");
+    assert!(
+        text.contains(&format!("remotePort = {remote_port}\n")),
+        "{text}"
+    );
+    wait_tunnel(&agent, Duration::from_secs(10), |t| {
+        t["state"] == "connected" && !t["proxies"].as_array().is_some_and(Vec::is_empty)
+    });
+    // The heartbeat carries the same view, with the remote address frps gave.
+    let expected = format!("127.0.0.1:{remote_port}");
+    let carried = wait_until(Duration::from_secs(10), || {
+        platform.heartbeats().iter().any(|b| {
+            let tunnel = &b.json()["tunnel"];
+            tunnel["state"] == "connected"
+                && tunnel["proxies"][0]["name"] == "node-frp.agent-api"
+                && tunnel["proxies"][0]["remote_addr"] == expected.as_str()
+        })
+    });
+    assert!(
+        carried,
+        "no heartbeat with the connected tunnel: {:?}",
+        platform
+            .heartbeats()
+            .last()
+            .map(|b| b.json()["tunnel"].clone())
+    );
 }

@@ -225,3 +225,204 @@ remotePort = {remote_port}
     );
     assert!(frps.process.log().contains("TLS"), "{}", frps.process.log());
 }
+
+/// The agent's frp keys for `frps`, with nfrp-client as its frpc.
+fn agent_frp(c: &mut utopia_node_agent::config::Config, frps: &Frps, client: &std::path::Path) {
+    c.frp.server_addr = "127.0.0.1".into();
+    c.frp.server_port = frps.port;
+    c.frp.token = FRPS_TOKEN.into();
+    c.frp.frpc_path = client.to_path_buf();
+    c.frp.admin_port = free_port();
+}
+
+#[test]
+fn the_platform_reaches_the_agent_api_over_stcp_with_its_api_token() {
+    use common::platform::{PlatformServer, Reply};
+    let test = "the_platform_reaches_the_agent_api_over_stcp_with_its_api_token";
+    let Some((server, client)) = nfrp::binaries(test) else {
+        return;
+    };
+    const API_TOKEN: &str = "platform-api-token-e2e-0123456789";
+    const SECRET: &str = "stcp-secret-e2e-9f8e7d";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let frps = Frps::start(&server, dir.path());
+    let platform = PlatformServer::start();
+    platform.set_register_default(Reply::json(
+        201,
+        serde_json::json!({
+            "node_id": "node-e2e",
+            "api_token": API_TOKEN,
+            "frp": {"api_proxy": {"type": "stcp", "secret_key": SECRET, "allow_users": ["platform"]}},
+        }),
+    ));
+    let agent = common::Agent::start_with(
+        |c| {
+            agent_frp(c, &frps, &client);
+            c.central_platform.api_url = platform.url();
+            c.central_platform.heartbeat_interval_secs = 0;
+        },
+        common::AgentOptions {
+            env: Vec::new(),
+            wait_for_gpu: false,
+        },
+    );
+    let visitor = Visitor::start(
+        &client,
+        dir.path(),
+        &frps,
+        "platform",
+        "node-e2e",
+        "agent-api",
+        SECRET,
+    );
+    let auth = format!("Bearer {API_TOKEN}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let metrics = loop {
+        let r = get_through(
+            visitor.port,
+            "/api/v1/metrics",
+            &[("Authorization", auth.as_str())],
+            Duration::from_secs(20),
+        );
+        if r.status == 200 {
+            break r.json();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "through the visitor: {} {}\nagent:\n{}\nfrps:\n{}\nvisitor:\n{}",
+            r.status,
+            r.text(),
+            agent.log(),
+            frps.process.log(),
+            visitor.process.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(metrics["node_id"], "node-e2e");
+    // The tunnel is no way around the token.
+    let r = get_through(
+        visitor.port,
+        "/api/v1/metrics",
+        &[],
+        Duration::from_secs(10),
+    );
+    assert_eq!(r.status, 401, "{}", r.text());
+    let log = agent.log();
+    for secret in [API_TOKEN, SECRET, FRPS_TOKEN] {
+        assert!(!log.contains(secret), "{secret} in the agent's log:\n{log}");
+    }
+}
+
+#[test]
+fn a_tcp_api_proxy_publishes_the_api_on_its_remote_port() {
+    let test = "a_tcp_api_proxy_publishes_the_api_on_its_remote_port";
+    let Some((server, client)) = nfrp::binaries(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let frps = Frps::start(&server, dir.path());
+    let remote_port = free_port();
+    let agent = common::Agent::start_with(
+        |c| {
+            agent_frp(c, &frps, &client);
+            c.frp.user = "node-tcp".into();
+            c.frp.api_proxy_type = utopia_node_agent::config::ApiProxyType::Tcp;
+            c.frp.api_remote_port = remote_port;
+        },
+        common::AgentOptions {
+            env: Vec::new(),
+            wait_for_gpu: false,
+        },
+    );
+    let auth = format!("Bearer {}", common::TOKEN);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let addr = SocketAddr::from(([127, 0, 0, 1], remote_port));
+        match try_request(
+            addr,
+            "GET",
+            "/api/v1/metrics",
+            &[("Authorization", &auth)],
+            b"",
+        ) {
+            Ok(r) if r.status == 200 => break,
+            other => assert!(
+                Instant::now() < deadline,
+                "{:?}\nagent:\n{}\nfrps:\n{}",
+                other.map(|r| r.status),
+                agent.log(),
+                frps.process.log()
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(agent.log().contains("plain HTTP"), "{}", agent.log());
+}
+
+#[test]
+fn a_renter_reaches_a_containers_port_until_it_is_deleted() {
+    use common::docker::{body, ready, Scope};
+    let test = "a_renter_reaches_a_containers_port_until_it_is_deleted";
+    let Some((server, client)) = nfrp::binaries(test) else {
+        return;
+    };
+    if !ready(test) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let frps = Frps::start(&server, dir.path());
+    let scope = Scope::new();
+    let agent = scope.agent_with(
+        |c| {
+            agent_frp(c, &frps, &client);
+            c.frp.user = "node-renter".into();
+        },
+        common::AgentOptions {
+            env: Vec::new(),
+            wait_for_gpu: false,
+        },
+    );
+    let claim = scope.claim("renter");
+    let remote_port = free_port();
+    let mut request = body(
+        &claim,
+        &[],
+        "mkdir -p /www && echo renter-page > /www/index.html && exec httpd -f -p 80 -h /www",
+    );
+    request["port_mappings"] = serde_json::json!([
+        {"host_port": free_port(), "container_port": 80, "remote_port": remote_port}
+    ]);
+    agent.create(&request);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let addr = SocketAddr::from(([127, 0, 0, 1], remote_port));
+        match try_request(addr, "GET", "/index.html", &[], b"") {
+            Ok(r) if r.status == 200 && r.text().contains("renter-page") => break,
+            other => assert!(
+                Instant::now() < deadline,
+                "{:?}\nagent:\n{}\nfrps:\n{}",
+                other.map(|r| r.status),
+                agent.log(),
+                frps.process.log()
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // nfrp-client has no official /api/reload: the agent restarted frpc to add the proxy.
+    let tunnels = agent.get("/api/v1/tunnels").json();
+    assert!(
+        tunnels["restarts"].as_u64().is_some_and(|n| n >= 1),
+        "{tunnels}"
+    );
+    assert!(agent.log().contains("reload failed"), "{}", agent.log());
+    let r = agent.api("DELETE", &format!("/api/v1/containers/{claim}"), b"");
+    assert!(r.status == 200 || r.status == 204, "{}", r.text());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !stays_closed(remote_port, "/index.html", Duration::from_secs(2)) {
+        assert!(
+            Instant::now() < deadline,
+            "still open after the delete:\n{}",
+            agent.log()
+        );
+    }
+}

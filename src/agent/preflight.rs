@@ -111,6 +111,24 @@ pub fn preflight(settings: &Settings) -> Result<Preflight, PreflightError> {
         }
     }
 
+    // The API's address: one this host does not have, or a port this user may not take, fails
+    // every start; one in use may be this very agent (a check while it runs).
+    let listen = settings.api.listen;
+    match std::net::TcpListener::bind(listen) {
+        Ok(probe) => drop(probe),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => warnings.push(format!(
+            "agent_api.listen_address {listen} is in use (by this agent, if it runs; another \
+             program would make the start fail)"
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => problems.push(format!(
+            "agent_api.listen_address {listen}: {} is not an address of this host",
+            listen.ip()
+        )),
+        Err(e) => problems.push(format!(
+            "agent_api.listen_address {listen}: cannot listen: {e}"
+        )),
+    }
+
     match find_program(&settings.docker.binary) {
         Ok(_) => {}
         Err(why) => warnings.push(format!(

@@ -66,28 +66,35 @@ pub fn create(context: &ApiContext, body: &[u8]) -> Result<Reply, ApiError> {
         spec: Box::new(spec),
         reply,
     })?;
-    if let Some(view) = answered {
+    if let Some(mut view) = answered {
+        view.fill_endpoints(&context.snapshot.tunnel().proxies);
         let location = format!("/api/v1/containers/{}", view.id);
         return Ok(Reply::with_status(StatusCode::CREATED, view)?.with_header("Location", location));
     }
     // Not up within `docker.create_wait_secs` (an image pull): the create goes on; the claim's
     // resource shows it (state `creating`, then the container or the error).
     let id = claim_id.clone();
-    let view = runner.call(READ_TIMEOUT, |reply| Request::Get { id, reply })?;
+    let mut view = runner.call(READ_TIMEOUT, |reply| Request::Get { id, reply })?;
+    view.fill_endpoints(&context.snapshot.tunnel().proxies);
     let location = format!("/api/v1/containers/{claim_id}");
     Ok(Reply::with_status(StatusCode::ACCEPTED, view)?.with_header("Location", location))
 }
 
 /// `GET /api/v1/containers`.
 pub fn list(context: &ApiContext) -> Result<Reply, ApiError> {
-    let views = runner(context)?.call(READ_TIMEOUT, |reply| Request::List { reply })?;
+    let mut views = runner(context)?.call(READ_TIMEOUT, |reply| Request::List { reply })?;
+    let tunnel = context.snapshot.tunnel();
+    for view in &mut views {
+        view.fill_endpoints(&tunnel.proxies);
+    }
     Reply::ok(views)
 }
 
 /// `GET /api/v1/containers/{id}`.
 pub fn get(context: &ApiContext, id: &str) -> Result<Reply, ApiError> {
     let id = id.to_string();
-    let view = runner(context)?.call(READ_TIMEOUT, |reply| Request::Get { id, reply })?;
+    let mut view = runner(context)?.call(READ_TIMEOUT, |reply| Request::Get { id, reply })?;
+    view.fill_endpoints(&context.snapshot.tunnel().proxies);
     Reply::ok(view)
 }
 
@@ -112,11 +119,12 @@ pub fn delete(context: &ApiContext, id: &str) -> Result<Reply, ApiError> {
 pub fn act(context: &ApiContext, id: &str, action: Action) -> Result<Reply, ApiError> {
     let runner = runner(context)?;
     let id = id.to_string();
-    let view = runner.call(runner.action_timeout(), |reply| Request::Act {
+    let mut view = runner.call(runner.action_timeout(), |reply| Request::Act {
         id,
         action,
         reply,
     })?;
+    view.fill_endpoints(&context.snapshot.tunnel().proxies);
     Reply::ok(view)
 }
 

@@ -15,6 +15,10 @@ pub struct HealthDocument {
     pub version: &'static str,
     pub uptime_secs: u64,
     pub components: BTreeMap<&'static str, String>,
+    /// What an operator should know about how the node is secured (the frp tunnel's API proxy
+    /// on tcp, frps's certificate not verified); only with the token, absent when none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     /// How long each sampler's last reading took (a slow NVML shows here first).
     pub samplers: BTreeMap<&'static str, SamplerRun>,
 }
@@ -26,6 +30,15 @@ pub fn document(snapshot: &Snapshot, uptime: Duration, detailed: bool) -> Health
         version: crate::VERSION,
         uptime_secs: uptime.as_secs(),
         components: components(snapshot, detailed),
+        warnings: if detailed {
+            snapshot
+                .tunnel_warnings()
+                .iter()
+                .map(|w| format!("frp: {w}"))
+                .collect()
+        } else {
+            Vec::new()
+        },
         samplers: snapshot.samplers(),
     }
 }

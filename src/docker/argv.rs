@@ -177,6 +177,7 @@ mod tests {
                 host_port: 8888,
                 container_port: 80,
                 protocol: Protocol::Tcp,
+                remote_port: 0,
             }],
             env: vec![("SECRET".into(), "hunter2".into())],
             command: vec!["--privileged".into(), "sleep".into()],

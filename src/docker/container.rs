@@ -5,8 +5,8 @@
 
 use crate::config::ManagedLabel;
 use crate::docker::labels;
-use crate::docker::spec::PortMapping;
-use crate::state::ClaimUsage;
+use crate::docker::spec::{PortMapping, Protocol};
+use crate::state::{ClaimUsage, ProxyStatus};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -28,6 +28,9 @@ pub struct ContainerView {
     pub gpu_ids: Vec<u32>,
     pub gpu_uuids: Vec<String>,
     pub port_mappings: Vec<PortMapping>,
+    /// Per port mapping, its public address on frps once frpc reports it (filled by the API
+    /// from the tunnel's view; `remote_addr` null until then, or when frp is off).
+    pub endpoints: Vec<Endpoint>,
     pub created_at: Option<String>,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
@@ -43,6 +46,52 @@ pub struct ContainerView {
     /// Its init process on the host (`State.Pid`); `None` when not running.
     #[serde(skip)]
     pub pid: Option<u32>,
+}
+
+/// A port mapping as renters reach it through the frp tunnel.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Endpoint {
+    pub container_port: u16,
+    pub protocol: Protocol,
+    pub host_port: u16,
+    /// `host:port` on frps; `null` until frpc reports it, or when frp is off.
+    pub remote_addr: Option<String>,
+}
+
+impl ContainerView {
+    /// Fills [`endpoints`](Self::endpoints): each port mapping with the address frpc reports
+    /// for its proxy (`<claim_id>-<container_port>-<protocol>`, which frps may prefix with the
+    /// frp user, publishing the host port).
+    pub fn fill_endpoints(&mut self, proxies: &[ProxyStatus]) {
+        self.endpoints = self
+            .port_mappings
+            .iter()
+            .map(|m| {
+                let name = format!(
+                    "{}-{}-{}",
+                    self.claim_id,
+                    m.container_port,
+                    m.protocol.as_str()
+                );
+                let dotted = format!(".{name}");
+                let local = format!(":{}", m.host_port);
+                let remote_addr = proxies
+                    .iter()
+                    .find(|p| {
+                        (p.name == name || p.name.ends_with(&dotted))
+                            && p.kind == m.protocol.as_str()
+                            && p.local_addr.ends_with(&local)
+                    })
+                    .and_then(|p| p.remote_addr.clone());
+                Endpoint {
+                    container_port: m.container_port,
+                    protocol: m.protocol,
+                    host_port: m.host_port,
+                    remote_addr,
+                }
+            })
+            .collect();
+    }
 }
 
 #[derive(Deserialize)]
@@ -142,6 +191,7 @@ fn view(item: Inspect, labels: &BTreeMap<String, String>) -> Option<ContainerVie
         gpu_ids: decoded.gpu_ids,
         gpu_uuids: decoded.gpu_uuids,
         port_mappings: decoded.ports,
+        endpoints: Vec::new(),
         created_at: timestamp(&item.created),
         started_at,
         finished_at,
@@ -165,6 +215,50 @@ fn timestamp(text: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn endpoints_come_from_the_proxy_that_publishes_the_host_port() {
+        let proxy = |name: &str, kind: &str, local: &str, remote: Option<&str>| ProxyStatus {
+            name: name.into(),
+            kind: kind.into(),
+            status: "running".into(),
+            error: None,
+            local_addr: local.into(),
+            remote_addr: remote.map(str::to_string),
+        };
+        let mut view =
+            crate::docker::fixtures::view(crate::docker::fixtures::A, "b", &[], "running");
+        view.port_mappings = vec![
+            PortMapping {
+                host_port: 8080,
+                container_port: 80,
+                protocol: Protocol::Tcp,
+                remote_port: 7005,
+            },
+            PortMapping {
+                host_port: 5353,
+                container_port: 53,
+                protocol: Protocol::Udp,
+                remote_port: 0,
+            },
+        ];
+        view.fill_endpoints(&[
+            proxy("node.b-80-tcp", "tcp", "127.0.0.1:8080", Some("frps:7005")),
+            // Another claim whose name ends like this one's, on another host port.
+            proxy(
+                "node.a.b-53-udp",
+                "udp",
+                "127.0.0.1:5454",
+                Some("frps:9999"),
+            ),
+        ]);
+        assert_eq!(view.endpoints.len(), 2);
+        assert_eq!(view.endpoints[0].remote_addr.as_deref(), Some("frps:7005"));
+        assert_eq!(view.endpoints[1].remote_addr, None);
+        assert_eq!(view.endpoints[1].host_port, 5353);
+        view.fill_endpoints(&[]);
+        assert!(view.endpoints.iter().all(|e| e.remote_addr.is_none()));
+    }
     use super::*;
     use crate::docker::spec::Protocol;
 

@@ -298,7 +298,11 @@ fn watch(
                     Ok(line) => {
                         if let Some(event) = parse_event(&line) {
                             since = since.max(event.time_nano);
-                            log::debug!("docker event: {} {}", event.action, event.id);
+                            log::debug!(
+                                "docker event: {} {}",
+                                event.action,
+                                crate::docker::ledger::short_id(&event.id)
+                            );
                             if events.try_send(event).is_err() {
                                 log::debug!("runner busy; event dropped (reconcile repairs)");
                             }
@@ -325,7 +329,8 @@ fn watch(
             action: STREAM_ENDED.to_string(),
             time_nano: now_nano(),
         };
-        let _ = events.send_timeout(ended, Duration::from_secs(1));
+        // A full channel drops it: the runner is busy, and its periodic reconcile still runs.
+        let _ = events.try_send(ended);
         let message = stderr
             .map(|rx| child::collect(&rx, Duration::from_secs(1)).text())
             .unwrap_or_default();

@@ -76,24 +76,33 @@ pub fn decode(labels: &BTreeMap<String, String>) -> Option<(ContainerLabels, Vec
     Some((decoded, warnings))
 }
 
-/// `8080:80/tcp`.
+/// `8080:80/tcp`, or `8080:80/tcp@7005` with a remote port on frps.
 pub fn encode_port(port: &PortMapping) -> String {
-    format!(
+    let mut text = format!(
         "{}:{}/{}",
         port.host_port,
         port.container_port,
         port.protocol.as_str()
-    )
+    );
+    if port.remote_port != 0 {
+        text.push_str(&format!("@{}", port.remote_port));
+    }
+    text
 }
 
-/// Parses [`encode_port`]'s form back.
+/// Parses [`encode_port`]'s form back (labels without `@` are from before remote ports).
 pub fn decode_port(text: &str) -> Option<PortMapping> {
+    let (text, remote) = match text.split_once('@') {
+        Some((text, remote)) => (text, remote.parse().ok().filter(|p| *p > 0)?),
+        None => (text, 0),
+    };
     let (ports, protocol) = text.split_once('/')?;
     let (host, container) = ports.split_once(':')?;
     Some(PortMapping {
         host_port: host.parse().ok().filter(|p| *p > 0)?,
         container_port: container.parse().ok().filter(|p| *p > 0)?,
         protocol: Protocol::parse(protocol)?,
+        remote_port: remote,
     })
 }
 
@@ -107,10 +116,25 @@ mod tests {
             host_port: 8080,
             container_port: 80,
             protocol: Protocol::Udp,
+            remote_port: 0,
         };
         assert_eq!(encode_port(&m), "8080:80/udp");
         assert_eq!(decode_port(&encode_port(&m)), Some(m));
         assert_eq!(decode_port("0:80/tcp"), None);
+        let remote = PortMapping {
+            remote_port: 7005,
+            ..m
+        };
+        assert_eq!(encode_port(&remote), "8080:80/udp@7005");
+        assert_eq!(decode_port("8080:80/udp@7005"), Some(remote));
+        for bad in [
+            "8080:80/udp@0",
+            "8080:80/udp@",
+            "8080:80/udp@70000",
+            "8080:80/udp@x",
+        ] {
+            assert_eq!(decode_port(bad), None, "{bad}");
+        }
         assert_eq!(decode_port("1:80/sctp"), None);
     }
 
@@ -124,6 +148,7 @@ mod tests {
                 host_port: 8888,
                 container_port: 80,
                 protocol: Protocol::Tcp,
+                remote_port: 0,
             }],
         };
         let map: BTreeMap<String, String> = encode(&labels)

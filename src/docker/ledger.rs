@@ -418,6 +418,7 @@ mod tests {
             host_port: p,
             container_port: 80,
             protocol: Protocol::Tcp,
+            remote_port: 0,
         }
     }
 

@@ -485,6 +485,7 @@ impl Runner {
             gpu_ids: placement.gpus.clone(),
             gpu_uuids: placement.uuids.clone(),
             port_mappings: spec.ports.clone(),
+            endpoints: Vec::new(),
             created_at: None,
             started_at: None,
             finished_at: None,
@@ -689,7 +690,7 @@ impl Runner {
                             command: "docker run".into(),
                             message: format!(
                                 "container {} was removed right after it was created",
-                                view.id
+                                short_id(&view.id)
                             ),
                         }))
                     }
@@ -731,12 +732,14 @@ impl Runner {
                 self.answer_view(ticket, result);
             }
             Done::Acted { ticket, id, result } => {
-                self.table.end_busy(&id);
+                // Still busy while its result is recorded: a stop the agent made is not a
+                // container that exited on its own.
                 match &result {
                     Ok(view) => self.table.upsert(view.clone(), &mut self.ledger),
                     Err(ContainerError::NotFound(_)) => self.table.forget(&id, &mut self.ledger),
                     Err(e) => self.note_error(e),
                 }
+                self.table.end_busy(&id);
                 self.publish();
                 let result = result.map(|v| self.decorate(&v));
                 self.answer_view(ticket, result);
@@ -1000,7 +1003,7 @@ impl Runner {
                         container_port: m.container_port,
                         protocol: m.protocol.as_str(),
                         host_port: m.host_port,
-                        remote_port: 0,
+                        remote_port: m.remote_port,
                     })
                 })
                 .collect(),

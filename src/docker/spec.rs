@@ -87,6 +87,9 @@ pub struct PortMappingRequest {
     pub container_port: i64,
     #[serde(default)]
     pub protocol: Option<String>,
+    /// The port asked for on frps; absent or 0: frps chooses.
+    #[serde(default)]
+    pub remote_port: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
@@ -119,6 +122,8 @@ pub struct PortMapping {
     pub host_port: u16,
     pub container_port: u16,
     pub protocol: Protocol,
+    /// The port asked for on frps when the tunnel publishes it; 0: frps chooses.
+    pub remote_port: u16,
 }
 
 /// Which GPUs a create asks for.
@@ -265,6 +270,7 @@ const PORT_MAPPING_FIELDS: &[(&str, Shape, bool)] = &[
     ("host_port", Shape::Port, true),
     ("container_port", Shape::Port, true),
     ("protocol", Shape::String, false),
+    ("remote_port", Shape::Integer, false),
 ];
 
 /// `a string`, `an array`: what a JSON value is, in the user's words.
@@ -471,6 +477,7 @@ pub fn validate(request: CreateRequest) -> Result<CreateSpec, SpecError> {
     }
     let mut ports = Vec::new();
     let mut host_ports = BTreeSet::new();
+    let mut remote_ports = BTreeSet::new();
     for (i, mapping) in request.port_mappings.iter().enumerate() {
         let port = |value: i64, name: &str| {
             u16::try_from(value).ok().filter(|p| *p > 0).ok_or_else(|| {
@@ -489,11 +496,25 @@ pub fn validate(request: CreateRequest) -> Result<CreateSpec, SpecError> {
                 )
             })?,
         };
+        let remote_port = match mapping.remote_port {
+            None | Some(0) => 0,
+            Some(value) => port(value, "remote_port")?,
+        };
         let mapping = PortMapping {
             host_port: port(mapping.host_port, "host_port")?,
             container_port: port(mapping.container_port, "container_port")?,
             protocol,
+            remote_port,
         };
+        if remote_port != 0 && !remote_ports.insert((remote_port, protocol)) {
+            return Err(err(
+                format!("port_mappings[{i}].remote_port"),
+                format!(
+                    "remote port {remote_port}/{} is asked for twice",
+                    protocol.as_str()
+                ),
+            ));
+        }
         if !host_ports.insert((mapping.host_port, protocol)) {
             return Err(err(
                 format!("port_mappings[{i}].host_port"),
@@ -1193,7 +1214,8 @@ mod tests {
             vec![PortMapping {
                 host_port: 8888,
                 container_port: 8888,
-                protocol: Protocol::Tcp
+                protocol: Protocol::Tcp,
+                remote_port: 0,
             }]
         );
         assert!(
@@ -1201,6 +1223,22 @@ mod tests {
             "the agent sets NVIDIA_VISIBLE_DEVICES itself"
         );
         assert_eq!(spec.container_name(), "utopia-claim-123");
+    }
+
+    #[test]
+    fn remote_ports_are_optional_and_zero_lets_frps_choose() {
+        let spec = parse(with(
+            "port_mappings",
+            json!([
+                {"host_port": 8888, "container_port": 8888, "remote_port": 7005},
+                {"host_port": 8889, "container_port": 8889, "remote_port": 0},
+                {"host_port": 8890, "container_port": 8890},
+                {"host_port": 8890, "container_port": 53, "protocol": "udp", "remote_port": 7005}
+            ]),
+        ))
+        .unwrap();
+        let remote: Vec<u16> = spec.ports.iter().map(|p| p.remote_port).collect();
+        assert_eq!(remote, [7005, 0, 0, 7005]);
     }
 
     #[test]
@@ -1283,6 +1321,37 @@ mod tests {
                 with(
                     "port_mappings",
                     json!([{"host_port": 80, "container_port": -1}]),
+                ),
+            ),
+            (
+                "port_mappings[0].remote_port",
+                with(
+                    "port_mappings",
+                    json!([{"host_port": 80, "container_port": 80, "remote_port": 65536}]),
+                ),
+            ),
+            (
+                "port_mappings[0].remote_port",
+                with(
+                    "port_mappings",
+                    json!([{"host_port": 80, "container_port": 80, "remote_port": -2}]),
+                ),
+            ),
+            (
+                "port_mappings[0].remote_port",
+                with(
+                    "port_mappings",
+                    json!([{"host_port": 80, "container_port": 80, "remote_port": "{{.Envs.X}}"}]),
+                ),
+            ),
+            (
+                "port_mappings[1].remote_port",
+                with(
+                    "port_mappings",
+                    json!([
+                        {"host_port": 80, "container_port": 80, "remote_port": 7005},
+                        {"host_port": 81, "container_port": 81, "remote_port": 7005}
+                    ]),
                 ),
             ),
             (

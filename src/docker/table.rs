@@ -39,6 +39,43 @@ pub(crate) struct ContainerTable {
     generation: u64,
 }
 
+/// The log line for a container that was running in `before` and is not in `after` (it exited,
+/// was killed, or is being restarted by docker's restart policy), and whether it is a failure
+/// (a code other than 0, or the OOM killer).
+pub(crate) fn exit_report(before: &ContainerView, after: &ContainerView) -> Option<(bool, String)> {
+    if before.state != "running" || after.state == "running" {
+        return None;
+    }
+    if !matches!(after.state.as_str(), "exited" | "dead" | "restarting") {
+        return None;
+    }
+    let code = after
+        .exit_code
+        .map_or_else(|| "unknown".to_string(), |c| c.to_string());
+    let mut line = format!(
+        "container {} of claim {} exited on its own with code {code}",
+        short_id(&after.id),
+        after.claim_id
+    );
+    if let Some(signal) = after
+        .exit_code
+        .filter(|c| (129..=159).contains(c))
+        .map(|c| c - 128)
+    {
+        line.push_str(&format!(
+            " (signal {signal}{})",
+            if signal == 9 { ", SIGKILL" } else { "" }
+        ));
+    }
+    if after.oom_killed {
+        line.push_str("; the kernel's OOM killer ended it (memory limit reached)");
+    }
+    if after.state == "restarting" {
+        line.push_str("; docker is restarting it (docker.restart_policy)");
+    }
+    Some((after.exit_code != Some(0) || after.oom_killed, line))
+}
+
 impl ContainerTable {
     /// The change counter; a report started now carries this.
     pub(crate) fn generation(&self) -> u64 {
@@ -99,6 +136,19 @@ impl ContainerTable {
             return;
         }
         self.generation += 1;
+        // A container that stopped while the agent was not stopping it: said once, at the
+        // change (the next reports see it stopped already).
+        if !self.busy.contains(&view.id) {
+            if let Some(before) = self.entries.get(&view.id) {
+                if let Some((error, line)) = exit_report(&before.view, &view) {
+                    if error {
+                        log::warn!("{line}");
+                    } else {
+                        log::info!("{line}");
+                    }
+                }
+            }
+        }
         if !ledger.holds_container(&view.id) {
             let conflicts =
                 ledger.adopt(&view.claim_id, &view.id, &view.gpu_ids, &view.port_mappings);
@@ -307,6 +357,34 @@ mod tests {
         let mut ledger = GpuLedger::new(vec![]);
         table.reconcile(0, views, &mut ledger);
         (table, ledger)
+    }
+
+    #[test]
+    fn an_exit_on_its_own_is_reported_with_its_claim_and_code() {
+        let running = view(A, "claim-a", &[0], "running");
+        let mut exited = view(A, "claim-a", &[0], "exited");
+        exited.exit_code = Some(137);
+        let (error, line) = exit_report(&running, &exited).unwrap();
+        assert!(error);
+        assert_eq!(
+            line,
+            "container aaaaaaaaaaaa of claim claim-a exited on its own with code 137 \
+             (signal 9, SIGKILL)"
+        );
+        exited.exit_code = Some(0);
+        assert_eq!(exit_report(&running, &exited).map(|r| r.0), Some(false));
+        let mut restarting = view(A, "claim-a", &[0], "restarting");
+        restarting.exit_code = Some(1);
+        restarting.oom_killed = true;
+        let (error, line) = exit_report(&running, &restarting).unwrap();
+        assert!(
+            error && line.contains("OOM") && line.contains("restarting it"),
+            "{line}"
+        );
+        // Only the change is reported: stopped to stopped, or a start, says nothing.
+        assert_eq!(exit_report(&exited, &exited), None);
+        assert_eq!(exit_report(&exited, &running), None);
+        assert_eq!(exit_report(&running, &running), None);
     }
 
     #[test]

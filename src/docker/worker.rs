@@ -189,7 +189,10 @@ fn create(
         Ok(Some(view)) => Ok(view),
         Ok(None) => Err(ContainerError::Docker(DockerError::BadOutput {
             command: "docker run".into(),
-            message: format!("container {id} vanished right after it was created"),
+            message: format!(
+                "container {} vanished right after it was created",
+                short_id(&id)
+            ),
         })),
         Err(e) => {
             if !matches!(e, DockerError::Timeout { .. }) {
@@ -279,13 +282,19 @@ fn remove_leftovers(context: &WorkerContext, claim_id: &str) {
         .map(str::to_string)
         .collect();
     for id in ids {
-        log::warn!("removing half-created container {id} of claim {claim_id}");
+        log::warn!(
+            "removing half-created container {} of claim {claim_id}",
+            short_id(&id)
+        );
         if let Err(e) = cli.run(
             &args(&["rm", "--force", "--", &id]),
             cli.command_timeout(),
             4096,
         ) {
-            log::warn!("cannot remove half-created container {id}: {e}");
+            log::warn!(
+                "cannot remove half-created container {}: {e}",
+                short_id(&id)
+            );
         }
     }
 }

@@ -9,7 +9,7 @@ use std::fmt;
 use std::time::Duration;
 
 /// The most one admin API call may take.
-pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(3);
+pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Largest answer read from the admin API.
 const MAX_ANSWER: u64 = 1024 * 1024;

@@ -48,6 +48,8 @@ pub const STATUS_INTERVAL: Duration = Duration::from_secs(2);
 pub const STOP_GRACE: Duration = Duration::from_millis(800);
 /// How often the thread looks at frpc, its output and the proxy set.
 const TICK: Duration = Duration::from_millis(100);
+/// Why frpc is not started yet with a platform that has not registered the node.
+const WAITING_FOR_NODE_ID: &str = "waiting for the node id from the platform";
 /// A change right after a start waits this long for frpc's admin API to come up.
 const ADMIN_STARTUP: Duration = Duration::from_secs(1);
 
@@ -66,11 +68,13 @@ pub fn start(
         );
         return Ok(None);
     };
+    let platform = settings.platform.api_url.is_some();
+    let unregistered = snapshot.node_id().is_none();
     let supervisor = Supervisor {
         frp: settings.frp.clone(),
         server: format!("{server_addr}:{}", settings.frp.server_port),
         server_addr,
-        platform: settings.platform.api_url.is_some(),
+        platform,
         api_local_port: settings.api.listen.port(),
         publish_address: settings.docker.run.publish_address.to_string(),
         log_level: frpc_log_level(settings.log_level),
@@ -85,7 +89,7 @@ pub fn start(
             server: None,
             proxies: Vec::new(),
         },
-        waiting_for: None,
+        waiting_for: (platform && unregistered).then_some(WAITING_FOR_NODE_ID),
         backoff: Backoff::exact(RESTART_INITIAL, RESTART_CAP),
         next_start: Instant::now(),
         started_once: false,
@@ -141,6 +145,8 @@ struct Running {
     readers: Vec<JoinHandle<()>>,
     /// The last error line it printed (the reason given if it exits).
     last_error_line: Option<String>,
+    /// Removes its secrets from what its admin API answers.
+    scrub: OutputFilter,
     next_status: Instant,
     /// Since when the wanted config differs from the written one.
     change_pending_since: Option<Instant>,
@@ -162,13 +168,19 @@ impl Supervisor {
             self.frp.frpc_path.display(),
             self.config_path.display()
         );
-        while !self.shutdown.wait_timeout(TICK) {
+        // Ticked every round: a round blocked (an admin API call past its timeout) is named.
+        let stamp = crate::notify::watch("frp");
+        loop {
+            stamp.tick();
             if self.running.is_some() {
                 self.watch();
             } else if Instant::now() >= self.next_start {
                 self.try_start();
             }
             self.publish();
+            if self.shutdown.wait_timeout(TICK) {
+                break;
+            }
         }
         if let Some(running) = self.running.take() {
             self.stop(running, "the agent is shutting down");
@@ -179,14 +191,16 @@ impl Supervisor {
     /// known.
     fn wanted(&self, password: &str) -> Result<FrpcConfig, StartFailure> {
         let user = if self.platform {
-            self.snapshot.node_id().ok_or(StartFailure::Waiting(
-                "waiting for the node id from the platform",
-            ))?
+            self.snapshot
+                .node_id()
+                .ok_or(StartFailure::Waiting(WAITING_FOR_NODE_ID))?
         } else {
             self.frp.user.clone().unwrap_or_default()
         };
-        let api_proxy = resolve_api_proxy(&self.frp, self.snapshot.assigned_api_remote_port())
+        let api_proxy = resolve_api_proxy(&self.frp, self.snapshot.assigned_api_proxy().as_ref())
             .map_err(|e| StartFailure::Failed(e.to_string()))?;
+        self.writer
+            .set_warnings(super::security_warnings(&self.frp, &api_proxy));
         let ports: Vec<PublishedPort> = if self.frp.expose_container_ports {
             self.snapshot.published_ports().as_ref().clone()
         } else {
@@ -272,6 +286,7 @@ impl Supervisor {
         let mut secrets = vec![wanted.token.clone(), password.clone()];
         secrets.extend(wanted.api_proxy.secret().map(str::to_string));
         let filter = OutputFilter::new(secrets);
+        let scrub = filter.clone();
         let (events_tx, events) = crossbeam_channel::unbounded();
         let mut readers = Vec::new();
         if let Some(stdout) = child.take_stdout() {
@@ -306,6 +321,7 @@ impl Supervisor {
             events,
             readers,
             last_error_line: None,
+            scrub,
             next_status: now + Duration::from_millis(500),
             change_pending_since: None,
         })
@@ -402,7 +418,9 @@ impl Supervisor {
                 self.running = Some(running);
             }
             Err(e) => {
-                let why = format!("reload failed ({e}); restarting frpc");
+                let why = running
+                    .scrub
+                    .scrub(&format!("reload failed ({e}); restarting frpc"));
                 self.restart_now(running, why);
             }
         }

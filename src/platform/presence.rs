@@ -12,7 +12,7 @@
 //! `backoff_max_ms` first, so that it does not add a node every interval.
 //!
 //! It receives nothing but the shutdown channel and reads the snapshot for the heartbeat body;
-//! it sends only HTTP requests and publishes `node_id`, `assigned_api_remote_port` and the
+//! it sends only HTTP requests and publishes `node_id`, what registration granted (API token, API proxy) and the
 //! platform's [`Health`] (rendered `registering: <last error>`, `ok`, `heartbeat failing:
 //! <error>`).
 //!

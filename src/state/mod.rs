@@ -140,6 +140,8 @@ pub struct Snapshot {
     /// Every managed container's published ports (what the tunnel publishes on frps).
     published_ports: Published<Vec<PublishedPort>>,
     tunnel: Published<TunnelView>,
+    /// How the tunnel's security falls short (tcp API proxy, frps not verified).
+    tunnel_warnings: Published<Vec<String>>,
     gpu_allocations: Published<BTreeMap<u32, GpuAllocation>>,
     usage: Published<BTreeMap<String, ClaimUsage>>,
     health: Published<BTreeMap<Component, Health>>,
@@ -165,6 +167,7 @@ pub fn new() -> (Arc<Snapshot>, Writers) {
         containers: Published::new(Vec::new()),
         published_ports: Published::new(Vec::new()),
         tunnel: Published::new(TunnelView::disabled()),
+        tunnel_warnings: Published::new(Vec::new()),
         gpu_allocations: Published::new(BTreeMap::new()),
         usage: Published::new(BTreeMap::new()),
         health: Published::new(BTreeMap::new()),
@@ -251,19 +254,8 @@ impl Snapshot {
         self.node_id.get().as_ref().clone()
     }
 
-    /// The frps remote port the platform assigned to the agent API at registration, if any
-    /// (kept in the registration record beside the identity file across restarts).
-    #[allow(dead_code, reason = "read by the frp tunnel")]
-    pub fn assigned_api_remote_port(&self) -> Option<u16> {
-        match self.grant.get().api_proxy {
-            Some(PlatformApiProxy::Tcp { remote_port }) => remote_port,
-            _ => None,
-        }
-    }
-
     /// How the platform said the agent API is to be published on frps (`frp.api_proxy` of the
     /// registration answer, or its `frp.api_remote_port`); `None`: it said nothing.
-    #[allow(dead_code, reason = "read by the frp tunnel")]
     pub fn assigned_api_proxy(&self) -> Option<PlatformApiProxy> {
         self.grant.get().api_proxy.clone()
     }
@@ -282,6 +274,11 @@ impl Snapshot {
     /// The managed containers' published ports, in (claim, port, protocol) order.
     pub fn published_ports(&self) -> Arc<Vec<PublishedPort>> {
         self.published_ports.get()
+    }
+
+    /// What an operator should know about how the tunnel is secured (`/health`'s `warnings`).
+    pub fn tunnel_warnings(&self) -> Arc<Vec<String>> {
+        self.tunnel_warnings.get()
     }
 
     /// The frp tunnel as its supervisor last saw it.
@@ -355,6 +352,23 @@ pub struct TunnelWriter {
 }
 
 impl TunnelWriter {
+    /// Publishes what an operator should know about how the tunnel is secured (`/health`'s
+    /// `warnings`); each one flagged to be logged is logged, as a warning, when it appears.
+    pub fn set_warnings(&self, warnings: Vec<(String, bool)>) {
+        let snapshot = &self.health.snapshot;
+        let before = snapshot.tunnel_warnings.get();
+        let texts: Vec<String> = warnings.iter().map(|(text, _)| text.clone()).collect();
+        if *before == texts {
+            return;
+        }
+        for (text, log) in &warnings {
+            if *log && !before.contains(text) {
+                log::warn!("frp tunnel: {text}");
+            }
+        }
+        snapshot.tunnel_warnings.set(texts);
+    }
+
     /// Publishes the tunnel's view (and the health it implies, when it changed).
     pub fn publish(&self, view: TunnelView, health: Health) {
         let snapshot = &self.health.snapshot;
@@ -520,12 +534,16 @@ mod tests {
             },
         );
         assert_eq!(s.node_id().as_deref(), Some("node-1"));
-        assert_eq!(s.assigned_api_remote_port(), Some(7001));
+        assert_eq!(
+            s.assigned_api_proxy(),
+            Some(PlatformApiProxy::Tcp {
+                remote_port: Some(7001)
+            })
+        );
         assert_eq!(s.platform_api_token(), Some(token));
         assert_eq!(s.health()["platform"], "ok");
         writers.platform.unregistered();
         assert_eq!(s.node_id(), None);
-        assert_eq!(s.assigned_api_remote_port(), None);
         assert_eq!(s.platform_api_token(), None);
         assert_eq!(s.assigned_api_proxy(), None);
         assert_eq!(s.health()["platform"], "registering");
