@@ -197,6 +197,17 @@ pub fn parse_create(body: &[u8]) -> Result<CreateSpec, SpecError> {
     let value: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| err("body", format!("invalid JSON: {e}")))?;
     check_json_shape(&value)?;
+    // `null` is an absent optional field (the shape check refused it for required ones).
+    let mut value = value;
+    if let Some(object) = value.as_object_mut() {
+        object.retain(|_, v| !v.is_null());
+        if let Some(auth) = object
+            .get_mut("registry_auth")
+            .and_then(serde_json::Value::as_object_mut)
+        {
+            auth.retain(|_, v| !v.is_null());
+        }
+    }
     let request: CreateRequest = serde_json::from_value(value)
         .map_err(|e| err("body", humanize_json_error(&e.to_string())))?;
     validate(request)
@@ -1448,6 +1459,14 @@ mod tests {
             }
         }
         assert!(parse(with("gpu_count", serde_json::Value::Null)).is_ok());
+        assert!(parse(with("port_mappings", serde_json::Value::Null)).is_ok());
+        assert!(parse(with("env_vars", serde_json::Value::Null)).is_ok());
+        assert_eq!(
+            parse(with("image", serde_json::Value::Null))
+                .unwrap_err()
+                .field,
+            "image"
+        );
         let rewritten = humanize_json_error(
             "invalid type: sequence, expected struct CreateRequest with 10 elements at line 1",
         );
