@@ -532,6 +532,38 @@ fn agent_series(out: &mut Exposition, snapshot: &Snapshot, identity: &Identity<'
         &[],
         f64::from(u8::from(snapshot.node_id().is_some())),
     );
+    let tunnel = snapshot.tunnel();
+    out.family(
+        "utopia_agent_frpc_restarts_total",
+        "counter",
+        "Times the supervisor started frpc again after its first start.",
+    );
+    out.sample(
+        "utopia_agent_frpc_restarts_total",
+        &[],
+        tunnel.restarts as f64,
+    );
+    out.family(
+        "utopia_agent_tunnel_state",
+        "gauge",
+        "1 for the frp tunnel's current state (disabled, starting, connected, reconnecting, failed).",
+    );
+    for state in [
+        "disabled",
+        "starting",
+        "connected",
+        "reconnecting",
+        "failed",
+    ] {
+        let now = serde_json::to_value(tunnel.state)
+            .ok()
+            .is_some_and(|v| v.as_str() == Some(state));
+        out.sample(
+            "utopia_agent_tunnel_state",
+            &[("state", state)],
+            f64::from(u8::from(now)),
+        );
+    }
     let beats = counters.heartbeats();
     out.family(
         "utopia_agent_heartbeats_total",
@@ -734,6 +766,9 @@ mod tests {
         assert!(text.contains("utopia_agent_nvml_errors_total 2\n"));
         assert!(text.contains("utopia_agent_component_status{component=\"api\",status=\"ok\"} 1\n"));
         assert!(text.contains("utopia_agent_platform_registered 0\n"));
+        assert!(text.contains("utopia_agent_frpc_restarts_total 0\n"));
+        assert!(text.contains("utopia_agent_tunnel_state{state=\"disabled\"} 1\n"));
+        assert!(text.contains("utopia_agent_tunnel_state{state=\"connected\"} 0\n"));
         assert!(text.contains("utopia_agent_start_time_seconds 1700000000\n"));
         // Every family is declared once, before its samples.
         let mut seen = std::collections::BTreeSet::new();
