@@ -71,7 +71,7 @@ start_agent() {
 stop_agent() { kill "$PID" 2>/dev/null; wait "$PID" 2>/dev/null; true; }
 health() { curl -s -m 5 "http://127.0.0.1:$PORT/health"; }
 # Waits until the agent's docker component is ok (its first reconcile done).
-docker_ready() { wait_for 20 sh -c "curl -s -m 5 http://127.0.0.1:$PORT/health | grep -q '\"docker\":\"ok\"'"; }
+docker_ready() { wait_for 45 sh -c "curl -s -m 5 http://127.0.0.1:$PORT/health | grep -q '\"docker\":\"ok\"'"; }
 component() { health | grep -o "\"$1\":\"[^\"]*\"" | cut -d'"' -f4; }
 # wait_for SECS COMMAND...: polls every 100 ms until COMMAND succeeds.
 wait_for() {
@@ -213,7 +213,7 @@ fi
 exec docker "\$@"
 WRAP
   chmod +x "$LIB_WORK/docker-wrapper"
-  if LIB_DOCKER="$LIB_WORK/docker-wrapper" start_agent dockerfault && wait_for 20 sh -c "curl -s http://127.0.0.1:$PORT/health | grep -q '\"docker\":\"ok\"'"; then
+  if LIB_DOCKER="$LIB_WORK/docker-wrapper" start_agent dockerfault && wait_for 45 sh -c "curl -s http://127.0.0.1:$PORT/health | grep -q '\"docker\":\"ok\"'"; then
     create() { lib_api "$PORT" POST /api/v1/containers "{\"claim_id\":\"fault-$$-$1\",\"image\":\"$LIB_IMAGE\",\"gpu_count\":1,\"command\":[\"sleep\",\"600\"]}" | tail -1 | cut -d' ' -f1; }
     first=$(create 1)
     touch "$flag"
