@@ -218,6 +218,10 @@ pub struct DockerConfig {
     pub restart_policy: String,
     /// `DOCKER_CONFIG` of every docker command (the operator's `docker login` goes here).
     pub config_dir: PathBuf,
+    /// Reject what renters' containers send to link-local addresses (169.254.0.0/16: cloud
+    /// metadata services) with iptables rules in `DOCKER-USER` and `INPUT` for the network's
+    /// bridge; needs the `iptables` command and docker's iptables chains.
+    pub block_metadata: bool,
 }
 
 /// The choice keys read their value case-insensitively (`log_level: DEBUG`), as the
@@ -355,6 +359,7 @@ impl Default for DockerConfig {
             log_max_file: 3,
             init: true,
             no_new_privileges: true,
+            block_metadata: false,
             reconcile_interval_secs: 30,
             workers: 4,
             allowed_registries: Vec::new(),

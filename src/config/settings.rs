@@ -155,6 +155,9 @@ pub struct RunSettings {
     pub log_max_file: u32,
     pub init: bool,
     pub no_new_privileges: bool,
+    /// `docker.block_metadata`: iptables rules cut the network's containers off from
+    /// link-local addresses (see [`crate::docker::metadata_block`]).
+    pub block_metadata: bool,
     /// Registries images may come from (normalized); empty: any outside this host.
     pub allowed_registries: Vec<String>,
     /// Host ports containers may publish on; `None`: any.

@@ -578,6 +578,7 @@ impl DockerConfig {
                 log_max_file: self.log_max_file,
                 init: self.init,
                 no_new_privileges: self.no_new_privileges,
+                block_metadata: self.block_metadata,
                 allowed_registries,
                 host_port_range,
                 restart_policy: self.restart_policy.clone(),

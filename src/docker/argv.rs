@@ -161,6 +161,7 @@ mod tests {
             log_max_size: "50m".into(),
             log_max_file: 3,
             init: true,
+            block_metadata: false,
             no_new_privileges: true,
             allowed_registries: Vec::new(),
             host_port_range: None,

@@ -80,5 +80,7 @@ pub(crate) enum Done {
 /// What a worker needs to run docker.
 pub(crate) struct WorkerContext {
     pub(crate) cli: DockerCli,
+    /// `docker.block_metadata`'s rules go through it.
+    pub(crate) iptables: crate::docker::metadata_block::Iptables,
     pub(crate) settings: RunSettings,
 }

@@ -10,7 +10,8 @@
 //!   [`ledger::GpuLedger`], which claim holds which GPUs and host ports; [`placement`]: which
 //!   GPUs a create gets.
 //! - [`events`]: the `docker events` watcher thread.
-//! - [`network`]: the renters' bridge network (no inter-container traffic), checked at reconcile.
+//! - [`network`]: the renters' bridge network (no inter-container traffic), checked at reconcile;
+//!   [`metadata_block`]: `docker.block_metadata`'s iptables rules for it.
 //!
 //! The docker CLI itself:
 //! - [`spec`]: the create request's schema and validation → a typed [`spec::CreateSpec`].
@@ -28,6 +29,7 @@ mod fixtures;
 pub(crate) mod jobs;
 pub mod labels;
 pub mod ledger;
+pub mod metadata_block;
 pub mod network;
 pub(crate) mod placement;
 pub mod protocol;

@@ -11,9 +11,15 @@
 //! each other; and any container on it that no utopia agent created (no claim label) is reported,
 //! never touched. While the network is not usable, creates are refused (503) and `/health` says
 //! why; existing containers are served as before.
+//!
+//! With `docker.block_metadata`, the same reconcile puts the firewall rules that cut the
+//! network's bridge off from link-local addresses in place ([`check_firewall`], see
+//! [`metadata_block`]); while they are not, creates are refused too (the operator asked for
+//! them, and a renter must not get the metadata service meanwhile).
 
 use crate::docker::cli::{DockerCli, DockerError};
 use crate::docker::labels::LABEL_CLAIM_ID;
+use crate::docker::metadata_block::{self, Iptables};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -21,11 +27,15 @@ use std::collections::BTreeMap;
 pub const OWNER_LABEL: (&str, &str) = ("io.utopia.owner", "utopia-node-agent");
 /// The bridge driver option that keeps containers on the network from reaching each other.
 pub const ICC_OPTION: &str = "com.docker.network.bridge.enable_icc";
+/// The bridge driver option naming the network's bridge interface (else `br-<id>`).
+pub const BRIDGE_NAME_OPTION: &str = "com.docker.network.bridge.name";
 
 /// What `docker network inspect` says of a network (the parts the agent checks).
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct Inspect {
+    #[serde(default)]
+    id: String,
     #[serde(default)]
     driver: String,
     #[serde(default)]
@@ -156,7 +166,7 @@ pub fn check(cli: &DockerCli, name: &str) -> Option<String> {
     match strangers(cli, name) {
         Ok(names) if names.is_empty() => None,
         Ok(names) => Some(format!(
-            "docker network {name} is shared with containers the agent did not create: {}; \
+            "docker network {name} {STRANGERS}: {}; \
              disconnect them (docker network disconnect {name} <container>)",
             names.join(", ")
         )),
@@ -164,10 +174,75 @@ pub fn check(cli: &DockerCli, name: &str) -> Option<String> {
     }
 }
 
-/// True when the problem [`check`] reported must stop creates (the network is missing, not the
-/// agent's, or lets containers talk); strangers on a good network are only reported.
+/// The bridge interface of network `name` (`None`: no such network).
+pub fn bridge(cli: &DockerCli, name: &str) -> Result<Option<String>, DockerError> {
+    let out = match cli.run(
+        &words(&["network", "inspect", "--", name]),
+        cli.command_timeout(),
+        1024 * 1024,
+    ) {
+        Ok(out) => out,
+        Err(e) if is_no_such_network(&e) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let bad = |message: String| DockerError::BadOutput {
+        command: "docker network inspect".into(),
+        message,
+    };
+    let items: Vec<Inspect> =
+        serde_json::from_slice(&out.stdout).map_err(|e| bad(e.to_string()))?;
+    let first = items
+        .first()
+        .ok_or_else(|| bad(format!("docker network inspect {name} printed no network")))?;
+    let option = first
+        .options
+        .as_ref()
+        .and_then(|o| o.get(BRIDGE_NAME_OPTION))
+        .map(String::as_str);
+    metadata_block::bridge_name(&first.id, option)
+        .map(Some)
+        .ok_or_else(|| bad(format!("network {name} has no bridge id ({:?})", first.id)))
+}
+
+/// Puts `docker.block_metadata`'s firewall rules for network `name` in place (`enabled`), or
+/// removes them (off). `None`: the firewall is as wanted; else why not.
+pub fn check_firewall(
+    cli: &DockerCli,
+    iptables: &Iptables,
+    name: &str,
+    enabled: bool,
+) -> Option<String> {
+    let bridge = if enabled {
+        match bridge(cli, name) {
+            Ok(bridge) => bridge,
+            Err(e) => return Some(format!("{FIREWALL_PROBLEM}: {e}")),
+        }
+    } else {
+        None
+    };
+    metadata_block::reconcile(iptables, name, bridge.as_deref(), enabled)
+        .err()
+        .map(|e| format!("{FIREWALL_PROBLEM}: {e}"))
+}
+
+/// How a [`check_firewall`] problem starts.
+pub const FIREWALL_PROBLEM: &str =
+    "docker.block_metadata: the rules keeping containers from link-local addresses are not in \
+     place";
+
+/// What [`check`] and [`check_firewall`] found, as one problem (`None`: nothing).
+pub fn join_problems(problems: [Option<String>; 2]) -> Option<String> {
+    let found: Vec<String> = problems.into_iter().flatten().collect();
+    (!found.is_empty()).then(|| found.join(" | "))
+}
+
+const STRANGERS: &str = "is shared with containers the agent did not create";
+
+/// True when the problem [`check`] and [`check_firewall`] reported must stop creates (the
+/// network is missing, not the agent's, or lets containers talk; the metadata rules are not in
+/// place); strangers on a good network are only reported.
 pub fn blocks_creates(problem: &str) -> bool {
-    !problem.contains("is shared with containers the agent did not create")
+    problem.split(" | ").any(|part| !part.contains(STRANGERS))
 }
 
 #[cfg(test)]
@@ -208,5 +283,12 @@ mod tests {
         assert!(blocks_creates(
             "docker network n exists but was not created"
         ));
+        let both = join_problems([
+            Some(problem.to_string()),
+            Some(format!("{FIREWALL_PROBLEM}: no iptables")),
+        ])
+        .unwrap();
+        assert!(blocks_creates(&both), "{both}");
+        assert_eq!(join_problems([None, None]), None);
     }
 }

@@ -176,8 +176,14 @@ pub fn start(
     )
     .with_counters(Arc::clone(snapshot.counters()))
     .with_config_dir(config.config_dir.clone());
+    let iptables = crate::docker::metadata_block::Iptables::new(
+        "iptables".into(),
+        config.command_timeout,
+        shutdown.clone(),
+    );
     let context = Arc::new(WorkerContext {
         cli,
+        iptables,
         settings: config.run.clone(),
     });
 

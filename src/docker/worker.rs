@@ -78,7 +78,15 @@ fn execute(context: &WorkerContext, work: Work, done: &Sender<Done>) -> Done {
             let result = reconcile(context);
             // Only worth asking while docker answers.
             let network = match &result {
-                Ok(_) => network::check(&context.cli, &context.settings.network),
+                Ok(_) => network::join_problems([
+                    network::check(&context.cli, &context.settings.network),
+                    network::check_firewall(
+                        &context.cli,
+                        &context.iptables,
+                        &context.settings.network,
+                        context.settings.block_metadata,
+                    ),
+                ]),
                 Err(_) => None,
             };
             Done::Reconciled {
