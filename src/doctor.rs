@@ -128,6 +128,9 @@ fn with_config(settings: &Settings) -> Vec<Check> {
     });
     checks.push(gpu_mode(settings, docker.as_ref().ok()));
     checks.push(disk(docker.as_ref().ok()));
+    if settings.docker.run.block_metadata {
+        checks.push(metadata_block(settings));
+    }
     checks.push(frpc(settings));
     checks.push(frps(settings));
     checks.push(platform(settings));
@@ -223,6 +226,56 @@ fn command_output(program: &Path, args: &[&str]) -> Result<String, String> {
         } else {
             err
         })
+    }
+}
+
+/// `docker.block_metadata`: `iptables` runs, docker's `DOCKER-USER` chain exists, and the
+/// agent's rules for its network are in place (else the agent's next reconcile puts them).
+fn metadata_block(settings: &Settings) -> Check {
+    use crate::docker::metadata_block::{comment, CHAINS};
+    let comment = comment(&settings.docker.run.network);
+    let mut missing = Vec::new();
+    for chain in CHAINS {
+        let listed = command_output(
+            Path::new("iptables"),
+            &["-w", "5", "-t", "filter", "-S", chain],
+        );
+        match listed {
+            Err(why) => {
+                return fail(
+                    "metadata",
+                    format!("docker.block_metadata is on but iptables -S {chain} failed: {why}"),
+                    "install iptables and let docker manage iptables (its DOCKER-USER chain), or set docker.block_metadata to false",
+                )
+            }
+            Ok(text) => {
+                // The nf_tables iptables prints comments in quotes.
+                let ours = text
+                    .lines()
+                    .any(|l| l.replace('"', "").split_whitespace().any(|w| w == comment));
+                if !ours {
+                    missing.push(chain);
+                }
+            }
+        }
+    }
+    if missing.is_empty() {
+        pass(
+            "metadata",
+            format!(
+                "link-local addresses are blocked for network {} (iptables DOCKER-USER and INPUT)",
+                settings.docker.run.network
+            ),
+        )
+    } else {
+        warn(
+            "metadata",
+            format!(
+                "no rule with the comment {comment} in {} yet",
+                missing.join(", ")
+            ),
+            "start the agent: its first reconcile inserts them",
+        )
     }
 }
 

@@ -343,7 +343,7 @@ mod tests {
     fn live_and_restart_keys_are_told_apart() {
         let old = settings("log_level: info\n");
         let new = settings(
-            "log_level: debug\nagent_api:\n  auth_token: other-token-0123456789\n  listen_address: 127.0.0.1:9300\ngpu:\n  sample_interval_ms: 500\ndocker:\n  pull_timeout_secs: 60\n  workers: 2\n",
+            "log_level: debug\nagent_api:\n  auth_token: other-token-0123456789\n  listen_address: 127.0.0.1:9300\ngpu:\n  sample_interval_ms: 500\ndocker:\n  pull_timeout_secs: 60\n  workers: 2\n  block_metadata: true\n",
         );
         let c = changes(&old, &new);
         assert_eq!(
@@ -355,7 +355,15 @@ mod tests {
                 "log_level"
             ]
         );
-        assert_eq!(c.restart, ["agent_api.listen_address", "docker.workers"]);
+        // docker.block_metadata: switching the rules on or off waits for the next start.
+        assert_eq!(
+            c.restart,
+            [
+                "agent_api.listen_address",
+                "docker.block_metadata",
+                "docker.workers"
+            ]
+        );
         assert_eq!(changes(&old, &old), Changes::default());
     }
 

@@ -224,6 +224,30 @@ impl Drop for RulesGuard {
     }
 }
 
+/// `doctor --json`'s `metadata` check on `config`, with `path` as `PATH`: (status, message).
+fn doctor_metadata(config: &std::path::Path, path: &str) -> (String, String) {
+    let out = Command::new(common::agent_binary())
+        .args(["doctor", "--json", "--config"])
+        .arg(config)
+        .env("PATH", path)
+        .output()
+        .expect("run doctor");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "doctor --json ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    let check = report
+        .as_array()
+        .and_then(|checks| checks.iter().find(|c| c["check"] == "metadata"))
+        .unwrap_or_else(|| panic!("no metadata check: {report}"));
+    (
+        check["status"].as_str().unwrap_or_default().to_string(),
+        check["message"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
 /// What the container `id` gets for `GET <path>` from `address` (`host port`; busybox nc,
 /// 3 s).
 fn fetch(id: &str, address: &str) -> String {
@@ -323,25 +347,29 @@ fn link_local_addresses_are_blocked_only_while_the_option_is_on() {
     let health = agent.get("/health").json();
     assert_eq!(health["components"]["docker"], "ok", "{health}");
     agent.create(&body(&scope.claim("b"), &[], "sleep 600"));
+    // doctor sees the rules; without iptables it fails the check.
+    let path = std::env::var("PATH").unwrap_or_default();
+    let (status, message) = doctor_metadata(&agent.config_path, &path);
+    assert_eq!(status, "pass", "{message}");
+    let (status, message) = doctor_metadata(&agent.config_path, "/nonexistent");
+    assert_eq!(status, "fail", "{message}");
+    assert!(message.contains("iptables"), "{message}");
 
     // Flushed by someone else: put back at the next reconcile, with a log line.
     delete_rules("DOCKER-USER", &comment);
     assert!(rules_with("DOCKER-USER", &comment).is_empty());
     let restored = wait_until(Duration::from_secs(15), || {
         rules_with("DOCKER-USER", &comment).len() == 1
+            && agent
+                .log()
+                .matches("inserted the firewall rule DOCKER-USER")
+                .count()
+                >= 2
     });
     assert!(
         restored,
-        "the flushed rule was not re-added; log:\n{}",
-        agent.log()
-    );
-    assert!(
-        agent
-            .log()
-            .matches("inserted the firewall rule DOCKER-USER")
-            .count()
-            >= 2,
-        "{}",
+        "the flushed rule was not re-added, with a log line; rules {:?}; log:\n{}",
+        rules_with("DOCKER-USER", &comment),
         agent.log()
     );
 
@@ -372,4 +400,52 @@ fn link_local_addresses_are_blocked_only_while_the_option_is_on() {
         reached,
         "the services stayed blocked after switching off: {seen}"
     );
+}
+
+#[test]
+fn without_iptables_the_option_refuses_creates_and_degrades_health() {
+    let test = "without_iptables_the_option_refuses_creates_and_degrades_health";
+    if !ready(test) {
+        return;
+    }
+    // The agent finds docker by its full path and nothing else: no iptables in PATH.
+    let docker_path = ["/usr/bin/docker", "/usr/local/bin/docker", "/bin/docker"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("the docker CLI");
+    let empty = tempfile::tempdir().unwrap();
+    let network = TestNetwork::new();
+    let _rules = RulesGuard(vec![format!("{COMMENT_PREFIX}:{}", network.name)]);
+    let scope = Scope::new();
+    let agent = scope.agent_with(
+        |c| {
+            c.docker.network = network.name.clone();
+            c.docker.binary = docker_path.into();
+            c.docker.block_metadata = true;
+        },
+        common::AgentOptions {
+            env: vec![("PATH".into(), empty.path().to_string_lossy().into_owned())],
+            ..Default::default()
+        },
+    );
+    let mut health = serde_json::Value::Null;
+    let degraded = wait_until(Duration::from_secs(15), || {
+        health = agent.get("/health").json();
+        health["components"]["docker"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("degraded"))
+    });
+    assert!(degraded, "{health}");
+    let detail = health["components"]["docker"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("docker.block_metadata") && detail.contains("install iptables"),
+        "{health}"
+    );
+    let r = agent.post_json(
+        "/api/v1/containers",
+        &body(&scope.claim("a"), &[], "sleep 600"),
+    );
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("block_metadata"), "{}", r.text());
+    assert!(scope.docker_ids().is_empty(), "a container was created");
 }

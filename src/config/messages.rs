@@ -246,6 +246,10 @@ mod tests {
                 "docker.init: expected true or false, found \"maybe\"",
             ),
             (
+                "docker:\n  block_metadata: 1\n",
+                "docker.block_metadata: expected true or false, found 1",
+            ),
+            (
                 "frp:\n  api_allow_users: x\n",
                 "frp.api_allow_users: expected a list, found \"x\"",
             ),

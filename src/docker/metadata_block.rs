@@ -15,7 +15,9 @@
 //! each rule with `-C` and inserts it with `-I` only when missing (a rule flushed by someone
 //! else, a firewall reload, is put back with a warning), and deletes rules of this network's
 //! comment that are not the wanted one (the bridge of a network created again). When the
-//! option is off, the reconcile deletes the rules of this network's comment and nothing else.
+//! option is off, the first reconcile that can list the chains deletes the rules of this
+//! network's comment and nothing else (no `iptables`, or not allowed: there is nothing of ours
+//! to remove).
 //!
 //! At shutdown the rules stay: the containers keep running without the agent, and so must
 //! their isolation. Switching the option off takes a restart (like every `docker.*` key but the
@@ -33,6 +35,8 @@ use crate::shutdown::Shutdown;
 use std::fmt;
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The start of the comment of every rule the agent installs; the network's name follows.
@@ -84,6 +88,9 @@ pub struct Iptables {
     binary: PathBuf,
     deadline: Duration,
     shutdown: Shutdown,
+    /// Set once an "off" reconcile removed this network's rules: the option changes only with
+    /// a restart, so later reconciles need not list the chains again.
+    removed: Arc<AtomicBool>,
 }
 
 /// How one `iptables` command ended.
@@ -98,6 +105,7 @@ impl Iptables {
             binary,
             deadline,
             shutdown,
+            removed: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -242,6 +250,9 @@ pub fn reconcile(
     bridge: Option<&str>,
     enabled: bool,
 ) -> Result<(), FirewallError> {
+    if !enabled && iptables.removed.load(Ordering::SeqCst) {
+        return Ok(());
+    }
     let wanted = match (enabled, bridge) {
         (true, Some(bridge)) => Some(rule(bridge, network)),
         // The network is missing: nothing to protect yet, stale rules go.
@@ -251,7 +262,11 @@ pub fn reconcile(
         let listing = match iptables.list(chain) {
             Ok(listing) => listing,
             // Off, without iptables or without the chain: no rule of ours can exist.
-            Err(_) if !enabled => continue,
+            Err(FirewallError::Missing { .. } | FirewallError::NoChain { .. }) if !enabled => {
+                continue
+            }
+            // Off, and iptables timed out: the next reconcile tries again.
+            Err(_) if !enabled => return Ok(()),
             Err(e) => return Err(e),
         };
         let mut present = false;
@@ -270,9 +285,8 @@ pub fn reconcile(
         let Some(wanted) = &wanted else {
             continue;
         };
-        // `-C` as well: the listing may be of another iptables backend than the one docker
-        // uses, and `-C` is the authority.
-        if !present || !iptables.rule("-C", chain, wanted)? {
+        // `-C` too before inserting: the listing's words are compared loosely.
+        if !present && !iptables.rule("-C", chain, wanted)? {
             iptables.rule("-I", chain, wanted)?;
             log::warn!(
                 "inserted the firewall rule {chain} {} (docker.block_metadata: renters' \
@@ -281,6 +295,9 @@ pub fn reconcile(
                 wanted.join(" ")
             );
         }
+    }
+    if !enabled {
+        iptables.removed.store(true, Ordering::SeqCst);
     }
     Ok(())
 }
