@@ -200,13 +200,24 @@ impl Supervisor {
         };
         let api_proxy = resolve_api_proxy(&self.frp, self.snapshot.assigned_api_proxy().as_ref())
             .map_err(|e| StartFailure::Failed(e.to_string()))?;
-        self.writer
-            .set_warnings(super::security_warnings(&self.frp, &api_proxy));
         let ports: Vec<PublishedPort> = if self.frp.expose_container_ports {
             self.snapshot.published_ports().as_ref().clone()
         } else {
             Vec::new()
         };
+        let (ports, refused) = frpc_config::without_api_port(ports, &api_proxy);
+        let mut warnings = super::security_warnings(&self.frp, &api_proxy);
+        warnings.extend(refused.iter().map(|p| {
+            (
+                format!(
+                    "proxy {} is not published: its remote port {}/tcp is the agent API's",
+                    frpc_config::container_proxy_name(p),
+                    p.remote_port
+                ),
+                true,
+            )
+        }));
+        self.writer.set_warnings(warnings);
         Ok(FrpcConfig {
             server_addr: self.server_addr.clone(),
             server_port: self.frp.server_port,
