@@ -220,9 +220,16 @@ pub fn check_firewall(
     } else {
         None
     };
-    metadata_block::reconcile(iptables, name, bridge.as_deref(), enabled)
-        .err()
-        .map(|e| format!("{FIREWALL_PROBLEM}: {e}"))
+    match metadata_block::reconcile(iptables, name, bridge.as_deref(), enabled) {
+        Ok(()) => None,
+        Err(e) if enabled => Some(format!("{FIREWALL_PROBLEM}: {e}")),
+        // Off: a rule left behind blocks nothing a renter is owed; it is not the network's
+        // problem (and never stops creates). The next reconcile tries again.
+        Err(e) => {
+            log::warn!("docker.block_metadata is off but its rules could not be removed: {e}");
+            None
+        }
+    }
 }
 
 /// How a [`check_firewall`] problem starts.

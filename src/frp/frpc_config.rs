@@ -62,6 +62,25 @@ pub fn container_proxy_name(port: &PublishedPort) -> String {
     )
 }
 
+/// Splits `ports` into those the file may publish and those that ask frps for the agent API's
+/// own public port (tcp, the API proxy's remote port): frps gives a port to whichever proxy
+/// registers first, so such a container could take the API's address and receive the
+/// platform's requests with their bearer token. The second list is left out of the file.
+pub fn without_api_port(
+    ports: Vec<PublishedPort>,
+    api_proxy: &ApiProxy,
+) -> (Vec<PublishedPort>, Vec<PublishedPort>) {
+    let api_port = match api_proxy {
+        ApiProxy::Tcp {
+            remote_port: Some(port),
+        } if *port != 0 => *port,
+        _ => return (ports, Vec::new()),
+    };
+    ports
+        .into_iter()
+        .partition(|p| !(p.protocol == "tcp" && p.remote_port == api_port))
+}
+
 /// A TOML basic string, quoted and escaped.
 fn quoted(field: &str, value: &str) -> Result<String, TemplateMarker> {
     if value.contains("{{") || value.contains("}}") {
@@ -259,6 +278,37 @@ mod tests {
             "type = \"tcp\"\nlocalIP = \"127.0.0.1\"\nlocalPort = 8080\nremotePort = 7001\n"
         ));
         assert!(!text.contains("trustedCaFile"));
+    }
+
+    #[test]
+    fn a_container_port_never_takes_the_api_proxys_public_port() {
+        let port = |claim: &str, protocol: &'static str, remote_port: u16| PublishedPort {
+            claim_id: claim.into(),
+            container_port: 80,
+            protocol,
+            host_port: 18080,
+            remote_port,
+        };
+        let ports = vec![
+            port("thief", "tcp", 7001),
+            port("udp-same-number", "udp", 7001),
+            port("other", "tcp", 7002),
+            port("any", "tcp", 0),
+        ];
+        let api = ApiProxy::Tcp {
+            remote_port: Some(7001),
+        };
+        let (kept, dropped) = without_api_port(ports.clone(), &api);
+        assert_eq!(dropped, vec![ports[0].clone()]);
+        assert_eq!(kept, ports[1..].to_vec());
+        // The API on a port frps chooses, or on stcp: nothing to take.
+        let (kept, dropped) = without_api_port(ports.clone(), &ApiProxy::Tcp { remote_port: None });
+        assert_eq!((kept, dropped.len()), (ports.clone(), 0));
+        let stcp = ApiProxy::Stcp {
+            secret_key: "s".into(),
+            allow_users: Vec::new(),
+        };
+        assert_eq!(without_api_port(ports.clone(), &stcp).0, ports);
     }
 
     #[test]
