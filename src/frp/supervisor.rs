@@ -5,7 +5,8 @@
 //! - frpc is started by this thread with the parent-death signal set ([`Supervised`]), so an
 //!   agent killed outright takes frpc with it; its output goes to the agent's log through
 //!   [`OutputFilter`].
-//! - frpc exits: it is started again after a backoff of 1 s doubling to 60 s, back to 1 s once
+//! - frpc exits: it is started again after a backoff of 1 s doubling to
+//!   `frp.restart_backoff_max_secs` (60 s by default), back to 1 s once
 //!   it ran [`STABLE`]; every restart is counted. frpc missing or not executable: the tunnel is
 //!   `failed` with that reason in `/health` and the log, and retried on the same schedule.
 //! - The proxy set changes (a container created or deleted, the API proxy's settings): once
@@ -35,9 +36,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// First wait before starting frpc again; it doubles per restart up to [`RESTART_CAP`].
+/// First wait before starting frpc again; it doubles per restart up to
+/// `frp.restart_backoff_max_secs` (60 s by default).
 pub const RESTART_INITIAL: Duration = Duration::from_secs(1);
-pub const RESTART_CAP: Duration = Duration::from_secs(60);
 /// frpc running this long resets the restart backoff.
 pub const STABLE: Duration = Duration::from_secs(60);
 /// A burst of proxy changes closer together than this becomes one reload.
@@ -90,7 +91,7 @@ pub fn start(
             proxies: Vec::new(),
         },
         waiting_for: (platform && unregistered).then_some(WAITING_FOR_NODE_ID),
-        backoff: Backoff::exact(RESTART_INITIAL, RESTART_CAP),
+        backoff: Backoff::exact(RESTART_INITIAL, settings.frp.restart_backoff_max),
         next_start: Instant::now(),
         started_once: false,
         running: None,
