@@ -268,6 +268,12 @@ impl FrpConfig {
                 ));
             }
         }
+        if !(1..=3600).contains(&self.restart_backoff_max_secs) {
+            return Err(invalid(
+                "frp.restart_backoff_max_secs",
+                "must be between 1 and 3600",
+            ));
+        }
         if self.admin_port == 0 {
             return Err(invalid("frp.admin_port", "must be between 1 and 65535"));
         }
@@ -386,6 +392,7 @@ impl FrpConfig {
             api_allow_users: self.api_allow_users.clone(),
             tls_ca_file,
             expose_container_ports: self.expose_container_ports,
+            restart_backoff_max: Duration::from_secs(self.restart_backoff_max_secs),
         })
     }
 }
@@ -711,6 +718,10 @@ mod tests {
         assert_eq!(s.user.as_deref(), Some("node-a"));
         assert!(s.expose_container_ports);
         assert_eq!(s.api_proxy_type, ApiProxyType::Auto);
+        assert_eq!(s.restart_backoff_max, Duration::from_secs(60));
+        c.frp.restart_backoff_max_secs = 2;
+        let s = c.validate().unwrap().settings.frp;
+        assert_eq!(s.restart_backoff_max, Duration::from_secs(2));
 
         // Template markers and control characters never reach frpc.toml.
         for (key, edit) in [
@@ -732,6 +743,12 @@ mod tests {
             ("frp.user", |c| c.frp.user = String::new()),
             ("frp.user", |c| c.frp.user = "a b".into()),
             ("frp.admin_port", |c| c.frp.admin_port = 9200),
+            ("frp.restart_backoff_max_secs", |c| {
+                c.frp.restart_backoff_max_secs = 0
+            }),
+            ("frp.restart_backoff_max_secs", |c| {
+                c.frp.restart_backoff_max_secs = 3601
+            }),
             ("frp.api_secret_key", |c| {
                 c.frp.api_proxy_type = ApiProxyType::Stcp
             }),

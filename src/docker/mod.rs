@@ -35,6 +35,7 @@ pub(crate) mod placement;
 pub mod protocol;
 pub mod pull_auth;
 pub mod runner;
+mod scratch;
 pub mod spec;
 pub(crate) mod table;
 pub mod worker;

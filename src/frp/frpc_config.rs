@@ -62,6 +62,25 @@ pub fn container_proxy_name(port: &PublishedPort) -> String {
     )
 }
 
+/// Splits `ports` into those the file may publish and those that ask frps for the agent API's
+/// own public port (tcp, the API proxy's remote port): frps gives a port to whichever proxy
+/// registers first, so such a container could take the API's address and receive the
+/// platform's requests with their bearer token. The second list is left out of the file.
+pub fn without_api_port(
+    ports: Vec<PublishedPort>,
+    api_proxy: &ApiProxy,
+) -> (Vec<PublishedPort>, Vec<PublishedPort>) {
+    let api_port = match api_proxy {
+        ApiProxy::Tcp {
+            remote_port: Some(port),
+        } if *port != 0 => *port,
+        _ => return (ports, Vec::new()),
+    };
+    ports
+        .into_iter()
+        .partition(|p| !(p.protocol == "tcp" && p.remote_port == api_port))
+}
+
 /// A TOML basic string, quoted and escaped.
 fn quoted(field: &str, value: &str) -> Result<String, TemplateMarker> {
     if value.contains("{{") || value.contains("}}") {
@@ -169,16 +188,19 @@ pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "frpc.toml".to_string());
     let temporary = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
+    // A name left there (an older run, or someone else in a directory others can write to: a
+    // symlink to another file, a file they own and can read) is removed, never opened: the
+    // file is created new, so the secrets only ever go into a file of the agent's own.
+    match std::fs::remove_file(&temporary) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
     let written = (|| {
         let mut file = std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
             .open(&temporary)?;
-        // A file left by an older run keeps its mode on open: set it explicitly.
-        use std::os::unix::fs::PermissionsExt;
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
         file.write_all(text.as_bytes())?;
         file.sync_all()?;
         std::fs::rename(&temporary, path)
@@ -262,6 +284,37 @@ mod tests {
     }
 
     #[test]
+    fn a_container_port_never_takes_the_api_proxys_public_port() {
+        let port = |claim: &str, protocol: &'static str, remote_port: u16| PublishedPort {
+            claim_id: claim.into(),
+            container_port: 80,
+            protocol,
+            host_port: 18080,
+            remote_port,
+        };
+        let ports = vec![
+            port("thief", "tcp", 7001),
+            port("udp-same-number", "udp", 7001),
+            port("other", "tcp", 7002),
+            port("any", "tcp", 0),
+        ];
+        let api = ApiProxy::Tcp {
+            remote_port: Some(7001),
+        };
+        let (kept, dropped) = without_api_port(ports.clone(), &api);
+        assert_eq!(dropped, vec![ports[0].clone()]);
+        assert_eq!(kept, ports[1..].to_vec());
+        // The API on a port frps chooses, or on stcp: nothing to take.
+        let (kept, dropped) = without_api_port(ports.clone(), &ApiProxy::Tcp { remote_port: None });
+        assert_eq!((kept, dropped.len()), (ports.clone(), 0));
+        let stcp = ApiProxy::Stcp {
+            secret_key: "s".into(),
+            allow_users: Vec::new(),
+        };
+        assert_eq!(without_api_port(ports.clone(), &stcp).0, ports);
+    }
+
+    #[test]
     fn template_markers_are_refused() {
         let mut c = config();
         c.ports[0].claim_id = "x{{ .Envs.HOME }}".into();
@@ -284,5 +337,36 @@ mod tests {
         assert_eq!(mode, 0o600);
         let leftovers = std::fs::read_dir(path.parent().unwrap()).unwrap().count();
         assert_eq!(leftovers, 1);
+    }
+
+    #[test]
+    fn a_planted_temporary_name_is_never_written_through() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("frpc.toml");
+        let temporary = dir
+            .path()
+            .join(format!(".frpc.toml.{}.tmp", std::process::id()));
+        // A symlink to a file someone else reads.
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "theirs\n").unwrap();
+        std::os::unix::fs::symlink(&victim, &temporary).unwrap();
+        write_atomically(&path, "auth.token = \"secret\"\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "theirs\n");
+        assert!(!std::fs::symlink_metadata(&path).unwrap().is_symlink());
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "auth.token = \"secret\"\n"
+        );
+        // A readable file planted under the name: replaced by a private one, not reused.
+        std::fs::write(&temporary, "").unwrap();
+        std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let planted = std::fs::File::open(&temporary).unwrap();
+        write_atomically(&path, "auth.token = \"other\"\n").unwrap();
+        let mut seen = String::new();
+        std::io::Read::read_to_string(&mut &planted, &mut seen).unwrap();
+        assert_eq!(seen, "", "the secret went into the planted file");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
     }
 }

@@ -93,6 +93,27 @@ impl Runner {
             .cloned()
     }
 
+    /// Every create in progress and every failed create still remembered, as `GET` of its
+    /// claim shows it; the list shows them with the containers. An outcome whose claim has a
+    /// container after all (a timed-out create docker finished) is left out: `GET` shows the
+    /// container.
+    pub(super) fn create_views(&mut self) -> Vec<ContainerView> {
+        self.outcomes
+            .retain(|_, (_, since)| since.elapsed() < OUTCOME_MEMORY);
+        let mut views: Vec<ContainerView> = self.creating.values().cloned().collect();
+        views.extend(
+            self.outcomes
+                .values()
+                .map(|(v, _)| v)
+                .filter(|v| {
+                    !self.creating.contains_key(&v.claim_id)
+                        && !self.table.views().any(|c| c.claim_id == v.claim_id)
+                })
+                .cloned(),
+        );
+        views
+    }
+
     /// `DELETE` of a claim whose create timed out (state unknown): the claim is given up, so
     /// its container, if docker made it, is removed once a reconcile sees it; its reservation
     /// is kept until then. `None` when `id` names no such claim.

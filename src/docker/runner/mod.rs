@@ -367,6 +367,8 @@ impl Runner {
                 let result = self.docker_ready().map(|()| {
                     let mut views: Vec<ContainerView> =
                         self.table.views().map(|v| self.decorate(v)).collect();
+                    // Creates in progress and failed ones, as `GET` of their claim shows them.
+                    views.extend(self.create_views());
                     views.sort_by(|a, b| (&a.created_at, &a.name).cmp(&(&b.created_at, &b.name)));
                     views
                 });

@@ -837,3 +837,64 @@ fn a_create_in_progress_shows_its_step_then_its_error() {
     });
     assert_eq!(get(&mut r).state, "creating");
 }
+
+#[test]
+fn the_list_shows_creates_in_progress_and_failed_ones_like_get() {
+    let (mut r, queue, _snapshot) = runner();
+    r.apply_reconcile(0, Ok(vec![view(A, "up", &[1], "running")]));
+    let list = |r: &mut Runner| {
+        let mut shown: Vec<(String, String)> = ask(r, |reply| Request::List { reply })
+            .unwrap()
+            .unwrap()
+            .into_iter()
+            .map(|v| (v.claim_id, v.state))
+            .collect();
+        shown.sort();
+        shown
+    };
+    for claim in ["a", "b"] {
+        ask(&mut r, |reply| Request::Create {
+            spec: Box::new(spec(claim, GpuRequest::Ids(vec![0]))),
+            reply,
+        });
+    }
+    let Ok(Work::Create { ticket, .. }) = queue.try_recv() else {
+        panic!("no create queued");
+    };
+    let pair = |c: &str, s: &str| (c.to_string(), s.to_string());
+    // "b" asked for the GPU "a" holds: refused, so never listed.
+    assert_eq!(
+        list(&mut r),
+        vec![pair("a", "creating"), pair("up", "running")]
+    );
+    r.finish(Done::Created {
+        ticket,
+        claim_id: "a".into(),
+        result: Err(ContainerError::ImagePull("registry unreachable".into())),
+    });
+    assert_eq!(
+        list(&mut r),
+        vec![pair("a", "failed"), pair("up", "running")]
+    );
+    // A new create of the claim: listed once, as in progress again.
+    ask(&mut r, |reply| Request::Create {
+        spec: Box::new(spec("a", GpuRequest::Ids(vec![0]))),
+        reply,
+    });
+    let Ok(Work::Create { ticket, .. }) = queue.try_recv() else {
+        panic!("no create queued");
+    };
+    assert_eq!(
+        list(&mut r),
+        vec![pair("a", "creating"), pair("up", "running")]
+    );
+    r.finish(Done::Created {
+        ticket,
+        claim_id: "a".into(),
+        result: Ok(view(B, "a", &[0], "running")),
+    });
+    assert_eq!(
+        list(&mut r),
+        vec![pair("a", "running"), pair("up", "running")]
+    );
+}
