@@ -491,7 +491,7 @@ fn an_image_that_cannot_be_had_is_an_error_and_frees_the_gpu() {
     );
     assert!(r.text().contains("utopia-test-missing-"), "{}", r.text());
     assert!(scope.docker_ids().is_empty());
-    assert!(agent.containers().is_empty());
+    agent.only_failed_creates_listed(&scope.claim("img"));
     agent.create(&body(&scope.claim("img2"), &[0], "true"));
 }
 
@@ -623,7 +623,22 @@ fn a_slow_pull_blocks_neither_reads_nor_deletes_of_other_containers() {
     });
     std::thread::sleep(Duration::from_millis(500));
     let started = std::time::Instant::now();
-    assert_eq!(agent.containers().len(), 1);
+    // The list shows the first container and the create in progress.
+    let listed: Vec<(String, String)> = agent
+        .containers()
+        .iter()
+        .map(|c| {
+            (
+                c["claim_id"].as_str().unwrap_or("").to_string(),
+                c["state"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert!(
+        listed.contains(&(slow_claim.clone(), "creating".to_string())),
+        "{listed:?}"
+    );
     assert_eq!(
         agent.get(&format!("/api/v1/containers/{first_id}")).status,
         200
@@ -681,7 +696,7 @@ fn a_create_docker_cannot_start_leaves_nothing_behind() {
         scope.docker_ids().is_empty(),
         "the created container was removed"
     );
-    assert!(agent.containers().is_empty());
+    agent.only_failed_creates_listed(&scope.claim("nostart"));
     assert!(agent.gpu_holders().is_empty());
 }
 
