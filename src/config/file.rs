@@ -103,6 +103,8 @@ pub struct FrpConfig {
     pub tls_ca_file: String,
     /// Publish every container port through the tunnel too (one proxy per port mapping).
     pub expose_container_ports: bool,
+    /// Longest wait before starting a crashed frpc again (the wait starts at 1 s and doubles).
+    pub restart_backoff_max_secs: u64,
 }
 
 /// How the agent API is published on frps (`frp.api_proxy_type`).
@@ -315,6 +317,7 @@ impl Default for FrpConfig {
             api_allow_users: Vec::new(),
             tls_ca_file: String::new(),
             expose_container_ports: true,
+            restart_backoff_max_secs: 60,
         }
     }
 }

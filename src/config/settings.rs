@@ -95,6 +95,8 @@ pub struct FrpSettings {
     /// CA of frps's certificate; `None`: frpc does not verify it.
     pub tls_ca_file: Option<PathBuf>,
     pub expose_container_ports: bool,
+    /// Longest wait before starting a crashed frpc again.
+    pub restart_backoff_max: Duration,
 }
 
 /// The agent's REST API (`agent_api.*`).

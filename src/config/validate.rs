@@ -197,13 +197,15 @@ fn check_api_url(url: &str, warnings: &mut Vec<ConfigWarning>) -> Result<(), Con
              central_platform.bootstrap_token",
         ));
     }
-    if rest.contains(['?', '#']) {
-        // The API paths are appended to it: they would land in the query or fragment.
+    if let Some(at) = rest.find(['?', '#']) {
+        // The API paths are appended to it: they would land in the query or fragment. Only the
+        // part before is named: a query is where a token is often put (`?token=...`).
+        let base = &url[..url.len() - rest.len() + at];
         return Err(invalid(
             "central_platform.api_url",
             format!(
-                "{url:?} must not have a query (?) or fragment (#): it is the base the \
-                 API paths (/api/v1/...) are appended to"
+                "{base:?} must not be followed by a query (?) or fragment (#) (not shown): it \
+                 is the base the API paths (/api/v1/...) are appended to"
             ),
         ));
     }
@@ -267,6 +269,12 @@ impl FrpConfig {
                     format!("{user:?} is not an frp user name (A-Z a-z 0-9 _ . -) or `*`"),
                 ));
             }
+        }
+        if !(1..=3600).contains(&self.restart_backoff_max_secs) {
+            return Err(invalid(
+                "frp.restart_backoff_max_secs",
+                "must be between 1 and 3600",
+            ));
         }
         if self.admin_port == 0 {
             return Err(invalid("frp.admin_port", "must be between 1 and 65535"));
@@ -386,6 +394,7 @@ impl FrpConfig {
             api_allow_users: self.api_allow_users.clone(),
             tls_ca_file,
             expose_container_ports: self.expose_container_ports,
+            restart_backoff_max: Duration::from_secs(self.restart_backoff_max_secs),
         })
     }
 }
@@ -711,6 +720,10 @@ mod tests {
         assert_eq!(s.user.as_deref(), Some("node-a"));
         assert!(s.expose_container_ports);
         assert_eq!(s.api_proxy_type, ApiProxyType::Auto);
+        assert_eq!(s.restart_backoff_max, Duration::from_secs(60));
+        c.frp.restart_backoff_max_secs = 2;
+        let s = c.validate().unwrap().settings.frp;
+        assert_eq!(s.restart_backoff_max, Duration::from_secs(2));
 
         // Template markers and control characters never reach frpc.toml.
         for (key, edit) in [
@@ -732,6 +745,12 @@ mod tests {
             ("frp.user", |c| c.frp.user = String::new()),
             ("frp.user", |c| c.frp.user = "a b".into()),
             ("frp.admin_port", |c| c.frp.admin_port = 9200),
+            ("frp.restart_backoff_max_secs", |c| {
+                c.frp.restart_backoff_max_secs = 0
+            }),
+            ("frp.restart_backoff_max_secs", |c| {
+                c.frp.restart_backoff_max_secs = 3601
+            }),
             ("frp.api_secret_key", |c| {
                 c.frp.api_proxy_type = ApiProxyType::Stcp
             }),
@@ -820,11 +839,16 @@ mod tests {
             "https://p.example/#x",
             "https://p.example/base?x=1",
             "https://p.example?",
+            "https://p.example/api?token=SECRET-0123",
+            "https://p.example/api#SECRET-0123",
         ] {
             let mut c = valid();
             c.central_platform.api_url = bad.into();
             let e = warnings_of(&c).unwrap_err().to_string();
             assert!(e.contains("central_platform.api_url"), "{bad}: {e}");
+            assert!(e.contains("query (?) or fragment (#)"), "{bad}: {e}");
+            // A token put into the query never reaches the message (logs, doctor).
+            assert!(!e.contains("SECRET"), "{bad}: {e}");
         }
     }
 

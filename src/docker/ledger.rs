@@ -226,16 +226,18 @@ impl GpuLedger {
         Ok(gpus)
     }
 
-    /// Records the container a reservation's create produced.
-    pub fn bind(&mut self, claim_id: &str, container_id: &str) {
-        if let Some(h) = self
+    /// Records the container a reservation's create produced; false when the claim has no reservation still waiting for its container.
+    pub fn bind(&mut self, claim_id: &str, container_id: &str) -> bool {
+        let Some(h) = self
             .holdings
             .iter_mut()
             .find(|h| h.claim_id == claim_id && h.container_id.is_none())
-        {
-            h.container_id = Some(container_id.to_string());
-            h.unknown_since = None;
-        }
+        else {
+            return false;
+        };
+        h.container_id = Some(container_id.to_string());
+        h.unknown_since = None;
+        true
     }
 
     /// A create timed out: its reservation stays, in state `unknown`, from `generation` on.
@@ -352,13 +354,7 @@ impl GpuLedger {
         if self.holds_container(container_id) {
             return Vec::new();
         }
-        if let Some(h) = self
-            .holdings
-            .iter_mut()
-            .find(|h| h.claim_id == claim_id && h.container_id.is_none())
-        {
-            h.container_id = Some(container_id.to_string());
-            h.unknown_since = None;
+        if self.bind(claim_id, container_id) {
             return Vec::new();
         }
         let mut conflicts = Vec::new();

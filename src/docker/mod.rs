@@ -37,6 +37,7 @@ pub mod protocol;
 pub mod pull_auth;
 pub mod pull_progress;
 pub mod runner;
+mod scratch;
 pub mod spec;
 pub(crate) mod table;
 pub mod worker;

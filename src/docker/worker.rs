@@ -492,39 +492,7 @@ const ENV_DIR_PREFIX: &str = "utopia-agent-";
 /// left in `root`: they hold renters' secrets. Those of live processes (this agent, another
 /// agent on the host) are left alone.
 pub(super) fn remove_stale_env_files(root: &Path) {
-    let Ok(entries) = std::fs::read_dir(root) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(ENV_DIR_PREFIX))
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|pid| pid.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let alive = pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists();
-        // Only a real directory of our own user (not a link, not another user's: in a sticky
-        // /tmp nobody else can swap it for a link to somewhere that has an `env` file).
-        use std::os::unix::fs::MetadataExt;
-        // SAFETY: geteuid has no preconditions.
-        let ours = std::fs::symlink_metadata(entry.path())
-            .is_ok_and(|m| m.is_dir() && m.uid() == unsafe { libc::geteuid() });
-        if alive || !ours {
-            continue;
-        }
-        let dir = entry.path();
-        let _ = std::fs::remove_file(dir.join("env"));
-        match std::fs::remove_dir(&dir) {
-            Ok(()) => log::info!("removed a crashed agent's env file {}", dir.display()),
-            Err(e) => log::warn!(
-                "cannot remove a stale env file directory {}: {e}",
-                dir.display()
-            ),
-        }
-    }
+    super::scratch::remove_stale_dirs(root, ENV_DIR_PREFIX, "env", "env file");
 }
 
 /// The user's environment, in a file only the agent's user can read (mode 0600 in a fresh

@@ -160,6 +160,7 @@ mod tests {
             api_allow_users: Vec::new(),
             tls_ca_file: None,
             expose_container_ports: true,
+            restart_backoff_max: std::time::Duration::from_secs(60),
         }
     }
 

@@ -2,7 +2,7 @@
 //! thread or large buffer per connection, so no number of idle, half-sent or byte-dripping
 //! connections can starve a real request.
 //!
-//! **The I/O thread** (`server.rs`) owns the listening socket and every connection. It waits on a
+//! **The I/O thread** (`server/`) owns the listening socket and every connection. It waits on a
 //! readiness poller (`polling`, epoll on Linux), accepts, reads request heads without blocking
 //! into a per-connection buffer bounded by [`ServerConfig::max_head_bytes`], parses them
 //! (`parse.rs`, with `httparse`), and enforces, per connection:

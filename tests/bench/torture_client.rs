@@ -14,10 +14,10 @@
 //! - `torture_client ledger ADDR TOKEN LABEL`: the agent's container list equals what docker
 //!   has under the managed label `LABEL` (`key=value`), and no GPU is held twice (by the list's
 //!   `gpu_ids` and by `/api/v1/metrics`'s holders).
-//! - `torture_client platform ADDR DOWN_SECS UP_SECS`: a stand-in platform answering 503 to
-//!   everything for DOWN_SECS, then registration `201 {"node_id": "node-torture"}` and
-//!   heartbeats `200` for UP_SECS; prints one line per request (`ms-since-start METHOD PATH
-//!   STATUS`) and exits.
+//! - `torture_client platform ADDR DOWN_SECS UP_SECS [DOWN_SECS UP_SECS ...]`: a stand-in
+//!   platform answering 503 to everything for DOWN_SECS, then registration `201 {"node_id":
+//!   "node-torture"}` and heartbeats `200` for UP_SECS, and so on for each further pair of
+//!   phases; prints one line per request (`ms-since-start METHOD PATH STATUS`) and exits.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -37,12 +37,15 @@ fn main() {
             load(parse_addr(addr), token, number(secs), number(rate))
         }
         ["ledger", addr, token, label] => ledger(parse_addr(addr), token, label),
-        ["platform", addr, down, up] => platform(parse_addr(addr), number(down), number(up)),
+        ["platform", addr, phases @ ..] if !phases.is_empty() && phases.len() % 2 == 0 => platform(
+            parse_addr(addr),
+            &phases.iter().map(|p| number(p)).collect::<Vec<_>>(),
+        ),
         _ => {
             eprintln!(
                 "usage: torture_client flood ADDR COUNT SECS | bombs ADDR TOKEN | \
                  load ADDR TOKEN SECS RATE | ledger ADDR TOKEN LABEL | \
-                 platform ADDR DOWN_SECS UP_SECS"
+                 platform ADDR DOWN_SECS UP_SECS [DOWN_SECS UP_SECS ...]"
             );
             2
         }
@@ -513,7 +516,8 @@ fn load(addr: SocketAddr, token: &str, secs: u64, rate: u64) -> u64 {
     )
 }
 
-fn platform(addr: SocketAddr, down: u64, up: u64) -> u64 {
+/// `phases`: seconds down, seconds up, down, up, ...
+fn platform(addr: SocketAddr, phases: &[u64]) -> u64 {
     let listener = match TcpListener::bind(addr) {
         Ok(l) => l,
         Err(e) => {
@@ -523,7 +527,19 @@ fn platform(addr: SocketAddr, down: u64, up: u64) -> u64 {
     };
     let _ = listener.set_nonblocking(true);
     let started = Instant::now();
-    let end = Duration::from_secs(down.min(3600) + up.min(3600));
+    let phases: Vec<u64> = phases.iter().map(|p| (*p).min(3600)).collect();
+    let end = Duration::from_secs(phases.iter().sum());
+    // Down while the time since the start falls in an even-numbered phase.
+    let is_down = |now: Duration| {
+        let mut edge = Duration::ZERO;
+        for (i, p) in phases.iter().enumerate() {
+            edge += Duration::from_secs(*p);
+            if now < edge {
+                return i % 2 == 0;
+            }
+        }
+        false
+    };
     while started.elapsed() < end {
         let (mut stream, _) = match listener.accept() {
             Ok(pair) => pair,
@@ -563,7 +579,7 @@ fn platform(addr: SocketAddr, down: u64, up: u64) -> u64 {
             let method = words.next().unwrap_or("").to_string();
             let path = words.next().unwrap_or("").to_string();
             let now = started.elapsed();
-            let (status, body) = if now < Duration::from_secs(down) {
+            let (status, body) = if is_down(now) {
                 (503, r#"{"error":"down"}"#)
             } else if path.ends_with("/register") {
                 (201, r#"{"node_id":"node-torture"}"#)

@@ -331,6 +331,20 @@ impl TestNetwork {
 
 impl Drop for TestNetwork {
     fn drop(&mut self) {
-        let _ = docker(&["network", "rm", &self.name]);
+        // By id: a test of twin networks may leave two of this name.
+        let listed = docker(&[
+            "network",
+            "ls",
+            "--no-trunc",
+            "--format",
+            "{{.ID}} {{.Name}}",
+        ]);
+        for line in String::from_utf8_lossy(&listed.stdout).lines() {
+            if let Some((id, name)) = line.split_once(' ') {
+                if name == self.name {
+                    let _ = docker(&["network", "rm", id]);
+                }
+            }
+        }
     }
 }

@@ -1,0 +1,306 @@
+//! A connection's requests on the I/O thread: reading, parsing the head, admission, reading the
+//! body, dispatching to a lane (or serving inline), and queueing the answer.
+
+use super::conn::{flush, too_large, BodyReading, BodyState, Conn, Phase};
+use super::event_loop::EventLoop;
+use super::{LINGER, LINGER_BYTES, READ_PER_EVENT};
+use crate::http::chunked::{ChunkError, ChunkedDecoder};
+use crate::http::parse::{self, HeadStatus, ParsedHead};
+use crate::http::pool::{self, Job};
+use crate::http::types::{BodyLength, Method, Request, Response};
+use crate::http::{HttpError, Lane, StatusCode};
+use crossbeam_channel::TrySendError;
+use std::io::{ErrorKind, Read};
+use std::net::Shutdown;
+use std::time::Instant;
+
+impl EventLoop {
+    /// Reads what the connection's phase may take now; false when the connection failed.
+    pub(super) fn read_into(&mut self, conn: &mut Conn) -> bool {
+        let mut cap = match &conn.phase {
+            Phase::Head => (self.config.max_head_bytes + 1).saturating_sub(conn.buf.len()),
+            Phase::Body(body) => match body.reading {
+                BodyReading::Exact(n) => {
+                    (n + self.config.max_head_bytes).saturating_sub(conn.buf.len())
+                }
+                BodyReading::Chunked(_) => self.scratch.len(),
+            },
+            Phase::Linger { .. } => usize::MAX,
+            Phase::Dispatched | Phase::Flush { .. } => 0,
+        };
+        let mut budget = READ_PER_EVENT;
+        while cap > 0 && budget > 0 && !conn.eof {
+            let want = cap.min(budget).min(self.scratch.len());
+            match conn.stream.read(&mut self.scratch[..want]) {
+                Ok(0) => conn.eof = true,
+                Ok(n) => {
+                    budget -= n;
+                    if let Phase::Linger { drained, .. } = &mut conn.phase {
+                        *drained += n;
+                        if *drained > LINGER_BYTES {
+                            return false;
+                        }
+                        continue;
+                    }
+                    if conn.buf.is_empty() && matches!(conn.phase, Phase::Head) {
+                        conn.first_byte.get_or_insert_with(Instant::now);
+                    }
+                    conn.buf.extend_from_slice(&self.scratch[..n]);
+                    cap -= n;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+
+    /// Advances the connection as far as its buffers allow; false when it is to be closed.
+    pub(super) fn step(&mut self, slot: usize, conn: &mut Conn) -> bool {
+        loop {
+            if conn.out_pos < conn.out.len() && flush(conn, self.config.idle_timeout).is_err() {
+                return false;
+            }
+            let writing = conn.out_pos < conn.out.len();
+            match conn.phase {
+                Phase::Flush { close } => {
+                    if writing {
+                        return true;
+                    }
+                    if close && self.stop_started {
+                        return false;
+                    }
+                    if close {
+                        let _ = conn.stream.shutdown(Shutdown::Write);
+                        conn.buf = Vec::new();
+                        conn.phase = Phase::Linger {
+                            until: Instant::now() + LINGER,
+                            drained: 0,
+                        };
+                        return !conn.eof;
+                    }
+                    let now = Instant::now();
+                    conn.phase = Phase::Head;
+                    conn.ready_since = now;
+                    conn.first_byte = (!conn.buf.is_empty()).then_some(now);
+                    if conn.buf.capacity() > 4096 {
+                        conn.buf = conn.buf.as_slice().to_vec();
+                    }
+                }
+                Phase::Linger { .. } => return !conn.eof,
+                Phase::Dispatched => return true,
+                Phase::Head => {
+                    if self.stop_started {
+                        return false;
+                    }
+                    if conn.buf.is_empty() {
+                        return !conn.eof;
+                    }
+                    match parse::parse_head(&conn.buf, conn.peer, self.config.max_head_bytes) {
+                        Ok(HeadStatus::Partial) => return !conn.eof,
+                        Err(error) => self.fail(conn, &error),
+                        Ok(HeadStatus::Complete(parsed)) => {
+                            conn.buf.drain(..parsed.head_len);
+                            conn.first_byte = None;
+                            self.begin_request(conn, *parsed);
+                        }
+                    }
+                }
+                Phase::Body(ref mut body) => {
+                    let complete = match &mut body.reading {
+                        BodyReading::Exact(n) => Ok(conn.buf.len() >= *n),
+                        BodyReading::Chunked(decoder) => match decoder.feed(&conn.buf) {
+                            Ok(used) => {
+                                conn.buf.drain(..used);
+                                Ok(decoder.is_done())
+                            }
+                            Err(ChunkError::TooLarge) => Err(too_large(self.config.max_body_bytes)),
+                            Err(ChunkError::Malformed(what)) => Err(HttpError::bad_request(
+                                format!("malformed chunked body: {what}"),
+                            )),
+                        },
+                    };
+                    match complete {
+                        Err(error) => self.fail(conn, &error),
+                        Ok(false) => return !conn.eof,
+                        Ok(true) => {
+                            let Phase::Body(body) =
+                                std::mem::replace(&mut conn.phase, Phase::Dispatched)
+                            else {
+                                unreachable!("matched Phase::Body above");
+                            };
+                            let BodyState {
+                                head,
+                                keep_alive,
+                                lane,
+                                reading,
+                                reserved,
+                                ..
+                            } = *body;
+                            self.body_reserved = self.body_reserved.saturating_sub(reserved);
+                            let bytes = match reading {
+                                BodyReading::Exact(n) => conn.buf.drain(..n).collect(),
+                                BodyReading::Chunked(decoder) => decoder.into_body(),
+                            };
+                            let request = Request { head, body: bytes };
+                            self.dispatch(slot, conn, request, keep_alive, lane);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A complete head: ask the service, then read the body (or answer at once).
+    pub(super) fn begin_request(&mut self, conn: &mut Conn, parsed: ParsedHead) {
+        let ParsedHead {
+            head,
+            keep_alive,
+            expect_continue,
+            ..
+        } = parsed;
+        let has_body = head.body_length != BodyLength::Empty;
+        let head_only = head.method == Method::HEAD;
+        // The service's code runs on the one thread every connection depends on: a bug in it
+        // must cost this request, not the API.
+        let admitted =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.service.admit(&head)));
+        let lane = match admitted {
+            Ok(Ok(lane)) => lane,
+            Ok(Err(response)) => {
+                // The body was not read: the connection cannot carry another request.
+                self.respond(conn, &response, head_only, keep_alive && !has_body);
+                return;
+            }
+            Err(_) => {
+                log::error!(
+                    "the API's admission check panicked on {} {}",
+                    head.method,
+                    head.path
+                );
+                let response = self.service.reject(&HttpError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error; see the agent's log",
+                ));
+                self.respond(conn, &response, head_only, false);
+                return;
+            }
+        };
+        let max_body = self.config.max_body_bytes;
+        let (reading, reserved) = match head.body_length {
+            BodyLength::Empty => (BodyReading::Exact(0), 0),
+            BodyLength::Exact(n) if n > max_body as u64 => {
+                let response = self.service.reject(&too_large(max_body));
+                self.respond(conn, &response, head_only, false);
+                return;
+            }
+            BodyLength::Exact(n) => (BodyReading::Exact(n as usize), n as usize),
+            BodyLength::Chunked => (
+                BodyReading::Chunked(ChunkedDecoder::new(max_body)),
+                max_body,
+            ),
+        };
+        if self.body_reserved + reserved > self.config.body_budget_bytes {
+            let response = self.service.reject(&HttpError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_busy",
+                "too many request bodies are being received at once; retry shortly",
+            ));
+            self.respond(conn, &response, head_only, false);
+            return;
+        }
+        self.body_reserved += reserved;
+        if expect_continue && has_body && conn.buf.is_empty() {
+            conn.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+            conn.write_deadline = Instant::now() + self.config.idle_timeout;
+        }
+        conn.phase = Phase::Body(Box::new(BodyState {
+            head,
+            keep_alive,
+            lane,
+            reading,
+            reserved,
+            deadline: Instant::now() + self.config.idle_timeout,
+        }));
+    }
+
+    pub(super) fn dispatch(
+        &mut self,
+        slot: usize,
+        conn: &mut Conn,
+        request: Request,
+        keep_alive: bool,
+        lane: Lane,
+    ) {
+        let head_only = request.head.method == Method::HEAD;
+        if lane == Lane::Inline {
+            // On this thread: a bug in the service costs this request, not the API.
+            let response = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.service.serve(request)
+            }))
+            .unwrap_or_else(|_| {
+                self.service.reject(&HttpError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error; see the agent's log",
+                ))
+            });
+            self.respond(conn, &response, head_only, keep_alive);
+            return;
+        }
+        let job = Job {
+            slot,
+            generation: conn.generation,
+            request,
+            keep_alive,
+        };
+        let lane = match lane {
+            Lane::Inline | Lane::Quick => &self.quick,
+            Lane::Slow => &self.slow,
+        };
+        match lane.try_send(job) {
+            Ok(()) => {
+                conn.phase = Phase::Dispatched;
+                self.in_flight += 1;
+            }
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                let response = self.service.reject(&HttpError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server_busy",
+                    "too many requests are waiting; retry shortly",
+                ));
+                self.respond(conn, &response, head_only, false);
+            }
+        }
+    }
+
+    /// Answers from the I/O thread (refusals, inline answers); the connection closes unless
+    /// `keep_alive`.
+    pub(super) fn respond(
+        &mut self,
+        conn: &mut Conn,
+        response: &Response,
+        head_only: bool,
+        keep_alive: bool,
+    ) {
+        if let Phase::Body(body) = &conn.phase {
+            self.body_reserved = self.body_reserved.saturating_sub(body.reserved);
+        }
+        let keep = keep_alive && !response.close && !self.stop_started;
+        conn.out
+            .extend_from_slice(&pool::encode(response, head_only, keep));
+        conn.write_deadline = Instant::now() + self.config.idle_timeout;
+        conn.phase = Phase::Flush { close: !keep };
+        if !keep {
+            conn.buf = Vec::new();
+        }
+    }
+
+    pub(super) fn fail(&mut self, conn: &mut Conn, error: &HttpError) {
+        log::debug!("API request from {} refused: {error}", conn.peer);
+        let response = self.service.reject(error);
+        self.respond(conn, &response, false, false);
+    }
+}
