@@ -16,10 +16,12 @@ use crate::docker::ledger::short_id;
 use crate::docker::network;
 use crate::docker::protocol::{Action, ContainerError};
 use crate::docker::pull_auth::{PullConfig, RegistryAuth};
+use crate::docker::pull_progress::{run_in_terminal, PullProgress, PullReader};
 use crate::docker::spec::{join_ids, CreateSpec, SpecError};
 use crate::shutdown::Shutdown;
 use crossbeam_channel::{select, Receiver, Sender};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// Most bytes of logs one request returns.
 pub const MAX_LOG_BYTES: usize = 8 * 1024 * 1024;
@@ -116,16 +118,17 @@ fn create(
 ) -> Result<ContainerView, ContainerError> {
     let cli = &context.cli;
     // The API shows these steps while a create that answered 202 goes on.
-    let step = |status: String| {
+    let step = |status: String, pull: Option<PullProgress>| {
         let _ = done.send(Done::Progress {
             claim_id: spec.claim_id.clone(),
             status,
+            pull,
         });
     };
-    ensure_image(cli, &spec.image, spec.registry_auth.as_ref(), &|| {
-        step(format!("pulling image {}", spec.image))
+    ensure_image(cli, &spec.image, spec.registry_auth.as_ref(), &|pull| {
+        step(format!("pulling image {}", spec.image), Some(pull))
     })?;
-    step("starting container".to_string());
+    step("starting container".to_string(), None);
     let env_file = if spec.env.is_empty() {
         None
     } else {
@@ -217,7 +220,7 @@ fn ensure_image(
     cli: &DockerCli,
     image: &str,
     auth: Option<&RegistryAuth>,
-    pulling: &dyn Fn(),
+    pulling: &dyn Fn(PullProgress),
 ) -> Result<(), ContainerError> {
     let inspect = cli.run(
         &args(&["image", "inspect", "--format", "{{.Id}}", "--", image]),
@@ -230,10 +233,10 @@ fn ensure_image(
         Err(e) => return Err(e.into()),
     }
     log::info!("pulling image {image}");
-    pulling();
-    let pull_args = args(&["pull", "--quiet", "--", image]);
+    pulling(PullProgress::default());
+    let pull_args = args(&["pull", "--", image]);
     let pulled = match auth {
-        None => cli.run(&pull_args, cli.pull_timeout(), 4096),
+        None => pull(cli, &pull_args, None, pulling),
         Some(auth) => {
             let config = PullConfig::write(&std::env::temp_dir(), auth).map_err(|e| {
                 log::warn!("{e}");
@@ -242,7 +245,7 @@ fn ensure_image(
                     message: "cannot write the pull's registry credentials".into(),
                 })
             })?;
-            cli.run_with_config(&pull_args, cli.pull_timeout(), 4096, config.dir())
+            pull(cli, &pull_args, Some(config.dir()), pulling)
             // `config` is dropped here: the credentials are gone once the pull ends.
         }
     };
@@ -263,6 +266,40 @@ fn ensure_image(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// How often at most a pull's progress is reported to the runner.
+const PULL_REPORT_EVERY: Duration = Duration::from_millis(250);
+
+/// `docker pull` within the pull deadline (with the create's own `DOCKER_CONFIG` when it has
+/// registry credentials), its output read as it arrives: each change of its progress is handed
+/// to `pulling`, at most every [`PULL_REPORT_EVERY`], and the last one always.
+fn pull(
+    cli: &DockerCli,
+    pull_args: &[String],
+    config_dir: Option<&std::path::Path>,
+    pulling: &dyn Fn(PullProgress),
+) -> Result<crate::docker::cli::Output, DockerError> {
+    let mut reader = PullReader::default();
+    let mut shown = PullProgress::default();
+    let mut shown_at = Instant::now();
+    let deadline = cli.pull_timeout();
+    let result = cli.execute_with(pull_args, deadline, false, config_dir, |cmd, shutdown| {
+        run_in_terminal(cmd, deadline, shutdown, &mut |chunk| {
+            reader.feed(chunk);
+            let now = reader.progress();
+            if now != shown && shown_at.elapsed() >= PULL_REPORT_EVERY {
+                pulling(now.clone());
+                shown = now;
+                shown_at = Instant::now();
+            }
+        })
+    });
+    let last = reader.progress();
+    if last != shown {
+        pulling(last);
+    }
+    result
 }
 
 /// After a failed create: removes whatever managed container of this claim docker made.
