@@ -470,23 +470,6 @@ fn injection_corpus_is_refused_and_creates_nothing() {
     agent.create(&body(&claim, &[0], "true"));
 }
 
-/// The list holds no container, only the failed create of `claim` (kept 10 minutes, as `GET`
-/// of the claim shows it): no id, state `failed`, its error.
-fn assert_only_the_failed_create(agent: &Agent, claim: &str) {
-    let list = agent.containers();
-    assert_eq!(list.len(), 1, "{list:?}");
-    assert_eq!(
-        (&list[0]["claim_id"], &list[0]["state"], &list[0]["id"]),
-        (&json!(claim), &json!("failed"), &json!("")),
-        "{list:?}"
-    );
-    assert!(list[0]["error"].as_str().is_some_and(|e| !e.is_empty()));
-    assert_eq!(
-        agent.get(&format!("/api/v1/containers/{claim}")).json(),
-        list[0]
-    );
-}
-
 #[test]
 fn an_image_that_cannot_be_had_is_an_error_and_frees_the_gpu() {
     if !ready("missing-image") {
@@ -508,7 +491,7 @@ fn an_image_that_cannot_be_had_is_an_error_and_frees_the_gpu() {
     );
     assert!(r.text().contains("utopia-test-missing-"), "{}", r.text());
     assert!(scope.docker_ids().is_empty());
-    assert_only_the_failed_create(&agent, &scope.claim("img"));
+    agent.only_failed_creates_listed(&scope.claim("img"));
     agent.create(&body(&scope.claim("img2"), &[0], "true"));
 }
 
@@ -803,7 +786,7 @@ fn a_create_docker_cannot_start_leaves_nothing_behind() {
         scope.docker_ids().is_empty(),
         "the created container was removed"
     );
-    assert_only_the_failed_create(&agent, &scope.claim("nostart"));
+    agent.only_failed_creates_listed(&scope.claim("nostart"));
     assert!(agent.gpu_holders().is_empty());
 }
 

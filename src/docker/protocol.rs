@@ -93,7 +93,9 @@ impl From<&Conflict> for ContainerError {
         let code = match conflict {
             Conflict::ClaimTaken { .. } => "claim_in_use",
             Conflict::GpuHeld { .. } | Conflict::NotEnoughGpus { .. } => "gpu_in_use",
-            Conflict::PortHeld { .. } | Conflict::PortReserved { .. } => "port_in_use",
+            Conflict::PortHeld { .. }
+            | Conflict::PortReserved { .. }
+            | Conflict::RemotePortHeld { .. } => "port_in_use",
         };
         ContainerError::Conflict {
             code,
