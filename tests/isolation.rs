@@ -525,3 +525,63 @@ fn a_slow_create_answers_202_and_its_resource_shows_the_outcome() {
     );
     assert!(r.status == 201 || r.status == 202, "{}", r.text());
 }
+
+#[test]
+fn a_fork_bomb_stays_inside_its_pids_limit_and_the_node_keeps_serving() {
+    if !ready("a_fork_bomb_stays_inside_its_pids_limit_and_the_node_keeps_serving") {
+        return;
+    }
+    let scope = Scope::new();
+    let agent = scope.agent(|c| c.docker.pids_limit = 48);
+    // A bounded fork bomb (an unbounded one would spin the CI host's CPUs for the whole
+    // test): 400 background sleepers, far beyond the limit. Forks past it fail inside the
+    // container; the node and the other renters see nothing of it.
+    let bomb = agent.create(&body(
+        &scope.claim("bomb"),
+        &[],
+        // The inner shell dies at its first failed fork (ash: "can't fork"); the outer
+        // one then says so and becomes a sleep without forking.
+        "sh -c 'i=0; while [ $i -lt 400 ]; do sleep 600 & i=$((i+1)); done'; \
+         echo FORKED rc=$?; exec sleep 600",
+    ));
+    let bomb = bomb["id"].as_str().unwrap().to_string();
+    let limit = docker_ok(&[
+        "container",
+        "inspect",
+        "--format",
+        "{{.HostConfig.PidsLimit}}",
+        &bomb,
+    ]);
+    assert_eq!(limit, "48", "docker was not given the pids limit");
+    let forked = wait_until(Duration::from_secs(30), || {
+        agent
+            .get(&format!("/api/v1/containers/{bomb}/logs?tail=20"))
+            .text()
+            .contains("FORKED rc=2")
+    });
+    assert!(forked, "the bomb never finished forking");
+    // What the engine counts in the container's cgroup: never above the limit, while 400
+    // were asked for.
+    let top = docker_ok(&["top", &bomb, "-o", "pid"]);
+    let processes = top.lines().skip(1).filter(|l| !l.trim().is_empty()).count();
+    assert!(
+        (2..=48).contains(&processes),
+        "{processes} processes in the bomb's container: {top}"
+    );
+    // The node keeps serving: the API answers and another renter's container starts and runs.
+    let health = agent.api("GET", "/health", b"");
+    assert_eq!(health.status, 200, "{}", health.text());
+    let neighbour = agent.create(&body(&scope.claim("next"), &[], "sleep 600"));
+    let neighbour = neighbour["id"].as_str().unwrap();
+    let echoed = exec(neighbour, "echo neighbour-ok");
+    assert!(echoed.contains("neighbour-ok"), "{echoed}");
+    // And deleting the bomb takes its 48 processes with it.
+    let deleted = agent.api("DELETE", &format!("/api/v1/containers/{bomb}"), b"");
+    assert!(
+        deleted.status == 200 || deleted.status == 204,
+        "{} {}",
+        deleted.status,
+        deleted.text()
+    );
+    assert!(!docker(&["container", "inspect", &bomb]).status.success());
+}
