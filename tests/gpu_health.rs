@@ -7,10 +7,9 @@ mod common;
 
 use common::docker::{body, ready, wait_until, Scope};
 use common::fake_nvml::{knob_file, knob_options, write_knobs};
-use common::platform::{PlatformServer, Reply};
-use common::{Agent, AgentOptions};
+use common::platform::PlatformServer;
+use common::Agent;
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 fn gpu(agent: &Agent, index: usize) -> Value {

@@ -6,7 +6,7 @@
 mod common;
 
 use common::docker::{body, ready, wait_until, Scope};
-use common::platform::{PlatformServer, Reply};
+use common::platform::PlatformServer;
 use common::{in_ci, Agent, AgentOptions, HttpResponse, TOKEN};
 use std::collections::BTreeMap;
 use std::io::Write;
