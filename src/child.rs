@@ -302,9 +302,13 @@ pub fn collect(captured: &Receiver<Captured>, limit: Duration) -> Captured {
     }
 }
 
+/// Longest line [`for_each_line`] hands on; the rest of a longer one is read and dropped, so a
+/// child printing without newlines cannot make the agent hold its output in memory.
+pub const MAX_LINE: usize = 64 * 1024;
+
 /// Reads `source` line by line on a thread named `name`, calling `line` for each (without its
-/// newline, invalid UTF-8 replaced), until the source ends or `line` returns false. Join the
-/// thread after the child is killed: its pipe closes then.
+/// newline, invalid UTF-8 replaced, cut at [`MAX_LINE`] bytes), until the source ends or `line`
+/// returns false. Join the thread after the child is killed: its pipe closes then.
 pub fn for_each_line(
     source: impl Read + Send + 'static,
     name: &str,
@@ -317,21 +321,47 @@ pub fn for_each_line(
             let mut buffer = Vec::new();
             loop {
                 buffer.clear();
-                match reader.read_until(b'\n', &mut buffer) {
-                    Ok(0) => return,
-                    Ok(_) => {
-                        if buffer.last() == Some(&b'\n') {
-                            buffer.pop();
-                        }
+                match read_line_capped(&mut reader, &mut buffer, MAX_LINE) {
+                    Ok(false) => return,
+                    Ok(true) => {
                         if !line(String::from_utf8_lossy(&buffer).into_owned()) {
                             return;
                         }
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(_) => return,
                 }
             }
         })
+}
+
+/// Reads one line into `buffer` (without its newline), keeping at most `cap` bytes of it and
+/// dropping the rest; false at the end of the source with nothing read.
+fn read_line_capped(
+    reader: &mut impl BufRead,
+    buffer: &mut Vec<u8>,
+    cap: usize,
+) -> std::io::Result<bool> {
+    let mut read_any = false;
+    loop {
+        let available = match reader.fill_buf() {
+            Ok(available) => available,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if available.is_empty() {
+            return Ok(read_any);
+        }
+        read_any = true;
+        let newline = available.iter().position(|&b| b == b'\n');
+        let part = &available[..newline.unwrap_or(available.len())];
+        let room = cap.saturating_sub(buffer.len());
+        buffer.extend_from_slice(&part[..part.len().min(room)]);
+        let used = newline.map_or(available.len(), |i| i + 1);
+        reader.consume(used);
+        if newline.is_some() {
+            return Ok(true);
+        }
+    }
 }
 
 /// [`for_each_line`] into a channel: each line is sent on `lines` (blocking while it is full);
@@ -472,6 +502,24 @@ fn pipe() -> std::io::Result<(std::fs::File, std::os::fd::OwnedFd)> {
 mod tests {
     use super::*;
     use std::path::Path;
+
+    #[test]
+    fn a_line_without_end_is_cut_and_the_next_one_still_arrives() {
+        let mut input = vec![b'x'; 10 * MAX_LINE];
+        input.extend_from_slice(b"\nnext\nlast");
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let reader = stream_lines(std::io::Cursor::new(input), "test-long", tx).unwrap();
+        reader.join().unwrap();
+        let lines: Vec<String> = rx.try_iter().collect();
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[0].len(), MAX_LINE);
+        assert_eq!(lines[1..], ["next".to_string(), "last".to_string()]);
+        let mut buffer = Vec::new();
+        let mut empty = std::io::Cursor::new(b"\n".to_vec());
+        assert!(read_line_capped(&mut empty, &mut buffer, 4).unwrap());
+        assert!(buffer.is_empty());
+        assert!(!read_line_capped(&mut empty, &mut buffer, 4).unwrap());
+    }
 
     fn sh(script: &str) -> Command {
         let mut command = Command::new("/bin/sh");

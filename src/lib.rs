@@ -8,6 +8,7 @@
 pub mod agent;
 pub(crate) mod api;
 pub(crate) mod backoff;
+pub(crate) mod base64;
 pub(crate) mod child;
 pub mod cli;
 pub(crate) mod component;

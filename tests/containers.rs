@@ -491,7 +491,7 @@ fn an_image_that_cannot_be_had_is_an_error_and_frees_the_gpu() {
     );
     assert!(r.text().contains("utopia-test-missing-"), "{}", r.text());
     assert!(scope.docker_ids().is_empty());
-    assert!(agent.containers().is_empty());
+    agent.only_failed_creates_listed(&scope.claim("img"));
     agent.create(&body(&scope.claim("img2"), &[0], "true"));
 }
 
@@ -587,11 +587,11 @@ fn a_slow_pull_blocks_neither_reads_nor_deletes_of_other_containers() {
     }
     let scope = Scope::new();
     let bin = tempfile::tempdir().unwrap();
-    // `pull --quiet -- IMAGE` takes 3 s, then "pulls" by tagging the test image.
+    // `pull -- IMAGE` takes 3 s, then "pulls" by tagging the test image.
     let wrapper = common::docker::docker_wrapper(
         bin.path(),
         "docker-slow-pull",
-        &format!("if [ \"$1\" = pull ]; then sleep 3; exec docker tag {TEST_IMAGE} \"$4\"; fi\n"),
+        &format!("if [ \"$1\" = pull ]; then sleep 3; exec docker tag {TEST_IMAGE} \"$3\"; fi\n"),
     );
     // One worker: a pull must not take the only thread that deletes.
     let agent = scope.agent(move |c| {
@@ -623,7 +623,22 @@ fn a_slow_pull_blocks_neither_reads_nor_deletes_of_other_containers() {
     });
     std::thread::sleep(Duration::from_millis(500));
     let started = std::time::Instant::now();
-    assert_eq!(agent.containers().len(), 1);
+    // The list shows the first container and the create in progress.
+    let listed: Vec<(String, String)> = agent
+        .containers()
+        .iter()
+        .map(|c| {
+            (
+                c["claim_id"].as_str().unwrap_or("").to_string(),
+                c["state"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert!(
+        listed.contains(&(slow_claim.clone(), "creating".to_string())),
+        "{listed:?}"
+    );
     assert_eq!(
         agent.get(&format!("/api/v1/containers/{first_id}")).status,
         200
@@ -657,6 +672,96 @@ fn a_slow_pull_blocks_neither_reads_nor_deletes_of_other_containers() {
     assert_eq!(created.json()["gpu_ids"], json!([1]));
 }
 
+/// `docker pull -- IMAGE` as the docker CLI prints it on a terminal (`jsonmessage.Display`: a
+/// line per layer, redrawn in place), in stages 1.5 s apart; then the "pull" tags the test
+/// image. Without a terminal it prints docker's plain status lines.
+const STAGED_PULL: &str = r#"if [ "$1" = pull ]; then
+  echo "latest: Pulling from utopia/staged"
+  if [ -t 1 ]; then
+    printf '\n\033[1A\033[2K\ra3ed95caeb02: Pulling fs layer \r\033[1B'
+    printf '\n\033[1A\033[2K\r9ad63333ebc9: Pulling fs layer \r\033[1B'
+    sleep 1.5
+    printf '\033[2A\033[2K\ra3ed95caeb02: Downloading [=====>                                             ]  1.049MB/10.49MB 2s\r\033[2B'
+    printf '\033[1A\033[2K\r9ad63333ebc9: Already exists \r\033[1B'
+    sleep 1.5
+    printf '\033[2A\033[2K\ra3ed95caeb02: Downloading [=========================>                         ]  5.243MB/10.49MB 1s\r\033[2B'
+    sleep 1.5
+    printf '\033[2A\033[2K\ra3ed95caeb02: Download complete \r\033[2B'
+    printf '\033[2A\033[2K\ra3ed95caeb02: Pull complete \r\033[2B'
+  else
+    echo "a3ed95caeb02: Pulling fs layer"; echo "9ad63333ebc9: Pulling fs layer"; sleep 1.5
+    echo "a3ed95caeb02: Downloading"; echo "9ad63333ebc9: Already exists"; sleep 3
+    echo "a3ed95caeb02: Download complete"; echo "a3ed95caeb02: Pull complete"
+  fi
+  echo "Digest: sha256:7edf5efe6b86dbf01ccc3c76b32a37a8e23b84e6bad81ce8ae8c221fa456fda8"
+  echo "Status: Downloaded newer image for $3"
+  exec docker tag TEST_IMAGE "$3"
+fi
+"#;
+
+#[test]
+fn a_pulling_create_shows_its_layers_and_bytes_advance_in_get_and_the_list() {
+    if !ready("pull-progress") {
+        return;
+    }
+    let scope = Scope::new();
+    let bin = tempfile::tempdir().unwrap();
+    let wrapper = common::docker::docker_wrapper(
+        bin.path(),
+        "docker-staged-pull",
+        &STAGED_PULL.replace("TEST_IMAGE", TEST_IMAGE),
+    );
+    let agent = scope.agent(move |c| {
+        c.docker.binary = wrapper;
+        c.docker.create_wait_secs = 1;
+    });
+    let image = format!("utopia-test-staged-{}:latest", scope.claim("img"));
+    let _tag = ImageTag(image.clone());
+    let claim = scope.claim("staged");
+    let mut request = body(&claim, &[0], "sleep 600");
+    request["image"] = json!(image);
+    let r = agent.post_json("/api/v1/containers", &request);
+    assert_eq!(r.status, 202, "{}", r.text());
+    let location = format!("/api/v1/containers/{claim}");
+    // Every distinct pull state GET shows, in order, until the container is up.
+    let mut seen: Vec<Value> = Vec::new();
+    let mut listed_creating = false;
+    let up = wait_until(Duration::from_secs(30), || {
+        let shown = agent.get(&location).json();
+        if shown["state"] == "creating" && !shown["pull"].is_null() {
+            if seen.last() != Some(&shown["pull"]) {
+                seen.push(shown["pull"].clone());
+            }
+            if !listed_creating {
+                listed_creating = agent.containers().iter().any(|c| {
+                    c["claim_id"] == claim.as_str()
+                        && c["state"] == "creating"
+                        && c["pull"] == shown["pull"]
+                });
+            }
+        }
+        shown["state"] == "running"
+    });
+    assert!(up, "{}", agent.get(&location).text());
+    let stage = |layers_done: u64, bytes_done: u64| {
+        json!({"layers_total": 2, "layers_done": layers_done, "bytes_done": bytes_done,
+               "bytes_total": 10_490_000u64})
+    };
+    let at = |p: &Value| seen.iter().position(|s| s == p);
+    let first = at(&stage(1, 1_049_000));
+    let second = at(&stage(1, 5_243_000));
+    assert!(
+        first.is_some() && second.is_some() && first < second,
+        "pull states seen: {seen:?}"
+    );
+    assert!(
+        listed_creating,
+        "the list never showed the create in progress"
+    );
+    // Once up, the container carries no pull any more.
+    assert!(agent.get(&location).json()["pull"].is_null());
+}
+
 #[test]
 fn a_create_docker_cannot_start_leaves_nothing_behind() {
     if !ready("failed-start") {
@@ -681,7 +786,7 @@ fn a_create_docker_cannot_start_leaves_nothing_behind() {
         scope.docker_ids().is_empty(),
         "the created container was removed"
     );
-    assert!(agent.containers().is_empty());
+    agent.only_failed_creates_listed(&scope.claim("nostart"));
     assert!(agent.gpu_holders().is_empty());
 }
 

@@ -166,6 +166,49 @@ fn config_is_private_frpc_connects_and_stops_with_the_agent() {
 }
 
 #[test]
+fn a_hanging_admin_api_call_never_holds_the_stop_past_its_deadline() {
+    let jdir = journal_dir();
+    let journal = Journal::in_dir(jdir.path());
+    // frpc's admin API never answers (each call would take its whole 2 s timeout) and frpc
+    // ignores SIGTERM (the stop takes its whole grace before SIGKILL).
+    let mut agent = Agent::start_with(
+        frp_on,
+        with_journal(
+            &journal,
+            &[
+                ("FAKE_FRPC_HANG_ADMIN", "1"),
+                ("FAKE_FRPC_IGNORE_SIGTERM", "1"),
+            ],
+        ),
+    );
+    journal.wait_for("api_hang", Duration::from_secs(10), |e| {
+        e["path"] == "/api/status"
+    });
+    let pid = start_pids(&journal)[0];
+    // Shutdown starts while the status call hangs.
+    let (status, took) = agent.terminate();
+    assert!(status.success(), "{status}; log:\n{}", agent.log());
+    assert!(
+        !agent.log().contains("did not stop in time"),
+        "took {took:?}; log:\n{}",
+        agent.log()
+    );
+    // The agent's stop deadline (1.5 s), and some room for a loaded machine.
+    assert!(took < Duration::from_millis(2500), "{took:?}");
+    assert!(
+        agent
+            .log()
+            .contains("frpc stopped (the agent is shutting down)"),
+        "{}",
+        agent.log()
+    );
+    assert!(
+        wait_until(Duration::from_secs(2), || !running(pid)),
+        "frpc {pid} outlived the agent"
+    );
+}
+
+#[test]
 fn sigkill_of_the_agent_leaves_no_frpc() {
     let jdir = journal_dir();
     let journal = Journal::in_dir(jdir.path());
@@ -504,4 +547,25 @@ fn with_a_platform_frpc_waits_for_the_node_id_and_heartbeats_carry_the_tunnel() 
             .last()
             .map(|b| b.json()["tunnel"].clone())
     );
+    // With its warnings (no frp.tls_ca_file here), the same as GET /api/v1/tunnels and /health.
+    let carried = platform
+        .heartbeats()
+        .last()
+        .map(|b| b.json()["tunnel"]["warnings"].clone())
+        .unwrap_or_default();
+    let shown = tunnels(&agent)["warnings"].clone();
+    assert_eq!(carried, shown, "heartbeat vs GET /api/v1/tunnels");
+    let lines = shown.as_array().cloned().unwrap_or_default();
+    assert!(
+        lines
+            .iter()
+            .any(|w| w.as_str().is_some_and(|w| w.contains("does not verify"))),
+        "{shown}"
+    );
+    let health = agent.get("/health").json();
+    let prefixed: Vec<String> = lines
+        .iter()
+        .map(|w| format!("frp: {}", w.as_str().unwrap_or_default()))
+        .collect();
+    assert_eq!(health["warnings"], json!(prefixed), "{health}");
 }

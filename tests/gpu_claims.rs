@@ -219,7 +219,12 @@ fn a_containers_usage_matches_its_cgroup_files() {
         (reported - cores).abs() <= 0.35,
         "agent says {reported} cores, the cgroup {cores:.2}"
     );
-    assert!(reported > 0.3, "a spinning shell uses CPU: {reported}");
+    // Not an idle figure passing as close: the shell spins (on a loaded 2-core machine it
+    // may get well under half a core, as in a CI run right after the build: 0.24).
+    assert!(
+        reported >= 0.05 && cores >= 0.05,
+        "a spinning shell uses CPU: agent {reported}, cgroup {cores:.2}"
+    );
     let memory = read_number(&memory_file) as f64;
     let reported_memory = usage["memory_bytes"].as_u64().unwrap() as f64;
     eprintln!(

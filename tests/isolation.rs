@@ -242,6 +242,80 @@ fn a_network_of_that_name_not_made_by_the_agent_refuses_creates() {
     );
 }
 
+/// Creates a network through the engine's API with `CheckDuplicate: false`, as two racing
+/// `docker network create` calls can end up doing on docker before 23.0. False when the engine
+/// refused (it keeps names unique).
+fn create_network_unchecked(name: &str) -> bool {
+    use std::io::{Read, Write};
+    let socket = std::env::var("DOCKER_HOST")
+        .ok()
+        .and_then(|h| h.strip_prefix("unix://").map(str::to_string))
+        .unwrap_or_else(|| "/var/run/docker.sock".to_string());
+    let body = serde_json::json!({
+        "Name": name,
+        "CheckDuplicate": false,
+        "Driver": "bridge",
+        "Options": {"com.docker.network.bridge.enable_icc": "false"},
+        "Labels": {"io.utopia.owner": "utopia-node-agent"},
+    })
+    .to_string();
+    let mut stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    write!(
+        stream,
+        "POST /networks/create HTTP/1.0\r\nHost: docker\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer.starts_with("HTTP/1.0 201") || answer.starts_with("HTTP/1.1 201")
+}
+
+/// The ids of the networks named exactly `name`.
+fn networks_named(name: &str) -> Vec<String> {
+    docker_ok(&[
+        "network",
+        "ls",
+        "--no-trunc",
+        "--format",
+        "{{.ID}} {{.Name}}",
+    ])
+    .lines()
+    .filter_map(|l| l.split_once(' '))
+    .filter(|(_, n)| *n == name)
+    .map(|(id, _)| id.to_string())
+    .collect()
+}
+
+#[test]
+fn twin_renters_networks_from_racing_agents_are_merged_and_creates_work() {
+    if !ready("twin_renters_networks_from_racing_agents_are_merged_and_creates_work") {
+        return;
+    }
+    let network = TestNetwork::new();
+    assert!(create_network_unchecked(&network.name));
+    if !create_network_unchecked(&network.name) || networks_named(&network.name).len() != 2 {
+        // Newer engines keep network names unique: the race cannot happen there.
+        eprintln!("note: this engine refuses a second network of one name; nothing to merge");
+        return;
+    }
+    let older = networks_named(&network.name);
+    let scope = Scope::new();
+    let agent = scope.agent(|c| c.docker.network = network.name.clone());
+    let health = agent.api("GET", "/health", b"").json();
+    assert_eq!(health["components"]["docker"], "ok", "{health}");
+    let left = networks_named(&network.name);
+    assert_eq!(left.len(), 1, "{left:?}; log:\n{}", agent.log());
+    assert!(older.contains(&left[0]));
+    assert!(agent.log().contains("exists twice"), "{}", agent.log());
+    let r = agent.post_json(
+        "/api/v1/containers",
+        &body(&scope.claim("a"), &[], "sleep 600"),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+}
+
 #[test]
 fn a_timed_out_create_keeps_its_gpu_until_docker_shows_what_it_made() {
     if !ready("a_timed_out_create_keeps_its_gpu_until_docker_shows_what_it_made") {
@@ -450,4 +524,64 @@ fn a_slow_create_answers_202_and_its_resource_shows_the_outcome() {
         &body(&scope.claim("c"), &[1], "sleep 600"),
     );
     assert!(r.status == 201 || r.status == 202, "{}", r.text());
+}
+
+#[test]
+fn a_fork_bomb_stays_inside_its_pids_limit_and_the_node_keeps_serving() {
+    if !ready("a_fork_bomb_stays_inside_its_pids_limit_and_the_node_keeps_serving") {
+        return;
+    }
+    let scope = Scope::new();
+    let agent = scope.agent(|c| c.docker.pids_limit = 48);
+    // A bounded fork bomb (an unbounded one would spin the CI host's CPUs for the whole
+    // test): 400 background sleepers, far beyond the limit. Forks past it fail inside the
+    // container; the node and the other renters see nothing of it.
+    let bomb = agent.create(&body(
+        &scope.claim("bomb"),
+        &[],
+        // The inner shell dies at its first failed fork (ash: "can't fork"); the outer
+        // one then says so and becomes a sleep without forking.
+        "sh -c 'i=0; while [ $i -lt 400 ]; do sleep 600 & i=$((i+1)); done'; \
+         echo FORKED rc=$?; exec sleep 600",
+    ));
+    let bomb = bomb["id"].as_str().unwrap().to_string();
+    let limit = docker_ok(&[
+        "container",
+        "inspect",
+        "--format",
+        "{{.HostConfig.PidsLimit}}",
+        &bomb,
+    ]);
+    assert_eq!(limit, "48", "docker was not given the pids limit");
+    let forked = wait_until(Duration::from_secs(30), || {
+        agent
+            .get(&format!("/api/v1/containers/{bomb}/logs?tail=20"))
+            .text()
+            .contains("FORKED rc=2")
+    });
+    assert!(forked, "the bomb never finished forking");
+    // What the engine counts in the container's cgroup: never above the limit, while 400
+    // were asked for.
+    let top = docker_ok(&["top", &bomb, "-o", "pid"]);
+    let processes = top.lines().skip(1).filter(|l| !l.trim().is_empty()).count();
+    assert!(
+        (2..=48).contains(&processes),
+        "{processes} processes in the bomb's container: {top}"
+    );
+    // The node keeps serving: the API answers and another renter's container starts and runs.
+    let health = agent.api("GET", "/health", b"");
+    assert_eq!(health.status, 200, "{}", health.text());
+    let neighbour = agent.create(&body(&scope.claim("next"), &[], "sleep 600"));
+    let neighbour = neighbour["id"].as_str().unwrap();
+    let echoed = exec(neighbour, "echo neighbour-ok");
+    assert!(echoed.contains("neighbour-ok"), "{echoed}");
+    // And deleting the bomb takes its 48 processes with it.
+    let deleted = agent.api("DELETE", &format!("/api/v1/containers/{bomb}"), b"");
+    assert!(
+        deleted.status == 200 || deleted.status == 204,
+        "{} {}",
+        deleted.status,
+        deleted.text()
+    );
+    assert!(!docker(&["container", "inspect", &bomb]).status.success());
 }

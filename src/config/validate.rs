@@ -197,13 +197,15 @@ fn check_api_url(url: &str, warnings: &mut Vec<ConfigWarning>) -> Result<(), Con
              central_platform.bootstrap_token",
         ));
     }
-    if rest.contains(['?', '#']) {
-        // The API paths are appended to it: they would land in the query or fragment.
+    if let Some(at) = rest.find(['?', '#']) {
+        // The API paths are appended to it: they would land in the query or fragment. Only the
+        // part before is named: a query is where a token is often put (`?token=...`).
+        let base = &url[..url.len() - rest.len() + at];
         return Err(invalid(
             "central_platform.api_url",
             format!(
-                "{url:?} must not have a query (?) or fragment (#): it is the base the \
-                 API paths (/api/v1/...) are appended to"
+                "{base:?} must not be followed by a query (?) or fragment (#) (not shown): it \
+                 is the base the API paths (/api/v1/...) are appended to"
             ),
         ));
     }
@@ -837,11 +839,16 @@ mod tests {
             "https://p.example/#x",
             "https://p.example/base?x=1",
             "https://p.example?",
+            "https://p.example/api?token=SECRET-0123",
+            "https://p.example/api#SECRET-0123",
         ] {
             let mut c = valid();
             c.central_platform.api_url = bad.into();
             let e = warnings_of(&c).unwrap_err().to_string();
             assert!(e.contains("central_platform.api_url"), "{bad}: {e}");
+            assert!(e.contains("query (?) or fragment (#)"), "{bad}: {e}");
+            // A token put into the query never reaches the message (logs, doctor).
+            assert!(!e.contains("SECRET"), "{bad}: {e}");
         }
     }
 

@@ -407,18 +407,6 @@ impl DockerCli {
         self.execute(args, deadline, stdout_cap, false, None)
     }
 
-    /// Like [`DockerCli::run`], with `DOCKER_CONFIG=config_dir` for this command only (a
-    /// pull with the create's own registry credentials).
-    pub fn run_with_config(
-        &self,
-        args: &[String],
-        deadline: Duration,
-        stdout_cap: usize,
-        config_dir: &std::path::Path,
-    ) -> Result<Output, DockerError> {
-        self.execute(args, deadline, stdout_cap, false, Some(config_dir))
-    }
-
     /// Like [`DockerCli::run`], with stderr written into the same pipe as stdout, in order
     /// (`docker logs` prints the container's stderr on its own stderr), and the *last*
     /// `stdout_cap` bytes kept (logs print oldest first: the newest lines matter most).
@@ -439,20 +427,37 @@ impl DockerCli {
         merged: bool,
         config_override: Option<&std::path::Path>,
     ) -> Result<Output, DockerError> {
-        let command = describe(args);
-        let mut cmd = Command::new(&self.binary);
-        cmd.args(args);
-        if let Some(dir) = config_override.or(self.config_dir.as_deref()) {
-            cmd.env("DOCKER_CONFIG", dir);
-        }
         let limits = RunLimits {
             deadline,
             stdout_cap,
             keep: if merged { Keep::Tail } else { Keep::Head },
             merge_stderr: merged,
         };
+        self.execute_with(args, deadline, merged, config_override, |cmd, shutdown| {
+            child::run(cmd, limits, shutdown)
+        })
+    }
+
+    /// Runs `docker <args>` through `run` (which spawns, waits within `deadline` and the
+    /// shutdown, and reaps), with the same `DOCKER_CONFIG`, counting and error classification
+    /// as every other command: an image pull read through a terminal
+    /// ([`pull_progress`](super::pull_progress)).
+    pub(crate) fn execute_with(
+        &self,
+        args: &[String],
+        deadline: Duration,
+        merged: bool,
+        config_override: Option<&std::path::Path>,
+        run: impl FnOnce(Command, &Shutdown) -> Result<child::Finished, RunError>,
+    ) -> Result<Output, DockerError> {
+        let command = describe(args);
+        let mut cmd = Command::new(&self.binary);
+        cmd.args(args);
+        if let Some(dir) = config_override.or(self.config_dir.as_deref()) {
+            cmd.env("DOCKER_CONFIG", dir);
+        }
         let started = Instant::now();
-        let outcome = child::run(cmd, limits, &self.shutdown);
+        let outcome = run(cmd, &self.shutdown);
         if let Some(counters) = &self.counters {
             let subcommand = command.strip_prefix("docker ").unwrap_or(&command);
             counters.docker_command(subcommand, started.elapsed());

@@ -43,6 +43,9 @@ pub struct ContainerView {
     /// Why its create failed (state `failed` or `unknown`, shown after a create answered 202).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The image pull of a create in progress (state `creating`): layers and bytes so far.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pull: Option<crate::docker::pull_progress::PullProgress>,
     /// Its init process on the host (`State.Pid`); `None` when not running.
     #[serde(skip)]
     pub pid: Option<u32>,
@@ -198,6 +201,7 @@ fn view(item: Inspect, labels: &BTreeMap<String, String>) -> Option<ContainerVie
         warnings,
         usage: None,
         error: None,
+        pull: None,
         pid: (item.state.pid > 0).then_some(item.state.pid),
     })
 }

@@ -28,6 +28,7 @@ pub(crate) fn view(id: &str, claim: &str, gpu_ids: &[u32], state: &str) -> Conta
         warnings: vec![],
         usage: None,
         error: None,
+        pull: None,
         pid: None,
     }
 }

@@ -61,8 +61,13 @@ pub(crate) enum Done {
         ticket: Ticket,
         result: Result<String, ContainerError>,
     },
-    /// A create in progress reached another step (`pulling image ...`, `starting container`).
-    Progress { claim_id: String, status: String },
+    /// A create in progress reached another step (`pulling image ...`, `starting container`),
+    /// or its image pull advanced (`pull`).
+    Progress {
+        claim_id: String,
+        status: String,
+        pull: Option<crate::docker::pull_progress::PullProgress>,
+    },
     Reconciled {
         generation: u64,
         result: Result<Vec<ContainerView>, DockerError>,

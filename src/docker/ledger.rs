@@ -54,6 +54,13 @@ pub enum Conflict {
     },
     /// A host port the agent itself uses (its API, frpc's admin port).
     PortReserved { port: u16 },
+    /// The `remote_port` on frps another claim's mapping asks for.
+    RemotePortHeld {
+        port: u16,
+        protocol: Protocol,
+        claim_id: String,
+        container_id: Option<String>,
+    },
 }
 
 fn holder_text(claim_id: &str, container_id: &Option<String>) -> String {
@@ -112,6 +119,17 @@ impl fmt::Display for Conflict {
             Conflict::PortReserved { port } => {
                 write!(f, "host port {port} is used by the agent itself")
             }
+            Conflict::RemotePortHeld {
+                port,
+                protocol,
+                claim_id,
+                container_id,
+            } => write!(
+                f,
+                "remote port {port}/{} on frps is asked for by {}",
+                protocol.as_str(),
+                holder_text(claim_id, container_id)
+            ),
         }
     }
 }
@@ -146,6 +164,24 @@ impl GpuLedger {
 
     /// The conflict with whoever holds `port` on the host, if anyone does.
     fn port_conflict(&self, port: &PortMapping) -> Option<Conflict> {
+        // The public port on frps: frps gives it to whichever proxy registers first, and frpc
+        // registers them in no fixed order at each start, so a second claim asking for it
+        // could take the first one's public address (and its users' traffic).
+        if port.remote_port != 0 {
+            let holder = self.holdings.iter().find(|h| {
+                h.ports
+                    .iter()
+                    .any(|p| p.remote_port == port.remote_port && p.protocol == port.protocol)
+            });
+            if let Some(holder) = holder {
+                return Some(Conflict::RemotePortHeld {
+                    port: port.remote_port,
+                    protocol: port.protocol,
+                    claim_id: holder.claim_id.clone(),
+                    container_id: holder.container_id.clone(),
+                });
+            }
+        }
         let holder = self.holdings.iter().find(|h| {
             h.ports
                 .iter()
@@ -226,16 +262,18 @@ impl GpuLedger {
         Ok(gpus)
     }
 
-    /// Records the container a reservation's create produced.
-    pub fn bind(&mut self, claim_id: &str, container_id: &str) {
-        if let Some(h) = self
+    /// Records the container a reservation's create produced; false when the claim has no reservation still waiting for its container.
+    pub fn bind(&mut self, claim_id: &str, container_id: &str) -> bool {
+        let Some(h) = self
             .holdings
             .iter_mut()
             .find(|h| h.claim_id == claim_id && h.container_id.is_none())
-        {
-            h.container_id = Some(container_id.to_string());
-            h.unknown_since = None;
-        }
+        else {
+            return false;
+        };
+        h.container_id = Some(container_id.to_string());
+        h.unknown_since = None;
+        true
     }
 
     /// A create timed out: its reservation stays, in state `unknown`, from `generation` on.
@@ -352,13 +390,7 @@ impl GpuLedger {
         if self.holds_container(container_id) {
             return Vec::new();
         }
-        if let Some(h) = self
-            .holdings
-            .iter_mut()
-            .find(|h| h.claim_id == claim_id && h.container_id.is_none())
-        {
-            h.container_id = Some(container_id.to_string());
-            h.unknown_since = None;
+        if self.bind(claim_id, container_id) {
             return Vec::new();
         }
         let mut conflicts = Vec::new();
@@ -460,6 +492,57 @@ mod tests {
             l.reserve("c", &GpuRequest::None, &[port(9200)], &[]),
             Err(Conflict::PortReserved { port: 9200 })
         );
+        // The public port on frps is one claim's too (0: frps chooses, never a conflict).
+        let remote = |host: u16, remote_port: u16, protocol: Protocol| PortMapping {
+            protocol,
+            remote_port,
+            ..port(host)
+        };
+        assert!(l
+            .reserve(
+                "r1",
+                &GpuRequest::None,
+                &[remote(8101, 30001, Protocol::Tcp)],
+                &[]
+            )
+            .is_ok());
+        let e = l
+            .reserve(
+                "r2",
+                &GpuRequest::None,
+                &[remote(8102, 30001, Protocol::Tcp)],
+                &[],
+            )
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "remote port 30001/tcp on frps is asked for by claim r1 (container being created)"
+        );
+        assert!(l.by_claim("r2").is_none());
+        assert!(l
+            .reserve(
+                "r3",
+                &GpuRequest::None,
+                &[remote(8103, 30001, Protocol::Udp)],
+                &[]
+            )
+            .is_ok());
+        assert!(l
+            .reserve(
+                "r4",
+                &GpuRequest::None,
+                &[remote(8104, 0, Protocol::Tcp)],
+                &[]
+            )
+            .is_ok());
+        assert!(l
+            .reserve(
+                "r5",
+                &GpuRequest::None,
+                &[remote(8105, 0, Protocol::Tcp)],
+                &[]
+            )
+            .is_ok());
         assert!(
             l.by_claim("c").is_none(),
             "a refused reservation holds nothing"

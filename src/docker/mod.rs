@@ -18,7 +18,8 @@
 //! - [`argv`]: `docker run`'s argv; [`labels`]: the labels it sets, encoded and decoded.
 //! - [`cli`]: running one docker command with a deadline, and classifying its failures.
 //! - [`container`]: the container JSON, read from `docker container inspect`.
-//! - [`pull_auth`]: a create's registry credentials, in a docker config of that pull only.
+//! - [`pull_auth`]: a create's registry credentials, in a docker config of that pull only;
+//!   [`pull_progress`]: the pull's layers and bytes, read from its output on a pseudo-terminal.
 
 pub mod argv;
 pub mod cli;
@@ -34,7 +35,10 @@ pub mod network;
 pub(crate) mod placement;
 pub mod protocol;
 pub mod pull_auth;
+pub mod pull_progress;
+pub mod registry_address;
 pub mod runner;
+mod scratch;
 pub mod spec;
 pub(crate) mod table;
 pub mod worker;

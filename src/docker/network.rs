@@ -93,15 +93,107 @@ fn words(list: &[&str]) -> Vec<String> {
     list.iter().map(|w| w.to_string()).collect()
 }
 
+/// `docker network inspect <name>` failed because two networks have that name.
+fn is_ambiguous(e: &DockerError) -> bool {
+    let lower = e.stderr().to_ascii_lowercase();
+    lower.contains("is ambiguous") || lower.contains("matches found based on name")
+}
+
+/// One network of a name two or more networks have (`docker network inspect <ids>`).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Twin {
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    created: String,
+    #[serde(default)]
+    labels: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    containers: Option<BTreeMap<String, serde_json::Value>>,
+}
+
+/// Of the networks named `name`, those to remove: every one but the oldest (ties: the lowest
+/// id, so agents racing to do this keep the same one) that the agent created and that holds no
+/// container. The others are left for the operator.
+fn twins_to_remove(name: &str, mut twins: Vec<Twin>) -> Vec<String> {
+    twins.retain(|t| t.name == name);
+    twins.sort_by(|a, b| (&a.created, &a.id).cmp(&(&b.created, &b.id)));
+    twins
+        .into_iter()
+        .skip(1)
+        .filter(|t| {
+            let labels = t.labels.clone().unwrap_or_default();
+            labels.get(OWNER_LABEL.0).map(String::as_str) == Some(OWNER_LABEL.1)
+                && t.containers.as_ref().is_none_or(BTreeMap::is_empty)
+        })
+        .map(|t| t.id)
+        .collect()
+}
+
+/// Two agents on one host that find the network missing at the same moment may both create it:
+/// docker before 23.0 does not always refuse a second network of a name, and the name is then
+/// ambiguous to every command (creates included). Removes the agent's empty duplicates, keeping
+/// the oldest.
+fn remove_twins(cli: &DockerCli, name: &str) -> Result<(), DockerError> {
+    let filter = format!("name={name}");
+    let listed = cli.run(
+        &words(&[
+            "network",
+            "ls",
+            "--no-trunc",
+            "--filter",
+            &filter,
+            "--format",
+            "{{.ID}}",
+        ]),
+        cli.command_timeout(),
+        1024 * 1024,
+    )?;
+    let mut args = words(&["network", "inspect", "--"]);
+    args.extend(
+        String::from_utf8_lossy(&listed.stdout)
+            .split_whitespace()
+            .map(str::to_string),
+    );
+    let out = cli.run(&args, cli.command_timeout(), 4 * 1024 * 1024)?;
+    let twins: Vec<Twin> =
+        serde_json::from_slice(&out.stdout).map_err(|e| DockerError::BadOutput {
+            command: "docker network inspect".into(),
+            message: e.to_string(),
+        })?;
+    for id in twins_to_remove(name, twins) {
+        log::warn!(
+            "docker network {name} exists twice (two agents created it at once); removing the              empty duplicate {id}"
+        );
+        match cli.run(
+            &words(&["network", "rm", "--", &id]),
+            cli.command_timeout(),
+            4096,
+        ) {
+            Ok(_) => {}
+            // Another agent removed it first.
+            Err(e) if is_no_such_network(&e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// Makes sure the network `name` exists as the agent wants it, creating it when missing.
 /// `Ok(Some(problem))`: it exists but must not be used; `Err`: docker failed.
 pub fn ensure(cli: &DockerCli, name: &str) -> Result<Option<String>, DockerError> {
     let inspect = |cli: &DockerCli| {
-        cli.run(
-            &words(&["network", "inspect", "--", name]),
-            cli.command_timeout(),
-            1024 * 1024,
-        )
+        let args = words(&["network", "inspect", "--", name]);
+        match cli.run(&args, cli.command_timeout(), 1024 * 1024) {
+            Err(e) if is_ambiguous(&e) => {
+                remove_twins(cli, name)?;
+                cli.run(&args, cli.command_timeout(), 1024 * 1024)
+            }
+            other => other,
+        }
     };
     let out = match inspect(cli) {
         Ok(out) => out,
@@ -255,6 +347,54 @@ pub fn blocks_creates(problem: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn twin(id: &str, created: &str, owned: bool, containers: usize) -> Twin {
+        let labels =
+            owned.then(|| BTreeMap::from([(OWNER_LABEL.0.to_string(), OWNER_LABEL.1.to_string())]));
+        let containers = (0..containers)
+            .map(|n| (format!("endpoint{n}"), serde_json::json!({"Name": "c"})))
+            .collect();
+        Twin {
+            id: id.into(),
+            name: "utopia-renters".into(),
+            created: created.into(),
+            labels,
+            containers: Some(containers),
+        }
+    }
+
+    #[test]
+    fn of_twin_networks_the_oldest_stays_and_only_the_agents_empty_ones_go() {
+        let t1 = "2026-12-04T04:18:53.496094354Z";
+        let t2 = "2026-12-04T04:18:53.523090171Z";
+        let removed = twins_to_remove(
+            "utopia-renters",
+            vec![twin("bbb", t2, true, 0), twin("aaa", t1, true, 0)],
+        );
+        assert_eq!(removed, vec!["bbb".to_string()]);
+        // Same creation time: the lowest id stays, whatever order docker lists them in.
+        let removed = twins_to_remove(
+            "utopia-renters",
+            vec![twin("bbb", t1, true, 0), twin("aaa", t1, true, 0)],
+        );
+        assert_eq!(removed, vec!["bbb".to_string()]);
+        // One with a container, or not the agent's, or of another name (the name filter
+        // matches parts of names): left alone.
+        let mut other = twin("ddd", t2, true, 0);
+        other.name = "utopia-renters-2".into();
+        let removed = twins_to_remove(
+            "utopia-renters",
+            vec![
+                twin("aaa", t1, true, 0),
+                twin("bbb", t2, true, 1),
+                twin("ccc", t2, false, 0),
+                other,
+                twin("eee", t2, true, 0),
+            ],
+        );
+        assert_eq!(removed, vec!["eee".to_string()]);
+        assert!(twins_to_remove("utopia-renters", vec![twin("aaa", t1, true, 0)]).is_empty());
+    }
 
     fn inspect(json: &str) -> Option<String> {
         parse("utopia-renters", json.as_bytes()).unwrap()

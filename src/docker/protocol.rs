@@ -93,7 +93,9 @@ impl From<&Conflict> for ContainerError {
         let code = match conflict {
             Conflict::ClaimTaken { .. } => "claim_in_use",
             Conflict::GpuHeld { .. } | Conflict::NotEnoughGpus { .. } => "gpu_in_use",
-            Conflict::PortHeld { .. } | Conflict::PortReserved { .. } => "port_in_use",
+            Conflict::PortHeld { .. }
+            | Conflict::PortReserved { .. }
+            | Conflict::RemotePortHeld { .. } => "port_in_use",
         };
         ContainerError::Conflict {
             code,
@@ -232,25 +234,13 @@ impl RunnerHandle {
         timeout: Duration,
         make: impl FnOnce(Reply<T>) -> Request,
     ) -> Result<T, ContainerError> {
-        let (reply, answer) = crossbeam_channel::bounded(1);
-        self.requests
-            .send_timeout(make(reply), Duration::from_secs(5))
-            .map_err(|_| {
-                ContainerError::DockerUnavailable("the container runner is not running".into())
-            })?;
-        match answer.recv_timeout(timeout) {
-            Ok(result) => result,
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                Err(ContainerError::Timeout(format!(
-                    "no answer from docker within {}s; the operation may still complete (check \
-                     GET /api/v1/containers)",
-                    timeout.as_secs()
-                )))
-            }
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Err(
-                ContainerError::DockerUnavailable("the container runner stopped".into()),
-            ),
-        }
+        self.call_within(timeout, make)?.ok_or_else(|| {
+            ContainerError::Timeout(format!(
+                "no answer from docker within {}s; the operation may still complete (check \
+                 GET /api/v1/containers)",
+                timeout.as_secs()
+            ))
+        })
     }
 }
 

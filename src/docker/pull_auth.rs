@@ -55,44 +55,23 @@ impl RegistryAuth {
         };
         let entry = match &self.credential {
             Credential::Password(password) => serde_json::json!({
-                "auth": base64(&format!(
-                    "{}:{password}",
-                    self.username.as_deref().unwrap_or_default()
-                )),
+                "auth": crate::base64::encode(
+                    format!(
+                        "{}:{password}",
+                        self.username.as_deref().unwrap_or_default()
+                    )
+                    .as_bytes()
+                ),
             }),
             Credential::IdentityToken(token) => serde_json::json!({
-                "auth": base64(&format!(
-                    "{}:",
-                    self.username.as_deref().unwrap_or("<token>")
-                )),
+                "auth": crate::base64::encode(
+                    format!("{}:", self.username.as_deref().unwrap_or("<token>")).as_bytes()
+                ),
                 "identitytoken": token,
             }),
         };
         serde_json::json!({ "auths": { key: entry } }).to_string()
     }
-}
-
-/// Standard base64 with padding.
-fn base64(text: &str) -> String {
-    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let bytes = text.as_bytes();
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(TABLE[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 /// Why the per-pull config could not be written.
@@ -179,40 +158,7 @@ impl Drop for PullConfig {
 /// Removes the per-pull config directories of agents that are no longer running (killed
 /// mid-pull): only real directories of this user whose agent's pid is gone.
 pub fn remove_stale_pull_configs(root: &Path) {
-    let Ok(entries) = std::fs::read_dir(root) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(PULL_DIR_PREFIX))
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|pid| pid.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let alive = pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists();
-        use std::os::unix::fs::MetadataExt;
-        // SAFETY: geteuid has no preconditions.
-        let ours = std::fs::symlink_metadata(entry.path())
-            .is_ok_and(|m| m.is_dir() && m.uid() == unsafe { libc::geteuid() });
-        if alive || !ours {
-            continue;
-        }
-        let dir = entry.path();
-        let _ = std::fs::remove_file(dir.join("config.json"));
-        match std::fs::remove_dir(&dir) {
-            Ok(()) => log::info!(
-                "removed a crashed agent's registry credentials {}",
-                dir.display()
-            ),
-            Err(e) => log::warn!(
-                "cannot remove stale registry credentials {}: {e}",
-                dir.display()
-            ),
-        }
-    }
+    super::scratch::remove_stale_dirs(root, PULL_DIR_PREFIX, "config.json", "registry credentials");
 }
 
 #[cfg(test)]
@@ -225,15 +171,6 @@ mod tests {
             username: Some("alice".into()),
             credential,
         }
-    }
-
-    #[test]
-    fn base64_matches_the_standard() {
-        assert_eq!(base64(""), "");
-        assert_eq!(base64("f"), "Zg==");
-        assert_eq!(base64("fo"), "Zm8=");
-        assert_eq!(base64("foo"), "Zm9v");
-        assert_eq!(base64("alice:s3cret"), "YWxpY2U6czNjcmV0");
     }
 
     #[test]

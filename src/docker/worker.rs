@@ -16,10 +16,12 @@ use crate::docker::ledger::short_id;
 use crate::docker::network;
 use crate::docker::protocol::{Action, ContainerError};
 use crate::docker::pull_auth::{PullConfig, RegistryAuth};
+use crate::docker::pull_progress::{run_in_terminal, PullProgress, PullReader};
 use crate::docker::spec::{join_ids, CreateSpec, SpecError};
 use crate::shutdown::Shutdown;
 use crossbeam_channel::{select, Receiver, Sender};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// Most bytes of logs one request returns.
 pub const MAX_LOG_BYTES: usize = 8 * 1024 * 1024;
@@ -116,16 +118,17 @@ fn create(
 ) -> Result<ContainerView, ContainerError> {
     let cli = &context.cli;
     // The API shows these steps while a create that answered 202 goes on.
-    let step = |status: String| {
+    let step = |status: String, pull: Option<PullProgress>| {
         let _ = done.send(Done::Progress {
             claim_id: spec.claim_id.clone(),
             status,
+            pull,
         });
     };
-    ensure_image(cli, &spec.image, spec.registry_auth.as_ref(), &|| {
-        step(format!("pulling image {}", spec.image))
+    ensure_image(cli, &spec.image, spec.registry_auth.as_ref(), &|pull| {
+        step(format!("pulling image {}", spec.image), Some(pull))
     })?;
-    step("starting container".to_string());
+    step("starting container".to_string(), None);
     let env_file = if spec.env.is_empty() {
         None
     } else {
@@ -217,7 +220,7 @@ fn ensure_image(
     cli: &DockerCli,
     image: &str,
     auth: Option<&RegistryAuth>,
-    pulling: &dyn Fn(),
+    pulling: &dyn Fn(PullProgress),
 ) -> Result<(), ContainerError> {
     let inspect = cli.run(
         &args(&["image", "inspect", "--format", "{{.Id}}", "--", image]),
@@ -229,11 +232,19 @@ fn ensure_image(
         Err(e) if e.is_no_such_image() => {}
         Err(e) => return Err(e.into()),
     }
+    // A registry name that DNS turns into this host's own address is refused now, before the
+    // engine reaches it.
+    crate::docker::registry_address::check(image).map_err(|e| match e {
+        crate::docker::registry_address::RegistryAddressError::Local { .. } => {
+            ContainerError::ImageNotFound(format!("image {image} may not be pulled: {e}"))
+        }
+        _ => ContainerError::ImagePull(format!("image {image} could not be pulled: {e}")),
+    })?;
     log::info!("pulling image {image}");
-    pulling();
-    let pull_args = args(&["pull", "--quiet", "--", image]);
+    pulling(PullProgress::default());
+    let pull_args = args(&["pull", "--", image]);
     let pulled = match auth {
-        None => cli.run(&pull_args, cli.pull_timeout(), 4096),
+        None => pull(cli, &pull_args, None, pulling),
         Some(auth) => {
             let config = PullConfig::write(&std::env::temp_dir(), auth).map_err(|e| {
                 log::warn!("{e}");
@@ -242,7 +253,7 @@ fn ensure_image(
                     message: "cannot write the pull's registry credentials".into(),
                 })
             })?;
-            cli.run_with_config(&pull_args, cli.pull_timeout(), 4096, config.dir())
+            pull(cli, &pull_args, Some(config.dir()), pulling)
             // `config` is dropped here: the credentials are gone once the pull ends.
         }
     };
@@ -263,6 +274,40 @@ fn ensure_image(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// How often at most a pull's progress is reported to the runner.
+const PULL_REPORT_EVERY: Duration = Duration::from_millis(250);
+
+/// `docker pull` within the pull deadline (with the create's own `DOCKER_CONFIG` when it has
+/// registry credentials), its output read as it arrives: each change of its progress is handed
+/// to `pulling`, at most every [`PULL_REPORT_EVERY`], and the last one always.
+fn pull(
+    cli: &DockerCli,
+    pull_args: &[String],
+    config_dir: Option<&std::path::Path>,
+    pulling: &dyn Fn(PullProgress),
+) -> Result<crate::docker::cli::Output, DockerError> {
+    let mut reader = PullReader::default();
+    let mut shown = PullProgress::default();
+    let mut shown_at = Instant::now();
+    let deadline = cli.pull_timeout();
+    let result = cli.execute_with(pull_args, deadline, false, config_dir, |cmd, shutdown| {
+        run_in_terminal(cmd, deadline, shutdown, &mut |chunk| {
+            reader.feed(chunk);
+            let now = reader.progress();
+            if now != shown && shown_at.elapsed() >= PULL_REPORT_EVERY {
+                pulling(now.clone());
+                shown = now;
+                shown_at = Instant::now();
+            }
+        })
+    });
+    let last = reader.progress();
+    if last != shown {
+        pulling(last);
+    }
+    result
 }
 
 /// After a failed create: removes whatever managed container of this claim docker made.
@@ -455,39 +500,7 @@ const ENV_DIR_PREFIX: &str = "utopia-agent-";
 /// left in `root`: they hold renters' secrets. Those of live processes (this agent, another
 /// agent on the host) are left alone.
 pub(super) fn remove_stale_env_files(root: &Path) {
-    let Ok(entries) = std::fs::read_dir(root) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(ENV_DIR_PREFIX))
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|pid| pid.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let alive = pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists();
-        // Only a real directory of our own user (not a link, not another user's: in a sticky
-        // /tmp nobody else can swap it for a link to somewhere that has an `env` file).
-        use std::os::unix::fs::MetadataExt;
-        // SAFETY: geteuid has no preconditions.
-        let ours = std::fs::symlink_metadata(entry.path())
-            .is_ok_and(|m| m.is_dir() && m.uid() == unsafe { libc::geteuid() });
-        if alive || !ours {
-            continue;
-        }
-        let dir = entry.path();
-        let _ = std::fs::remove_file(dir.join("env"));
-        match std::fs::remove_dir(&dir) {
-            Ok(()) => log::info!("removed a crashed agent's env file {}", dir.display()),
-            Err(e) => log::warn!(
-                "cannot remove a stale env file directory {}: {e}",
-                dir.display()
-            ),
-        }
-    }
+    super::scratch::remove_stale_dirs(root, ENV_DIR_PREFIX, "env", "env file");
 }
 
 /// The user's environment, in a file only the agent's user can read (mode 0600 in a fresh

@@ -188,16 +188,19 @@ pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "frpc.toml".to_string());
     let temporary = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
+    // A name left there (an older run, or someone else in a directory others can write to: a
+    // symlink to another file, a file they own and can read) is removed, never opened: the
+    // file is created new, so the secrets only ever go into a file of the agent's own.
+    match std::fs::remove_file(&temporary) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
     let written = (|| {
         let mut file = std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
             .open(&temporary)?;
-        // A file left by an older run keeps its mode on open: set it explicitly.
-        use std::os::unix::fs::PermissionsExt;
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
         file.write_all(text.as_bytes())?;
         file.sync_all()?;
         std::fs::rename(&temporary, path)
@@ -334,5 +337,36 @@ mod tests {
         assert_eq!(mode, 0o600);
         let leftovers = std::fs::read_dir(path.parent().unwrap()).unwrap().count();
         assert_eq!(leftovers, 1);
+    }
+
+    #[test]
+    fn a_planted_temporary_name_is_never_written_through() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("frpc.toml");
+        let temporary = dir
+            .path()
+            .join(format!(".frpc.toml.{}.tmp", std::process::id()));
+        // A symlink to a file someone else reads.
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "theirs\n").unwrap();
+        std::os::unix::fs::symlink(&victim, &temporary).unwrap();
+        write_atomically(&path, "auth.token = \"secret\"\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "theirs\n");
+        assert!(!std::fs::symlink_metadata(&path).unwrap().is_symlink());
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "auth.token = \"secret\"\n"
+        );
+        // A readable file planted under the name: replaced by a private one, not reused.
+        std::fs::write(&temporary, "").unwrap();
+        std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let planted = std::fs::File::open(&temporary).unwrap();
+        write_atomically(&path, "auth.token = \"other\"\n").unwrap();
+        let mut seen = String::new();
+        std::io::Read::read_to_string(&mut &planted, &mut seen).unwrap();
+        assert_eq!(seen, "", "the secret went into the planted file");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
     }
 }

@@ -17,6 +17,9 @@ pub enum OutputEvent {
     Error(String),
 }
 
+/// Longest message an [`OutputEvent`] carries (bytes; a longer one is cut).
+const EVENT_MESSAGE_CAP: usize = 1024;
+
 /// What replaces a secret in frpc's output.
 const REDACTED: &str = "[redacted]";
 
@@ -48,23 +51,52 @@ impl OutputFilter {
 
     /// Logs one line of frpc's output and returns the event it carries, if any.
     pub fn handle(&self, raw: &str) -> Option<OutputEvent> {
-        let line = self.scrub(&strip_ansi(raw));
+        let mut line = self.scrub(&strip_ansi(raw));
+        if raw.len() >= crate::child::MAX_LINE {
+            // The line was cut: its end may be the start of a secret, which `scrub` cannot see.
+            self.drop_secret_start(&mut line);
+            line.push_str(" [cut]");
+        }
         let line = line.trim_end();
         if line.is_empty() {
             return None;
         }
         let (level, message) = split_level(line);
         log::log!(target: "frpc", level, "frpc: {message}");
+        // What an event carries ends up in `/health` and every heartbeat: kept short.
+        let short = || {
+            if message.len() <= EVENT_MESSAGE_CAP {
+                return message.to_string();
+            }
+            let mut end = EVENT_MESSAGE_CAP;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            format!("{}…", &message[..end])
+        };
         if message.contains("login to server success") {
             Some(OutputEvent::LoggedIn)
         } else if message.contains("connect to server error")
             || message.contains("login to the server failed")
         {
-            Some(OutputEvent::LoginFailed(message.to_string()))
+            Some(OutputEvent::LoginFailed(short()))
         } else if level == log::Level::Error {
-            Some(OutputEvent::Error(message.to_string()))
+            Some(OutputEvent::Error(short()))
         } else {
             None
+        }
+    }
+
+    /// Removes an end of `line` that is the start of a secret.
+    fn drop_secret_start(&self, line: &mut String) {
+        for secret in &self.secrets {
+            let longest = (1..secret.len())
+                .rev()
+                .filter(|&k| secret.is_char_boundary(k))
+                .find(|&k| line.ends_with(&secret[..k]));
+            if let Some(k) = longest {
+                line.truncate(line.len() - k);
+            }
         }
     }
 
@@ -154,6 +186,31 @@ mod tests {
             split_level("panic: runtime error [x] y"),
             (log::Level::Warn, "panic: runtime error [x] y")
         );
+    }
+
+    #[test]
+    fn a_cut_line_keeps_no_start_of_a_secret_and_events_stay_short() {
+        let secret = "s3cret-frps-token-0123456789";
+        let filter = OutputFilter::new(vec![secret.into()]);
+        let mut raw =
+            "2024-01-01 12:00:00.000 [E] [a.go:1] login to the server failed: ".to_string();
+        raw.push_str(&"x".repeat(crate::child::MAX_LINE - raw.len() - 10));
+        raw.push_str(&secret[..10]);
+        assert_eq!(raw.len(), crate::child::MAX_LINE);
+        match filter.handle(&raw) {
+            Some(OutputEvent::LoginFailed(message)) => {
+                assert!(
+                    message.len() <= EVENT_MESSAGE_CAP + '…'.len_utf8(),
+                    "{}",
+                    message.len()
+                );
+                assert!(message.starts_with("[a.go:1] login to the server failed: xxx"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut line = format!("x{}", &secret[..10]);
+        filter.drop_secret_start(&mut line);
+        assert_eq!(line, "x");
     }
 
     #[test]

@@ -17,9 +17,12 @@
 //! - frpc's `/api/status` is read every [`STATUS_INTERVAL`] for the proxies' state and remote
 //!   addresses; the tunnel's view is published in the snapshot (`GET /api/v1/tunnels`, the
 //!   heartbeat) with the `frp` component's health.
-//! - Shutdown: SIGTERM to frpc's process group, SIGKILL after [`STOP_GRACE`]; reaped.
+//! - Shutdown: SIGTERM to frpc's process group, SIGKILL after [`STOP_GRACE`]; reaped. Admin API
+//!   calls run on a thread of their own that this thread waits for only until shutdown starts,
+//!   so a call that hangs (up to its 2 s timeout) never keeps the stop past the agent's
+//!   deadline: once frpc is gone its connection closes and the call ends.
 
-use super::admin::AdminClient;
+use super::admin::{AdminClient, AdminError};
 use super::frpc_config::{self, FrpcConfig, ADMIN_USER};
 use super::output::{OutputEvent, OutputFilter};
 use super::resolve_api_proxy;
@@ -29,7 +32,7 @@ use crate::component::{self, StartError};
 use crate::config::{FrpSettings, LogLevel, Settings};
 use crate::shutdown::Shutdown;
 use crate::state::{Health, PublishedPort, Snapshot, TunnelState, TunnelView, TunnelWriter};
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{select, Receiver};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -47,6 +50,9 @@ pub const COALESCE: Duration = Duration::from_millis(300);
 pub const STATUS_INTERVAL: Duration = Duration::from_secs(2);
 /// SIGTERM to SIGKILL at shutdown (inside the agent's stop deadline).
 pub const STOP_GRACE: Duration = Duration::from_millis(800);
+/// How long a stop waits for an admin API call left running at shutdown to end once frpc is
+/// gone (still inside the agent's stop deadline).
+const ADMIN_CALL_END: Duration = Duration::from_millis(200);
 /// How often the thread looks at frpc, its output and the proxy set.
 const TICK: Duration = Duration::from_millis(100);
 /// Why frpc is not started yet with a platform that has not registered the node.
@@ -85,10 +91,7 @@ pub fn start(
         shutdown,
         view: TunnelView {
             state: TunnelState::Starting,
-            restarts: 0,
-            last_error: None,
-            server: None,
-            proxies: Vec::new(),
+            ..TunnelView::disabled()
         },
         waiting_for: (platform && unregistered).then_some(WAITING_FOR_NODE_ID),
         backoff: Backoff::exact(RESTART_INITIAL, settings.frp.restart_backoff_max),
@@ -139,7 +142,9 @@ struct Supervisor {
 struct Running {
     child: Supervised,
     started: Instant,
-    admin: AdminClient,
+    admin: Arc<AdminClient>,
+    /// An admin API call left running when shutdown started (it ends once frpc is stopped).
+    admin_call: Option<JoinHandle<()>>,
     /// What its file says now.
     written: FrpcConfig,
     events: Receiver<OutputEvent>,
@@ -328,7 +333,8 @@ impl Supervisor {
         Ok(Running {
             child,
             started: now,
-            admin: AdminClient::new(self.frp.admin_port, ADMIN_USER, &password),
+            admin: Arc::new(AdminClient::new(self.frp.admin_port, ADMIN_USER, &password)),
+            admin_call: None,
             written: wanted,
             events,
             readers,
@@ -373,9 +379,13 @@ impl Supervisor {
         let now = Instant::now();
         if now >= running.next_status {
             running.next_status = now + STATUS_INTERVAL;
-            match running.admin.status() {
-                Ok(proxies) => self.view.proxies = proxies,
-                Err(e) => log::debug!("frp tunnel: {e}"),
+            match self.admin(&mut running, AdminClient::status) {
+                Some(Ok(proxies)) => self.view.proxies = proxies,
+                Some(Err(e)) => log::debug!("frp tunnel: {e}"),
+                None => {
+                    self.running = Some(running);
+                    return;
+                }
             }
         }
         // Keep the proxy set in step, a burst of changes coalesced into one reload.
@@ -418,8 +428,9 @@ impl Supervisor {
             self.running = Some(running);
             return;
         }
-        match running.admin.reload() {
-            Ok(()) => {
+        match self.admin(&mut running, AdminClient::reload) {
+            None => self.running = Some(running),
+            Some(Ok(())) => {
                 log::info!(
                     "frpc reloaded: API proxy {}, {} container proxy(ies)",
                     wanted.api_proxy.kind(),
@@ -429,7 +440,7 @@ impl Supervisor {
                 running.next_status = Instant::now() + Duration::from_millis(300);
                 self.running = Some(running);
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 let why = running
                     .scrub
                     .scrub(&format!("reload failed ({e}); restarting frpc"));
@@ -479,6 +490,43 @@ impl Supervisor {
         self.try_start();
     }
 
+    /// One admin API call, on a thread of its own, waited for until it answers (within
+    /// [`ADMIN_TIMEOUT`](super::admin::ADMIN_TIMEOUT)) or shutdown starts: `None` then, and
+    /// the call is left to end once frpc is stopped.
+    fn admin<T: Send + 'static>(
+        &self,
+        running: &mut Running,
+        call: fn(&AdminClient) -> Result<T, AdminError>,
+    ) -> Option<Result<T, AdminError>> {
+        let client = Arc::clone(&running.admin);
+        let (answer_tx, answer) = crossbeam_channel::bounded(1);
+        let thread = std::thread::Builder::new()
+            .name("frp-admin".into())
+            .spawn(move || {
+                let _ = answer_tx.send(call(&client));
+            });
+        let thread = match thread {
+            Ok(thread) => thread,
+            Err(e) => {
+                return Some(Err(AdminError::Unreachable(format!(
+                    "cannot start a thread for the call: {e}"
+                ))))
+            }
+        };
+        select! {
+            recv(answer) -> answer => {
+                let _ = thread.join();
+                Some(answer.unwrap_or_else(|_| {
+                    Err(AdminError::Unreachable("the call ended without an answer".into()))
+                }))
+            }
+            recv(self.shutdown.receiver()) -> _ => {
+                running.admin_call = Some(thread);
+                None
+            }
+        }
+    }
+
     /// SIGTERM, SIGKILL after [`STOP_GRACE`], reaped; its output read to the end.
     fn stop(&self, mut running: Running, why: &str) {
         match running.child.terminate(STOP_GRACE) {
@@ -487,6 +535,18 @@ impl Supervisor {
         }
         for reader in running.readers.drain(..) {
             let _ = reader.join();
+        }
+        // With frpc gone its admin connection is closed: a call left running ends at once.
+        if let Some(call) = running.admin_call.take() {
+            let until = Instant::now() + ADMIN_CALL_END;
+            while !call.is_finished() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if call.is_finished() {
+                let _ = call.join();
+            } else {
+                log::debug!("frp tunnel: an admin API call is still running; leaving it");
+            }
         }
     }
 

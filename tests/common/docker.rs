@@ -223,6 +223,20 @@ impl Agent {
         r.json().as_array().cloned().unwrap_or_default()
     }
 
+    /// After a create that failed: the list holds nothing but that claim's failed create (kept
+    /// a while, as `GET` of the claim shows it), with no container id and no GPU.
+    pub fn only_failed_creates_listed(&self, claim: &str) {
+        for listed in self.containers() {
+            assert!(
+                listed["claim_id"] == claim
+                    && listed["state"] == "failed"
+                    && listed["id"].as_str().unwrap_or("").is_empty(),
+                "{listed}"
+            );
+        }
+        assert!(self.gpu_holders().is_empty(), "{:?}", self.gpu_holders());
+    }
+
     /// GPU index → (claim_id, container_id) from `/api/v1/metrics`, for busy GPUs held by a
     /// container.
     pub fn gpu_holders(&self) -> Vec<(u64, String, String)> {
@@ -331,6 +345,20 @@ impl TestNetwork {
 
 impl Drop for TestNetwork {
     fn drop(&mut self) {
-        let _ = docker(&["network", "rm", &self.name]);
+        // By id: a test of twin networks may leave two of this name.
+        let listed = docker(&[
+            "network",
+            "ls",
+            "--no-trunc",
+            "--format",
+            "{{.ID}} {{.Name}}",
+        ]);
+        for line in String::from_utf8_lossy(&listed.stdout).lines() {
+            if let Some((id, name)) = line.split_once(' ') {
+                if name == self.name {
+                    let _ = docker(&["network", "rm", id]);
+                }
+            }
+        }
     }
 }

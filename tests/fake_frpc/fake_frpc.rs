@@ -70,6 +70,8 @@
 //! * `FAKE_FRPC_NO_ADMIN=1`: no admin API even when `webServer.port` is set (as a build without
 //!   one): reloads cannot work, only restarts.
 //! * `FAKE_FRPC_IGNORE_SIGTERM=1`: SIGTERM is journaled and ignored (only SIGKILL stops it).
+//! * `FAKE_FRPC_HANG_ADMIN=1`: every admin API request is journaled (`api_hang`) and never
+//!   answered: the connection stays open until the process exits.
 //! * `FAKE_FRPC_LEAK_SECRETS=1`: a hostile log line at start naming `auth.token`,
 //!   `webServer.password` and every `secretKey` (for tests that the agent scrubs frpc's output).
 //!
@@ -77,7 +79,8 @@
 //! `start` (pid, ppid, config, mode as octal string, argv), `config_error` (error),
 //! `admin_listen` (addr), `login` (ok, attempt, error), `proxy` (name, status, err, remote_addr),
 //! `api` (method, path, code, authorized), `reload` (code, strict, added, removed, unchanged,
-//! common_changed, error), `signal` (signal, action), `crash`, `exit` (code, reason).
+//! common_changed, error), `api_hang` (method, path), `signal` (signal, action), `crash`,
+//! `exit` (code, reason).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::OpenOptions;
@@ -1420,6 +1423,13 @@ fn handle(
     let Some(req) = read_request(&conn)? else {
         return Ok(());
     };
+    if env("FAKE_FRPC_HANG_ADMIN").is_some() {
+        fake.journal
+            .record("api_hang", json!({"method": req.method, "path": req.path}));
+        loop {
+            std::thread::sleep(Duration::from_secs(60));
+        }
+    }
     let route: Option<(&str, bool)> = match req.path.as_str() {
         "/healthz" => Some(("GET", false)),
         "/api/reload" | "/api/status" | "/api/config" => Some(("GET", true)),

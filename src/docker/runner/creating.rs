@@ -63,6 +63,7 @@ impl Runner {
             warnings: Vec::new(),
             usage: None,
             error: None,
+            pull: None,
             pid: None,
         };
         self.creating.insert(claim_id.clone(), shown);

@@ -537,9 +537,14 @@ impl Runner {
                     let _ = reply.send(result);
                 }
             }
-            Done::Progress { claim_id, status } => {
+            Done::Progress {
+                claim_id,
+                status,
+                pull,
+            } => {
                 if let Some(shown) = self.creating.get_mut(&claim_id) {
                     shown.status = status;
+                    shown.pull = pull;
                 }
             }
             Done::Logs { ticket, result } => {

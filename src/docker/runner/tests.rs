@@ -804,9 +804,16 @@ fn a_create_in_progress_shows_its_step_then_its_error() {
     let Ok(Work::Create { ticket, .. }) = queue.try_recv() else {
         panic!("no create queued");
     };
+    let pulled = crate::docker::pull_progress::PullProgress {
+        layers_total: 3,
+        layers_done: 1,
+        bytes_done: Some(1_000),
+        bytes_total: Some(4_000),
+    };
     r.finish(Done::Progress {
         claim_id: "a".into(),
         status: "pulling image busybox".into(),
+        pull: Some(pulled.clone()),
     });
     let get = |r: &mut Runner| {
         ask(r, |reply| Request::Get {
@@ -821,6 +828,7 @@ fn a_create_in_progress_shows_its_step_then_its_error() {
         (shown.state.as_str(), shown.status.as_str()),
         ("creating", "pulling image busybox")
     );
+    assert_eq!(shown.pull, Some(pulled));
     r.finish(Done::Created {
         ticket,
         claim_id: "a".into(),
