@@ -107,8 +107,9 @@ fn renters_cannot_reach_each_other_but_keep_outbound_access() {
         &[],
         "while true; do echo secret-of-a | nc -l -p 8080; done",
     );
+    let published = common::free_port();
     serve["port_mappings"] = serde_json::json!([{
-        "host_port": common::free_port(), "container_port": 8080
+        "host_port": published, "container_port": 8080
     }]);
     let a = agent.create(&serve);
     let b = agent.create(&body(&scope.claim("b"), &[], "sleep 600"));
@@ -141,6 +142,34 @@ fn renters_cannot_reach_each_other_but_keep_outbound_access() {
             "renter B read renter A's secret: {stolen}"
         );
     }
+
+    // A's port is published on the host's loopback, where the host reads it...
+    let on_host = wait_until(Duration::from_secs(10), || {
+        use std::io::Read;
+        let mut text = String::new();
+        std::net::TcpStream::connect(("127.0.0.1", published))
+            .and_then(|mut s| {
+                s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                s.read_to_string(&mut text)
+            })
+            .is_ok()
+            && text.contains("secret-of-a")
+    });
+    assert!(on_host, "A's published port never answered on the host");
+    // ...but B, aiming at that port through the address the host has on B's bridge (its
+    // gateway) or docker's default bridge, gets nothing.
+    let through_gateway = exec(
+        b,
+        &format!(
+            "gw=$(ip route | awk '/^default/ {{print $3}}'); \
+             for host in \"$gw\" 172.17.0.1; do nc -w 2 \"$host\" {published} </dev/null; done; \
+             echo done"
+        ),
+    );
+    assert!(
+        !through_gateway.contains("secret-of-a"),
+        "renter B read renter A's loopback-published port through the gateway: {through_gateway}"
+    );
 
     // Outbound still works: B reaches a service on the host through its gateway (the way
     // out to the internet, through docker's NAT).
