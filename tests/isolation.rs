@@ -614,3 +614,72 @@ fn a_fork_bomb_stays_inside_its_pids_limit_and_the_node_keeps_serving() {
     );
     assert!(!docker(&["container", "inspect", &bomb]).status.success());
 }
+
+#[test]
+fn a_claim_deleted_during_its_pull_never_leaves_a_container_running() {
+    if !ready("a_claim_deleted_during_its_pull_never_leaves_a_container_running") {
+        return;
+    }
+    // `pull -- IMAGE` takes 3 s, then "pulls" by tagging the test image.
+    let dir = tempfile::tempdir().unwrap();
+    let wrapper = common::docker::docker_wrapper(
+        dir.path(),
+        "docker-slow-pull",
+        &format!(
+            "if [ \"$1\" = pull ]; then sleep 3; exec docker tag {} \"$3\"; fi\n",
+            common::docker::TEST_IMAGE
+        ),
+    );
+    let scope = Scope::new();
+    let agent = scope.agent(|c| {
+        c.docker.binary = wrapper.clone();
+        c.docker.create_wait_secs = 1;
+    });
+    let image = format!("utopia-test-cancelled-{}:latest", scope.claim("img"));
+    let claim = scope.claim("cancelled");
+    let mut request = body(&claim, &[0], "sleep 600");
+    request["image"] = image.clone().into();
+    let r = agent.post_json("/api/v1/containers", &request);
+    assert_eq!(r.status, 202, "{}", r.text());
+    let location = format!("/api/v1/containers/{claim}");
+    // The rental is cancelled during the pull: given up at once (was a 409 "try again once
+    // the create has answered"; without a retry the container then ran on GPU 0).
+    let r = agent.api("DELETE", &location, b"");
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(r.json()["deleted"], false, "{}", r.text());
+    // Asked again, the same answer; GPU 0 stays held while docker may still make it.
+    assert_eq!(agent.api("DELETE", &location, b"").status, 202);
+    let other = agent.post_json(
+        "/api/v1/containers",
+        &body(&scope.claim("other"), &[0], "sleep 600"),
+    );
+    assert_eq!(other.status, 409, "{}", other.text());
+    // The pull ends, docker makes the container, the agent removes it: nothing of the claim
+    // is left, in the API or in docker, and GPU 0 is free again.
+    let gone = wait_until(Duration::from_secs(20), || {
+        agent.get(&location).status == 404
+            && docker_ok(&[
+                "ps",
+                "-a",
+                "--filter",
+                &format!("name=utopia-{claim}"),
+                "--format",
+                "{{.ID}}",
+            ])
+            .is_empty()
+    });
+    let _ = docker(&["rmi", &image]);
+    assert!(
+        gone,
+        "{} / {}\nlog:\n{}",
+        agent.get(&location).text(),
+        docker_ok(&["ps", "-a", "--filter", &format!("name=utopia-{claim}")]),
+        agent.log()
+    );
+    let log = agent.log();
+    assert!(
+        log.contains(&format!("given-up claim {claim}")),
+        "the removal is not logged:\n{log}"
+    );
+    agent.create(&body(&scope.claim("next"), &[0], "sleep 600"));
+}
