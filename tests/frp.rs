@@ -547,4 +547,25 @@ fn with_a_platform_frpc_waits_for_the_node_id_and_heartbeats_carry_the_tunnel() 
             .last()
             .map(|b| b.json()["tunnel"].clone())
     );
+    // With its warnings (no frp.tls_ca_file here), the same as GET /api/v1/tunnels and /health.
+    let carried = platform
+        .heartbeats()
+        .last()
+        .map(|b| b.json()["tunnel"]["warnings"].clone())
+        .unwrap_or_default();
+    let shown = tunnels(&agent)["warnings"].clone();
+    assert_eq!(carried, shown, "heartbeat vs GET /api/v1/tunnels");
+    let lines = shown.as_array().cloned().unwrap_or_default();
+    assert!(
+        lines
+            .iter()
+            .any(|w| w.as_str().is_some_and(|w| w.contains("does not verify"))),
+        "{shown}"
+    );
+    let health = agent.get("/health").json();
+    let prefixed: Vec<String> = lines
+        .iter()
+        .map(|w| format!("frp: {}", w.as_str().unwrap_or_default()))
+        .collect();
+    assert_eq!(health["warnings"], json!(prefixed), "{health}");
 }

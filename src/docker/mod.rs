@@ -36,6 +36,7 @@ pub(crate) mod placement;
 pub mod protocol;
 pub mod pull_auth;
 pub mod pull_progress;
+pub mod registry_address;
 pub mod runner;
 mod scratch;
 pub mod spec;

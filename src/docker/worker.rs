@@ -232,6 +232,14 @@ fn ensure_image(
         Err(e) if e.is_no_such_image() => {}
         Err(e) => return Err(e.into()),
     }
+    // A registry name that DNS turns into this host's own address is refused now, before the
+    // engine reaches it.
+    crate::docker::registry_address::check(image).map_err(|e| match e {
+        crate::docker::registry_address::RegistryAddressError::Local { .. } => {
+            ContainerError::ImageNotFound(format!("image {image} may not be pulled: {e}"))
+        }
+        _ => ContainerError::ImagePull(format!("image {image} could not be pulled: {e}")),
+    })?;
     log::info!("pulling image {image}");
     pulling(PullProgress::default());
     let pull_args = args(&["pull", "--", image]);

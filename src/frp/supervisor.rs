@@ -91,10 +91,7 @@ pub fn start(
         shutdown,
         view: TunnelView {
             state: TunnelState::Starting,
-            restarts: 0,
-            last_error: None,
-            server: None,
-            proxies: Vec::new(),
+            ..TunnelView::disabled()
         },
         waiting_for: (platform && unregistered).then_some(WAITING_FOR_NODE_ID),
         backoff: Backoff::exact(RESTART_INITIAL, settings.frp.restart_backoff_max),

@@ -369,9 +369,11 @@ impl TunnelWriter {
         snapshot.tunnel_warnings.set(texts);
     }
 
-    /// Publishes the tunnel's view (and the health it implies, when it changed).
-    pub fn publish(&self, view: TunnelView, health: Health) {
+    /// Publishes the tunnel's view, with the warnings last set (and the health it implies, when
+    /// it changed).
+    pub fn publish(&self, mut view: TunnelView, health: Health) {
         let snapshot = &self.health.snapshot;
+        view.warnings = snapshot.tunnel_warnings.get().as_ref().clone();
         if *snapshot.tunnel.get() != view {
             snapshot.tunnel.set(view);
         }

@@ -47,6 +47,9 @@ pub struct TunnelView {
     /// frps as `host:port`; `null` when frp is disabled.
     pub server: Option<String>,
     pub proxies: Vec<ProxyStatus>,
+    /// What an operator should know about how the tunnel is secured (plain-HTTP tcp API proxy,
+    /// frps's certificate not verified): what `/health`'s `warnings` shows prefixed `frp: `.
+    pub warnings: Vec<String>,
 }
 
 impl TunnelView {
@@ -58,6 +61,7 @@ impl TunnelView {
             last_error: None,
             server: None,
             proxies: Vec::new(),
+            warnings: Vec::new(),
         }
     }
 }

@@ -91,6 +91,26 @@ impl Scope {
         }
     }
 
+    /// An agent registered with `platform` as `node_id` (every registration answered so),
+    /// beating every second, with `options`.
+    pub fn agent_beating_to(
+        &self,
+        platform: &super::platform::PlatformServer,
+        node_id: &str,
+        options: AgentOptions,
+    ) -> Agent {
+        platform.set_register_default(super::platform::Reply::registered(node_id));
+        let url = platform.url();
+        self.agent_with(
+            move |c| {
+                c.central_platform.api_url = url;
+                c.central_platform.heartbeat_interval_secs = 1;
+                c.central_platform.request_timeout_secs = 2;
+            },
+            options,
+        )
+    }
+
     /// A guard for containers a test starts itself with `label` (`key=value`).
     pub fn with_label(label: &str) -> Scope {
         Scope {
@@ -221,6 +241,20 @@ impl Agent {
         let r = self.get("/api/v1/containers");
         assert_eq!(r.status, 200, "{}", r.text());
         r.json().as_array().cloned().unwrap_or_default()
+    }
+
+    /// After a create that failed: the list holds nothing but that claim's failed create (kept
+    /// a while, as `GET` of the claim shows it), with no container id and no GPU.
+    pub fn only_failed_creates_listed(&self, claim: &str) {
+        for listed in self.containers() {
+            assert!(
+                listed["claim_id"] == claim
+                    && listed["state"] == "failed"
+                    && listed["id"].as_str().unwrap_or("").is_empty(),
+                "{listed}"
+            );
+        }
+        assert!(self.gpu_holders().is_empty(), "{:?}", self.gpu_holders());
     }
 
     /// GPU index → (claim_id, container_id) from `/api/v1/metrics`, for busy GPUs held by a

@@ -16,7 +16,10 @@ mod schema;
 #[cfg(test)]
 mod tests;
 
-pub use image::{check_registry_host, normalize_registry, valid_registry, DEFAULT_REGISTRY};
+pub use image::{
+    check_registry_host, is_local_address, normalize_registry, registry_of, valid_registry,
+    DEFAULT_REGISTRY,
+};
 pub use policy::CreatePolicy;
 
 use crate::docker::pull_auth::RegistryAuth;
