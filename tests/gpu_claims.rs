@@ -6,9 +6,8 @@
 mod common;
 
 use common::docker::{body, docker_ok, ready, wait_until, Scope};
-use common::fake_nvml::write_knobs;
-use common::platform::{PlatformServer, Reply};
-use common::AgentOptions;
+use common::fake_nvml::{knob_file, knob_options, write_knobs};
+use common::platform::PlatformServer;
 use serde_json::Value;
 use std::time::Duration;
 
@@ -17,27 +16,10 @@ fn a_real_containers_gpu_process_is_attributed_to_its_claim_and_violations_are_r
     if !ready("gpu_claims_attribution") {
         return;
     }
-    let knob_dir = tempfile::tempdir().expect("temp dir");
-    let knobs = knob_dir.path().join("knobs");
-    write_knobs(&knobs, "gpu.*.procs.compute =\n");
+    let (_knob_dir, knobs) = knob_file("knobs", "gpu.*.procs.compute =\n");
     let platform = PlatformServer::start();
-    platform.set_register_default(Reply::registered("node-claims"));
     let scope = Scope::new();
-    let url = platform.url();
-    let agent = scope.agent_with(
-        move |c| {
-            c.central_platform.api_url = url;
-            c.central_platform.heartbeat_interval_secs = 1;
-            c.central_platform.request_timeout_secs = 2;
-        },
-        AgentOptions {
-            env: vec![(
-                "FAKE_NVML_KNOB_FILE".into(),
-                knobs.to_string_lossy().into_owned(),
-            )],
-            ..AgentOptions::default()
-        },
-    );
+    let agent = scope.agent_beating_to(&platform, "node-claims", knob_options(&knobs));
     let claim = scope.claim("renter");
     let created = agent.create(&body(&claim, &[0], "sleep 600"));
     let id = created["id"].as_str().unwrap().to_string();
@@ -160,27 +142,10 @@ fn a_containers_usage_matches_its_cgroup_files() {
     if !ready("gpu_claims_usage") {
         return;
     }
-    let knob_dir = tempfile::tempdir().expect("temp dir");
-    let knobs = knob_dir.path().join("knobs");
-    write_knobs(&knobs, "gpu.*.procs.compute =\n");
+    let (_knob_dir, knobs) = knob_file("knobs", "gpu.*.procs.compute =\n");
     let platform = PlatformServer::start();
-    platform.set_register_default(Reply::registered("node-usage"));
     let scope = Scope::new();
-    let url = platform.url();
-    let agent = scope.agent_with(
-        move |c| {
-            c.central_platform.api_url = url;
-            c.central_platform.heartbeat_interval_secs = 1;
-            c.central_platform.request_timeout_secs = 2;
-        },
-        AgentOptions {
-            env: vec![(
-                "FAKE_NVML_KNOB_FILE".into(),
-                knobs.to_string_lossy().into_owned(),
-            )],
-            ..AgentOptions::default()
-        },
-    );
+    let agent = scope.agent_beating_to(&platform, "node-usage", knob_options(&knobs));
     let claim = scope.claim("burner");
     // 48 MiB in its /dev/shm (charged to its memory cgroup), then one core spinning.
     let mut spec = body(

@@ -6,30 +6,11 @@
 mod common;
 
 use common::docker::{body, ready, wait_until, Scope};
-use common::fake_nvml::write_knobs;
-use common::platform::{PlatformServer, Reply};
-use common::{Agent, AgentOptions};
+use common::fake_nvml::{knob_file, knob_options, write_knobs};
+use common::platform::PlatformServer;
+use common::Agent;
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-/// Agent options pointing the fake NVML at `knobs`.
-fn knob_options(knobs: &Path) -> AgentOptions {
-    AgentOptions {
-        env: vec![(
-            "FAKE_NVML_KNOB_FILE".to_string(),
-            knobs.to_string_lossy().into_owned(),
-        )],
-        ..AgentOptions::default()
-    }
-}
-
-fn knob_file(name: &str) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join(name);
-    write_knobs(&path, "");
-    (dir, path)
-}
 
 fn gpu(agent: &Agent, index: usize) -> Value {
     agent.get("/api/v1/metrics").json()["gpus"][index].clone()
@@ -62,19 +43,10 @@ fn an_xid_79_fails_the_gpu_everywhere_survives_a_restart_and_is_cleared_by_reset
     if !ready("an_xid_79_fails_the_gpu") {
         return;
     }
-    let (_knob_dir, knobs) = knob_file("knobs");
+    let (_knob_dir, knobs) = knob_file("knobs", "");
     let platform = PlatformServer::start();
-    platform.set_register_default(Reply::registered("node-health"));
     let scope = Scope::new();
-    let url = platform.url();
-    let mut agent = scope.agent_with(
-        move |c| {
-            c.central_platform.api_url = url;
-            c.central_platform.heartbeat_interval_secs = 1;
-            c.central_platform.request_timeout_secs = 2;
-        },
-        knob_options(&knobs),
-    );
+    let mut agent = scope.agent_beating_to(&platform, "node-health", knob_options(&knobs));
     let healthy = gpu(&agent, 1);
     assert_eq!(healthy["health"], "healthy", "{healthy}");
     assert_eq!(healthy["health_reasons"], json!([]));
@@ -204,7 +176,7 @@ fn an_xid_79_fails_the_gpu_everywhere_survives_a_restart_and_is_cleared_by_reset
 
 #[test]
 fn counters_degrade_or_fail_a_gpu_while_they_last_and_reset_leaves_them() {
-    let (_knob_dir, knobs) = knob_file("knobs");
+    let (_knob_dir, knobs) = knob_file("knobs", "");
     let agent = Agent::start_with(|_| {}, knob_options(&knobs));
     assert_eq!(components_gpu(&agent), "ok");
 
@@ -248,7 +220,7 @@ fn counters_degrade_or_fail_a_gpu_while_they_last_and_reset_leaves_them() {
 
 #[test]
 fn unsupported_metrics_are_null_and_failing_queries_degrade_the_component() {
-    let (_knob_dir, knobs) = knob_file("knobs");
+    let (_knob_dir, knobs) = knob_file("knobs", "");
     write_knobs(
         &knobs,
         "gpu.*.unsupported = ecc, retired_pages, remapped_rows, throttle, pcie, fan, clocks, \
@@ -297,7 +269,7 @@ fn unsupported_metrics_are_null_and_failing_queries_degrade_the_component() {
 
 #[test]
 fn shutdown_stays_prompt_while_the_xid_thread_waits() {
-    let (_knob_dir, knobs) = knob_file("knobs");
+    let (_knob_dir, knobs) = knob_file("knobs", "");
     let mut agent = Agent::start_with(|_| {}, knob_options(&knobs));
     std::thread::sleep(Duration::from_millis(300));
     let (status, took) = agent.terminate();
@@ -312,7 +284,7 @@ fn shutdown_stays_prompt_while_the_xid_thread_waits() {
 
 #[test]
 fn a_gpu_that_cannot_be_watched_leaves_the_others_watched() {
-    let (_knob_dir, knobs) = knob_file("knobs");
+    let (_knob_dir, knobs) = knob_file("knobs", "");
     write_knobs(&knobs, "gpu.1.fail = events\n");
     let agent = Agent::start_with(|_| {}, knob_options(&knobs));
     let watching = wait_until(Duration::from_secs(10), || {
@@ -338,19 +310,10 @@ fn a_degraded_gpu_is_still_given_out_a_failed_one_is_not_and_the_heartbeat_says_
     if !ready("a_degraded_gpu_is_still_given_out") {
         return;
     }
-    let (_knob_dir, knobs) = knob_file("knobs");
+    let (_knob_dir, knobs) = knob_file("knobs", "");
     let platform = PlatformServer::start();
-    platform.set_register_default(Reply::registered("node-degraded"));
     let scope = Scope::new();
-    let url = platform.url();
-    let agent = scope.agent_with(
-        move |c| {
-            c.central_platform.api_url = url;
-            c.central_platform.heartbeat_interval_secs = 1;
-            c.central_platform.request_timeout_secs = 2;
-        },
-        knob_options(&knobs),
-    );
+    let agent = scope.agent_beating_to(&platform, "node-degraded", knob_options(&knobs));
     // GPU 0: a narrowed PCIe link (degraded); GPU 1: uncorrectable ECC errors (failed).
     write_knobs(
         &knobs,
@@ -404,7 +367,7 @@ fn a_degraded_gpu_is_still_given_out_a_failed_one_is_not_and_the_heartbeat_says_
 
 #[test]
 fn an_application_xid_storm_is_no_fault_and_one_log_line() {
-    let (_knob_dir, knobs) = knob_file("knobs");
+    let (_knob_dir, knobs) = knob_file("knobs", "");
     let agent = Agent::start_with(|_| {}, knob_options(&knobs));
     let storm: Vec<&str> = std::iter::repeat_n("0:13", 200).collect();
     write_knobs(&knobs, &format!("xid_events = {}\n", storm.join(",")));

@@ -6,7 +6,7 @@
 mod common;
 
 use common::docker::{body, ready, wait_until, Scope};
-use common::platform::{PlatformServer, Reply};
+use common::platform::PlatformServer;
 use common::{in_ci, Agent, AgentOptions, HttpResponse, TOKEN};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -323,14 +323,8 @@ fn a_gpu_held_by_a_managed_container_carries_its_claim_and_docker_and_heartbeats
         return;
     }
     let platform = PlatformServer::start();
-    platform.set_register_default(Reply::registered("node-prom"));
-    let url = platform.url();
     let scope = Scope::new();
-    let agent = scope.agent(move |c| {
-        c.central_platform.api_url = url;
-        c.central_platform.heartbeat_interval_secs = 1;
-        c.central_platform.request_timeout_secs = 2;
-    });
+    let agent = scope.agent_beating_to(&platform, "node-prom", AgentOptions::default());
     let claim = scope.claim("prom");
     let created = agent.create(&body(&claim, &[1], "sleep 600"));
     let id = created["id"].as_str().expect("container id").to_string();

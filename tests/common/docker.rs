@@ -91,6 +91,26 @@ impl Scope {
         }
     }
 
+    /// An agent registered with `platform` as `node_id` (every registration answered so),
+    /// beating every second, with `options`.
+    pub fn agent_beating_to(
+        &self,
+        platform: &super::platform::PlatformServer,
+        node_id: &str,
+        options: AgentOptions,
+    ) -> Agent {
+        platform.set_register_default(super::platform::Reply::registered(node_id));
+        let url = platform.url();
+        self.agent_with(
+            move |c| {
+                c.central_platform.api_url = url;
+                c.central_platform.heartbeat_interval_secs = 1;
+                c.central_platform.request_timeout_secs = 2;
+            },
+            options,
+        )
+    }
+
     /// A guard for containers a test starts itself with `label` (`key=value`).
     pub fn with_label(label: &str) -> Scope {
         Scope {

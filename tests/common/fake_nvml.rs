@@ -168,3 +168,22 @@ pub fn write_knobs(path: &Path, text: &str) {
     std::fs::rename(&tmp, path)
         .unwrap_or_else(|e| panic!("fake NVML: cannot rename to {}: {e}", path.display()));
 }
+
+/// A knob file named `name` in a fresh temp dir (kept as long as the dir lives), holding `text`.
+pub fn knob_file(name: &str, text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join(name);
+    write_knobs(&path, text);
+    (dir, path)
+}
+
+/// Agent options pointing the fake NVML at `knobs`.
+pub fn knob_options(knobs: &Path) -> super::AgentOptions {
+    super::AgentOptions {
+        env: vec![(
+            "FAKE_NVML_KNOB_FILE".to_string(),
+            knobs.to_string_lossy().into_owned(),
+        )],
+        ..super::AgentOptions::default()
+    }
+}
