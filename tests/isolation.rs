@@ -107,8 +107,9 @@ fn renters_cannot_reach_each_other_but_keep_outbound_access() {
         &[],
         "while true; do echo secret-of-a | nc -l -p 8080; done",
     );
+    let published = common::free_port();
     serve["port_mappings"] = serde_json::json!([{
-        "host_port": common::free_port(), "container_port": 8080
+        "host_port": published, "container_port": 8080
     }]);
     let a = agent.create(&serve);
     let b = agent.create(&body(&scope.claim("b"), &[], "sleep 600"));
@@ -141,6 +142,34 @@ fn renters_cannot_reach_each_other_but_keep_outbound_access() {
             "renter B read renter A's secret: {stolen}"
         );
     }
+
+    // A's port is published on the host's loopback, where the host reads it...
+    let on_host = wait_until(Duration::from_secs(10), || {
+        use std::io::Read;
+        let mut text = String::new();
+        std::net::TcpStream::connect(("127.0.0.1", published))
+            .and_then(|mut s| {
+                s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                s.read_to_string(&mut text)
+            })
+            .is_ok()
+            && text.contains("secret-of-a")
+    });
+    assert!(on_host, "A's published port never answered on the host");
+    // ...but B, aiming at that port through the address the host has on B's bridge (its
+    // gateway) or docker's default bridge, gets nothing.
+    let through_gateway = exec(
+        b,
+        &format!(
+            "gw=$(ip route | awk '/^default/ {{print $3}}'); \
+             for host in \"$gw\" 172.17.0.1; do nc -w 2 \"$host\" {published} </dev/null; done; \
+             echo done"
+        ),
+    );
+    assert!(
+        !through_gateway.contains("secret-of-a"),
+        "renter B read renter A's loopback-published port through the gateway: {through_gateway}"
+    );
 
     // Outbound still works: B reaches a service on the host through its gateway (the way
     // out to the internet, through docker's NAT).
@@ -584,4 +613,73 @@ fn a_fork_bomb_stays_inside_its_pids_limit_and_the_node_keeps_serving() {
         deleted.text()
     );
     assert!(!docker(&["container", "inspect", &bomb]).status.success());
+}
+
+#[test]
+fn a_claim_deleted_during_its_pull_never_leaves_a_container_running() {
+    if !ready("a_claim_deleted_during_its_pull_never_leaves_a_container_running") {
+        return;
+    }
+    // `pull -- IMAGE` takes 3 s, then "pulls" by tagging the test image.
+    let dir = tempfile::tempdir().unwrap();
+    let wrapper = common::docker::docker_wrapper(
+        dir.path(),
+        "docker-slow-pull",
+        &format!(
+            "if [ \"$1\" = pull ]; then sleep 3; exec docker tag {} \"$3\"; fi\n",
+            common::docker::TEST_IMAGE
+        ),
+    );
+    let scope = Scope::new();
+    let agent = scope.agent(|c| {
+        c.docker.binary = wrapper.clone();
+        c.docker.create_wait_secs = 1;
+    });
+    let image = format!("utopia-test-cancelled-{}:latest", scope.claim("img"));
+    let claim = scope.claim("cancelled");
+    let mut request = body(&claim, &[0], "sleep 600");
+    request["image"] = image.clone().into();
+    let r = agent.post_json("/api/v1/containers", &request);
+    assert_eq!(r.status, 202, "{}", r.text());
+    let location = format!("/api/v1/containers/{claim}");
+    // The rental is cancelled during the pull: given up at once (was a 409 "try again once
+    // the create has answered"; without a retry the container then ran on GPU 0).
+    let r = agent.api("DELETE", &location, b"");
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(r.json()["deleted"], false, "{}", r.text());
+    // Asked again, the same answer; GPU 0 stays held while docker may still make it.
+    assert_eq!(agent.api("DELETE", &location, b"").status, 202);
+    let other = agent.post_json(
+        "/api/v1/containers",
+        &body(&scope.claim("other"), &[0], "sleep 600"),
+    );
+    assert_eq!(other.status, 409, "{}", other.text());
+    // The pull ends, docker makes the container, the agent removes it: nothing of the claim
+    // is left, in the API or in docker, and GPU 0 is free again.
+    let gone = wait_until(Duration::from_secs(20), || {
+        agent.get(&location).status == 404
+            && docker_ok(&[
+                "ps",
+                "-a",
+                "--filter",
+                &format!("name=utopia-{claim}"),
+                "--format",
+                "{{.ID}}",
+            ])
+            .is_empty()
+    });
+    let _ = docker(&["rmi", &image]);
+    assert!(
+        gone,
+        "{} / {}\nlog:\n{}",
+        agent.get(&location).text(),
+        docker_ok(&["ps", "-a", "--filter", &format!("name=utopia-{claim}")]),
+        agent.log()
+    );
+    let log = agent.log();
+    assert!(
+        log.contains(&format!("given-up claim {claim}")),
+        "the removal is not logged:\n{log}"
+    );
+    agent.create(&body(&scope.claim("next"), &[0], "sleep 600"));
 }

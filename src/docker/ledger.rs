@@ -287,12 +287,14 @@ impl GpuLedger {
         }
     }
 
-    /// The claim is given up while its create's outcome is unknown; false when it is not in
-    /// that state.
+    /// The claim is given up while it has no container yet (its create is in progress, or
+    /// timed out with its outcome unknown); false when it is not in that state.
     pub fn give_up(&mut self, claim_id: &str) -> bool {
-        match self.holdings.iter_mut().find(|h| {
-            h.claim_id == claim_id && h.container_id.is_none() && h.unknown_since.is_some()
-        }) {
+        match self
+            .holdings
+            .iter_mut()
+            .find(|h| h.claim_id == claim_id && h.container_id.is_none())
+        {
             Some(h) => {
                 h.given_up = true;
                 true

@@ -115,9 +115,10 @@ impl Runner {
         views
     }
 
-    /// `DELETE` of a claim whose create timed out (state unknown): the claim is given up, so
-    /// its container, if docker made it, is removed once a reconcile sees it; its reservation
-    /// is kept until then. `None` when `id` names no such claim.
+    /// `DELETE` of a claim whose create is in progress (a pull can take many minutes) or timed
+    /// out (state unknown): the claim is given up, so its container, if docker makes it, is
+    /// removed as soon as the create ends or a reconcile sees it; its reservation is kept until
+    /// then. `None` when `id` names no such claim.
     pub(super) fn give_up_unknown(&mut self, id: &str) -> Option<Deleted> {
         self.docker_ready().ok()?;
         if self.table.resolve(id, &self.ledger).is_ok() {
@@ -130,17 +131,19 @@ impl Runner {
             .iter()
             .find(|h| {
                 h.container_id.is_none()
-                    && h.unknown_since.is_some()
+                    && (h.unknown_since.is_some() || self.creating.contains_key(&h.claim_id))
                     && (h.claim_id == id || container_name(&h.claim_id) == name)
             })?
             .claim_id
             .clone();
         self.ledger.give_up(&claim_id);
         self.given_up.insert(claim_id.clone(), Instant::now());
-        log::info!(
-            "claim {claim_id} given up while its create's outcome is unknown: its container is \
-             removed if it turns up"
-        );
+        let when = if self.creating.contains_key(&claim_id) {
+            "while it is being created"
+        } else {
+            "while its create's outcome is unknown"
+        };
+        log::info!("claim {claim_id} given up {when}: its container is removed if it turns up");
         Some(Deleted {
             id: String::new(),
             name: container_name(&claim_id),
@@ -172,7 +175,7 @@ impl Runner {
                 continue;
             }
             log::warn!(
-                "container {} of given-up claim {} turned up after its create timed out; removing it",
+                "container {} of given-up claim {} turned up after the claim was deleted; removing it",
                 short_id(&id),
                 view.claim_id
             );
@@ -274,6 +277,10 @@ impl Runner {
                     "container {} created for claim {claim_id}",
                     short_id(&view.id)
                 );
+                // Deleted while it was being created: it goes at once.
+                if self.given_up.contains_key(&claim_id) {
+                    self.remove_given_up();
+                }
                 Ok(self.decorate(&view))
             }
             Err(ContainerError::Timeout(why)) => {

@@ -314,28 +314,17 @@ fn a_stale_refresh_or_reconcile_never_brings_back_a_removed_container() {
 }
 
 #[test]
-fn a_container_being_created_is_409_not_404() {
-    let (mut r, queue, _snapshot) = runner();
+fn a_container_being_created_is_409_not_404_and_a_delete_gives_it_up() {
+    let (mut r, queue, snapshot) = runner();
     r.apply_reconcile(0, Ok(vec![]));
     ask(&mut r, |reply| Request::Create {
         spec: Box::new(spec("a", GpuRequest::Ids(vec![0]))),
         reply,
     });
-    let Ok(Work::Create { .. }) = queue.try_recv() else {
+    let Ok(Work::Create { ticket, .. }) = queue.try_recv() else {
         panic!("no create queued");
     };
-    // A delete answered 404 here would let the platform believe the claim is gone while
-    // its container is about to start and hold GPU 0.
     for id in ["a", "utopia-a"] {
-        let delete = ask(&mut r, |reply| Request::Delete {
-            id: id.into(),
-            reply,
-        });
-        assert!(
-            matches!(&delete, Some(Err(ContainerError::Conflict { code: "operation_in_progress", message }))
-                if message.contains("being created")),
-            "{id}: {delete:?}"
-        );
         let stop = ask(&mut r, |reply| Request::Act {
             id: id.into(),
             action: Action::Stop,
@@ -365,6 +354,52 @@ fn a_container_being_created_is_409_not_404() {
         }),
         Some(Err(ContainerError::NotFound(_)))
     ));
+    // A delete during the create (a pull can take many minutes; a 409 left the container to
+    // start and hold GPU 0 after its rental was cancelled, unless the platform came back):
+    // the claim is given up (202), nothing is freed while docker may still make it, asked
+    // twice it answers the same.
+    for id in ["utopia-a", "a"] {
+        let deleted = ask(&mut r, |reply| Request::Delete {
+            id: id.into(),
+            reply,
+        })
+        .unwrap()
+        .unwrap();
+        assert!(!deleted.deleted && deleted.gpu_ids.is_empty(), "{id}");
+        assert_eq!(deleted.claim_id, "a");
+    }
+    assert!(r.ledger.by_claim("a").is_some_and(|h| h.given_up));
+    let other = ask(&mut r, |reply| Request::Create {
+        spec: Box::new(spec("b", GpuRequest::Ids(vec![0]))),
+        reply,
+    });
+    assert!(
+        matches!(
+            other,
+            Some(Err(ContainerError::Conflict {
+                code: "gpu_in_use",
+                ..
+            }))
+        ),
+        "GPU 0 freed while docker may still start a's container: {other:?}"
+    );
+    // The create ends with a container: it is removed at once, and then GPU 0 is free.
+    r.finish(Done::Created {
+        ticket,
+        claim_id: "a".into(),
+        result: Ok(view(A, "a", &[0], "running")),
+    });
+    let Ok(Work::Delete { ticket, view: gone }) = queue.try_recv() else {
+        panic!("the given-up container is not removed");
+    };
+    assert_eq!(gone.id, A);
+    r.finish(Done::Deleted {
+        ticket,
+        view: gone,
+        result: Ok(()),
+    });
+    assert!(r.ledger.holdings().is_empty());
+    assert!(snapshot.gpu_allocations().is_empty());
 }
 
 #[test]
