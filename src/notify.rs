@@ -520,6 +520,25 @@ struct Watch {
 }
 
 impl Watch {
+    /// A watch that has reported `last_status` and found nothing stuck or failing yet.
+    fn new(
+        notifier: Arc<Notifier>,
+        listen: SocketAddr,
+        liveness: Arc<Liveness>,
+        api: LivenessStamp,
+        last_status: String,
+    ) -> Watch {
+        Watch {
+            notifier,
+            listen,
+            liveness,
+            api,
+            last_status,
+            last_stuck: Vec::new(),
+            api_failing: false,
+        }
+    }
+
     /// One tick: check the API, refresh the status, pet the watchdog when nothing is stuck.
     /// Returns whether it petted.
     fn tick(&mut self, probe_timeout: Duration) -> bool {
@@ -596,15 +615,7 @@ pub fn start(
             interval.as_millis()
         );
     }
-    let mut watch = Watch {
-        notifier,
-        listen,
-        liveness,
-        api,
-        last_status: ready,
-        last_stuck: Vec::new(),
-        api_failing: false,
-    };
+    let mut watch = Watch::new(notifier, listen, liveness, api, ready);
     let thread = std::thread::Builder::new()
         .name("systemd-notify".into())
         .spawn(move || {
@@ -768,15 +779,13 @@ mod tests {
         let (notifier, _) = Notifier::from_values(Some(&path), Some("1000000"), None, 1);
         let board = Liveness::new();
         let api = board.register("api", Duration::from_millis(300));
-        let mut watch = Watch {
-            notifier: notifier.into(),
-            listen: health_server(None),
-            liveness: Arc::clone(&board),
+        let mut watch = Watch::new(
+            notifier.into(),
+            health_server(None),
+            Arc::clone(&board),
             api,
-            last_status: String::new(),
-            last_stuck: Vec::new(),
-            api_failing: false,
-        };
+            String::new(),
+        );
         // Within its deadline one unanswered self-check is tolerated.
         assert!(watch.tick(Duration::from_millis(50)));
         assert!(recv(&socket).starts_with("STATUS=API not answering: "));
@@ -797,15 +806,13 @@ mod tests {
         let (notifier, _) = Notifier::from_values(Some(&path), Some("1000000"), None, 1);
         let board = Liveness::new();
         let api = board.register("api", Duration::from_secs(60));
-        let mut watch = Watch {
-            notifier: notifier.into(),
-            listen: health_server(Some(r#"{"status":"ok","components":{"api":"ok"}}"#)),
-            liveness: Arc::clone(&board),
+        let mut watch = Watch::new(
+            notifier.into(),
+            health_server(Some(r#"{"status":"ok","components":{"api":"ok"}}"#)),
+            Arc::clone(&board),
             api,
-            last_status: String::new(),
-            last_stuck: Vec::new(),
-            api_failing: false,
-        };
+            String::new(),
+        );
         assert!(watch.tick(Duration::from_secs(1)));
         assert_eq!(recv(&socket), "STATUS=ok; every component ok");
         assert_eq!(recv(&socket), "WATCHDOG=1");

@@ -434,6 +434,19 @@ fn container_changes_reload_frpc_without_a_restart() {
     assert_eq!(container["type"], "tcp");
     assert!(container["remote_addr"].as_str().is_some(), "{container}");
 
+    // A stopped container's host port is free again: its proxy goes, and comes back with it.
+    let r = agent.api("POST", &format!("/api/v1/containers/{claim}/stop"), b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    journal.wait_for("reload", Duration::from_secs(20), |e| {
+        e["removed"]
+            .as_array()
+            .is_some_and(|a| a.contains(&json!(proxy)))
+    });
+    wait_tunnel(&agent, Duration::from_secs(10), |t| !has_proxy(t, &proxy));
+    let r = agent.api("POST", &format!("/api/v1/containers/{claim}/start"), b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait_tunnel(&agent, Duration::from_secs(20), |t| has_proxy(t, &proxy));
+
     let r = agent.api("DELETE", &format!("/api/v1/containers/{claim}"), b"");
     assert!(r.status == 200 || r.status == 204, "{}", r.text());
     journal.wait_for("reload", Duration::from_secs(10), |e| {

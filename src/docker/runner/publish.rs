@@ -29,10 +29,14 @@ impl Runner {
                 .collect(),
             self.ledger.allocations(),
         );
-        // What the frp tunnel publishes on frps: every managed container's ports.
+        // What the frp tunnel publishes on frps: the ports of the managed containers that hold
+        // their host ports (running or paused). A stopped container's host port is free again:
+        // a proxy left on it would hand the renter's public traffic to whatever local process
+        // binds that port next.
         self.writer.publish_ports(
             views
                 .iter()
+                .filter(|v| holds_host_ports(&v.state))
                 .flat_map(|v| {
                     v.port_mappings.iter().map(|m| PublishedPort {
                         claim_id: v.claim_id.clone(),
@@ -64,6 +68,35 @@ impl Runner {
         if self.published_health.as_ref() != Some(&health) {
             self.writer.set_health(health.clone());
             self.published_health = Some(health);
+        }
+    }
+}
+
+/// Whether a container in docker state `state` holds its published host ports: docker binds
+/// them while it runs (also paused) and frees them when it stops, exits or restarts.
+pub(super) fn holds_host_ports(state: &str) -> bool {
+    matches!(state, "running" | "paused")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::holds_host_ports;
+
+    #[test]
+    fn only_running_or_paused_containers_hold_their_host_ports() {
+        for state in ["running", "paused"] {
+            assert!(holds_host_ports(state), "{state}");
+        }
+        for state in [
+            "created",
+            "exited",
+            "restarting",
+            "removing",
+            "dead",
+            "creating",
+            "",
+        ] {
+            assert!(!holds_host_ports(state), "{state}");
         }
     }
 }
