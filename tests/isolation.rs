@@ -683,3 +683,48 @@ fn a_claim_deleted_during_its_pull_never_leaves_a_container_running() {
     );
     agent.create(&body(&scope.claim("next"), &[0], "sleep 600"));
 }
+
+#[test]
+fn the_volumes_of_an_images_volume_go_with_its_container() {
+    if !ready("the_volumes_of_an_images_volume_go_with_its_container") {
+        return;
+    }
+    // A renter's image declaring a VOLUME: docker gives each container an anonymous volume,
+    // on the node's disk. Left behind at delete, every rental could leave gigabytes for good.
+    let image = DerivedImage::new(&["VOLUME /data"]);
+    let scope = Scope::new();
+    let agent = scope.agent(|_| {});
+    let mut request = body(
+        &scope.claim("vol"),
+        &[],
+        "dd if=/dev/zero of=/data/fill bs=1024 count=1024 && echo FILLED; sleep 600",
+    );
+    request["image"] = image.tag.clone().into();
+    let created = agent.create(&request);
+    let id = created["id"].as_str().unwrap().to_string();
+    let volume = docker_ok(&[
+        "container",
+        "inspect",
+        "--format",
+        "{{range .Mounts}}{{if eq .Destination \"/data\"}}{{.Name}}{{end}}{{end}}",
+        &id,
+    ]);
+    assert!(!volume.is_empty(), "no anonymous volume at /data");
+    let filled = wait_until(Duration::from_secs(15), || {
+        agent
+            .get(&format!("/api/v1/containers/{id}/logs?tail=5"))
+            .text()
+            .contains("FILLED")
+    });
+    assert!(filled, "the container never wrote its volume");
+    let deleted = agent.api("DELETE", &format!("/api/v1/containers/{id}"), b"");
+    assert_eq!(deleted.status, 200, "{}", deleted.text());
+    let left = docker(&["volume", "inspect", &volume]).status.success();
+    if left {
+        let _ = docker(&["volume", "rm", "--force", &volume]);
+    }
+    assert!(
+        !left,
+        "volume {volume} of the deleted container is left on the node"
+    );
+}

@@ -340,7 +340,7 @@ fn remove_leftovers(context: &WorkerContext, claim_id: &str) {
             short_id(&id)
         );
         if let Err(e) = cli.run(
-            &args(&["rm", "--force", "--", &id]),
+            &args(&["rm", "--force", "--volumes", "--", &id]),
             cli.command_timeout(),
             4096,
         ) {
@@ -394,8 +394,11 @@ fn delete(context: &WorkerContext, id: &str) -> Result<(), ContainerError> {
         Err(e) if e.is_no_such_container() => return Ok(()),
         Err(e) => return Err(e.into()),
     }
+    // `--volumes`: the anonymous volumes of the image's `VOLUME`s go with it (left behind,
+    // every rental could leave its data on the node's disk for good). Managed containers
+    // have no named volumes or bind mounts, which it would not touch anyway.
     match cli.run(
-        &args(&["rm", "--force", "--", id]),
+        &args(&["rm", "--force", "--volumes", "--", id]),
         cli.command_timeout(),
         4096,
     ) {
