@@ -38,7 +38,9 @@ pub fn run_args(
     settings: &RunSettings,
     env_file: Option<&Path>,
 ) -> Vec<String> {
-    let mut args: Vec<String> = vec!["run".into(), "--detach".into()];
+    // `--pull=never`: a missing image is pulled by the agent itself (its deadline, credentials
+    // and progress), never implicitly by `docker run`.
+    let mut args: Vec<String> = vec!["run".into(), "--detach".into(), "--pull=never".into()];
     let mut flag = |name: &str, value: String| {
         args.push(name.to_string());
         args.push(value);
@@ -250,7 +252,7 @@ mod tests {
             &args[dash + 1..],
             &["nvidia/cuda:12", "--privileged", "sleep"]
         );
-        assert_eq!(args[..2], ["run", "--detach"]);
+        assert_eq!(args[..3], ["run", "--detach", "--pull=never"]);
         assert!(
             !args.iter().any(|a| a.contains("hunter2")),
             "env stays off the argv"

@@ -8,7 +8,7 @@
 //! when shutdown starts is killed and reaped by [`DockerCli`].
 
 use crate::docker::argv::run_args;
-use crate::docker::cli::{DockerCli, DockerError, PullFailure};
+use crate::docker::cli::{DockerCli, DockerError, Output, PullFailure};
 use crate::docker::container::{parse_inspect, ContainerView};
 use crate::docker::jobs::{Done, Work, WorkerContext};
 use crate::docker::labels::LABEL_CLAIM_ID;
@@ -125,31 +125,19 @@ fn create(
             pull,
         });
     };
-    ensure_image(cli, &spec.image, spec.registry_auth.as_ref(), &|pull| {
-        step(format!("pulling image {}", spec.image), Some(pull))
-    })?;
     step("starting container".to_string(), None);
-    let env_file = if spec.env.is_empty() {
-        None
-    } else {
-        Some(EnvFile::write(&spec.claim_id, &spec.env)?)
+    // `docker run --pull=never` first: when docker has the image (the usual case) the create
+    // costs no separate image check. Only a missing image is pulled, then run again.
+    let run = match run_container(context, spec, gpus, uuids)? {
+        Err(e) if e.is_no_such_image() => {
+            pull_image(cli, &spec.image, spec.registry_auth.as_ref(), &|pull| {
+                step(format!("pulling image {}", spec.image), Some(pull))
+            })?;
+            step("starting container".to_string(), None);
+            run_container(context, spec, gpus, uuids)?
+        }
+        run => run,
     };
-    let argv = run_args(
-        spec,
-        gpus,
-        uuids,
-        &context.settings,
-        env_file.as_ref().map(|f| f.path.as_path()),
-    );
-    log::info!(
-        "creating container {} for claim {} (image {}, GPUs [{}])",
-        spec.container_name(),
-        spec.claim_id,
-        spec.image,
-        join_ids(gpus)
-    );
-    let run = cli.run(&argv, cli.command_timeout(), 4096);
-    drop(env_file);
     let id = match run {
         Ok(out) => String::from_utf8_lossy(&out.stdout).trim().to_string(),
         Err(e) => {
@@ -214,24 +202,45 @@ fn create(
     }
 }
 
-/// Pulls the image unless docker already has it; with `auth`, through a docker config of this
-/// pull only (removed when it ends).
-fn ensure_image(
+/// `docker run` of the create (with its env file, written for this run only): docker's answer,
+/// or why the run could not even be started.
+fn run_container(
+    context: &WorkerContext,
+    spec: &CreateSpec,
+    gpus: &[u32],
+    uuids: &[String],
+) -> Result<Result<Output, DockerError>, ContainerError> {
+    let cli = &context.cli;
+    let env_file = if spec.env.is_empty() {
+        None
+    } else {
+        Some(EnvFile::write(&spec.claim_id, &spec.env)?)
+    };
+    let argv = run_args(
+        spec,
+        gpus,
+        uuids,
+        &context.settings,
+        env_file.as_ref().map(|f| f.path.as_path()),
+    );
+    log::info!(
+        "creating container {} for claim {} (image {}, GPUs [{}])",
+        spec.container_name(),
+        spec.claim_id,
+        spec.image,
+        join_ids(gpus)
+    );
+    Ok(cli.run(&argv, cli.command_timeout(), 4096))
+}
+
+/// Pulls an image docker does not have; with `auth`, through a docker config of this pull only
+/// (removed when it ends).
+fn pull_image(
     cli: &DockerCli,
     image: &str,
     auth: Option<&RegistryAuth>,
     pulling: &dyn Fn(PullProgress),
 ) -> Result<(), ContainerError> {
-    let inspect = cli.run(
-        &args(&["image", "inspect", "--format", "{{.Id}}", "--", image]),
-        cli.command_timeout(),
-        4096,
-    );
-    match inspect {
-        Ok(_) => return Ok(()),
-        Err(e) if e.is_no_such_image() => {}
-        Err(e) => return Err(e.into()),
-    }
     // A registry name that DNS turns into this host's own address is refused now, before the
     // engine reaches it.
     crate::docker::registry_address::check(image).map_err(|e| match e {
@@ -287,7 +296,7 @@ fn pull(
     pull_args: &[String],
     config_dir: Option<&std::path::Path>,
     pulling: &dyn Fn(PullProgress),
-) -> Result<crate::docker::cli::Output, DockerError> {
+) -> Result<Output, DockerError> {
     let mut reader = PullReader::default();
     let mut shown = PullProgress::default();
     let mut shown_at = Instant::now();
