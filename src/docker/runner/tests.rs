@@ -1,3 +1,5 @@
+//! The runner's unit tests (compiled only under `#[cfg(test)]`, see `mod.rs`).
+
 use super::*;
 use crate::docker::cli::DockerError;
 use crate::docker::fixtures::{spec, view, A, B};
