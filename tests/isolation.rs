@@ -410,7 +410,9 @@ fn a_timed_out_create_keeps_its_gpu_until_docker_shows_what_it_made() {
     let r = agent.post_json("/api/v1/containers", &body(&other, &[0], "sleep 600"));
     assert_eq!(r.status, 409, "still reserved: {}", r.text());
     let removed = wait_until(Duration::from_secs(20), || {
-        agent.log().contains("turned up after its create timed out")
+        agent
+            .log()
+            .contains("turned up after the claim was deleted")
             && docker(&["container", "inspect", &format!("utopia-{late}")])
                 .status
                 .code()
