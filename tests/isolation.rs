@@ -538,8 +538,12 @@ fn a_slow_create_answers_202_and_its_resource_shows_the_outcome() {
     request["image"] = "utopia-test-missing/x:1".into();
     let r = agent.post_json("/api/v1/containers", &request);
     assert_eq!(r.status, 202, "{}", r.text());
-    assert_eq!(r.json()["status"], "pulling image utopia-test-missing/x:1");
+    // `docker run --pull=never` finds no image (after the wrapper's 3 s), then the pull runs.
     let location = format!("/api/v1/containers/{failing}");
+    let pulling = wait_until(Duration::from_secs(15), || {
+        agent.get(&location).json()["status"] == "pulling image utopia-test-missing/x:1"
+    });
+    assert!(pulling, "{}", agent.get(&location).text());
     let failed = wait_until(Duration::from_secs(15), || {
         agent.get(&location).json()["state"] == "failed"
     });
