@@ -13,6 +13,9 @@ use std::collections::BTreeMap;
 /// The container JSON of the API.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ContainerView {
+    /// Docker's container id; empty (`null` in the JSON) while docker has made no container for
+    /// the claim (a create in progress or failed).
+    #[serde(serialize_with = "id_or_null")]
     pub id: String,
     pub name: String,
     pub claim_id: String,
@@ -49,6 +52,16 @@ pub struct ContainerView {
     /// Its init process on the host (`State.Pid`); `None` when not running.
     #[serde(skip)]
     pub pid: Option<u32>,
+}
+
+/// An empty id is `null`: an entry without a container has no id to follow (`""` would turn
+/// `GET /api/v1/containers/{id}` into the collection's path).
+fn id_or_null<S: serde::Serializer>(id: &str, serializer: S) -> Result<S::Ok, S::Error> {
+    if id.is_empty() {
+        serializer.serialize_none()
+    } else {
+        serializer.serialize_str(id)
+    }
 }
 
 /// A port mapping as renters reach it through the frp tunnel.

@@ -250,7 +250,7 @@ impl Agent {
             assert!(
                 listed["claim_id"] == claim
                     && listed["state"] == "failed"
-                    && listed["id"].as_str().unwrap_or("").is_empty(),
+                    && listed["id"].is_null(),
                 "{listed}"
             );
         }
