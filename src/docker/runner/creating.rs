@@ -115,6 +115,25 @@ impl Runner {
         views
     }
 
+    /// `DELETE` of a claim whose create failed (shown as `failed` for a while, with no container
+    /// and nothing reserved): its outcome is forgotten, so `GET` and the list no longer show it.
+    /// `None` when `id` names a container, a create in progress or no failed create.
+    pub(super) fn forget_failed(&mut self, id: &str) -> Option<Deleted> {
+        if self.table.resolve(id, &self.ledger).is_ok() {
+            return None;
+        }
+        let failed = self.create_view(id).filter(|v| v.state == "failed")?;
+        self.outcomes.remove(&failed.claim_id);
+        log::info!("claim {}: its failed create is forgotten", failed.claim_id);
+        Some(Deleted {
+            id: String::new(),
+            name: failed.name,
+            claim_id: failed.claim_id,
+            deleted: true,
+            gpu_ids: Vec::new(),
+        })
+    }
+
     /// `DELETE` of a claim whose create is in progress (a pull can take many minutes) or timed
     /// out (state unknown): the claim is given up, so its container, if docker makes it, is
     /// removed as soon as the create ends or a reconcile sees it; its reservation is kept until

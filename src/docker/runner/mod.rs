@@ -409,7 +409,10 @@ impl Runner {
                 }
             }
             Request::Delete { id, reply } => {
-                if let Some(deleted) = self.give_up_unknown(&id) {
+                if let Some(deleted) = self
+                    .give_up_unknown(&id)
+                    .or_else(|| self.forget_failed(&id))
+                {
                     let _ = reply.send(Ok(deleted));
                     return;
                 }

@@ -875,6 +875,22 @@ fn a_create_in_progress_shows_its_step_then_its_error() {
     assert_eq!(shown.state, "failed");
     assert_eq!(shown.error.as_deref(), Some("registry unreachable"));
     assert!(r.ledger.holdings().is_empty());
+    // DELETE of the failed claim forgets it: 200 (deleted, nothing freed), then GET is a 404.
+    let deleted = ask(&mut r, |reply| Request::Delete {
+        id: "a".into(),
+        reply,
+    })
+    .unwrap()
+    .unwrap();
+    assert!(deleted.deleted && deleted.gpu_ids.is_empty(), "{deleted:?}");
+    assert!(matches!(
+        ask(&mut r, |reply| Request::Get {
+            id: "a".into(),
+            reply
+        })
+        .unwrap(),
+        Err(ContainerError::NotFound(_))
+    ));
     // A new create of the claim forgets the old outcome.
     ask(&mut r, |reply| Request::Create {
         spec: Box::new(spec("a", GpuRequest::Ids(vec![0]))),
