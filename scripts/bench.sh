@@ -149,7 +149,9 @@ if docker info >/dev/null 2>&1; then
     [ "${out%% *}" = 200 ] || { lib_log "delete through the agent failed: $out"; exit 1; }
     echo "${out#* }" >>"$LIB_WORK/delete.agent"
     t0=$(lib_now_us)
-    docker run -d --label "$LIB_LABEL_KEY=$LIB_LABEL_VALUE" --name "bench-raw-$$-$i" "$LIB_IMAGE" sleep 600 >/dev/null
+    # On the agent's renters' network (docker.network, default utopia-renters), as the agent's
+    # containers are: the same work for the engine, so the difference is the agent's.
+    docker run -d --network utopia-renters --label "$LIB_LABEL_KEY=$LIB_LABEL_VALUE" --name "bench-raw-$$-$i" "$LIB_IMAGE" sleep 600 >/dev/null
     t1=$(lib_now_us)
     docker rm -f "bench-raw-$$-$i" >/dev/null
     t2=$(lib_now_us)
@@ -159,7 +161,7 @@ if docker info >/dev/null 2>&1; then
   med() { lib_median <"$LIB_WORK/$1" | awk '{ printf "%.0f", $1 * 1000 }'; }
   ca=$(med create.agent); cr=$(med create.raw); da=$(med delete.agent); dr=$(med delete.raw)
   over=$(awk -v a="$ca" -v r="$cr" 'BEGIN { printf "%+.0f %%", (a - r) * 100 / r }')
-  row "container create, median of $CREATES: agent (POST, 201 when running) vs docker run -d" "$ca ms vs $cr ms ($over)" "<= +10 %" "$(awk -v a="$ca" -v r="$cr" 'BEGIN { print (a <= 1.1 * r) ? "met" : "MISSED" }')"
+  row "container create, median of $CREATES: agent (POST, 201 when running) vs docker run -d on the same network" "$ca ms vs $cr ms ($over)" "<= +10 %" "$(awk -v a="$ca" -v r="$cr" 'BEGIN { print (a <= 1.1 * r) ? "met" : "MISSED" }')"
   row "container delete, median of $CREATES: agent (DELETE: stop, then rm) vs docker rm -f" "$da ms vs $dr ms" "" ""
 else
   row "container create / delete" "skipped: docker engine not reachable" "" ""
