@@ -492,6 +492,18 @@ fn an_image_that_cannot_be_had_is_an_error_and_frees_the_gpu() {
     assert!(r.text().contains("utopia-test-missing-"), "{}", r.text());
     assert!(scope.docker_ids().is_empty());
     agent.only_failed_creates_listed(&scope.claim("img"));
+    // DELETE of the failed claim forgets it: 200, no container id, nothing freed.
+    let failed = scope.claim("img");
+    let r = agent.api("DELETE", &format!("/api/v1/containers/{failed}"), b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let deleted = r.json();
+    assert!(deleted["id"].is_null(), "{deleted}");
+    assert_eq!(deleted["gpu_ids"], json!([]), "{deleted}");
+    assert_eq!(
+        agent.get(&format!("/api/v1/containers/{failed}")).status,
+        404
+    );
+    assert!(agent.containers().is_empty());
     agent.create(&body(&scope.claim("img2"), &[0], "true"));
 }
 

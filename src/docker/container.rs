@@ -56,7 +56,7 @@ pub struct ContainerView {
 
 /// An empty id is `null`: an entry without a container has no id to follow (`""` would turn
 /// `GET /api/v1/containers/{id}` into the collection's path).
-fn id_or_null<S: serde::Serializer>(id: &str, serializer: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn id_or_null<S: serde::Serializer>(id: &str, serializer: S) -> Result<S::Ok, S::Error> {
     if id.is_empty() {
         serializer.serialize_none()
     } else {

@@ -134,6 +134,9 @@ impl Action {
 /// What `DELETE` answers.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Deleted {
+    /// The removed container's id; `null` in the JSON for a claim that had no container (given
+    /// up while being created, or a failed create forgotten).
+    #[serde(serialize_with = "crate::docker::container::id_or_null")]
     pub id: String,
     pub name: String,
     pub claim_id: String,
