@@ -153,6 +153,8 @@ pub struct RunSettings {
     pub network: String,
     /// `--pids-limit`; 0 = no limit.
     pub pids_limit: u64,
+    /// `--oom-score-adj` (1-1000).
+    pub oom_score_adj: u16,
     pub log_max_size: String,
     pub log_max_file: u32,
     pub init: bool,

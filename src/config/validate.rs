@@ -511,6 +511,19 @@ impl DockerConfig {
                 return Err(invalid(key, format!("must be between {min} and {max}")));
             }
         }
+        let oom_score_adj = u16::try_from(self.oom_score_adj)
+            .ok()
+            .filter(|v| (1..=1000).contains(v))
+            .ok_or_else(|| {
+                invalid(
+                    "docker.oom_score_adj",
+                    format!(
+                        "{} is not between 1 and 1000: renters' containers must be the kernel's \
+                         first choice under memory pressure, before the agent and dockerd",
+                        self.oom_score_adj
+                    ),
+                )
+            })?;
         if !valid_size(&self.log_max_size) {
             return Err(invalid(
                 "docker.log_max_size",
@@ -583,6 +596,7 @@ impl DockerConfig {
                 managed_label,
                 network: self.network.clone(),
                 pids_limit: self.pids_limit,
+                oom_score_adj,
                 log_max_size: self.log_max_size.clone(),
                 log_max_file: self.log_max_file,
                 init: self.init,
@@ -935,6 +949,9 @@ mod tests {
             |d| d.log_max_size = "0".into(),
             |d| d.log_max_size = "-1m".into(),
             |d| d.log_max_file = 0,
+            |d| d.oom_score_adj = 0,
+            |d| d.oom_score_adj = -500,
+            |d| d.oom_score_adj = 1001,
             |d| d.network = "bridge".into(),
             |d| d.create_wait_secs = 0,
             |d| d.network = "host".into(),
@@ -955,6 +972,22 @@ mod tests {
         assert!(check(|d| d.log_max_size = "1g".into()).is_ok());
         assert!(check(|d| d.stop_timeout_secs = 0).is_ok());
         assert!(check(|d| d.pids_limit = 0).is_ok());
+        for adj in [1, 1000] {
+            let mut c = valid();
+            c.docker.oom_score_adj = adj;
+            assert_eq!(
+                c.docker.validate().unwrap().run.oom_score_adj,
+                adj as u16,
+                "{adj}"
+            );
+        }
+        let mut c = valid();
+        c.docker.oom_score_adj = -1;
+        let e = warnings_of(&c).unwrap_err().to_string();
+        assert!(
+            e.contains("docker.oom_score_adj") && e.contains("-1 is not between 1 and 1000"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -123,6 +123,9 @@ pub fn run_args(
     if settings.pids_limit > 0 {
         flag("--pids-limit", settings.pids_limit.to_string());
     }
+    // Under host memory pressure the kernel kills a renter's process first, never the agent
+    // (its unit's -900) or dockerd (-500).
+    flag("--oom-score-adj", settings.oom_score_adj.to_string());
     flag("--log-driver", "json-file".into());
     flag("--log-opt", format!("max-size={}", settings.log_max_size));
     flag("--log-opt", format!("max-file={}", settings.log_max_file));
@@ -160,6 +163,7 @@ mod tests {
             network: "utopia-renters".into(),
             managed_label: ManagedLabel::parse("io.utopia.managed=true").unwrap(),
             pids_limit: 4096,
+            oom_score_adj: 500,
             log_max_size: "50m".into(),
             log_max_file: 3,
             init: true,
@@ -321,6 +325,7 @@ mod tests {
         assert_eq!(pairs(&args, "--shm-size"), vec!["4096m"]);
         assert_eq!(pairs(&args, "--security-opt"), vec!["no-new-privileges"]);
         assert_eq!(pairs(&args, "--pids-limit"), vec!["4096"]);
+        assert_eq!(pairs(&args, "--oom-score-adj"), vec!["500"]);
         assert_eq!(pairs(&args, "--log-driver"), vec!["json-file"]);
         assert_eq!(
             pairs(&args, "--log-opt"),
