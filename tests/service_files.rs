@@ -320,5 +320,8 @@ fn the_agent_is_the_oom_killers_last_choice_under_both_service_managers() {
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{said}");
     assert!(!said.contains("ewarn"), "{said}");
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), wanted.to_string());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        wanted.to_string()
+    );
 }
