@@ -6,8 +6,8 @@ use super::file::{
     ApiConfig, ApiProxyType, Config, DockerConfig, FrpConfig, GpuConfig, GpuMode, PlatformConfig,
 };
 use super::settings::{
-    ApiSettings, DockerSettings, FrpSettings, GpuSettings, ManagedLabel, PlatformSettings,
-    RunSettings, Settings,
+    ApiSettings, DefaultMemory, DockerSettings, FrpSettings, GpuSettings, ManagedLabel,
+    PlatformSettings, RunSettings, Settings,
 };
 use super::{invalid, ConfigError, ConfigWarning, EXAMPLE_AUTH_TOKEN, MIN_AUTH_TOKEN_LEN};
 use crate::names::{has_template_marker, is_name, is_name_byte};
@@ -36,6 +36,13 @@ impl Config {
                 .validate(platform.api_url.is_some(), api.listen.port(), &mut warnings)?;
         let gpu = self.gpu.validate()?;
         let docker = self.docker.validate()?;
+        if docker.run.default_memory.is_none() {
+            warnings.push(ConfigWarning(
+                "docker.default_memory is empty: a container created without memory_mb has no \
+                 memory limit and can take all of the host's memory (set e.g. 90% or 64g)"
+                    .to_string(),
+            ));
+        }
         Ok(Validated {
             settings: Settings {
                 identity_file_path: self.identity_file_path.clone(),
@@ -524,6 +531,20 @@ impl DockerConfig {
                     ),
                 )
             })?;
+        let default_memory = if self.default_memory.trim().is_empty() {
+            None
+        } else {
+            Some(DefaultMemory::parse(&self.default_memory).ok_or_else(|| {
+                invalid(
+                    "docker.default_memory",
+                    format!(
+                        "{:?} is not a percentage of the host's memory (1%-100%), a size like \
+                         64g or 65536m (6m-16t), or empty for no limit",
+                        self.default_memory
+                    ),
+                )
+            })?)
+        };
         if !valid_size(&self.log_max_size) {
             return Err(invalid(
                 "docker.log_max_size",
@@ -597,6 +618,7 @@ impl DockerConfig {
                 network: self.network.clone(),
                 pids_limit: self.pids_limit,
                 oom_score_adj,
+                default_memory,
                 log_max_size: self.log_max_size.clone(),
                 log_max_file: self.log_max_file,
                 init: self.init,
@@ -972,6 +994,28 @@ mod tests {
         assert!(check(|d| d.log_max_size = "1g".into()).is_ok());
         assert!(check(|d| d.stop_timeout_secs = 0).is_ok());
         assert!(check(|d| d.pids_limit = 0).is_ok());
+        let mut c = valid();
+        c.docker.default_memory = "lots".into();
+        let e = warnings_of(&c).unwrap_err().to_string();
+        assert!(
+            e.contains("`docker.default_memory`") && e.contains("\"lots\""),
+            "{e}"
+        );
+        for (text, expected) in [
+            ("90%", Some(DefaultMemory::PercentOfHost(90))),
+            ("512m", Some(DefaultMemory::Mib(512))),
+            ("", None),
+        ] {
+            let mut c = valid();
+            c.docker.default_memory = text.into();
+            let v = c.validate().unwrap();
+            assert_eq!(v.settings.docker.run.default_memory, expected, "{text}");
+            let warned = v
+                .warnings
+                .iter()
+                .any(|w| w.0.contains("docker.default_memory"));
+            assert_eq!(warned, expected.is_none(), "{text}: {:?}", v.warnings);
+        }
         for adj in [1, 1000] {
             let mut c = valid();
             c.docker.oom_score_adj = adj;
