@@ -9,7 +9,7 @@ use crate::http::parse::{self, HeadStatus, ParsedHead};
 use crate::http::pool::{self, Job};
 use crate::http::types::{BodyLength, Method, Request, Response};
 use crate::http::{HttpError, Lane, StatusCode};
-use crossbeam_channel::TrySendError;
+use crate::workers::SubmitError;
 use std::io::{ErrorKind, Read};
 use std::net::Shutdown;
 use std::time::Instant;
@@ -260,12 +260,15 @@ impl EventLoop {
             Lane::Inline | Lane::Quick => &self.quick,
             Lane::Slow => &self.slow,
         };
-        match lane.try_send(job) {
+        match lane.submit(job) {
             Ok(()) => {
                 conn.phase = Phase::Dispatched;
                 self.in_flight += 1;
             }
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+            Err(refused) => {
+                if let SubmitError::NoThread(_, e) = refused {
+                    log::error!("cannot start an API handler thread: {e}");
+                }
                 let response = self.service.reject(&HttpError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "server_busy",
