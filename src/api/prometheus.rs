@@ -710,7 +710,10 @@ mod tests {
         for last in [0usize, 100, 4096, 42_395, 1 << 20] {
             let capacity = capacity_for(last);
             assert!(capacity >= last + last / 16 + 512, "{last}: {capacity}");
-            assert!(capacity <= last + last / 16 + 512 + 4095, "{last}: {capacity}");
+            assert!(
+                capacity <= last + last / 16 + 512 + 4095,
+                "{last}: {capacity}"
+            );
             assert_eq!(capacity % 4096, 0);
         }
         let (snapshot, _writers) = state::new();

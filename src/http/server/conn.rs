@@ -204,7 +204,11 @@ mod tests {
         }
         let got = reader.join().unwrap();
         assert!(got.ends_with(b"xtail"));
-        assert_eq!(conn.out.capacity(), 0, "the written answer's buffer was kept");
+        assert_eq!(
+            conn.out.capacity(),
+            0,
+            "the written answer's buffer was kept"
+        );
         assert_eq!(conn.out_pos, 0);
     }
 
@@ -223,7 +227,11 @@ mod tests {
         let body = take_body(&mut buf, 600 * 1024);
         assert_eq!(body, vec![1u8; 600 * 1024]);
         assert_eq!(buf, b"GET / HTTP/1.1\r\n\r\n");
-        assert!(buf.capacity() <= KEEP_INPUT, "kept {} bytes", buf.capacity());
+        assert!(
+            buf.capacity() <= KEEP_INPUT,
+            "kept {} bytes",
+            buf.capacity()
+        );
     }
 
     #[test]
@@ -232,7 +240,11 @@ mod tests {
         buf.extend_from_slice(b"GET /h");
         shrink_input(&mut buf);
         assert_eq!(buf, b"GET /h");
-        assert!(buf.capacity() <= KEEP_INPUT, "kept {} bytes", buf.capacity());
+        assert!(
+            buf.capacity() <= KEEP_INPUT,
+            "kept {} bytes",
+            buf.capacity()
+        );
 
         let mut empty: Vec<u8> = Vec::with_capacity(64 * 1024);
         shrink_input(&mut empty);
