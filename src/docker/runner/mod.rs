@@ -258,6 +258,7 @@ pub fn start(
             policy: Arc::new(CreatePolicy::for_host(
                 &config.run.allowed_registries,
                 config.run.host_port_range,
+                config.run.default_memory,
             )),
         },
         threads,

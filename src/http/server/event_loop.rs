@@ -272,7 +272,7 @@ impl EventLoop {
                 self.slots[done.slot] = Some(conn);
                 continue;
             }
-            conn.out.extend_from_slice(&done.bytes);
+            super::conn::queue(&mut conn, done.bytes);
             conn.write_deadline = Instant::now() + self.config.idle_timeout;
             conn.phase = Phase::Flush { close: done.close };
             let alive = self.step(done.slot, &mut conn);
