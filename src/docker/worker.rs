@@ -1,11 +1,12 @@
 //! The docker work of the [`DockerRunner`](super::runner)'s worker threads: each takes a
-//! [`Work`] item from the runner's bounded queue, runs the docker commands it needs (each with
+//! [`Work`] item from one of the runner's bounded queues (an on-demand
+//! [`WorkerPool`](crate::workers::WorkerPool)), runs the docker commands it needs (each with
 //! its deadline, see [`DockerCli`]) and sends a [`Done`] report back (see [`jobs`](super::jobs)).
 //! Workers decide nothing and answer nobody: the runner has already reserved GPUs and ports,
 //! applies the report to its ledger and table, and answers the API.
 //!
-//! Stops: a worker `select!`s on the queue and the shutdown channel; a docker command in flight
-//! when shutdown starts is killed and reaped by [`DockerCli`].
+//! Stops: a worker thread waits on the queue and the shutdown channel; a docker command in
+//! flight when shutdown starts is killed and reaped by [`DockerCli`].
 
 use crate::docker::argv::{run_args, run_labels};
 use crate::docker::cli::{DockerCli, DockerError, Output, PullFailure};
@@ -18,8 +19,7 @@ use crate::docker::protocol::{Action, ContainerError};
 use crate::docker::pull_auth::{PullConfig, RegistryAuth};
 use crate::docker::pull_progress::{run_in_terminal, PullProgress, PullReader};
 use crate::docker::spec::{join_ids, CreateSpec, SpecError};
-use crate::shutdown::Shutdown;
-use crossbeam_channel::{select, Receiver, Sender};
+use crossbeam_channel::Sender;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -28,29 +28,9 @@ pub const MAX_LOG_BYTES: usize = 8 * 1024 * 1024;
 /// What the `docker ps`/`inspect` output of a reconcile may be at most.
 const INSPECT_CAP: usize = 64 * 1024 * 1024;
 
-/// The loop of one worker thread.
-pub(super) fn worker(
-    context: &WorkerContext,
-    queue: &Receiver<Work>,
-    done: &Sender<Done>,
-    shutdown: &Shutdown,
-) {
-    loop {
-        select! {
-            recv(queue) -> work => match work {
-                Ok(work) => {
-                    if done.send(execute(context, work, done)).is_err() {
-                        return;
-                    }
-                }
-                Err(_) => return,
-            },
-            recv(shutdown.receiver()) -> _ => return,
-        }
-    }
-}
-
-fn execute(context: &WorkerContext, work: Work, done: &Sender<Done>) -> Done {
+/// Runs one [`Work`] item on a worker thread of the runner's pools; its report is sent back
+/// by the pool's handler (steps of a create are sent on `done` meanwhile).
+pub(super) fn execute(context: &WorkerContext, work: Work, done: &Sender<Done>) -> Done {
     match work {
         Work::Create {
             ticket,
