@@ -30,6 +30,16 @@ pub const FORCED_TOOLKIT_VARIABLES: &[(&str, &str)] = &[
     ("NVIDIA_GDRCOPY", "disabled"),
 ];
 
+/// What the labels of the container `docker run` makes for `spec` record (claim, GPUs, ports).
+pub fn run_labels(spec: &CreateSpec, gpus: &[u32], gpu_uuids: &[String]) -> ContainerLabels {
+    ContainerLabels {
+        claim_id: spec.claim_id.clone(),
+        gpu_ids: gpus.to_vec(),
+        gpu_uuids: gpu_uuids.to_vec(),
+        ports: spec.ports.clone(),
+    }
+}
+
 /// The argv (after the binary) of `docker run` for `spec` with the GPUs the ledger assigned.
 pub fn run_args(
     spec: &CreateSpec,
@@ -49,13 +59,7 @@ pub fn run_args(
     flag("--label", settings.managed_label.to_string());
     // The agent's bridge without inter-container traffic: renters cannot reach each other.
     flag("--network", settings.network.clone());
-    let labels = ContainerLabels {
-        claim_id: spec.claim_id.clone(),
-        gpu_ids: gpus.to_vec(),
-        gpu_uuids: gpu_uuids.to_vec(),
-        ports: spec.ports.clone(),
-    };
-    for label in labels::encode(&labels) {
+    for label in labels::encode(&run_labels(spec, gpus, gpu_uuids)) {
         flag("--label", label);
     }
 

@@ -1,7 +1,9 @@
 //! A connection's requests on the I/O thread: reading, parsing the head, admission, reading the
 //! body, dispatching to a lane (or serving inline), and queueing the answer.
 
-use super::conn::{flush, too_large, BodyReading, BodyState, Conn, Phase};
+use super::conn::{
+    flush, queue, shrink_input, take_body, too_large, BodyReading, BodyState, Conn, Phase,
+};
 use super::event_loop::EventLoop;
 use super::{LINGER, LINGER_BYTES, READ_PER_EVENT};
 use crate::http::chunked::{ChunkError, ChunkedDecoder};
@@ -9,7 +11,7 @@ use crate::http::parse::{self, HeadStatus, ParsedHead};
 use crate::http::pool::{self, Job};
 use crate::http::types::{BodyLength, Method, Request, Response};
 use crate::http::{HttpError, Lane, StatusCode};
-use crossbeam_channel::TrySendError;
+use crate::workers::SubmitError;
 use std::io::{ErrorKind, Read};
 use std::net::Shutdown;
 use std::time::Instant;
@@ -84,9 +86,7 @@ impl EventLoop {
                     conn.phase = Phase::Head;
                     conn.ready_since = now;
                     conn.first_byte = (!conn.buf.is_empty()).then_some(now);
-                    if conn.buf.capacity() > 4096 {
-                        conn.buf = conn.buf.as_slice().to_vec();
-                    }
+                    shrink_input(&mut conn.buf);
                 }
                 Phase::Linger { .. } => return !conn.eof,
                 Phase::Dispatched => return true,
@@ -140,8 +140,11 @@ impl EventLoop {
                             } = *body;
                             self.body_reserved = self.body_reserved.saturating_sub(reserved);
                             let bytes = match reading {
-                                BodyReading::Exact(n) => conn.buf.drain(..n).collect(),
-                                BodyReading::Chunked(decoder) => decoder.into_body(),
+                                BodyReading::Exact(n) => take_body(&mut conn.buf, n),
+                                BodyReading::Chunked(decoder) => {
+                                    shrink_input(&mut conn.buf);
+                                    decoder.into_body()
+                                }
                             };
                             let request = Request { head, body: bytes };
                             self.dispatch(slot, conn, request, keep_alive, lane);
@@ -260,12 +263,15 @@ impl EventLoop {
             Lane::Inline | Lane::Quick => &self.quick,
             Lane::Slow => &self.slow,
         };
-        match lane.try_send(job) {
+        match lane.submit(job) {
             Ok(()) => {
                 conn.phase = Phase::Dispatched;
                 self.in_flight += 1;
             }
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+            Err(refused) => {
+                if let SubmitError::NoThread(_, e) = refused {
+                    log::error!("cannot start an API handler thread: {e}");
+                }
                 let response = self.service.reject(&HttpError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "server_busy",
@@ -289,8 +295,7 @@ impl EventLoop {
             self.body_reserved = self.body_reserved.saturating_sub(body.reserved);
         }
         let keep = keep_alive && !response.close && !self.stop_started;
-        conn.out
-            .extend_from_slice(&pool::encode(response, head_only, keep));
+        queue(conn, pool::encode(response, head_only, keep));
         conn.write_deadline = Instant::now() + self.config.idle_timeout;
         conn.phase = Phase::Flush { close: !keep };
         if !keep {
