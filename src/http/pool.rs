@@ -8,10 +8,11 @@ use crate::http::types::{Request, Response};
 use crate::http::{HttpError, Service, StatusCode};
 use crossbeam_channel::{Receiver, Sender};
 use polling::Poller;
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A request for a handler thread.
 pub struct Job {
@@ -93,6 +94,21 @@ fn run(service: &dyn Service, job: Job, stopping: &AtomicBool) -> Done {
 }
 
 pub fn encode(response: &Response, head_only: bool, keep_alive: bool) -> Vec<u8> {
-    let date = crate::timefmt::http_date(SystemTime::now());
-    response.encode(head_only, keep_alive, &date)
+    with_date(|date| response.encode(head_only, keep_alive, date))
+}
+
+/// Runs `f` with the `Date` field's value for now, formatted at most once a second per thread.
+pub fn with_date<T>(f: impl FnOnce(&str) -> T) -> T {
+    thread_local! {
+        static DATE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if cached.0 != secs {
+            *cached = (secs, crate::timefmt::http_date(now));
+        }
+        f(&cached.1)
+    })
 }
