@@ -275,3 +275,53 @@ fn the_unit_is_hardened_as_far_as_nvml_and_docker_allow() {
     // 8.9 before the hardening; 4.9 with it (systemd 252).
     assert!(score <= 5.0, "{line}");
 }
+
+#[test]
+fn the_agent_is_the_oom_killers_last_choice_under_both_service_managers() {
+    let unit = read("init/utopia-node-agent.service");
+    let adjust: i32 = unit_value(&unit, "Service", "OOMScoreAdjust")
+        .expect("OOMScoreAdjust")
+        .parse()
+        .expect("a number");
+    // Below dockerd's own -500, above -1000 (which would make a leaking agent unkillable).
+    assert!((-999..-500).contains(&adjust), "OOMScoreAdjust={adjust}");
+    // Renters' containers get a positive score by default.
+    let defaults = utopia_node_agent::config::Config::default();
+    assert!(defaults.docker.oom_score_adj > 0);
+
+    // OpenRC: the same value, written by start_pre on the script's shell (which
+    // supervise-daemon and the agent inherit). Lowering the score needs CAP_SYS_RESOURCE:
+    // without it the test raises it instead, which shows the same mechanism.
+    assert_eq!(openrc_vars(&["oom_score_adj"]), [adjust.to_string()]);
+    let may_lower = Command::new("sh")
+        .arg("-c")
+        .arg(format!("echo {adjust} > /proc/$$/oom_score_adj"))
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let wanted = if may_lower { adjust } else { 700 };
+    let dir = tempfile::tempdir().unwrap();
+    let ok = dir.path().join("ok");
+    std::fs::write(&ok, "#!/bin/sh\nexit 0\n").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&ok, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            ". \"$0\"; checkpath() {{ :; }}; ewarn() {{ echo \"ewarn $*\" >&2; }}; \
+             command={}; oom_score_adj={wanted}; start_pre && cat /proc/$$/oom_score_adj",
+            ok.display()
+        ))
+        .arg(format!("{ROOT}/init/utopia-node-agent.openrc"))
+        .output()
+        .expect("run sh");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(!said.contains("ewarn"), "{said}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        wanted.to_string()
+    );
+}

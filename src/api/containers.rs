@@ -55,12 +55,13 @@ fn runner(context: &ApiContext) -> Result<&RunnerHandle, ApiError> {
 /// `POST /api/v1/containers`: 201 with the container when it is up within
 /// `docker.create_wait_secs`, else 202 with the claim's resource (state `creating`).
 pub fn create(context: &ApiContext, body: &[u8]) -> Result<Reply, ApiError> {
-    let spec = spec::parse_create(body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let mut spec = spec::parse_create(body).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let runner = runner(context)?;
     runner
         .policy()
         .check(&spec)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    runner.policy().apply_defaults(&mut spec);
     let claim_id = spec.claim_id.clone();
     let answered = runner.call_within(runner.create_wait(), |reply| Request::Create {
         spec: Box::new(spec),

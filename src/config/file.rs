@@ -198,6 +198,13 @@ pub struct DockerConfig {
     pub command_timeout_secs: u64,
     /// `--pids-limit` of every container; 0 = no limit.
     pub pids_limit: u64,
+    /// `--oom-score-adj` of every container (1-1000): under host memory pressure the kernel
+    /// kills a renter's process before the agent (the units' -900) or dockerd (-500).
+    pub oom_score_adj: i64,
+    /// `--memory` of a container whose create gives no `memory_mb`: a percentage of the host's
+    /// memory (`90%`), a size (`64g`, `65536m`), or empty for none (such a container can then
+    /// take the host's memory). `--memory-swap` is always the same: no swap.
+    pub default_memory: String,
     /// `--log-opt max-size` of the json-file log driver (e.g. `50m`).
     pub log_max_size: String,
     /// `--log-opt max-file` of the json-file log driver.
@@ -358,6 +365,8 @@ impl Default for DockerConfig {
             pull_timeout_secs: 1800,
             command_timeout_secs: 30,
             pids_limit: 4096,
+            oom_score_adj: 500,
+            default_memory: "90%".to_string(),
             log_max_size: "50m".to_string(),
             log_max_file: 3,
             init: true,

@@ -22,8 +22,8 @@ pub use file::{
     PlatformConfig, PrometheusConfig,
 };
 pub use settings::{
-    ApiSettings, DockerSettings, FrpSettings, GpuSettings, ManagedLabel, PlatformSettings,
-    RunSettings, Settings,
+    ApiSettings, DefaultMemory, DockerSettings, FrpSettings, GpuSettings, ManagedLabel,
+    PlatformSettings, RunSettings, Settings,
 };
 pub use validate::{url_host, Validated};
 

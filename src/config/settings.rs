@@ -153,6 +153,10 @@ pub struct RunSettings {
     pub network: String,
     /// `--pids-limit`; 0 = no limit.
     pub pids_limit: u64,
+    /// `--oom-score-adj` (1-1000).
+    pub oom_score_adj: u16,
+    /// The memory limit of a create without `memory_mb`; `None`: none.
+    pub default_memory: Option<DefaultMemory>,
     pub log_max_size: String,
     pub log_max_file: u32,
     pub init: bool,
@@ -166,6 +170,62 @@ pub struct RunSettings {
     pub host_port_range: Option<(u16, u16)>,
     /// `--restart` of every container.
     pub restart_policy: String,
+}
+
+/// `docker.default_memory`: the memory limit of a create that gives none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DefaultMemory {
+    /// This many MiB.
+    Mib(u64),
+    /// This percentage (1-100) of the host's memory.
+    PercentOfHost(u8),
+}
+
+impl DefaultMemory {
+    /// Fewest MiB docker accepts for `--memory`.
+    pub const MIN_MIB: u64 = 6;
+    /// Most MiB a limit may be (as a create's `memory_mb`).
+    pub const MAX_MIB: u64 = 16 * 1024 * 1024;
+
+    /// Parses `90%`, `64g`, `65536m`, `1t` (k, m, g, t, either case); `None` when it is none
+    /// of those or outside 1-100 % or 6 MiB-16 TiB.
+    pub fn parse(text: &str) -> Option<DefaultMemory> {
+        let text = text.trim();
+        let digits = |t: &str| {
+            (!t.is_empty() && t.len() <= 15 && t.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| t.parse::<u64>().ok())
+                .flatten()
+        };
+        if let Some(percent) = text.strip_suffix('%') {
+            let percent = digits(percent.trim_end())?;
+            return (1..=100)
+                .contains(&percent)
+                .then_some(DefaultMemory::PercentOfHost(percent as u8));
+        }
+        let unit = text.chars().last()?.to_ascii_lowercase();
+        let kib_per_unit: u64 = match unit {
+            'k' => 1,
+            'm' => 1024,
+            'g' => 1024 * 1024,
+            't' => 1024 * 1024 * 1024,
+            _ => return None,
+        };
+        let kib = digits(&text[..text.len() - 1])?.checked_mul(kib_per_unit)?;
+        let mib = kib / 1024;
+        (kib % 1024 == 0 && (Self::MIN_MIB..=Self::MAX_MIB).contains(&mib))
+            .then_some(DefaultMemory::Mib(mib))
+    }
+
+    /// The limit in MiB on a host with `host_mib` of memory (`None`: unknown); `None` when a
+    /// percentage cannot be resolved.
+    pub fn resolve(self, host_mib: Option<u64>) -> Option<u64> {
+        match self {
+            DefaultMemory::Mib(mib) => Some(mib),
+            DefaultMemory::PercentOfHost(percent) => {
+                host_mib.map(|host| (host * u64::from(percent) / 100).max(Self::MIN_MIB))
+            }
+        }
+    }
 }
 
 /// The `key=value` label that marks the containers this agent manages.
@@ -205,6 +265,52 @@ impl fmt::Display for ManagedLabel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn default_memory_parses_percentages_and_sizes() {
+        use DefaultMemory::*;
+        for (text, expected) in [
+            ("90%", PercentOfHost(90)),
+            ("100%", PercentOfHost(100)),
+            ("1 %", PercentOfHost(1)),
+            ("64g", Mib(65536)),
+            ("64G", Mib(65536)),
+            ("6m", Mib(6)),
+            ("6144k", Mib(6)),
+            ("1t", Mib(1024 * 1024)),
+            ("16t", Mib(16 * 1024 * 1024)),
+        ] {
+            assert_eq!(DefaultMemory::parse(text), Some(expected), "{text}");
+        }
+        for bad in [
+            "",
+            "0%",
+            "101%",
+            "-5%",
+            "%",
+            "5m%",
+            "64",
+            "5m",
+            "0g",
+            "17t",
+            "1.5g",
+            "1000b",
+            "6145k",
+            "g",
+            "--memory=1g",
+            "99999999999999999999g",
+        ] {
+            assert_eq!(DefaultMemory::parse(bad), None, "{bad}");
+        }
+        assert_eq!(PercentOfHost(90).resolve(Some(1000)), Some(900));
+        assert_eq!(
+            PercentOfHost(1).resolve(Some(100)),
+            Some(6),
+            "docker's minimum"
+        );
+        assert_eq!(PercentOfHost(90).resolve(None), None);
+        assert_eq!(Mib(64).resolve(None), Some(64));
+    }
 
     #[test]
     fn managed_label_round_trips() {

@@ -6,8 +6,8 @@ use super::file::{
     ApiConfig, ApiProxyType, Config, DockerConfig, FrpConfig, GpuConfig, GpuMode, PlatformConfig,
 };
 use super::settings::{
-    ApiSettings, DockerSettings, FrpSettings, GpuSettings, ManagedLabel, PlatformSettings,
-    RunSettings, Settings,
+    ApiSettings, DefaultMemory, DockerSettings, FrpSettings, GpuSettings, ManagedLabel,
+    PlatformSettings, RunSettings, Settings,
 };
 use super::{invalid, ConfigError, ConfigWarning, EXAMPLE_AUTH_TOKEN, MIN_AUTH_TOKEN_LEN};
 use crate::names::{has_template_marker, is_name, is_name_byte};
@@ -36,6 +36,13 @@ impl Config {
                 .validate(platform.api_url.is_some(), api.listen.port(), &mut warnings)?;
         let gpu = self.gpu.validate()?;
         let docker = self.docker.validate()?;
+        if docker.run.default_memory.is_none() {
+            warnings.push(ConfigWarning(
+                "docker.default_memory is empty: a container created without memory_mb has no \
+                 memory limit and can take all of the host's memory (set e.g. 90% or 64g)"
+                    .to_string(),
+            ));
+        }
         Ok(Validated {
             settings: Settings {
                 identity_file_path: self.identity_file_path.clone(),
@@ -511,6 +518,33 @@ impl DockerConfig {
                 return Err(invalid(key, format!("must be between {min} and {max}")));
             }
         }
+        let oom_score_adj = u16::try_from(self.oom_score_adj)
+            .ok()
+            .filter(|v| (1..=1000).contains(v))
+            .ok_or_else(|| {
+                invalid(
+                    "docker.oom_score_adj",
+                    format!(
+                        "{} is not between 1 and 1000: renters' containers must be the kernel's \
+                         first choice under memory pressure, before the agent and dockerd",
+                        self.oom_score_adj
+                    ),
+                )
+            })?;
+        let default_memory = if self.default_memory.trim().is_empty() {
+            None
+        } else {
+            Some(DefaultMemory::parse(&self.default_memory).ok_or_else(|| {
+                invalid(
+                    "docker.default_memory",
+                    format!(
+                        "{:?} is not a percentage of the host's memory (1%-100%), a size like \
+                         64g or 65536m (6m-16t), or empty for no limit",
+                        self.default_memory
+                    ),
+                )
+            })?)
+        };
         if !valid_size(&self.log_max_size) {
             return Err(invalid(
                 "docker.log_max_size",
@@ -583,6 +617,8 @@ impl DockerConfig {
                 managed_label,
                 network: self.network.clone(),
                 pids_limit: self.pids_limit,
+                oom_score_adj,
+                default_memory,
                 log_max_size: self.log_max_size.clone(),
                 log_max_file: self.log_max_file,
                 init: self.init,
@@ -935,6 +971,9 @@ mod tests {
             |d| d.log_max_size = "0".into(),
             |d| d.log_max_size = "-1m".into(),
             |d| d.log_max_file = 0,
+            |d| d.oom_score_adj = 0,
+            |d| d.oom_score_adj = -500,
+            |d| d.oom_score_adj = 1001,
             |d| d.network = "bridge".into(),
             |d| d.create_wait_secs = 0,
             |d| d.network = "host".into(),
@@ -955,6 +994,44 @@ mod tests {
         assert!(check(|d| d.log_max_size = "1g".into()).is_ok());
         assert!(check(|d| d.stop_timeout_secs = 0).is_ok());
         assert!(check(|d| d.pids_limit = 0).is_ok());
+        let mut c = valid();
+        c.docker.default_memory = "lots".into();
+        let e = warnings_of(&c).unwrap_err().to_string();
+        assert!(
+            e.contains("`docker.default_memory`") && e.contains("\"lots\""),
+            "{e}"
+        );
+        for (text, expected) in [
+            ("90%", Some(DefaultMemory::PercentOfHost(90))),
+            ("512m", Some(DefaultMemory::Mib(512))),
+            ("", None),
+        ] {
+            let mut c = valid();
+            c.docker.default_memory = text.into();
+            let v = c.validate().unwrap();
+            assert_eq!(v.settings.docker.run.default_memory, expected, "{text}");
+            let warned = v
+                .warnings
+                .iter()
+                .any(|w| w.0.contains("docker.default_memory"));
+            assert_eq!(warned, expected.is_none(), "{text}: {:?}", v.warnings);
+        }
+        for adj in [1, 1000] {
+            let mut c = valid();
+            c.docker.oom_score_adj = adj;
+            assert_eq!(
+                c.docker.validate().unwrap().run.oom_score_adj,
+                adj as u16,
+                "{adj}"
+            );
+        }
+        let mut c = valid();
+        c.docker.oom_score_adj = -1;
+        let e = warnings_of(&c).unwrap_err().to_string();
+        assert!(
+            e.contains("docker.oom_score_adj") && e.contains("-1 is not between 1 and 1000"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -30,6 +30,16 @@ pub const FORCED_TOOLKIT_VARIABLES: &[(&str, &str)] = &[
     ("NVIDIA_GDRCOPY", "disabled"),
 ];
 
+/// What the labels of the container `docker run` makes for `spec` record (claim, GPUs, ports).
+pub fn run_labels(spec: &CreateSpec, gpus: &[u32], gpu_uuids: &[String]) -> ContainerLabels {
+    ContainerLabels {
+        claim_id: spec.claim_id.clone(),
+        gpu_ids: gpus.to_vec(),
+        gpu_uuids: gpu_uuids.to_vec(),
+        ports: spec.ports.clone(),
+    }
+}
+
 /// The argv (after the binary) of `docker run` for `spec` with the GPUs the ledger assigned.
 pub fn run_args(
     spec: &CreateSpec,
@@ -49,13 +59,7 @@ pub fn run_args(
     flag("--label", settings.managed_label.to_string());
     // The agent's bridge without inter-container traffic: renters cannot reach each other.
     flag("--network", settings.network.clone());
-    let labels = ContainerLabels {
-        claim_id: spec.claim_id.clone(),
-        gpu_ids: gpus.to_vec(),
-        gpu_uuids: gpu_uuids.to_vec(),
-        ports: spec.ports.clone(),
-    };
-    for label in labels::encode(&labels) {
+    for label in labels::encode(&run_labels(spec, gpus, gpu_uuids)) {
         flag("--label", label);
     }
 
@@ -110,6 +114,9 @@ pub fn run_args(
     }
     if let Some(mb) = spec.memory_mb {
         flag("--memory", format!("{mb}m"));
+        // Memory and swap together no more than the memory: no swap, which would let a
+        // container page the host to a crawl instead of meeting its limit.
+        flag("--memory-swap", format!("{mb}m"));
     }
     if let Some(cpus) = spec.cpus {
         flag("--cpus", format!("{cpus}"));
@@ -123,6 +130,9 @@ pub fn run_args(
     if settings.pids_limit > 0 {
         flag("--pids-limit", settings.pids_limit.to_string());
     }
+    // Under host memory pressure the kernel kills a renter's process first, never the agent
+    // (its unit's -900) or dockerd (-500).
+    flag("--oom-score-adj", settings.oom_score_adj.to_string());
     flag("--log-driver", "json-file".into());
     flag("--log-opt", format!("max-size={}", settings.log_max_size));
     flag("--log-opt", format!("max-file={}", settings.log_max_file));
@@ -160,6 +170,8 @@ mod tests {
             network: "utopia-renters".into(),
             managed_label: ManagedLabel::parse("io.utopia.managed=true").unwrap(),
             pids_limit: 4096,
+            oom_score_adj: 500,
+            default_memory: None,
             log_max_size: "50m".into(),
             log_max_file: 3,
             init: true,
@@ -317,10 +329,12 @@ mod tests {
         assert_eq!(pairs(&args, "--publish"), vec!["127.0.0.1:8888:80/tcp"]);
         assert_eq!(pairs(&args, "--network"), vec!["utopia-renters"]);
         assert_eq!(pairs(&args, "--memory"), vec!["2048m"]);
+        assert_eq!(pairs(&args, "--memory-swap"), vec!["2048m"], "no swap");
         assert_eq!(pairs(&args, "--cpus"), vec!["1.5"]);
         assert_eq!(pairs(&args, "--shm-size"), vec!["4096m"]);
         assert_eq!(pairs(&args, "--security-opt"), vec!["no-new-privileges"]);
         assert_eq!(pairs(&args, "--pids-limit"), vec!["4096"]);
+        assert_eq!(pairs(&args, "--oom-score-adj"), vec!["500"]);
         assert_eq!(pairs(&args, "--log-driver"), vec!["json-file"]);
         assert_eq!(
             pairs(&args, "--log-opt"),

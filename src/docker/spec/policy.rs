@@ -2,6 +2,7 @@
 
 use super::image::{check_registry_host, normalize_registry, registry_of};
 use super::{err, CreateSpec, SpecError};
+use crate::config::DefaultMemory;
 
 /// What a create may use on this host besides what the request itself allows: which
 /// registries, which host ports, how many CPUs and how much memory (checked before docker is
@@ -16,11 +17,33 @@ pub struct CreatePolicy {
     pub host_cpus: Option<u32>,
     /// The host's memory in MiB (`None`: unknown, not checked).
     pub host_memory_mb: Option<u64>,
+    /// `docker.default_memory` in MiB: the limit of a create without `memory_mb`.
+    pub default_memory_mb: Option<u64>,
 }
 
 impl CreatePolicy {
     /// The policy of `docker.*` with this host's CPUs and memory.
-    pub fn for_host(allowed_registries: &[String], host_port_range: Option<(u16, u16)>) -> Self {
+    pub fn for_host(
+        allowed_registries: &[String],
+        host_port_range: Option<(u16, u16)>,
+        default_memory: Option<DefaultMemory>,
+    ) -> Self {
+        let host_memory_mb = host_memory_mb();
+        let default_memory_mb = default_memory.and_then(|d| {
+            let mb = d.resolve(host_memory_mb);
+            if mb.is_none() {
+                log::warn!(
+                    "docker.default_memory is a share of the host's memory, which cannot be read \
+                     (/proc/meminfo): containers created without memory_mb get no memory limit"
+                );
+            }
+            mb
+        });
+        if let Some(mb) = default_memory_mb {
+            log::info!(
+                "containers created without memory_mb get --memory {mb}m (docker.default_memory)"
+            );
+        }
         CreatePolicy {
             allowed_registries: allowed_registries
                 .iter()
@@ -28,7 +51,19 @@ impl CreatePolicy {
                 .collect(),
             host_port_range,
             host_cpus: host_cpu_count(),
-            host_memory_mb: host_memory_mb(),
+            host_memory_mb,
+            default_memory_mb,
+        }
+    }
+
+    /// Gives a create without `memory_mb` the default limit (`docker.default_memory`), at
+    /// most the host's memory.
+    pub fn apply_defaults(&self, spec: &mut CreateSpec) {
+        if spec.memory_mb.is_none() {
+            spec.memory_mb = match (self.default_memory_mb, self.host_memory_mb) {
+                (Some(mb), Some(host)) => Some(mb.min(host.max(DefaultMemory::MIN_MIB))),
+                (default, _) => default,
+            };
         }
     }
 

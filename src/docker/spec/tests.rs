@@ -434,6 +434,7 @@ fn the_policy_checks_registries_ports_cpus_and_memory() {
         host_port_range: Some((20000, 29999)),
         host_cpus: Some(2),
         host_memory_mb: Some(1024),
+        default_memory_mb: Some(512),
     };
     let check = |body: serde_json::Value| policy.check(&parse(body).unwrap());
     assert_eq!(check(base()), Ok(()));
@@ -470,7 +471,21 @@ fn the_policy_checks_registries_ports_cpus_and_memory() {
         check(with("memory_mb", json!(1025))).unwrap_err().field,
         "memory_mb"
     );
+    // A create without memory_mb gets the default; one with it keeps its own.
+    let defaulted = |body: serde_json::Value, policy: &CreatePolicy| {
+        let mut spec = parse(body).unwrap();
+        policy.apply_defaults(&mut spec);
+        spec.memory_mb
+    };
+    assert_eq!(defaulted(base(), &policy), Some(512));
+    assert_eq!(defaulted(with("memory_mb", json!(100)), &policy), Some(100));
+    let huge = CreatePolicy {
+        default_memory_mb: Some(4096),
+        ..policy.clone()
+    };
+    assert_eq!(defaulted(base(), &huge), Some(1024), "at most the host's");
     let open = CreatePolicy::default();
+    assert_eq!(defaulted(base(), &open), None);
     assert_eq!(
         open.check(&parse(with("image", json!("any.example.com/x"))).unwrap()),
         Ok(())

@@ -6,7 +6,8 @@ use super::conn::{Conn, ErrorLog, Phase};
 use super::{ServerConfig, ACCEPT_BATCH, ACCEPT_PAUSE, LISTENER, SHED_TRIES};
 use crate::http::pool::{self, Done, Job};
 use crate::http::{HttpError, Service, StatusCode};
-use crossbeam_channel::{Receiver, Sender};
+use crate::workers::WorkerPool;
+use crossbeam_channel::Receiver;
 use polling::{Event, Events, PollMode, Poller};
 use std::collections::BTreeSet;
 use std::io::{ErrorKind, Write};
@@ -30,21 +31,20 @@ pub(super) struct EventLoop {
     pub(super) next_generation: u64,
     /// Every connection's next deadline, earliest first.
     pub(super) deadlines: BTreeSet<(Instant, usize)>,
-    pub(super) quick: Sender<Job>,
-    pub(super) slow: Sender<Job>,
+    pub(super) quick: WorkerPool<Job>,
+    pub(super) slow: WorkerPool<Job>,
     pub(super) done: Receiver<Done>,
     /// Requests sent to handlers and not answered yet.
     pub(super) in_flight: usize,
     pub(super) body_reserved: usize,
     pub(super) scratch: Vec<u8>,
-    /// Where an answer's head is encoded on this thread (kept between answers).
-    pub(super) head_buf: Vec<u8>,
     pub(super) accept_errors: ErrorLog,
 }
 
 impl EventLoop {
-    /// Runs until stopped; returns the number of requests still at handlers.
-    pub(super) fn run(mut self) -> usize {
+    /// Runs until stopped; returns the number of requests still at handlers, and the handler
+    /// pools for the caller to close and join.
+    pub(super) fn run(mut self) -> (usize, [WorkerPool<Job>; 2]) {
         let mut events = Events::new();
         loop {
             if !self.stop_started && self.stopping.load(Ordering::SeqCst) {
@@ -100,7 +100,7 @@ impl EventLoop {
                 self.release(slot, conn);
             }
         }
-        self.in_flight
+        (self.in_flight, [self.quick, self.slow])
     }
 
     pub(super) fn begin_stop(&mut self) {
@@ -283,12 +283,7 @@ impl EventLoop {
                 self.slots[done.slot] = Some(conn);
                 continue;
             }
-            if conn.writing() {
-                conn.queue(&done.bytes, None);
-            } else {
-                conn.out = done.bytes;
-                conn.out_pos = 0;
-            }
+            conn.queue(done.bytes, None);
             conn.write_deadline = Instant::now() + self.config.idle_timeout;
             conn.phase = Phase::Flush { close: done.close };
             let alive = self.step(done.slot, &mut conn);

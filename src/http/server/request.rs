@@ -1,7 +1,7 @@
 //! A connection's requests on the I/O thread: reading, parsing the head, admission, reading the
 //! body, dispatching to a lane (or serving inline), and queueing the answer.
 
-use super::conn::{flush, too_large, BodyReading, BodyState, Conn, Phase};
+use super::conn::{flush, shrink_input, take_body, too_large, BodyReading, BodyState, Conn, Phase};
 use super::event_loop::EventLoop;
 use super::{LINGER, LINGER_BYTES, READ_PER_EVENT};
 use crate::http::chunked::{ChunkError, ChunkedDecoder};
@@ -9,10 +9,13 @@ use crate::http::parse::{self, HeadStatus, ParsedHead};
 use crate::http::pool::{self, Job};
 use crate::http::types::{BodyLength, Method, Request, Response};
 use crate::http::{Admission, HttpError, Lane, StatusCode};
-use crossbeam_channel::TrySendError;
+use crate::workers::SubmitError;
 use std::io::{ErrorKind, Read};
 use std::net::Shutdown;
 use std::time::Instant;
+
+/// Room for an answer's encoded head (status line and fields) without growing.
+const HEAD_CAPACITY: usize = 256;
 
 impl EventLoop {
     /// Reads what the connection's phase may take now; false when the connection failed.
@@ -89,9 +92,7 @@ impl EventLoop {
                     conn.phase = Phase::Head;
                     conn.ready_since = now;
                     conn.first_byte = (!conn.buf.is_empty()).then_some(now);
-                    if conn.buf.capacity() > 4096 {
-                        conn.buf = conn.buf.as_slice().to_vec();
-                    }
+                    shrink_input(&mut conn.buf);
                 }
                 Phase::Linger { .. } => return !conn.eof,
                 Phase::Dispatched => return true,
@@ -145,8 +146,11 @@ impl EventLoop {
                             } = *body;
                             self.body_reserved = self.body_reserved.saturating_sub(reserved);
                             let bytes = match reading {
-                                BodyReading::Exact(n) => conn.buf.drain(..n).collect(),
-                                BodyReading::Chunked(decoder) => decoder.into_body(),
+                                BodyReading::Exact(n) => take_body(&mut conn.buf, n),
+                                BodyReading::Chunked(decoder) => {
+                                    shrink_input(&mut conn.buf);
+                                    decoder.into_body()
+                                }
                             };
                             let request = Request { head, body: bytes };
                             self.dispatch(slot, conn, request, keep_alive, lane);
@@ -218,7 +222,7 @@ impl EventLoop {
         }
         self.body_reserved += reserved;
         if expect_continue && has_body && conn.buf.is_empty() {
-            conn.queue(b"HTTP/1.1 100 Continue\r\n\r\n", None);
+            conn.queue(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec(), None);
             conn.write_deadline = Instant::now() + self.config.idle_timeout;
         }
         conn.phase = Phase::Body(Box::new(BodyState {
@@ -265,12 +269,15 @@ impl EventLoop {
             Lane::Inline | Lane::Quick => &self.quick,
             Lane::Slow => &self.slow,
         };
-        match lane.try_send(job) {
+        match lane.submit(job) {
             Ok(()) => {
                 conn.phase = Phase::Dispatched;
                 self.in_flight += 1;
             }
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+            Err(refused) => {
+                if let SubmitError::NoThread(_, e) = refused {
+                    log::error!("cannot start an API handler thread: {e}");
+                }
                 let response = self.service.reject(&HttpError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "server_busy",
@@ -282,8 +289,8 @@ impl EventLoop {
     }
 
     /// Answers from the I/O thread (refusals, inline answers); the connection closes unless
-    /// `keep_alive`. The head is encoded into the connection's output and the body queued
-    /// after it as it is (a cached body is not copied).
+    /// `keep_alive`. The head is encoded into a buffer of its own and the body queued after it
+    /// as it is (a cached body is not copied: both go out in one `writev`).
     pub(super) fn respond(
         &mut self,
         conn: &mut Conn,
@@ -295,12 +302,10 @@ impl EventLoop {
             self.body_reserved = self.body_reserved.saturating_sub(body.reserved);
         }
         let keep = keep_alive && !response.close && !self.stop_started;
-        let mut head = std::mem::take(&mut self.head_buf);
-        head.clear();
+        let mut head = Vec::with_capacity(HEAD_CAPACITY);
         pool::with_date(|date| response.encode_head(&mut head, keep, date));
         let send_body = !response.wire_body(head_only).is_empty();
-        conn.queue(&head, send_body.then_some(response.body));
-        self.head_buf = head;
+        conn.queue(head, send_body.then_some(response.body));
         conn.write_deadline = Instant::now() + self.config.idle_timeout;
         conn.phase = Phase::Flush { close: !keep };
         if !keep {
