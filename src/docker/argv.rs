@@ -118,6 +118,10 @@ pub fn run_args(
         // container page the host to a crawl instead of meeting its limit.
         flag("--memory-swap", format!("{mb}m"));
     }
+    if let Some(mib) = settings.storage_size_mib {
+        // The writable layer's size (checked at start: the engine's storage driver applies it).
+        flag("--storage-opt", format!("size={mib}m"));
+    }
     if let Some(cpus) = spec.cpus {
         flag("--cpus", format!("{cpus}"));
     }
@@ -172,6 +176,7 @@ mod tests {
             pids_limit: 4096,
             oom_score_adj: 500,
             default_memory: None,
+            storage_size_mib: None,
             log_max_size: "50m".into(),
             log_max_file: 3,
             init: true,
@@ -330,6 +335,11 @@ mod tests {
         assert_eq!(pairs(&args, "--network"), vec!["utopia-renters"]);
         assert_eq!(pairs(&args, "--memory"), vec!["2048m"]);
         assert_eq!(pairs(&args, "--memory-swap"), vec!["2048m"], "no swap");
+        assert!(pairs(&args, "--storage-opt").is_empty());
+        let mut sized = settings(GpuMode::Gpus);
+        sized.storage_size_mib = Some(51200);
+        let args = run_args(&spec(), &[0, 1], &uuids(), &sized, None);
+        assert_eq!(pairs(&args, "--storage-opt"), vec!["size=51200m"]);
         assert_eq!(pairs(&args, "--cpus"), vec!["1.5"]);
         assert_eq!(pairs(&args, "--shm-size"), vec!["4096m"]);
         assert_eq!(pairs(&args, "--security-opt"), vec!["no-new-privileges"]);
