@@ -1,5 +1,6 @@
 //! The I/O thread's loop: waits on the poller, accepts, sheds at capacity, collects the
-//! handlers' answers, applies deadlines and files each connection's poller interest.
+//! handlers' answers, applies deadlines and files each connection's poller interest
+//! (level-triggered while it wants to read or write, one-shot while a handler has its request).
 
 use super::conn::{Conn, ErrorLog, Phase};
 use super::{ServerConfig, ACCEPT_BATCH, ACCEPT_PAUSE, LISTENER, SHED_TRIES};
@@ -180,7 +181,11 @@ impl EventLoop {
             }
         };
         // SAFETY: every connection is deleted from the poller in `release` before it is dropped.
-        if let Err(e) = unsafe { self.poller.add(&stream, Event::readable(slot)) } {
+        let added = unsafe {
+            self.poller
+                .add_with_mode(&stream, Event::readable(slot), PollMode::Level)
+        };
+        if let Err(e) = added {
             log::warn!("cannot watch an API connection from {peer}: {e}");
             self.free.push(slot);
             return;
@@ -195,12 +200,15 @@ impl EventLoop {
             buf: Vec::new(),
             out: Vec::new(),
             out_pos: 0,
+            tail: None,
+            tail_pos: 0,
             eof: false,
             ready_since: now,
             first_byte: None,
             write_deadline: now,
             deadline: None,
             armed: Some((true, false)),
+            oneshot: false,
         };
         self.live += 1;
         self.rearm(slot, &mut conn);
@@ -249,8 +257,11 @@ impl EventLoop {
         let Some(mut conn) = self.slots.get_mut(slot).and_then(Option::take) else {
             return;
         };
-        // One-shot: the poller disarmed it when it reported the event.
-        conn.armed = None;
+        // A one-shot registration was disarmed when the poller reported the event; a
+        // level-triggered one stays as it is.
+        if conn.oneshot {
+            conn.armed = None;
+        }
         let mut alive = true;
         if readable {
             alive = self.read_into(&mut conn);
@@ -272,7 +283,7 @@ impl EventLoop {
                 self.slots[done.slot] = Some(conn);
                 continue;
             }
-            super::conn::queue(&mut conn, done.bytes);
+            conn.queue(done.bytes, None);
             conn.write_deadline = Instant::now() + self.config.idle_timeout;
             conn.phase = Phase::Flush { close: done.close };
             let alive = self.step(done.slot, &mut conn);
@@ -336,7 +347,7 @@ impl EventLoop {
 
     /// Files the connection's deadline and poller interest for its phase.
     pub(super) fn rearm(&mut self, slot: usize, conn: &mut Conn) {
-        let writing = conn.out_pos < conn.out.len();
+        let writing = conn.writing();
         let (read, deadline) = match &conn.phase {
             Phase::Head => (
                 true,
@@ -365,18 +376,31 @@ impl EventLoop {
             conn.deadline = deadline;
         }
         let wanted = (read, writing);
-        // A disarmed connection that wants nothing stays disarmed: re-arming it with no
-        // interest would still report a hang-up, again and again while a handler works.
+        // Level-triggered while the connection wants something (no re-arm per request). One
+        // that wants nothing (its request is at a handler) is registered one-shot with no
+        // interest, and stays disarmed once it reported: a hang-up is reported whatever the
+        // interest, and level-triggered it would be reported again and again while the handler
+        // works.
         let change = match conn.armed {
             Some(current) => current != wanted,
             None => wanted != (false, false),
         };
         if change {
-            match self
-                .poller
-                .modify(&conn.stream, Event::new(slot, wanted.0, wanted.1))
-            {
-                Ok(()) => conn.armed = Some(wanted),
+            let oneshot = wanted == (false, false);
+            let mode = if oneshot {
+                PollMode::Oneshot
+            } else {
+                PollMode::Level
+            };
+            match self.poller.modify_with_mode(
+                &conn.stream,
+                Event::new(slot, wanted.0, wanted.1),
+                mode,
+            ) {
+                Ok(()) => {
+                    conn.armed = Some(wanted);
+                    conn.oneshot = oneshot;
+                }
                 Err(e) => log::warn!("cannot watch the API connection from {}: {e}", conn.peer),
             }
         }

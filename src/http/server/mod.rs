@@ -1,7 +1,8 @@
 //! The I/O thread: owns the listening socket and every connection; accepts, reads heads and
 //! bodies, applies the deadlines and the connection cap, hands complete requests to the handler
 //! pool, and writes the answers it gets back. Never blocks on a socket: every socket is
-//! non-blocking and registered with the poller (one-shot, re-armed after each event).
+//! non-blocking and registered with the poller (level-triggered; one-shot with no interest
+//! while its request is at a handler).
 //!
 //! A connection moves through [`Phase`]s: `Head` (waiting for a request; idle or part-sent) →
 //! `Body` (admitted; reading the body) → `Dispatched` (at a handler; nothing is read meanwhile,
