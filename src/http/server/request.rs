@@ -293,6 +293,7 @@ impl EventLoop {
         }
         let keep = keep_alive && !response.close && !self.stop_started;
         queue(conn, pool::encode(response, head_only, keep));
+        self.served_since_trim = true;
         conn.write_deadline = Instant::now() + self.config.idle_timeout;
         conn.phase = Phase::Flush { close: !keep };
         if !keep {
