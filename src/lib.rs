@@ -26,6 +26,7 @@ pub mod shutdown;
 pub(crate) mod state;
 pub(crate) mod telemetry;
 pub(crate) mod timefmt;
+pub(crate) mod workers;
 
 /// The agent's version, as reported by `--version`, `/health` and to the platform.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,17 +1,24 @@
-//! The handler threads: a fixed number per [`Lane`], each taking [`Job`]s from its lane's bounded
-//! channel, running [`Service::serve`] (a panic costs that request a 500, not the thread),
-//! encoding the answer and sending the bytes back to the I/O thread as a [`Done`], then waking
-//! the poller. A thread ends when its lane's channel is closed (the I/O thread dropped the
-//! sender) and empty; while the server stops, queued jobs are answered 503 without being served.
+//! The handler threads: one on-demand [`WorkerPool`] per [`Lane`] (at most `count` threads,
+//! started when a request waits and none is free, ending after [`IDLE_EXIT`] without work), each
+//! thread taking [`Job`]s from its lane's bounded queue, running [`Service::serve`] (a panic
+//! costs that request a 500, not the thread), encoding the answer and sending the bytes back to
+//! the I/O thread as a [`Done`], then waking the poller. The threads end when the lane's queue
+//! is closed ([`WorkerPool::join`]) and empty; while the server stops, queued jobs are answered
+//! 503 without being served.
 
 use crate::http::types::{Request, Response};
 use crate::http::{HttpError, Service, StatusCode};
-use crossbeam_channel::{Receiver, Sender};
+use crate::workers::{PoolSpec, WorkerPool};
+use crossbeam_channel::Sender;
 use polling::Poller;
+use std::cell::RefCell;
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How long a handler thread waits for a request before it ends.
+pub const IDLE_EXIT: Duration = Duration::from_secs(30);
 
 /// A request for a handler thread.
 pub struct Job {
@@ -30,38 +37,32 @@ pub struct Done {
     pub close: bool,
 }
 
-/// Starts `count` threads named `name` serving `jobs`.
-pub fn spawn(
+/// The pool of lane `name`: at most `count` threads, `queue` requests waiting.
+pub fn start(
     name: &str,
     count: usize,
-    jobs: &Receiver<Job>,
-    done: &Sender<Done>,
-    service: &Arc<dyn Service>,
-    poller: &Arc<Poller>,
-    stopping: &Arc<AtomicBool>,
-) -> std::io::Result<Vec<JoinHandle<()>>> {
-    (0..count)
-        .map(|i| {
-            let jobs = jobs.clone();
-            let done = done.clone();
-            let service = Arc::clone(service);
-            let poller = Arc::clone(poller);
-            let stopping = Arc::clone(stopping);
-            std::thread::Builder::new()
-                .name(format!("{name}-{i}"))
-                .spawn(move || {
-                    for job in jobs.iter() {
-                        let finished = run(&*service, job, &stopping);
-                        if done.send(finished).is_err() {
-                            break;
-                        }
-                        if let Err(e) = poller.notify() {
-                            log::error!("cannot wake the API's I/O thread: {e}");
-                        }
-                    }
-                })
-        })
-        .collect()
+    queue: usize,
+    done: Sender<Done>,
+    service: Arc<dyn Service>,
+    poller: Arc<Poller>,
+    stopping: Arc<AtomicBool>,
+) -> WorkerPool<Job> {
+    let spec = PoolSpec {
+        name: name.to_string(),
+        max: count,
+        queue,
+        idle_exit: IDLE_EXIT,
+    };
+    WorkerPool::new(spec, None, move |job| {
+        let finished = run(&*service, job, &stopping);
+        if done.send(finished).is_err() {
+            return ControlFlow::Break(());
+        }
+        if let Err(e) = poller.notify() {
+            log::error!("cannot wake the API's I/O thread: {e}");
+        }
+        ControlFlow::Continue(())
+    })
 }
 
 fn run(service: &dyn Service, job: Job, stopping: &AtomicBool) -> Done {
@@ -93,6 +94,142 @@ fn run(service: &dyn Service, job: Job, stopping: &AtomicBool) -> Done {
 }
 
 pub fn encode(response: &Response, head_only: bool, keep_alive: bool) -> Vec<u8> {
-    let date = crate::timefmt::http_date(SystemTime::now());
-    response.encode(head_only, keep_alive, &date)
+    with_date(|date| response.encode(head_only, keep_alive, date))
+}
+
+/// Runs `f` with the `Date` field's value for now, formatted at most once a second per thread.
+pub fn with_date<T>(f: impl FnOnce(&str) -> T) -> T {
+    thread_local! {
+        static DATE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if cached.0 != secs {
+            *cached = (secs, crate::timefmt::http_date(now));
+        }
+        f(&cached.1)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::{Admission, Headers, Lane, Method, RequestHead};
+    use crossbeam_channel::Receiver;
+    use std::sync::atomic::AtomicUsize;
+    use std::time::{Duration, Instant};
+
+    /// Answers 200, panics on `/panic`, waits for the gate on `/wait`.
+    struct TestService {
+        running: AtomicUsize,
+        gate: Receiver<()>,
+    }
+
+    impl Service for TestService {
+        fn admit(&self, _: &RequestHead) -> Admission {
+            Admission::Serve(Lane::Slow)
+        }
+
+        fn serve(&self, request: Request) -> Response {
+            self.running.fetch_add(1, Ordering::SeqCst);
+            match request.head.path.as_str() {
+                "/panic" => panic!("a handler bug"),
+                "/wait" => {
+                    let _ = self.gate.recv();
+                }
+                _ => {}
+            }
+            self.running.fetch_sub(1, Ordering::SeqCst);
+            Response::new(StatusCode::OK, b"ok".to_vec())
+        }
+
+        fn reject(&self, error: &HttpError) -> Response {
+            Response::new(error.status, error.code.as_bytes().to_vec())
+        }
+    }
+
+    fn job(path: &str) -> Job {
+        Job {
+            slot: 0,
+            generation: 0,
+            request: Request {
+                head: RequestHead {
+                    method: Method::GET,
+                    path: path.into(),
+                    query: None,
+                    minor_version: 1,
+                    headers: Headers::default(),
+                    body_length: crate::http::BodyLength::Empty,
+                    peer: "127.0.0.1:1".parse().unwrap(),
+                },
+                body: Vec::new(),
+            },
+            keep_alive: true,
+        }
+    }
+
+    fn lane(
+        count: usize,
+    ) -> (
+        WorkerPool<Job>,
+        Receiver<Done>,
+        Arc<TestService>,
+        Sender<()>,
+    ) {
+        let (gate_tx, gate) = crossbeam_channel::bounded(0);
+        let service = Arc::new(TestService {
+            running: AtomicUsize::new(0),
+            gate,
+        });
+        let (done_tx, done) = crossbeam_channel::unbounded();
+        let pool = start(
+            "test-slow",
+            count,
+            16,
+            done_tx,
+            Arc::clone(&service) as Arc<dyn Service>,
+            Arc::new(Poller::new().unwrap()),
+            Arc::new(AtomicBool::new(false)),
+        );
+        (pool, done, service, gate_tx)
+    }
+
+    fn status(done: &Receiver<Done>) -> String {
+        let done = done.recv_timeout(Duration::from_secs(10)).unwrap();
+        String::from_utf8_lossy(&done.bytes[..12]).into_owned()
+    }
+
+    #[test]
+    fn a_panicking_handler_answers_500_and_the_lane_goes_on() {
+        let (pool, done, _service, _gate) = lane(1);
+        assert!(pool.submit(job("/panic")).is_ok());
+        assert_eq!(status(&done), "HTTP/1.1 500");
+        assert!(pool.submit(job("/")).is_ok());
+        assert_eq!(status(&done), "HTTP/1.1 200");
+        assert_eq!(pool.started(), 1, "the panic did not cost the thread");
+        assert_eq!(pool.join(None), 0);
+    }
+
+    #[test]
+    fn a_lane_runs_at_most_its_threads_and_answers_every_queued_request() {
+        let (pool, done, service, gate) = lane(3);
+        for _ in 0..8 {
+            assert!(pool.submit(job("/wait")).is_ok());
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while service.running.load(Ordering::SeqCst) < 3 {
+            assert!(Instant::now() < deadline, "three handlers never ran");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(service.running.load(Ordering::SeqCst), 3);
+        assert_eq!(pool.live(), 3);
+        drop(gate);
+        for _ in 0..8 {
+            assert_eq!(status(&done), "HTTP/1.1 200");
+        }
+        assert_eq!(pool.join(None), 0);
+    }
 }

@@ -318,9 +318,18 @@ impl Runner {
                     "container {} created for claim {claim_id}",
                     short_id(&view.id)
                 );
-                // Deleted while it was being created: it goes at once.
                 if self.given_up.contains_key(&claim_id) {
+                    // Deleted while it was being created: it goes at once.
                     self.remove_given_up();
+                } else {
+                    // The answer is what `docker run` and the agent knew; docker's times and
+                    // pid (and a change since, such as a command that exited at once) are read
+                    // now, by a refresh not older than that answer. A full queue drops it: the
+                    // next event or reconcile reads them.
+                    let _ = self.submit(Work::Refresh {
+                        id: view.id.clone(),
+                        generation: self.table.generation(),
+                    });
                 }
                 Ok(self.decorate(&view))
             }

@@ -3,12 +3,13 @@
 //! The protocol with the API is in [`protocol`](super::protocol), the one with the workers in
 //! [`jobs`](super::jobs); GPUs are chosen by [`placement`](super::placement).
 //!
-//! - Owns: the ledger, the container table, the API's pending replies, and three worker pools
-//!   running [`worker`](super::worker): `docker.workers` threads for creates (image pulls can
-//!   take many minutes), as many for stops, deletes, reconciles and refreshes, and
-//!   [`LOG_WORKERS`] for log reads, so neither pulls nor large logs ever hold up a delete. Each
-//!   has a bounded queue; when it is full, or [`MAX_LOG_READS`] log reads are in progress,
-//!   requests get 503 `docker_busy`.
+//! - Owns: the ledger, the container table, the API's pending replies, and three on-demand
+//!   worker pools ([`WorkerPool`]) running [`worker`](super::worker): up to `docker.workers`
+//!   threads for creates (image pulls can take many minutes), as many for stops, deletes,
+//!   reconciles and refreshes, and [`LOG_WORKERS`] for log reads, so neither pulls nor large
+//!   logs ever hold up a delete. A pool's threads start when work waits and none is free, and
+//!   end after [`WORKER_IDLE_EXIT`] without work. Each has a bounded queue; when it is full, or
+//!   [`MAX_LOG_READS`] log reads are in progress, requests get 503 `docker_busy`.
 //! - Receives: [`Request`]s from the API, [`Done`] reports from its workers, and
 //!   [`ContainerEvent`]s from the events watcher (a container changed: inspect it again;
 //!   removed: forget it).
@@ -22,7 +23,7 @@
 //!   reconcile runs every `docker.reconcile_interval_secs` (every 2 s, or that interval if it is
 //!   shorter, while docker is unreachable).
 //! - Stops: on shutdown the runner, the workers (a docker command in flight is killed and
-//!   reaped) and the events watcher end. Containers keep running: the agent's restart adopts
+//!   reaped) and the events watcher end; the runner joins its workers before it ends. Containers keep running: the agent's restart adopts
 //!   them.
 //!
 //! Its parts: [`creating`] (creates, their outcomes, timed-out and given-up claims),
@@ -42,11 +43,13 @@ use crate::docker::protocol::{
 };
 use crate::docker::spec::{join_ids, CreatePolicy};
 use crate::docker::table::ContainerTable;
-use crate::docker::worker::{remove_stale_env_files, worker};
+use crate::docker::worker::{execute, remove_stale_env_files};
 use crate::shutdown::Shutdown;
 use crate::state::{DockerWriter, Health, Snapshot};
-use crossbeam_channel::{after, select, Receiver, Sender, TrySendError};
+use crate::workers::{JobQueue, PoolSpec, SubmitError, WorkerPool};
+use crossbeam_channel::{after, select, Receiver};
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -61,6 +64,9 @@ const LOG_WORKERS: usize = 2;
 /// Log reads in progress (queued or running) at most; more get 503 `docker_busy`. Well under
 /// the API's slow handler threads, so waiting log reads never keep a delete out of them.
 const MAX_LOG_READS: usize = 6;
+/// How long a worker thread waits for work before it ends (the periodic reconcile, every
+/// `docker.reconcile_interval_secs`, 30 s by default, starts one again).
+const WORKER_IDLE_EXIT: Duration = Duration::from_secs(10);
 /// Reconcile period while docker is unreachable (or the reconcile interval, if shorter).
 const UNAVAILABLE_RETRY: Duration = Duration::from_secs(2);
 
@@ -90,12 +96,12 @@ struct Runner {
     reconcile_interval: Duration,
     next_reconcile: Instant,
     /// Short docker work (stop, delete, logs, reconcile, refresh).
-    jobs: Sender<Work>,
+    jobs: Box<dyn JobQueue<Work>>,
     /// Creates, with their image pulls: a lane of their own, so that pulls that take all their
     /// workers never hold up a delete.
-    creates: Sender<Work>,
+    creates: Box<dyn JobQueue<Work>>,
     /// Log reads: a lane of their own, at most [`MAX_LOG_READS`] at once.
-    logs: Sender<Work>,
+    logs: Box<dyn JobQueue<Work>>,
     log_reads: usize,
     /// The replies of queued work, by ticket.
     pending: BTreeMap<Ticket, Pending>,
@@ -124,9 +130,9 @@ impl Runner {
         writer: DockerWriter,
         reserved_ports: Vec<u16>,
         reconcile_interval: Duration,
-        jobs: Sender<Work>,
-        creates: Sender<Work>,
-        logs: Sender<Work>,
+        jobs: impl JobQueue<Work> + 'static,
+        creates: impl JobQueue<Work> + 'static,
+        logs: impl JobQueue<Work> + 'static,
     ) -> Runner {
         Runner {
             snapshot,
@@ -138,9 +144,9 @@ impl Runner {
             reconcile_in_flight: false,
             reconcile_interval,
             next_reconcile: Instant::now(),
-            jobs,
-            creates,
-            logs,
+            jobs: Box::new(jobs),
+            creates: Box::new(creates),
+            logs: Box::new(logs),
             log_reads: 0,
             pending: BTreeMap::new(),
             next_ticket: 0,
@@ -187,10 +193,27 @@ pub fn start(
         settings: config.run.clone(),
     });
 
-    let (jobs, job_queue) = crossbeam_channel::bounded::<Work>(WORK_QUEUE);
-    let (creates, create_queue) = crossbeam_channel::bounded::<Work>(WORK_QUEUE);
-    let (logs, log_queue) = crossbeam_channel::bounded::<Work>(MAX_LOG_READS);
     let (done_tx, done) = crossbeam_channel::unbounded::<Done>();
+    let lane = |name: &str, max: usize, queue: usize| {
+        let context = Arc::clone(&context);
+        let done_tx = done_tx.clone();
+        let spec = PoolSpec {
+            name: name.to_string(),
+            max,
+            queue,
+            idle_exit: WORKER_IDLE_EXIT,
+        };
+        WorkerPool::new(spec, Some(shutdown.clone()), move |work| {
+            if done_tx.send(execute(&context, work, &done_tx)).is_err() {
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
+        })
+    };
+    let jobs = lane("docker-worker", config.workers, WORK_QUEUE);
+    let creates = lane("docker-create", config.workers, WORK_QUEUE);
+    let logs = lane("docker-logs", LOG_WORKERS, MAX_LOG_READS);
+    drop(done_tx);
     let (requests_tx, requests) = crossbeam_channel::bounded::<Request>(256);
     let (events_tx, events_rx) = crossbeam_channel::bounded::<ContainerEvent>(1024);
 
@@ -213,22 +236,6 @@ pub fn start(
     crate::docker::pull_auth::remove_stale_pull_configs(&std::env::temp_dir());
 
     let mut threads = Vec::new();
-    for (lane, queue, count) in [
-        ("docker-worker", &job_queue, config.workers),
-        ("docker-create", &create_queue, config.workers),
-        ("docker-logs", &log_queue, LOG_WORKERS),
-    ] {
-        for n in 0..count {
-            let context = Arc::clone(&context);
-            let queue = queue.clone();
-            let done_tx = done_tx.clone();
-            let shutdown = shutdown.clone();
-            let thread = component::spawn(format!("{lane}-{n}"), move || {
-                worker(&context, &queue, &done_tx, &shutdown)
-            })?;
-            threads.push((lane, thread));
-        }
-    }
     let watcher = events::start(
         config.binary.clone(),
         config.config_dir.clone(),
@@ -277,8 +284,29 @@ fn event_changes_state(action: &str) -> bool {
 }
 
 impl Runner {
+    /// Serves until shutdown (or its channels close), then joins the workers.
     fn run(
         mut self,
+        requests: &Receiver<Request>,
+        done: &Receiver<Done>,
+        events: &Receiver<ContainerEvent>,
+        shutdown: &Shutdown,
+    ) {
+        self.serve(requests, done, events, shutdown);
+        // The workers end at shutdown (a docker command in flight is killed); the agent gives
+        // the whole stop this long.
+        let deadline = Instant::now() + crate::agent::STOP_DEADLINE;
+        let left: usize = [self.jobs, self.creates, self.logs]
+            .into_iter()
+            .map(|lane| lane.join(Some(deadline)))
+            .sum();
+        if left > 0 {
+            log::warn!("{left} docker worker(s) did not stop in time; leaving them");
+        }
+    }
+
+    fn serve(
+        &mut self,
         requests: &Receiver<Request>,
         done: &Receiver<Done>,
         events: &Receiver<ContainerEvent>,
@@ -333,14 +361,17 @@ impl Runner {
             Work::Logs { .. } => &self.logs,
             _ => &self.jobs,
         };
-        match lane.try_send(work) {
+        match lane.submit(work) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => Err(ContainerError::Busy(format!(
+            Err(SubmitError::Full(_)) => Err(ContainerError::Busy(format!(
                 "{WORK_QUEUE} docker operations are already queued; try again shortly"
             ))),
-            Err(TrySendError::Disconnected(_)) => Err(ContainerError::DockerUnavailable(
+            Err(SubmitError::Closed(_)) => Err(ContainerError::DockerUnavailable(
                 "the docker workers have stopped".into(),
             )),
+            Err(SubmitError::NoThread(_, e)) => Err(ContainerError::Busy(format!(
+                "cannot start a docker worker thread ({e}); try again shortly"
+            ))),
         }
     }
 
@@ -628,6 +659,15 @@ impl Runner {
                 self.publish();
             }
         } else if event_changes_state(&event.action) {
+            // The container a create in flight is making (its `create` and `start` events come
+            // before `docker run` returns): the create's answer records it, and the refresh
+            // queued then reads it from docker. One queued now would be older than that answer
+            // and thrown away, its docker command wasted.
+            if !self.table.contains(&event.id)
+                && self.creating.values().any(|v| v.name == event.name)
+            {
+                return;
+            }
             let work = Work::Refresh {
                 id: event.id,
                 generation: self.table.generation(),

@@ -1,11 +1,13 @@
 //! The I/O thread's loop: waits on the poller, accepts, sheds at capacity, collects the
-//! handlers' answers, applies deadlines and files each connection's poller interest.
+//! handlers' answers, applies deadlines and files each connection's poller interest
+//! (level-triggered while it wants to read or write, one-shot while a handler has its request).
 
 use super::conn::{Conn, ErrorLog, Phase};
 use super::{ServerConfig, ACCEPT_BATCH, ACCEPT_PAUSE, LISTENER, QUIET_TRIM, SHED_TRIES};
 use crate::http::pool::{self, Done, Job};
 use crate::http::{HttpError, Service, StatusCode};
-use crossbeam_channel::{Receiver, Sender};
+use crate::workers::WorkerPool;
+use crossbeam_channel::Receiver;
 use polling::{Event, Events, PollMode, Poller};
 use std::collections::BTreeSet;
 use std::io::{ErrorKind, Write};
@@ -29,8 +31,8 @@ pub(super) struct EventLoop {
     pub(super) next_generation: u64,
     /// Every connection's next deadline, earliest first.
     pub(super) deadlines: BTreeSet<(Instant, usize)>,
-    pub(super) quick: Sender<Job>,
-    pub(super) slow: Sender<Job>,
+    pub(super) quick: WorkerPool<Job>,
+    pub(super) slow: WorkerPool<Job>,
     pub(super) done: Receiver<Done>,
     /// Requests sent to handlers and not answered yet.
     pub(super) in_flight: usize,
@@ -44,8 +46,9 @@ pub(super) struct EventLoop {
 }
 
 impl EventLoop {
-    /// Runs until stopped; returns the number of requests still at handlers.
-    pub(super) fn run(mut self) -> usize {
+    /// Runs until stopped; returns the number of requests still at handlers, and the handler
+    /// pools for the caller to close and join.
+    pub(super) fn run(mut self) -> (usize, [WorkerPool<Job>; 2]) {
         let mut events = Events::new();
         loop {
             if !self.stop_started && self.stopping.load(Ordering::SeqCst) {
@@ -112,7 +115,7 @@ impl EventLoop {
                 self.release(slot, conn);
             }
         }
-        self.in_flight
+        (self.in_flight, [self.quick, self.slow])
     }
 
     pub(super) fn begin_stop(&mut self) {
@@ -193,7 +196,11 @@ impl EventLoop {
             }
         };
         // SAFETY: every connection is deleted from the poller in `release` before it is dropped.
-        if let Err(e) = unsafe { self.poller.add(&stream, Event::readable(slot)) } {
+        let added = unsafe {
+            self.poller
+                .add_with_mode(&stream, Event::readable(slot), PollMode::Level)
+        };
+        if let Err(e) = added {
             log::warn!("cannot watch an API connection from {peer}: {e}");
             self.free.push(slot);
             return;
@@ -208,12 +215,15 @@ impl EventLoop {
             buf: Vec::new(),
             out: Vec::new(),
             out_pos: 0,
+            tail: None,
+            tail_pos: 0,
             eof: false,
             ready_since: now,
             first_byte: None,
             write_deadline: now,
             deadline: None,
             armed: Some((true, false)),
+            oneshot: false,
         };
         self.live += 1;
         self.rearm(slot, &mut conn);
@@ -262,8 +272,11 @@ impl EventLoop {
         let Some(mut conn) = self.slots.get_mut(slot).and_then(Option::take) else {
             return;
         };
-        // One-shot: the poller disarmed it when it reported the event.
-        conn.armed = None;
+        // A one-shot registration was disarmed when the poller reported the event; a
+        // level-triggered one stays as it is.
+        if conn.oneshot {
+            conn.armed = None;
+        }
         let mut alive = true;
         if readable {
             alive = self.read_into(&mut conn);
@@ -287,7 +300,7 @@ impl EventLoop {
                 self.slots[done.slot] = Some(conn);
                 continue;
             }
-            super::conn::queue(&mut conn, done.bytes);
+            conn.queue(done.bytes, None);
             self.served_since_trim = true;
             conn.write_deadline = Instant::now() + self.config.idle_timeout;
             conn.phase = Phase::Flush { close: done.close };
@@ -353,7 +366,7 @@ impl EventLoop {
 
     /// Files the connection's deadline and poller interest for its phase.
     pub(super) fn rearm(&mut self, slot: usize, conn: &mut Conn) {
-        let writing = conn.out_pos < conn.out.len();
+        let writing = conn.writing();
         let (read, deadline) = match &conn.phase {
             Phase::Head => (
                 true,
@@ -382,18 +395,31 @@ impl EventLoop {
             conn.deadline = deadline;
         }
         let wanted = (read, writing);
-        // A disarmed connection that wants nothing stays disarmed: re-arming it with no
-        // interest would still report a hang-up, again and again while a handler works.
+        // Level-triggered while the connection wants something (no re-arm per request). One
+        // that wants nothing (its request is at a handler) is registered one-shot with no
+        // interest, and stays disarmed once it reported: a hang-up is reported whatever the
+        // interest, and level-triggered it would be reported again and again while the handler
+        // works.
         let change = match conn.armed {
             Some(current) => current != wanted,
             None => wanted != (false, false),
         };
         if change {
-            match self
-                .poller
-                .modify(&conn.stream, Event::new(slot, wanted.0, wanted.1))
-            {
-                Ok(()) => conn.armed = Some(wanted),
+            let oneshot = wanted == (false, false);
+            let mode = if oneshot {
+                PollMode::Oneshot
+            } else {
+                PollMode::Level
+            };
+            match self.poller.modify_with_mode(
+                &conn.stream,
+                Event::new(slot, wanted.0, wanted.1),
+                mode,
+            ) {
+                Ok(()) => {
+                    conn.armed = Some(wanted);
+                    conn.oneshot = oneshot;
+                }
                 Err(e) => log::warn!("cannot watch the API connection from {}: {e}", conn.peer),
             }
         }

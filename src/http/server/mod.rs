@@ -1,7 +1,8 @@
 //! The I/O thread: owns the listening socket and every connection; accepts, reads heads and
 //! bodies, applies the deadlines and the connection cap, hands complete requests to the handler
 //! pool, and writes the answers it gets back. Never blocks on a socket: every socket is
-//! non-blocking and registered with the poller (one-shot, re-armed after each event).
+//! non-blocking and registered with the poller (level-triggered; one-shot with no interest
+//! while its request is at a handler).
 //!
 //! A connection moves through [`Phase`]s: `Head` (waiting for a request; idle or part-sent) →
 //! `Body` (admitted; reading the body) → `Dispatched` (at a handler; nothing is read meanwhile,
@@ -18,8 +19,9 @@ mod conn;
 mod event_loop;
 mod request;
 
-use crate::http::pool;
+use crate::http::pool::{self, Job};
 use crate::http::{limits, Service};
+use crate::workers::WorkerPool;
 use event_loop::EventLoop;
 use polling::{Event, PollMode, Poller};
 use std::collections::BTreeSet;
@@ -102,8 +104,8 @@ pub struct Server {
     poller: Arc<Poller>,
     stopping: Arc<AtomicBool>,
     stop_deadline: Arc<Mutex<Option<Instant>>>,
-    io_thread: Option<JoinHandle<usize>>,
-    workers: Vec<JoinHandle<()>>,
+    /// Returns the requests still at handlers and the handler pools to join.
+    io_thread: Option<JoinHandle<(usize, [WorkerPool<Job>; 2])>>,
 }
 
 impl Server {
@@ -141,27 +143,20 @@ impl Server {
 
         let stopping = Arc::new(AtomicBool::new(false));
         let stop_deadline = Arc::new(Mutex::new(None));
-        let (quick_tx, quick_rx) = crossbeam_channel::bounded(config.queue_per_lane);
-        let (slow_tx, slow_rx) = crossbeam_channel::bounded(config.queue_per_lane);
         let (done_tx, done_rx) = crossbeam_channel::unbounded();
-        let mut workers = pool::spawn(
-            "api-quick",
-            config.quick_threads.max(1),
-            &quick_rx,
-            &done_tx,
-            &service,
-            &poller,
-            &stopping,
-        )?;
-        workers.extend(pool::spawn(
-            "api-slow",
-            config.slow_threads.max(1),
-            &slow_rx,
-            &done_tx,
-            &service,
-            &poller,
-            &stopping,
-        )?);
+        let lane = |name: &str, count: usize| {
+            pool::start(
+                name,
+                count,
+                config.queue_per_lane,
+                done_tx.clone(),
+                Arc::clone(&service),
+                Arc::clone(&poller),
+                Arc::clone(&stopping),
+            )
+        };
+        let quick = lane("api-quick", config.quick_threads);
+        let slow = lane("api-slow", config.slow_threads);
         drop(done_tx);
 
         let max_connections = config.max_connections;
@@ -180,8 +175,8 @@ impl Server {
             live: 0,
             next_generation: 0,
             deadlines: BTreeSet::new(),
-            quick: quick_tx,
-            slow: slow_tx,
+            quick,
+            slow,
             done: done_rx,
             in_flight: 0,
             body_reserved: 0,
@@ -199,7 +194,6 @@ impl Server {
             stopping,
             stop_deadline,
             io_thread: Some(io_thread),
-            workers,
         })
     }
 
@@ -226,24 +220,24 @@ impl Server {
         }
         self.stopping.store(true, Ordering::SeqCst);
         let _ = self.poller.notify();
-        let left = match self.io_thread.take() {
-            Some(thread) => thread.join().unwrap_or_else(|_| {
+        let Some(thread) = self.io_thread.take() else {
+            return 0;
+        };
+        match thread.join() {
+            Ok((left, pools)) => {
+                // Closing the lanes' queues: idle handlers end now, busy ones after their
+                // request.
+                for pool in pools {
+                    pool.join(Some(deadline));
+                }
+                left
+            }
+            Err(_) => {
+                // Its pools were dropped with it: their threads end on their own.
                 log::error!("the API's I/O thread had panicked");
                 0
-            }),
-            None => 0,
-        };
-        // The I/O thread dropped the lanes' senders: idle handlers end now, busy ones after
-        // their request.
-        for worker in std::mem::take(&mut self.workers) {
-            while !worker.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            if worker.is_finished() {
-                let _ = worker.join();
             }
         }
-        left
     }
 }
 
