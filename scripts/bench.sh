@@ -12,8 +12,13 @@
 #   one NVML sweep of 8 GPUs; the stripped binary's size.
 # Numbers from a shared or loaded machine are noisy: compare the ratios of one run, and read
 # the load average printed with the table.
-# Usage: scripts/bench.sh   (IDLE_SECS=N, WRK_SECS=N, CREATES=N to shorten a trial run)
+# Usage: scripts/bench.sh [containers]   (IDLE_SECS=N, WRK_SECS=N, CREATES=N to shorten a trial
+# run). `containers` runs only the container create/delete part. BASELINE=path/to/agent adds a
+# second agent (e.g. a build of the previous commit) to that part, its creates and deletes
+# alternating with the others in the same run: a before/after comparison on the same load.
 set -euo pipefail
+PART=${1:-all}
+case $PART in all | containers) ;; *) echo "usage: $0 [containers]" >&2; exit 2 ;; esac
 cd "$(dirname "$0")/.."
 source scripts/lib/agent.sh
 trap lib_cleanup EXIT
@@ -23,16 +28,23 @@ WRK_SECS=${WRK_SECS:-10}
 CREATES=${CREATES:-20}
 REQUESTS_TARGET=${REQUESTS_TARGET:-1000000}
 
-lib_need_apt wrk:wrk prometheus-node-exporter:prometheus-node-exporter curl:curl gcc:gcc
-lib_log "building release"
-lib_build_release --bin utopia-node-agent --example bare_server
-BARE="$LIB_ROOT/target/release/examples/bare_server"
+if [ "$PART" = all ]; then
+  lib_need_apt wrk:wrk prometheus-node-exporter:prometheus-node-exporter curl:curl gcc:gcc
+  lib_log "building release"
+  lib_build_release --bin utopia-node-agent --example bare_server
+  BARE="$LIB_ROOT/target/release/examples/bare_server"
+else
+  lib_need_apt curl:curl gcc:gcc
+  lib_log "building release"
+  lib_build_release --bin utopia-node-agent
+fi
 lib_build_fake_nvml
 export FAKE_NVML_GPU_COUNT=8
 TICK=$(getconf CLK_TCK)
 rows=()
 row() { rows+=("$(printf '| %s | %s | %s | %s |' "$1" "$2" "$3" "$4")"); }
 
+if [ "$PART" = all ]; then
 # --- start-up: exec to the first 200 from GET /health, median of 5 fresh agents
 starts=()
 for i in 1 2 3 4 5; do
@@ -47,6 +59,7 @@ for i in 1 2 3 4 5; do
 done
 start_ms=$(printf '%s\n' "${starts[@]}" | lib_median | awk '{ printf "%.1f", $1 / 10 }')
 row "start-up to an answering API (median of 5)" "$start_ms ms" "<= 50 ms" "$(awk -v v="$start_ms" 'BEGIN { print (v <= 50) ? "met" : "MISSED" }')"
+fi
 
 # --- the agent under test, idle for IDLE_SECS
 port=$(lib_free_port)
@@ -54,6 +67,7 @@ config=$(lib_write_config "$LIB_WORK/agent" "$port")
 lib_spawn_agent "$config"
 agent=$LIB_AGENT_PID
 lib_wait_health "$port" 10
+if [ "$PART" = all ]; then
 gpu_tid=$(lib_thread "$agent" gpu-sampler || echo "")
 gpu_samples() { curl -s "http://127.0.0.1:$port/health" | grep -o '"gpu":{[^}]*}' | grep -o '"samples":[0-9]*' | cut -d: -f2; }
 threads_ns() { local t; for t in /proc/"$agent"/task/*; do echo "$(cat "$t/comm") $(cut -d' ' -f1 "$t/schedstat")"; done | sort; }
@@ -135,33 +149,73 @@ done
 rss_after=$(lib_rss_kib "$agent")
 growth=$(awk -v a="$rss_after" -v b="$idle_rss" 'BEGIN { printf "%+.2f MiB", (a - b) / 1024 }')
 row "RSS after $agent_requests requests (vs idle)" "$(awk -v k="$rss_after" 'BEGIN { printf "%.1f MiB", k / 1024 }') ($growth)" "growth <= 1 MiB" "$(awk -v a="$rss_after" -v b="$idle_rss" 'BEGIN { print (a - b <= 1024) ? "met" : "MISSED" }')"
+fi
 
 # --- containers: through the agent vs plain docker, interleaved so both see the same load
 if docker info >/dev/null 2>&1; then
   lib_test_image
-  : >"$LIB_WORK/create.agent"; : >"$LIB_WORK/delete.agent"; : >"$LIB_WORK/create.raw"; : >"$LIB_WORK/delete.raw"
-  lib_log "containers: $CREATES creates and deletes each way"
-  for i in $(seq "$CREATES"); do
-    out=$(lib_api "$port" POST /api/v1/containers "{\"claim_id\":\"bench-$$-$i\",\"image\":\"$LIB_IMAGE\",\"gpu_ids\":[$((i % 8))],\"command\":[\"sleep\",\"600\"]}" | tail -1)
-    [ "${out%% *}" = 201 ] || { lib_log "create through the agent failed: $out"; exit 1; }
-    echo "${out#* }" >>"$LIB_WORK/create.agent"
-    out=$(lib_api "$port" DELETE "/api/v1/containers/bench-$$-$i" | tail -1)
-    [ "${out%% *}" = 200 ] || { lib_log "delete through the agent failed: $out"; exit 1; }
-    echo "${out#* }" >>"$LIB_WORK/delete.agent"
+  ways=(agent raw)
+  if [ -n "${BASELINE:-}" ]; then
+    # The baseline agent: its own label value, so neither agent sees the other's containers.
+    base_port=$(lib_free_port)
+    base_config=$(LIB_LABEL_VALUE=baseline lib_write_config "$LIB_WORK/baseline" "$base_port")
+    LIB_AGENT=$BASELINE lib_spawn_agent "$base_config"
+    lib_wait_health "$base_port" 10 || { lib_log "baseline agent did not start"; cat "$LIB_WORK/baseline/agent.log" >&2; exit 1; }
+    ways=(agent baseline raw)
+  fi
+  # Until the agents have rebuilt their ledgers from docker, creates are 503.
+  for p in "$port" ${base_port:+"$base_port"}; do
+    for _ in $(seq 100); do
+      [ "$(lib_api "$p" GET /api/v1/containers | tail -1 | cut -d' ' -f1)" = 200 ] && break
+      sleep 0.1
+    done
+  done
+  for way in "${ways[@]}"; do : >"$LIB_WORK/create.$way"; : >"$LIB_WORK/delete.$way"; done
+  # create_delete WAY PORT N: one create (201) and delete (200) through the agent on PORT.
+  create_delete() {
+    local way=$1 p=$2 i=$3 out
+    out=$(lib_api "$p" POST /api/v1/containers "{\"claim_id\":\"bench-$$-$way-$i\",\"image\":\"$LIB_IMAGE\",\"gpu_ids\":[$((i % 8))],\"command\":[\"sleep\",\"600\"]}" | tail -1)
+    [ "${out%% *}" = 201 ] || { lib_log "create through the $way agent failed: $out"; exit 1; }
+    echo "${out#* }" >>"$LIB_WORK/create.$way"
+    out=$(lib_api "$p" DELETE "/api/v1/containers/bench-$$-$way-$i" | tail -1)
+    [ "${out%% *}" = 200 ] || { lib_log "delete through the $way agent failed: $out"; exit 1; }
+    echo "${out#* }" >>"$LIB_WORK/delete.$way"
+  }
+  raw_run_rm() {
+    local i=$1 t0 t1 t2
     t0=$(lib_now_us)
     # On the agent's renters' network (docker.network, default utopia-renters), as the agent's
-    # containers are: the same work for the engine, so the difference is the agent's.
-    docker run -d --network utopia-renters --label "$LIB_LABEL_KEY=$LIB_LABEL_VALUE" --name "bench-raw-$$-$i" "$LIB_IMAGE" sleep 600 >/dev/null
+    # containers are: the same work for the engine, so the difference is the agent's. Labelled
+    # for the clean-up, but not with the agent's managed label: the agent does not watch it.
+    docker run -d --network utopia-renters --label "$LIB_LABEL_KEY=raw" --name "bench-raw-$$-$i" "$LIB_IMAGE" sleep 600 >/dev/null
     t1=$(lib_now_us)
     docker rm -f "bench-raw-$$-$i" >/dev/null
     t2=$(lib_now_us)
     echo "$(( t1 - t0 ))e-6" >>"$LIB_WORK/create.raw"
     echo "$(( t2 - t1 ))e-6" >>"$LIB_WORK/delete.raw"
+  }
+  lib_log "containers: $CREATES creates and deletes each way (${ways[*]})"
+  for i in $(seq "$CREATES"); do
+    # Each way goes first as often as the others: none is always the one after another's delete.
+    n=${#ways[@]}
+    for k in $(seq 0 $((n - 1))); do
+      way=${ways[$(( (i + k) % n ))]}
+      case $way in
+        agent) create_delete agent "$port" "$i" ;;
+        baseline) create_delete baseline "$base_port" "$i" ;;
+        raw) raw_run_rm "$i" ;;
+      esac
+    done
   done
   med() { lib_median <"$LIB_WORK/$1" | awk '{ printf "%.0f", $1 * 1000 }'; }
   ca=$(med create.agent); cr=$(med create.raw); da=$(med delete.agent); dr=$(med delete.raw)
   over=$(awk -v a="$ca" -v r="$cr" 'BEGIN { printf "%+.0f %%", (a - r) * 100 / r }')
   row "container create, median of $CREATES: agent (POST, 201 when running) vs docker run -d on the same network" "$ca ms vs $cr ms ($over)" "<= +10 %" "$(awk -v a="$ca" -v r="$cr" 'BEGIN { print (a <= 1.1 * r) ? "met" : "MISSED" }')"
+  if [ -n "${BASELINE:-}" ]; then
+    cb=$(med create.baseline); db=$(med delete.baseline)
+    row "container create, median of $CREATES: baseline agent ($BASELINE) in the same run" "$cb ms vs $cr ms ($(awk -v a="$cb" -v r="$cr" 'BEGIN { printf "%+.0f %%", (a - r) * 100 / r }')); this build / baseline: $(awk -v a="$ca" -v b="$cb" 'BEGIN { printf "%.2f", a / b }')" "" ""
+    row "container delete, median of $CREATES: baseline agent" "$db ms" "" ""
+  fi
   row "container delete, median of $CREATES: agent (DELETE: stop, then rm) vs docker rm -f" "$da ms vs $dr ms" "" ""
 else
   row "container create / delete" "skipped: docker engine not reachable" "" ""
@@ -169,7 +223,9 @@ fi
 
 # --- the binary
 size=$(stat -c %s "$LIB_AGENT")
-row "release binary (stripped)" "$(awk -v s="$size" 'BEGIN { printf "%.2f MiB", s / 1048576 }')" "<= 8 MiB" "$(awk -v s="$size" 'BEGIN { print (s <= 8388608) ? "met" : "MISSED" }')"
+if [ "$PART" = all ]; then
+  row "release binary (stripped)" "$(awk -v s="$size" 'BEGIN { printf "%.2f MiB", s / 1048576 }')" "<= 8 MiB" "$(awk -v s="$size" 'BEGIN { print (s <= 8388608) ? "met" : "MISSED" }')"
+fi
 
 echo
 echo "utopia-node-agent benchmark, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), $(uname -sr), load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -20,6 +20,7 @@ use crate::shutdown::Shutdown;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::fmt;
 use std::io::{BufRead, BufReader, Read};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -39,6 +40,9 @@ pub struct Supervised {
     child: Child,
     /// Set once the child is reaped; no signal is sent after that.
     status: Option<ExitStatus>,
+    /// A pidfd of the child (readable once it exits), so [`Supervised::wait_for`] wakes at the
+    /// exit rather than at its next poll; `None` where the kernel has none (before 5.3).
+    exit_fd: Option<OwnedFd>,
 }
 
 /// How [`Supervised::wait_for`] ended.
@@ -61,9 +65,12 @@ impl Supervised {
         // The Command may keep pipe ends given to it (a merged output): drop them here so the
         // reader sees EOF when the child exits.
         drop(command);
+        let child = spawned?;
+        let exit_fd = pidfd(&child);
         Ok(Supervised {
-            child: spawned?,
+            child,
             status: None,
+            exit_fd,
         })
     }
 
@@ -129,13 +136,20 @@ impl Supervised {
             if shutdown.is_some_and(Shutdown::is_triggered) {
                 return Ok(Waited::ShuttingDown);
             }
-            // Short commands finish in tens of milliseconds: poll fast first, then slower.
-            let step = if started.elapsed() < Duration::from_millis(200) {
-                Duration::from_millis(5)
-            } else {
-                Duration::from_millis(25)
+            let step = match &self.exit_fd {
+                // The exit wakes the wait at once; the step only bounds how late a shutdown is
+                // seen.
+                Some(_) => SHUTDOWN_CHECK,
+                // Without a pidfd, polled: fast first (short commands finish in tens of
+                // milliseconds), then slower.
+                None if started.elapsed() < Duration::from_millis(200) => Duration::from_millis(5),
+                None => Duration::from_millis(25),
             };
-            std::thread::sleep(step.min(limit.saturating_sub(started.elapsed())));
+            let step = step.min(limit.saturating_sub(started.elapsed()));
+            match &self.exit_fd {
+                Some(fd) => wait_readable(fd, step),
+                None => std::thread::sleep(step),
+            }
         }
     }
 
@@ -197,6 +211,36 @@ fn die_with_agent(command: &mut Command) {
             }
             Ok(())
         });
+    }
+}
+
+/// How often [`Supervised::wait_for`] looks at the shutdown signal while it waits on a pidfd.
+const SHUTDOWN_CHECK: Duration = Duration::from_millis(25);
+
+/// A pidfd of our unreaped child (its pid cannot name another process yet); `None` when the
+/// kernel refuses (before Linux 5.3, or a seccomp filter), and the wait polls instead.
+fn pidfd(child: &Child) -> Option<OwnedFd> {
+    let pid = libc::pid_t::try_from(child.id()).ok()?;
+    // SAFETY: pidfd_open(2) takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+    // SAFETY: the descriptor was just created and is owned by nobody else.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Waits up to `limit` for `fd` to become readable (a pidfd: its process exited); returns early
+/// on a signal or an error, which the caller's loop checks anyway.
+fn wait_readable(fd: &OwnedFd, limit: Duration) {
+    let mut poll = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // Rounded up: a wait of 0 ms would spin until the deadline.
+    let ms = i32::try_from(limit.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);
+    // SAFETY: poll(2) on one valid pollfd that lives for the call.
+    unsafe {
+        libc::poll(&mut poll, 1, ms);
     }
 }
 
@@ -486,7 +530,6 @@ fn closed() -> Receiver<Captured> {
 
 /// A pipe whose both ends are closed on exec (only the dup'ed child ends survive).
 fn pipe() -> std::io::Result<(std::fs::File, std::os::fd::OwnedFd)> {
-    use std::os::fd::{FromRawFd, OwnedFd};
     let mut fds = [0i32; 2];
     // SAFETY: pipe2 writes two new file descriptors into `fds`, which we then own.
     let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
@@ -561,6 +604,30 @@ mod tests {
         }
         // The writer may not have finished the line yet.
         std::thread::sleep(Duration::from_millis(50));
+    }
+
+    #[test]
+    fn the_wait_wakes_at_the_exit_through_a_pidfd() {
+        let mut command = sh("exec sleep 0.3");
+        command.stdout(Stdio::null()).stderr(Stdio::null());
+        let mut child = Supervised::spawn(command).unwrap();
+        assert!(
+            child.exit_fd.is_some(),
+            "no pidfd (Linux 5.3 or later has one)"
+        );
+        let started = Instant::now();
+        // Far longer than the shutdown check: the wait is woken by the exit.
+        let status = match child.wait_for(Duration::from_secs(30), None).unwrap() {
+            Waited::Exited(status) => status,
+            other => panic!("{other:?}"),
+        };
+        assert!(status.success());
+        assert!(started.elapsed() < Duration::from_secs(10));
+        // An exited child: the pidfd stays readable, the wait answers at once.
+        match child.wait_for(Duration::from_secs(30), None).unwrap() {
+            Waited::Exited(again) => assert_eq!(again, status),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

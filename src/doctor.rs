@@ -131,6 +131,9 @@ fn with_config(settings: &Settings) -> Vec<Check> {
     if settings.docker.run.block_metadata {
         checks.push(metadata_block(settings));
     }
+    if let (Some(mib), Ok(_)) = (settings.docker.run.storage_size_mib, &docker) {
+        checks.push(storage_size(settings, mib));
+    }
     checks.push(frpc(settings));
     checks.push(frps(settings));
     checks.push(platform(settings));
@@ -276,6 +279,27 @@ fn metadata_block(settings: &Settings) -> Check {
             ),
             "start the agent: its first reconcile inserts them",
         )
+    }
+}
+
+/// `docker.storage_size`: the engine applies `--storage-opt size=` (a probe container).
+fn storage_size(settings: &Settings, mib: u64) -> Check {
+    use crate::docker::storage_probe::{probe_settings, StorageSupport};
+    match probe_settings(settings, mib) {
+        StorageSupport::Supported => pass(
+            "storage",
+            format!("the engine limits each container's writable layer to {mib} MiB"),
+        ),
+        StorageSupport::Refused(said) => fail(
+            "storage",
+            format!("docker.storage_size is set but the engine refuses --storage-opt size=: {said}"),
+            "put docker's root on xfs mounted with pquota (overlay2), btrfs or zfs, or set docker.storage_size to \"\"",
+        ),
+        StorageSupport::Unknown(why) => warn(
+            "storage",
+            format!("cannot check docker.storage_size: {why}"),
+            "fix docker first",
+        ),
     }
 }
 

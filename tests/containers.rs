@@ -75,8 +75,27 @@ fn lifecycle_create_list_inspect_logs_stop_start_restart_delete() {
         created["endpoints"],
         json!([{"container_port": 80, "protocol": "tcp", "host_port": port, "remote_addr": null}])
     );
-    assert!(created["created_at"].as_str().unwrap().ends_with('Z'));
-    assert!(created["started_at"].is_string());
+    // The answer is built from `docker run`'s id and what the agent asked for: docker's own
+    // times are not in it (null) but follow within moments, from the refresh after the create.
+    assert_eq!(created["status"], "Up (just started)", "{created}");
+    assert!(created["created_at"].is_null() && created["started_at"].is_null());
+    let mut shown = Value::Null;
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            shown = agent.get(&format!("/api/v1/containers/{id}")).json();
+            shown["started_at"].is_string()
+        }),
+        "docker's times never filled in: {shown}"
+    );
+    assert!(
+        shown["created_at"].as_str().unwrap().ends_with('Z'),
+        "{shown}"
+    );
+    assert!(
+        shown["status"].as_str().unwrap().starts_with("Up since 20"),
+        "{shown}"
+    );
+    assert_eq!(shown["state"], "running");
 
     // The container sees exactly its GPU, and the user's environment arrived verbatim.
     let lines = env_lines(&agent, &id);
@@ -547,8 +566,14 @@ fn gpus_and_cdi_modes_as_the_engine_reads_them() {
             c.docker.cdi_kind = "example.com/gpu".into();
         });
         let created = agent.create(&body(&scope.claim(&format!("{mode:?}")), &[0, 1], "true"));
-        assert_eq!(created["state"], "created");
+        // The wrapper only created it: the refresh after the create shows docker's state.
         let id = created["id"].as_str().unwrap();
+        assert!(
+            wait_until(Duration::from_secs(10), || {
+                agent.get(&format!("/api/v1/containers/{id}")).json()["state"] == "created"
+            }),
+            "{created}"
+        );
         let requests = docker_ok(&[
             "inspect",
             "--format",
@@ -755,6 +780,14 @@ fn a_pulling_create_shows_its_layers_and_bytes_advance_in_get_and_the_list() {
         shown["state"] == "running"
     });
     assert!(up, "{}", agent.get(&location).text());
+    // `docker run` ran twice (no such image; again after the pull): the create is logged once.
+    let log = agent.log();
+    assert_eq!(
+        log.matches(&format!("creating container utopia-{claim} "))
+            .count(),
+        1,
+        "{log}"
+    );
     let stage = |layers_done: u64, bytes_done: u64| {
         json!({"layers_total": 2, "layers_done": layers_done, "bytes_done": bytes_done,
                "bytes_total": 10_490_000u64})

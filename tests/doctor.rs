@@ -185,3 +185,36 @@ fn an_invalid_config_fails_its_check_alone() {
     assert!(text.contains("agent_api.auth_token"), "{text}");
     assert!(text.ends_with("0 passed, 0 warned, 1 failed\n"), "{text}");
 }
+
+#[test]
+fn a_storage_size_the_engine_refuses_fails_its_check() {
+    if !ready("a_storage_size_the_engine_refuses_fails_its_check") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut config: Config = test_config(dir.path());
+    config.docker.storage_size = "1g".into();
+    let path = write_config(dir.path(), &config);
+    let checks = report_of(&doctor(&path, true));
+    let c = status_of(&checks, "storage");
+    // Which the engine's storage driver decides (fuse-overlayfs and overlay2 on ext4 refuse).
+    let driver = common::docker::docker_ok(&["info", "--format", "{{.Driver}}"]);
+    if c["status"] == "pass" {
+        assert!(c["message"].as_str().unwrap().contains("1024 MiB"), "{c}");
+        return;
+    }
+    assert_eq!(c["status"], "fail", "{driver}: {c}");
+    assert!(
+        c["message"]
+            .as_str()
+            .unwrap()
+            .contains("refuses --storage-opt size="),
+        "{c}"
+    );
+    assert!(c["action"].as_str().unwrap().contains("pquota"), "{c}");
+    // Without the key there is no such check.
+    config.docker.storage_size = String::new();
+    let path = write_config(dir.path(), &config);
+    let checks = report_of(&doctor(&path, true));
+    assert!(checks.iter().all(|c| c["check"] != "storage"));
+}

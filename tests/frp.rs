@@ -582,3 +582,90 @@ fn with_a_platform_frpc_waits_for_the_node_id_and_heartbeats_carry_the_tunnel() 
         .collect();
     assert_eq!(health["warnings"], json!(prefixed), "{health}");
 }
+
+#[test]
+fn the_admin_password_is_never_sent_to_a_process_squatting_the_admin_port() {
+    // A local user binds frpc's admin port first; frpc (here one without an admin server, as
+    // an frpc whose admin server could not listen) runs anyway. Every connection to the
+    // squatter is recorded.
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = squatter.local_addr().unwrap().port();
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    squatter.set_nonblocking(true).unwrap();
+    let accepter = {
+        let (received, stop) = (received.clone(), stop.clone());
+        std::thread::spawn(move || {
+            use std::io::Read;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                match squatter.accept() {
+                    Ok((mut conn, _)) => {
+                        let _ = conn.set_nonblocking(false);
+                        let _ = conn.set_read_timeout(Some(Duration::from_millis(500)));
+                        let mut buf = vec![0u8; 4096];
+                        let n = conn.read(&mut buf).unwrap_or(0);
+                        received
+                            .lock()
+                            .unwrap()
+                            .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        })
+    };
+    let jdir = journal_dir();
+    let journal = Journal::in_dir(jdir.path());
+    let agent = Agent::start_with(
+        |c| {
+            frp_on(c);
+            c.frp.admin_port = port;
+        },
+        with_journal(&journal, &[("FAKE_FRPC_NO_ADMIN", "1")]),
+    );
+    let holder = format!("pid {} (", std::process::id());
+    // The tunnel's view and /health name the squatter.
+    let view = wait_tunnel(&agent, Duration::from_secs(10), |t| {
+        t["warnings"]
+            .as_array()
+            .is_some_and(|w| w.iter().any(|w| w.as_str().unwrap_or("").contains(&holder)))
+    });
+    let warning = view["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .find(|w| w.contains("not by frpc"))
+        .unwrap_or_else(|| panic!("{view}"))
+        .to_string();
+    assert!(
+        warning.contains(&format!("127.0.0.1:{port} (frp.admin_port)")),
+        "{warning}"
+    );
+    let health = frp_health(&agent);
+    assert!(
+        health.starts_with("degraded") && health.contains(&holder),
+        "{health}"
+    );
+    let body = agent.get("/health").json();
+    assert!(
+        body["warnings"]
+            .as_array()
+            .is_some_and(|w| w.iter().any(|w| w.as_str().unwrap_or("").contains(&holder))),
+        "{body}"
+    );
+    assert!(agent.log().contains("not by frpc"), "{}", agent.log());
+    // Several status rounds later: still nothing was sent to the squatter.
+    std::thread::sleep(Duration::from_secs(5));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    accepter.join().unwrap();
+    let received = received.lock().unwrap().clone();
+    assert!(received.is_empty(), "the squatter was sent: {received:?}");
+    // The squatter gone, the warning goes at the next status round (frpc has no admin API
+    // here, so the tunnel stays without proxy status).
+    wait_tunnel(&agent, Duration::from_secs(10), |t| {
+        !t["warnings"]
+            .as_array()
+            .is_some_and(|w| w.iter().any(|w| w.as_str().unwrap_or("").contains(&holder)))
+    });
+}

@@ -9,28 +9,49 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use utopia_node_agent::http::{
-    HttpError, Lane, Request, RequestHead, Response, Server, ServerConfig, Service, StatusCode,
+    Admission, HttpError, Lane, Request, RequestHead, Response, Server, ServerConfig, Service,
+    StatusCode,
 };
 
 /// Echoes what it got; `/deny` is refused at admission (like a missing token), `/slow` sleeps
-/// on a handler, `/panic` panics.
+/// on a handler, `/panic` panics; `/cached` is answered at admission with a shared body (like
+/// the API's cached documents), `/inline` is served on the I/O thread.
 #[derive(Default)]
 struct Echo {
     served: AtomicUsize,
     admitted: AtomicUsize,
 }
 
+/// `/cached`'s body: large enough that a socket buffer cannot take many at once.
+fn cached_body() -> Arc<[u8]> {
+    static BODY: std::sync::OnceLock<Arc<[u8]>> = std::sync::OnceLock::new();
+    Arc::clone(BODY.get_or_init(|| {
+        (0..300_000u32)
+            .map(|i| b'a' + (i % 26) as u8)
+            .collect::<Vec<u8>>()
+            .into()
+    }))
+}
+
 impl Service for Echo {
-    fn admit(&self, head: &RequestHead) -> Result<Lane, Response> {
+    fn admit(&self, head: &RequestHead) -> Admission {
         if head.path == "/admit-panic" {
             panic!("an admission bug");
         }
         if head.path == "/deny" {
-            return Err(Response::new(StatusCode::UNAUTHORIZED, b"denied".to_vec()));
+            return Admission::Answer(Response::new(StatusCode::UNAUTHORIZED, b"denied".to_vec()));
         }
         self.admitted.fetch_add(1, Ordering::SeqCst);
-        Ok(if head.path.starts_with("/slow") {
+        if head.path == "/cached" {
+            return Admission::Answer(
+                Response::new(StatusCode::OK, cached_body())
+                    .with_header("Content-Type", "text/plain"),
+            );
+        }
+        Admission::Serve(if head.path.starts_with("/slow") {
             Lane::Slow
+        } else if head.path.starts_with("/inline") {
+            Lane::Inline
         } else {
             Lane::Quick
         })
@@ -246,6 +267,52 @@ fn keep_alive_and_pipelined_requests_are_answered_in_order() {
     }
     assert_eq!(client.answer().text(), "POST /p/body 5:hello");
     assert_eq!(client.answer().text(), "GET /p/last 0:");
+}
+
+#[test]
+fn cached_and_inline_answers_keep_order_and_framing_under_pipelining() {
+    let server = TestServer::start(|_| {});
+    let mut client = server.connect();
+    // Cached answers (300 KB each: more than the socket takes at once, so a write is cut short
+    // and finished later) between inline and handler answers, and HEAD of the cached document,
+    // all pipelined while the client does not read yet.
+    let mut pipeline = String::new();
+    for i in 0..3 {
+        pipeline.push_str(&get("/cached"));
+        pipeline.push_str(&get(&format!("/inline/{i}")));
+        pipeline.push_str("HEAD /cached HTTP/1.1\r\nHost: t\r\n\r\n");
+        pipeline.push_str(&format!(
+            "POST /inline/b{i} HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello"
+        ));
+        pipeline.push_str(&get(&format!("/q/{i}")));
+    }
+    client.send(pipeline.as_bytes());
+    std::thread::sleep(Duration::from_millis(200));
+    let body = cached_body();
+    for i in 0..3 {
+        let answer = client.answer();
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.header("content-length"), Some("300000"));
+        assert_eq!(answer.header("content-type"), Some("text/plain"));
+        assert!(answer.body == *body, "the cached body arrives whole");
+        assert_eq!(client.answer().text(), format!("GET /inline/{i} 0:"));
+        let head = client.answer_to(true);
+        assert_eq!(head.status, 200);
+        assert_eq!(head.header("content-length"), Some("300000"));
+        assert_eq!(client.answer().text(), format!("POST /inline/b{i} 5:hello"));
+        assert_eq!(client.answer().text(), format!("GET /q/{i} 0:"));
+    }
+    // A cached answer on a closing connection: whole, then the connection closes.
+    client.send(b"GET /cached HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    let last = client.answer();
+    assert_eq!(last.header("connection"), Some("close"));
+    assert!(last.body == *body);
+    assert!(client.closed());
+    assert_eq!(
+        server.service.served.load(Ordering::SeqCst),
+        9,
+        "cached answers skip serve"
+    );
 }
 
 #[test]

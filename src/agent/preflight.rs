@@ -130,7 +130,11 @@ pub fn preflight(settings: &Settings) -> Result<Preflight, PreflightError> {
     }
 
     match find_program(&settings.docker.binary) {
-        Ok(_) => {}
+        Ok(_) => {
+            if let Some(mib) = settings.docker.run.storage_size_mib {
+                check_storage_size(settings, mib, &mut problems, &mut warnings);
+            }
+        }
         Err(why) => warnings.push(format!(
             "docker.binary {}: {why}; container requests answer 503 until docker can be run",
             settings.docker.binary.display()
@@ -141,6 +145,32 @@ pub fn preflight(settings: &Settings) -> Result<Preflight, PreflightError> {
         Ok(Preflight { platform, warnings })
     } else {
         Err(PreflightError { problems })
+    }
+}
+
+/// `docker.storage_size`: a probe container shows whether the engine applies
+/// `--storage-opt size=`; one that refuses it would refuse every create, so the start is
+/// refused instead. An engine that cannot be asked now is a warning.
+fn check_storage_size(
+    settings: &Settings,
+    mib: u64,
+    problems: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+) {
+    use crate::docker::storage_probe::StorageSupport;
+    match crate::docker::storage_probe::probe_settings(settings, mib) {
+        StorageSupport::Supported => {}
+        StorageSupport::Refused(said) => problems.push(format!(
+            "docker.storage_size {mib}m: this docker engine refuses --storage-opt size= (its \
+             storage driver cannot limit a container's writable layer: overlay2 needs xfs \
+             mounted with pquota; btrfs, zfs and devicemapper can), so every create would \
+             fail; docker said: {said}. Set docker.storage_size to \"\" or move docker's root \
+             to such a filesystem"
+        )),
+        StorageSupport::Unknown(why) => warnings.push(format!(
+            "docker.storage_size {mib}m: cannot check that the engine applies --storage-opt \
+             size= ({why}); if it does not, every create fails"
+        )),
     }
 }
 

@@ -10,7 +10,9 @@
 //! (containers) send a typed request to the container runner and wait for its reply; they never
 //! call NVML, sysinfo or docker themselves. Health and metrics are cached JSON bytes (rebuilt
 //! once per change of what they show; health also once per second for its uptime) answered on
-//! the I/O thread itself ([`Lane::Inline`]), readiness by the quick lane, the container
+//! the I/O thread itself, at admission ([`Admission::Answer`]: one token check and one route
+//! lookup per request, and the cached bytes go to the socket without a copy), readiness by the
+//! quick lane, the container
 //! endpoints by the slow one, so a slow docker never delays `/health`.
 //!
 //! Stopping: [`ApiServer::drain`] closes the listening socket, lets requests at handlers finish
@@ -28,7 +30,9 @@ pub mod routes;
 use crate::api::error::ApiError;
 use crate::api::routes::Endpoint;
 use crate::docker::protocol::RunnerHandle;
-use crate::http::{BodyLength, HttpError, Lane, Request, RequestHead, Response, StatusCode};
+use crate::http::{
+    Admission, BodyLength, HttpError, Lane, Request, RequestHead, Response, StatusCode,
+};
 use crate::state::{Cached, Snapshot};
 use crate::telemetry::gpu_health::XidHistory;
 use serde::Serialize;
@@ -232,12 +236,21 @@ pub struct ApiService {
 }
 
 impl crate::http::Service for ApiService {
-    fn admit(&self, head: &RequestHead) -> Result<Lane, Response> {
+    fn admit(&self, head: &RequestHead) -> Admission {
         match admit(&self.context, head) {
-            // Cached bytes, rebuilt at most once per change: answered on the I/O thread.
-            Ok(Endpoint::Health | Endpoint::Metrics | Endpoint::OpenApi) => Ok(Lane::Inline),
-            Ok(Endpoint::Ready | Endpoint::Prometheus | Endpoint::Tunnels) => Ok(Lane::Quick),
-            Ok(_) => Ok(Lane::Slow),
+            // Cached bytes, rebuilt at most once per change: answered on the I/O thread from
+            // the head and the endpoint found here (with a body, after reading it).
+            Ok(endpoint @ (Endpoint::Health | Endpoint::Metrics | Endpoint::OpenApi)) => {
+                if head.body_length == BodyLength::Empty {
+                    Admission::Answer(answer(&self.context, head, &[], Ok(endpoint)))
+                } else {
+                    Admission::Serve(Lane::Inline)
+                }
+            }
+            Ok(Endpoint::Ready | Endpoint::Prometheus | Endpoint::Tunnels) => {
+                Admission::Serve(Lane::Quick)
+            }
+            Ok(_) => Admission::Serve(Lane::Slow),
             Err(error) => {
                 log::debug!("{} {} -> {}", head.method, head.path, error.status.as_u16());
                 let route = routes::route(&head.method, &head.path)
@@ -246,13 +259,14 @@ impl crate::http::Service for ApiService {
                     .snapshot
                     .counters()
                     .api_request(route, error.status.as_u16());
-                Err(error_response(&error))
+                Admission::Answer(error_response(&error))
             }
         }
     }
 
     fn serve(&self, request: Request) -> Response {
-        handle(&self.context, request)
+        let endpoint = admit(&self.context, &request.head);
+        answer(&self.context, &request.head, &request.body, endpoint)
     }
 
     fn reject(&self, error: &HttpError) -> Response {
@@ -306,14 +320,22 @@ fn check_token(context: &ApiContext, header: Option<&[u8]>) -> Result<(), ApiErr
         })
 }
 
-fn handle(context: &ApiContext, request: Request) -> Response {
+/// The answer to a request for `endpoint` (as [`admit`] found it), counted and logged.
+fn answer(
+    context: &ApiContext,
+    head: &RequestHead,
+    body: &[u8],
+    endpoint: Result<Endpoint, ApiError>,
+) -> Response {
     let started = Instant::now();
-    // A bug in a handler must cost one request, not a handler thread.
-    let outcome =
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve(context, &request)))
-            .unwrap_or_else(|_| Err(ApiError::internal("internal error; see the agent's log")));
-    let route = routes::route(&request.head.method, &request.head.path)
+    let route = endpoint
+        .as_ref()
         .map_or(routes::UNMATCHED, |e| e.route().template);
+    // A bug in a handler must cost one request, not a handler thread.
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        serve(context, head, body, endpoint?)
+    }))
+    .unwrap_or_else(|_| Err(ApiError::internal("internal error; see the agent's log")));
     let response = match outcome {
         Ok(Reply {
             status,
@@ -322,7 +344,7 @@ fn handle(context: &ApiContext, request: Request) -> Response {
         }) => {
             let mut response = match body {
                 ReplyBody::Json(body) => json_response(status, &body),
-                ReplyBody::JsonBytes(bytes) => json_bytes_response(status, bytes.to_vec()),
+                ReplyBody::JsonBytes(bytes) => json_bytes_response(status, bytes),
                 ReplyBody::Text(text) => text_response(status, text),
                 ReplyBody::Raw {
                     content_type,
@@ -331,7 +353,11 @@ fn handle(context: &ApiContext, request: Request) -> Response {
                     .with_header("Content-Type", content_type)
                     .with_header("Cache-Control", "no-store"),
             };
-            response.headers.extend(headers);
+            response.headers.extend(
+                headers
+                    .into_iter()
+                    .map(|(name, value)| (name, value.into())),
+            );
             response
         }
         Err(error) => error_response(&error),
@@ -342,18 +368,20 @@ fn handle(context: &ApiContext, request: Request) -> Response {
         .api_request(route, response.status.as_u16());
     log::debug!(
         "{} {} -> {} in {} ms",
-        request.head.method,
-        request.head.path,
+        head.method,
+        head.path,
         response.status.as_u16(),
         started.elapsed().as_millis()
     );
     response
 }
 
-fn serve(context: &ApiContext, request: &Request) -> Result<Reply, ApiError> {
-    let head = &request.head;
-    let endpoint = admit(context, head)?;
-    let body = &request.body;
+fn serve(
+    context: &ApiContext,
+    head: &RequestHead,
+    body: &[u8],
+    endpoint: Endpoint,
+) -> Result<Reply, ApiError> {
     match endpoint {
         Endpoint::Health => {
             let uptime = context.started.elapsed();
@@ -422,7 +450,7 @@ fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
     json_bytes_response(status, text.into_bytes())
 }
 
-fn json_bytes_response(status: StatusCode, body: Vec<u8>) -> Response {
+fn json_bytes_response(status: StatusCode, body: impl Into<crate::http::Body>) -> Response {
     Response::new(status, body)
         .with_header("Content-Type", "application/json")
         .with_header("Cache-Control", "no-store")

@@ -205,6 +205,10 @@ pub struct DockerConfig {
     /// memory (`90%`), a size (`64g`, `65536m`), or empty for none (such a container can then
     /// take the host's memory). `--memory-swap` is always the same: no swap.
     pub default_memory: String,
+    /// `--storage-opt size=` of every container: its writable layer's size (`50g`); empty =
+    /// none. Only some storage drivers apply it (overlay2 on xfs mounted with `pquota`,
+    /// btrfs, zfs, devicemapper): the start is refused when the engine does not.
+    pub storage_size: String,
     /// `--log-opt max-size` of the json-file log driver (e.g. `50m`).
     pub log_max_size: String,
     /// `--log-opt max-file` of the json-file log driver.
@@ -367,6 +371,7 @@ impl Default for DockerConfig {
             pids_limit: 4096,
             oom_score_adj: 500,
             default_memory: "90%".to_string(),
+            storage_size: String::new(),
             log_max_size: "50m".to_string(),
             log_max_file: 3,
             init: true,

@@ -157,6 +157,8 @@ pub struct RunSettings {
     pub oom_score_adj: u16,
     /// The memory limit of a create without `memory_mb`; `None`: none.
     pub default_memory: Option<DefaultMemory>,
+    /// `--storage-opt size=<MiB>m`: the size of each container's writable layer; `None`: none.
+    pub storage_size_mib: Option<u64>,
     pub log_max_size: String,
     pub log_max_file: u32,
     pub init: bool,
@@ -170,6 +172,28 @@ pub struct RunSettings {
     pub host_port_range: Option<(u16, u16)>,
     /// `--restart` of every container.
     pub restart_policy: String,
+}
+
+/// `64g`, `65536m`, `6144k`, `1t` (either case) in MiB, 6 MiB to 16 TiB, a whole number of
+/// MiB; `None` otherwise.
+pub fn parse_size_mib(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let unit = text.chars().last()?.to_ascii_lowercase();
+    let kib_per_unit: u64 = match unit {
+        'k' => 1,
+        'm' => 1024,
+        'g' => 1024 * 1024,
+        't' => 1024 * 1024 * 1024,
+        _ => return None,
+    };
+    let digits = &text[..text.len() - 1];
+    if digits.is_empty() || digits.len() > 15 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let kib = digits.parse::<u64>().ok()?.checked_mul(kib_per_unit)?;
+    let mib = kib / 1024;
+    (kib % 1024 == 0 && (DefaultMemory::MIN_MIB..=DefaultMemory::MAX_MIB).contains(&mib))
+        .then_some(mib)
 }
 
 /// `docker.default_memory`: the memory limit of a create that gives none.
@@ -202,18 +226,7 @@ impl DefaultMemory {
                 .contains(&percent)
                 .then_some(DefaultMemory::PercentOfHost(percent as u8));
         }
-        let unit = text.chars().last()?.to_ascii_lowercase();
-        let kib_per_unit: u64 = match unit {
-            'k' => 1,
-            'm' => 1024,
-            'g' => 1024 * 1024,
-            't' => 1024 * 1024 * 1024,
-            _ => return None,
-        };
-        let kib = digits(&text[..text.len() - 1])?.checked_mul(kib_per_unit)?;
-        let mib = kib / 1024;
-        (kib % 1024 == 0 && (Self::MIN_MIB..=Self::MAX_MIB).contains(&mib))
-            .then_some(DefaultMemory::Mib(mib))
+        parse_size_mib(text).map(DefaultMemory::Mib)
     }
 
     /// The limit in MiB on a host with `host_mib` of memory (`None`: unknown); `None` when a

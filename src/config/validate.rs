@@ -545,6 +545,21 @@ impl DockerConfig {
                 )
             })?)
         };
+        let storage_size_mib = if self.storage_size.trim().is_empty() {
+            None
+        } else {
+            Some(
+                super::settings::parse_size_mib(&self.storage_size).ok_or_else(|| {
+                    invalid(
+                        "docker.storage_size",
+                        format!(
+                            "{:?} is not a size like 50g or 51200m (6m-16t), or empty for none",
+                            self.storage_size
+                        ),
+                    )
+                })?,
+            )
+        };
         if !valid_size(&self.log_max_size) {
             return Err(invalid(
                 "docker.log_max_size",
@@ -619,6 +634,7 @@ impl DockerConfig {
                 pids_limit: self.pids_limit,
                 oom_score_adj,
                 default_memory,
+                storage_size_mib,
                 log_max_size: self.log_max_size.clone(),
                 log_max_file: self.log_max_file,
                 init: self.init,
@@ -1015,6 +1031,17 @@ mod tests {
                 .iter()
                 .any(|w| w.0.contains("docker.default_memory"));
             assert_eq!(warned, expected.is_none(), "{text}: {:?}", v.warnings);
+        }
+        for (text, expected) in [("", None), ("50g", Some(51200)), ("512m", Some(512))] {
+            let mut c = valid();
+            c.docker.storage_size = text.into();
+            assert_eq!(c.docker.validate().unwrap().run.storage_size_mib, expected);
+        }
+        for bad in ["50", "90%", "big", "-1g", "0g"] {
+            let mut c = valid();
+            c.docker.storage_size = bad.into();
+            let e = warnings_of(&c).unwrap_err().to_string();
+            assert!(e.contains("`docker.storage_size`"), "{bad}: {e}");
         }
         for adj in [1, 1000] {
             let mut c = valid();

@@ -30,6 +30,16 @@ pub const FORCED_TOOLKIT_VARIABLES: &[(&str, &str)] = &[
     ("NVIDIA_GDRCOPY", "disabled"),
 ];
 
+/// What the labels of the container `docker run` makes for `spec` record (claim, GPUs, ports).
+pub fn run_labels(spec: &CreateSpec, gpus: &[u32], gpu_uuids: &[String]) -> ContainerLabels {
+    ContainerLabels {
+        claim_id: spec.claim_id.clone(),
+        gpu_ids: gpus.to_vec(),
+        gpu_uuids: gpu_uuids.to_vec(),
+        ports: spec.ports.clone(),
+    }
+}
+
 /// The argv (after the binary) of `docker run` for `spec` with the GPUs the ledger assigned.
 pub fn run_args(
     spec: &CreateSpec,
@@ -49,13 +59,7 @@ pub fn run_args(
     flag("--label", settings.managed_label.to_string());
     // The agent's bridge without inter-container traffic: renters cannot reach each other.
     flag("--network", settings.network.clone());
-    let labels = ContainerLabels {
-        claim_id: spec.claim_id.clone(),
-        gpu_ids: gpus.to_vec(),
-        gpu_uuids: gpu_uuids.to_vec(),
-        ports: spec.ports.clone(),
-    };
-    for label in labels::encode(&labels) {
+    for label in labels::encode(&run_labels(spec, gpus, gpu_uuids)) {
         flag("--label", label);
     }
 
@@ -114,6 +118,10 @@ pub fn run_args(
         // container page the host to a crawl instead of meeting its limit.
         flag("--memory-swap", format!("{mb}m"));
     }
+    if let Some(mib) = settings.storage_size_mib {
+        // The writable layer's size (checked at start: the engine's storage driver applies it).
+        flag("--storage-opt", format!("size={mib}m"));
+    }
     if let Some(cpus) = spec.cpus {
         flag("--cpus", format!("{cpus}"));
     }
@@ -168,6 +176,7 @@ mod tests {
             pids_limit: 4096,
             oom_score_adj: 500,
             default_memory: None,
+            storage_size_mib: None,
             log_max_size: "50m".into(),
             log_max_file: 3,
             init: true,
@@ -326,6 +335,11 @@ mod tests {
         assert_eq!(pairs(&args, "--network"), vec!["utopia-renters"]);
         assert_eq!(pairs(&args, "--memory"), vec!["2048m"]);
         assert_eq!(pairs(&args, "--memory-swap"), vec!["2048m"], "no swap");
+        assert!(pairs(&args, "--storage-opt").is_empty());
+        let mut sized = settings(GpuMode::Gpus);
+        sized.storage_size_mib = Some(51200);
+        let args = run_args(&spec(), &[0, 1], &uuids(), &sized, None);
+        assert_eq!(pairs(&args, "--storage-opt"), vec!["size=51200m"]);
         assert_eq!(pairs(&args, "--cpus"), vec!["1.5"]);
         assert_eq!(pairs(&args, "--shm-size"), vec!["4096m"]);
         assert_eq!(pairs(&args, "--security-opt"), vec!["no-new-privileges"]);

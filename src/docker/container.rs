@@ -4,7 +4,7 @@
 //! view survives an agent restart; what docker decides (state, exit code, times) from `State`.
 
 use crate::config::ManagedLabel;
-use crate::docker::labels;
+use crate::docker::labels::{self, ContainerLabels};
 use crate::docker::spec::{PortMapping, Protocol};
 use crate::state::{ClaimUsage, ProxyStatus};
 use serde::{Deserialize, Serialize};
@@ -107,6 +107,39 @@ impl ContainerView {
                 }
             })
             .collect();
+    }
+}
+
+impl ContainerView {
+    /// A container `docker run --detach` has just started (it prints the id only once the
+    /// start succeeded), as the agent knows it without asking docker again: docker's id, and
+    /// the name, image and labels (claim, GPUs, ports) the agent gave it, read back as an
+    /// inspect reads them. What only docker knows (its created and started times, its pid) is
+    /// `None` until the refresh that follows the create, or an event's, fills it in.
+    pub fn started(id: String, name: String, image: String, labels: &ContainerLabels) -> Self {
+        let (decoded, warnings) = labels::read_back(labels);
+        ContainerView {
+            id,
+            name,
+            claim_id: decoded.claim_id,
+            image,
+            state: "running".into(),
+            status: "Up (just started)".into(),
+            exit_code: None,
+            oom_killed: false,
+            gpu_ids: decoded.gpu_ids,
+            gpu_uuids: decoded.gpu_uuids,
+            port_mappings: decoded.ports,
+            endpoints: Vec::new(),
+            created_at: None,
+            started_at: None,
+            finished_at: None,
+            warnings,
+            usage: None,
+            error: None,
+            pull: None,
+            pid: None,
+        }
     }
 }
 
@@ -277,7 +310,6 @@ mod tests {
         assert!(view.endpoints.iter().all(|e| e.remote_addr.is_none()));
     }
     use super::*;
-    use crate::docker::spec::Protocol;
 
     fn label(text: &str) -> ManagedLabel {
         ManagedLabel::parse(text).unwrap()
@@ -323,6 +355,59 @@ mod tests {
             .unwrap()
             .is_empty());
         assert!(parse_inspect(b"not json", &label("m=yes")).is_err());
+    }
+
+    #[test]
+    fn a_just_started_view_is_what_an_inspect_of_it_shows() {
+        let written = ContainerLabels {
+            claim_id: "c9".into(),
+            gpu_ids: vec![3, 1],
+            // An empty UUID (a GPU NVML gave none) is not in the label's list: not here either.
+            gpu_uuids: vec!["GPU-c".into(), String::new()],
+            ports: vec![
+                PortMapping {
+                    host_port: 8080,
+                    container_port: 80,
+                    protocol: Protocol::Tcp,
+                    remote_port: 7005,
+                },
+                PortMapping {
+                    host_port: 5353,
+                    container_port: 53,
+                    protocol: Protocol::Udp,
+                    remote_port: 0,
+                },
+            ],
+        };
+        let mut label_map = serde_json::Map::new();
+        label_map.insert("m".into(), "1".into());
+        for label in labels::encode(&written) {
+            let (key, value) = label.split_once('=').unwrap();
+            label_map.insert(key.into(), value.into());
+        }
+        let id = "ab".repeat(32);
+        let json = serde_json::json!([{
+            "Id": id, "Name": "/utopia-c9", "Created": "2026-12-04T06:00:00.1Z",
+            "State": {"Status": "running", "StartedAt": "2026-12-04T06:00:00.3Z", "Pid": 42},
+            "Config": {"Image": "busybox:1", "Labels": label_map}
+        }]);
+        let inspected = parse_inspect(json.to_string().as_bytes(), &label("m=1"))
+            .unwrap()
+            .remove(0);
+        let started =
+            ContainerView::started(id.clone(), "utopia-c9".into(), "busybox:1".into(), &written);
+        assert_eq!(started.gpu_uuids, vec!["GPU-c"]);
+        // Docker's own details are the only difference, and come with the next refresh.
+        let docker_only = ContainerView {
+            status: started.status.clone(),
+            created_at: None,
+            started_at: None,
+            pid: None,
+            ..inspected.clone()
+        };
+        assert_eq!(started, docker_only);
+        assert_eq!(inspected.pid, Some(42));
+        assert!(inspected.started_at.is_some() && inspected.created_at.is_some());
     }
 
     #[test]

@@ -140,6 +140,8 @@ pub struct ContainerEvent {
     pub action: String,
     /// When it happened, in nanoseconds since the epoch.
     pub time_nano: i64,
+    /// The container's name (docker's `name` attribute); empty when the event has none.
+    pub name: String,
 }
 
 #[derive(Deserialize)]
@@ -160,6 +162,14 @@ struct RawEvent {
 struct RawActor {
     #[serde(rename = "ID", default)]
     id: String,
+    #[serde(rename = "Attributes", default)]
+    attributes: Option<RawAttributes>,
+}
+
+#[derive(Deserialize)]
+struct RawAttributes {
+    #[serde(default)]
+    name: String,
 }
 
 /// Parses one line of `docker events --format '{{json .}}'`; `None` for anything that is not a
@@ -169,11 +179,11 @@ pub fn parse_event(line: &str) -> Option<ContainerEvent> {
     if raw.kind != "container" {
         return None;
     }
-    let id = raw
+    let (actor_id, name) = raw
         .actor
-        .map(|a| a.id)
-        .filter(|id| !id.is_empty())
-        .unwrap_or(raw.id);
+        .map(|a| (a.id, a.attributes.map(|at| at.name).unwrap_or_default()))
+        .unwrap_or_default();
+    let id = Some(actor_id).filter(|id| !id.is_empty()).unwrap_or(raw.id);
     if id.is_empty() || raw.action.is_empty() {
         return None;
     }
@@ -181,6 +191,7 @@ pub fn parse_event(line: &str) -> Option<ContainerEvent> {
         id,
         action: raw.action,
         time_nano: raw.time_nano,
+        name,
     })
 }
 
@@ -328,6 +339,7 @@ fn watch(
             id: String::new(),
             action: STREAM_ENDED.to_string(),
             time_nano: now_nano(),
+            name: String::new(),
         };
         // A full channel drops it: the runner is busy, and its periodic reconcile still runs.
         let _ = events.try_send(ended);
@@ -362,13 +374,14 @@ mod tests {
 
     #[test]
     fn parses_container_events() {
-        let line = r#"{"status":"die","id":"abc","from":"busybox","Type":"container","Action":"die","Actor":{"ID":"abc","Attributes":{"exitCode":"137"}},"scope":"local","time":1795944011,"timeNano":1795944011123456789}"#;
+        let line = r#"{"status":"die","id":"abc","from":"busybox","Type":"container","Action":"die","Actor":{"ID":"abc","Attributes":{"exitCode":"137","name":"utopia-c1"}},"scope":"local","time":1795944011,"timeNano":1795944011123456789}"#;
         assert_eq!(
             parse_event(line),
             Some(ContainerEvent {
                 id: "abc".into(),
                 action: "die".into(),
-                time_nano: 1_795_944_011_123_456_789
+                time_nano: 1_795_944_011_123_456_789,
+                name: "utopia-c1".into(),
             })
         );
         assert_eq!(

@@ -76,6 +76,19 @@ pub fn decode(labels: &BTreeMap<String, String>) -> Option<(ContainerLabels, Vec
     Some((decoded, warnings))
 }
 
+/// What a container created with `labels` shows once its labels are read back (by [`decode`],
+/// as `docker container inspect` would hand them over), with its warnings: a view built from
+/// this right after `docker run` is the one a later inspect gives.
+pub fn read_back(labels: &ContainerLabels) -> (ContainerLabels, Vec<String>) {
+    let written: BTreeMap<String, String> = encode(labels)
+        .iter()
+        .filter_map(|label| label.split_once('='))
+        .map(|(key, value)| (key.to_string(), value.to_string()))
+        .collect();
+    // `encode` always writes the claim id, which is all `decode` needs.
+    decode(&written).unwrap_or_else(|| (labels.clone(), Vec::new()))
+}
+
 /// `8080:80/tcp`, or `8080:80/tcp@7005` with a remote port on frps.
 pub fn encode_port(port: &PortMapping) -> String {
     let mut text = format!(

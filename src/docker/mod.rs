@@ -40,5 +40,6 @@ pub mod registry_address;
 pub mod runner;
 mod scratch;
 pub mod spec;
+pub mod storage_probe;
 pub(crate) mod table;
 pub mod worker;

@@ -8,7 +8,7 @@
 //! Stops: a worker thread waits on the queue and the shutdown channel; a docker command in
 //! flight when shutdown starts is killed and reaped by [`DockerCli`].
 
-use crate::docker::argv::run_args;
+use crate::docker::argv::{run_args, run_labels};
 use crate::docker::cli::{DockerCli, DockerError, Output, PullFailure};
 use crate::docker::container::{parse_inspect, ContainerView};
 use crate::docker::jobs::{Done, Work, WorkerContext};
@@ -106,6 +106,13 @@ fn create(
         });
     };
     step("starting container".to_string(), None);
+    log::info!(
+        "creating container {} for claim {} (image {}, GPUs [{}])",
+        spec.container_name(),
+        spec.claim_id,
+        spec.image,
+        join_ids(gpus)
+    );
     // `docker run --pull=never` first: when docker has the image (the usual case) the create
     // costs no separate image check. Only a missing image is pulled, then run again.
     let run = match run_container(context, spec, gpus, uuids)? {
@@ -118,8 +125,8 @@ fn create(
         }
         run => run,
     };
-    let id = match run {
-        Ok(out) => String::from_utf8_lossy(&out.stdout).trim().to_string(),
+    let printed = match run {
+        Ok(out) => out.stdout,
         Err(e) => {
             // Docker's own text goes to the log only (the answer says what kind of failure).
             let log_refusal = |e: &DockerError| {
@@ -164,14 +171,25 @@ fn create(
             return Err(e.into());
         }
     };
-    match inspect_one(context, &id) {
+    // `docker run --detach` prints the container's id once docker has started it: the answer
+    // needs no second docker command (the runner refreshes the container from docker right
+    // after, for docker's times and pid).
+    if let Some(id) = printed_id(&printed) {
+        return Ok(ContainerView::started(
+            id,
+            spec.container_name(),
+            spec.image.clone(),
+            &run_labels(spec, gpus, uuids),
+        ));
+    }
+    // It printed something else (a wrapper in front of docker): ask docker by the name.
+    let name = spec.container_name();
+    log::warn!("`docker run` printed no container id for {name}; inspecting it by name");
+    match inspect_one(context, &name) {
         Ok(Some(view)) => Ok(view),
         Ok(None) => Err(ContainerError::Docker(DockerError::BadOutput {
             command: "docker run".into(),
-            message: format!(
-                "container {} vanished right after it was created",
-                short_id(&id)
-            ),
+            message: format!("container {name} vanished right after it was created"),
         })),
         Err(e) => {
             if !matches!(e, DockerError::Timeout { .. }) {
@@ -203,14 +221,16 @@ fn run_container(
         &context.settings,
         env_file.as_ref().map(|f| f.path.as_path()),
     );
-    log::info!(
-        "creating container {} for claim {} (image {}, GPUs [{}])",
-        spec.container_name(),
-        spec.claim_id,
-        spec.image,
-        join_ids(gpus)
-    );
     Ok(cli.run(&argv, cli.command_timeout(), 4096))
+}
+
+/// The container id `docker run --detach` printed (its last line: 64 hex digits); `None` when
+/// it printed anything else.
+fn printed_id(stdout: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(stdout).ok()?;
+    let last = text.lines().map(str::trim).rfind(|l| !l.is_empty())?;
+    (last.len() == 64 && last.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| last.to_ascii_lowercase())
 }
 
 /// Pulls an image docker does not have; with `auth`, through a docker config of this pull only
@@ -560,6 +580,27 @@ impl Drop for EnvFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_id_docker_run_printed() {
+        let id = "0123456789abcdef".repeat(4);
+        assert_eq!(printed_id(format!("{id}\n").as_bytes()), Some(id.clone()));
+        let upper = format!("{}\n\n", id.to_ascii_uppercase());
+        assert_eq!(printed_id(upper.as_bytes()), Some(id.clone()));
+        let after_a_line = format!("Unable to find image locally\n{id}\n");
+        assert_eq!(printed_id(after_a_line.as_bytes()), Some(id.clone()));
+        for other in [
+            "".to_string(),
+            "\n".to_string(),
+            id[..63].to_string(),
+            format!("{id}0"),
+            format!("{}g", &id[..63]),
+            format!("{id} extra"),
+        ] {
+            assert_eq!(printed_id(other.as_bytes()), None, "{other:?}");
+        }
+        assert_eq!(printed_id(b"\xff\xfe"), None);
+    }
 
     #[test]
     fn cut_logs_keep_the_newest_whole_lines() {

@@ -1,8 +1,11 @@
 //! frpc's admin API (`webServer`) on loopback: `GET /api/status` (the proxies and their remote
 //! addresses) and `GET /api/reload?strictConfig=true` (re-read the config file: changed proxies
-//! restart, unchanged ones keep running). Basic auth with the per-start password; every call is
-//! bounded by [`ADMIN_TIMEOUT`]; no proxy from the environment is used for loopback.
+//! restart, unchanged ones keep running). Basic auth with the per-start password, sent only
+//! once [`check_admin_listener`] found the port held by this frpc (never to a local user who
+//! bound it first); every call is bounded by [`ADMIN_TIMEOUT`]; no proxy from the environment
+//! is used for loopback.
 
+use super::listener::{check_admin_listener, ListenerError};
 use crate::state::ProxyStatus;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -23,6 +26,8 @@ pub enum AdminError {
     Status { code: u16, body: String },
     /// A 200 whose body is not frpc's `/api/status` JSON.
     BadAnswer(String),
+    /// The admin port is held by another process than this frpc: nothing was sent.
+    NotFrpc(String),
 }
 
 impl fmt::Display for AdminError {
@@ -36,6 +41,7 @@ impl fmt::Display for AdminError {
                 write!(f, "frpc admin API answered HTTP {code}: {body}")
             }
             AdminError::BadAnswer(why) => write!(f, "frpc admin API: unreadable answer: {why}"),
+            AdminError::NotFrpc(why) => write!(f, "frpc admin API not called: {why}"),
         }
     }
 }
@@ -47,10 +53,14 @@ pub struct AdminClient {
     agent: ureq::Agent,
     base: String,
     authorization: String,
+    port: u16,
+    /// frpc's pid: the process that must hold the admin port.
+    frpc_pid: u32,
 }
 
 impl AdminClient {
-    pub fn new(port: u16, user: &str, password: &str) -> AdminClient {
+    /// A client of the admin API that frpc `frpc_pid` serves on `127.0.0.1:port`.
+    pub fn new(port: u16, user: &str, password: &str, frpc_pid: u32) -> AdminClient {
         let config = ureq::Agent::config_builder()
             .timeout_global(Some(ADMIN_TIMEOUT))
             .timeout_connect(Some(ADMIN_TIMEOUT))
@@ -65,6 +75,8 @@ impl AdminClient {
                 "Basic {}",
                 crate::base64::encode(format!("{user}:{password}").as_bytes())
             ),
+            port,
+            frpc_pid,
         }
     }
 
@@ -80,6 +92,12 @@ impl AdminClient {
     }
 
     fn get(&self, path: &str) -> Result<String, AdminError> {
+        check_admin_listener(self.port, self.frpc_pid).map_err(|e| match e {
+            ListenerError::NotFrpc { .. } => AdminError::NotFrpc(e.to_string()),
+            ListenerError::NotListening | ListenerError::Unreadable(_) => {
+                AdminError::Unreachable(e.to_string())
+            }
+        })?;
         let url = format!("{}{path}", self.base);
         let mut response = self
             .agent

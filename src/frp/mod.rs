@@ -4,11 +4,13 @@
 //! - [`ApiProxy`] and [`resolve_api_proxy`]: how the agent API is published on frps.
 //! - [`frpc_config`]: the TOML file frpc reads, written atomically with mode 0600.
 //! - [`admin`]: frpc's admin API (status, reload).
+//! - [`listener`]: who holds the admin port (the password goes to frpc only).
 //! - [`output`]: frpc's output into the agent's log, secrets scrubbed.
 //! - [`supervisor`]: the `frp` thread that starts, watches, reloads and stops frpc.
 
 pub mod admin;
 pub mod frpc_config;
+pub mod listener;
 pub mod output;
 pub mod supervisor;
 

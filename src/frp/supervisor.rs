@@ -17,6 +17,10 @@
 //! - frpc's `/api/status` is read every [`STATUS_INTERVAL`] for the proxies' state and remote
 //!   addresses; the tunnel's view is published in the snapshot (`GET /api/v1/tunnels`, the
 //!   heartbeat) with the `frp` component's health.
+//! - Before any admin API call the admin port must be held by this frpc
+//!   ([`super::listener`]): when another process holds it, nothing is sent (the password would
+//!   go to it), the tunnel's view and `/health` warn, and the call is tried again later (the
+//!   status every [`STATUS_INTERVAL`], a pending reload as often).
 //! - Shutdown: SIGTERM to frpc's process group, SIGKILL after [`STOP_GRACE`]; reaped. Admin API
 //!   calls run on a thread of their own that this thread waits for only until shutdown starts,
 //!   so a call that hangs (up to its 2 s timeout) never keeps the stop past the agent's
@@ -98,6 +102,7 @@ pub fn start(
         next_start: Instant::now(),
         started_once: false,
         running: None,
+        admin_port_taken: None,
     };
     supervisor.publish();
     component::spawn("frp", move || supervisor.run()).map(Some)
@@ -136,6 +141,8 @@ struct Supervisor {
     /// frpc was started at least once (a later start is a restart).
     started_once: bool,
     running: Option<Running>,
+    /// The admin port is held by another process than frpc (why), since the last admin call.
+    admin_port_taken: Option<String>,
 }
 
 /// One running frpc.
@@ -156,6 +163,8 @@ struct Running {
     next_status: Instant,
     /// Since when the wanted config differs from the written one.
     change_pending_since: Option<Instant>,
+    /// No reload before this (the admin port was held by another process).
+    reload_not_before: Option<Instant>,
 }
 
 /// Why frpc could not be started now.
@@ -212,6 +221,7 @@ impl Supervisor {
         };
         let (ports, refused) = frpc_config::without_api_port(ports, &api_proxy);
         let mut warnings = super::security_warnings(&self.frp, &api_proxy);
+        warnings.extend(self.admin_port_taken.clone().map(|why| (why, true)));
         warnings.extend(refused.iter().map(|p| {
             (
                 format!(
@@ -330,10 +340,16 @@ impl Supervisor {
             wanted.ports.len()
         );
         let now = Instant::now();
+        let pid = child.id();
         Ok(Running {
             child,
             started: now,
-            admin: Arc::new(AdminClient::new(self.frp.admin_port, ADMIN_USER, &password)),
+            admin: Arc::new(AdminClient::new(
+                self.frp.admin_port,
+                ADMIN_USER,
+                &password,
+                pid,
+            )),
             admin_call: None,
             written: wanted,
             events,
@@ -342,6 +358,7 @@ impl Supervisor {
             scrub,
             next_status: now + Duration::from_millis(500),
             change_pending_since: None,
+            reload_not_before: None,
         })
     }
 
@@ -380,8 +397,16 @@ impl Supervisor {
         if now >= running.next_status {
             running.next_status = now + STATUS_INTERVAL;
             match self.admin(&mut running, AdminClient::status) {
-                Some(Ok(proxies)) => self.view.proxies = proxies,
-                Some(Err(e)) => log::debug!("frp tunnel: {e}"),
+                Some(Ok(proxies)) => {
+                    self.view.proxies = proxies;
+                    self.admin_port_taken = None;
+                }
+                Some(Err(AdminError::NotFrpc(why))) => self.admin_port_taken = Some(why),
+                Some(Err(e)) => {
+                    // Whatever else went wrong, no other process holds the port now.
+                    self.admin_port_taken = None;
+                    log::debug!("frp tunnel: {e}");
+                }
                 None => {
                     self.running = Some(running);
                     return;
@@ -413,6 +438,7 @@ impl Supervisor {
         let since = *running.change_pending_since.get_or_insert(now);
         if now.duration_since(since) < COALESCE
             || now.duration_since(running.started) < ADMIN_STARTUP
+            || running.reload_not_before.is_some_and(|t| now < t)
         {
             self.running = Some(running);
             return;
@@ -438,6 +464,15 @@ impl Supervisor {
                 );
                 running.written = wanted;
                 running.next_status = Instant::now() + Duration::from_millis(300);
+                running.reload_not_before = None;
+                self.admin_port_taken = None;
+                self.running = Some(running);
+            }
+            Some(Err(AdminError::NotFrpc(why))) => {
+                // Not frpc's fault, and a restart would not free the port: try again later.
+                self.admin_port_taken = Some(why);
+                running.change_pending_since = Some(now);
+                running.reload_not_before = Some(now + STATUS_INTERVAL);
                 self.running = Some(running);
             }
             Some(Err(e)) => {
@@ -580,6 +615,10 @@ impl Supervisor {
                     .clone()
                     .unwrap_or_else(|| "frpc cannot run".into()),
             ),
+        };
+        let health = match (&self.admin_port_taken, health) {
+            (Some(why), Health::Ok | Health::Starting(_)) => Health::Degraded(why.clone()),
+            (_, health) => health,
         };
         self.writer.publish(self.view.clone(), health);
     }

@@ -15,7 +15,8 @@
 //!   new connection gets 503 at once. Accepting never stops.
 //!
 //! With a complete head it asks the [`Service`] to [`admit`](Service::admit) the request (the
-//! API checks the token, the declared length and the route here) before reading any body byte,
+//! API checks the token, the declared length and the route here, and answers a cached document
+//! at once: [`Admission::Answer`]) before reading any body byte,
 //! sends `100 Continue` only then, reads the body (`Content-Length`, or strictly decoded
 //! `chunked`, at most [`ServerConfig::max_body_bytes`]), and sends the [`Request`] over a
 //! bounded crossbeam channel to the handler pool of the lane the service chose ([`Lane`]).
@@ -23,7 +24,14 @@
 //! **Handler threads** (`pool.rs`) run [`Service::serve`], encode the [`Response`] and send the
 //! bytes back to the I/O thread through a channel, then wake the poller. The I/O thread writes
 //! them without blocking; a connection reads its next (pipelined) request only after its answer
-//! is written, so answers go out in order and a connection holds at most one request.
+//! is written, so answers go out in order and a connection holds at most one request. An answer
+//! made on the I/O thread goes out in one `writev` of its encoded head and its body, a cached
+//! body ([`Body::Shared`]) straight from the cache, not copied.
+//!
+//! Sockets stay registered level-triggered while their interest does not change (reading a
+//! head, writing an answer), so a keep-alive request costs a wait, a read and a write: no
+//! re-arm. Only a connection whose request is at a handler is switched to one-shot with no
+//! interest (a hang-up is then reported once, not again and again while the handler works).
 //!
 //! **Stopping**: [`Server::shutdown`] closes the listening socket at once, closes connections
 //! that have no request at a handler, lets those that do get their answer (with
@@ -39,7 +47,18 @@ mod server;
 mod types;
 
 pub use server::{Server, ServerConfig, StartError};
-pub use types::{BodyLength, Headers, Method, Request, RequestHead, Response, StatusCode};
+pub use types::{Body, BodyLength, Headers, Method, Request, RequestHead, Response, StatusCode};
+
+/// What a [`Service`] decides from a request's head.
+#[derive(Debug)]
+pub enum Admission {
+    /// Read the body, then serve the request on this lane.
+    Serve(Lane),
+    /// Send this answer now, without reading any body byte (the connection then closes when a
+    /// body was announced): a refusal, or a document already in memory, answered on the I/O
+    /// thread with no hand-off and no second look at the request.
+    Answer(Response),
+}
 
 /// Which handler threads serve a request: quick work never waits behind slow work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +78,7 @@ pub trait Service: Send + Sync + 'static {
     /// Decides on a request from its head alone, on the I/O thread, before any body byte is
     /// read: a [`Lane`] to serve it, or the answer to send instead (the connection then closes
     /// when a body was announced). Must be quick and must not block.
-    fn admit(&self, head: &RequestHead) -> Result<Lane, Response>;
+    fn admit(&self, head: &RequestHead) -> Admission;
 
     /// Answers a complete request, on a handler thread.
     fn serve(&self, request: Request) -> Response;

@@ -11,10 +11,11 @@ use crate::http::{HttpError, Service, StatusCode};
 use crate::workers::{PoolSpec, WorkerPool};
 use crossbeam_channel::Sender;
 use polling::Poller;
+use std::cell::RefCell;
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// How long a handler thread waits for a request before it ends.
 pub const IDLE_EXIT: Duration = Duration::from_secs(30);
@@ -93,14 +94,29 @@ fn run(service: &dyn Service, job: Job, stopping: &AtomicBool) -> Done {
 }
 
 pub fn encode(response: &Response, head_only: bool, keep_alive: bool) -> Vec<u8> {
-    let date = crate::timefmt::http_date(SystemTime::now());
-    response.encode(head_only, keep_alive, &date)
+    with_date(|date| response.encode(head_only, keep_alive, date))
+}
+
+/// Runs `f` with the `Date` field's value for now, formatted at most once a second per thread.
+pub fn with_date<T>(f: impl FnOnce(&str) -> T) -> T {
+    thread_local! {
+        static DATE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if cached.0 != secs {
+            *cached = (secs, crate::timefmt::http_date(now));
+        }
+        f(&cached.1)
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::{Headers, Lane, Method, RequestHead};
+    use crate::http::{Admission, Headers, Lane, Method, RequestHead};
     use crossbeam_channel::Receiver;
     use std::sync::atomic::AtomicUsize;
     use std::time::{Duration, Instant};
@@ -112,8 +128,8 @@ mod tests {
     }
 
     impl Service for TestService {
-        fn admit(&self, _: &RequestHead) -> Result<Lane, Response> {
-            Ok(Lane::Slow)
+        fn admit(&self, _: &RequestHead) -> Admission {
+            Admission::Serve(Lane::Slow)
         }
 
         fn serve(&self, request: Request) -> Response {

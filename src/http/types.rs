@@ -2,8 +2,10 @@
 //! (crate::http::Service): method, status code, headers, request head and body, and the
 //! response with its encoding on the wire.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 /// A request method. The common ones are constants; any other token is kept as sent.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -225,50 +227,91 @@ pub struct Request {
     pub body: Vec<u8>,
 }
 
+/// A response body: bytes of its own, or bytes shared with a cache (a cached document is
+/// written to the socket from the cache itself, with no copy per request).
+#[derive(Debug, Clone)]
+pub enum Body {
+    Owned(Vec<u8>),
+    Shared(Arc<[u8]>),
+}
+
+impl Body {
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            Body::Owned(bytes) => bytes,
+            Body::Shared(bytes) => bytes,
+        }
+    }
+}
+
+impl std::ops::Deref for Body {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl From<Vec<u8>> for Body {
+    fn from(bytes: Vec<u8>) -> Body {
+        Body::Owned(bytes)
+    }
+}
+
+impl From<Arc<[u8]>> for Body {
+    fn from(bytes: Arc<[u8]>) -> Body {
+        Body::Shared(bytes)
+    }
+}
+
 /// An answer: status, header fields, body. `Content-Length`, `Date` and `Connection` are added
 /// by the connection layer.
 #[derive(Debug, Clone)]
 pub struct Response {
     pub status: StatusCode,
-    pub headers: Vec<(&'static str, String)>,
-    pub body: Vec<u8>,
+    pub headers: Vec<(&'static str, Cow<'static, str>)>,
+    pub body: Body,
     /// Close the connection after this answer.
     pub close: bool,
 }
 
 impl Response {
-    pub fn new(status: StatusCode, body: Vec<u8>) -> Response {
+    pub fn new(status: StatusCode, body: impl Into<Body>) -> Response {
         Response {
             status,
             headers: Vec::new(),
-            body,
+            body: body.into(),
             close: false,
         }
     }
 
     /// Adds a header field (names are written as given).
-    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Response {
+    pub fn with_header(
+        mut self,
+        name: &'static str,
+        value: impl Into<Cow<'static, str>>,
+    ) -> Response {
         self.headers.push((name, value.into()));
         self
     }
 
-    /// The bytes on the wire: status line, fields, and the body unless `head_only` (a HEAD
-    /// request, whose answer carries the GET answer's `Content-Length` and no body).
-    pub fn encode(&self, head_only: bool, keep_alive: bool, date: &str) -> Vec<u8> {
-        let body: &[u8] = if self.status.allows_body() {
-            &self.body
-        } else {
+    /// The body bytes sent on the wire: none for a HEAD request (whose answer carries the GET
+    /// answer's `Content-Length`) or a status that allows no body.
+    pub fn wire_body(&self, head_only: bool) -> &[u8] {
+        if head_only || !self.status.allows_body() {
             &[]
-        };
-        let mut out = Vec::with_capacity(160 + body.len());
-        out.extend_from_slice(
-            format!(
-                "HTTP/1.1 {} {}\r\n",
-                self.status.as_u16(),
-                self.status.canonical_reason()
-            )
-            .as_bytes(),
-        );
+        } else {
+            &self.body
+        }
+    }
+
+    /// Appends the status line and header fields, blank line included, to `out`.
+    pub fn encode_head(&self, out: &mut Vec<u8>, keep_alive: bool, date: &str) {
+        out.extend_from_slice(b"HTTP/1.1 ");
+        push_decimal(out, u64::from(self.status.as_u16()));
+        out.push(b' ');
+        out.extend_from_slice(self.status.canonical_reason().as_bytes());
+        out.extend_from_slice(b"\r\n");
         for (name, value) in &self.headers {
             // A value with a line break would split the answer; the services never build one,
             // but the layer refuses to send it rather than trust that.
@@ -284,18 +327,41 @@ impl Response {
         out.extend_from_slice(date.as_bytes());
         out.extend_from_slice(b"\r\n");
         if self.status.allows_body() {
-            out.extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
+            out.extend_from_slice(b"Content-Length: ");
+            push_decimal(out, self.body.len() as u64);
+            out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(if keep_alive {
             b"Connection: keep-alive\r\n\r\n".as_slice()
         } else {
             b"Connection: close\r\n\r\n".as_slice()
         });
-        if !head_only {
-            out.extend_from_slice(body);
-        }
+    }
+
+    /// The bytes on the wire: status line, fields, and the body unless `head_only` (a HEAD
+    /// request, whose answer carries the GET answer's `Content-Length` and no body).
+    pub fn encode(&self, head_only: bool, keep_alive: bool, date: &str) -> Vec<u8> {
+        let body = self.wire_body(head_only);
+        let mut out = Vec::with_capacity(160 + body.len());
+        self.encode_head(&mut out, keep_alive, date);
+        out.extend_from_slice(body);
         out
     }
+}
+
+/// Appends `n` in decimal.
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 #[cfg(test)]
@@ -339,9 +405,28 @@ mod tests {
         );
         let head = String::from_utf8(response.encode(true, false, "D")).unwrap();
         assert!(head.ends_with("Content-Length: 5\r\nConnection: close\r\n\r\n"));
+        let shared: Arc<[u8]> = Arc::from(b"hello".as_slice());
+        let cached =
+            Response::new(StatusCode::OK, shared).with_header("Content-Type", "text/plain");
+        assert_eq!(cached.encode(false, true, "D"), {
+            let mut same = response.clone();
+            same.headers.pop();
+            same.encode(false, true, "D")
+        });
+        let mut head = Vec::new();
+        cached.encode_head(&mut head, true, "D");
+        assert!(head.ends_with(b"Content-Length: 5\r\nConnection: keep-alive\r\n\r\n"));
+        assert_eq!(cached.wire_body(false), b"hello");
+        assert_eq!(cached.wire_body(true), b"");
+        let mut long = Vec::new();
+        push_decimal(&mut long, 0);
+        push_decimal(&mut long, 7319);
+        push_decimal(&mut long, u64::MAX);
+        assert_eq!(long, format!("07319{}", u64::MAX).into_bytes());
         let empty = Response::new(StatusCode::NO_CONTENT, b"x".to_vec());
         let wire = String::from_utf8(empty.encode(false, true, "D")).unwrap();
         assert!(!wire.contains("Content-Length"));
         assert!(wire.ends_with("\r\n\r\n"));
+        assert_eq!(empty.wire_body(false), b"");
     }
 }

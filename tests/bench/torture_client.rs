@@ -11,6 +11,10 @@
 //! - `torture_client load ADDR TOKEN SECS RATE`: mixed GETs (`/health`, `/api/v1/metrics`,
 //!   `/api/v1/containers`) at about RATE a second over 4 keep-alive connections; any answer but
 //!   200, or any connection error, fails.
+//! - `torture_client count ADDR TOKEN PATH COUNT CONNS`: exactly COUNT `GET PATH` over CONNS
+//!   keep-alive connections, each waiting for its answer before the next (as wrk does): a fixed
+//!   amount of work to profile the server with (`valgrind --tool=callgrind`, `strace -c`); any
+//!   answer but 200 fails.
 //! - `torture_client ledger ADDR TOKEN LABEL`: the agent's container list equals what docker
 //!   has under the managed label `LABEL` (`key=value`), and no GPU is held twice (by the list's
 //!   `gpu_ids` and by `/api/v1/metrics`'s holders).
@@ -36,6 +40,9 @@ fn main() {
         ["load", addr, token, secs, rate] => {
             load(parse_addr(addr), token, number(secs), number(rate))
         }
+        ["count", addr, token, path, count, conns] => {
+            count_requests(parse_addr(addr), token, path, number(count), number(conns))
+        }
         ["ledger", addr, token, label] => ledger(parse_addr(addr), token, label),
         ["platform", addr, phases @ ..] if !phases.is_empty() && phases.len() % 2 == 0 => platform(
             parse_addr(addr),
@@ -44,7 +51,7 @@ fn main() {
         _ => {
             eprintln!(
                 "usage: torture_client flood ADDR COUNT SECS | bombs ADDR TOKEN | \
-                 load ADDR TOKEN SECS RATE | ledger ADDR TOKEN LABEL | \
+                 load ADDR TOKEN SECS RATE | count ADDR TOKEN PATH COUNT CONNS | ledger ADDR TOKEN LABEL | \
                  platform ADDR DOWN_SECS UP_SECS [DOWN_SECS UP_SECS ...]"
             );
             2
@@ -513,6 +520,52 @@ fn load(addr: SocketAddr, token: &str, secs: u64, rate: u64) -> u64 {
             "zero errors ({:?})",
             bad.iter().chain(errors.iter()).take(3).collect::<Vec<_>>()
         ),
+    )
+}
+
+fn count_requests(addr: SocketAddr, token: &str, path: &str, count: u64, conns: u64) -> u64 {
+    let conns = conns.clamp(1, 64);
+    let count = count.min(10_000_000);
+    let started = Instant::now();
+    let threads: Vec<_> = (0..conns)
+        .map(|c| {
+            let raw =
+                format!("GET {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\n\r\n");
+            let mine = count / conns + u64::from(c < count % conns);
+            std::thread::spawn(move || -> Result<u64, String> {
+                let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+                    .map_err(|e| e.to_string())?;
+                let _ = stream.set_nodelay(true);
+                for _ in 0..mine {
+                    stream
+                        .write_all(raw.as_bytes())
+                        .map_err(|e| e.to_string())?;
+                    match read_statuses(&mut stream, 1, Duration::from_secs(5)).first() {
+                        Some(200) => {}
+                        Some(status) => return Err(format!("status {status}")),
+                        None => return Err("no answer in 5 s".into()),
+                    }
+                }
+                Ok(mine)
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    let mut errors = Vec::new();
+    for thread in threads {
+        match thread.join() {
+            Ok(Ok(n)) => ok += n,
+            Ok(Err(e)) => errors.push(e),
+            Err(_) => errors.push("a client thread panicked".into()),
+        }
+    }
+    println!(
+        "count: {ok} of {count} GET {path} answered 200 over {conns} connections in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    check(
+        ok == count && errors.is_empty(),
+        &format!("every answer 200 ({:?})", errors.first()),
     )
 }
 

@@ -659,6 +659,15 @@ impl Runner {
                 self.publish();
             }
         } else if event_changes_state(&event.action) {
+            // The container a create in flight is making (its `create` and `start` events come
+            // before `docker run` returns): the create's answer records it, and the refresh
+            // queued then reads it from docker. One queued now would be older than that answer
+            // and thrown away, its docker command wasted.
+            if !self.table.contains(&event.id)
+                && self.creating.values().any(|v| v.name == event.name)
+            {
+                return;
+            }
             let work = Work::Refresh {
                 id: event.id,
                 generation: self.table.generation(),

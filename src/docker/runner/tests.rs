@@ -282,6 +282,7 @@ fn a_stale_refresh_or_reconcile_never_brings_back_a_removed_container() {
         id: A.into(),
         action: "die".into(),
         time_nano: 0,
+        name: String::new(),
     });
     let Ok(Work::Refresh { generation, .. }) = queue.try_recv() else {
         panic!("no refresh queued");
@@ -292,6 +293,7 @@ fn a_stale_refresh_or_reconcile_never_brings_back_a_removed_container() {
         id: A.into(),
         action: "destroy".into(),
         time_nano: 0,
+        name: String::new(),
     });
     let now = r.table.generation();
     r.apply_reconcile(now, Ok(vec![]));
@@ -524,6 +526,7 @@ fn a_container_removed_before_its_create_reports_holds_nothing() {
         id: A.into(),
         action: "destroy".into(),
         time_nano: 0,
+        name: String::new(),
     });
     r.finish(Done::Created {
         ticket,
@@ -550,6 +553,7 @@ fn a_container_removed_before_its_create_reports_holds_nothing() {
         id: B.into(),
         action: "destroy".into(),
         time_nano: 0,
+        name: String::new(),
     });
     r.finish(Done::Acted {
         ticket,
@@ -958,4 +962,107 @@ fn the_list_shows_creates_in_progress_and_failed_ones_like_get() {
         list(&mut r),
         vec![pair("a", "running"), pair("up", "running")]
     );
+}
+
+#[test]
+fn failed_creates_are_remembered_up_to_a_bound_oldest_forgotten_first() {
+    let (mut r, queue, _snapshot) = runner();
+    r.apply_reconcile(0, Ok(vec![]));
+    let total = creating::MAX_OUTCOMES + 20;
+    for i in 0..total {
+        let claim = format!("c{i}");
+        ask(&mut r, |reply| Request::Create {
+            spec: Box::new(spec(&claim, GpuRequest::Ids(vec![0]))),
+            reply,
+        });
+        let Ok(Work::Create { ticket, .. }) = queue.try_recv() else {
+            panic!("no create queued for {claim}");
+        };
+        r.finish(Done::Created {
+            ticket,
+            claim_id: claim,
+            result: Err(ContainerError::ImagePull("registry unreachable".into())),
+        });
+    }
+    assert_eq!(r.outcomes.len(), creating::MAX_OUTCOMES);
+    let get = |r: &mut Runner, id: &str| {
+        ask(r, |reply| Request::Get {
+            id: id.into(),
+            reply,
+        })
+        .unwrap()
+    };
+    let newest = get(&mut r, &format!("c{}", total - 1)).unwrap();
+    assert_eq!(newest.state, "failed");
+    assert!(matches!(
+        get(&mut r, "c0"),
+        Err(ContainerError::NotFound(_))
+    ));
+    let kept = ask(&mut r, |reply| Request::List { reply })
+        .unwrap()
+        .unwrap();
+    assert_eq!(kept.len(), creating::MAX_OUTCOMES);
+}
+
+#[test]
+fn a_create_answers_from_docker_run_and_a_refresh_then_fills_in_dockers_details() {
+    let (mut r, queue, snapshot) = runner();
+    r.apply_reconcile(0, Ok(vec![]));
+    let answer = ask_later(&mut r, |reply| Request::Create {
+        spec: Box::new(spec("a", GpuRequest::Ids(vec![0]))),
+        reply,
+    });
+    let Ok(Work::Create { ticket, .. }) = queue.try_recv() else {
+        panic!("no create queued");
+    };
+    let event = |id: &str, action: &str, name: &str| ContainerEvent {
+        id: id.into(),
+        action: action.into(),
+        time_nano: 0,
+        name: name.into(),
+    };
+    // The events of the container the create is making come before `docker run` returns: no
+    // refresh for them (it would be older than the create's answer, and thrown away).
+    r.on_event(event(A, "create", "utopia-a"));
+    r.on_event(event(A, "start", "utopia-a"));
+    assert!(
+        queue.try_recv().is_err(),
+        "a refresh for the container in creation"
+    );
+    // Another container's event still is refreshed.
+    r.on_event(event(B, "start", "utopia-b"));
+    assert!(matches!(queue.try_recv(), Ok(Work::Refresh { id, .. }) if id == B));
+    // `docker run` printed the id: the answer has no docker times yet...
+    r.finish(Done::Created {
+        ticket,
+        claim_id: "a".into(),
+        result: Ok(view(A, "a", &[0], "running")),
+    });
+    let created = answer.try_recv().unwrap().unwrap();
+    assert_eq!((created.id.as_str(), created.started_at), (A, None));
+    assert_eq!(snapshot.containers()[0].pid, None);
+    // ...and the refresh queued with it reads them, and is applied.
+    let Ok(Work::Refresh { id, generation }) = queue.try_recv() else {
+        panic!("no refresh after the create");
+    };
+    assert_eq!(id, A);
+    let mut inspected = view(A, "a", &[0], "running");
+    inspected.started_at = Some("2026-12-04T06:00:00Z".into());
+    inspected.pid = Some(4242);
+    r.finish(Done::Refreshed {
+        id: A.into(),
+        generation,
+        result: Ok(Some(inspected)),
+    });
+    let shown = ask(&mut r, |reply| Request::Get {
+        id: "a".into(),
+        reply,
+    })
+    .unwrap()
+    .unwrap();
+    assert_eq!(shown.started_at.as_deref(), Some("2026-12-04T06:00:00Z"));
+    assert_eq!(snapshot.containers()[0].pid, Some(4242));
+    // Once the container is in the table, its events are refreshed again.
+    r.on_event(event(A, "die", "utopia-a"));
+    assert!(matches!(queue.try_recv(), Ok(Work::Refresh { id, .. }) if id == A));
 }

@@ -3,8 +3,8 @@
 use super::ACCEPT_ERROR_LOG_EVERY;
 use crate::http::chunked::ChunkedDecoder;
 use crate::http::types::RequestHead;
-use crate::http::{HttpError, Lane, StatusCode};
-use std::io::{ErrorKind, Write};
+use crate::http::{Body, HttpError, Lane, StatusCode};
+use std::io::{ErrorKind, IoSlice, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -38,8 +38,12 @@ pub(super) struct Conn {
     pub(super) phase: Phase,
     /// Bytes read and not yet consumed: a head being received, a body, pipelined requests.
     pub(super) buf: Vec<u8>,
+    /// Output not yet written: `out[out_pos..]`, then the body in `tail` from `tail_pos` (a
+    /// cached body is sent from the cache itself, in the same `writev` as its head).
     pub(super) out: Vec<u8>,
     pub(super) out_pos: usize,
+    pub(super) tail: Option<Body>,
+    pub(super) tail_pos: usize,
     /// The client shut its side.
     pub(super) eof: bool,
     /// When the connection became ready for its next request.
@@ -51,6 +55,33 @@ pub(super) struct Conn {
     pub(super) deadline: Option<Instant>,
     /// The interest the poller holds for it (`None`: disarmed after an event).
     pub(super) armed: Option<(bool, bool)>,
+    /// Registered one-shot (a request at a handler: no interest) rather than level-triggered.
+    pub(super) oneshot: bool,
+}
+
+impl Conn {
+    /// Output is waiting to be written.
+    pub(super) fn writing(&self) -> bool {
+        self.out_pos < self.out.len() || self.tail.is_some()
+    }
+
+    /// Queues encoded bytes (an answer, or its head) and then `body` (not copied) after what
+    /// is already queued. The bytes become the output buffer when nothing is waiting (no
+    /// copy), else they are appended.
+    pub(super) fn queue(&mut self, bytes: Vec<u8>, body: Option<Body>) {
+        if let Some(pending) = self.tail.take() {
+            // Only one answer is pending at a time; should another follow, keep the order.
+            self.out.extend_from_slice(&pending[self.tail_pos..]);
+            self.tail_pos = 0;
+        }
+        if self.out_pos >= self.out.len() {
+            self.out = bytes;
+            self.out_pos = 0;
+        } else {
+            self.out.extend_from_slice(&bytes);
+        }
+        self.tail = body.filter(|b| !b.is_empty());
+    }
 }
 
 #[derive(Default)]
@@ -89,13 +120,28 @@ pub(super) fn too_large(limit: usize) -> HttpError {
     )
 }
 
-/// Writes what the socket takes now.
+/// Writes what the socket takes now: the queued bytes and the body after them in one `writev`.
 pub(super) fn flush(conn: &mut Conn, idle_timeout: Duration) -> std::io::Result<()> {
-    while conn.out_pos < conn.out.len() {
-        match (&conn.stream).write(&conn.out[conn.out_pos..]) {
+    while conn.writing() {
+        let head = &conn.out[conn.out_pos..];
+        let body = conn.tail.as_ref().map_or(&[][..], |b| &b[conn.tail_pos..]);
+        let written = if head.is_empty() {
+            (&conn.stream).write(body)
+        } else if body.is_empty() {
+            (&conn.stream).write(head)
+        } else {
+            (&conn.stream).write_vectored(&[IoSlice::new(head), IoSlice::new(body)])
+        };
+        match written {
             Ok(0) => return Err(ErrorKind::WriteZero.into()),
             Ok(n) => {
-                conn.out_pos += n;
+                let from_head = n.min(head.len());
+                conn.out_pos += from_head;
+                conn.tail_pos += n - from_head;
+                if conn.tail.as_ref().is_some_and(|b| conn.tail_pos >= b.len()) {
+                    conn.tail = None;
+                    conn.tail_pos = 0;
+                }
                 conn.write_deadline = Instant::now() + idle_timeout;
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
@@ -108,17 +154,6 @@ pub(super) fn flush(conn: &mut Conn, idle_timeout: Duration) -> std::io::Result<
     conn.out = Vec::new();
     conn.out_pos = 0;
     Ok(())
-}
-
-/// Queues an encoded answer: it becomes the output buffer when nothing is waiting (no copy),
-/// else it is appended.
-pub(super) fn queue(conn: &mut Conn, bytes: Vec<u8>) {
-    if conn.out_pos >= conn.out.len() {
-        conn.out = bytes;
-        conn.out_pos = 0;
-    } else {
-        conn.out.extend_from_slice(&bytes);
-    }
 }
 
 /// Input capacity a connection keeps between requests; a bigger buffer (a big head or body
@@ -166,12 +201,15 @@ mod tests {
             buf: Vec::new(),
             out: Vec::new(),
             out_pos: 0,
+            tail: None,
+            tail_pos: 0,
             eof: false,
             ready_since: now,
             first_byte: None,
             write_deadline: now,
             deadline: None,
             armed: None,
+            oneshot: false,
         };
         (conn, client)
     }
@@ -182,9 +220,9 @@ mod tests {
         // Smaller than any "big buffer" threshold: no answer's buffer outlives its writing.
         let answer = vec![b'x'; 32 * 1024];
         let pointer = answer.as_ptr();
-        queue(&mut conn, answer);
+        conn.queue(answer, None);
         assert_eq!(conn.out.as_ptr(), pointer, "the answer was copied");
-        queue(&mut conn, b"tail".to_vec());
+        conn.queue(b"tail".to_vec(), None);
         assert_eq!(conn.out.len(), 32 * 1024 + 4, "a second answer is appended");
         let reader = std::thread::spawn(move || {
             let mut got = Vec::new();
@@ -210,6 +248,57 @@ mod tests {
             "the written answer's buffer was kept"
         );
         assert_eq!(conn.out_pos, 0);
+    }
+
+    /// Reads `len` bytes from `client` on a thread.
+    fn read_all(mut client: TcpStream, len: usize) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut got = Vec::new();
+            let mut chunk = [0u8; 8192];
+            while got.len() < len {
+                let n = client.read(&mut chunk).unwrap();
+                assert!(n > 0, "closed early");
+                got.extend_from_slice(&chunk[..n]);
+            }
+            got
+        })
+    }
+
+    #[test]
+    fn a_shared_body_goes_out_after_its_head_from_the_cache_across_partial_writes() {
+        let (mut conn, client) = pair();
+        // Larger than a socket buffer takes at once: the writes are cut short and resumed.
+        let cached: std::sync::Arc<[u8]> = (0..32_000_000u32).map(|i| i as u8).collect();
+        conn.queue(b"HEAD1".to_vec(), Some(Body::Shared(cached.clone())));
+        assert!(conn.writing());
+        flush(&mut conn, Duration::from_secs(5)).unwrap();
+        assert!(
+            conn.writing(),
+            "32 MB went out in one write; the test proves nothing"
+        );
+        // Another answer queued while the body is pending keeps the order.
+        conn.queue(b"HEAD2".to_vec(), Some(Body::Owned(b"two".to_vec())));
+        let total = 5 + cached.len() + 5 + 3;
+        let reader = read_all(client, total);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while conn.writing() {
+            flush(&mut conn, Duration::from_secs(5)).unwrap();
+            assert!(Instant::now() < deadline, "the answers were not written");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let got = reader.join().unwrap();
+        assert_eq!(got.len(), total);
+        assert_eq!(&got[..5], b"HEAD1");
+        assert!(got[5..5 + cached.len()] == *cached);
+        assert_eq!(&got[5 + cached.len()..], b"HEAD2two");
+        assert!(conn.tail.is_none());
+        assert_eq!(
+            (conn.out.capacity(), conn.out_pos, conn.tail_pos),
+            (0, 0, 0)
+        );
+        // An empty body is no body.
+        conn.queue(b"H".to_vec(), Some(Body::Owned(Vec::new())));
+        assert!(conn.tail.is_none());
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! The I/O thread's loop: waits on the poller, accepts, sheds at capacity, collects the
-//! handlers' answers, applies deadlines and files each connection's poller interest.
+//! handlers' answers, applies deadlines and files each connection's poller interest
+//! (level-triggered while it wants to read or write, one-shot while a handler has its request).
 
 use super::conn::{Conn, ErrorLog, Phase};
-use super::{ServerConfig, ACCEPT_BATCH, ACCEPT_PAUSE, LISTENER, SHED_TRIES};
+use super::{ServerConfig, ACCEPT_BATCH, ACCEPT_PAUSE, LISTENER, QUIET_TRIM, SHED_TRIES};
 use crate::http::pool::{self, Done, Job};
 use crate::http::{HttpError, Service, StatusCode};
 use crate::workers::WorkerPool;
@@ -38,6 +39,10 @@ pub(super) struct EventLoop {
     pub(super) body_reserved: usize,
     pub(super) scratch: Vec<u8>,
     pub(super) accept_errors: ErrorLog,
+    /// When the poller last reported anything.
+    pub(super) last_activity: Instant,
+    /// Answers were queued since the allocator last gave memory back.
+    pub(super) served_since_trim: bool,
 }
 
 impl EventLoop {
@@ -55,9 +60,13 @@ impl EventLoop {
                 break;
             }
             let mut wake = self.deadlines.first().map(|(t, _)| *t);
+            let trim_at = self
+                .served_since_trim
+                .then_some(self.last_activity + QUIET_TRIM);
             for other in [
                 self.accept_paused_until,
                 stop_deadline.filter(|_| self.stop_started),
+                trim_at,
             ]
             .into_iter()
             .flatten()
@@ -80,9 +89,16 @@ impl EventLoop {
                     self.on_event(event.key, event.readable);
                 }
             }
-            self.collect_done();
+            let answered = self.collect_done();
             let now = Instant::now();
+            if !events.is_empty() || answered {
+                self.last_activity = now;
+            }
             self.expire(now);
+            if self.served_since_trim && now >= self.last_activity + QUIET_TRIM {
+                self.served_since_trim = false;
+                give_back_free_memory();
+            }
             if self.accept_paused_until.is_some_and(|t| now >= t) {
                 self.accept_paused_until = None;
                 if let Some(listener) = &self.listener {
@@ -180,7 +196,11 @@ impl EventLoop {
             }
         };
         // SAFETY: every connection is deleted from the poller in `release` before it is dropped.
-        if let Err(e) = unsafe { self.poller.add(&stream, Event::readable(slot)) } {
+        let added = unsafe {
+            self.poller
+                .add_with_mode(&stream, Event::readable(slot), PollMode::Level)
+        };
+        if let Err(e) = added {
             log::warn!("cannot watch an API connection from {peer}: {e}");
             self.free.push(slot);
             return;
@@ -195,12 +215,15 @@ impl EventLoop {
             buf: Vec::new(),
             out: Vec::new(),
             out_pos: 0,
+            tail: None,
+            tail_pos: 0,
             eof: false,
             ready_since: now,
             first_byte: None,
             write_deadline: now,
             deadline: None,
             armed: Some((true, false)),
+            oneshot: false,
         };
         self.live += 1;
         self.rearm(slot, &mut conn);
@@ -249,8 +272,11 @@ impl EventLoop {
         let Some(mut conn) = self.slots.get_mut(slot).and_then(Option::take) else {
             return;
         };
-        // One-shot: the poller disarmed it when it reported the event.
-        conn.armed = None;
+        // A one-shot registration was disarmed when the poller reported the event; a
+        // level-triggered one stays as it is.
+        if conn.oneshot {
+            conn.armed = None;
+        }
         let mut alive = true;
         if readable {
             alive = self.read_into(&mut conn);
@@ -261,9 +287,11 @@ impl EventLoop {
         self.settle(slot, conn, alive);
     }
 
-    /// Answers from the handler threads.
-    pub(super) fn collect_done(&mut self) {
+    /// Answers from the handler threads; true when there were any.
+    pub(super) fn collect_done(&mut self) -> bool {
+        let mut any = false;
         while let Ok(done) = self.done.try_recv() {
+            any = true;
             self.in_flight = self.in_flight.saturating_sub(1);
             let Some(mut conn) = self.slots.get_mut(done.slot).and_then(Option::take) else {
                 continue;
@@ -272,12 +300,14 @@ impl EventLoop {
                 self.slots[done.slot] = Some(conn);
                 continue;
             }
-            super::conn::queue(&mut conn, done.bytes);
+            conn.queue(done.bytes, None);
+            self.served_since_trim = true;
             conn.write_deadline = Instant::now() + self.config.idle_timeout;
             conn.phase = Phase::Flush { close: done.close };
             let alive = self.step(done.slot, &mut conn);
             self.settle(done.slot, conn, alive);
         }
+        any
     }
 
     pub(super) fn expire(&mut self, now: Instant) {
@@ -336,7 +366,7 @@ impl EventLoop {
 
     /// Files the connection's deadline and poller interest for its phase.
     pub(super) fn rearm(&mut self, slot: usize, conn: &mut Conn) {
-        let writing = conn.out_pos < conn.out.len();
+        let writing = conn.writing();
         let (read, deadline) = match &conn.phase {
             Phase::Head => (
                 true,
@@ -365,18 +395,31 @@ impl EventLoop {
             conn.deadline = deadline;
         }
         let wanted = (read, writing);
-        // A disarmed connection that wants nothing stays disarmed: re-arming it with no
-        // interest would still report a hang-up, again and again while a handler works.
+        // Level-triggered while the connection wants something (no re-arm per request). One
+        // that wants nothing (its request is at a handler) is registered one-shot with no
+        // interest, and stays disarmed once it reported: a hang-up is reported whatever the
+        // interest, and level-triggered it would be reported again and again while the handler
+        // works.
         let change = match conn.armed {
             Some(current) => current != wanted,
             None => wanted != (false, false),
         };
         if change {
-            match self
-                .poller
-                .modify(&conn.stream, Event::new(slot, wanted.0, wanted.1))
-            {
-                Ok(()) => conn.armed = Some(wanted),
+            let oneshot = wanted == (false, false);
+            let mode = if oneshot {
+                PollMode::Oneshot
+            } else {
+                PollMode::Level
+            };
+            match self.poller.modify_with_mode(
+                &conn.stream,
+                Event::new(slot, wanted.0, wanted.1),
+                mode,
+            ) {
+                Ok(()) => {
+                    conn.armed = Some(wanted);
+                    conn.oneshot = oneshot;
+                }
                 Err(e) => log::warn!("cannot watch the API connection from {}: {e}", conn.peer),
             }
         }
@@ -393,5 +436,18 @@ impl EventLoop {
         self.live -= 1;
         self.free.push(slot);
         drop(conn);
+    }
+}
+
+/// Asks the allocator to give the kernel back the free pages of every arena. Serving requests
+/// frees what it allocated, but glibc keeps freed blocks that are not at the top of an arena
+/// (the answers of a burst of requests, freed in another order than allocated): without this
+/// the resident size keeps the burst's high-water mark. Called once the API is quiet, so it
+/// costs one pass over the free lists per burst, not per request.
+fn give_back_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory of the allocator; it is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

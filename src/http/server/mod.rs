@@ -1,7 +1,8 @@
 //! The I/O thread: owns the listening socket and every connection; accepts, reads heads and
 //! bodies, applies the deadlines and the connection cap, hands complete requests to the handler
 //! pool, and writes the answers it gets back. Never blocks on a socket: every socket is
-//! non-blocking and registered with the poller (one-shot, re-armed after each event).
+//! non-blocking and registered with the poller (level-triggered; one-shot with no interest
+//! while its request is at a handler).
 //!
 //! A connection moves through [`Phase`]s: `Head` (waiting for a request; idle or part-sent) →
 //! `Body` (admitted; reading the body) → `Dispatched` (at a handler; nothing is read meanwhile,
@@ -47,6 +48,9 @@ const SHED_TRIES: usize = 8;
 /// How long accepting pauses when the process is out of file descriptors and nothing can be
 /// shed.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// How long the API must have been quiet (no event at all) after serving requests before the
+/// allocator is asked to give back the memory freed meanwhile.
+const QUIET_TRIM: Duration = Duration::from_secs(1);
 /// At most one log line per this interval for repeated accept errors.
 const ACCEPT_ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -176,6 +180,8 @@ impl Server {
             done: done_rx,
             in_flight: 0,
             body_reserved: 0,
+            last_activity: Instant::now(),
+            served_since_trim: false,
             accept_errors: conn::ErrorLog::default(),
         };
         let io_thread = std::thread::Builder::new()

@@ -1,20 +1,21 @@
 //! A connection's requests on the I/O thread: reading, parsing the head, admission, reading the
 //! body, dispatching to a lane (or serving inline), and queueing the answer.
 
-use super::conn::{
-    flush, queue, shrink_input, take_body, too_large, BodyReading, BodyState, Conn, Phase,
-};
+use super::conn::{flush, shrink_input, take_body, too_large, BodyReading, BodyState, Conn, Phase};
 use super::event_loop::EventLoop;
 use super::{LINGER, LINGER_BYTES, READ_PER_EVENT};
 use crate::http::chunked::{ChunkError, ChunkedDecoder};
 use crate::http::parse::{self, HeadStatus, ParsedHead};
 use crate::http::pool::{self, Job};
 use crate::http::types::{BodyLength, Method, Request, Response};
-use crate::http::{HttpError, Lane, StatusCode};
+use crate::http::{Admission, HttpError, Lane, StatusCode};
 use crate::workers::SubmitError;
 use std::io::{ErrorKind, Read};
 use std::net::Shutdown;
 use std::time::Instant;
+
+/// Room for an answer's encoded head (status line and fields) without growing.
+const HEAD_CAPACITY: usize = 256;
 
 impl EventLoop {
     /// Reads what the connection's phase may take now; false when the connection failed.
@@ -42,13 +43,18 @@ impl EventLoop {
                         if *drained > LINGER_BYTES {
                             return false;
                         }
-                        continue;
+                    } else {
+                        if conn.buf.is_empty() && matches!(conn.phase, Phase::Head) {
+                            conn.first_byte.get_or_insert_with(Instant::now);
+                        }
+                        conn.buf.extend_from_slice(&self.scratch[..n]);
+                        cap -= n;
                     }
-                    if conn.buf.is_empty() && matches!(conn.phase, Phase::Head) {
-                        conn.first_byte.get_or_insert_with(Instant::now);
+                    if n < want {
+                        // A short read emptied the socket: no second read only to hear EAGAIN
+                        // (the poller reports the connection again when more arrives).
+                        break;
                     }
-                    conn.buf.extend_from_slice(&self.scratch[..n]);
-                    cap -= n;
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -61,10 +67,10 @@ impl EventLoop {
     /// Advances the connection as far as its buffers allow; false when it is to be closed.
     pub(super) fn step(&mut self, slot: usize, conn: &mut Conn) -> bool {
         loop {
-            if conn.out_pos < conn.out.len() && flush(conn, self.config.idle_timeout).is_err() {
+            if conn.writing() && flush(conn, self.config.idle_timeout).is_err() {
                 return false;
             }
-            let writing = conn.out_pos < conn.out.len();
+            let writing = conn.writing();
             match conn.phase {
                 Phase::Flush { close } => {
                     if writing {
@@ -170,10 +176,10 @@ impl EventLoop {
         let admitted =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.service.admit(&head)));
         let lane = match admitted {
-            Ok(Ok(lane)) => lane,
-            Ok(Err(response)) => {
+            Ok(Admission::Serve(lane)) => lane,
+            Ok(Admission::Answer(response)) => {
                 // The body was not read: the connection cannot carry another request.
-                self.respond(conn, &response, head_only, keep_alive && !has_body);
+                self.respond(conn, response, head_only, keep_alive && !has_body);
                 return;
             }
             Err(_) => {
@@ -187,7 +193,7 @@ impl EventLoop {
                     "internal",
                     "internal error; see the agent's log",
                 ));
-                self.respond(conn, &response, head_only, false);
+                self.respond(conn, response, head_only, false);
                 return;
             }
         };
@@ -196,7 +202,7 @@ impl EventLoop {
             BodyLength::Empty => (BodyReading::Exact(0), 0),
             BodyLength::Exact(n) if n > max_body as u64 => {
                 let response = self.service.reject(&too_large(max_body));
-                self.respond(conn, &response, head_only, false);
+                self.respond(conn, response, head_only, false);
                 return;
             }
             BodyLength::Exact(n) => (BodyReading::Exact(n as usize), n as usize),
@@ -211,12 +217,12 @@ impl EventLoop {
                 "server_busy",
                 "too many request bodies are being received at once; retry shortly",
             ));
-            self.respond(conn, &response, head_only, false);
+            self.respond(conn, response, head_only, false);
             return;
         }
         self.body_reserved += reserved;
         if expect_continue && has_body && conn.buf.is_empty() {
-            conn.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+            conn.queue(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec(), None);
             conn.write_deadline = Instant::now() + self.config.idle_timeout;
         }
         conn.phase = Phase::Body(Box::new(BodyState {
@@ -250,7 +256,7 @@ impl EventLoop {
                     "internal error; see the agent's log",
                 ))
             });
-            self.respond(conn, &response, head_only, keep_alive);
+            self.respond(conn, response, head_only, keep_alive);
             return;
         }
         let job = Job {
@@ -277,17 +283,18 @@ impl EventLoop {
                     "server_busy",
                     "too many requests are waiting; retry shortly",
                 ));
-                self.respond(conn, &response, head_only, false);
+                self.respond(conn, response, head_only, false);
             }
         }
     }
 
     /// Answers from the I/O thread (refusals, inline answers); the connection closes unless
-    /// `keep_alive`.
+    /// `keep_alive`. The head is encoded into a buffer of its own and the body queued after it
+    /// as it is (a cached body is not copied: both go out in one `writev`).
     pub(super) fn respond(
         &mut self,
         conn: &mut Conn,
-        response: &Response,
+        response: Response,
         head_only: bool,
         keep_alive: bool,
     ) {
@@ -295,7 +302,11 @@ impl EventLoop {
             self.body_reserved = self.body_reserved.saturating_sub(body.reserved);
         }
         let keep = keep_alive && !response.close && !self.stop_started;
-        queue(conn, pool::encode(response, head_only, keep));
+        let mut head = Vec::with_capacity(HEAD_CAPACITY);
+        pool::with_date(|date| response.encode_head(&mut head, keep, date));
+        let send_body = !response.wire_body(head_only).is_empty();
+        conn.queue(head, send_body.then_some(response.body));
+        self.served_since_trim = true;
         conn.write_deadline = Instant::now() + self.config.idle_timeout;
         conn.phase = Phase::Flush { close: !keep };
         if !keep {
@@ -306,6 +317,6 @@ impl EventLoop {
     pub(super) fn fail(&mut self, conn: &mut Conn, error: &HttpError) {
         log::debug!("API request from {} refused: {error}", conn.peer);
         let response = self.service.reject(error);
-        self.respond(conn, &response, false, false);
+        self.respond(conn, response, false, false);
     }
 }
