@@ -53,7 +53,10 @@ fn main() {
 fn lld_dir() -> Option<PathBuf> {
     let rustc = std::env::var_os("RUSTC")?;
     let host = std::env::var("HOST").ok()?;
-    let output = Command::new(rustc).args(["--print", "sysroot"]).output().ok()?;
+    let output = Command::new(rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()?;
     let sysroot = String::from_utf8(output.stdout).ok()?;
     let dir = PathBuf::from(sysroot.trim())
         .join("lib/rustlib")
