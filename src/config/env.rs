@@ -15,6 +15,8 @@ pub(super) enum Target {
     Secret(fn(&mut Config) -> &mut String),
     /// `log_level`, parsed.
     LogLevel,
+    /// An integer key (validated with the rest of the config).
+    Integer(fn(&mut Config) -> &mut i64),
 }
 
 /// One environment variable and the key it overrides.
@@ -70,6 +72,24 @@ pub const ENV_OVERRIDES: &[EnvOverride] = &[
         key: "agent_api.auth_token",
         note: "",
         target: Target::Secret(|c| &mut c.agent_api.auth_token),
+    },
+    EnvOverride {
+        name: "PHOENIX_DOCKER_DEFAULT_MEMORY",
+        key: "docker.default_memory",
+        note: " (90% of the host, or 64g)",
+        target: Target::Text(|c| &mut c.docker.default_memory),
+    },
+    EnvOverride {
+        name: "PHOENIX_DOCKER_STORAGE_SIZE",
+        key: "docker.storage_size",
+        note: " (e.g. 50g)",
+        target: Target::Text(|c| &mut c.docker.storage_size),
+    },
+    EnvOverride {
+        name: "PHOENIX_DOCKER_OOM_SCORE_ADJ",
+        key: "docker.oom_score_adj",
+        note: " (1-1000)",
+        target: Target::Integer(|c| &mut c.docker.oom_score_adj),
     },
     EnvOverride {
         name: "PHOENIX_LOG_LEVEL",
@@ -142,6 +162,16 @@ impl Config {
             };
             match o.target {
                 Target::Text(field) | Target::Secret(field) => *field(self) = value,
+                Target::Integer(field) => {
+                    *field(self) = value
+                        .trim()
+                        .parse()
+                        .map_err(|_| ConfigError::InvalidValue {
+                            origin: Origin::Env(o.name),
+                            key: o.key,
+                            message: format!("{value:?} is not an integer"),
+                        })?;
+                }
                 Target::LogLevel => {
                     self.log_level =
                         LogLevel::parse(&value).ok_or_else(|| ConfigError::InvalidValue {
@@ -180,13 +210,16 @@ mod tests {
     fn every_listed_override_is_applied_and_documented() {
         // ENV_OVERRIDES drives the scrubbing of secrets from the environment: a variable that
         // apply_env reads but the list lacks would stay visible to every child process.
-        for EnvOverride { name, key, .. } in ENV_OVERRIDES {
+        for EnvOverride {
+            name, key, target, ..
+        } in ENV_OVERRIDES
+        {
             let mut c = valid();
             let before = c.redacted_yaml() + &c.agent_api.auth_token;
-            let value = if *name == "PHOENIX_LOG_LEVEL" {
-                "trace"
-            } else {
-                "https://x.example/v"
+            let value = match *name {
+                "PHOENIX_LOG_LEVEL" => "trace",
+                "PHOENIX_DOCKER_OOM_SCORE_ADJ" => "321",
+                _ => "https://x.example/v",
             };
             c.apply_env(|n| (n == *name).then(|| value.to_string()))
                 .unwrap();
@@ -194,6 +227,9 @@ mod tests {
             assert_ne!(before, after, "{name} changes nothing");
             let leaf = key.rsplit('.').next().unwrap();
             assert!(after.contains(leaf), "{name} is listed for {key}");
+            if !matches!(target, Target::Secret(_)) {
+                assert!(after.contains(value), "{name} sets {key}");
+            }
             assert!(crate::cli::help().contains(name), "--help lacks {name}");
         }
         // ...and nothing outside the list is read.
@@ -222,6 +258,28 @@ mod tests {
         assert_eq!(c.log_level, LogLevel::Debug);
         let bad = |name: &str| (name == "PHOENIX_LOG_LEVEL").then(|| "loud".to_string());
         assert!(valid().apply_env(bad).is_err());
+        let mut c = valid();
+        let docker = |name: &str| match name {
+            "PHOENIX_DOCKER_DEFAULT_MEMORY" => Some("64g".to_string()),
+            "PHOENIX_DOCKER_STORAGE_SIZE" => Some("50g".to_string()),
+            "PHOENIX_DOCKER_OOM_SCORE_ADJ" => Some(" 800 ".to_string()),
+            _ => None,
+        };
+        c.apply_env(docker).unwrap();
+        let run = c.validate().unwrap().settings.docker.run;
+        assert_eq!(
+            run.default_memory,
+            Some(crate::config::DefaultMemory::Mib(65536))
+        );
+        assert_eq!(run.storage_size_mib, Some(51200));
+        assert_eq!(run.oom_score_adj, 800);
+        let not_a_number =
+            |name: &str| (name == "PHOENIX_DOCKER_OOM_SCORE_ADJ").then(|| "high".to_string());
+        let e = valid().apply_env(not_a_number).unwrap_err().to_string();
+        assert!(
+            e.starts_with("PHOENIX_DOCKER_OOM_SCORE_ADJ: \"high\" is not an integer"),
+            "{e}"
+        );
     }
 
     #[test]
