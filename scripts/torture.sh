@@ -9,6 +9,9 @@
 #                                soak (about 2 minutes)
 #   --only CASE[,CASE...]        only these cases: abuse, bombs, proptest, schemathesis, crash,
 #                                docker, nvml, frpc, platform, soak
+#   SOAK_SECS=N                  the soak's length instead (e.g. a 3-minute soak: SOAK_SECS=180)
+#   TORTURE_AGENT=PATH           run this agent binary instead of the one built (to compare two
+#                                builds in one session)
 #
 # Cases: connection abuse; header and body bombs, pipelining, smuggling; bad input (the
 # proptest suite tests/bad_input.rs, and schemathesis against the served OpenAPI document);
@@ -39,6 +42,7 @@ want() { [ -z "$ONLY" ] || [[ "$ONLY" == *" $1 "* ]]; }
 # frpc's restart backoff is 1 s doubling to frp.restart_backoff_max_secs: 50 kills at the
 # default 60 s cap would take 45 minutes (1 + 2 + ... + 32 + 44 x 60 s), so both runs set the
 # cap to 4 s: 1, 2, 4, 4 ... s, about 4 minutes for the full run's 50 kills, 15 s for 5.
+SOAK_ENV=${SOAK_SECS:-}
 if [ "$QUICK" = 1 ]; then
   FLOOD_SECS=8 CRASH_ROUNDS=2 OUTAGE_SECS=6 SOAK_SECS=30 FRPC_KILLS=5 FRPC_CAP=4 PROFILE=() BIN=debug
 else
@@ -47,6 +51,7 @@ fi
 # The first reconcile of a fresh agent lists docker's containers; right after a whole test
 # suite the shared engine can take long to answer, so the waits for docker ok are generous.
 DOCKER_WAIT=90
+SOAK_SECS=${SOAK_ENV:-$SOAK_SECS}
 
 PASSED=0 FAILED=0 SKIPPED=0
 case_start() { echo; echo "== $1"; echo "   did: $2"; }
@@ -58,7 +63,7 @@ verdict() { if [ "$1" = 0 ]; then held "$2"; else broke "$2"; fi; }
 
 lib_log "building the agent and the torture client ($BIN)"
 (cd "$LIB_ROOT" && nice cargo build --locked --quiet "${PROFILE[@]}" --bin utopia-node-agent --example torture_client --example fake_frpc) || exit 1
-LIB_AGENT="$LIB_ROOT/target/$BIN/utopia-node-agent"
+LIB_AGENT=${TORTURE_AGENT:-"$LIB_ROOT/target/$BIN/utopia-node-agent"}
 CLIENT="$LIB_ROOT/target/$BIN/examples/torture_client"
 FAKE_FRPC="$LIB_ROOT/target/$BIN/examples/fake_frpc"
 lib_build_fake_nvml

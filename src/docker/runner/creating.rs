@@ -17,6 +17,10 @@ use std::time::{Duration, Instant};
 /// How long the outcome of a failed create stays visible.
 const OUTCOME_MEMORY: Duration = Duration::from_secs(600);
 
+/// How many failed creates are remembered at most (the oldest goes first): a burst of failing
+/// creates must not hold memory for [`OUTCOME_MEMORY`].
+pub(super) const MAX_OUTCOMES: usize = 256;
+
 /// How long a given-up claim is remembered.
 const GIVEN_UP_MEMORY: Duration = Duration::from_secs(3600);
 
@@ -92,6 +96,25 @@ impl Runner {
             .find(|v| named(v))
             .or_else(|| self.outcomes.values().map(|(v, _)| v).find(|v| named(v)))
             .cloned()
+    }
+
+    /// Keeps a failed create's view for `GET`: for [`OUTCOME_MEMORY`], the newest
+    /// [`MAX_OUTCOMES`] at most.
+    fn remember_outcome(&mut self, claim_id: String, shown: ContainerView) {
+        self.outcomes
+            .retain(|_, (_, since)| since.elapsed() < OUTCOME_MEMORY);
+        while self.outcomes.len() >= MAX_OUTCOMES {
+            let Some(oldest) = self
+                .outcomes
+                .iter()
+                .min_by_key(|(_, (_, since))| *since)
+                .map(|(claim, _)| claim.clone())
+            else {
+                break;
+            };
+            self.outcomes.remove(&oldest);
+        }
+        self.outcomes.insert(claim_id, (shown, Instant::now()));
     }
 
     /// Every create in progress and every failed create still remembered, as `GET` of its
@@ -274,8 +297,7 @@ impl Runner {
                 shown.state = state.into();
                 shown.status = "create failed".into();
                 shown.error = Some(error);
-                self.outcomes
-                    .insert(claim_id.clone(), (shown, Instant::now()));
+                self.remember_outcome(claim_id.clone(), shown);
             }
         }
         let result = match result {

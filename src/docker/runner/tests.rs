@@ -965,6 +965,46 @@ fn the_list_shows_creates_in_progress_and_failed_ones_like_get() {
 }
 
 #[test]
+fn failed_creates_are_remembered_up_to_a_bound_oldest_forgotten_first() {
+    let (mut r, queue, _snapshot) = runner();
+    r.apply_reconcile(0, Ok(vec![]));
+    let total = creating::MAX_OUTCOMES + 20;
+    for i in 0..total {
+        let claim = format!("c{i}");
+        ask(&mut r, |reply| Request::Create {
+            spec: Box::new(spec(&claim, GpuRequest::Ids(vec![0]))),
+            reply,
+        });
+        let Ok(Work::Create { ticket, .. }) = queue.try_recv() else {
+            panic!("no create queued for {claim}");
+        };
+        r.finish(Done::Created {
+            ticket,
+            claim_id: claim,
+            result: Err(ContainerError::ImagePull("registry unreachable".into())),
+        });
+    }
+    assert_eq!(r.outcomes.len(), creating::MAX_OUTCOMES);
+    let get = |r: &mut Runner, id: &str| {
+        ask(r, |reply| Request::Get {
+            id: id.into(),
+            reply,
+        })
+        .unwrap()
+    };
+    let newest = get(&mut r, &format!("c{}", total - 1)).unwrap();
+    assert_eq!(newest.state, "failed");
+    assert!(matches!(
+        get(&mut r, "c0"),
+        Err(ContainerError::NotFound(_))
+    ));
+    let kept = ask(&mut r, |reply| Request::List { reply })
+        .unwrap()
+        .unwrap();
+    assert_eq!(kept.len(), creating::MAX_OUTCOMES);
+}
+
+#[test]
 fn a_create_answers_from_docker_run_and_a_refresh_then_fills_in_dockers_details() {
     let (mut r, queue, snapshot) = runner();
     r.apply_reconcile(0, Ok(vec![]));

@@ -3,7 +3,7 @@
 //! (level-triggered while it wants to read or write, one-shot while a handler has its request).
 
 use super::conn::{Conn, ErrorLog, Phase};
-use super::{ServerConfig, ACCEPT_BATCH, ACCEPT_PAUSE, LISTENER, SHED_TRIES};
+use super::{ServerConfig, ACCEPT_BATCH, ACCEPT_PAUSE, LISTENER, QUIET_TRIM, SHED_TRIES};
 use crate::http::pool::{self, Done, Job};
 use crate::http::{HttpError, Service, StatusCode};
 use crate::workers::WorkerPool;
@@ -39,6 +39,10 @@ pub(super) struct EventLoop {
     pub(super) body_reserved: usize,
     pub(super) scratch: Vec<u8>,
     pub(super) accept_errors: ErrorLog,
+    /// When the poller last reported anything.
+    pub(super) last_activity: Instant,
+    /// Answers were queued since the allocator last gave memory back.
+    pub(super) served_since_trim: bool,
 }
 
 impl EventLoop {
@@ -56,9 +60,13 @@ impl EventLoop {
                 break;
             }
             let mut wake = self.deadlines.first().map(|(t, _)| *t);
+            let trim_at = self
+                .served_since_trim
+                .then_some(self.last_activity + QUIET_TRIM);
             for other in [
                 self.accept_paused_until,
                 stop_deadline.filter(|_| self.stop_started),
+                trim_at,
             ]
             .into_iter()
             .flatten()
@@ -81,9 +89,16 @@ impl EventLoop {
                     self.on_event(event.key, event.readable);
                 }
             }
-            self.collect_done();
+            let answered = self.collect_done();
             let now = Instant::now();
+            if !events.is_empty() || answered {
+                self.last_activity = now;
+            }
             self.expire(now);
+            if self.served_since_trim && now >= self.last_activity + QUIET_TRIM {
+                self.served_since_trim = false;
+                give_back_free_memory();
+            }
             if self.accept_paused_until.is_some_and(|t| now >= t) {
                 self.accept_paused_until = None;
                 if let Some(listener) = &self.listener {
@@ -272,9 +287,11 @@ impl EventLoop {
         self.settle(slot, conn, alive);
     }
 
-    /// Answers from the handler threads.
-    pub(super) fn collect_done(&mut self) {
+    /// Answers from the handler threads; true when there were any.
+    pub(super) fn collect_done(&mut self) -> bool {
+        let mut any = false;
         while let Ok(done) = self.done.try_recv() {
+            any = true;
             self.in_flight = self.in_flight.saturating_sub(1);
             let Some(mut conn) = self.slots.get_mut(done.slot).and_then(Option::take) else {
                 continue;
@@ -284,11 +301,13 @@ impl EventLoop {
                 continue;
             }
             conn.queue(done.bytes, None);
+            self.served_since_trim = true;
             conn.write_deadline = Instant::now() + self.config.idle_timeout;
             conn.phase = Phase::Flush { close: done.close };
             let alive = self.step(done.slot, &mut conn);
             self.settle(done.slot, conn, alive);
         }
+        any
     }
 
     pub(super) fn expire(&mut self, now: Instant) {
@@ -417,5 +436,18 @@ impl EventLoop {
         self.live -= 1;
         self.free.push(slot);
         drop(conn);
+    }
+}
+
+/// Asks the allocator to give the kernel back the free pages of every arena. Serving requests
+/// frees what it allocated, but glibc keeps freed blocks that are not at the top of an arena
+/// (the answers of a burst of requests, freed in another order than allocated): without this
+/// the resident size keeps the burst's high-water mark. Called once the API is quiet, so it
+/// costs one pass over the free lists per burst, not per request.
+fn give_back_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory of the allocator; it is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

@@ -48,6 +48,9 @@ const SHED_TRIES: usize = 8;
 /// How long accepting pauses when the process is out of file descriptors and nothing can be
 /// shed.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// How long the API must have been quiet (no event at all) after serving requests before the
+/// allocator is asked to give back the memory freed meanwhile.
+const QUIET_TRIM: Duration = Duration::from_secs(1);
 /// At most one log line per this interval for repeated accept errors.
 const ACCEPT_ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -177,6 +180,8 @@ impl Server {
             done: done_rx,
             in_flight: 0,
             body_reserved: 0,
+            last_activity: Instant::now(),
+            served_since_trim: false,
             accept_errors: conn::ErrorLog::default(),
         };
         let io_thread = std::thread::Builder::new()

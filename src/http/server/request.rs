@@ -306,6 +306,7 @@ impl EventLoop {
         pool::with_date(|date| response.encode_head(&mut head, keep, date));
         let send_body = !response.wire_body(head_only).is_empty();
         conn.queue(head, send_body.then_some(response.body));
+        self.served_since_trim = true;
         conn.write_deadline = Instant::now() + self.config.idle_timeout;
         conn.phase = Phase::Flush { close: !keep };
         if !keep {
