@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Writes scripts/symbol-order.txt, the functions the release agent runs from start-up through an
+# idle minute and its common requests, which build.rs has lld place side by side (see there).
+# Builds the release agent as usual, with lld's link map beside it (target/symbol-order.map:
+# a release build keeps no symbols, and a build with them, another profile, names every
+# function differently), runs a copy under valgrind's callgrind as scripts/bench.sh runs it
+# (fake NVML with 8 GPUs, the real docker engine if there, 1 s GPU sampling), asks /health,
+# /api/v1/metrics, /metrics and the container list a few times, and names the code callgrind
+# saw run from the map (scripts/symbol-order.py).
+# Run it again when the idle agent's code changes much; a stale list only costs resident pages.
+# Usage: scripts/symbol-order.sh   (IDLE_SECS=N to shorten)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib/agent.sh
+trap lib_cleanup EXIT
+IDLE_SECS=${IDLE_SECS:-60}
+lib_need_apt valgrind:valgrind curl:curl gcc:gcc python3:python3
+lib_log "building release with its link map"
+UTOPIA_LINK_MAP="$LIB_ROOT/target/symbol-order.map" lib_build_release --bin utopia-node-agent
+bin="$LIB_WORK/utopia-node-agent"
+cp "$LIB_AGENT" "$bin"
+lib_build_fake_nvml
+export FAKE_NVML_GPU_COUNT=8
+port=$(lib_free_port)
+config=$(lib_write_config "$LIB_WORK/agent" "$port")
+valgrind --tool=callgrind --demangle=no --callgrind-out-file="$LIB_WORK/cg.out" \
+  "$bin" --config "$config" >"$LIB_WORK/valgrind.log" 2>&1 &
+vg=$!
+LIB_PIDS+=("$vg")
+lib_wait_health "$port" 120 || { cat "$LIB_WORK/valgrind.log" >&2; exit 1; }
+lib_log "idle for ${IDLE_SECS} s under callgrind"
+sleep "$IDLE_SECS"
+for _ in 1 2 3; do
+  for path in /health /api/v1/metrics /metrics /api/v1/containers /api/v1/gpus; do
+    lib_api "$port" GET "$path" >/dev/null || true
+  done
+done
+kill "$vg"
+wait "$vg" 2>/dev/null || true
+scripts/symbol-order.py "$bin" target/symbol-order.map "$LIB_WORK"/cg.out* >scripts/symbol-order.txt
+lib_log "scripts/symbol-order.txt: $(wc -l <scripts/symbol-order.txt) functions"
