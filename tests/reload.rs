@@ -199,3 +199,108 @@ fn a_key_needing_a_restart_is_logged_and_keeps_its_value_and_the_log_level_chang
     assert_eq!(agent.request("GET", "/health", &[], b"").status, 200);
     wait_log(agent, "GET /health -> 200");
 }
+
+/// One keep-alive connection: sends `request`, reads one answer (`head_only`: no body follows,
+/// whatever its Content-Length says); returns the status, the raw head and the body.
+fn exchange(
+    stream: &mut std::net::TcpStream,
+    request: &str,
+    head_only: bool,
+) -> (u16, String, Vec<u8>) {
+    use std::io::{Read, Write};
+    stream.write_all(request.as_bytes()).expect("write");
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let end = loop {
+        if let Some(at) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at;
+        }
+        let n = stream.read(&mut chunk).expect("read a head");
+        assert!(
+            n > 0,
+            "closed before an answer: {:?}",
+            String::from_utf8_lossy(&raw)
+        );
+        raw.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+    let status: u16 = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    let length: usize = head
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .expect("Content-Length");
+    let mut body = raw[end + 4..].to_vec();
+    let want = if head_only { 0 } else { length };
+    while body.len() < want {
+        let n = stream.read(&mut chunk).expect("read a body");
+        assert!(n > 0, "closed inside a body");
+        body.extend_from_slice(&chunk[..n]);
+    }
+    assert_eq!(body.len(), want, "bytes after the answer: {head}");
+    (status, head, body)
+}
+
+#[test]
+fn a_rotated_token_applies_to_connections_already_open_and_head_needs_it_too() {
+    let setup = start(|_| {});
+    let agent = &setup.agent;
+    let mut stream = std::net::TcpStream::connect(agent.addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let req = |method: &str, token: Option<&str>| {
+        let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+        format!("{method} /api/v1/metrics HTTP/1.1\r\nHost: t\r\n{auth}\r\n")
+    };
+    // The cached document with the token, twice (the second from the cache), then HEAD.
+    for _ in 0..2 {
+        let (status, head, body) = exchange(&mut stream, &req("GET", Some(TOKEN)), false);
+        assert_eq!(status, 200, "{head}");
+        assert!(
+            serde_json::from_slice::<serde_json::Value>(&body).is_ok(),
+            "{head}"
+        );
+        // Date: today's, within a few seconds of now.
+        let date = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Date: "))
+            .expect("a Date field");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs();
+        let fields: Vec<&str> = date.split(' ').collect();
+        assert_eq!(fields.len(), 6, "{date}");
+        assert_eq!(fields[5], "GMT", "{date}");
+        let hms: Vec<u64> = fields[4]
+            .split(':')
+            .map(|p| p.parse().expect("h:m:s"))
+            .collect();
+        let of_day = hms[0] * 3600 + hms[1] * 60 + hms[2];
+        let behind = (now % 86_400 + 86_400 - of_day) % 86_400;
+        assert!(behind <= 3, "Date {date} is {behind} s from now");
+    }
+    let (status, head, body) = exchange(&mut stream, &req("HEAD", None), true);
+    assert_eq!(status, 401, "HEAD without a token: {head}");
+    assert!(body.is_empty());
+    let (status, head, _) = exchange(&mut stream, &req("HEAD", Some(TOKEN)), true);
+    assert_eq!(status, 200, "{head}");
+
+    let mut config = setup.config.clone();
+    config.agent_api.auth_token = NEW_TOKEN.to_string();
+    setup.rewrite(&config);
+    setup.reload();
+    // The same connection: the old token is refused at once, the new one served.
+    let (status, head, _) = exchange(&mut stream, &req("GET", Some(TOKEN)), false);
+    assert_eq!(status, 401, "the old token on an open connection: {head}");
+    let (status, head, _) = exchange(&mut stream, &req("GET", Some(NEW_TOKEN)), false);
+    assert_eq!(status, 200, "{head}");
+    let (status, head, _) = exchange(&mut stream, &req("GET", None), false);
+    assert_eq!(status, 401, "{head}");
+}

@@ -3,9 +3,10 @@
 //! one of frpc's own. A local user who bound the port first (frpc's admin server then fails to
 //! listen) would otherwise be sent the password.
 //!
-//! The listening sockets come from `/proc/net/tcp` and `/proc/net/tcp6` (state `0A`, on
-//! `127.0.0.1`, `0.0.0.0`, `::` or `::ffff:127.0.0.1` at the port: each would take a
-//! connection to `127.0.0.1`), frpc's sockets from the `socket:[inode]` links in
+//! The listening sockets come from netlink's `sock_diag` ([`super::sock_diag`]), or where that
+//! fails from `/proc/net/tcp` and `/proc/net/tcp6` (state `0A`): those on `127.0.0.1`,
+//! `0.0.0.0`, `::` or `::ffff:127.0.0.1` at the port, each of which would take a connection to
+//! `127.0.0.1`. frpc's sockets come from the `socket:[inode]` links in
 //! `/proc/<frpc pid>/fd`. The check runs right before each call. frpc is the agent's child and
 //! is not reaped while it runs, so its pid cannot be reused; should it exit between the check
 //! and the connection and someone bind the port in that moment, the password they would get
@@ -52,7 +53,17 @@ impl std::error::Error for ListenerError {}
 /// Ok when something listens on `127.0.0.1:port` and every listening socket there is held by
 /// the process `pid`.
 pub fn check_admin_listener(port: u16, pid: u32) -> Result<(), ListenerError> {
-    let listeners = listening_inodes(Path::new("/proc/net"), port)?;
+    let listeners = match super::sock_diag::tcp_listeners() {
+        Ok(all) => all
+            .iter()
+            .filter(|l| l.port == port && reaches_loopback(l.address) && l.inode != 0)
+            .map(|l| l.inode)
+            .collect(),
+        Err(e) => {
+            log::debug!("sock_diag: {e}; reading /proc/net/tcp instead");
+            listening_inodes(Path::new("/proc/net"), port)?
+        }
+    };
     if listeners.is_empty() {
         return Err(ListenerError::NotListening);
     }
@@ -105,19 +116,23 @@ fn parse_listeners(table: &str, port: u16) -> Vec<u64> {
             if u16::from_str_radix(local_port, 16).ok()? != port {
                 return None;
             }
-            let reaches_loopback = match parse_address(address)? {
-                IpAddr::V4(v4) => v4 == Ipv4Addr::LOCALHOST || v4.is_unspecified(),
-                IpAddr::V6(v6) => {
-                    v6.is_unspecified()
-                        || v6
-                            .to_ipv4_mapped()
-                            .is_some_and(|v4| v4 == Ipv4Addr::LOCALHOST || v4.is_unspecified())
-                }
-            };
             let inode: u64 = inode.parse().ok()?;
-            (reaches_loopback && inode != 0).then_some(inode)
+            (reaches_loopback(parse_address(address)?) && inode != 0).then_some(inode)
         })
         .collect()
+}
+
+/// Whether a socket listening on `address` takes connections to 127.0.0.1.
+fn reaches_loopback(address: IpAddr) -> bool {
+    match address {
+        IpAddr::V4(v4) => v4 == Ipv4Addr::LOCALHOST || v4.is_unspecified(),
+        IpAddr::V6(v6) => {
+            v6.is_unspecified()
+                || v6
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| v4 == Ipv4Addr::LOCALHOST || v4.is_unspecified())
+        }
+    }
 }
 
 /// An address as `/proc/net/tcp{,6}` prints it: 32-bit words in hex, each in the host's byte
@@ -235,6 +250,17 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         assert_eq!(check_admin_listener(port, std::process::id()), Ok(()));
+        // The /proc/net/tcp path (used where sock_diag fails) finds the same socket.
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
+        let link = std::fs::read_link(format!("/proc/self/fd/{fd}")).unwrap();
+        let inodes = listening_inodes(Path::new("/proc/net"), port).unwrap();
+        assert_eq!(
+            inodes
+                .iter()
+                .map(|i| format!("socket:[{i}]"))
+                .collect::<Vec<_>>(),
+            [link.to_string_lossy()]
+        );
         // Another process (a child of this test) does not hold it: the holder is named.
         let mut other = Command::new("sleep")
             .arg("30")

@@ -12,6 +12,7 @@ pub mod admin;
 pub mod frpc_config;
 pub mod listener;
 pub mod output;
+mod sock_diag;
 pub mod supervisor;
 
 pub use supervisor::start;
