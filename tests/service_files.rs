@@ -90,6 +90,18 @@ fn systemd_start_limit_is_reached_by_a_crash_loop() {
 }
 
 #[test]
+fn both_service_managers_turn_glibcs_per_thread_malloc_cache_off() {
+    let unit = read("init/utopia-node-agent.service");
+    let env = unit_value(&unit, "Service", "Environment").expect("Environment");
+    assert_eq!(env, "GLIBC_TUNABLES=glibc.malloc.tcache_count=0");
+    let vars = openrc_vars(&["GLIBC_TUNABLES"]);
+    assert_eq!(vars, ["glibc.malloc.tcache_count=0"]);
+    // The scripts measure the agent as the service files run it.
+    let lib = read("scripts/lib/agent.sh");
+    assert!(lib.contains("env GLIBC_TUNABLES=glibc.malloc.tcache_count=0 "));
+}
+
+#[test]
 fn openrc_respawn_is_bounded_and_files_limited_as_the_unit() {
     let vars = openrc_vars(&[
         "respawn_delay",

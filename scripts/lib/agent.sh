@@ -113,7 +113,8 @@ YAML
 lib_spawn_agent() {
   local config=$1
   shift
-  env "$@" "$LIB_AGENT" --config "$config" </dev/null >>"$(dirname "$config")/agent.log" 2>&1 &
+  # The malloc setting the service files give it (init/utopia-node-agent.service).
+  env GLIBC_TUNABLES=glibc.malloc.tcache_count=0 "$@" "$LIB_AGENT" --config "$config" </dev/null >>"$(dirname "$config")/agent.log" 2>&1 &
   LIB_AGENT_PID=$!
   LIB_PIDS+=("$LIB_AGENT_PID")
 }
