@@ -7,7 +7,12 @@
 //! fails from `/proc/net/tcp` and `/proc/net/tcp6` (state `0A`): those on `127.0.0.1`,
 //! `0.0.0.0`, `::` or `::ffff:127.0.0.1` at the port, each of which would take a connection to
 //! `127.0.0.1`. frpc's sockets come from the `socket:[inode]` links in
-//! `/proc/<frpc pid>/fd`. The check runs right before each call. frpc is the agent's child and
+//! `/proc/<frpc pid>/fd`. When frpc holds a listener bound to 127.0.0.1 itself, the wildcard
+//! ones (`0.0.0.0`, `::`) are not looked at: the kernel hands a connection to 127.0.0.1 to a
+//! listener bound to that address before any wildcard one, and another 127.0.0.1 listener (an
+//! `SO_REUSEPORT` twin) is still found. So a `::` listener with `IPV6_V6ONLY`, which any local
+//! user may bind beside frpc's and which never gets a 127.0.0.1 connection, does not block the
+//! admin API. The check runs right before each call. frpc is the agent's child and
 //! is not reaped while it runs, so its pid cannot be reused; should it exit between the check
 //! and the connection and someone bind the port in that moment, the password they would get
 //! belonged to an frpc that is gone (every start has its own).
@@ -57,7 +62,10 @@ pub fn check_admin_listener(port: u16, pid: u32) -> Result<(), ListenerError> {
         Ok(all) => all
             .iter()
             .filter(|l| l.port == port && reaches_loopback(l.address) && l.inode != 0)
-            .map(|l| l.inode)
+            .map(|l| Candidate {
+                inode: l.inode,
+                exact: is_exact(l.address),
+            })
             .collect(),
         Err(e) => {
             log::debug!("sock_diag: {e}; reading /proc/net/tcp instead");
@@ -69,18 +77,46 @@ pub fn check_admin_listener(port: u16, pid: u32) -> Result<(), ListenerError> {
     }
     let held = socket_inodes(pid)
         .map_err(|e| ListenerError::Unreadable(format!("/proc/{pid}/fd: {e}")))?;
-    match listeners.iter().find(|inode| !held.contains(inode)) {
+    match foreign_listener(&listeners, &held) {
         None => Ok(()),
         Some(foreign) => Err(ListenerError::NotFrpc {
             port,
-            holder: holder_of(*foreign),
+            holder: holder_of(foreign),
         }),
+    }
+}
+
+/// A listening socket that takes connections to 127.0.0.1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Candidate {
+    inode: u64,
+    /// Bound to 127.0.0.1 itself (or `::ffff:127.0.0.1`), not to a wildcard address.
+    exact: bool,
+}
+
+/// A listener not in `held` that could take a connection to 127.0.0.1, if any. Listeners
+/// bound to 127.0.0.1 itself come first in the kernel's lookup: when there are some, only they
+/// can take it (all must be held); otherwise every wildcard one must be.
+fn foreign_listener(listeners: &BTreeSet<Candidate>, held: &BTreeSet<u64>) -> Option<u64> {
+    let exact = listeners.iter().any(|l| l.exact);
+    listeners
+        .iter()
+        .filter(|l| l.exact || !exact)
+        .map(|l| l.inode)
+        .find(|inode| !held.contains(inode))
+}
+
+/// Bound to 127.0.0.1 itself (as IPv4, or IPv4-mapped IPv6).
+fn is_exact(address: IpAddr) -> bool {
+    match address {
+        IpAddr::V4(v4) => v4 == Ipv4Addr::LOCALHOST,
+        IpAddr::V6(v6) => v6.to_ipv4_mapped() == Some(Ipv4Addr::LOCALHOST),
     }
 }
 
 /// The inodes of the listening TCP sockets under `net` (`/proc/net`) that a connection to
 /// `127.0.0.1:port` could reach.
-fn listening_inodes(net: &Path, port: u16) -> Result<BTreeSet<u64>, ListenerError> {
+fn listening_inodes(net: &Path, port: u16) -> Result<BTreeSet<Candidate>, ListenerError> {
     let mut inodes = BTreeSet::new();
     for table in ["tcp", "tcp6"] {
         let path = net.join(table);
@@ -102,7 +138,7 @@ fn listening_inodes(net: &Path, port: u16) -> Result<BTreeSet<u64>, ListenerErro
 
 /// The listening sockets of one `/proc/net/tcp{,6}` table at `port` that take connections to
 /// 127.0.0.1.
-fn parse_listeners(table: &str, port: u16) -> Vec<u64> {
+fn parse_listeners(table: &str, port: u16) -> Vec<Candidate> {
     table
         .lines()
         .skip(1)
@@ -117,7 +153,11 @@ fn parse_listeners(table: &str, port: u16) -> Vec<u64> {
                 return None;
             }
             let inode: u64 = inode.parse().ok()?;
-            (reaches_loopback(parse_address(address)?) && inode != 0).then_some(inode)
+            let address = parse_address(address)?;
+            (reaches_loopback(address) && inode != 0).then_some(Candidate {
+                inode,
+                exact: is_exact(address),
+            })
         })
         .collect()
 }
@@ -235,11 +275,15 @@ mod tests {
         table += &line(&v6(Ipv6Addr::UNSPECIFIED), "0A", 16);
         table += &line(&v6(Ipv4Addr::LOCALHOST.to_ipv6_mapped()), "0A", 17);
         table += &line(&v6(Ipv6Addr::LOCALHOST), "0A", 18); // ::1 is not 127.0.0.1
-        assert_eq!(parse_listeners(&table, port), [11, 12, 16, 17]);
-        assert_eq!(parse_listeners(&table, port + 1), Vec::<u64>::new());
+        let at = |inode, exact| Candidate { inode, exact };
+        assert_eq!(
+            parse_listeners(&table, port),
+            [at(11, true), at(12, false), at(16, false), at(17, true)]
+        );
+        assert_eq!(parse_listeners(&table, port + 1), Vec::<Candidate>::new());
         assert_eq!(
             parse_listeners("header\ngarbage line\n", port),
-            Vec::<u64>::new()
+            Vec::<Candidate>::new()
         );
         assert_eq!(socket_inode("socket:[4242]"), Some(4242));
         assert_eq!(socket_inode("pipe:[4242]"), None);
@@ -257,7 +301,7 @@ mod tests {
         assert_eq!(
             inodes
                 .iter()
-                .map(|i| format!("socket:[{i}]"))
+                .map(|l| format!("socket:[{}]", l.inode))
                 .collect::<Vec<_>>(),
             [link.to_string_lossy()]
         );
@@ -286,5 +330,110 @@ mod tests {
             check_admin_listener(port, std::process::id()),
             Err(ListenerError::NotListening)
         );
+    }
+
+    #[test]
+    fn wildcard_listeners_count_only_when_none_is_bound_to_127_0_0_1() {
+        let set = |ls: &[(u64, bool)]| -> BTreeSet<Candidate> {
+            ls.iter()
+                .map(|&(inode, exact)| Candidate { inode, exact })
+                .collect()
+        };
+        let held: BTreeSet<u64> = [1, 2].into();
+        // frpc's 127.0.0.1 listener beside someone's `::` (IPV6_V6ONLY) or 0.0.0.0 one: the
+        // kernel hands 127.0.0.1 connections to frpc's.
+        assert_eq!(
+            foreign_listener(&set(&[(1, true), (9, false)]), &held),
+            None
+        );
+        // An SO_REUSEPORT twin on 127.0.0.1 is still found.
+        assert_eq!(
+            foreign_listener(&set(&[(1, true), (9, true), (8, false)]), &held),
+            Some(9)
+        );
+        // Nobody on 127.0.0.1 itself: every wildcard listener must be frpc's.
+        assert_eq!(foreign_listener(&set(&[(2, false)]), &held), None);
+        assert_eq!(
+            foreign_listener(&set(&[(2, false), (9, false)]), &held),
+            Some(9)
+        );
+        // A squatter on 127.0.0.1 while frpc holds only a wildcard one.
+        assert_eq!(
+            foreign_listener(&set(&[(2, false), (9, true)]), &held),
+            Some(9)
+        );
+        assert!(is_exact(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        assert!(is_exact(IpAddr::V6(Ipv4Addr::LOCALHOST.to_ipv6_mapped())));
+        assert!(!is_exact(IpAddr::V4(Ipv4Addr::UNSPECIFIED)));
+        assert!(!is_exact(IpAddr::V6(Ipv6Addr::UNSPECIFIED)));
+    }
+
+    #[test]
+    fn a_v6only_wildcard_listener_beside_ours_is_not_a_squatter() {
+        // What any local user may bind beside frpc's 127.0.0.1 listener at any time: `[::]`
+        // at the port with IPV6_V6ONLY (it never receives a connection to 127.0.0.1). Here the
+        // test holds both; "frpc" is the 127.0.0.1 one only.
+        let ours = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = ours.local_addr().unwrap().port();
+        // SAFETY: socket(2) with constant arguments.
+        let fd = unsafe { libc::socket(libc::AF_INET6, libc::SOCK_STREAM, 0) };
+        if fd < 0 {
+            return; // no IPv6 in this kernel: nothing can bind beside it
+        }
+        // SAFETY: the descriptor was just created and is owned by nobody else.
+        let v6 = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let one: libc::c_int = 1;
+        // SAFETY: a zeroed sockaddr_in6 is valid (the unspecified address, port 0).
+        let mut address: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+        address.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+        address.sin6_port = port.to_be();
+        // SAFETY: setsockopt/bind/listen on the descriptor above with pointers to live locals
+        // of the sizes given.
+        let bound = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_IPV6,
+                libc::IPV6_V6ONLY,
+                std::ptr::addr_of!(one).cast(),
+                std::mem::size_of_val(&one) as libc::socklen_t,
+            ) == 0
+                && libc::bind(
+                    fd,
+                    std::ptr::addr_of!(address).cast(),
+                    std::mem::size_of_val(&address) as libc::socklen_t,
+                ) == 0
+                && libc::listen(fd, 1) == 0
+        };
+        assert!(
+            bound,
+            "a v6-only [::]:{port} listener binds beside 127.0.0.1:{port}"
+        );
+        let ours_link = std::fs::read_link(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&ours)
+        ))
+        .unwrap();
+        let ours_inode = socket_inode(&ours_link.to_string_lossy()).unwrap();
+        let held: BTreeSet<u64> = [ours_inode].into();
+        let from_proc = listening_inodes(Path::new("/proc/net"), port).unwrap();
+        assert_eq!(from_proc.len(), 2, "{from_proc:?}");
+        assert_eq!(foreign_listener(&from_proc, &held), None);
+        if let Ok(all) = super::super::sock_diag::tcp_listeners() {
+            let from_diag: BTreeSet<Candidate> = all
+                .iter()
+                .filter(|l| l.port == port && reaches_loopback(l.address))
+                .map(|l| Candidate {
+                    inode: l.inode,
+                    exact: is_exact(l.address),
+                })
+                .collect();
+            assert_eq!(from_diag, from_proc);
+        }
+        // Without ours, the wildcard one alone would be a squatter.
+        drop(ours);
+        let alone = listening_inodes(Path::new("/proc/net"), port).unwrap();
+        assert_eq!(alone.len(), 1, "{alone:?}");
+        assert!(foreign_listener(&alone, &held).is_some());
+        drop(v6);
     }
 }
