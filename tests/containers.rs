@@ -1490,3 +1490,41 @@ fn a_container_that_exits_on_its_own_is_logged_once_with_its_claim_and_code() {
     let log = agent.log();
     assert_eq!(log.matches("exited on its own").count(), 1, "{log}");
 }
+
+#[test]
+fn a_command_that_exits_at_once_is_seen_exited_without_a_reconcile() {
+    if !ready("exits-at-once") {
+        return;
+    }
+    let scope = Scope::new();
+    // No periodic reconcile to repair the view: only the create's answer, its refresh and
+    // docker's events can.
+    let agent = scope.agent(|c| {
+        c.docker.restart_policy = "no".into();
+        c.docker.reconcile_interval_secs = 3600;
+    });
+    for round in 0..3 {
+        let claim = scope.claim(&format!("at-once-{round}"));
+        let created = agent.create(&body(&claim, &[round % 2], "exit 3"));
+        let id = created["id"].as_str().unwrap().to_string();
+        // The answer: docker's id and what was asked, true as of docker run's return.
+        assert_eq!(created["gpu_ids"], json!([round % 2]), "{created}");
+        assert_eq!(created["name"], format!("utopia-{claim}"), "{created}");
+        let inspected = docker_ok(&["inspect", "--format", "{{.Id}}", &id]);
+        assert_eq!(inspected.trim(), id);
+        let mut last = Value::Null;
+        let seen = wait_until(Duration::from_secs(10), || {
+            let r = agent.get(&format!("/api/v1/containers/{id}"));
+            assert_eq!(r.status, 200, "{}", r.text());
+            last = r.json();
+            last["state"] == "exited" && last["exit_code"] == 3 && last["started_at"].is_string()
+        });
+        assert!(
+            seen,
+            "round {round}: the agent still shows {last}; log:\n{}",
+            agent.log()
+        );
+        let r = agent.api("DELETE", &format!("/api/v1/containers/{id}"), b"");
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+}
