@@ -82,6 +82,63 @@ pub(crate) enum Done {
     },
 }
 
+/// What a job's report says should the worker panic while doing it (a bug): the same ticket
+/// answered, so no caller waits for ever and no reservation stays behind. The work may have
+/// been done in part: a create or an action is a `Timeout` (docker may have acted; the ledger
+/// keeps the claim's GPUs until a reconcile shows what exists), a listing a failed one.
+pub(crate) struct PanicReport(Done);
+
+impl PanicReport {
+    pub(crate) fn of(work: &Work) -> PanicReport {
+        let failed = || {
+            ContainerError::Timeout(
+                "the docker worker failed (a bug; see the agent's log); docker may still have \
+                 done it"
+                    .to_string(),
+            )
+        };
+        let docker = |command: &str| DockerError::BadOutput {
+            command: command.to_string(),
+            message: "the docker worker failed (a bug; see the agent's log)".to_string(),
+        };
+        PanicReport(match work {
+            Work::Create { ticket, spec, .. } => Done::Created {
+                ticket: *ticket,
+                claim_id: spec.claim_id.clone(),
+                result: Err(failed()),
+            },
+            Work::Act { ticket, id, .. } => Done::Acted {
+                ticket: *ticket,
+                id: id.clone(),
+                result: Err(failed()),
+            },
+            Work::Delete { ticket, view } => Done::Deleted {
+                ticket: *ticket,
+                view: view.clone(),
+                result: Err(failed()),
+            },
+            Work::Logs { ticket, .. } => Done::Logs {
+                ticket: *ticket,
+                result: Err(failed()),
+            },
+            Work::Reconcile { generation } => Done::Reconciled {
+                generation: *generation,
+                result: Err(docker("docker ps")),
+                network: None,
+            },
+            Work::Refresh { id, generation } => Done::Refreshed {
+                id: id.clone(),
+                generation: *generation,
+                result: Err(docker("docker inspect")),
+            },
+        })
+    }
+
+    pub(crate) fn into_done(self) -> Done {
+        self.0
+    }
+}
+
 /// What a worker needs to run docker.
 pub(crate) struct WorkerContext {
     pub(crate) cli: DockerCli,

@@ -35,7 +35,7 @@ use crate::config::DockerSettings;
 use crate::docker::cli::{DockerCli, DockerTimeouts};
 use crate::docker::container::ContainerView;
 use crate::docker::events::{self, ContainerEvent};
-use crate::docker::jobs::{Done, Ticket, Work, WorkerContext};
+use crate::docker::jobs::{Done, PanicReport, Ticket, Work, WorkerContext};
 use crate::docker::ledger::{short_id, GpuLedger};
 use crate::docker::protocol::Action;
 use crate::docker::protocol::{
@@ -204,7 +204,10 @@ pub fn start(
             idle_exit: WORKER_IDLE_EXIT,
         };
         WorkerPool::new(spec, Some(shutdown.clone()), move |work| {
-            if done_tx.send(execute(&context, work, &done_tx)).is_err() {
+            if done_tx
+                .send(run_job(work, |work| execute(&context, work, &done_tx)))
+                .is_err()
+            {
                 return ControlFlow::Break(());
             }
             ControlFlow::Continue(())
@@ -281,6 +284,16 @@ fn event_changes_state(action: &str) -> bool {
             | "rename"
             | "update"
     )
+}
+
+/// Runs one job; a panic (a bug) still reports its ticket (see [`PanicReport`]) instead of
+/// leaving its caller waiting and its reservation held.
+fn run_job(work: Work, execute: impl FnOnce(Work) -> Done) -> Done {
+    let on_panic = PanicReport::of(&work);
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| execute(work))).unwrap_or_else(|_| {
+        log::error!("a docker worker panicked; its job is answered as failed");
+        on_panic.into_done()
+    })
 }
 
 impl Runner {

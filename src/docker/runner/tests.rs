@@ -1066,3 +1066,76 @@ fn a_create_answers_from_docker_run_and_a_refresh_then_fills_in_dockers_details(
     r.on_event(event(A, "die", "utopia-a"));
     assert!(matches!(queue.try_recv(), Ok(Work::Refresh { id, .. }) if id == A));
 }
+
+#[test]
+fn a_panicking_docker_job_still_answers_its_caller() {
+    let (mut r, queue, _snapshot) = runner();
+    r.apply_reconcile(0, Ok(vec![]));
+    let answer = ask_later(&mut r, |reply| Request::Create {
+        spec: Box::new(spec("a", GpuRequest::Ids(vec![0]))),
+        reply,
+    });
+    let Ok(work) = queue.try_recv() else {
+        panic!("no create queued");
+    };
+    // The worker's code panics (a bug) while it runs the create.
+    let report = run_job(work, |_| panic!("a docker worker bug"));
+    let Done::Created {
+        claim_id, result, ..
+    } = &report
+    else {
+        panic!("not the create's report");
+    };
+    assert_eq!(claim_id, "a");
+    assert!(matches!(result, Err(ContainerError::Timeout(_))));
+    r.finish(report);
+    // The caller hears at once, not never.
+    assert!(matches!(
+        answer.try_recv(),
+        Ok(Err(ContainerError::Timeout(_)))
+    ));
+    // Every other kind of job answers its ticket too, and a job that does not panic is
+    // answered by what it did.
+    for work in [
+        Work::Act {
+            ticket: 7,
+            id: A.into(),
+            action: Action::Stop,
+        },
+        Work::Delete {
+            ticket: 8,
+            view: Box::new(view(A, "a", &[], "running")),
+        },
+        Work::Logs {
+            ticket: 9,
+            id: A.into(),
+            tail: 1,
+        },
+        Work::Reconcile { generation: 3 },
+        Work::Refresh {
+            id: B.into(),
+            generation: 4,
+        },
+    ] {
+        match run_job(work, |_| panic!("a docker worker bug")) {
+            Done::Acted { ticket, result, .. } => assert!(ticket == 7 && result.is_err()),
+            Done::Deleted { ticket, result, .. } => assert!(ticket == 8 && result.is_err()),
+            Done::Logs { ticket, result } => assert!(ticket == 9 && result.is_err()),
+            Done::Reconciled {
+                generation, result, ..
+            } => assert!(generation == 3 && result.is_err()),
+            Done::Refreshed {
+                id,
+                generation,
+                result,
+            } => assert!(id == B && generation == 4 && result.is_err()),
+            _ => panic!("another report"),
+        }
+    }
+    let fine = run_job(Work::Reconcile { generation: 5 }, |_| Done::Reconciled {
+        generation: 5,
+        result: Ok(vec![]),
+        network: None,
+    });
+    assert!(matches!(fine, Done::Reconciled { result: Ok(_), .. }));
+}
