@@ -60,6 +60,33 @@ pub(super) struct Conn {
 }
 
 impl Conn {
+    /// A connection just accepted: reading its first head, watched for reads (level-triggered).
+    pub(super) fn accepted(
+        stream: TcpStream,
+        peer: SocketAddr,
+        generation: u64,
+        now: Instant,
+    ) -> Conn {
+        Conn {
+            stream,
+            peer,
+            generation,
+            phase: Phase::Head,
+            buf: Vec::new(),
+            out: Vec::new(),
+            out_pos: 0,
+            tail: None,
+            tail_pos: 0,
+            eof: false,
+            ready_since: now,
+            first_byte: None,
+            write_deadline: now,
+            deadline: None,
+            armed: Some((true, false)),
+            oneshot: false,
+        }
+    }
+
     /// Output is waiting to be written.
     pub(super) fn writing(&self) -> bool {
         self.out_pos < self.out.len() || self.tail.is_some()
@@ -193,24 +220,9 @@ mod tests {
         let (server, peer) = listener.accept().unwrap();
         server.set_nonblocking(true).unwrap();
         let now = Instant::now();
-        let conn = Conn {
-            stream: server,
-            peer,
-            generation: 1,
-            phase: Phase::Dispatched,
-            buf: Vec::new(),
-            out: Vec::new(),
-            out_pos: 0,
-            tail: None,
-            tail_pos: 0,
-            eof: false,
-            ready_since: now,
-            first_byte: None,
-            write_deadline: now,
-            deadline: None,
-            armed: None,
-            oneshot: false,
-        };
+        let mut conn = Conn::accepted(server, peer, 1, now);
+        conn.phase = Phase::Dispatched;
+        conn.armed = None;
         (conn, client)
     }
 

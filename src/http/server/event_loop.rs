@@ -207,24 +207,7 @@ impl EventLoop {
         }
         self.next_generation += 1;
         let now = Instant::now();
-        let mut conn = Conn {
-            stream,
-            peer,
-            generation: self.next_generation,
-            phase: Phase::Head,
-            buf: Vec::new(),
-            out: Vec::new(),
-            out_pos: 0,
-            tail: None,
-            tail_pos: 0,
-            eof: false,
-            ready_since: now,
-            first_byte: None,
-            write_deadline: now,
-            deadline: None,
-            armed: Some((true, false)),
-            oneshot: false,
-        };
+        let mut conn = Conn::accepted(stream, peer, self.next_generation, now);
         self.live += 1;
         self.rearm(slot, &mut conn);
         self.slots[slot] = Some(conn);
