@@ -89,7 +89,11 @@ start_agent() {
   AGENT_ENV=("$@")
   lib_spawn_agent "$config" "${AGENT_ENV[@]}"
   PID=$LIB_AGENT_PID
-  lib_wait_health "$PORT" 10
+  lib_wait_health "$PORT" 10 && return 0
+  # Say why (a port taken between lib_free_port and the bind, a slow start under load, ...).
+  echo "   the agent did not answer /health on port $PORT within 10 s; its log ends:"
+  tail -n 20 "$DIR/agent.log" 2>/dev/null | sed 's/^/     /'
+  return 1
 }
 stop_agent() { kill "$PID" 2>/dev/null; wait "$PID" 2>/dev/null; true; }
 health() { curl -s -m 5 "http://127.0.0.1:$PORT/health"; }
