@@ -59,11 +59,16 @@ lib_build_fake_nvml() {
     -o "$LIB_NVML" "$LIB_ROOT/tests/fake_nvml/fake_nvml.c"
 }
 
-# A TCP port on loopback nobody listens on (bash's /dev/tcp: a refused connect means free).
+# A TCP port on loopback nobody listens on (bash's /dev/tcp: a refused connect means free),
+# below the kernel's ephemeral range: a port in it may be some live connection's source port
+# (the abuse case opens thousands), which the probe cannot see and the agent's bind fails on.
 lib_free_port() {
-  local port
+  local port low
+  low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || true)
+  case $low in '' | *[!0-9]*) low=32768 ;; esac
+  [ "$low" -gt 21024 ] || low=50000
   while :; do
-    port=$((20000 + RANDOM % 30000))
+    port=$((20000 + RANDOM % (low - 20000)))
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
       echo "$port"
       return
