@@ -132,7 +132,8 @@ wrk_row "bare server, ${body_size} B body (the ceiling)" "http://127.0.0.1:$bare
 wrk_row "GET /api/v1/metrics (${body_size} B)" "http://127.0.0.1:$port/api/v1/metrics" 1 target
 prom=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $LIB_TOKEN" "http://127.0.0.1:$port/metrics")
 if [ "$prom" = 200 ]; then
-  wrk_row "GET /metrics (Prometheus)" "http://127.0.0.1:$port/metrics" 1 target
+  # Rendered per scrape (its counters are live); issue 9's target is /api/v1/metrics'.
+  wrk_row "GET /metrics (Prometheus)" "http://127.0.0.1:$port/metrics" 1
 else
   row "GET /metrics (Prometheus)" "not built (GET /metrics answered $prom)" "" ""
 fi
