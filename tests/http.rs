@@ -748,6 +748,48 @@ fn at_capacity_a_client_that_does_not_read_its_answers_is_shed() {
 }
 
 #[test]
+fn at_capacity_a_client_reading_its_answers_slowly_is_not_shed() {
+    let server = TestServer::start(|c| c.max_connections = 4);
+    // Every slot holds a client reading a long pipeline of big answers (24 MB, more than the
+    // socket buffers hold) slowly but steadily (256 KiB every 50 ms): its answers keep moving,
+    // so it is not shed.
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let mut client = server.connect();
+            std::thread::spawn(move || {
+                client.send(get("/cached").repeat(80).as_bytes());
+                let mut got = Vec::new();
+                let mut chunk = vec![0u8; 256 * 1024];
+                let expected = 80 * cached_body().len();
+                while got.len() < expected {
+                    std::thread::sleep(Duration::from_millis(50));
+                    match client.stream.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => got.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                client.buf = got;
+                (0..80).all(|_| {
+                    let answer = client.answer();
+                    answer.status == 200 && answer.body == cached_body()[..]
+                })
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    let started = Instant::now();
+    let mut client = server.connect();
+    assert_eq!(client.answer().status, 503);
+    assert!(started.elapsed() < Duration::from_millis(500));
+    for reader in readers {
+        assert!(
+            reader.join().unwrap(),
+            "a slow but steady reader lost answers"
+        );
+    }
+}
+
+#[test]
 fn shutdown_finishes_in_flight_requests_and_stops_accepting() {
     let mut server = TestServer::start(|_| {});
     let mut client = server.connect();
