@@ -216,6 +216,40 @@ fn a_flood_of_idle_connections_is_bounded_and_the_api_recovers() {
 }
 
 #[test]
+fn slow_readers_in_every_slot_cannot_keep_health_out() {
+    let agent = Agent::start(|c| c.agent_api.max_connections = 8);
+    let document = agent.get("/api/v1/openapi.json");
+    assert_eq!(document.status, 200);
+    // Each slow reader pipelines requests for the big document, far more than the socket
+    // buffers hold (16 MiB of answers), and never reads: the agent is stuck writing to it.
+    let count = ((16 << 20) / document.body.len().max(1)).clamp(16, 4000);
+    let request = format!(
+        "GET /api/v1/openapi.json HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+    );
+    let pipeline = request.repeat(count);
+    let slow: Vec<TcpStream> = (0..8)
+        .map(|_| {
+            let mut stream = TcpStream::connect(agent.addr).unwrap();
+            stream
+                .set_write_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            // What the kernel does not take at once stays unsent: the agent stops reading a
+            // connection while it writes to it.
+            let _ = stream.write_all(pipeline.as_bytes());
+            stream
+        })
+        .collect();
+    // Each has written nothing for over a second.
+    std::thread::sleep(Duration::from_millis(1500));
+    let started = Instant::now();
+    let response = try_request(agent.addr, "GET", "/health", &[], b"").unwrap();
+    let took = started.elapsed();
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert!(took < Duration::from_secs(1), "answered after {took:?}");
+    drop(slow);
+}
+
+#[test]
 fn keep_alive_connections_serve_several_requests() {
     let agent = Agent::start(|_| {});
     let mut stream = TcpStream::connect(agent.addr).unwrap();

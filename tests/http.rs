@@ -706,6 +706,90 @@ fn at_capacity_with_every_slot_busy_the_answer_is_503_at_once() {
 }
 
 #[test]
+fn at_capacity_a_client_that_does_not_read_its_answers_is_shed() {
+    let server = TestServer::start(|c| c.max_connections = 8);
+    // Every slot holds a slow reader: it pipelines requests for a big document (far more than
+    // the socket buffers hold) and never reads, so the server is stuck writing to it.
+    let pipeline = get("/cached").repeat(60);
+    let mut slow: Vec<Client> = (0..8).map(|_| server.connect()).collect();
+    for client in &mut slow {
+        client.send(pipeline.as_bytes());
+    }
+    // Long enough for each to have written nothing for over a second.
+    std::thread::sleep(Duration::from_millis(1500));
+    let started = Instant::now();
+    let mut client = server.connect();
+    client.send(get("/health").as_bytes());
+    let answer = client.answer();
+    let took = started.elapsed();
+    assert_eq!(answer.status, 200, "{:?}", answer.text());
+    assert_eq!(answer.text(), "GET /health 0:");
+    assert!(took < Duration::from_secs(1), "answered after {took:?}");
+    // The slow reader that made no progress the longest was closed to make room: reading all
+    // it holds ends (EOF or reset) well before its write deadline (5 s).
+    let shed = slow.iter_mut().map(|c| {
+        c.stream
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut chunk = vec![0u8; 1 << 20];
+        loop {
+            match c.stream.read(&mut chunk) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+                Err(_) => return false,
+            }
+        }
+    });
+    assert!(
+        shed.filter(|&closed| closed).count() >= 1,
+        "no slow reader was shed"
+    );
+}
+
+#[test]
+fn at_capacity_a_client_reading_its_answers_slowly_is_not_shed() {
+    let server = TestServer::start(|c| c.max_connections = 4);
+    // Every slot holds a client reading a long pipeline of big answers (24 MB, more than the
+    // socket buffers hold) slowly but steadily (256 KiB every 50 ms): its answers keep moving,
+    // so it is not shed.
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let mut client = server.connect();
+            std::thread::spawn(move || {
+                client.send(get("/cached").repeat(80).as_bytes());
+                let mut got = Vec::new();
+                let mut chunk = vec![0u8; 256 * 1024];
+                let expected = 80 * cached_body().len();
+                while got.len() < expected {
+                    std::thread::sleep(Duration::from_millis(50));
+                    match client.stream.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => got.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                client.buf = got;
+                (0..80).all(|_| {
+                    let answer = client.answer();
+                    answer.status == 200 && answer.body == cached_body()[..]
+                })
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    let started = Instant::now();
+    let mut client = server.connect();
+    assert_eq!(client.answer().status, 503);
+    assert!(started.elapsed() < Duration::from_millis(500));
+    for reader in readers {
+        assert!(
+            reader.join().unwrap(),
+            "a slow but steady reader lost answers"
+        );
+    }
+}
+
+#[test]
 fn shutdown_finishes_in_flight_requests_and_stops_accepting() {
     let mut server = TestServer::start(|_| {});
     let mut client = server.connect();

@@ -1,6 +1,6 @@
 //! One connection's state through its request cycle, and writing its output.
 
-use super::ACCEPT_ERROR_LOG_EVERY;
+use super::{ACCEPT_ERROR_LOG_EVERY, ANSWER_WRITE_TOTAL};
 use crate::http::chunked::ChunkedDecoder;
 use crate::http::types::RequestHead;
 use crate::http::{Body, HttpError, Lane, StatusCode};
@@ -51,6 +51,12 @@ pub(super) struct Conn {
     /// When the first byte of the current head arrived.
     pub(super) first_byte: Option<Instant>,
     pub(super) write_deadline: Instant,
+    /// When output was last queued or written: how long a connection that is writing has
+    /// made no progress (a client that does not read), to pick one to shed at capacity.
+    pub(super) last_write: Instant,
+    /// When the output now waiting began to be queued (nothing was waiting before): the
+    /// answers' total write deadline counts from here, however slowly the client reads.
+    pub(super) answer_since: Instant,
     /// The deadline as filed in `EventLoop::deadlines`.
     pub(super) deadline: Option<Instant>,
     /// The interest the poller holds for it (`None`: disarmed after an event).
@@ -81,6 +87,8 @@ impl Conn {
             ready_since: now,
             first_byte: None,
             write_deadline: now,
+            last_write: now,
+            answer_since: now,
             deadline: None,
             armed: Some((true, false)),
             oneshot: false,
@@ -96,6 +104,9 @@ impl Conn {
     /// is already queued. The bytes become the output buffer when nothing is waiting (no
     /// copy), else they are appended.
     pub(super) fn queue(&mut self, bytes: Vec<u8>, body: Option<Body>) {
+        if !self.writing() {
+            self.answer_since = Instant::now();
+        }
         if let Some(pending) = self.tail.take() {
             // Only one answer is pending at a time; should another follow, keep the order.
             self.out.extend_from_slice(&pending[self.tail_pos..]);
@@ -108,6 +119,15 @@ impl Conn {
             self.out.extend_from_slice(&bytes);
         }
         self.tail = body.filter(|b| !b.is_empty());
+    }
+
+    /// Records progress (output queued or written) at `now`: the write deadline is `idle_timeout`
+    /// from now, but never later than [`ANSWER_WRITE_TOTAL`] (or `idle_timeout` when longer)
+    /// after the waiting output began, so a client reading a trickle cannot hold it for long.
+    pub(super) fn wrote(&mut self, now: Instant, idle_timeout: Duration) {
+        self.last_write = now;
+        self.write_deadline =
+            (now + idle_timeout).min(self.answer_since + ANSWER_WRITE_TOTAL.max(idle_timeout));
     }
 }
 
@@ -169,7 +189,7 @@ pub(super) fn flush(conn: &mut Conn, idle_timeout: Duration) -> std::io::Result<
                     conn.tail = None;
                     conn.tail_pos = 0;
                 }
-                conn.write_deadline = Instant::now() + idle_timeout;
+                conn.wrote(Instant::now(), idle_timeout);
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,

@@ -3,7 +3,9 @@
 //! (level-triggered while it wants to read or write, one-shot while a handler has its request).
 
 use super::conn::{Conn, ErrorLog, Phase};
-use super::{ServerConfig, ACCEPT_BATCH, ACCEPT_PAUSE, LISTENER, QUIET_TRIM, SHED_TRIES};
+use super::{
+    ServerConfig, ACCEPT_BATCH, ACCEPT_PAUSE, LISTENER, QUIET_TRIM, SHED_TRIES, WRITE_STALL,
+};
 use crate::http::pool::{self, Done, Job};
 use crate::http::{HttpError, Service, StatusCode};
 use crate::workers::WorkerPool;
@@ -214,9 +216,39 @@ impl EventLoop {
     }
 
     /// Closes the connection nearest its deadline among those with no request in progress,
-    /// after one last read (a request it already sent is served instead). False when every
-    /// connection is busy with a request.
+    /// after one last read (a request it already sent is served instead); with none, the one
+    /// writing an answer that has made no progress the longest, if for [`WRITE_STALL`] at least
+    /// (a client that does not read). False when every connection is busy with a request or
+    /// with an answer still moving.
     pub(super) fn shed_one(&mut self) -> bool {
+        self.shed_idle() || self.shed_stalled_writer()
+    }
+
+    fn shed_stalled_writer(&mut self) -> bool {
+        let Some(stalled_before) = Instant::now().checked_sub(WRITE_STALL) else {
+            return false;
+        };
+        let oldest = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, conn)| Some((slot, conn.as_ref()?)))
+            .filter(|(_, conn)| matches!(conn.phase, Phase::Flush { .. }) && conn.writing())
+            .filter(|(_, conn)| conn.last_write <= stalled_before)
+            .min_by_key(|(_, conn)| conn.last_write)
+            .map(|(slot, _)| slot);
+        let Some(conn) = oldest.and_then(|slot| Some((slot, self.slots[slot].take()?))) else {
+            return false;
+        };
+        log::debug!(
+            "closing an API connection from {} that does not read its answer, to make room",
+            conn.1.peer
+        );
+        self.release(conn.0, conn.1);
+        true
+    }
+
+    fn shed_idle(&mut self) -> bool {
         let candidates: Vec<usize> = self
             .deadlines
             .iter()
@@ -285,7 +317,7 @@ impl EventLoop {
             }
             conn.queue(done.bytes, None);
             self.served_since_trim = true;
-            conn.write_deadline = Instant::now() + self.config.idle_timeout;
+            conn.wrote(Instant::now(), self.config.idle_timeout);
             conn.phase = Phase::Flush { close: done.close };
             let alive = self.step(done.slot, &mut conn);
             self.settle(done.slot, conn, alive);

@@ -45,6 +45,12 @@ const LINGER_BYTES: usize = 4 << 20;
 const BACKLOG: libc::c_int = 4096;
 /// How many connections at most are tried (one last read each) to find one to shed.
 const SHED_TRIES: usize = 8;
+/// At capacity with no idle connection, a connection writing an answer that has written
+/// nothing for this long (its client does not read) is closed to make room.
+const WRITE_STALL: Duration = Duration::from_secs(1);
+/// The most time the output waiting on a connection may take to be written, however steadily
+/// the client reads a trickle (`idle_timeout` when that is longer).
+const ANSWER_WRITE_TOTAL: Duration = Duration::from_secs(60);
 /// How long accepting pauses when the process is out of file descriptors and nothing can be
 /// shed.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);

@@ -223,7 +223,7 @@ impl EventLoop {
         self.body_reserved += reserved;
         if expect_continue && has_body && conn.buf.is_empty() {
             conn.queue(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec(), None);
-            conn.write_deadline = Instant::now() + self.config.idle_timeout;
+            conn.wrote(Instant::now(), self.config.idle_timeout);
         }
         conn.phase = Phase::Body(Box::new(BodyState {
             head,
@@ -307,7 +307,7 @@ impl EventLoop {
         let send_body = !response.wire_body(head_only).is_empty();
         conn.queue(head, send_body.then_some(response.body));
         self.served_since_trim = true;
-        conn.write_deadline = Instant::now() + self.config.idle_timeout;
+        conn.wrote(Instant::now(), self.config.idle_timeout);
         conn.phase = Phase::Flush { close: !keep };
         if !keep {
             conn.buf = Vec::new();
