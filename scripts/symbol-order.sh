@@ -8,7 +8,7 @@
 # /api/v1/metrics, /metrics and the container list a few times, and names the code callgrind
 # saw run from the map (scripts/symbol-order.py).
 # Run it again when the idle agent's code changes much; a stale list only costs resident pages.
-# Usage: scripts/symbol-order.sh   (IDLE_SECS=N to shorten)
+# Usage: scripts/symbol-order.sh   (IDLE_SECS=N to shorten; FRESH=1 to drop names not seen)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/agent.sh
@@ -37,5 +37,16 @@ for _ in 1 2 3; do
 done
 kill "$vg"
 wait "$vg" 2>/dev/null || true
-scripts/symbol-order.py "$bin" target/symbol-order.map "$LIB_WORK"/cg.out* >scripts/symbol-order.txt
+scripts/symbol-order.py "$bin" target/symbol-order.map "$LIB_WORK"/cg.out* >"$LIB_WORK/seen.txt"
+# One idle minute does not run every idle path (a thread pool shrinking, a reconcile's rare
+# branch), and each function missing from the list costs a 64 KiB block: the names of the
+# previous list that this run did not see are kept after the new ones (lld ignores names that
+# no longer exist). FRESH=1 writes the list from this run alone.
+if [ "${FRESH:-0}" = 1 ] || [ ! -f scripts/symbol-order.txt ]; then
+  cp "$LIB_WORK/seen.txt" scripts/symbol-order.txt
+else
+  { cat "$LIB_WORK/seen.txt"; grep -vxF -f "$LIB_WORK/seen.txt" scripts/symbol-order.txt || true; } \
+    >"$LIB_WORK/merged.txt"
+  cp "$LIB_WORK/merged.txt" scripts/symbol-order.txt
+fi
 lib_log "scripts/symbol-order.txt: $(wc -l <scripts/symbol-order.txt) functions"
