@@ -48,6 +48,15 @@ const ALL: &[&str] = &[
     "config", "identity", "nvml", "docker", "gpu_mode", "disk", "frpc", "frps", "platform", "clock",
 ];
 
+/// Whether a disk line reports less than doctor's 20 GiB warning mark ("18.5 GiB free ...").
+fn low_disk(line: &str) -> bool {
+    line.split_whitespace()
+        .zip(line.split_whitespace().skip(1))
+        .find(|(_, unit)| *unit == "GiB")
+        .and_then(|(number, _)| number.parse::<f64>().ok())
+        .is_some_and(|gib| gib < 20.0)
+}
+
 #[test]
 fn a_working_host_passes_every_check() {
     if !ready("a_working_host_passes_every_check") {
@@ -81,7 +90,14 @@ fn a_working_host_passes_every_check() {
     );
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), ALL.len() + 1, "{text}");
+    // The disk check reads this host's real free space: below 20 GiB a warning is its right
+    // verdict (a shared CI disk can be that full), and the only one allowed here.
+    let mut warned = 0;
     for (line, name) in lines.iter().zip(ALL) {
+        if *name == "disk" && line.starts_with("WARN disk ") && low_disk(line) {
+            warned += 1;
+            continue;
+        }
         assert!(line.starts_with(&format!("PASS {name} ")), "{line}");
     }
     assert!(text.contains("driver 550.54.15, 2 GPU(s)"), "{text}");
@@ -91,7 +107,7 @@ fn a_working_host_passes_every_check() {
     assert!(text.contains("docker has the runtime runc"), "{text}");
     assert_eq!(
         lines[ALL.len()],
-        format!("{} passed, 0 warned, 0 failed", ALL.len())
+        format!("{} passed, {warned} warned, 0 failed", ALL.len() - warned)
     );
 
     let out = doctor(&path, true);
@@ -105,7 +121,8 @@ fn a_working_host_passes_every_check() {
     assert!(
         checks
             .iter()
-            .all(|c| c["status"] == "pass" && c["action"] == ""),
+            .all(|c| (c["status"] == "pass" && c["action"] == "")
+                || (warned == 1 && c["check"] == "disk" && c["status"] == "warn")),
         "{checks:?}"
     );
 }
