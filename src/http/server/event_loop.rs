@@ -338,25 +338,17 @@ impl EventLoop {
             let alive = match conn.phase {
                 // Idle (or only blank lines): close quietly, no unprompted answer.
                 Phase::Head if conn.buf.iter().all(|b| matches!(b, b'\r' | b'\n')) => false,
-                Phase::Head => {
+                Phase::Head | Phase::Body(_) => {
+                    let (part, limit) = match conn.phase {
+                        Phase::Head => ("head", self.config.head_timeout),
+                        _ => ("body", self.config.idle_timeout),
+                    };
                     let error = HttpError::new(
                         StatusCode::REQUEST_TIMEOUT,
                         "request_timeout",
                         format!(
-                            "the request head did not arrive within {} s",
-                            self.config.head_timeout.as_secs_f64()
-                        ),
-                    );
-                    self.fail(&mut conn, &error);
-                    self.step(slot, &mut conn)
-                }
-                Phase::Body(_) => {
-                    let error = HttpError::new(
-                        StatusCode::REQUEST_TIMEOUT,
-                        "request_timeout",
-                        format!(
-                            "the request body did not arrive within {} s",
-                            self.config.idle_timeout.as_secs_f64()
+                            "the request {part} did not arrive within {} s",
+                            limit.as_secs_f64()
                         ),
                     );
                     self.fail(&mut conn, &error);
