@@ -19,6 +19,7 @@ mod conn;
 mod event_loop;
 mod request;
 
+use crate::http::guard::Guarded;
 use crate::http::pool::{self, Job};
 use crate::http::{limits, Service};
 use crate::workers::WorkerPool;
@@ -147,6 +148,8 @@ impl Server {
         // SAFETY: the listener is deleted from the poller before it is dropped (EventLoop).
         unsafe { poller.add_with_mode(&listener, Event::readable(LISTENER), PollMode::Level)? };
 
+        // Every call into the service, on any thread, turns a panic into an answer.
+        let service: Arc<dyn Service> = Arc::new(Guarded(service));
         let stopping = Arc::new(AtomicBool::new(false));
         let stop_deadline = Arc::new(Mutex::new(None));
         let (done_tx, done_rx) = crossbeam_channel::unbounded();
