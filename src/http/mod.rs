@@ -46,7 +46,7 @@ pub mod query;
 mod server;
 mod types;
 
-pub use server::{Server, ServerConfig, StartError};
+pub use server::{Server, ServerConfig, StartError, MAX_IO_THREADS};
 pub use types::{Body, BodyLength, Headers, Method, Request, RequestHead, Response, StatusCode};
 
 /// What a [`Service`] decides from a request's head.
