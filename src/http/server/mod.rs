@@ -1,8 +1,10 @@
-//! The I/O thread: owns the listening socket and every connection; accepts, reads heads and
-//! bodies, applies the deadlines and the connection cap, hands complete requests to the handler
-//! pool, and writes the answers it gets back. Never blocks on a socket: every socket is
-//! non-blocking and registered with the poller (level-triggered; one-shot with no interest
-//! while its request is at a handler).
+//! The I/O threads: each watches the shared listening socket and owns the connections placed on
+//! it; accepts, places new connections on the thread holding the fewest, reads heads and
+//! bodies, applies the deadlines and the connection cap (one count for all threads: at capacity
+//! a thread that cannot shed hands the new connection to the next), hands complete requests to
+//! the handler pools, and writes the answers they send back to it. Never blocks on a socket:
+//! every socket is non-blocking and registered with its thread's poller (level-triggered;
+//! one-shot with no interest while its request is at a handler).
 //!
 //! A connection moves through [`Phase`]s: `Head` (waiting for a request; idle or part-sent) →
 //! `Body` (admitted; reading the body) → `Dispatched` (at a handler; nothing is read meanwhile,
@@ -11,8 +13,8 @@
 //! shut and what the client still sends is read and dropped for a moment, so it reads the
 //! answer instead of a reset).
 //!
-//! Split by responsibility: this file starts and stops the threads; `event_loop.rs` runs the
-//! poller, accepts, sheds and applies deadlines; `request.rs` reads, parses and dispatches
+//! Split by responsibility: this file starts and stops the threads and holds what they share;
+//! `event_loop.rs` runs a thread's poller, accepts, places, sheds and applies deadlines; `request.rs` reads, parses and dispatches
 //! requests and queues answers; `conn.rs` holds a connection's state and writes its output.
 
 mod conn;
