@@ -97,7 +97,12 @@ impl EventLoop {
                 self.begin_stop();
             }
             let now = Instant::now();
-            let stop_deadline = self.shared.stop_deadline.lock().ok().and_then(|d| *d);
+            // Set before `stopping`: read only once stopping (no lock per wake-up otherwise).
+            let stop_deadline = if self.stop_started {
+                self.shared.stop_deadline.lock().ok().and_then(|d| *d)
+            } else {
+                None
+            };
             if self.stop_started && (self.live == 0 || stop_deadline.is_none_or(|d| now >= d)) {
                 break;
             }
@@ -105,13 +110,9 @@ impl EventLoop {
             let trim_at = self
                 .served_since_trim
                 .then_some(self.last_activity + QUIET_TRIM);
-            for other in [
-                self.accept_paused_until,
-                stop_deadline.filter(|_| self.stop_started),
-                trim_at,
-            ]
-            .into_iter()
-            .flatten()
+            for other in [self.accept_paused_until, stop_deadline, trim_at]
+                .into_iter()
+                .flatten()
             {
                 wake = Some(wake.map_or(other, |w| w.min(other)));
             }
