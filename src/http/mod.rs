@@ -34,6 +34,11 @@
 //! made on the I/O thread goes out in one `writev` of its encoded head and its body, a cached
 //! body ([`Body::Shared`]) straight from the cache, not copied.
 //!
+//! Every call into the [`Service`], on any thread, goes through `guard.rs`: a panic in the
+//! service's code (admission, a handler, or rendering a refusal) costs that one request a 500
+//! (or the refusal's status, in plain text) and the connection's close, never a thread, and
+//! never a slot left with a request that no answer comes back for.
+//!
 //! Sockets stay registered level-triggered while their interest does not change (reading a
 //! head, writing an answer), so a keep-alive request costs a wait, a read and a write: no
 //! re-arm. Only a connection whose request is at a handler is switched to one-shot with no
@@ -45,6 +50,7 @@
 //! threads that finished (a handler blocked past the deadline is left to the process exit).
 
 mod chunked;
+mod guard;
 pub mod limits;
 mod parse;
 mod pool;

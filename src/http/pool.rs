@@ -1,19 +1,20 @@
 //! The handler threads: one on-demand [`WorkerPool`] per [`Lane`] (at most `count` threads,
 //! started when a request waits and none is free, ending after [`IDLE_EXIT`] without work), each
 //! thread taking [`Job`]s from its lane's bounded queue, running [`Service::serve`] (a panic
-//! costs that request a 500, not the thread), encoding the answer and sending the bytes back to
-//! the I/O thread that owns the connection as a [`Done`] (through that thread's [`Route`]), then
-//! waking its poller. The threads end when the lane's queue
-//! is closed ([`WorkerPool::join`]) and empty; while the server stops, queued jobs are answered
-//! 503 without being served.
+//! anywhere costs that request a 500, not the thread nor the connection's slot), encoding the
+//! answer and sending the bytes back to the I/O thread that owns the connection as a [`Done`]
+//! (through that thread's [`Route`]), then waking its poller. The threads end when the lane's
+//! queue is closed ([`WorkerPool::join`]) and empty; while the server stops, queued jobs are
+//! answered 503 without being served.
 
 use crate::http::types::{Request, Response};
-use crate::http::{HttpError, Service, StatusCode};
+use crate::http::{guard, HttpError, Service, StatusCode};
 use crate::workers::{PoolSpec, WorkerPool};
 use crossbeam_channel::Sender;
 use polling::Poller;
 use std::cell::RefCell;
 use std::ops::ControlFlow;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -70,8 +71,22 @@ pub fn start(
             );
             return ControlFlow::Continue(());
         };
+        let (slot, generation) = (job.slot, job.generation);
+        // The service's calls cannot panic (the server guards them); should encoding the
+        // answer, the request still gets one: a connection whose request never came back
+        // would hold its slot for ever (it has no deadline while at a handler).
+        let finished = catch_unwind(AssertUnwindSafe(|| run(&*service, job, &stopping)))
+            .unwrap_or_else(|_| {
+                log::error!("encoding an API answer panicked; the request is answered 500");
+                Done {
+                    slot,
+                    generation,
+                    bytes: encode(&guard::plain(&guard::internal()), false, false),
+                    close: true,
+                }
+            });
         // An I/O thread that has ended (the server stops) drops the answer with its connection.
-        if route.done.send(run(&*service, job, &stopping)).is_ok() {
+        if route.done.send(finished).is_ok() {
             if let Err(e) = route.poller.notify() {
                 log::error!("cannot wake the API's I/O thread: {e}");
             }
@@ -89,15 +104,7 @@ fn run(service: &dyn Service, job: Job, stopping: &AtomicBool) -> Done {
             "the agent is shutting down",
         ))
     } else {
-        let request = job.request;
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| service.serve(request)))
-            .unwrap_or_else(|_| {
-                service.reject(&HttpError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "internal error; see the agent's log",
-                ))
-            })
+        service.serve(job.request)
     };
     let close = !job.keep_alive || response.close || stopping.load(Ordering::SeqCst);
     Done {

@@ -21,6 +21,7 @@ mod conn;
 mod event_loop;
 mod request;
 
+use crate::http::guard::Guarded;
 use crate::http::pool::{self, Job};
 use crate::http::{limits, Service};
 use crate::workers::WorkerPool;
@@ -192,6 +193,9 @@ impl Server {
         listener.set_nonblocking(true)?;
         let local_addr = listener.local_addr()?;
         let listener = Arc::new(listener);
+
+        // Every call into the service, on any thread, turns a panic into an answer.
+        let service: Arc<dyn Service> = Arc::new(Guarded(service));
 
         let mut io = Vec::with_capacity(config.io_threads);
         let mut receivers = Vec::with_capacity(config.io_threads);
