@@ -2,9 +2,10 @@
 //! started when a request waits and none is free, ending after [`IDLE_EXIT`] without work), each
 //! thread taking [`Job`]s from its lane's bounded queue, running [`Service::serve`] (a panic
 //! anywhere costs that request a 500, not the thread nor the connection's slot), encoding the
-//! answer and sending the bytes back to the I/O thread as a [`Done`], then waking the poller.
-//! The threads end when the lane's queue is closed ([`WorkerPool::join`]) and empty; while the
-//! server stops, queued jobs are answered 503 without being served.
+//! answer and sending the bytes back to the I/O thread that owns the connection as a [`Done`]
+//! (through that thread's [`Route`]), then waking its poller. The threads end when the lane's
+//! queue is closed ([`WorkerPool::join`]) and empty; while the server stops, queued jobs are
+//! answered 503 without being served.
 
 use crate::http::types::{Request, Response};
 use crate::http::{guard, HttpError, Service, StatusCode};
@@ -23,6 +24,8 @@ pub const IDLE_EXIT: Duration = Duration::from_secs(30);
 
 /// A request for a handler thread.
 pub struct Job {
+    /// The I/O thread that owns the connection (an index into the routes given to [`start`]).
+    pub owner: usize,
     pub slot: usize,
     pub generation: u64,
     pub request: Request,
@@ -38,14 +41,20 @@ pub struct Done {
     pub close: bool,
 }
 
-/// The pool of lane `name`: at most `count` threads, `queue` requests waiting.
+/// How an answer gets back to one I/O thread: its channel of answers and its poller to wake.
+pub struct Route {
+    pub done: Sender<Done>,
+    pub poller: Arc<Poller>,
+}
+
+/// The pool of lane `name`: at most `count` threads, `queue` requests waiting; the answer to a
+/// job goes back through `routes[job.owner]`.
 pub fn start(
     name: &str,
     count: usize,
     queue: usize,
-    done: Sender<Done>,
+    routes: Arc<[Route]>,
     service: Arc<dyn Service>,
-    poller: Arc<Poller>,
     stopping: Arc<AtomicBool>,
 ) -> WorkerPool<Job> {
     let spec = PoolSpec {
@@ -55,6 +64,13 @@ pub fn start(
         idle_exit: IDLE_EXIT,
     };
     WorkerPool::new(spec, None, move |job: Job| {
+        let Some(route) = routes.get(job.owner) else {
+            log::error!(
+                "an API request came from I/O thread {}, which does not exist",
+                job.owner
+            );
+            return ControlFlow::Continue(());
+        };
         let (slot, generation) = (job.slot, job.generation);
         // The service's calls cannot panic (the server guards them); should encoding the
         // answer, the request still gets one: a connection whose request never came back
@@ -69,11 +85,11 @@ pub fn start(
                     close: true,
                 }
             });
-        if done.send(finished).is_err() {
-            return ControlFlow::Break(());
-        }
-        if let Err(e) = poller.notify() {
-            log::error!("cannot wake the API's I/O thread: {e}");
+        // An I/O thread that has ended (the server stops) drops the answer with its connection.
+        if route.done.send(finished).is_ok() {
+            if let Err(e) = route.poller.notify() {
+                log::error!("cannot wake the API's I/O thread: {e}");
+            }
         }
         ControlFlow::Continue(())
     })
@@ -158,6 +174,7 @@ mod tests {
 
     fn job(path: &str) -> Job {
         Job {
+            owner: 0,
             slot: 0,
             generation: 0,
             request: Request {
@@ -190,13 +207,16 @@ mod tests {
             gate,
         });
         let (done_tx, done) = crossbeam_channel::unbounded();
+        let routes: Arc<[Route]> = Arc::new([Route {
+            done: done_tx,
+            poller: Arc::new(Poller::new().unwrap()),
+        }]);
         let pool = start(
             "test-slow",
             count,
             16,
-            done_tx,
+            routes,
             Arc::clone(&service) as Arc<dyn Service>,
-            Arc::new(Poller::new().unwrap()),
             Arc::new(AtomicBool::new(false)),
         );
         (pool, done, service, gate_tx)
