@@ -110,6 +110,7 @@ impl Agent {
             auth_token: live.auth_token.clone(),
             max_connections: settings.api.max_connections,
             idle_timeout: settings.api.idle_timeout,
+            io_threads: settings.api.io_threads,
             prometheus_auth: settings.prometheus_auth,
         };
         let context = Arc::new(

@@ -6,7 +6,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use utopia_node_agent::http::{
     Admission, HttpError, Lane, Request, RequestHead, Response, Server, ServerConfig, Service,
@@ -15,11 +15,22 @@ use utopia_node_agent::http::{
 
 /// Echoes what it got; `/deny` is refused at admission (like a missing token), `/slow` sleeps
 /// on a handler, `/panic` panics; `/cached` is answered at admission with a shared body (like
-/// the API's cached documents), `/inline` is served on the I/O thread.
+/// the API's cached documents), `/inline` is served on the I/O thread; `/block-io?MS` holds the
+/// I/O thread that admits it for MS milliseconds. Records which thread admitted each path.
 #[derive(Default)]
 struct Echo {
     served: AtomicUsize,
     admitted: AtomicUsize,
+    admitted_on: Mutex<Vec<(String, String)>>,
+}
+
+impl Echo {
+    /// The thread that admitted the request for `path` (the I/O thread holding its connection).
+    fn thread_of(&self, path: &str) -> String {
+        let seen = self.admitted_on.lock().unwrap();
+        let found = seen.iter().find(|(p, _)| p == path).map(|(_, t)| t.clone());
+        found.unwrap_or_else(|| panic!("{path} was not admitted; seen: {seen:?}"))
+    }
 }
 
 /// `/cached`'s body: large enough that a socket buffer cannot take many at once.
@@ -42,6 +53,15 @@ impl Service for Echo {
             return Admission::Answer(Response::new(StatusCode::UNAUTHORIZED, b"denied".to_vec()));
         }
         self.admitted.fetch_add(1, Ordering::SeqCst);
+        let thread = std::thread::current().name().unwrap_or("").to_string();
+        self.admitted_on
+            .lock()
+            .unwrap()
+            .push((head.path.clone(), thread));
+        if head.path == "/block-io" {
+            let ms = head.query.as_deref().and_then(|q| q.parse().ok());
+            std::thread::sleep(Duration::from_millis(ms.unwrap_or(300)));
+        }
         if head.path == "/cached" {
             return Admission::Answer(
                 Response::new(StatusCode::OK, cached_body())
@@ -50,7 +70,7 @@ impl Service for Echo {
         }
         Admission::Serve(if head.path.starts_with("/slow") {
             Lane::Slow
-        } else if head.path.starts_with("/inline") {
+        } else if head.path.starts_with("/inline") || head.path == "/block-io" {
             Lane::Inline
         } else {
             Lane::Quick
@@ -809,4 +829,91 @@ fn shutdown_finishes_in_flight_requests_and_stops_accepting() {
     assert_eq!(answer.header("connection"), Some("close"));
     assert!(idle.closed());
     assert!(TcpStream::connect(server.addr).is_err(), "still accepting");
+}
+
+#[test]
+fn connections_are_spread_over_the_io_threads_and_answers_return_to_their_owner() {
+    for threads in [1, 2, 3] {
+        let server = TestServer::start(|c| c.io_threads = threads);
+        let mut clients: Vec<Client> = (0..3 * threads).map(|_| server.connect()).collect();
+        for (i, client) in clients.iter_mut().enumerate() {
+            client.send(get(&format!("/inline/{threads}/{i}")).as_bytes());
+            assert_eq!(
+                client.answer().text(),
+                format!("GET /inline/{threads}/{i} 0:")
+            );
+        }
+        // Each I/O thread holds its share: connections opened one after another go to the
+        // thread with the fewest.
+        let mut held: Vec<String> = (0..clients.len())
+            .map(|i| server.service.thread_of(&format!("/inline/{threads}/{i}")))
+            .collect();
+        held.sort();
+        let expected: Vec<String> = if threads == 1 {
+            vec!["api-io".to_string(); 3]
+        } else {
+            (0..threads)
+                .flat_map(|t| std::iter::repeat_n(format!("api-io-{t}"), 3))
+                .collect()
+        };
+        assert_eq!(held, expected, "{threads} I/O threads");
+        // Answers made on handler threads (quick and slow lanes), pipelined on every
+        // connection at once, each come back to the I/O thread holding its connection.
+        for (i, client) in clients.iter_mut().enumerate() {
+            client.send(format!("{}{}", get(&format!("/q/{i}")), get("/slow?50")).as_bytes());
+        }
+        for (i, client) in clients.iter_mut().enumerate() {
+            assert_eq!(client.answer().text(), format!("GET /q/{i} 0:"));
+            assert_eq!(client.answer().text(), "GET /slow 0:");
+        }
+    }
+}
+
+#[test]
+fn at_capacity_a_thread_with_nothing_to_shed_hands_the_connection_to_one_that_has() {
+    let server = TestServer::start(|c| {
+        c.io_threads = 2;
+        c.max_connections = 4;
+    });
+    // Four connections, two on each I/O thread (learnt from the thread admitting a request).
+    let mut clients: Vec<Client> = (0..4).map(|_| server.connect()).collect();
+    for (i, client) in clients.iter_mut().enumerate() {
+        client.send(get(&format!("/inline/{i}")).as_bytes());
+        assert_eq!(client.answer().status, 200);
+    }
+    let (mut busy, mut idle): (Vec<_>, Vec<_>) = clients
+        .into_iter()
+        .enumerate()
+        .partition(|(i, _)| server.service.thread_of(&format!("/inline/{i}")) == "api-io-0");
+    assert_eq!((busy.len(), idle.len()), (2, 2));
+    // Thread 0's connections wait for a handler: nothing there can be shed.
+    for (_, client) in &mut busy {
+        client.send(get("/slow?2000").as_bytes());
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    // Thread 1 is held for a moment by a request it admits, so thread 0 alone accepts the
+    // next connection; the cap is reached and thread 0 has nothing idle: it must hand the
+    // connection to thread 1, which sheds its idle connection for it.
+    let (_, blocker) = &mut idle[0];
+    blocker.send(get("/block-io?400").as_bytes());
+    std::thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    let mut client = server.connect();
+    client.send(get("/after").as_bytes());
+    let answer = client.answer();
+    let took = started.elapsed();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.text(), "GET /after 0:");
+    assert!(took < Duration::from_secs(1), "answered after {took:?}");
+    assert_eq!(server.service.thread_of("/block-io"), "api-io-1");
+    assert_eq!(
+        server.service.thread_of("/after"),
+        "api-io-1",
+        "the new connection is held where room was made"
+    );
+    assert!(idle[1].1.closed(), "thread 1's idle connection was shed");
+    assert_eq!(idle[0].1.answer().text(), "GET /block-io 0:");
+    for (_, client) in &mut busy {
+        assert_eq!(client.answer().text(), "GET /slow 0:");
+    }
 }

@@ -51,6 +51,8 @@ pub struct ApiSettings {
     pub auth_token: crate::reload::LiveSecret,
     pub max_connections: usize,
     pub idle_timeout: Duration,
+    /// Threads accepting and serving connections.
+    pub io_threads: usize,
     /// `GET /metrics` needs the token (`prometheus.auth`).
     pub prometheus_auth: bool,
 }
@@ -147,6 +149,7 @@ impl ApiServer {
             settings.idle_timeout,
         );
         config.max_body_bytes = MAX_BODY_BYTES;
+        config.io_threads = settings.io_threads;
         let service = Arc::new(ApiService {
             context: Arc::clone(&context),
         });
@@ -156,10 +159,11 @@ impl ApiServer {
                 source,
             })?;
         log::info!(
-            "API listening on http://{} (max {} connections, idle timeout {}s)",
+            "API listening on http://{} (max {} connections, idle timeout {}s, {} I/O threads)",
             server.local_addr(),
             server.max_connections(),
-            settings.idle_timeout.as_secs()
+            settings.idle_timeout.as_secs(),
+            settings.io_threads
         );
         Ok(ApiServer { server })
     }

@@ -129,6 +129,8 @@ pub struct ApiConfig {
     pub max_connections: usize,
     /// A connection that sends nothing for this long is closed.
     pub idle_timeout_secs: u64,
+    /// Threads that accept connections and serve their requests (each holds its share).
+    pub io_threads: usize,
 }
 
 /// The Prometheus exposition at `GET /metrics`.
@@ -340,6 +342,7 @@ impl Default for ApiConfig {
             auth_token: String::new(),
             max_connections: 1024,
             idle_timeout_secs: 15,
+            io_threads: 2,
         }
     }
 }

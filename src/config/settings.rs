@@ -106,6 +106,7 @@ pub struct ApiSettings {
     pub auth_token: String,
     pub max_connections: usize,
     pub idle_timeout: Duration,
+    pub io_threads: usize,
 }
 
 /// GPU sampling (`gpu.*`).

@@ -115,11 +115,18 @@ impl ApiConfig {
                 "must be between 1 and 3600",
             ));
         }
+        if !(1..=crate::http::MAX_IO_THREADS).contains(&self.io_threads) {
+            return Err(invalid(
+                "agent_api.io_threads",
+                format!("must be between 1 and {}", crate::http::MAX_IO_THREADS),
+            ));
+        }
         Ok(ApiSettings {
             listen,
             auth_token: self.auth_token.clone(),
             max_connections: self.max_connections,
             idle_timeout: Duration::from_secs(self.idle_timeout_secs),
+            io_threads: self.io_threads,
         })
     }
 }
@@ -741,6 +748,19 @@ mod tests {
     }
 
     #[test]
+    fn io_threads_are_between_1_and_the_most() {
+        for bad in [0, crate::http::MAX_IO_THREADS + 1] {
+            let mut c = valid();
+            c.agent_api.io_threads = bad;
+            let e = warnings_of(&c).unwrap_err().to_string();
+            assert!(e.contains("agent_api.io_threads"), "{bad}: {e}");
+        }
+        let mut c = valid();
+        c.agent_api.io_threads = 1;
+        assert_eq!(c.validate().unwrap().settings.api.io_threads, 1);
+    }
+
+    #[test]
     fn non_loopback_listen_warns() {
         let mut c = valid();
         c.agent_api.listen_address = "0.0.0.0:9200".into();
@@ -1137,6 +1157,7 @@ mod tests {
         let s = c.validate().unwrap().settings;
         assert_eq!(s.api.listen, "127.0.0.1:9200".parse().unwrap());
         assert_eq!(s.api.idle_timeout, Duration::from_secs(15));
+        assert_eq!(s.api.io_threads, 2);
         assert_eq!(
             s.platform.api_url.as_deref(),
             Some("https://p.example/base")

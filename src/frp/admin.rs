@@ -5,10 +5,11 @@
 //! bound it first); every call is bounded by [`ADMIN_TIMEOUT`]; no proxy from the environment
 //! is used for loopback.
 
-use super::listener::{check_admin_listener, ListenerError};
+use super::listener::{check_admin_listener, HolderNames, ListenerError};
 use crate::state::ProxyStatus;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The most one admin API call may take.
@@ -56,11 +57,20 @@ pub struct AdminClient {
     port: u16,
     /// frpc's pid: the process that must hold the admin port.
     frpc_pid: u32,
+    /// Names another process holding the port (shared by every frpc start).
+    holders: Arc<HolderNames>,
 }
 
 impl AdminClient {
-    /// A client of the admin API that frpc `frpc_pid` serves on `127.0.0.1:port`.
-    pub fn new(port: u16, user: &str, password: &str, frpc_pid: u32) -> AdminClient {
+    /// A client of the admin API that frpc `frpc_pid` serves on `127.0.0.1:port`; `holders`
+    /// names another process holding the port.
+    pub fn new(
+        port: u16,
+        user: &str,
+        password: &str,
+        frpc_pid: u32,
+        holders: Arc<HolderNames>,
+    ) -> AdminClient {
         let config = ureq::Agent::config_builder()
             .timeout_global(Some(ADMIN_TIMEOUT))
             .timeout_connect(Some(ADMIN_TIMEOUT))
@@ -77,6 +87,7 @@ impl AdminClient {
             ),
             port,
             frpc_pid,
+            holders,
         }
     }
 
@@ -92,7 +103,7 @@ impl AdminClient {
     }
 
     fn get(&self, path: &str) -> Result<String, AdminError> {
-        check_admin_listener(self.port, self.frpc_pid).map_err(|e| match e {
+        check_admin_listener(self.port, self.frpc_pid, &self.holders).map_err(|e| match e {
             ListenerError::NotFrpc { .. } => AdminError::NotFrpc(e.to_string()),
             ListenerError::NotListening | ListenerError::Unreadable(_) => {
                 AdminError::Unreachable(e.to_string())

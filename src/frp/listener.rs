@@ -21,6 +21,8 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 /// Why the admin port cannot be trusted with the password now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,8 +58,12 @@ impl fmt::Display for ListenerError {
 impl std::error::Error for ListenerError {}
 
 /// Ok when something listens on `127.0.0.1:port` and every listening socket there is held by
-/// the process `pid`.
-pub fn check_admin_listener(port: u16, pid: u32) -> Result<(), ListenerError> {
+/// the process `pid`; a foreign listener's holder is named through `holders`.
+pub fn check_admin_listener(
+    port: u16,
+    pid: u32,
+    holders: &HolderNames,
+) -> Result<(), ListenerError> {
     let listeners = match super::sock_diag::tcp_listeners() {
         Ok(all) => all
             .iter()
@@ -81,7 +87,7 @@ pub fn check_admin_listener(port: u16, pid: u32) -> Result<(), ListenerError> {
         None => Ok(()),
         Some(foreign) => Err(ListenerError::NotFrpc {
             port,
-            holder: holder_of(foreign),
+            holder: holders.name(foreign),
         }),
     }
 }
@@ -220,28 +226,96 @@ fn socket_inode(link: &str) -> Option<u64> {
 
 /// Most processes looked through for the holder of a foreign socket.
 const MAX_PROCESSES: usize = 65_536;
+/// Least time between two walks of every process's open files to name a holder.
+pub const RESCAN: Duration = Duration::from_secs(60);
 
-/// `pid 1234 (python3)` for the process holding socket `inode`, when one can be found.
-fn holder_of(inode: u64) -> Option<String> {
-    let wanted = format!("socket:[{inode}]");
-    let processes = std::fs::read_dir("/proc").ok()?;
+/// Names the processes holding foreign listeners, at a bounded cost. While a squatter holds the
+/// admin port the port is checked every status round (2 s) and on every pending reload, and
+/// naming its holder means reading the open files of every process on the host. So the holder
+/// found is remembered: while it still holds the socket in question (one process's open files
+/// read), it is named again without a walk; otherwise every process is walked again at most
+/// once per [`RESCAN`] (a holder that cannot be seen, such as one hidden by `hidepid`, or a
+/// squatter that keeps changing sockets, costs one walk a minute, not one per check), and the
+/// listener is meanwhile reported as held by "another process". The safety check itself
+/// (every listener at the port held by frpc) never depends on this.
+#[derive(Default)]
+pub struct HolderNames {
+    last: Mutex<Option<Scanned>>,
+}
+
+/// What the last walk of every process found.
+struct Scanned {
+    at: Instant,
+    holder: Option<u32>,
+    #[cfg(test)]
+    walks: usize,
+}
+
+impl HolderNames {
+    /// `pid 1234 (python3)` for the process holding socket `inode`, when one can be found.
+    pub fn name(&self, inode: u64) -> Option<String> {
+        self.name_in(Path::new("/proc"), inode)
+    }
+
+    fn name_in(&self, proc: &Path, inode: u64) -> Option<String> {
+        let wanted = format!("socket:[{inode}]");
+        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(scanned) = last.as_ref() {
+            if let Some(pid) = scanned.holder {
+                if let Some(name) = holder_name(&proc.join(pid.to_string()), pid, &wanted) {
+                    return Some(name);
+                }
+            }
+            if scanned.at.elapsed() < RESCAN {
+                return None;
+            }
+        }
+        let found = walk_processes(proc, &wanted);
+        #[cfg(test)]
+        let walks = last.as_ref().map_or(0, |s| s.walks) + 1;
+        *last = Some(Scanned {
+            at: Instant::now(),
+            holder: found.as_ref().map(|(pid, _)| *pid),
+            #[cfg(test)]
+            walks,
+        });
+        found.map(|(_, name)| name)
+    }
+
+    /// How many times every process was walked.
+    #[cfg(test)]
+    fn walks(&self) -> usize {
+        let last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        last.as_ref().map_or(0, |s| s.walks)
+    }
+}
+
+/// The process under `proc` holding `wanted` (`socket:[inode]`): its pid and name.
+fn walk_processes(proc: &Path, wanted: &str) -> Option<(u32, String)> {
+    let processes = std::fs::read_dir(proc).ok()?;
     for entry in processes.flatten().take(MAX_PROCESSES) {
         let name = entry.file_name();
         let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
             continue;
         };
-        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
-            continue;
-        };
-        let holds = fds
-            .flatten()
-            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy() == wanted));
-        if holds {
-            let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-            return Some(format!("pid {pid} ({})", comm.trim()));
+        if let Some(holder) = holder_name(&entry.path(), pid, wanted) {
+            return Some((pid, holder));
         }
     }
     None
+}
+
+/// `pid 1234 (python3)` when the process whose `/proc` directory is `dir` holds `wanted`.
+fn holder_name(dir: &Path, pid: u32, wanted: &str) -> Option<String> {
+    let fds = std::fs::read_dir(dir.join("fd")).ok()?;
+    let holds = fds
+        .flatten()
+        .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t.as_os_str() == wanted));
+    if !holds {
+        return None;
+    }
+    let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+    Some(format!("pid {pid} ({})", comm.trim()))
 }
 
 #[cfg(test)]
@@ -293,7 +367,10 @@ mod tests {
     fn a_listener_is_ours_only_when_our_process_holds_it() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        assert_eq!(check_admin_listener(port, std::process::id()), Ok(()));
+        assert_eq!(
+            check_admin_listener(port, std::process::id(), &HolderNames::default()),
+            Ok(())
+        );
         // The /proc/net/tcp path (used where sock_diag fails) finds the same socket.
         let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
         let link = std::fs::read_link(format!("/proc/self/fd/{fd}")).unwrap();
@@ -311,7 +388,7 @@ mod tests {
             .stdin(Stdio::null())
             .spawn()
             .unwrap();
-        let verdict = check_admin_listener(port, other.id());
+        let verdict = check_admin_listener(port, other.id(), &HolderNames::default());
         let _ = other.kill();
         let _ = other.wait();
         match verdict {
@@ -327,7 +404,7 @@ mod tests {
         }
         drop(listener);
         assert_eq!(
-            check_admin_listener(port, std::process::id()),
+            check_admin_listener(port, std::process::id(), &HolderNames::default()),
             Err(ListenerError::NotListening)
         );
     }
@@ -435,5 +512,81 @@ mod tests {
         assert_eq!(alone.len(), 1, "{alone:?}");
         assert!(foreign_listener(&alone, &held).is_some());
         drop(v6);
+    }
+
+    #[test]
+    fn a_holder_is_named_again_without_walking_every_process_and_walks_are_rate_limited() {
+        let squatter = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = squatter.local_addr().unwrap().port();
+        let inode_of = |l: &TcpListener| {
+            let fd = std::os::fd::AsRawFd::as_raw_fd(l);
+            let link = std::fs::read_link(format!("/proc/self/fd/{fd}")).unwrap();
+            socket_inode(&link.to_string_lossy()).unwrap()
+        };
+        let me = format!("pid {} (", std::process::id());
+        // "frpc" is a child that holds nothing: the squatter (this process) is named at every
+        // check, by one walk of /proc in all.
+        let mut frpc = Command::new("sleep")
+            .arg("30")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let holders = HolderNames::default();
+        let mut verdicts = Vec::new();
+        for _ in 0..5 {
+            verdicts.push(check_admin_listener(port, frpc.id(), &holders));
+        }
+        let _ = frpc.kill();
+        let _ = frpc.wait();
+        for verdict in verdicts {
+            match verdict {
+                Err(ListenerError::NotFrpc { holder, .. }) => {
+                    assert!(
+                        holder.as_deref().is_some_and(|h| h.starts_with(&me)),
+                        "{holder:?}"
+                    );
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(holders.walks(), 1);
+        // Another socket of the same holder (a squatter binding again) is named without a walk.
+        let again = TcpListener::bind("127.0.0.1:0").unwrap();
+        let named = holders.name(inode_of(&again));
+        assert!(
+            named.as_deref().is_some_and(|h| h.starts_with(&me)),
+            "{named:?}"
+        );
+        assert_eq!(holders.walks(), 1);
+
+        // A holder no walk can find (here: a /proc with no process in it) is looked for at
+        // most once per RESCAN, however often it is asked for.
+        let empty = tempfile::tempdir().unwrap();
+        let hidden = HolderNames::default();
+        for _ in 0..5 {
+            assert_eq!(hidden.name_in(empty.path(), inode_of(&squatter)), None);
+        }
+        assert_eq!(hidden.walks(), 1);
+        if let Some(scanned) = hidden.last.lock().unwrap().as_mut() {
+            scanned.at -= RESCAN;
+        }
+        assert_eq!(hidden.name_in(empty.path(), inode_of(&squatter)), None);
+        assert_eq!(hidden.walks(), 2);
+        // Once a walk finds it, the holder is named again (no walk) while it holds the socket,
+        // and once it no longer does, not before the next RESCAN.
+        if let Some(scanned) = hidden.last.lock().unwrap().as_mut() {
+            scanned.at -= RESCAN;
+        }
+        let inode = inode_of(&squatter);
+        let named = hidden.name(inode);
+        assert!(
+            named.as_deref().is_some_and(|h| h.starts_with(&me)),
+            "{named:?}"
+        );
+        assert_eq!(hidden.name(inode), named);
+        assert_eq!(hidden.walks(), 3);
+        drop(squatter);
+        assert_eq!(hidden.name(inode), None);
+        assert_eq!(hidden.walks(), 3);
     }
 }

@@ -28,6 +28,7 @@
 
 use super::admin::{AdminClient, AdminError};
 use super::frpc_config::{self, FrpcConfig, ADMIN_USER};
+use super::listener::HolderNames;
 use super::output::{OutputEvent, OutputFilter};
 use super::resolve_api_proxy;
 use crate::backoff::Backoff;
@@ -103,6 +104,7 @@ pub fn start(
         started_once: false,
         running: None,
         admin_port_taken: None,
+        holders: Arc::default(),
     };
     supervisor.publish();
     component::spawn("frp", move || supervisor.run()).map(Some)
@@ -143,6 +145,8 @@ struct Supervisor {
     running: Option<Running>,
     /// The admin port is held by another process than frpc (why), since the last admin call.
     admin_port_taken: Option<String>,
+    /// Names that process, across frpc's restarts.
+    holders: Arc<HolderNames>,
 }
 
 /// One running frpc.
@@ -349,6 +353,7 @@ impl Supervisor {
                 ADMIN_USER,
                 &password,
                 pid,
+                Arc::clone(&self.holders),
             )),
             admin_call: None,
             written: wanted,

@@ -1,18 +1,23 @@
-//! The API's HTTP/1.1 connection layer: one I/O thread and a fixed pool of handler threads, no
+//! The API's HTTP/1.1 connection layer: a few I/O threads and pools of handler threads, no
 //! thread or large buffer per connection, so no number of idle, half-sent or byte-dripping
 //! connections can starve a real request.
 //!
-//! **The I/O thread** (`server/`) owns the listening socket and every connection. It waits on a
-//! readiness poller (`polling`, epoll on Linux), accepts, reads request heads without blocking
+//! **The I/O threads** (`server/`, [`ServerConfig::io_threads`], 2 by default) share the
+//! listening socket and hold every connection between them: each waits on its own readiness
+//! poller (`polling`, epoll on Linux), all watching the listener; the one that accepts a
+//! connection keeps it or hands it to the thread holding the fewest, so while one I/O thread
+//! waits for a CPU the others' connections are served. Each reads request heads without blocking
 //! into a per-connection buffer bounded by [`ServerConfig::max_head_bytes`], parses them
 //! (`parse.rs`, with `httparse`), and enforces, per connection:
 //! - an idle connection (no request begun) is closed quietly after `idle_timeout`;
 //! - a request head must be complete within `head_timeout` of its first byte (a total deadline,
 //!   not one per read: dripping a byte now and then does not extend it) and a body within
 //!   `idle_timeout` of its head, or the answer is 408 and the connection closes;
-//! - at `max_connections` the connection idle the longest is closed to make room (after one last
-//!   non-blocking read, so a request already sent is served, not shed); when none is idle, the
-//!   new connection gets 503 at once. Accepting never stops.
+//! - at `max_connections` (one count for all I/O threads) the connection idle the longest on the
+//!   accepting thread is closed to make room (after one last non-blocking read, so a request
+//!   already sent is served, not shed); when none is idle there, the new connection is handed
+//!   to the next I/O thread to make room among its own, and when no thread can, it gets 503 at
+//!   once. Accepting never stops.
 //!
 //! With a complete head it asks the [`Service`] to [`admit`](Service::admit) the request (the
 //! API checks the token, the declared length and the route here, and answers a cached document
@@ -22,11 +27,17 @@
 //! bounded crossbeam channel to the handler pool of the lane the service chose ([`Lane`]).
 //!
 //! **Handler threads** (`pool.rs`) run [`Service::serve`], encode the [`Response`] and send the
-//! bytes back to the I/O thread through a channel, then wake the poller. The I/O thread writes
+//! bytes back to the I/O thread holding the connection through its channel, then wake its
+//! poller. The I/O thread writes
 //! them without blocking; a connection reads its next (pipelined) request only after its answer
 //! is written, so answers go out in order and a connection holds at most one request. An answer
 //! made on the I/O thread goes out in one `writev` of its encoded head and its body, a cached
 //! body ([`Body::Shared`]) straight from the cache, not copied.
+//!
+//! Every call into the [`Service`], on any thread, goes through `guard.rs`: a panic in the
+//! service's code (admission, a handler, or rendering a refusal) costs that one request a 500
+//! (or the refusal's status, in plain text) and the connection's close, never a thread, and
+//! never a slot left with a request that no answer comes back for.
 //!
 //! Sockets stay registered level-triggered while their interest does not change (reading a
 //! head, writing an answer), so a keep-alive request costs a wait, a read and a write: no
@@ -35,10 +46,11 @@
 //!
 //! **Stopping**: [`Server::shutdown`] closes the listening socket at once, closes connections
 //! that have no request at a handler, lets those that do get their answer (with
-//! `Connection: close`) until the deadline, then ends the I/O thread and joins the handler
+//! `Connection: close`) until the deadline, then ends the I/O threads and joins the handler
 //! threads that finished (a handler blocked past the deadline is left to the process exit).
 
 mod chunked;
+mod guard;
 pub mod limits;
 mod parse;
 mod pool;
@@ -46,7 +58,7 @@ pub mod query;
 mod server;
 mod types;
 
-pub use server::{Server, ServerConfig, StartError};
+pub use server::{Server, ServerConfig, StartError, MAX_IO_THREADS};
 pub use types::{Body, BodyLength, Headers, Method, Request, RequestHead, Response, StatusCode};
 
 /// What a [`Service`] decides from a request's head.

@@ -1,18 +1,20 @@
 //! The handler threads: one on-demand [`WorkerPool`] per [`Lane`] (at most `count` threads,
 //! started when a request waits and none is free, ending after [`IDLE_EXIT`] without work), each
 //! thread taking [`Job`]s from its lane's bounded queue, running [`Service::serve`] (a panic
-//! costs that request a 500, not the thread), encoding the answer and sending the bytes back to
-//! the I/O thread as a [`Done`], then waking the poller. The threads end when the lane's queue
-//! is closed ([`WorkerPool::join`]) and empty; while the server stops, queued jobs are answered
-//! 503 without being served.
+//! anywhere costs that request a 500, not the thread nor the connection's slot), encoding the
+//! answer and sending the bytes back to the I/O thread that owns the connection as a [`Done`]
+//! (through that thread's [`Route`]), then waking its poller. The threads end when the lane's
+//! queue is closed ([`WorkerPool::join`]) and empty; while the server stops, queued jobs are
+//! answered 503 without being served.
 
 use crate::http::types::{Request, Response};
-use crate::http::{HttpError, Service, StatusCode};
+use crate::http::{guard, HttpError, Service, StatusCode};
 use crate::workers::{PoolSpec, WorkerPool};
 use crossbeam_channel::Sender;
 use polling::Poller;
 use std::cell::RefCell;
 use std::ops::ControlFlow;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -22,6 +24,8 @@ pub const IDLE_EXIT: Duration = Duration::from_secs(30);
 
 /// A request for a handler thread.
 pub struct Job {
+    /// The I/O thread that owns the connection (an index into the routes given to [`start`]).
+    pub owner: usize,
     pub slot: usize,
     pub generation: u64,
     pub request: Request,
@@ -37,14 +41,20 @@ pub struct Done {
     pub close: bool,
 }
 
-/// The pool of lane `name`: at most `count` threads, `queue` requests waiting.
+/// How an answer gets back to one I/O thread: its channel of answers and its poller to wake.
+pub struct Route {
+    pub done: Sender<Done>,
+    pub poller: Arc<Poller>,
+}
+
+/// The pool of lane `name`: at most `count` threads, `queue` requests waiting; the answer to a
+/// job goes back through `routes[job.owner]`.
 pub fn start(
     name: &str,
     count: usize,
     queue: usize,
-    done: Sender<Done>,
+    routes: Arc<[Route]>,
     service: Arc<dyn Service>,
-    poller: Arc<Poller>,
     stopping: Arc<AtomicBool>,
 ) -> WorkerPool<Job> {
     let spec = PoolSpec {
@@ -53,13 +63,33 @@ pub fn start(
         queue,
         idle_exit: IDLE_EXIT,
     };
-    WorkerPool::new(spec, None, move |job| {
-        let finished = run(&*service, job, &stopping);
-        if done.send(finished).is_err() {
-            return ControlFlow::Break(());
-        }
-        if let Err(e) = poller.notify() {
-            log::error!("cannot wake the API's I/O thread: {e}");
+    WorkerPool::new(spec, None, move |job: Job| {
+        let Some(route) = routes.get(job.owner) else {
+            log::error!(
+                "an API request came from I/O thread {}, which does not exist",
+                job.owner
+            );
+            return ControlFlow::Continue(());
+        };
+        let (slot, generation) = (job.slot, job.generation);
+        // The service's calls cannot panic (the server guards them); should encoding the
+        // answer, the request still gets one: a connection whose request never came back
+        // would hold its slot for ever (it has no deadline while at a handler).
+        let finished = catch_unwind(AssertUnwindSafe(|| run(&*service, job, &stopping)))
+            .unwrap_or_else(|_| {
+                log::error!("encoding an API answer panicked; the request is answered 500");
+                Done {
+                    slot,
+                    generation,
+                    bytes: encode(&guard::plain(&guard::internal()), false, false),
+                    close: true,
+                }
+            });
+        // An I/O thread that has ended (the server stops) drops the answer with its connection.
+        if route.done.send(finished).is_ok() {
+            if let Err(e) = route.poller.notify() {
+                log::error!("cannot wake the API's I/O thread: {e}");
+            }
         }
         ControlFlow::Continue(())
     })
@@ -74,15 +104,7 @@ fn run(service: &dyn Service, job: Job, stopping: &AtomicBool) -> Done {
             "the agent is shutting down",
         ))
     } else {
-        let request = job.request;
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| service.serve(request)))
-            .unwrap_or_else(|_| {
-                service.reject(&HttpError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "internal error; see the agent's log",
-                ))
-            })
+        service.serve(job.request)
     };
     let close = !job.keep_alive || response.close || stopping.load(Ordering::SeqCst);
     Done {
@@ -152,6 +174,7 @@ mod tests {
 
     fn job(path: &str) -> Job {
         Job {
+            owner: 0,
             slot: 0,
             generation: 0,
             request: Request {
@@ -184,13 +207,16 @@ mod tests {
             gate,
         });
         let (done_tx, done) = crossbeam_channel::unbounded();
+        let routes: Arc<[Route]> = Arc::new([Route {
+            done: done_tx,
+            poller: Arc::new(Poller::new().unwrap()),
+        }]);
         let pool = start(
             "test-slow",
             count,
             16,
-            done_tx,
+            routes,
             Arc::clone(&service) as Arc<dyn Service>,
-            Arc::new(Poller::new().unwrap()),
             Arc::new(AtomicBool::new(false)),
         );
         (pool, done, service, gate_tx)

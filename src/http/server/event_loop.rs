@@ -1,44 +1,49 @@
-//! The I/O thread's loop: waits on the poller, accepts, sheds at capacity, collects the
-//! handlers' answers, applies deadlines and files each connection's poller interest
-//! (level-triggered while it wants to read or write, one-shot while a handler has its request).
+//! An I/O thread's loop: waits on its poller, accepts (every I/O thread watches the listener),
+//! places each new connection on the I/O thread holding the fewest, sheds at capacity (here, or
+//! on another thread through a hand-off), collects the handlers' answers, applies deadlines and
+//! files each connection's poller interest (level-triggered while it wants to read or write,
+//! one-shot while a handler has its request).
 
 use super::conn::{Conn, ErrorLog, Phase};
 use super::{
-    ServerConfig, ACCEPT_BATCH, ACCEPT_PAUSE, LISTENER, QUIET_TRIM, SHED_TRIES, WRITE_STALL,
+    Handoff, Lanes, ServerConfig, Shared, ACCEPT_BATCH, ACCEPT_PAUSE, LISTENER, QUIET_TRIM,
+    SHED_TRIES, WRITE_STALL,
 };
-use crate::http::pool::{self, Done, Job};
+use crate::http::pool::{self, Done};
 use crate::http::{HttpError, Service, StatusCode};
-use crate::workers::WorkerPool;
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, TrySendError};
 use polling::{Event, Events, PollMode, Poller};
 use std::collections::BTreeSet;
 use std::io::{ErrorKind, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub(super) struct EventLoop {
+    /// This thread's place in `shared.io`.
+    pub(super) index: usize,
     pub(super) config: ServerConfig,
     pub(super) service: Arc<dyn Service>,
+    pub(super) shared: Arc<Shared>,
+    pub(super) lanes: Arc<Lanes>,
     pub(super) poller: Arc<Poller>,
-    pub(super) stopping: Arc<AtomicBool>,
-    pub(super) stop_deadline: Arc<Mutex<Option<Instant>>>,
-    pub(super) listener: Option<TcpListener>,
+    pub(super) listener: Option<Arc<TcpListener>>,
+    /// Connections handed over by the other I/O threads.
+    pub(super) inbox: Receiver<Handoff>,
     pub(super) accept_paused_until: Option<Instant>,
     pub(super) stop_started: bool,
     pub(super) slots: Vec<Option<Conn>>,
     pub(super) free: Vec<usize>,
+    /// Connections this thread holds.
     pub(super) live: usize,
     pub(super) next_generation: u64,
     /// Every connection's next deadline, earliest first.
     pub(super) deadlines: BTreeSet<(Instant, usize)>,
-    pub(super) quick: WorkerPool<Job>,
-    pub(super) slow: WorkerPool<Job>,
     pub(super) done: Receiver<Done>,
     /// Requests sent to handlers and not answered yet.
     pub(super) in_flight: usize,
-    pub(super) body_reserved: usize,
+    /// Read buffer, allocated on the first read (an I/O thread that never serves holds none).
     pub(super) scratch: Vec<u8>,
     pub(super) accept_errors: ErrorLog,
     /// When the poller last reported anything.
@@ -48,16 +53,56 @@ pub(super) struct EventLoop {
 }
 
 impl EventLoop {
-    /// Runs until stopped; returns the number of requests still at handlers, and the handler
-    /// pools for the caller to close and join.
-    pub(super) fn run(mut self) -> (usize, [WorkerPool<Job>; 2]) {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        index: usize,
+        config: ServerConfig,
+        service: Arc<dyn Service>,
+        shared: Arc<Shared>,
+        lanes: Arc<Lanes>,
+        listener: Arc<TcpListener>,
+        inbox: Receiver<Handoff>,
+        done: Receiver<Done>,
+    ) -> EventLoop {
+        EventLoop {
+            index,
+            config,
+            service,
+            poller: Arc::clone(&shared.io[index].poller),
+            shared,
+            lanes,
+            listener: Some(listener),
+            inbox,
+            accept_paused_until: None,
+            stop_started: false,
+            slots: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+            next_generation: 0,
+            deadlines: BTreeSet::new(),
+            done,
+            in_flight: 0,
+            scratch: Vec::new(),
+            accept_errors: ErrorLog::default(),
+            last_activity: Instant::now(),
+            served_since_trim: false,
+        }
+    }
+
+    /// Runs until stopped; returns the number of requests still at handlers.
+    pub(super) fn run(mut self) -> usize {
         let mut events = Events::new();
         loop {
-            if !self.stop_started && self.stopping.load(Ordering::SeqCst) {
+            if !self.stop_started && self.shared.stopping.load(Ordering::SeqCst) {
                 self.begin_stop();
             }
             let now = Instant::now();
-            let stop_deadline = self.stop_deadline.lock().ok().and_then(|d| *d);
+            // Set before `stopping`: read only once stopping (no lock per wake-up otherwise).
+            let stop_deadline = if self.stop_started {
+                self.shared.stop_deadline.lock().ok().and_then(|d| *d)
+            } else {
+                None
+            };
             if self.stop_started && (self.live == 0 || stop_deadline.is_none_or(|d| now >= d)) {
                 break;
             }
@@ -65,13 +110,9 @@ impl EventLoop {
             let trim_at = self
                 .served_since_trim
                 .then_some(self.last_activity + QUIET_TRIM);
-            for other in [
-                self.accept_paused_until,
-                stop_deadline.filter(|_| self.stop_started),
-                trim_at,
-            ]
-            .into_iter()
-            .flatten()
+            for other in [self.accept_paused_until, stop_deadline, trim_at]
+                .into_iter()
+                .flatten()
             {
                 wake = Some(wake.map_or(other, |w| w.min(other)));
             }
@@ -91,9 +132,10 @@ impl EventLoop {
                     self.on_event(event.key, event.readable);
                 }
             }
+            let handed = self.take_handoffs();
             let answered = self.collect_done();
             let now = Instant::now();
-            if !events.is_empty() || answered {
+            if !events.is_empty() || answered || handed {
                 self.last_activity = now;
             }
             self.expire(now);
@@ -117,13 +159,20 @@ impl EventLoop {
                 self.release(slot, conn);
             }
         }
-        (self.in_flight, [self.quick, self.slow])
+        // Hand-offs that came too late: the server stops.
+        self.take_handoffs();
+        if let Some(listener) = self.listener.take() {
+            let _ = self.poller.delete(&*listener);
+        }
+        self.in_flight
     }
 
     pub(super) fn begin_stop(&mut self) {
         self.stop_started = true;
+        // The listening socket closes when the last I/O thread lets go of it (each does so
+        // here, woken by the stop).
         if let Some(listener) = self.listener.take() {
-            let _ = self.poller.delete(&listener);
+            let _ = self.poller.delete(&*listener);
         }
         for slot in 0..self.slots.len() {
             let Some(conn) = self.slots[slot].take() else {
@@ -142,7 +191,7 @@ impl EventLoop {
                 return;
             };
             match listener.accept() {
-                Ok((stream, peer)) => self.add_connection(stream, peer),
+                Ok((stream, peer)) => self.admit_connection(stream, peer),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -154,7 +203,10 @@ impl EventLoop {
                     if out_of_resources {
                         // Free a descriptor by shedding an idle connection; with none to shed,
                         // wait a moment instead of spinning on a listener that stays readable.
-                        if !self.shed_one() {
+                        if self.shed_one() {
+                            // The room made is not taken by a new connection here.
+                            self.uncount();
+                        } else {
                             self.pause_accepting();
                         }
                         return;
@@ -166,29 +218,141 @@ impl EventLoop {
 
     pub(super) fn pause_accepting(&mut self) {
         if let Some(listener) = &self.listener {
-            let _ = self
-                .poller
-                .modify_with_mode(listener, Event::none(LISTENER), PollMode::Level);
+            let _ =
+                self.poller
+                    .modify_with_mode(&**listener, Event::none(LISTENER), PollMode::Level);
             self.accept_paused_until = Some(Instant::now() + ACCEPT_PAUSE);
         }
     }
 
-    pub(super) fn add_connection(&mut self, stream: TcpStream, peer: SocketAddr) {
-        if self.live >= self.config.max_connections && !self.shed_one() {
-            // Every slot holds a request in progress: say so at once rather than queue.
-            let response = self.service.reject(&HttpError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "server_busy",
-                "the API has no free connection; retry shortly",
-            ));
-            let _ = stream.set_nonblocking(true);
-            let _ = (&stream).write(&pool::encode(&response, false, false));
-            let _ = stream.shutdown(Shutdown::Write);
+    /// A connection just accepted: counted under the cap and placed on the I/O thread holding
+    /// the fewest, or at capacity given the room of a shed connection (see `make_room`).
+    fn admit_connection(&mut self, stream: TcpStream, peer: SocketAddr) {
+        let cap = self.config.max_connections;
+        let counted = self
+            .shared
+            .live
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < cap).then_some(n + 1)
+            })
+            .is_ok();
+        if counted {
+            self.place(stream, peer);
+        } else {
+            self.make_room(stream, peer, 0);
+        }
+    }
+
+    /// Holds a counted connection here, or hands it to the I/O thread with fewer connections.
+    fn place(&mut self, stream: TcpStream, peer: SocketAddr) {
+        let io = &self.shared.io;
+        let mine = io[self.index].assigned.load(Ordering::Relaxed);
+        let least = (0..io.len())
+            .filter(|&t| t != self.index)
+            .min_by_key(|&t| io[t].assigned.load(Ordering::Relaxed))
+            .filter(|&t| io[t].assigned.load(Ordering::Relaxed) < mine);
+        let Some(target) = least else {
+            io[self.index].assigned.fetch_add(1, Ordering::Relaxed);
+            self.add_connection(stream, peer);
+            return;
+        };
+        // Counted for the target now, so the next connection sees it there.
+        io[target].assigned.fetch_add(1, Ordering::Relaxed);
+        match io[target].inbox.try_send(Handoff::Place(stream, peer)) {
+            Ok(()) => {
+                let _ = io[target].poller.notify();
+            }
+            Err(TrySendError::Full(handoff) | TrySendError::Disconnected(handoff)) => {
+                io[target].assigned.fetch_sub(1, Ordering::Relaxed);
+                io[self.index].assigned.fetch_add(1, Ordering::Relaxed);
+                if let Handoff::Place(stream, peer) = handoff {
+                    self.add_connection(stream, peer);
+                }
+            }
+        }
+    }
+
+    /// At capacity: shed a connection here to make room for this one; failing that, hand it to
+    /// the next I/O thread that has not tried yet (the idle connections may all be there); the
+    /// last one answers 503 at once.
+    fn make_room(&mut self, stream: TcpStream, peer: SocketAddr, tried: u64) {
+        let tried = tried | (1 << self.index);
+        if self.shed_one() {
+            // The shed connection's place in the counts passes to this one.
+            self.add_connection(stream, peer);
             return;
         }
-        if stream.set_nonblocking(true).is_err() {
-            return;
+        let io = &self.shared.io;
+        let next = (1..io.len())
+            .map(|k| (self.index + k) % io.len())
+            .find(|&t| tried & (1 << t) == 0);
+        let mut stream = stream;
+        if let Some(target) = next {
+            let handoff = Handoff::MakeRoom {
+                stream,
+                peer,
+                tried,
+            };
+            match io[target].inbox.try_send(handoff) {
+                Ok(()) => {
+                    let _ = io[target].poller.notify();
+                    return;
+                }
+                Err(TrySendError::Full(h) | TrySendError::Disconnected(h)) => {
+                    let (Handoff::MakeRoom { stream: s, .. } | Handoff::Place(s, _)) = h;
+                    stream = s;
+                }
+            }
         }
+        self.refuse_busy(stream);
+    }
+
+    /// Every connection holds a request in progress: say so at once rather than queue.
+    fn refuse_busy(&self, stream: TcpStream) {
+        let response = self.service.reject(&HttpError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_busy",
+            "the API has no free connection; retry shortly",
+        ));
+        let _ = stream.set_nonblocking(true);
+        let _ = (&stream).write(&pool::encode(&response, false, false));
+        let _ = stream.shutdown(Shutdown::Write);
+    }
+
+    /// Connections the other I/O threads handed over; true when there were any.
+    fn take_handoffs(&mut self) -> bool {
+        let mut any = false;
+        while let Ok(handoff) = self.inbox.try_recv() {
+            any = true;
+            match handoff {
+                Handoff::Place(stream, peer) => {
+                    if self.stop_started {
+                        self.shared.io[self.index]
+                            .assigned
+                            .fetch_sub(1, Ordering::Relaxed);
+                        self.shared.live.fetch_sub(1, Ordering::SeqCst);
+                        drop(stream);
+                    } else {
+                        self.add_connection(stream, peer);
+                    }
+                }
+                Handoff::MakeRoom {
+                    stream,
+                    peer,
+                    tried,
+                } => {
+                    if !self.stop_started {
+                        self.make_room(stream, peer, tried);
+                    }
+                }
+            }
+        }
+        any
+    }
+
+    /// Holds a connection counted in `shared.live` and in this thread's `assigned`.
+    fn add_connection(&mut self, stream: TcpStream, peer: SocketAddr) {
+        let unwatched = stream.set_nonblocking(true).err();
         let _ = stream.set_nodelay(true);
         let slot = match self.free.pop() {
             Some(slot) => slot,
@@ -197,14 +361,19 @@ impl EventLoop {
                 self.slots.len() - 1
             }
         };
-        // SAFETY: every connection is deleted from the poller in `release` before it is dropped.
-        let added = unsafe {
-            self.poller
-                .add_with_mode(&stream, Event::readable(slot), PollMode::Level)
+        let added = match unwatched {
+            Some(e) => Err(e),
+            // SAFETY: every connection is deleted from the poller in `release` before it is
+            // dropped.
+            None => unsafe {
+                self.poller
+                    .add_with_mode(&stream, Event::readable(slot), PollMode::Level)
+            },
         };
         if let Err(e) = added {
             log::warn!("cannot watch an API connection from {peer}: {e}");
             self.free.push(slot);
+            self.uncount();
             return;
         }
         self.next_generation += 1;
@@ -215,11 +384,20 @@ impl EventLoop {
         self.slots[slot] = Some(conn);
     }
 
-    /// Closes the connection nearest its deadline among those with no request in progress,
-    /// after one last read (a request it already sent is served instead); with none, the one
-    /// writing an answer that has made no progress the longest, if for [`WRITE_STALL`] at least
-    /// (a client that does not read). False when every connection is busy with a request or
-    /// with an answer still moving.
+    /// A connection of this thread's is gone: out of both counts.
+    fn uncount(&self) {
+        self.shared.io[self.index]
+            .assigned
+            .fetch_sub(1, Ordering::Relaxed);
+        self.shared.live.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Closes the connection nearest its deadline among those of this thread with no request
+    /// in progress, after one last read (a request it already sent is served instead); with
+    /// none, the one writing an answer that has made no progress the longest, if for
+    /// [`WRITE_STALL`] at least (a client that does not read). Its place in the counts (the
+    /// cap's and this thread's) passes to the caller. False when every connection here is busy
+    /// with a request or with an answer still moving.
     pub(super) fn shed_one(&mut self) -> bool {
         self.shed_idle() || self.shed_stalled_writer()
     }
@@ -244,7 +422,7 @@ impl EventLoop {
             "closing an API connection from {} that does not read its answer, to make room",
             conn.1.peer
         );
-        self.release(conn.0, conn.1);
+        self.close(conn.0, conn.1);
         true
     }
 
@@ -266,7 +444,7 @@ impl EventLoop {
                 continue;
             };
             if matches!(conn.phase, Phase::Linger { .. }) {
-                self.release(slot, conn);
+                self.close(slot, conn);
                 return true;
             }
             let alive = self.read_into(&mut conn) && self.step(slot, &mut conn);
@@ -275,7 +453,7 @@ impl EventLoop {
                     "closing an idle API connection from {} to make room",
                     conn.peer
                 );
-                self.release(slot, conn);
+                self.close(slot, conn);
                 return true;
             }
             self.settle(slot, conn, true);
@@ -432,17 +610,45 @@ impl EventLoop {
         }
     }
 
+    /// Closes a connection and takes it out of the counts.
     pub(super) fn release(&mut self, slot: usize, conn: Conn) {
+        self.close(slot, conn);
+        self.uncount();
+    }
+
+    /// Closes a connection, leaving its place in the counts to the caller (a shed connection's
+    /// to the new one).
+    fn close(&mut self, slot: usize, conn: Conn) {
         let _ = self.poller.delete(&conn.stream);
         if let Some(old) = conn.deadline {
             self.deadlines.remove(&(old, slot));
         }
         if let Phase::Body(body) = &conn.phase {
-            self.body_reserved = self.body_reserved.saturating_sub(body.reserved);
+            self.unreserve_body(body.reserved);
         }
         self.live -= 1;
         self.free.push(slot);
         drop(conn);
+    }
+
+    /// Reserves `bytes` of the body budget all threads share; false when it is spent.
+    pub(super) fn reserve_body(&self, bytes: usize) -> bool {
+        let budget = self.config.body_budget_bytes;
+        self.shared
+            .body_reserved
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                n.checked_add(bytes).filter(|&total| total <= budget)
+            })
+            .is_ok()
+    }
+
+    pub(super) fn unreserve_body(&self, bytes: usize) {
+        let _ = self
+            .shared
+            .body_reserved
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                Some(n.saturating_sub(bytes))
+            });
     }
 }
 

@@ -1,8 +1,10 @@
-//! The I/O thread: owns the listening socket and every connection; accepts, reads heads and
-//! bodies, applies the deadlines and the connection cap, hands complete requests to the handler
-//! pool, and writes the answers it gets back. Never blocks on a socket: every socket is
-//! non-blocking and registered with the poller (level-triggered; one-shot with no interest
-//! while its request is at a handler).
+//! The I/O threads: each watches the shared listening socket and owns the connections placed on
+//! it; accepts, places new connections on the thread holding the fewest, reads heads and
+//! bodies, applies the deadlines and the connection cap (one count for all threads: at capacity
+//! a thread that cannot shed hands the new connection to the next), hands complete requests to
+//! the handler pools, and writes the answers they send back to it. Never blocks on a socket:
+//! every socket is non-blocking and registered with its thread's poller (level-triggered;
+//! one-shot with no interest while its request is at a handler).
 //!
 //! A connection moves through [`Phase`]s: `Head` (waiting for a request; idle or part-sent) →
 //! `Body` (admitted; reading the body) → `Dispatched` (at a handler; nothing is read meanwhile,
@@ -11,23 +13,24 @@
 //! shut and what the client still sends is read and dropped for a moment, so it reads the
 //! answer instead of a reset).
 //!
-//! Split by responsibility: this file starts and stops the threads; `event_loop.rs` runs the
-//! poller, accepts, sheds and applies deadlines; `request.rs` reads, parses and dispatches
+//! Split by responsibility: this file starts and stops the threads and holds what they share;
+//! `event_loop.rs` runs a thread's poller, accepts, places, sheds and applies deadlines; `request.rs` reads, parses and dispatches
 //! requests and queues answers; `conn.rs` holds a connection's state and writes its output.
 
 mod conn;
 mod event_loop;
 mod request;
 
+use crate::http::guard::Guarded;
 use crate::http::pool::{self, Job};
 use crate::http::{limits, Service};
 use crate::workers::WorkerPool;
+use crossbeam_channel::Sender;
 use event_loop::EventLoop;
 use polling::{Event, PollMode, Poller};
-use std::collections::BTreeSet;
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -36,6 +39,8 @@ use std::time::{Duration, Instant};
 const LISTENER: usize = usize::MAX - 1;
 /// Connections accepted per wake-up before the others get their turn.
 const ACCEPT_BATCH: usize = 256;
+/// The I/O thread's read buffer.
+const SCRATCH: usize = 64 * 1024;
 /// Bytes read from one connection per wake-up, so one fast sender cannot hog the thread.
 const READ_PER_EVENT: usize = 1 << 20;
 /// How long, and how much, a closing connection's input is read and dropped.
@@ -57,6 +62,11 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// How long the API must have been quiet (no event at all) after serving requests before the
 /// allocator is asked to give back the memory freed meanwhile.
 const QUIET_TRIM: Duration = Duration::from_secs(1);
+/// The most I/O threads (`Handoff::MakeRoom` keeps the threads tried as bits of a `u64`).
+pub const MAX_IO_THREADS: usize = 64;
+/// Connections that may wait in an I/O thread's inbox; past it, the thread that accepted one
+/// keeps it (or, at capacity, answers 503 itself).
+const INBOX: usize = 1024;
 /// At most one log line per this interval for repeated accept errors.
 const ACCEPT_ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -75,6 +85,8 @@ pub struct ServerConfig {
     /// Body bytes all connections together may be receiving at once (declared lengths are
     /// counted up front, a chunked body as the full limit); past it a request gets 503.
     pub body_budget_bytes: usize,
+    /// Threads that accept and serve connections (each holds its share; at least 1).
+    pub io_threads: usize,
     pub quick_threads: usize,
     pub slow_threads: usize,
     /// Requests that may wait for a handler thread, per lane; past it a request gets 503.
@@ -93,6 +105,7 @@ impl ServerConfig {
             max_head_bytes: 16 * 1024,
             max_body_bytes: 1024 * 1024,
             body_budget_bytes: 32 * 1024 * 1024,
+            io_threads: 2,
             quick_threads: 2,
             slow_threads: 16,
             queue_per_lane: 256,
@@ -103,15 +116,50 @@ impl ServerConfig {
 /// Why the server could not start.
 pub type StartError = std::io::Error;
 
-/// The running server: the I/O thread and the handler threads.
+/// What every I/O thread shares: the settings, the stop signal, the counts the limits apply to
+/// (connections and body bytes, across all threads) and the way to each thread.
+pub(super) struct Shared {
+    pub(super) stopping: Arc<AtomicBool>,
+    pub(super) stop_deadline: Mutex<Option<Instant>>,
+    /// Connections held by all I/O threads together, and those being handed from one to
+    /// another: the one count `max_connections` caps.
+    pub(super) live: AtomicUsize,
+    /// Body bytes all connections together are receiving (see `body_budget_bytes`).
+    pub(super) body_reserved: AtomicUsize,
+    pub(super) io: Vec<IoThread>,
+}
+
+/// One I/O thread as the others see it.
+pub(super) struct IoThread {
+    pub(super) poller: Arc<Poller>,
+    /// Connections handed to it by another I/O thread.
+    pub(super) inbox: Sender<Handoff>,
+    /// Connections assigned to it: held, or handed to it and not taken yet (new connections go
+    /// to the thread with the fewest).
+    pub(super) assigned: AtomicUsize,
+}
+
+/// A connection accepted on one I/O thread for another.
+pub(super) enum Handoff {
+    /// Counted in `Shared::live` already: hold it.
+    Place(TcpStream, SocketAddr),
+    /// The cap is reached and the threads in `tried` (a bit per thread) could not make room:
+    /// make room for it by shedding, pass it on, or answer 503.
+    MakeRoom {
+        stream: TcpStream,
+        peer: SocketAddr,
+        tried: u64,
+    },
+}
+
+/// The running server: the I/O threads and the handler threads.
 pub struct Server {
     local_addr: SocketAddr,
     max_connections: usize,
-    poller: Arc<Poller>,
-    stopping: Arc<AtomicBool>,
-    stop_deadline: Arc<Mutex<Option<Instant>>>,
-    /// Returns the requests still at handlers and the handler pools to join.
-    io_thread: Option<JoinHandle<(usize, [WorkerPool<Job>; 2])>>,
+    shared: Arc<Shared>,
+    io_threads: Vec<JoinHandle<usize>>,
+    /// The handler pools, once every I/O thread (each holding them too) has ended.
+    lanes: Option<Arc<Lanes>>,
 }
 
 impl Server {
@@ -133,6 +181,7 @@ impl Server {
             );
             config.max_connections = cap;
         }
+        config.io_threads = config.io_threads.clamp(1, MAX_IO_THREADS);
 
         let listener = TcpListener::bind(config.listen)?;
         // std listens with a backlog of 128; a flood must not make real clients wait for SYN
@@ -143,64 +192,96 @@ impl Server {
         }
         listener.set_nonblocking(true)?;
         let local_addr = listener.local_addr()?;
-        let poller = Arc::new(Poller::new()?);
-        // SAFETY: the listener is deleted from the poller before it is dropped (EventLoop).
-        unsafe { poller.add_with_mode(&listener, Event::readable(LISTENER), PollMode::Level)? };
+        let listener = Arc::new(listener);
 
+        // Every call into the service, on any thread, turns a panic into an answer.
+        let service: Arc<dyn Service> = Arc::new(Guarded(service));
+
+        let mut io = Vec::with_capacity(config.io_threads);
+        let mut receivers = Vec::with_capacity(config.io_threads);
+        let mut routes = Vec::with_capacity(config.io_threads);
+        for _ in 0..config.io_threads {
+            let poller = Arc::new(Poller::new()?);
+            // Every I/O thread watches the listener: whichever is free accepts.
+            // SAFETY: each thread deletes the listener from its poller before dropping its
+            // reference (EventLoop::begin_stop and the end of EventLoop::run).
+            unsafe {
+                poller.add_with_mode(&*listener, Event::readable(LISTENER), PollMode::Level)?
+            };
+            let (inbox, inbox_rx) = crossbeam_channel::bounded(INBOX);
+            let (done, done_rx) = crossbeam_channel::unbounded();
+            routes.push(pool::Route {
+                done,
+                poller: Arc::clone(&poller),
+            });
+            io.push(IoThread {
+                poller,
+                inbox,
+                assigned: AtomicUsize::new(0),
+            });
+            receivers.push((inbox_rx, done_rx));
+        }
+        let routes: Arc<[pool::Route]> = routes.into();
         let stopping = Arc::new(AtomicBool::new(false));
-        let stop_deadline = Arc::new(Mutex::new(None));
-        let (done_tx, done_rx) = crossbeam_channel::unbounded();
         let lane = |name: &str, count: usize| {
             pool::start(
                 name,
                 count,
                 config.queue_per_lane,
-                done_tx.clone(),
+                Arc::clone(&routes),
                 Arc::clone(&service),
-                Arc::clone(&poller),
                 Arc::clone(&stopping),
             )
         };
-        let quick = lane("api-quick", config.quick_threads);
-        let slow = lane("api-slow", config.slow_threads);
-        drop(done_tx);
-
-        let max_connections = config.max_connections;
-        let event_loop = EventLoop {
-            scratch: vec![0; 64 * 1024],
-            config,
-            service,
-            poller: Arc::clone(&poller),
-            stopping: Arc::clone(&stopping),
-            stop_deadline: Arc::clone(&stop_deadline),
-            listener: Some(listener),
-            accept_paused_until: None,
-            stop_started: false,
-            slots: Vec::new(),
-            free: Vec::new(),
-            live: 0,
-            next_generation: 0,
-            deadlines: BTreeSet::new(),
-            quick,
-            slow,
-            done: done_rx,
-            in_flight: 0,
-            body_reserved: 0,
-            last_activity: Instant::now(),
-            served_since_trim: false,
-            accept_errors: conn::ErrorLog::default(),
-        };
-        let io_thread = std::thread::Builder::new()
-            .name("api-io".into())
-            .spawn(move || event_loop.run())?;
-        Ok(Server {
-            local_addr,
-            max_connections,
-            poller,
+        let lanes = Arc::new(Lanes {
+            quick: lane("api-quick", config.quick_threads),
+            slow: lane("api-slow", config.slow_threads),
+        });
+        let shared = Arc::new(Shared {
             stopping,
-            stop_deadline,
-            io_thread: Some(io_thread),
-        })
+            stop_deadline: Mutex::new(None),
+            live: AtomicUsize::new(0),
+            body_reserved: AtomicUsize::new(0),
+            io,
+        });
+
+        let mut server = Server {
+            local_addr,
+            max_connections: config.max_connections,
+            shared: Arc::clone(&shared),
+            io_threads: Vec::with_capacity(config.io_threads),
+            lanes: Some(Arc::clone(&lanes)),
+        };
+        for (index, (inbox, done)) in receivers.into_iter().enumerate() {
+            let event_loop = EventLoop::new(
+                index,
+                config.clone(),
+                Arc::clone(&service),
+                Arc::clone(&shared),
+                Arc::clone(&lanes),
+                Arc::clone(&listener),
+                inbox,
+                done,
+            );
+            let name = if config.io_threads == 1 {
+                "api-io".to_string()
+            } else {
+                format!("api-io-{index}")
+            };
+            match std::thread::Builder::new()
+                .name(name)
+                .spawn(move || event_loop.run())
+            {
+                Ok(thread) => server.io_threads.push(thread),
+                Err(e) => {
+                    // The threads already started end with `server`.
+                    drop(lanes);
+                    drop(server);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(server)
     }
 
     /// The address the server listens on (the port, when the config asked for port 0).
@@ -221,35 +302,40 @@ impl Server {
 
     fn stop(&mut self, timeout: Duration) -> usize {
         let deadline = Instant::now() + timeout;
-        if let Ok(mut slot) = self.stop_deadline.lock() {
+        if let Ok(mut slot) = self.shared.stop_deadline.lock() {
             *slot = Some(deadline);
         }
-        self.stopping.store(true, Ordering::SeqCst);
-        let _ = self.poller.notify();
-        let Some(thread) = self.io_thread.take() else {
-            return 0;
-        };
-        match thread.join() {
-            Ok((left, pools)) => {
-                // Closing the lanes' queues: idle handlers end now, busy ones after their
-                // request.
-                for pool in pools {
-                    pool.join(Some(deadline));
-                }
-                left
-            }
-            Err(_) => {
-                // Its pools were dropped with it: their threads end on their own.
-                log::error!("the API's I/O thread had panicked");
-                0
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        for io in &self.shared.io {
+            let _ = io.poller.notify();
+        }
+        let mut left = 0;
+        for thread in self.io_threads.drain(..) {
+            match thread.join() {
+                Ok(in_flight) => left += in_flight,
+                // Its connections were dropped with it.
+                Err(_) => log::error!("an API I/O thread had panicked"),
             }
         }
+        // Every I/O thread has ended and dropped its reference: closing the lanes' queues lets
+        // idle handlers end now, busy ones after their request.
+        if let Some(lanes) = self.lanes.take().and_then(Arc::into_inner) {
+            lanes.quick.join(Some(deadline));
+            lanes.slow.join(Some(deadline));
+        }
+        left
     }
+}
+
+/// The handler pools, one per lane, shared by the I/O threads.
+pub(super) struct Lanes {
+    pub(super) quick: WorkerPool<Job>,
+    pub(super) slow: WorkerPool<Job>,
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        if self.io_thread.is_some() {
+        if !self.io_threads.is_empty() || self.lanes.is_some() {
             self.stop(Duration::ZERO);
         }
     }

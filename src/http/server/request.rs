@@ -3,7 +3,7 @@
 
 use super::conn::{flush, shrink_input, take_body, too_large, BodyReading, BodyState, Conn, Phase};
 use super::event_loop::EventLoop;
-use super::{LINGER, LINGER_BYTES, READ_PER_EVENT};
+use super::{LINGER, LINGER_BYTES, READ_PER_EVENT, SCRATCH};
 use crate::http::chunked::{ChunkError, ChunkedDecoder};
 use crate::http::parse::{self, HeadStatus, ParsedHead};
 use crate::http::pool::{self, Job};
@@ -26,11 +26,14 @@ impl EventLoop {
                 BodyReading::Exact(n) => {
                     (n + self.config.max_head_bytes).saturating_sub(conn.buf.len())
                 }
-                BodyReading::Chunked(_) => self.scratch.len(),
+                BodyReading::Chunked(_) => SCRATCH,
             },
             Phase::Linger { .. } => usize::MAX,
             Phase::Dispatched | Phase::Flush { .. } => 0,
         };
+        if self.scratch.is_empty() {
+            self.scratch = vec![0; SCRATCH];
+        }
         let mut budget = READ_PER_EVENT;
         while cap > 0 && budget > 0 && !conn.eof {
             let want = cap.min(budget).min(self.scratch.len());
@@ -144,7 +147,7 @@ impl EventLoop {
                                 reserved,
                                 ..
                             } = *body;
-                            self.body_reserved = self.body_reserved.saturating_sub(reserved);
+                            self.unreserve_body(reserved);
                             let bytes = match reading {
                                 BodyReading::Exact(n) => take_body(&mut conn.buf, n),
                                 BodyReading::Chunked(decoder) => {
@@ -211,7 +214,7 @@ impl EventLoop {
                 max_body,
             ),
         };
-        if self.body_reserved + reserved > self.config.body_budget_bytes {
+        if !self.reserve_body(reserved) {
             let response = self.service.reject(&HttpError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "server_busy",
@@ -220,7 +223,6 @@ impl EventLoop {
             self.respond(conn, response, head_only, false);
             return;
         }
-        self.body_reserved += reserved;
         if expect_continue && has_body && conn.buf.is_empty() {
             conn.queue(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec(), None);
             conn.wrote(Instant::now(), self.config.idle_timeout);
@@ -260,14 +262,15 @@ impl EventLoop {
             return;
         }
         let job = Job {
+            owner: self.index,
             slot,
             generation: conn.generation,
             request,
             keep_alive,
         };
         let lane = match lane {
-            Lane::Inline | Lane::Quick => &self.quick,
-            Lane::Slow => &self.slow,
+            Lane::Inline | Lane::Quick => &self.lanes.quick,
+            Lane::Slow => &self.lanes.slow,
         };
         match lane.submit(job) {
             Ok(()) => {
@@ -299,7 +302,7 @@ impl EventLoop {
         keep_alive: bool,
     ) {
         if let Phase::Body(body) = &conn.phase {
-            self.body_reserved = self.body_reserved.saturating_sub(body.reserved);
+            self.unreserve_body(body.reserved);
         }
         let keep = keep_alive && !response.close && !self.stop_started;
         let mut head = Vec::with_capacity(HEAD_CAPACITY);
