@@ -53,6 +53,9 @@ const SHED_TRIES: usize = 8;
 /// At capacity with no idle connection, a connection writing an answer that has written
 /// nothing for this long (its client does not read) is closed to make room.
 const WRITE_STALL: Duration = Duration::from_secs(1);
+/// At capacity with no idle connection and no stalled writer, a connection still receiving a
+/// request body begun this long ago is closed to make room.
+const SLOW_BODY: Duration = Duration::from_secs(1);
 /// The most time the output waiting on a connection may take to be written, however steadily
 /// the client reads a trickle (`idle_timeout` when that is longer).
 const ANSWER_WRITE_TOTAL: Duration = Duration::from_secs(60);
