@@ -22,12 +22,12 @@ mod event_loop;
 mod request;
 
 use crate::http::guard::Guarded;
+use crate::http::poller::{Event, PollMode, Poller};
 use crate::http::pool::{self, Job};
 use crate::http::{limits, Service};
 use crate::workers::WorkerPool;
 use crossbeam_channel::Sender;
 use event_loop::EventLoop;
-use polling::{Event, PollMode, Poller};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -203,11 +203,7 @@ impl Server {
         for _ in 0..config.io_threads {
             let poller = Arc::new(Poller::new()?);
             // Every I/O thread watches the listener: whichever is free accepts.
-            // SAFETY: each thread deletes the listener from its poller before dropping its
-            // reference (EventLoop::begin_stop and the end of EventLoop::run).
-            unsafe {
-                poller.add_with_mode(&*listener, Event::readable(LISTENER), PollMode::Level)?
-            };
+            poller.add(&*listener, Event::readable(LISTENER), PollMode::Level)?;
             let (inbox, inbox_rx) = crossbeam_channel::bounded(INBOX);
             let (done, done_rx) = crossbeam_channel::unbounded();
             routes.push(pool::Route {
