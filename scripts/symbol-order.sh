@@ -23,7 +23,10 @@ lib_build_fake_nvml
 export FAKE_NVML_GPU_COUNT=8
 port=$(lib_free_port)
 config=$(lib_write_config "$LIB_WORK/agent" "$port")
-valgrind --tool=callgrind --demangle=no --callgrind-out-file="$LIB_WORK/cg.out" \
+# With the malloc setting the bench and the service files give it: without it the agent
+# executes /proc/self/exe again (src/allocator.rs), which under valgrind is valgrind itself.
+GLIBC_TUNABLES=glibc.malloc.tcache_count=0 \
+  valgrind --tool=callgrind --demangle=no --callgrind-out-file="$LIB_WORK/cg.out" \
   "$bin" --config "$config" >"$LIB_WORK/valgrind.log" 2>&1 &
 vg=$!
 LIB_PIDS+=("$vg")

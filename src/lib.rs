@@ -6,6 +6,7 @@
 //! public; everything else is `pub(crate)`, so the dead-code lint sees what nothing calls.
 
 pub mod agent;
+pub mod allocator;
 pub(crate) mod api;
 pub(crate) mod backoff;
 pub(crate) mod base64;

@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 use utopia_node_agent::agent::{self, Agent};
+use utopia_node_agent::allocator;
 use utopia_node_agent::cli::{self, Command};
 use utopia_node_agent::config::{self, Config};
 use utopia_node_agent::logging;
@@ -86,6 +87,9 @@ fn check_config(path: &std::path::Path) -> ExitCode {
 }
 
 fn run(path: &std::path::Path) -> ExitCode {
+    // Still one thread: execute the binary again with glibc's tcache off unless the
+    // environment already sets its size (returns only when no re-exec happened).
+    let tcache = allocator::run_with_tcache_off();
     let (config, warnings) = match Config::load(path) {
         Ok(loaded) => loaded,
         Err(error) => {
@@ -110,6 +114,14 @@ fn run(path: &std::path::Path) -> ExitCode {
     }
     for warning in &notify_warnings {
         log::warn!("{warning}");
+    }
+    if let Err(why) = tcache {
+        log::warn!(
+            "glibc's per-thread malloc cache stays on ({why}): memory grows under load; set \
+             {}={} in the agent's environment as the service files do",
+            allocator::VARIABLE,
+            allocator::TCACHE_OFF
+        );
     }
     notifier.status("starting");
 

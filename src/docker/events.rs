@@ -219,7 +219,7 @@ pub fn start(
     config_dir: PathBuf,
     managed_label: ManagedLabel,
     since_nano: i64,
-    events: Sender<ContainerEvent>,
+    events: Sender<Box<ContainerEvent>>,
     shutdown: Shutdown,
 ) -> Result<JoinHandle<()>, StartError> {
     component::spawn("docker-events", move || {
@@ -240,7 +240,7 @@ fn watch(
     config_dir: Option<&PathBuf>,
     label: &ManagedLabel,
     since_nano: i64,
-    events: &Sender<ContainerEvent>,
+    events: &Sender<Box<ContainerEvent>>,
     shutdown: &Shutdown,
     pacing: Pacing,
 ) {
@@ -314,7 +314,7 @@ fn watch(
                                 event.action,
                                 crate::docker::ledger::short_id(&event.id)
                             );
-                            if events.try_send(event).is_err() {
+                            if events.try_send(Box::new(event)).is_err() {
                                 log::debug!("runner busy; event dropped (reconcile repairs)");
                             }
                         }
@@ -342,7 +342,7 @@ fn watch(
             name: String::new(),
         };
         // A full channel drops it: the runner is busy, and its periodic reconcile still runs.
-        let _ = events.try_send(ended);
+        let _ = events.try_send(Box::new(ended));
         let message = stderr
             .map(|rx| child::collect(&rx, Duration::from_secs(1)).text())
             .unwrap_or_default();
@@ -398,7 +398,7 @@ mod tests {
         script: &str,
     ) -> (
         crate::shutdown::ShutdownTrigger,
-        crossbeam_channel::Receiver<ContainerEvent>,
+        crossbeam_channel::Receiver<Box<ContainerEvent>>,
         JoinHandle<()>,
     ) {
         use std::os::unix::fs::PermissionsExt;

@@ -34,11 +34,38 @@ use nvml_wrapper::enums::device::UsedGpuMemory;
 use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::{Device, Nvml};
 use std::collections::{BTreeSet, HashMap};
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+/// Loads and initialises NVML (`library_path`, else the system's) on a short-lived thread and
+/// hands the handle over boxed. Loading builds nvml-wrapper's table of the library's functions
+/// by value and moves it several times: about 100 KiB of stack, which a long-lived thread would
+/// keep resident for good (the sampler's and the Xid thread's stacks were 140 and 92 KiB at
+/// idle, every other thread's 8-20 KiB); a thread that ends gives its stack back. Where no
+/// thread can be started, it runs on the caller's.
+pub(crate) fn init_nvml(library_path: Option<&OsStr>) -> Result<Box<Nvml>, NvmlError> {
+    fn load(library_path: Option<&OsStr>) -> Result<Box<Nvml>, NvmlError> {
+        let mut builder = Nvml::builder();
+        if let Some(path) = library_path {
+            builder.lib_path(path);
+        }
+        builder.init().map(Box::new)
+    }
+    std::thread::scope(|scope| {
+        match std::thread::Builder::new()
+            .name("nvml-init".into())
+            .spawn_scoped(scope, move || load(library_path))
+        {
+            Ok(thread) => thread
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            Err(_) => load(library_path),
+        }
+    })
+}
 
 /// Keeps the value, or records in `sample` why it is missing. A metric the GPU or driver does
 /// not support is only noted; any other error also counts as a failed query (the GPU component
@@ -105,7 +132,7 @@ impl Sampler for GpuSampler {
 pub struct GpuSampler {
     library_path: Option<OsString>,
     retry: Duration,
-    nvml: Option<Nvml>,
+    nvml: Option<Box<Nvml>>,
     last_init_attempt: Option<Instant>,
     last_init_error: Option<String>,
     /// Name and UUID by index, kept so a GPU that is lost later is still named.
@@ -273,11 +300,7 @@ impl GpuSampler {
 
     fn init(&mut self) -> Result<(), String> {
         self.last_init_attempt = Some(Instant::now());
-        let mut builder = Nvml::builder();
-        if let Some(path) = &self.library_path {
-            builder.lib_path(path);
-        }
-        match builder.init() {
+        match init_nvml(self.library_path.as_deref()) {
             Ok(nvml) => {
                 let version = nvml.sys_driver_version().unwrap_or_default();
                 let count = nvml.device_count().unwrap_or(0);

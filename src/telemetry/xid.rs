@@ -13,6 +13,7 @@
 use crate::component::StartError;
 use crate::config::GpuSettings;
 use crate::shutdown::Shutdown;
+use crate::telemetry::gpu::init_nvml;
 use crate::telemetry::gpu_health::{classify, gpu_key, Severity, XidHistory};
 use nvml_wrapper::bitmasks::event::EventTypes;
 use nvml_wrapper::enums::event::XidError;
@@ -121,12 +122,8 @@ impl Watcher {
         log::debug!("gpu-xid-events stopped");
     }
 
-    fn init(&self) -> Result<Nvml, String> {
-        let mut builder = Nvml::builder();
-        if let Some(path) = &self.library_path {
-            builder.lib_path(path);
-        }
-        builder.init().map_err(|e| format!("NVML init failed: {e}"))
+    fn init(&self) -> Result<Box<Nvml>, String> {
+        init_nvml(self.library_path.as_deref()).map_err(|e| format!("NVML init failed: {e}"))
     }
 
     /// Registers every GPU that reports Xid events, then waits for events until shutdown or a

@@ -144,7 +144,12 @@ impl Agent {
         for (key, _) in std::env::vars() {
             // The host's proxy settings would send the agent's platform requests elsewhere.
             let proxy = key.to_ascii_lowercase().ends_with("_proxy");
-            if key.starts_with("PHOENIX_") || key.starts_with("FAKE_NVML_") || proxy {
+            // GLIBC_TUNABLES too: a test agent starts as one started by hand (tests/allocator.rs).
+            if key.starts_with("PHOENIX_")
+                || key.starts_with("FAKE_NVML_")
+                || proxy
+                || key == "GLIBC_TUNABLES"
+            {
                 command.env_remove(key);
             }
         }
