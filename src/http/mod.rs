@@ -4,7 +4,7 @@
 //!
 //! **The I/O threads** (`server/`, [`ServerConfig::io_threads`], 2 by default) share the
 //! listening socket and hold every connection between them: each waits on its own readiness
-//! poller (`polling`, epoll on Linux), all watching the listener; the one that accepts a
+//! poller (epoll, `poller.rs`), all watching the listener; the one that accepts a
 //! connection keeps it or hands it to the thread holding the fewest, so while one I/O thread
 //! waits for a CPU the others' connections are served. Each reads request heads without blocking
 //! into a per-connection buffer bounded by [`ServerConfig::max_head_bytes`], parses them
@@ -55,6 +55,7 @@ mod chunked;
 mod guard;
 pub mod limits;
 mod parse;
+mod poller;
 mod pool;
 pub mod query;
 mod server;

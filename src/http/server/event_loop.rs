@@ -9,10 +9,10 @@ use super::{
     Handoff, Lanes, ServerConfig, Shared, ACCEPT_BATCH, ACCEPT_PAUSE, LISTENER, QUIET_TRIM,
     SHED_TRIES, SLOW_BODY, WRITE_STALL,
 };
+use crate::http::poller::{Event, Events, PollMode, Poller};
 use crate::http::pool::{self, Done};
 use crate::http::{HttpError, Service, StatusCode};
 use crossbeam_channel::{Receiver, TrySendError};
-use polling::{Event, Events, PollMode, Poller};
 use std::collections::BTreeSet;
 use std::io::{ErrorKind, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -146,11 +146,9 @@ impl EventLoop {
             if self.accept_paused_until.is_some_and(|t| now >= t) {
                 self.accept_paused_until = None;
                 if let Some(listener) = &self.listener {
-                    let _ = self.poller.modify_with_mode(
-                        listener,
-                        Event::readable(LISTENER),
-                        PollMode::Level,
-                    );
+                    let _ =
+                        self.poller
+                            .modify(listener, Event::readable(LISTENER), PollMode::Level);
                 }
             }
         }
@@ -218,9 +216,9 @@ impl EventLoop {
 
     pub(super) fn pause_accepting(&mut self) {
         if let Some(listener) = &self.listener {
-            let _ =
-                self.poller
-                    .modify_with_mode(&**listener, Event::none(LISTENER), PollMode::Level);
+            let _ = self
+                .poller
+                .modify(&**listener, Event::none(LISTENER), PollMode::Level);
             self.accept_paused_until = Some(Instant::now() + ACCEPT_PAUSE);
         }
     }
@@ -363,12 +361,9 @@ impl EventLoop {
         };
         let added = match unwatched {
             Some(e) => Err(e),
-            // SAFETY: every connection is deleted from the poller in `release` before it is
-            // dropped.
-            None => unsafe {
-                self.poller
-                    .add_with_mode(&stream, Event::readable(slot), PollMode::Level)
-            },
+            None => self
+                .poller
+                .add(&stream, Event::readable(slot), PollMode::Level),
         };
         if let Err(e) = added {
             log::warn!("cannot watch an API connection from {peer}: {e}");
@@ -633,11 +628,10 @@ impl EventLoop {
             } else {
                 PollMode::Level
             };
-            match self.poller.modify_with_mode(
-                &conn.stream,
-                Event::new(slot, wanted.0, wanted.1),
-                mode,
-            ) {
+            match self
+                .poller
+                .modify(&conn.stream, Event::new(slot, wanted.0, wanted.1), mode)
+            {
                 Ok(()) => {
                     conn.armed = Some(wanted);
                     conn.oneshot = oneshot;
