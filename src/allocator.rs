@@ -8,8 +8,10 @@
 //! agent's own binary again, once, before anything else runs, with the tunable added: the same
 //! pid, argv, file (`/proc/self/exe`, even if the path was replaced since), descriptors and
 //! signal mask. The service files set the variable themselves, which spares the second exec.
-//! When it cannot be done (no `/proc`, a set-uid start where glibc drops the variable) the
-//! agent runs on with the tcache and says so in its log.
+//! When it cannot be done (no `/proc`, a set-uid start where glibc drops the variable, or a
+//! `/proc/self/exe` that is not the agent's file: started as `ld-linux-x86-64.so.2 agent ...`
+//! or under valgrind, where executing it again would run the loader or valgrind's tool on the
+//! agent's arguments) the agent runs on with the tcache and says so in its log.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -32,6 +34,9 @@ pub enum TcacheKept {
     Exec(std::io::Error),
     /// An argument or environment entry holds a NUL byte (cannot be passed to `execve`).
     Nul,
+    /// `/proc/self/exe` is another file than the one the agent's code was loaded from (the
+    /// dynamic loader run by hand, valgrind), or that could not be told.
+    NotOwnFile(String),
 }
 
 impl std::fmt::Display for TcacheKept {
@@ -43,6 +48,7 @@ impl std::fmt::Display for TcacheKept {
             ),
             TcacheKept::Exec(e) => write!(f, "cannot execute /proc/self/exe again: {e}"),
             TcacheKept::Nul => write!(f, "an argument or environment entry holds a NUL byte"),
+            TcacheKept::NotOwnFile(why) => write!(f, "/proc/self/exe is {why}"),
         }
     }
 }
@@ -78,6 +84,7 @@ pub fn run_with_tcache_off() -> Result<(), TcacheKept> {
     if unsafe { libc::getauxval(libc::AT_SECURE) } != 0 {
         return Err(TcacheKept::SecureMode);
     }
+    exe_is_this_file().map_err(TcacheKept::NotOwnFile)?;
     let argv = std::env::args_os()
         .map(|a| CString::new(a.into_vec()))
         .collect::<Result<Vec<_>, _>>()
@@ -109,6 +116,52 @@ pub fn run_with_tcache_off() -> Result<(), TcacheKept> {
         );
     }
     Err(TcacheKept::Exec(std::io::Error::last_os_error()))
+}
+
+/// Ok when `/proc/self/exe` is the file this code was loaded from (same device and inode as
+/// the mapping of `/proc/self/maps` that holds this function); else what it is instead.
+fn exe_is_this_file() -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let exe = std::fs::metadata("/proc/self/exe").map_err(|e| format!("unreadable: {e}"))?;
+    let maps = std::fs::read_to_string("/proc/self/maps")
+        .map_err(|e| format!("not checked (/proc/self/maps: {e})"))?;
+    let code = exe_is_this_file as *const () as usize;
+    let (device, inode, path) = maps
+        .lines()
+        .find_map(|line| mapping_of(line, code))
+        .ok_or("not checked (this code is in no mapping of /proc/self/maps)")?;
+    if (device, inode) == (exe.dev(), exe.ino()) {
+        return Ok(());
+    }
+    Err(format!(
+        "not the file the agent's code was loaded from, {path} (started through the dynamic \
+         loader, or under a tool such as valgrind)"
+    ))
+}
+
+/// The device, inode and path of a `/proc/<pid>/maps` line's file when its range holds
+/// `address`.
+fn mapping_of(line: &str, address: usize) -> Option<(u64, u64, &str)> {
+    let mut fields = line.split_whitespace();
+    let (low, high) = fields.next()?.split_once('-')?;
+    let (low, high) = (
+        usize::from_str_radix(low, 16).ok()?,
+        usize::from_str_radix(high, 16).ok()?,
+    );
+    if !(low..high).contains(&address) {
+        return None;
+    }
+    let (major, minor) = fields.nth(2)?.split_once(':')?;
+    let (major, minor) = (
+        u32::from_str_radix(major, 16).ok()?,
+        u32::from_str_radix(minor, 16).ok()?,
+    );
+    let inode = fields.next()?.parse().ok()?;
+    Some((
+        libc::makedev(major, minor),
+        inode,
+        fields.next().unwrap_or(""),
+    ))
 }
 
 /// After the re-exec the kernel names the process `exe` (the file name it was executed by);
@@ -170,6 +223,19 @@ mod tests {
             with(Some("glibc.malloc.arena_max=2:glibc.malloc.tcache_count=3")),
             None
         );
+    }
+
+    #[test]
+    fn a_maps_line_gives_the_file_of_an_address() {
+        let line = "5647c642e000-5647c6f0f000 r-xp 003e6000 fe:01 10208656     /usr/bin/agent";
+        assert_eq!(
+            mapping_of(line, 0x5647c642e000),
+            Some((libc::makedev(0xfe, 1), 10208656, "/usr/bin/agent"))
+        );
+        assert_eq!(mapping_of(line, 0x5647c6f0f000), None);
+        assert_eq!(mapping_of("garbage", 1), None);
+        // Run as a plain program, this test's /proc/self/exe is its own file.
+        assert_eq!(exe_is_this_file(), Ok(()));
     }
 
     #[test]

@@ -104,3 +104,64 @@ fn a_tcache_size_the_operator_chose_is_left_alone() {
         ["GLIBC_TUNABLES=glibc.malloc.tcache_count=5"]
     );
 }
+
+/// The dynamic loader this test process runs under (`ld-linux-x86-64.so.2` on x86-64).
+fn dynamic_loader() -> std::path::PathBuf {
+    let maps = std::fs::read_to_string("/proc/self/maps").expect("read maps");
+    maps.lines()
+        .filter_map(|line| line.split_whitespace().nth(5))
+        .find(|path| {
+            std::path::Path::new(path)
+                .file_name()
+                .is_some_and(|name| name.to_string_lossy().starts_with("ld-linux"))
+        })
+        .map(std::path::PathBuf::from)
+        .expect("no dynamic loader in /proc/self/maps")
+}
+
+#[test]
+fn started_through_the_dynamic_loader_the_agent_runs_with_a_warning() {
+    // `ld-linux-x86-64.so.2 /path/agent --config ...` (how a binary on a noexec mount is run;
+    // valgrind's tools are alike): /proc/self/exe is the loader, not the agent, and executing
+    // it again with the agent's argv ran the loader on `--config` (it exited 1, nothing
+    // started).
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = common::test_config(dir.path());
+    let config_path = common::write_config(dir.path(), &config);
+    let addr: std::net::SocketAddr = config.agent_api.listen_address.parse().unwrap();
+    let log_path = dir.path().join("agent.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut child = std::process::Command::new(dynamic_loader())
+        .arg(common::agent_binary())
+        .arg("--config")
+        .arg(&config_path)
+        .env_remove("GLIBC_TUNABLES")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().expect("dup log"))
+        .stderr(log)
+        .spawn()
+        .expect("start the loader");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let answered = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break Err(format!("the agent exited ({status})"));
+        }
+        if common::try_request(addr, "GET", "/health", &[], b"").is_ok_and(|r| r.status == 200) {
+            break Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            break Err("no answer in 15 s".to_string());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    if let Err(why) = answered {
+        panic!("{why}; log:\n{log}");
+    }
+    assert!(
+        log.contains("malloc cache stays on (/proc/self/exe is"),
+        "{log}"
+    );
+}

@@ -4,7 +4,7 @@
 //!
 //! **The I/O threads** (`server/`, [`ServerConfig::io_threads`], 2 by default) share the
 //! listening socket and hold every connection between them: each waits on its own readiness
-//! poller (`polling`, epoll on Linux), all watching the listener; the one that accepts a
+//! poller (epoll, `poller.rs`), all watching the listener; the one that accepts a
 //! connection keeps it or hands it to the thread holding the fewest, so while one I/O thread
 //! waits for a CPU the others' connections are served. Each reads request heads without blocking
 //! into a per-connection buffer bounded by [`ServerConfig::max_head_bytes`], parses them
@@ -15,9 +15,11 @@
 //!   `idle_timeout` of its head, or the answer is 408 and the connection closes;
 //! - at `max_connections` (one count for all I/O threads) the connection idle the longest on the
 //!   accepting thread is closed to make room (after one last non-blocking read, so a request
-//!   already sent is served, not shed); when none is idle there, the new connection is handed
-//!   to the next I/O thread to make room among its own, and when no thread can, it gets 503 at
-//!   once. Accepting never stops.
+//!   already sent is served, not shed), else one whose client has not read its answer for 1 s,
+//!   else one whose request body began arriving 1 s ago or more (a body announced and held
+//!   back, or dripped); when none can go there, the new connection is handed to the next I/O
+//!   thread to make room among its own, and when no thread can, it gets 503 at once.
+//!   Accepting never stops.
 //!
 //! With a complete head it asks the [`Service`] to [`admit`](Service::admit) the request (the
 //! API checks the token, the declared length and the route here, and answers a cached document
@@ -53,6 +55,7 @@ mod chunked;
 mod guard;
 pub mod limits;
 mod parse;
+mod poller;
 mod pool;
 pub mod query;
 mod server;

@@ -7,11 +7,11 @@
 //! queue is closed ([`WorkerPool::join`]) and empty; while the server stops, queued jobs are
 //! answered 503 without being served.
 
+use crate::http::poller::Poller;
 use crate::http::types::{Request, Response};
 use crate::http::{guard, HttpError, Service, StatusCode};
 use crate::workers::{PoolSpec, WorkerPool};
 use crossbeam_channel::Sender;
-use polling::Poller;
 use std::cell::RefCell;
 use std::ops::ControlFlow;
 use std::panic::{catch_unwind, AssertUnwindSafe};

@@ -174,29 +174,12 @@ impl EventLoop {
         } = parsed;
         let has_body = head.body_length != BodyLength::Empty;
         let head_only = head.method == Method::HEAD;
-        // The service's code runs on the one thread every connection depends on: a bug in it
-        // must cost this request, not the API.
-        let admitted =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.service.admit(&head)));
-        let lane = match admitted {
-            Ok(Admission::Serve(lane)) => lane,
-            Ok(Admission::Answer(response)) => {
+        // The service is guarded (`http::guard`): a panic in it comes back as an answer.
+        let lane = match self.service.admit(&head) {
+            Admission::Serve(lane) => lane,
+            Admission::Answer(response) => {
                 // The body was not read: the connection cannot carry another request.
                 self.respond(conn, response, head_only, keep_alive && !has_body);
-                return;
-            }
-            Err(_) => {
-                log::error!(
-                    "the API's admission check panicked on {} {}",
-                    head.method,
-                    head.path
-                );
-                let response = self.service.reject(&HttpError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "internal error; see the agent's log",
-                ));
-                self.respond(conn, response, head_only, false);
                 return;
             }
         };
@@ -247,17 +230,7 @@ impl EventLoop {
     ) {
         let head_only = request.head.method == Method::HEAD;
         if lane == Lane::Inline {
-            // On this thread: a bug in the service costs this request, not the API.
-            let response = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.service.serve(request)
-            }))
-            .unwrap_or_else(|_| {
-                self.service.reject(&HttpError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "internal error; see the agent's log",
-                ))
-            });
+            let response = self.service.serve(request);
             self.respond(conn, response, head_only, keep_alive);
             return;
         }
