@@ -2,13 +2,19 @@
 """Prints the symbol order for lld (see build.rs): the functions of BINARY that callgrind saw
 run, in the callgrind outputs given, named from lld's link map of the same build (a release
 build keeps no symbols, so callgrind names its code by address).
-Usage: symbol-order.py BINARY LINK_MAP CALLGRIND_OUT...
+With `--faults PID FILE` (perf script --show-mmap-events -F pid,addr of a run of the same
+binary under `perf record -e page-faults -d`), also the functions at the code addresses whose
+first run faulted in process PID (each block the kernel mapped around a fault names one).
+Usage: symbol-order.py BINARY LINK_MAP [--faults PID FILE] CALLGRIND_OUT...
 """
 import bisect
 import re
 import sys
 
 binary, link_map, outputs = sys.argv[1], sys.argv[2], sys.argv[3:]
+fault_pid = fault_file = None
+if outputs[:1] == ["--faults"]:
+    fault_pid, fault_file, outputs = outputs[1], outputs[2], outputs[3:]
 
 # lld's map: "VMA LMA Size Align Out/In/Symbol"; an input section line names "file:(section)".
 # Functions have a section each, named ".text." and the function's symbol (the map itself
@@ -61,6 +67,24 @@ for path in outputs:
             i = bisect.bisect_right(starts, address) - 1
             if i >= 0 and address < sections[i][1]:
                 wanted.add(i)
+
+# perf's page faults: the binary's first mapping (file offset 0) gives its load address; a
+# fault's address less that is the link map's address.
+if fault_file:
+    base = None
+    for line in open(fault_file, errors="replace"):
+        if "PERF_RECORD_MMAP" in line:
+            m = re.search(r"\[(0x[0-9a-f]+)\((0x[0-9a-f]+)\) @ (0x[0-9a-f]+|0) .*\]: \S+ (\S+)$", line)
+            if m and m.group(4) == binary and int(m.group(3), 16) == 0:
+                base = int(m.group(1), 16)
+            continue
+        fields = line.split()
+        if base is None or len(fields) != 2 or fields[0] != fault_pid:
+            continue
+        address = int(fields[1], 16) - base
+        i = bisect.bisect_right(starts, address) - 1
+        if i >= 0 and address < sections[i][1]:
+            wanted.add(i)
 
 total = 0
 listed = set()
