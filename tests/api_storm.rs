@@ -156,3 +156,50 @@ fn after_a_storm_past_the_cap_every_slot_is_free_again() {
         "{shed} idle connections were closed for one newcomer"
     );
 }
+
+#[test]
+fn connections_that_announce_a_body_and_hold_it_back_cannot_keep_health_out() {
+    // Without a token anyone can send `GET /health` with a `Content-Length` (the layer reads
+    // the body before serving it) and then send nothing, or drip a byte now and then: such a
+    // connection is neither idle nor writing, and with every slot held so, a newcomer got 503
+    // until the body deadline (idle_timeout, 15 s by default), renewed by reconnecting.
+    let agent = Agent::start(|c| c.agent_api.max_connections = CAP);
+    let head = b"GET /health HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\nab";
+    let mut silent = Vec::new();
+    let mut dripping = Vec::new();
+    for i in 0..CAP {
+        let mut stream = TcpStream::connect(agent.addr).unwrap();
+        stream.write_all(head).unwrap();
+        if i % 2 == 0 {
+            silent.push(stream);
+        } else {
+            dripping.push(stream);
+        }
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let dripper = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                for stream in &mut dripping {
+                    let _ = stream.write_all(b"x");
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    for _ in 0..3 {
+        let started = Instant::now();
+        let response = common::try_request(agent.addr, "GET", "/health", &[], b"").unwrap();
+        assert_eq!(response.status, 200, "{}", response.text());
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    dripper.join().unwrap();
+    drop(silent);
+}

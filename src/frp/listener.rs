@@ -402,11 +402,17 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // (A child another test forks meanwhile holds a copy until it executes its program.)
         drop(listener);
-        assert_eq!(
-            check_admin_listener(port, std::process::id(), &HolderNames::default()),
-            Err(ListenerError::NotListening)
-        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let gone = loop {
+            let verdict = check_admin_listener(port, std::process::id(), &HolderNames::default());
+            if verdict == Err(ListenerError::NotListening) || std::time::Instant::now() > deadline {
+                break verdict;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        assert_eq!(gone, Err(ListenerError::NotListening));
     }
 
     #[test]
@@ -453,7 +459,7 @@ mod tests {
         let ours = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = ours.local_addr().unwrap().port();
         // SAFETY: socket(2) with constant arguments.
-        let fd = unsafe { libc::socket(libc::AF_INET6, libc::SOCK_STREAM, 0) };
+        let fd = unsafe { libc::socket(libc::AF_INET6, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
         if fd < 0 {
             return; // no IPv6 in this kernel: nothing can bind beside it
         }
@@ -506,9 +512,18 @@ mod tests {
                 .collect();
             assert_eq!(from_diag, from_proc);
         }
-        // Without ours, the wildcard one alone would be a squatter.
+        // Without ours, the wildcard one alone would be a squatter. (A child another test
+        // forks in the meantime holds a copy of ours until it executes its program: ours may
+        // take a moment to go.)
         drop(ours);
-        let alone = listening_inodes(Path::new("/proc/net"), port).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let alone = loop {
+            let alone = listening_inodes(Path::new("/proc/net"), port).unwrap();
+            if alone.len() == 1 || std::time::Instant::now() > deadline {
+                break alone;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
         assert_eq!(alone.len(), 1, "{alone:?}");
         assert!(foreign_listener(&alone, &held).is_some());
         drop(v6);

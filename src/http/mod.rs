@@ -15,9 +15,11 @@
 //!   `idle_timeout` of its head, or the answer is 408 and the connection closes;
 //! - at `max_connections` (one count for all I/O threads) the connection idle the longest on the
 //!   accepting thread is closed to make room (after one last non-blocking read, so a request
-//!   already sent is served, not shed); when none is idle there, the new connection is handed
-//!   to the next I/O thread to make room among its own, and when no thread can, it gets 503 at
-//!   once. Accepting never stops.
+//!   already sent is served, not shed), else one whose client has not read its answer for 1 s,
+//!   else one whose request body began arriving 1 s ago or more (a body announced and held
+//!   back, or dripped); when none can go there, the new connection is handed to the next I/O
+//!   thread to make room among its own, and when no thread can, it gets 503 at once.
+//!   Accepting never stops.
 //!
 //! With a complete head it asks the [`Service`] to [`admit`](Service::admit) the request (the
 //! API checks the token, the declared length and the route here, and answers a cached document

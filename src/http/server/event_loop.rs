@@ -7,7 +7,7 @@
 use super::conn::{Conn, ErrorLog, Phase};
 use super::{
     Handoff, Lanes, ServerConfig, Shared, ACCEPT_BATCH, ACCEPT_PAUSE, LISTENER, QUIET_TRIM,
-    SHED_TRIES, WRITE_STALL,
+    SHED_TRIES, SLOW_BODY, WRITE_STALL,
 };
 use crate::http::poller::{Event, Events, PollMode, Poller};
 use crate::http::pool::{self, Done};
@@ -394,11 +394,48 @@ impl EventLoop {
     /// Closes the connection nearest its deadline among those of this thread with no request
     /// in progress, after one last read (a request it already sent is served instead); with
     /// none, the one writing an answer that has made no progress the longest, if for
-    /// [`WRITE_STALL`] at least (a client that does not read). Its place in the counts (the
-    /// cap's and this thread's) passes to the caller. False when every connection here is busy
-    /// with a request or with an answer still moving.
+    /// [`WRITE_STALL`] at least (a client that does not read); with none, the one receiving a
+    /// body for the longest, if for [`SLOW_BODY`] at least (a client that announced a body and
+    /// holds it back). Its place in the counts (the cap's and this thread's) passes to the
+    /// caller. False when every connection here is busy with a request at a handler, an
+    /// answer still moving or a body begun less than [`SLOW_BODY`] ago.
     pub(super) fn shed_one(&mut self) -> bool {
-        self.shed_idle() || self.shed_stalled_writer()
+        self.shed_idle() || self.shed_stalled_writer() || self.shed_slow_body()
+    }
+
+    /// Anyone may send `GET /health` with a `Content-Length` and then send nothing, or a byte
+    /// now and then: such connections are neither idle nor writing, and with every slot held
+    /// so a newcomer got 503 until the body deadline. A body the API takes is small and sent
+    /// at once; one still arriving after [`SLOW_BODY`] gives way at capacity.
+    fn shed_slow_body(&mut self) -> bool {
+        let idle_timeout = self.config.idle_timeout;
+        let Some(begun_before) = Instant::now().checked_sub(SLOW_BODY) else {
+            return false;
+        };
+        let oldest = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, conn)| match &conn.as_ref()?.phase {
+                Phase::Body(body) => Some((slot, body.deadline)),
+                _ => None,
+            })
+            .filter(|(_, deadline)| {
+                deadline
+                    .checked_sub(idle_timeout)
+                    .is_some_and(|begun| begun <= begun_before)
+            })
+            .min_by_key(|(_, deadline)| *deadline)
+            .map(|(slot, _)| slot);
+        let Some(conn) = oldest.and_then(|slot| Some((slot, self.slots[slot].take()?))) else {
+            return false;
+        };
+        log::debug!(
+            "closing an API connection from {} whose request body is slow to come, to make room",
+            conn.1.peer
+        );
+        self.close(conn.0, conn.1);
+        true
     }
 
     fn shed_stalled_writer(&mut self) -> bool {

@@ -53,6 +53,9 @@ const SHED_TRIES: usize = 8;
 /// At capacity with no idle connection, a connection writing an answer that has written
 /// nothing for this long (its client does not read) is closed to make room.
 const WRITE_STALL: Duration = Duration::from_secs(1);
+/// At capacity with no idle connection and no stalled writer, a connection still receiving a
+/// request body begun this long ago is closed to make room.
+const SLOW_BODY: Duration = Duration::from_secs(1);
 /// The most time the output waiting on a connection may take to be written, however steadily
 /// the client reads a trickle (`idle_timeout` when that is longer).
 const ANSWER_WRITE_TOTAL: Duration = Duration::from_secs(60);
@@ -352,6 +355,9 @@ fn ask_for_a_short_slice() {
             attr.sched_policy = policy as u32;
             attr.sched_nice = nice;
             attr.sched_runtime = IO_SLICE.as_nanos() as u64;
+            // Threads it starts (the handler threads, started when a request waits) get the
+            // default slice and policy back: only the I/O thread wakes for microseconds.
+            attr.sched_flags = libc::SCHED_FLAG_RESET_ON_FORK as u64;
             if libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const _, 0) != 0 {
                 log::debug!(
                     "cannot ask for a short scheduler slice for the API's I/O thread: {}",
@@ -407,5 +413,34 @@ mod tests {
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or_else(|| panic!("no se.slice in {sched}"));
         assert_eq!(slice, IO_SLICE.as_nanos() as u64);
+    }
+
+    /// The `se.slice` of the calling thread.
+    fn own_slice() -> u64 {
+        let sched = std::fs::read_to_string("/proc/thread-self/sched").unwrap();
+        sched
+            .lines()
+            .find_map(|l| l.strip_prefix("se.slice"))
+            .and_then(|l| l.split(':').nth(1))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no se.slice in {sched}"))
+    }
+
+    #[test]
+    fn threads_an_io_thread_starts_keep_the_default_slice() {
+        if kernel().is_none_or(|k| k < (6, 12)) {
+            return;
+        }
+        // The handler threads are started by the I/O thread (when a request waits and none is
+        // free): they build documents for milliseconds and must not inherit its short slice.
+        let default = own_slice();
+        let (io, handler) = std::thread::spawn(|| {
+            ask_for_a_short_slice();
+            (own_slice(), std::thread::spawn(own_slice).join().unwrap())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(io, IO_SLICE.as_nanos() as u64);
+        assert_eq!(handler, default);
     }
 }
