@@ -393,28 +393,6 @@ mod tests {
         Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
     }
 
-    #[test]
-    fn an_io_thread_asks_for_the_short_slice() {
-        // Custom slices came with Linux 6.12; before, the value is ignored.
-        if kernel().is_none_or(|k| k < (6, 12)) {
-            eprintln!("kernel {:?}: no custom scheduler slices to check", kernel());
-            return;
-        }
-        let sched = std::thread::spawn(|| {
-            ask_for_a_short_slice();
-            std::fs::read_to_string("/proc/thread-self/sched").unwrap()
-        })
-        .join()
-        .unwrap();
-        let slice: u64 = sched
-            .lines()
-            .find_map(|l| l.strip_prefix("se.slice"))
-            .and_then(|l| l.split(':').nth(1))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no se.slice in {sched}"));
-        assert_eq!(slice, IO_SLICE.as_nanos() as u64);
-    }
-
     /// The `se.slice` of the calling thread.
     fn own_slice() -> u64 {
         let sched = std::fs::read_to_string("/proc/thread-self/sched").unwrap();
@@ -427,7 +405,7 @@ mod tests {
     }
 
     #[test]
-    fn threads_an_io_thread_starts_keep_the_default_slice() {
+    fn an_io_thread_gets_the_short_slice_and_threads_it_starts_keep_the_default() {
         if kernel().is_none_or(|k| k < (6, 12)) {
             return;
         }
