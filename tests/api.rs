@@ -115,7 +115,7 @@ fn bodies_above_one_mib_are_refused() {
     // Chunked, with no length announced: refused once more than 1 MiB has been read.
     let mut stream = TcpStream::connect(agent.addr).unwrap();
     let head = format!(
-        "GET /api/v1/metrics HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n\
+        "POST /api/v1/containers HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n\
          Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
     );
     stream.write_all(head.as_bytes()).unwrap();
@@ -131,8 +131,17 @@ fn bodies_above_one_mib_are_refused() {
     let response = common::parse_response(&raw).unwrap();
     assert_eq!(response.status, 413, "{}", response.text());
 
-    // Exactly 1 MiB is fine (the route then decides: GET metrics ignores the body).
+    // Exactly 1 MiB is read (the route then decides: not a container spec).
     let limit = vec![b'z'; 1024 * 1024];
+    let response = agent.request(
+        "POST",
+        "/api/v1/containers",
+        &[("Authorization", &auth)],
+        &limit,
+    );
+    assert_eq!(response.status, 400, "{}", response.text());
+
+    // A GET announcing a body is answered without reading it, and the connection closed.
     let response = agent.request(
         "GET",
         "/api/v1/metrics",
@@ -140,6 +149,14 @@ fn bodies_above_one_mib_are_refused() {
         &limit,
     );
     assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.header("connection"), Some("close"));
+    let response = agent.request("GET", "/api/v1/tunnels", &[("Authorization", &auth)], b"x");
+    assert_eq!(response.status, 400, "{}", response.text());
+    assert!(
+        response.text().contains("takes no request body"),
+        "{}",
+        response.text()
+    );
 }
 
 #[test]

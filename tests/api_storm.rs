@@ -159,17 +159,21 @@ fn after_a_storm_past_the_cap_every_slot_is_free_again() {
 
 #[test]
 fn connections_that_announce_a_body_and_hold_it_back_cannot_keep_health_out() {
-    // Without a token anyone can send `GET /health` with a `Content-Length` (the layer reads
-    // the body before serving it) and then send nothing, or drip a byte now and then: such a
-    // connection is neither idle nor writing, and with every slot held so, a newcomer got 503
-    // until the body deadline (idle_timeout, 15 s by default), renewed by reconnecting.
+    // A connection that announced a body and holds it back, or drips it, is neither idle nor
+    // writing: with every slot held so, a newcomer got 503 until the body deadline
+    // (idle_timeout, 15 s by default), renewed by reconnecting. (Until the API stopped reading
+    // bodies of GET requests, anyone could do it with `GET /health`; here, the one request
+    // that takes a body.)
     let agent = Agent::start(|c| c.agent_api.max_connections = CAP);
-    let head = b"GET /health HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\nab";
+    let head = format!(
+        "POST /api/v1/containers HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Length: 1000\r\n\r\n{{\"image\""
+    );
     let mut silent = Vec::new();
     let mut dripping = Vec::new();
     for i in 0..CAP {
         let mut stream = TcpStream::connect(agent.addr).unwrap();
-        stream.write_all(head).unwrap();
+        stream.write_all(head.as_bytes()).unwrap();
         if i % 2 == 0 {
             silent.push(stream);
         } else {
@@ -202,4 +206,41 @@ fn connections_that_announce_a_body_and_hold_it_back_cannot_keep_health_out() {
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     dripper.join().unwrap();
     drop(silent);
+}
+
+#[test]
+fn bodies_announced_to_public_endpoints_cannot_use_up_the_body_budget() {
+    // The layer reserves a request's body (a chunked one as the whole 1 MiB limit) against a
+    // budget for all connections (32 MiB) once the request is admitted. /health and
+    // /health/ready need no token: 32 connections announcing chunked bodies there and sending
+    // none held the whole budget, and the platform's container requests got 503 until the body
+    // deadline, renewed by reconnecting.
+    let agent = Agent::start(|_| {});
+    let mut held = Vec::new();
+    for i in 0..40 {
+        let mut stream = TcpStream::connect(agent.addr).unwrap();
+        let path = if i % 2 == 0 {
+            "/health"
+        } else {
+            "/health/ready"
+        };
+        stream
+            .write_all(
+                format!(
+                    "GET {path} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab"
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+        held.push(stream);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let response = agent.api("POST", "/api/v1/containers", b"{}");
+    assert_ne!(
+        response.status,
+        503,
+        "the platform's request was refused: {}",
+        response.text()
+    );
+    drop(held);
 }

@@ -31,7 +31,7 @@ use crate::api::error::ApiError;
 use crate::api::routes::Endpoint;
 use crate::docker::protocol::RunnerHandle;
 use crate::http::{
-    Admission, BodyLength, HttpError, Lane, Request, RequestHead, Response, StatusCode,
+    Admission, BodyLength, HttpError, Lane, Method, Request, RequestHead, Response, StatusCode,
 };
 use crate::state::{Cached, Snapshot};
 use crate::telemetry::gpu_health::XidHistory;
@@ -241,16 +241,29 @@ pub struct ApiService {
 
 impl crate::http::Service for ApiService {
     fn admit(&self, head: &RequestHead) -> Admission {
+        // A GET or HEAD takes no body: one announced is not read (the connection closes after
+        // the answer). Read, it held a connection slot and a share of the layer's body budget
+        // (a chunked one the whole 1 MiB) until it came, and /health and /health/ready need no
+        // token: 32 such requests held the whole budget, and the platform's container requests
+        // got 503.
+        let bodiless = matches!(head.method, Method::GET | Method::HEAD)
+            && head.body_length != BodyLength::Empty;
         match admit(&self.context, head) {
             // Cached bytes, rebuilt at most once per change: answered on the I/O thread from
-            // the head and the endpoint found here (with a body, after reading it).
+            // the head and the endpoint found here.
             Ok(endpoint @ (Endpoint::Health | Endpoint::Metrics | Endpoint::OpenApi)) => {
-                if head.body_length == BodyLength::Empty {
-                    Admission::Answer(answer(&self.context, head, &[], Ok(endpoint)))
-                } else {
-                    Admission::Serve(Lane::Inline)
-                }
+                Admission::Answer(answer(&self.context, head, &[], Ok(endpoint)))
             }
+            Ok(endpoint) if bodiless => Admission::Answer(answer(
+                &self.context,
+                head,
+                &[],
+                Err(ApiError::bad_request(format!(
+                    "{} {} takes no request body",
+                    head.method,
+                    endpoint.route().template
+                ))),
+            )),
             Ok(Endpoint::Ready | Endpoint::Prometheus | Endpoint::Tunnels) => {
                 Admission::Serve(Lane::Quick)
             }

@@ -45,6 +45,9 @@ pub(super) struct EventLoop {
     pub(super) in_flight: usize,
     /// Read buffer, allocated on the first read (an I/O thread that never serves holds none).
     pub(super) scratch: Vec<u8>,
+    /// The poller's event buffer, allocated by the starting thread: an I/O thread that never
+    /// serves allocates nothing (and so gets no malloc arena of its own).
+    pub(super) events: Option<Events>,
     pub(super) accept_errors: ErrorLog,
     /// When the poller last reported anything.
     pub(super) last_activity: Instant,
@@ -83,6 +86,7 @@ impl EventLoop {
             done,
             in_flight: 0,
             scratch: Vec::new(),
+            events: Some(Events::new()),
             accept_errors: ErrorLog::default(),
             last_activity: Instant::now(),
             served_since_trim: false,
@@ -91,7 +95,7 @@ impl EventLoop {
 
     /// Runs until stopped; returns the number of requests still at handlers.
     pub(super) fn run(mut self) -> usize {
-        let mut events = Events::new();
+        let mut events = self.events.take().unwrap_or_default();
         loop {
             if !self.stop_started && self.shared.stopping.load(Ordering::SeqCst) {
                 self.begin_stop();

@@ -355,6 +355,9 @@ fn ask_for_a_short_slice() {
             attr.sched_policy = policy as u32;
             attr.sched_nice = nice;
             attr.sched_runtime = IO_SLICE.as_nanos() as u64;
+            // Threads it starts (the handler threads, started when a request waits) get the
+            // default slice and policy back: only the I/O thread wakes for microseconds.
+            attr.sched_flags = libc::SCHED_FLAG_RESET_ON_FORK as u64;
             if libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const _, 0) != 0 {
                 log::debug!(
                     "cannot ask for a short scheduler slice for the API's I/O thread: {}",
@@ -390,25 +393,32 @@ mod tests {
         Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
     }
 
-    #[test]
-    fn an_io_thread_asks_for_the_short_slice() {
-        // Custom slices came with Linux 6.12; before, the value is ignored.
-        if kernel().is_none_or(|k| k < (6, 12)) {
-            eprintln!("kernel {:?}: no custom scheduler slices to check", kernel());
-            return;
-        }
-        let sched = std::thread::spawn(|| {
-            ask_for_a_short_slice();
-            std::fs::read_to_string("/proc/thread-self/sched").unwrap()
-        })
-        .join()
-        .unwrap();
-        let slice: u64 = sched
+    /// The `se.slice` of the calling thread.
+    fn own_slice() -> u64 {
+        let sched = std::fs::read_to_string("/proc/thread-self/sched").unwrap();
+        sched
             .lines()
             .find_map(|l| l.strip_prefix("se.slice"))
             .and_then(|l| l.split(':').nth(1))
             .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no se.slice in {sched}"));
-        assert_eq!(slice, IO_SLICE.as_nanos() as u64);
+            .unwrap_or_else(|| panic!("no se.slice in {sched}"))
+    }
+
+    #[test]
+    fn an_io_thread_gets_the_short_slice_and_threads_it_starts_keep_the_default() {
+        if kernel().is_none_or(|k| k < (6, 12)) {
+            return;
+        }
+        // The handler threads are started by the I/O thread (when a request waits and none is
+        // free): they build documents for milliseconds and must not inherit its short slice.
+        let default = own_slice();
+        let (io, handler) = std::thread::spawn(|| {
+            ask_for_a_short_slice();
+            (own_slice(), std::thread::spawn(own_slice).join().unwrap())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(io, IO_SLICE.as_nanos() as u64);
+        assert_eq!(handler, default);
     }
 }
