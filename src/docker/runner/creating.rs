@@ -324,12 +324,8 @@ impl Runner {
                 } else {
                     // The answer is what `docker run` and the agent knew; docker's times and
                     // pid (and a change since, such as a command that exited at once) are read
-                    // now, by a refresh not older than that answer. A full queue drops it: the
-                    // next event or reconcile reads them.
-                    let _ = self.submit(Work::Refresh {
-                        id: view.id.clone(),
-                        generation: self.table.generation(),
-                    });
+                    // now, by a refresh not older than that answer.
+                    self.refresh(view.id.clone());
                 }
                 Ok(self.decorate(&view))
             }

@@ -119,6 +119,9 @@ struct Runner {
     given_up: BTreeMap<String, Instant>,
     /// Creates in progress, by claim, as `GET` shows them (state `creating`).
     creating: BTreeMap<String, ContainerView>,
+    /// Containers with a refresh in flight, and whether another was asked for meanwhile (see
+    /// [`Runner::refresh`]).
+    refreshing: BTreeMap<String, bool>,
     /// Creates that did not succeed, by claim, with when: `GET` shows their error (state
     /// `failed`, or `unknown` after a timeout) for [`OUTCOME_MEMORY`].
     outcomes: BTreeMap<String, (ContainerView, Instant)>,
@@ -156,6 +159,7 @@ impl Runner {
             unknown_grace_period: Duration::from_secs(60),
             given_up: BTreeMap::new(),
             creating: BTreeMap::new(),
+            refreshing: BTreeMap::new(),
             outcomes: BTreeMap::new(),
         }
     }
@@ -633,6 +637,9 @@ impl Runner {
                     }
                     Err(e) => self.note_error(&ContainerError::from(e)),
                 }
+                if self.refreshing.remove(&id) == Some(true) {
+                    self.refresh(id);
+                }
                 self.publish();
             }
         }
@@ -683,12 +690,28 @@ impl Runner {
             {
                 return;
             }
-            let work = Work::Refresh {
-                id: event.id,
-                generation: self.table.generation(),
-            };
-            // A full queue drops the refresh; the periodic reconcile repairs the view.
-            let _ = self.submit(work);
+            self.refresh(event.id);
+        }
+    }
+
+    /// Reads container `id` from docker again. One refresh per container at a time: one asked
+    /// for while another is in flight runs once that one is applied. Two at once could finish
+    /// in either order, and the first applied makes the other look stale (the table learned
+    /// something since it started): a refresh queued at a create's answer that read `running`
+    /// and was applied last kept a container killed meanwhile shown running, its `die`
+    /// event's refresh (which read `exited`) thrown away. A full queue drops the refresh; the
+    /// next event or the periodic reconcile repairs the view.
+    fn refresh(&mut self, id: String) {
+        if let Some(again) = self.refreshing.get_mut(&id) {
+            *again = true;
+            return;
+        }
+        let work = Work::Refresh {
+            id: id.clone(),
+            generation: self.table.generation(),
+        };
+        if self.submit(work).is_ok() {
+            self.refreshing.insert(id, false);
         }
     }
 }

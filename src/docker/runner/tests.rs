@@ -1068,6 +1068,52 @@ fn a_create_answers_from_docker_run_and_a_refresh_then_fills_in_dockers_details(
 }
 
 #[test]
+fn refreshes_of_one_container_run_one_at_a_time_so_the_latest_reading_wins() {
+    let (mut r, queue, snapshot) = runner();
+    r.apply_reconcile(0, Ok(vec![view(A, "a", &[0], "running")]));
+    let event = |action: &str| ContainerEvent {
+        id: A.into(),
+        action: action.into(),
+        time_nano: 0,
+        name: "utopia-a".into(),
+    };
+    // A refresh is in flight (it will read the container running) when the container dies:
+    // the die event's refresh waits for it instead of running beside it.
+    r.on_event(event("start"));
+    let Ok(Work::Refresh { id, generation }) = queue.try_recv() else {
+        panic!("no refresh queued");
+    };
+    assert_eq!(id, A);
+    r.on_event(event("die"));
+    r.on_event(event("kill"));
+    assert!(
+        queue.try_recv().is_err(),
+        "a second refresh ran beside the first"
+    );
+    r.finish(Done::Refreshed {
+        id: A.into(),
+        generation,
+        result: Ok(Some(view(A, "a", &[0], "running"))),
+    });
+    // The first applied, the one asked for meanwhile (once, for both events) runs now, and
+    // what it reads is applied: it is not older than the first.
+    let Ok(Work::Refresh { id, generation }) = queue.try_recv() else {
+        panic!("the refresh asked for meanwhile was not queued");
+    };
+    assert_eq!(id, A);
+    assert!(queue.try_recv().is_err());
+    r.finish(Done::Refreshed {
+        id: A.into(),
+        generation,
+        result: Ok(Some(view(A, "a", &[0], "exited"))),
+    });
+    assert_eq!(snapshot.containers()[0].state, "exited");
+    // Nothing in flight: the next event is refreshed at once.
+    r.on_event(event("start"));
+    assert!(matches!(queue.try_recv(), Ok(Work::Refresh { id, .. }) if id == A));
+}
+
+#[test]
 fn a_panicking_docker_job_still_answers_its_caller() {
     let (mut r, queue, _snapshot) = runner();
     r.apply_reconcile(0, Ok(vec![]));
