@@ -870,6 +870,81 @@ fn connections_are_spread_over_the_io_threads_and_answers_return_to_their_owner(
 }
 
 #[test]
+fn io_threads_start_as_connections_come_and_end_once_they_hold_none() {
+    let server = TestServer::start(|c| {
+        c.io_threads = 4;
+        c.io_idle_end = Duration::from_millis(300);
+    });
+    let running = || server.server.as_ref().unwrap().io_threads_running();
+    let wait_for = |n: usize| {
+        let until = Instant::now() + Duration::from_secs(5);
+        while running() != n && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        running()
+    };
+    // An idle server runs one I/O thread.
+    assert_eq!(running(), 1);
+    for round in 0..2 {
+        // Four busy clients: each gets a thread of its own (started for it), and answers made
+        // on handler threads come back to the thread holding the connection.
+        let mut clients: Vec<Client> = (0..4).map(|_| server.connect()).collect();
+        for (i, client) in clients.iter_mut().enumerate() {
+            client.send(
+                format!(
+                    "{}{}",
+                    get(&format!("/inline/{round}/{i}")),
+                    get("/slow?20")
+                )
+                .as_bytes(),
+            );
+            assert_eq!(
+                client.answer().text(),
+                format!("GET /inline/{round}/{i} 0:")
+            );
+            assert_eq!(client.answer().text(), "GET /slow 0:");
+        }
+        let mut held: Vec<String> = (0..4)
+            .map(|i| server.service.thread_of(&format!("/inline/{round}/{i}")))
+            .collect();
+        held.sort();
+        assert_eq!(
+            held,
+            ["api-io-0", "api-io-1", "api-io-2", "api-io-3"],
+            "round {round}"
+        );
+        assert_eq!(running(), 4);
+        // A fifth shares a thread: no more than io_threads run.
+        let mut fifth = server.connect();
+        fifth.send(get(&format!("/fifth/{round}")).as_bytes());
+        assert_eq!(fifth.answer().status, 200);
+        assert_eq!(running(), 4);
+        // Once their connections are gone, the started threads end; the first stays.
+        drop(clients);
+        drop(fifth);
+        assert_eq!(wait_for(1), 1, "round {round}: threads still running");
+        assert_eq!(running(), 1);
+    }
+    // Stopping with started threads running ends every one of them.
+    let mut clients: Vec<Client> = (0..3).map(|_| server.connect()).collect();
+    for client in &mut clients {
+        client.send(get("/inline/last").as_bytes());
+        assert_eq!(client.answer().status, 200);
+    }
+    assert_eq!(running(), 3);
+    let mut server = server;
+    let started = Instant::now();
+    let left = server
+        .server
+        .take()
+        .unwrap()
+        .shutdown(Duration::from_millis(500));
+    assert_eq!(left, 0);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(TcpStream::connect(server.addr).is_err(), "still accepting");
+}
+
+#[test]
 fn at_capacity_a_thread_with_nothing_to_shed_hands_the_connection_to_one_that_has() {
     let server = TestServer::start(|c| {
         c.io_threads = 2;

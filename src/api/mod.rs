@@ -159,7 +159,7 @@ impl ApiServer {
                 source,
             })?;
         log::info!(
-            "API listening on http://{} (max {} connections, idle timeout {}s, {} I/O threads)",
+            "API listening on http://{} (max {} connections, idle timeout {}s, up to {} I/O threads)",
             server.local_addr(),
             server.max_connections(),
             settings.idle_timeout.as_secs(),

@@ -129,7 +129,8 @@ pub struct ApiConfig {
     pub max_connections: usize,
     /// A connection that sends nothing for this long is closed.
     pub idle_timeout_secs: u64,
-    /// Threads that accept connections and serve their requests (each holds its share).
+    /// The most threads that accept connections and serve their requests (each holds its
+    /// share; the first runs always, the others while they hold connections).
     pub io_threads: usize,
 }
 
@@ -342,7 +343,7 @@ impl Default for ApiConfig {
             auth_token: String::new(),
             max_connections: 1024,
             idle_timeout_secs: 15,
-            io_threads: 2,
+            io_threads: 8,
         }
     }
 }

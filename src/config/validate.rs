@@ -1157,7 +1157,7 @@ mod tests {
         let s = c.validate().unwrap().settings;
         assert_eq!(s.api.listen, "127.0.0.1:9200".parse().unwrap());
         assert_eq!(s.api.idle_timeout, Duration::from_secs(15));
-        assert_eq!(s.api.io_threads, 2);
+        assert_eq!(s.api.io_threads, 8);
         assert_eq!(
             s.platform.api_url.as_deref(),
             Some("https://p.example/base")

@@ -1,13 +1,14 @@
 //! An I/O thread's loop: waits on its poller, accepts (every I/O thread watches the listener),
-//! places each new connection on the I/O thread holding the fewest, sheds at capacity (here, or
+//! places each new connection on the I/O thread holding the fewest (starting it if it does not
+//! run), ends when it is not the first and has held nothing for a while, sheds at capacity (here, or
 //! on another thread through a hand-off), collects the handlers' answers, applies deadlines and
 //! files each connection's poller interest (level-triggered while it wants to read or write,
 //! one-shot while a handler has its request).
 
-use super::conn::{Conn, ErrorLog, Phase};
+use super::conn::{Conn, Phase};
 use super::{
-    Handoff, Lanes, ServerConfig, Shared, ACCEPT_BATCH, ACCEPT_PAUSE, LISTENER, QUIET_TRIM,
-    SHED_TRIES, SLOW_BODY, WRITE_STALL,
+    start_io_thread, Handoff, Lanes, Life, ServerConfig, Shared, ACCEPT_BATCH, ACCEPT_PAUSE,
+    LISTENER, QUIET_TRIM, SHED_TRIES, SLOW_BODY, WRITE_STALL,
 };
 use crate::http::poller::{Event, Events, PollMode, Poller};
 use crate::http::pool::{self, Done};
@@ -48,7 +49,6 @@ pub(super) struct EventLoop {
     /// The poller's event buffer, allocated by the starting thread: an I/O thread that never
     /// serves allocates nothing (and so gets no malloc arena of its own).
     pub(super) events: Option<Events>,
-    pub(super) accept_errors: ErrorLog,
     /// When the poller last reported anything.
     pub(super) last_activity: Instant,
     /// Answers were queued since the allocator last gave memory back.
@@ -87,7 +87,6 @@ impl EventLoop {
             in_flight: 0,
             scratch: Vec::new(),
             events: Some(Events::new()),
-            accept_errors: ErrorLog::default(),
             last_activity: Instant::now(),
             served_since_trim: false,
         }
@@ -114,9 +113,14 @@ impl EventLoop {
             let trim_at = self
                 .served_since_trim
                 .then_some(self.last_activity + QUIET_TRIM);
-            for other in [self.accept_paused_until, stop_deadline, trim_at]
-                .into_iter()
-                .flatten()
+            for other in [
+                self.accept_paused_until,
+                stop_deadline,
+                trim_at,
+                self.end_at(),
+            ]
+            .into_iter()
+            .flatten()
             {
                 wake = Some(wake.map_or(other, |w| w.min(other)));
             }
@@ -153,6 +157,17 @@ impl EventLoop {
                     let _ =
                         self.poller
                             .modify(listener, Event::readable(LISTENER), PollMode::Level);
+                }
+            }
+            if self.end_at().is_some_and(|t| now >= t) {
+                let shared = Arc::clone(&self.shared);
+                let io = &shared.io[self.index];
+                let mut life = io.life();
+                // Nothing was placed here meanwhile (placing raises `assigned` under this lock).
+                if io.assigned.load(Ordering::SeqCst) == 0 && self.inbox.is_empty() {
+                    io.running.store(false, Ordering::SeqCst);
+                    life.parked = Some((self.inbox, self.done));
+                    return self.in_flight;
                 }
             }
         }
@@ -197,7 +212,11 @@ impl EventLoop {
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    self.accept_errors.report(&e);
+                    self.shared
+                        .accept_errors
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .report(&e);
                     let out_of_resources = matches!(
                         e.raw_os_error(),
                         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
@@ -245,33 +264,78 @@ impl EventLoop {
         }
     }
 
-    /// Holds a counted connection here, or hands it to the I/O thread with fewer connections.
+    /// When this thread ends, if it is not the first and holds nothing: once it has held
+    /// nothing for `io_idle_end`.
+    fn end_at(&self) -> Option<Instant> {
+        (self.index != 0 && !self.stop_started && self.live == 0 && self.in_flight == 0)
+            .then_some(self.last_activity + self.config.io_idle_end)
+    }
+
+    /// Holds a counted connection here, or hands it to the I/O thread holding fewer (among
+    /// equals one that runs), starting that thread if it does not run.
     fn place(&mut self, stream: TcpStream, peer: SocketAddr) {
-        let io = &self.shared.io;
-        let mine = io[self.index].assigned.load(Ordering::Relaxed);
+        let shared = Arc::clone(&self.shared);
+        let io = &shared.io;
+        let held = |t: usize| io[t].assigned.load(Ordering::Relaxed);
+        let mine = held(self.index);
         let least = (0..io.len())
             .filter(|&t| t != self.index)
-            .min_by_key(|&t| io[t].assigned.load(Ordering::Relaxed))
-            .filter(|&t| io[t].assigned.load(Ordering::Relaxed) < mine);
+            .min_by_key(|&t| (held(t), !io[t].running.load(Ordering::Relaxed)))
+            .filter(|&t| held(t) < mine);
         let Some(target) = least else {
-            io[self.index].assigned.fetch_add(1, Ordering::Relaxed);
-            self.add_connection(stream, peer);
-            return;
+            return self.keep(stream, peer);
         };
+        let mut life = io[target].life();
+        if !io[target].running.load(Ordering::SeqCst) {
+            if let Err(e) = self.start(target, &mut life) {
+                log::warn!(
+                    "cannot start API I/O thread {target}: {e}; its share stays with the others"
+                );
+                drop(life);
+                return self.keep(stream, peer);
+            }
+        }
         // Counted for the target now, so the next connection sees it there.
-        io[target].assigned.fetch_add(1, Ordering::Relaxed);
+        io[target].assigned.fetch_add(1, Ordering::SeqCst);
         match io[target].inbox.try_send(Handoff::Place(stream, peer)) {
             Ok(()) => {
                 let _ = io[target].poller.notify();
             }
             Err(TrySendError::Full(handoff) | TrySendError::Disconnected(handoff)) => {
-                io[target].assigned.fetch_sub(1, Ordering::Relaxed);
-                io[self.index].assigned.fetch_add(1, Ordering::Relaxed);
+                io[target].assigned.fetch_sub(1, Ordering::SeqCst);
+                drop(life);
                 if let Handoff::Place(stream, peer) = handoff {
-                    self.add_connection(stream, peer);
+                    self.keep(stream, peer);
                 }
             }
         }
+    }
+
+    /// Holds a counted connection on this thread.
+    fn keep(&mut self, stream: TcpStream, peer: SocketAddr) {
+        self.shared.io[self.index]
+            .assigned
+            .fetch_add(1, Ordering::Relaxed);
+        self.add_connection(stream, peer);
+    }
+
+    /// Starts I/O thread `target` (not running; `life` is its locked state).
+    fn start(&self, target: usize, life: &mut Life) -> std::io::Result<()> {
+        let Some(listener) = &self.listener else {
+            return Err(std::io::Error::other("the API is stopping"));
+        };
+        start_io_thread(&self.shared, target, life, |inbox, done| {
+            EventLoop::new(
+                target,
+                self.config.clone(),
+                Arc::clone(&self.service),
+                Arc::clone(&self.shared),
+                Arc::clone(&self.lanes),
+                Arc::clone(listener),
+                inbox,
+                done,
+            )
+        })
     }
 
     /// At capacity: shed a connection here to make room for this one; failing that, hand it to
@@ -284,28 +348,32 @@ impl EventLoop {
             self.add_connection(stream, peer);
             return;
         }
-        let io = &self.shared.io;
-        let next = (1..io.len())
+        // Threads that do not run hold nothing to shed.
+        let shared = Arc::clone(&self.shared);
+        let io = &shared.io;
+        let mut handoff = Handoff::MakeRoom {
+            stream,
+            peer,
+            tried,
+        };
+        for target in (1..io.len())
             .map(|k| (self.index + k) % io.len())
-            .find(|&t| tried & (1 << t) == 0);
-        let mut stream = stream;
-        if let Some(target) = next {
-            let handoff = Handoff::MakeRoom {
-                stream,
-                peer,
-                tried,
-            };
+            .filter(|&t| tried & (1 << t) == 0)
+        {
+            // Under its lock, so it cannot end with the connection in its inbox.
+            let _life = io[target].life();
+            if !io[target].running.load(Ordering::SeqCst) {
+                continue;
+            }
             match io[target].inbox.try_send(handoff) {
                 Ok(()) => {
                     let _ = io[target].poller.notify();
                     return;
                 }
-                Err(TrySendError::Full(h) | TrySendError::Disconnected(h)) => {
-                    let (Handoff::MakeRoom { stream: s, .. } | Handoff::Place(s, _)) = h;
-                    stream = s;
-                }
+                Err(TrySendError::Full(h) | TrySendError::Disconnected(h)) => handoff = h,
             }
         }
+        let (Handoff::MakeRoom { stream, .. } | Handoff::Place(stream, _)) = handoff;
         self.refuse_busy(stream);
     }
 

@@ -1,5 +1,7 @@
 //! The I/O threads: each watches the shared listening socket and owns the connections placed on
-//! it; accepts, places new connections on the thread holding the fewest, reads heads and
+//! it; accepts, places new connections on the thread holding the fewest (starting one that is
+//! not running when that is where the connection goes: the first runs always, the others only
+//! while they hold connections, see [`ServerConfig::io_threads`]), reads heads and
 //! bodies, applies the deadlines and the connection cap (one count for all threads: at capacity
 //! a thread that cannot shed hands the new connection to the next), hands complete requests to
 //! the handler pools, and writes the answers they send back to it. Never blocks on a socket:
@@ -23,15 +25,16 @@ mod request;
 
 use crate::http::guard::Guarded;
 use crate::http::poller::{Event, PollMode, Poller};
+use crate::http::pool::Done;
 use crate::http::pool::{self, Job};
 use crate::http::{limits, Service};
 use crate::workers::WorkerPool;
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, Sender};
 use event_loop::EventLoop;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -70,8 +73,6 @@ pub const MAX_IO_THREADS: usize = 64;
 /// Connections that may wait in an I/O thread's inbox; past it, the thread that accepted one
 /// keeps it (or, at capacity, answers 503 itself).
 const INBOX: usize = 1024;
-/// The scheduler slice an I/O thread asks for (Linux 6.12 and later; the kernel's least).
-const IO_SLICE: Duration = Duration::from_micros(100);
 /// At most one log line per this interval for repeated accept errors.
 const ACCEPT_ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -90,8 +91,14 @@ pub struct ServerConfig {
     /// Body bytes all connections together may be receiving at once (declared lengths are
     /// counted up front, a chunked body as the full limit); past it a request gets 503.
     pub body_budget_bytes: usize,
-    /// Threads that accept and serve connections (each holds its share; at least 1).
+    /// The most threads that accept and serve connections (at least 1). The first runs
+    /// always; another starts when a new connection would go to it (the thread holding the
+    /// fewest), and ends once it has held none for `io_idle_end`. So up to this many active
+    /// connections each have a thread, as with a thread per connection, and an idle agent runs
+    /// one.
     pub io_threads: usize,
+    /// How long an I/O thread other than the first holds no connection before it ends.
+    pub io_idle_end: Duration,
     pub quick_threads: usize,
     pub slow_threads: usize,
     /// Requests that may wait for a handler thread, per lane; past it a request gets 503.
@@ -110,7 +117,8 @@ impl ServerConfig {
             max_head_bytes: 16 * 1024,
             max_body_bytes: 1024 * 1024,
             body_budget_bytes: 32 * 1024 * 1024,
-            io_threads: 2,
+            io_threads: 8,
+            io_idle_end: Duration::from_secs(10),
             quick_threads: 2,
             slow_threads: 16,
             queue_per_lane: 256,
@@ -131,6 +139,8 @@ pub(super) struct Shared {
     pub(super) live: AtomicUsize,
     /// Body bytes all connections together are receiving (see `body_budget_bytes`).
     pub(super) body_reserved: AtomicUsize,
+    /// Failed accepts, reported once per interval for all I/O threads together.
+    accept_errors: Mutex<conn::ErrorLog>,
     pub(super) io: Vec<IoThread>,
 }
 
@@ -140,8 +150,60 @@ pub(super) struct IoThread {
     /// Connections handed to it by another I/O thread.
     pub(super) inbox: Sender<Handoff>,
     /// Connections assigned to it: held, or handed to it and not taken yet (new connections go
-    /// to the thread with the fewest).
+    /// to the thread with the fewest). Raised for another thread only under `life`'s lock.
     pub(super) assigned: AtomicUsize,
+    /// Whether it runs: changed only under `life`'s lock (read without it to choose a thread).
+    pub(super) running: AtomicBool,
+    pub(super) life: Mutex<Life>,
+}
+
+impl IoThread {
+    /// Its start-and-end state, locked (a panic elsewhere while it was held leaves it usable).
+    pub(super) fn life(&self) -> MutexGuard<'_, Life> {
+        self.life.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// An I/O thread's start-and-end state.
+#[derive(Default)]
+pub(super) struct Life {
+    /// The thread, running or ended: joined before it starts again, or when the server stops.
+    pub(super) handle: Option<JoinHandle<usize>>,
+    /// The receiving ends of its channels while it does not run; `None` while it runs (and for
+    /// good if it could not be started).
+    pub(super) parked: Option<(Receiver<Handoff>, Receiver<Done>)>,
+}
+
+/// Starts I/O thread `index` (not running; `life` is its locked state) on the event loop
+/// `build` makes of its channels. Refused once the server stops.
+fn start_io_thread(
+    shared: &Shared,
+    index: usize,
+    life: &mut Life,
+    build: impl FnOnce(Receiver<Handoff>, Receiver<Done>) -> EventLoop,
+) -> std::io::Result<()> {
+    if shared.stopping.load(Ordering::SeqCst) {
+        return Err(std::io::Error::other("the API is stopping"));
+    }
+    let Some((inbox, done)) = life.parked.take() else {
+        return Err(std::io::Error::other("it could not be started before"));
+    };
+    // An ended thread returned right after parking its channels: this is immediate.
+    if let Some(ended) = life.handle.take() {
+        let _ = ended.join();
+    }
+    let event_loop = build(inbox, done);
+    let name = if shared.io.len() == 1 {
+        "api-io".to_string()
+    } else {
+        format!("api-io-{index}")
+    };
+    let thread = std::thread::Builder::new()
+        .name(name)
+        .spawn(move || event_loop.run())?;
+    life.handle = Some(thread);
+    shared.io[index].running.store(true, Ordering::SeqCst);
+    Ok(())
 }
 
 /// A connection accepted on one I/O thread for another.
@@ -162,7 +224,8 @@ pub struct Server {
     local_addr: SocketAddr,
     max_connections: usize,
     shared: Arc<Shared>,
-    io_threads: Vec<JoinHandle<usize>>,
+    /// `stop` has run.
+    stopped: bool,
     /// The handler pools, once every I/O thread (each holding them too) has ended.
     lanes: Option<Arc<Lanes>>,
 }
@@ -203,11 +266,11 @@ impl Server {
         let service: Arc<dyn Service> = Arc::new(Guarded(service));
 
         let mut io = Vec::with_capacity(config.io_threads);
-        let mut receivers = Vec::with_capacity(config.io_threads);
         let mut routes = Vec::with_capacity(config.io_threads);
         for _ in 0..config.io_threads {
             let poller = Arc::new(Poller::new()?);
-            // Every I/O thread watches the listener: whichever is free accepts.
+            // Every I/O thread watches the listener: whichever is free accepts. (A thread that
+            // does not run waits on nothing: its poller only collects readiness meanwhile.)
             poller.add(&*listener, Event::readable(LISTENER), PollMode::Level)?;
             let (inbox, inbox_rx) = crossbeam_channel::bounded(INBOX);
             let (done, done_rx) = crossbeam_channel::unbounded();
@@ -219,8 +282,12 @@ impl Server {
                 poller,
                 inbox,
                 assigned: AtomicUsize::new(0),
+                running: AtomicBool::new(false),
+                life: Mutex::new(Life {
+                    handle: None,
+                    parked: Some((inbox_rx, done_rx)),
+                }),
             });
-            receivers.push((inbox_rx, done_rx));
         }
         let routes: Arc<[pool::Route]> = routes.into();
         let stopping = Arc::new(AtomicBool::new(false));
@@ -243,6 +310,7 @@ impl Server {
             stop_deadline: Mutex::new(None),
             live: AtomicUsize::new(0),
             body_reserved: AtomicUsize::new(0),
+            accept_errors: Mutex::new(conn::ErrorLog::default()),
             io,
         });
 
@@ -250,12 +318,13 @@ impl Server {
             local_addr,
             max_connections: config.max_connections,
             shared: Arc::clone(&shared),
-            io_threads: Vec::with_capacity(config.io_threads),
+            stopped: false,
             lanes: Some(Arc::clone(&lanes)),
         };
-        for (index, (inbox, done)) in receivers.into_iter().enumerate() {
-            let event_loop = EventLoop::new(
-                index,
+        // The first I/O thread; the others start as connections come.
+        let started = start_io_thread(&shared, 0, &mut shared.io[0].life(), |inbox, done| {
+            EventLoop::new(
+                0,
                 config.clone(),
                 Arc::clone(&service),
                 Arc::clone(&shared),
@@ -263,26 +332,23 @@ impl Server {
                 Arc::clone(&listener),
                 inbox,
                 done,
-            );
-            let name = if config.io_threads == 1 {
-                "api-io".to_string()
-            } else {
-                format!("api-io-{index}")
-            };
-            match std::thread::Builder::new().name(name).spawn(move || {
-                ask_for_a_short_slice();
-                event_loop.run()
-            }) {
-                Ok(thread) => server.io_threads.push(thread),
-                Err(e) => {
-                    // The threads already started end with `server`.
-                    drop(lanes);
-                    drop(server);
-                    return Err(e);
-                }
-            }
+            )
+        });
+        if let Err(e) = started {
+            drop(lanes);
+            server.stop(Duration::ZERO);
+            return Err(e);
         }
         Ok(server)
+    }
+
+    /// I/O threads running now.
+    pub fn io_threads_running(&self) -> usize {
+        self.shared
+            .io
+            .iter()
+            .filter(|io| io.running.load(Ordering::SeqCst))
+            .count()
     }
 
     /// The address the server listens on (the port, when the config asked for port 0).
@@ -310,8 +376,13 @@ impl Server {
         for io in &self.shared.io {
             let _ = io.poller.notify();
         }
+        self.stopped = true;
         let mut left = 0;
-        for thread in self.io_threads.drain(..) {
+        // No thread starts once `stopping` is set (checked under the same lock as here).
+        for io in &self.shared.io {
+            let Some(thread) = io.life().handle.take() else {
+                continue;
+            };
             match thread.join() {
                 Ok(in_flight) => left += in_flight,
                 // Its connections were dropped with it.
@@ -328,46 +399,6 @@ impl Server {
     }
 }
 
-/// Asks the scheduler for a short slice for the calling thread (`sched_setattr` with
-/// `sched_runtime` under the normal policy, at the thread's nice value: no privilege needed).
-/// An I/O thread runs for microseconds per wake-up, and every connection it holds waits while
-/// it waits for a CPU: with the default slice (0.75-3 ms) it waits behind whole slices of
-/// busier threads; with a short one its deadline comes first, so it runs as soon as it wakes.
-/// A kernel without custom slices (before 6.12) ignores the value or refuses it: the thread
-/// then runs as before.
-fn ask_for_a_short_slice() {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: getpriority/sched_setattr on the calling thread with a valid attribute.
-        unsafe {
-            // Only under the normal or batch policy (a real-time one is the operator's choice).
-            let policy = libc::sched_getscheduler(0);
-            if policy != libc::SCHED_OTHER && policy != libc::SCHED_BATCH {
-                return;
-            }
-            *libc::__errno_location() = 0;
-            let nice = libc::getpriority(libc::PRIO_PROCESS, 0);
-            if nice == -1 && *libc::__errno_location() != 0 {
-                return;
-            }
-            let mut attr: libc::sched_attr = std::mem::zeroed();
-            attr.size = std::mem::size_of::<libc::sched_attr>() as u32;
-            attr.sched_policy = policy as u32;
-            attr.sched_nice = nice;
-            attr.sched_runtime = IO_SLICE.as_nanos() as u64;
-            // Threads it starts (the handler threads, started when a request waits) get the
-            // default slice and policy back: only the I/O thread wakes for microseconds.
-            attr.sched_flags = libc::SCHED_FLAG_RESET_ON_FORK as u64;
-            if libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const _, 0) != 0 {
-                log::debug!(
-                    "cannot ask for a short scheduler slice for the API's I/O thread: {}",
-                    std::io::Error::last_os_error()
-                );
-            }
-        }
-    }
-}
-
 /// The handler pools, one per lane, shared by the I/O threads.
 pub(super) struct Lanes {
     pub(super) quick: WorkerPool<Job>,
@@ -376,49 +407,8 @@ pub(super) struct Lanes {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        if !self.io_threads.is_empty() || self.lanes.is_some() {
+        if !self.stopped || self.lanes.is_some() {
             self.stop(Duration::ZERO);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// (major, minor) of the running kernel.
-    fn kernel() -> Option<(u32, u32)> {
-        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
-        let mut parts = release.trim().split(['.', '-']);
-        Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
-    }
-
-    /// The `se.slice` of the calling thread.
-    fn own_slice() -> u64 {
-        let sched = std::fs::read_to_string("/proc/thread-self/sched").unwrap();
-        sched
-            .lines()
-            .find_map(|l| l.strip_prefix("se.slice"))
-            .and_then(|l| l.split(':').nth(1))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no se.slice in {sched}"))
-    }
-
-    #[test]
-    fn an_io_thread_gets_the_short_slice_and_threads_it_starts_keep_the_default() {
-        if kernel().is_none_or(|k| k < (6, 12)) {
-            return;
-        }
-        // The handler threads are started by the I/O thread (when a request waits and none is
-        // free): they build documents for milliseconds and must not inherit its short slice.
-        let default = own_slice();
-        let (io, handler) = std::thread::spawn(|| {
-            ask_for_a_short_slice();
-            (own_slice(), std::thread::spawn(own_slice).join().unwrap())
-        })
-        .join()
-        .unwrap();
-        assert_eq!(io, IO_SLICE.as_nanos() as u64);
-        assert_eq!(handler, default);
     }
 }
