@@ -13,7 +13,7 @@ use super::{
 use crate::http::poller::{Event, Events, PollMode, Poller};
 use crate::http::pool::{self, Done};
 use crate::http::{HttpError, Service, StatusCode};
-use crossbeam_channel::{Receiver, TrySendError};
+use crossbeam_channel::Receiver;
 use std::collections::BTreeSet;
 use std::io::{ErrorKind, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -297,11 +297,11 @@ impl EventLoop {
         }
         // Counted for the target now, so the next connection sees it there.
         io[target].assigned.fetch_add(1, Ordering::SeqCst);
-        match io[target].inbox.try_send(Handoff::Place(stream, peer)) {
+        match io[target].hand(Handoff::Place(stream, peer)) {
             Ok(()) => {
                 let _ = io[target].poller.notify();
             }
-            Err(TrySendError::Full(handoff) | TrySendError::Disconnected(handoff)) => {
+            Err(handoff) => {
                 io[target].assigned.fetch_sub(1, Ordering::SeqCst);
                 drop(life);
                 if let Handoff::Place(stream, peer) = handoff {
@@ -365,12 +365,12 @@ impl EventLoop {
             if !io[target].running.load(Ordering::SeqCst) {
                 continue;
             }
-            match io[target].inbox.try_send(handoff) {
+            match io[target].hand(handoff) {
                 Ok(()) => {
                     let _ = io[target].poller.notify();
                     return;
                 }
-                Err(TrySendError::Full(h) | TrySendError::Disconnected(h)) => handoff = h,
+                Err(h) => handoff = h,
             }
         }
         let (Handoff::MakeRoom { stream, .. } | Handoff::Place(stream, _)) = handoff;

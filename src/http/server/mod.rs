@@ -71,7 +71,9 @@ const QUIET_TRIM: Duration = Duration::from_secs(1);
 /// The most I/O threads (`Handoff::MakeRoom` keeps the threads tried as bits of a `u64`).
 pub const MAX_IO_THREADS: usize = 64;
 /// Connections that may wait in an I/O thread's inbox; past it, the thread that accepted one
-/// keeps it (or, at capacity, answers 503 itself).
+/// keeps it (or, at capacity, answers 503 itself). The channel is unbounded, its length checked
+/// (see [`IoThread::hand`]): a bounded one allocates every slot up front, 48 KiB per I/O
+/// thread, for a queue that is nearly always empty.
 const INBOX: usize = 1024;
 /// At most one log line per this interval for repeated accept errors.
 const ACCEPT_ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
@@ -158,6 +160,15 @@ pub(super) struct IoThread {
 }
 
 impl IoThread {
+    /// Passes it a connection, unless [`INBOX`] of them wait already (or it could never be
+    /// started): the handoff comes back.
+    pub(super) fn hand(&self, handoff: Handoff) -> Result<(), Handoff> {
+        if self.inbox.len() >= INBOX {
+            return Err(handoff);
+        }
+        self.inbox.try_send(handoff).map_err(|e| e.into_inner())
+    }
+
     /// Its start-and-end state, locked (a panic elsewhere while it was held leaves it usable).
     pub(super) fn life(&self) -> MutexGuard<'_, Life> {
         self.life.lock().unwrap_or_else(|e| e.into_inner())
@@ -272,7 +283,7 @@ impl Server {
             // Every I/O thread watches the listener: whichever is free accepts. (A thread that
             // does not run waits on nothing: its poller only collects readiness meanwhile.)
             poller.add(&*listener, Event::readable(LISTENER), PollMode::Level)?;
-            let (inbox, inbox_rx) = crossbeam_channel::bounded(INBOX);
+            let (inbox, inbox_rx) = crossbeam_channel::unbounded();
             let (done, done_rx) = crossbeam_channel::unbounded();
             routes.push(pool::Route {
                 done,
