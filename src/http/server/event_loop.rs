@@ -287,10 +287,9 @@ impl EventLoop {
         };
         let mut life = io[target].life();
         if !io[target].running.load(Ordering::SeqCst) {
-            if let Err(e) = self.start(target, &mut life) {
-                log::warn!(
-                    "cannot start API I/O thread {target}: {e}; its share stays with the others"
-                );
+            // A thread that cannot start was logged once, when it could not (and is not tried
+            // again: its channels went with the failed start).
+            if self.start(target, &mut life).is_err() {
                 drop(life);
                 return self.keep(stream, peer);
             }

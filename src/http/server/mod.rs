@@ -211,7 +211,12 @@ fn start_io_thread(
     };
     let thread = std::thread::Builder::new()
         .name(name)
-        .spawn(move || event_loop.run())?;
+        .spawn(move || event_loop.run())
+        .inspect_err(|e| {
+            log::warn!(
+                "cannot start API I/O thread {index}: {e}; the others hold its share from now on"
+            )
+        })?;
     life.handle = Some(thread);
     shared.io[index].running.store(true, Ordering::SeqCst);
     Ok(())
