@@ -687,7 +687,20 @@ fn a_claim_deleted_during_its_pull_never_leaves_a_container_running() {
         log.contains(&format!("given-up claim {claim}")),
         "the removal is not logged:\n{log}"
     );
-    agent.create(&body(&scope.claim("next"), &[0], "sleep 600"));
+    // GPU 0 is free again: the next claim gets it. (With `create_wait_secs: 1` a `docker run`
+    // slower than a second, as on a loaded machine, answers 202 first: wait for it to run.)
+    let next = scope.claim("next");
+    let r = agent.post_json("/api/v1/containers", &body(&next, &[0], "sleep 600"));
+    assert!(matches!(r.status, 201 | 202), "{}", r.text());
+    let running = wait_until(Duration::from_secs(30), || {
+        agent.get(&format!("/api/v1/containers/{next}")).json()["state"] == "running"
+    });
+    assert!(
+        running,
+        "{}\nlog:\n{}",
+        agent.get(&format!("/api/v1/containers/{next}")).text(),
+        agent.log()
+    );
 }
 
 #[test]
