@@ -494,15 +494,7 @@ impl EventLoop {
             })
             .min_by_key(|(_, deadline)| *deadline)
             .map(|(slot, _)| slot);
-        let Some(conn) = oldest.and_then(|slot| Some((slot, self.slots[slot].take()?))) else {
-            return false;
-        };
-        log::debug!(
-            "closing an API connection from {} whose request body is slow to come, to make room",
-            conn.1.peer
-        );
-        self.close(conn.0, conn.1);
-        true
+        self.shed_slot(oldest, "whose request body is slow to come")
     }
 
     fn shed_stalled_writer(&mut self) -> bool {
@@ -518,14 +510,21 @@ impl EventLoop {
             .filter(|(_, conn)| conn.last_write <= stalled_before)
             .min_by_key(|(_, conn)| conn.last_write)
             .map(|(slot, _)| slot);
-        let Some(conn) = oldest.and_then(|slot| Some((slot, self.slots[slot].take()?))) else {
+        self.shed_slot(oldest, "that does not read its answer")
+    }
+
+    /// Closes the connection in `slot`, if any, to make room (its place in the counts passes
+    /// to the caller); `why` completes "closing an API connection from PEER ...".
+    fn shed_slot(&mut self, slot: Option<usize>, why: &str) -> bool {
+        let Some((slot, conn)) = slot.and_then(|slot| Some((slot, self.slots[slot].take()?)))
+        else {
             return false;
         };
         log::debug!(
-            "closing an API connection from {} that does not read its answer, to make room",
-            conn.1.peer
+            "closing an API connection from {} {why}, to make room",
+            conn.peer
         );
-        self.close(conn.0, conn.1);
+        self.close(slot, conn);
         true
     }
 
